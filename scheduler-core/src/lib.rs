@@ -1,0 +1,18 @@
+//! Scheduling core of wasm-epp: everything that decides where an inference request goes, with no I/O.
+//!
+//! `no_std` + `alloc` so the same code runs inside the proxy (Proxy-Wasm), in the ext_proc shim and in
+//! the simulator. Time and randomness are passed in, so a decision is a pure function of
+//! (snapshot, request, clock, seed).
+#![no_std]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod model;
+pub mod rng;
+pub mod scheduling;
