@@ -3,6 +3,7 @@
 
 mod cmd;
 mod test;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -10,7 +11,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test    fmt check, clippy (-D warnings), and every test in the workspace
+  test    fmt check, clippy (-D warnings), every test in the workspace, and the core's tests as Wasm
 ";
 
 fn main() -> ExitCode {

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: what CI runs. Each step is a function so later parts (Wasm builds, Envoy
 //! validation, end-to-end tests) slot in as further steps.
 
-use crate::cmd::{cargo, have, step};
+use crate::cmd::{cargo, have, step, workspace_root};
+use crate::tools::{ensure_wasm_target, require_node, WASM_TARGET};
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
@@ -10,6 +11,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     fmt_check()?;
     clippy()?;
     unit_and_integration_tests()?;
+    core_tests_as_wasm()?;
     eprintln!("\nxtask test: all steps passed");
     Ok(())
 }
@@ -30,4 +32,18 @@ fn unit_and_integration_tests() -> Result<(), String> {
     } else {
         step("tests", cargo().args(["test", "--workspace", "--no-fail-fast"]))
     }
+}
+
+/// The core's unit tests compiled to `wasm32-wasip1` and run under Node's WASI: the no_std build that runs in
+/// the proxy must behave like the native one (float formatting, hashing, integer widths).
+fn core_tests_as_wasm() -> Result<(), String> {
+    ensure_wasm_target()?;
+    require_node()?;
+    let runner = workspace_root().join("xtask/wasi/run.mjs");
+    step(
+        "core tests as Wasm",
+        cargo()
+            .args(["test", "-p", "scheduler-core", "--target", WASM_TARGET, "--lib", "--tests"])
+            .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", format!("node --no-warnings {}", runner.display())),
+    )
 }

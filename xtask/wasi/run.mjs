@@ -1,0 +1,23 @@
+// Cargo test runner for wasm32-wasip1: runs a test binary under Node's WASI preview 1, so the no_std
+// core's own test suite executes as Wasm, the way the proxy will run it. Usage: node run.mjs file.wasm [args]
+import { readFile } from "node:fs/promises";
+import { WASI } from "node:wasi";
+import process from "node:process";
+
+const [file, ...args] = process.argv.slice(2);
+if (!file) {
+  console.error("usage: node run.mjs <file.wasm> [args...]");
+  process.exit(2);
+}
+const wasi = new WASI({
+  version: "preview1",
+  args: [file, ...args],
+  env: { RUST_BACKTRACE: "0" },
+  // No preopened directories: the core does no I/O, and tests must not depend on the file system.
+  preopens: {},
+  returnOnExit: true,
+});
+const module = await WebAssembly.compile(await readFile(file));
+const instance = await WebAssembly.instantiate(module, wasi.getImportObject());
+const code = wasi.start(instance);
+process.exit(code ?? 0);
