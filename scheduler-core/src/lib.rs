@@ -16,3 +16,4 @@ extern crate std;
 pub mod model;
 pub mod rng;
 pub mod scheduling;
+pub mod shared_state;
