@@ -14,5 +14,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod model;
+pub mod plugins;
+pub mod prefix;
 pub mod rng;
 pub mod scheduling;
