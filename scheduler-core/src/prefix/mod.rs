@@ -12,7 +12,9 @@
 //! Wiring recipe for the loader: build one handle per `prefix-cache-scorer` entry
 //! (`PrefixHandle::new(PrefixConfig::from(&params))`, then `PrefixCacheScorer::from_handle`); give each
 //! `prefix-cache-affinity-filter` the handle of the scorer named by its `prefixMatchInfoProducerName`
-//! (or of the only prefix scorer), or build it `standalone` when there is no scorer.
+//! (or of the only prefix scorer), or build it `standalone` when there is no scorer. The cycle state
+//! holds one match per request, so a scheduler is meant to have one prefix index (several scorers sharing
+//! a handle are fine; scorers with separate handles would read whichever match was computed first).
 
 pub mod hash;
 pub mod index;
@@ -203,10 +205,19 @@ pub fn record_destination(
     }
     let Ok(mut s) = handle.0.try_borrow_mut() else { return };
     let PrefixState { config, index } = &mut *s;
-    for result in destination {
-        let Some(ep) = result.targets.first().and_then(|&i| ctx.pool.endpoints.get(i)) else { continue };
+    for ep in destination_endpoints(ctx, destination) {
         index.record(ep.address(), &m.hashes, config.capacity_for(ep));
     }
+}
+
+/// The endpoints that now hold the request's KV blocks: the first target of each profile result. The
+/// Wasm filter streams `(address, hashes)` for exactly these to the other workers.
+pub fn destination_endpoints<'p>(
+    ctx: &SchedulingContext<'p>,
+    destination: &'p [ProfileRunResult],
+) -> impl Iterator<Item = &'p EndpointState> + 'p {
+    let pool = ctx.pool;
+    destination.iter().filter_map(move |r| r.targets.first().and_then(|&i| pool.endpoints.get(i)))
 }
 
 #[cfg(test)]
@@ -263,7 +274,10 @@ mod tests {
         let dest = [
             ProfileRunResult { profile: String::from("decode"), targets: vec![1] },
             ProfileRunResult { profile: String::from("prefill"), targets: vec![0] },
+            ProfileRunResult { profile: String::from("failed"), targets: vec![] },
         ];
+        let warm: Vec<&str> = destination_endpoints(&ctx, &dest).map(EndpointState::address).collect();
+        assert_eq!(warm, ["10.0.0.2:8000", "10.0.0.1:8000"]);
         record_destination(&ctx, &state, &dest, &handle);
         // The stored match is reused within the cycle; a new cycle sees both endpoints warm.
         assert_eq!(prefix_match(&ctx, &mut state, &handle).unwrap().score(1), 0.0);
