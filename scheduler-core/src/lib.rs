@@ -14,6 +14,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod model;
+pub mod plugins;
+pub mod prefix;
 pub mod rng;
 pub mod scheduling;
 pub mod shared_state;

@@ -1,0 +1,2 @@
+pub mod filters;
+pub mod scorers;

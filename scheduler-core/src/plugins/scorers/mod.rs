@@ -1,0 +1,1 @@
+pub mod prefix_cache_scorer;
