@@ -14,5 +14,6 @@ extern crate alloc;
 extern crate std;
 
 pub mod model;
+pub mod plugins;
 pub mod rng;
 pub mod scheduling;
