@@ -115,3 +115,82 @@ pub fn assert_close(actual: &[f64], expected: &[f64]) {
 pub fn params<T: serde::de::DeserializeOwned>(json: &str) -> T {
     serde_json::from_str(json).expect("valid params JSON")
 }
+
+/// Every plugin here, with default parameters, on arbitrary pools: no panic, scores in [0, 1], filters
+/// return an order-preserving subset, saturation finite and non-negative.
+mod robustness {
+    use super::*;
+    use crate::plugins::{detectors, filters, scorers};
+    use alloc::boxed::Box;
+    use proptest::prelude::*;
+
+    fn all_plugins() -> Vec<Box<dyn Plugin>> {
+        vec![
+            Box::new(scorers::queue_scorer::QueueScorer::new(Default::default())),
+            Box::new(scorers::kv_cache_utilization_scorer::KvCacheUtilizationScorer::new(Default::default())),
+            Box::new(scorers::lora_affinity_scorer::LoraAffinityScorer::new(Default::default())),
+            Box::new(scorers::running_requests_size_scorer::RunningRequestsSizeScorer::new(
+                Default::default(),
+            )),
+            Box::new(scorers::token_load_scorer::TokenLoadScorer::new(Default::default())),
+            Box::new(scorers::active_request_scorer::ActiveRequestScorer::new(Default::default())),
+            Box::new(scorers::load_aware_scorer::LoadAwareScorer::new(Default::default())),
+            Box::new(scorers::session_affinity_scorer::SessionAffinityScorer::new(Default::default())),
+            Box::new(filters::least_queue_filter::LeastQueueFilter::new(Default::default())),
+            Box::new(filters::least_kv_cache_filter::LeastKvCacheFilter::new(Default::default())),
+            Box::new(filters::low_queue_filter::LowQueueFilter::new(Default::default())),
+            Box::new(filters::lora_affinity_filter::LoraAffinityFilter::new(Default::default())),
+            Box::new(detectors::utilization_detector::UtilizationDetector::new(Default::default())),
+            Box::new(detectors::concurrency_detector::ConcurrencyDetector::new(Default::default())),
+        ]
+    }
+
+    fn endpoint() -> impl Strategy<Value = EndpointState> {
+        let metrics =
+            (any::<u32>(), any::<u32>(), 0.0..=1.0f64, 0u64..=NOW, proptest::option::of(0u32..4), 0usize..3);
+        (1u8..=250, proptest::option::of(metrics), any::<u32>(), any::<u64>()).prop_map(|(n, m, req, tok)| {
+            let mut s = inflight(bare(n), req, tok);
+            if let Some((waiting, running, kv, at, max_lora, loras)) = m {
+                s.metrics =
+                    Some(Metrics { waiting, running, kv_usage: kv, updated_at_ms: at, ..Metrics::default() });
+                let names = ["a", "b", "c"];
+                s = lora(s, names.get(..loras).unwrap_or(&[]), names.get(loras..).unwrap_or(&[]), max_lora);
+            }
+            s
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn plugins_behave_on_any_pool(
+            endpoints in proptest::collection::vec(endpoint(), 0..6),
+            candidates in proptest::collection::vec(0usize..8, 0..8),
+            model in "[abc]?",
+            token in proptest::option::of("[A-Za-z0-9+/=_-]{0,24}"),
+        ) {
+            let p = pool(endpoints);
+            let request = SchedulingRequest {
+                model: &model,
+                request_id: "id",
+                session_token: token.as_deref(),
+                ..SchedulingRequest::default()
+            };
+            for plugin in all_plugins() {
+                if plugin.as_scorer().is_some() {
+                    for s in scores_of(plugin.as_ref(), &p, &request, &candidates) {
+                        prop_assert!((0.0..=1.0).contains(&s), "{} gave {s}", plugin.type_name());
+                    }
+                }
+                if plugin.as_filter().is_some() {
+                    let out = kept_of(plugin.as_ref(), &p, &request, candidates.clone());
+                    let mut rest = candidates.iter();
+                    prop_assert!(out.iter().all(|k| rest.any(|c| c == k)), "{} not a subsequence", plugin.type_name());
+                }
+                if plugin.as_saturation_detector().is_some() {
+                    let s = saturation(plugin.as_ref(), &p);
+                    prop_assert!(s.is_finite() && s >= 0.0, "{} gave {s}", plugin.type_name());
+                }
+            }
+        }
+    }
+}
