@@ -127,6 +127,7 @@ mod robustness {
     fn all_plugins() -> Vec<Box<dyn Plugin>> {
         vec![
             Box::new(scorers::queue_scorer::QueueScorer::new(Default::default())),
+            Box::new(scorers::inflight_aware_queue_scorer::InflightAwareQueueScorer::new(Default::default())),
             Box::new(scorers::kv_cache_utilization_scorer::KvCacheUtilizationScorer::new(Default::default())),
             Box::new(scorers::lora_affinity_scorer::LoraAffinityScorer::new(Default::default())),
             Box::new(scorers::running_requests_size_scorer::RunningRequestsSizeScorer::new(
