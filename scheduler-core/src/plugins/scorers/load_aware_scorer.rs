@@ -1,0 +1,104 @@
+//! `load-aware-scorer` (llm-d): 0.5 for an empty waiting queue, falling linearly to 0 at `threshold`
+//! queued requests.
+//!
+//! The 0.5 ceiling is llm-d's: an empty queue does not prove spare capacity, so its pull under a
+//! weight is about half that of scorers that reach 1.0.
+
+use crate::plugins::candidates::metrics;
+use crate::plugins::params::ParamError;
+use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use serde::Deserialize;
+
+pub const TYPE: &str = "load-aware-scorer";
+
+pub const DEFAULT_THRESHOLD: i64 = 128;
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Params {
+    /// Queue depth at which the score reaches 0.
+    pub threshold: i64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { threshold: DEFAULT_THRESHOLD }
+    }
+}
+
+impl Params {
+    /// llm-d replaces a non-positive threshold with 128; here it is an error.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        if self.threshold <= 0 {
+            return Err(ParamError::new("threshold", "an integer > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Scores `0.5 · (1 − min(q, threshold) / threshold)`. An endpoint without metrics scores 0.0, as if
+/// its queue were at the threshold: llm-d would read zeros and give it the best score, sending traffic
+/// to a server nobody has heard from.
+#[derive(Clone, Debug)]
+pub struct LoadAwareScorer {
+    threshold: f64,
+}
+
+impl LoadAwareScorer {
+    pub fn new(params: Params) -> LoadAwareScorer {
+        let params = if params.validate().is_ok() { params } else { Params::default() };
+        LoadAwareScorer { threshold: params.threshold as f64 }
+    }
+}
+
+impl Plugin for LoadAwareScorer {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+    fn as_scorer(&self) -> Option<&dyn Scorer> {
+        Some(self)
+    }
+}
+
+impl Scorer for LoadAwareScorer {
+    fn score(
+        &self,
+        ctx: &SchedulingContext<'_>,
+        _: &mut CycleState,
+        candidates: &[usize],
+        scores: &mut [f64],
+    ) {
+        for (slot, &i) in scores.iter_mut().zip(candidates) {
+            *slot = match metrics(ctx, i) {
+                Some(m) => 0.5 * (1.0 - f64::from(m.waiting).min(self.threshold) / self.threshold),
+                None => 0.0,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::test_support::*;
+    use crate::scheduling::SchedulingRequest;
+    use alloc::vec;
+
+    #[test]
+    fn empty_queue_half_full_queue_quarter() {
+        // Default threshold 128: 0 → 0.5, 64 → 0.25, 128 and beyond → 0.
+        let s = LoadAwareScorer::new(params("{}"));
+        let p =
+            pool(vec![ep(1, 0, 0, 0.0), ep(2, 64, 0, 0.0), ep(3, 128, 0, 0.0), ep(4, 500, 0, 0.0), bare(5)]);
+        assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.5, 0.25, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn custom_threshold() {
+        let s = LoadAwareScorer::new(params(r#"{"threshold": 10}"#));
+        let p = pool(vec![ep(1, 1, 0, 0.0)]);
+        assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.45]);
+        assert!(params::<Params>(r#"{"threshold": 0}"#).validate().is_err());
+        assert!(params::<Params>(r#"{"threshold": -5}"#).validate().is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! `lora-affinity-scorer`: prefers endpoints that already serve the requested LoRA adapter, then
+//! endpoints with room to load it, then endpoints where it is already queued.
+//!
+//! GIE's tiers: active 1.0, room 0.8, waiting 0.6, otherwise 0. The adapter is `request.model`.
+
+use crate::plugins::candidates::{has_lora_room, metrics};
+use crate::plugins::params::ParamError;
+use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use serde::Deserialize;
+
+pub const TYPE: &str = "lora-affinity-scorer";
+
+/// `lora-affinity-scorer` takes no parameters.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Params {}
+
+impl Params {
+    pub fn validate(&self) -> Result<(), ParamError> {
+        Ok(())
+    }
+}
+
+/// Scores adapter affinity. Room is checked before "waiting" (as in GIE): a server that can load the
+/// adapter now beats one where it sits in a queue. Without metrics an endpoint scores 0.0. A base-model
+/// request matches no adapter list, so it scores 0.8 where there is room and 0 elsewhere, as in GIE.
+#[derive(Clone, Debug, Default)]
+pub struct LoraAffinityScorer;
+
+impl LoraAffinityScorer {
+    pub fn new(_params: Params) -> LoraAffinityScorer {
+        LoraAffinityScorer
+    }
+}
+
+impl Plugin for LoraAffinityScorer {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+    fn as_scorer(&self) -> Option<&dyn Scorer> {
+        Some(self)
+    }
+}
+
+impl Scorer for LoraAffinityScorer {
+    fn score(
+        &self,
+        ctx: &SchedulingContext<'_>,
+        _: &mut CycleState,
+        candidates: &[usize],
+        scores: &mut [f64],
+    ) {
+        let adapter = ctx.request.model;
+        for (slot, &i) in scores.iter_mut().zip(candidates) {
+            *slot = match metrics(ctx, i) {
+                Some(m) if m.has_active_lora(adapter) => 1.0,
+                Some(m) if has_lora_room(m) => 0.8,
+                Some(m) if m.has_waiting_lora(adapter) => 0.6,
+                _ => 0.0,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::test_support::*;
+    use crate::scheduling::SchedulingRequest;
+    use alloc::vec;
+
+    #[test]
+    fn tiers_active_room_waiting_none() {
+        let p = pool(vec![
+            // Active (even though the server is full).
+            lora(ep(1, 0, 0, 0.0), &["sql", "chat"], &[], Some(2)),
+            // Room: 1 loaded < 4.
+            lora(ep(2, 0, 0, 0.0), &["chat"], &[], Some(4)),
+            // Waiting, and full (2 loaded = max 2).
+            lora(ep(3, 0, 0, 0.0), &["chat"], &["sql"], Some(2)),
+            // Full, adapter nowhere.
+            lora(ep(4, 0, 0, 0.0), &["a", "b"], &[], Some(2)),
+            // No max_lora reported: no room.
+            lora(ep(5, 0, 0, 0.0), &[], &[], None),
+            bare(6),
+        ]);
+        let req = SchedulingRequest { model: "sql", ..SchedulingRequest::default() };
+        assert_close(
+            &scores(&LoraAffinityScorer::new(Params::default()), &p, &req),
+            &[1.0, 0.8, 0.6, 0.0, 0.0, 0.0],
+        );
+    }
+
+    #[test]
+    fn room_beats_waiting() {
+        // The adapter is queued on a server that still has room: room's 0.8 applies first.
+        let p = pool(vec![lora(ep(1, 0, 0, 0.0), &[], &["sql"], Some(4))]);
+        let req = SchedulingRequest { model: "sql", ..SchedulingRequest::default() };
+        assert_close(&scores(&LoraAffinityScorer::new(Params::default()), &p, &req), &[0.8]);
+    }
+}
