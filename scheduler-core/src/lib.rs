@@ -13,6 +13,8 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod metrics_text;
 pub mod model;
 pub mod rng;
 pub mod scheduling;
+pub mod snapshot_codec;
