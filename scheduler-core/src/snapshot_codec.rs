@@ -689,6 +689,19 @@ mod tests {
         }
 
         #[test]
+        fn reencoding_is_byte_identical_even_for_nan_kv(snap in arb_snapshot(), kv_bits in any::<u64>()) {
+            let mut snap = snap;
+            for e in &mut snap.endpoints {
+                if let Some(m) = &mut e.metrics {
+                    m.kv_usage = f64::from_bits(kv_bits);
+                }
+            }
+            let bytes = encode(&snap);
+            let again = decode(&bytes).map(|s| encode(&s));
+            prop_assert_eq!(again, Ok(bytes));
+        }
+
+        #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
             let _ = peek_generation(&bytes);

@@ -482,7 +482,7 @@ vllm:lora_requests_info{max_lora="many",running_lora_adapters="we\"ird, x}y",wai
     fn sglang_fixture() {
         let p = parse(Engine::Sglang, SGLANG_FIXTURE);
         let m = &p.metrics;
-        // Two tensor-parallel ranks report the same scheduler; counts sum per series as documented.
+        // Two data-parallel ranks, each with its own queue: counts sum, KV use is the fuller rank's.
         assert_eq!((m.waiting, m.running, m.kv_usage), (3, 9, 0.31));
         assert_eq!((m.block_size, m.num_gpu_blocks), (Some(1), Some(431_744)));
         assert!(m.running_loras.is_empty() && m.max_lora.is_none());
