@@ -13,9 +13,11 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod metrics_text;
 pub mod model;
 pub mod plugins;
 pub mod prefix;
 pub mod rng;
 pub mod scheduling;
 pub mod shared_state;
+pub mod snapshot_codec;
