@@ -14,5 +14,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod model;
+pub mod openai_error;
+pub mod request;
 pub mod rng;
 pub mod scheduling;
