@@ -98,9 +98,12 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
             match key {
                 "model" => fields.model = map.next_value_seed(Nullable(Text::new(ctx, path)))?,
                 "stream" => fields.stream = map.next_value_seed(Nullable(Flag::new(ctx, path)))?,
-                "max_tokens" => fields.limits.max_tokens = map.next_value_seed(Nullable(Count::new(ctx, path)))?,
+                "max_tokens" => {
+                    fields.limits.max_tokens = map.next_value_seed(Nullable(Count::new(ctx, path)))?
+                }
                 "max_completion_tokens" => {
-                    fields.limits.max_completion_tokens = map.next_value_seed(Nullable(Count::new(ctx, path)))?
+                    fields.limits.max_completion_tokens =
+                        map.next_value_seed(Nullable(Count::new(ctx, path)))?
                 }
                 "max_output_tokens" => {
                     fields.limits.max_output_tokens = map.next_value_seed(Nullable(Count::new(ctx, path)))?

@@ -188,7 +188,7 @@ impl<'de> Visitor<'de> for Part<'_> {
         };
         let present = match PART_FIELDS.iter().position(|k| *k == part_type) {
             Some(bit) => seen.has(u32::try_from(bit).unwrap_or(u32::MAX)),
-            None => other_keys.iter().any(|k| *k == part_type),
+            None => other_keys.contains(&part_type),
         };
         if !present {
             return self.at.missing(&part_type);

@@ -135,7 +135,10 @@ impl<'de> DeserializeSeed<'de> for ItemSeed<'_, '_, 'de> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         let expected = self.batch.expected();
-        d.deserialize_any(ItemVisitor { at: At { ctx: self.ctx, path: self.path, expected }, batch: self.batch })
+        d.deserialize_any(ItemVisitor {
+            at: At { ctx: self.ctx, path: self.path, expected },
+            batch: self.batch,
+        })
     }
 }
 
@@ -149,7 +152,7 @@ impl ItemVisitor<'_, '_, '_> {
         if !self.batch.accepts(Form::Tokens) {
             return self.at.reject(Found::Number);
         }
-        push_token(&self.at, &mut self.batch.tokens, v)
+        push_token(&At { expected: TOKEN_ID, ..self.at }, &mut self.batch.tokens, v)
     }
 }
 

@@ -223,10 +223,8 @@ mod tests {
         assert_eq!(err.param(), None);
         assert_eq!(err.message(), "body: expected a JSON object, found an array");
         let field = Path::ROOT.key("max_tokens");
-        let err = field.error(Problem::Unexpected {
-            expected: "a non-negative integer",
-            found: Found::NegativeNumber,
-        });
+        let err = field
+            .error(Problem::Unexpected { expected: "a non-negative integer", found: Found::NegativeNumber });
         assert_eq!(err.param(), Some("max_tokens"));
         assert_eq!(err.code(), "invalid_type");
         assert_eq!(err.message(), "max_tokens: expected a non-negative integer, found a negative number");

@@ -17,7 +17,9 @@ impl<'de> DeserializeSeed<'de> for Input<'_> {
     type Value = Option<Cow<'de, str>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(InputVisitor { at: At { ctx: self.ctx, path: self.path, expected: "a string or an array" } })
+        d.deserialize_any(InputVisitor {
+            at: At { ctx: self.ctx, path: self.path, expected: "a string or an array" },
+        })
     }
 }
 
