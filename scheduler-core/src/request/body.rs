@@ -6,7 +6,6 @@ use super::error::{Found, Path, Problem};
 use super::seeds::{reject, skip, At, Count, Ctx, Flag, Key, Nullable, Seen, Text};
 use super::{ApiKind, OutputLimits};
 use alloc::borrow::Cow;
-use core::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -135,11 +134,5 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
             Some(_) => {}
         }
         Ok(fields)
-    }
-}
-
-impl fmt::Debug for Fields<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Fields").field("model", &self.model).finish_non_exhaustive()
     }
 }

@@ -136,6 +136,18 @@ impl<'de> Visitor<'de> for Content<'_> {
 /// (`{"type":"image_url","image_url":{...}}`), which holds for every OpenAI and vLLM part type.
 const PART_FIELDS: [&str; 7] = ["type", "text", "refusal", "image_url", "video_url", "video", "input_audio"];
 
+/// Whether the part field `name` (one of `PART_FIELDS`) was seen.
+fn has(seen: &Seen, name: &str) -> bool {
+    PART_FIELDS
+        .iter()
+        .position(|k| *k == name)
+        .and_then(|bit| u32::try_from(bit).ok())
+        .is_some_and(|bit| seen.has(bit))
+}
+
+/// Media fields (beyond `PART_FIELDS`) that vLLM recognises in a part without `type`.
+const TYPELESS_MEDIA: [&str; 2] = ["audio_url", "image_embeds"];
+
 struct Part<'c> {
     at: At<'c>,
 }
@@ -184,11 +196,15 @@ impl<'de> Visitor<'de> for Part<'_> {
             }
         }
         let Some(part_type) = part_type else {
-            return self.at.missing("type");
+            // vLLM also takes a media part without `type` (`{"image_url": "https://..."}`).
+            let media = ["image_url", "video_url", "video", "input_audio"].iter().any(|f| has(&seen, f))
+                || other_keys.iter().any(|k| TYPELESS_MEDIA.contains(&k.as_ref()));
+            return if media { Ok(()) } else { self.at.missing("type") };
         };
-        let present = match PART_FIELDS.iter().position(|k| *k == part_type) {
-            Some(bit) => seen.has(u32::try_from(bit).unwrap_or(u32::MAX)),
-            None => other_keys.contains(&part_type),
+        let present = if PART_FIELDS.contains(&part_type.as_ref()) {
+            has(&seen, &part_type)
+        } else {
+            other_keys.contains(&part_type)
         };
         if !present {
             return self.at.missing(&part_type);

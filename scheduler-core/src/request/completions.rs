@@ -7,7 +7,6 @@ use super::error::{Found, Path};
 use super::seeds::{found_f64, reject, At, Ctx};
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
-use core::fmt;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 
 /// Separator between the strings of a batched prompt, so `["ab","c"]` and `["a","bc"]` hash differently.
@@ -249,11 +248,5 @@ impl<'de> Visitor<'de> for TokenSeed<'_, '_> {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
         self.at.reject(found_f64(v))
-    }
-}
-
-impl fmt::Debug for PromptSeed<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PromptSeed")
     }
 }

@@ -76,12 +76,6 @@ impl At<'_> {
     }
 }
 
-impl fmt::Debug for At<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expected)
-    }
-}
-
 /// Classifies a JSON number serde_json reported as a float.
 pub(crate) fn found_f64(v: f64) -> Found {
     if v < 0.0 {

@@ -258,7 +258,9 @@ fn chat_content_parts_are_validated_and_text_counted() {
         {"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}},
         {"type":"video_url","video_url":{"url":"https://x/v.mp4"}},
         {"type":"video","video":"https://x/v.mp4"},
-        {"type":"audio_url","audio_url":{"url":"https://x/a.wav"}}
+        {"type":"audio_url","audio_url":{"url":"https://x/a.wav"}},
+        {"image_url":"https://x/typeless.png"},
+        {"audio_url":{"url":"https://x/typeless.wav"}}
     ]},{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},{"role":"tool","content":"42","tool_call_id":"1"},
     {"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]}"#;
     let req = ok(CHAT, body);
@@ -286,6 +288,11 @@ fn chat_errors_name_the_message_and_part() {
         |p: &str| chat(&format!(r#"[{{"role":"user","content":[{{"type":"text","text":"ok"}},{p}]}}]"#));
     assert_eq!(part(r#""text""#), "messages[0].content[1]: expected an object, found a string");
     assert_eq!(part(r#"{"text":"a"}"#), "messages[0].content[1].type: missing");
+    assert_eq!(
+        part(r#"{"image_url":7}"#),
+        "messages[0].content[1].image_url: expected a string or an object, found a number"
+    );
+    assert_eq!(part(r#"{"detail":"low"}"#), "messages[0].content[1].type: missing");
     assert_eq!(part(r#"{"type":5}"#), "messages[0].content[1].type: expected a string, found a number");
     assert_eq!(part(r#"{"type":"text"}"#), "messages[0].content[1].text: missing");
     assert_eq!(
