@@ -15,8 +15,10 @@ extern crate std;
 
 pub mod metrics_text;
 pub mod model;
+pub mod openai_error;
 pub mod plugins;
 pub mod prefix;
+pub mod request;
 pub mod rng;
 pub mod scheduling;
 pub mod shared_state;

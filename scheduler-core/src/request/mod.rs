@@ -1,0 +1,247 @@
+//! OpenAI-style request bodies → what the scheduler needs (model, limits, the bytes hashed for prefix
+//! affinity, prompt size), validated with errors that name the offending field.
+//!
+//! Bodies can be megabytes: strings are borrowed from the body unless they contain escapes, `messages` and
+//! responses `input` are hashed as their raw JSON slice, and no `serde_json::Value` tree is ever built.
+
+mod body;
+mod chat;
+mod completions;
+mod error;
+mod responses;
+mod seeds;
+#[cfg(test)]
+mod tests;
+
+pub use error::{Found, Problem, RequestError};
+
+use crate::scheduling::SchedulingRequest;
+use alloc::borrow::Cow;
+use alloc::vec::Vec;
+use body::{BodySeed, Fields};
+use error::Path;
+use seeds::{drive, found_raw, Ctx};
+use serde_json::de::{SliceRead, StrRead};
+use serde_json::value::RawValue;
+
+/// Which OpenAI API a request targets, from its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiKind {
+    /// `/v1/completions`
+    Completions,
+    /// `/v1/chat/completions`
+    ChatCompletions,
+    /// `/v1/responses`
+    Responses,
+    /// Any other path (embeddings, rerank, ...): only `model` is read, nothing is hashed.
+    Other,
+}
+
+impl ApiKind {
+    /// Classifies an HTTP `:path`. The query string is ignored, and the API is recognised by the path's
+    /// last segments, so an API mounted under a prefix (`/openai/v1/chat/completions`) is still known.
+    pub fn from_path(path: &str) -> ApiKind {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let path = path.strip_suffix('/').unwrap_or(path);
+        if path.ends_with("/chat/completions") {
+            ApiKind::ChatCompletions
+        } else if path.ends_with("/completions") {
+            ApiKind::Completions
+        } else if path.ends_with("/responses") {
+            ApiKind::Responses
+        } else {
+            ApiKind::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::Completions => "completions",
+            ApiKind::ChatCompletions => "chat_completions",
+            ApiKind::Responses => "responses",
+            ApiKind::Other => "other",
+        }
+    }
+}
+
+/// The output-length limits a request gave; which ones an API defines differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Completions and chat (deprecated in chat in favour of `max_completion_tokens`).
+    pub max_tokens: Option<u64>,
+    /// Chat.
+    pub max_completion_tokens: Option<u64>,
+    /// Responses.
+    pub max_output_tokens: Option<u64>,
+}
+
+/// A parsed request body. Borrows from the body wherever it can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InferenceRequest<'a> {
+    pub api: ApiKind,
+    /// The `model` the client asked for (never empty).
+    pub model: Cow<'a, str>,
+    pub stream: bool,
+    pub limits: OutputLimits,
+    /// Tenant isolation of prefix-cache sharing (vLLM `cache_salt`).
+    pub cache_salt: Option<Cow<'a, str>>,
+    pub user: Option<Cow<'a, str>>,
+    /// The bytes hashed for prefix affinity (GIE's choice per API):
+    /// - completions: the prompt text; a list of strings joined with `\n`; token ids as little-endian
+    ///   `u32` bytes (lists of lists concatenated).
+    /// - chat: the raw JSON of `messages`, exactly as the client sent it. Two clients that format the same
+    ///   messages with different whitespace hash differently; that is acceptable because one client's
+    ///   requests are formatted consistently, and it keeps the hashing zero-copy. `tools` are not hashed,
+    ///   as in GIE, so the same messages with different tools share affinity.
+    /// - responses: `instructions` text, then the raw JSON of `tools`, then `input` (its text when a
+    ///   string, its raw JSON when an item array), concatenated.
+    /// - other APIs: empty (no affinity).
+    pub prefix_input: Cow<'a, [u8]>,
+    /// Size of the prompt content in bytes, for token estimates (4 bytes per token): the text of
+    /// prompts, messages, instructions and tool outputs, plus the raw size of `tools` (rendered into the
+    /// prompt by chat templates). Media parts (images, audio, video) are not counted. Token-id prompts
+    /// count 4 bytes per id, so the estimate is exact. Other APIs: the whole body size.
+    pub prompt_bytes: usize,
+}
+
+/// Request facts that come from headers rather than the body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestMeta<'r> {
+    /// `x-request-id`.
+    pub request_id: &'r str,
+    /// From the InferenceObjective: 0 when unset, negative = sheddable.
+    pub priority: i32,
+    /// `x-session-token`.
+    pub session_token: Option<&'r str>,
+    /// The model to serve instead of the body's (`x-gateway-model-name-rewrite` or a rewrite rule).
+    pub model_override: Option<&'r str>,
+}
+
+impl<'a> InferenceRequest<'a> {
+    /// The output-token limit that applies to this API: `max_completion_tokens` before `max_tokens`
+    /// (chat), `max_tokens` (completions), `max_output_tokens` (responses).
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        let l = &self.limits;
+        l.max_completion_tokens.or(l.max_tokens).or(l.max_output_tokens)
+    }
+
+    /// What the scheduler sees of this request, borrowing everything.
+    pub fn scheduling_request<'r>(&'r self, meta: RequestMeta<'r>) -> SchedulingRequest<'r> {
+        SchedulingRequest {
+            request_id: meta.request_id,
+            model: meta.model_override.unwrap_or(&self.model),
+            prefix_input: &self.prefix_input,
+            cache_salt: self.cache_salt.as_deref(),
+            prompt_bytes: self.prompt_bytes,
+            max_output_tokens: self.max_output_tokens(),
+            priority: meta.priority,
+            session_token: meta.session_token,
+        }
+    }
+}
+
+/// Parses and validates a request body for the API named by `path` (the HTTP `:path`, query allowed).
+///
+/// Unknown fields are accepted; a field the API defines must have the right shape. Paths of unknown
+/// APIs still need a JSON object with a `model` string, the same rule the GIE picker applies to every
+/// body (the caller should not call this for requests that carry no JSON body).
+pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<'a>, RequestError> {
+    let api = ApiKind::from_path(path);
+    let ctx = Ctx::default();
+    let mut fields = drive(&ctx, SliceRead::new(body), BodySeed { api, ctx: &ctx })?;
+    let (prefix_input, prompt_bytes) = match api {
+        ApiKind::Completions => completions_input(&mut fields)?,
+        ApiKind::ChatCompletions => chat_input(&fields)?,
+        ApiKind::Responses => responses_input(&mut fields)?,
+        ApiKind::Other => (Cow::Borrowed(&[][..]), body.len()),
+    };
+    let Fields { model, stream, limits, cache_salt, user, .. } = fields;
+    Ok(InferenceRequest {
+        api,
+        // `BodySeed` refuses a body without a model, so the default is never used.
+        model: model.unwrap_or_default(),
+        stream: stream.unwrap_or(false),
+        limits,
+        cache_salt,
+        user,
+        prefix_input,
+        prompt_bytes,
+    })
+}
+
+type Hashed<'a> = (Cow<'a, [u8]>, usize);
+
+fn completions_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestError> {
+    match fields.prompt.take() {
+        Some(prompt) => Ok((prompt.input, prompt.bytes)),
+        // vLLM accepts precomputed embeddings instead of a prompt: nothing to hash or measure.
+        None if fields.prompt_embeds => Ok((Cow::Borrowed(&[][..]), 0)),
+        None => Err(Path::ROOT.key("prompt").error(Problem::Missing)),
+    }
+}
+
+fn chat_input<'a>(fields: &Fields<'a>) -> Result<Hashed<'a>, RequestError> {
+    let Some(messages) = fields.messages else {
+        return Err(Path::ROOT.key("messages").error(Problem::Missing));
+    };
+    let tools_len = check_tools(fields.tools)?;
+    let ctx = Ctx::default();
+    let path = Path::ROOT.key("messages");
+    drive(&ctx, StrRead::new(messages.get()), chat::Messages { ctx: &ctx, path: &path })?;
+    Ok((Cow::Borrowed(messages.get().as_bytes()), ctx.text_bytes().saturating_add(tools_len)))
+}
+
+fn responses_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestError> {
+    let tools_len = check_tools(fields.tools)?;
+    let ctx = Ctx::default();
+    let input: Option<Cow<'a, [u8]>> = match fields.input {
+        None => None,
+        Some(raw) => {
+            let path = Path::ROOT.key("input");
+            let text = drive(&ctx, StrRead::new(raw.get()), responses::Input { ctx: &ctx, path: &path })?;
+            Some(match text {
+                Some(Cow::Borrowed(text)) => Cow::Borrowed(text.as_bytes()),
+                Some(Cow::Owned(text)) => Cow::Owned(text.into_bytes()),
+                None => Cow::Borrowed(raw.get().as_bytes()),
+            })
+        }
+    };
+    let instructions = fields.instructions.take();
+    let prompt_bytes = ctx
+        .text_bytes()
+        .saturating_add(tools_len)
+        .saturating_add(instructions.as_ref().map_or(0, |i| i.len()));
+    let instructions = instructions.map(|i| match i {
+        Cow::Borrowed(i) => Cow::Borrowed(i.as_bytes()),
+        Cow::Owned(i) => Cow::Owned(i.into_bytes()),
+    });
+    let tools = fields.tools.map(|t| Cow::Borrowed(t.get().as_bytes()));
+    Ok((concat([instructions, tools, input]), prompt_bytes))
+}
+
+/// `tools` must be an array when present; returns its raw size.
+fn check_tools(tools: Option<&RawValue>) -> Result<usize, RequestError> {
+    match tools {
+        None => Ok(0),
+        Some(raw) if raw.get().starts_with('[') => Ok(raw.get().len()),
+        Some(raw) => Err(Path::ROOT
+            .key("tools")
+            .error(Problem::Unexpected { expected: "an array", found: found_raw(raw) })),
+    }
+}
+
+/// Concatenates the non-empty pieces; a single piece is returned as is, so it stays borrowed.
+fn concat<'a, const N: usize>(pieces: [Option<Cow<'a, [u8]>>; N]) -> Cow<'a, [u8]> {
+    let mut pieces = pieces.into_iter().flatten().filter(|p| !p.is_empty());
+    let Some(first) = pieces.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let Some(second) = pieces.next() else {
+        return first;
+    };
+    let mut out = Vec::new();
+    for piece in [first, second].into_iter().chain(pieces) {
+        out.extend_from_slice(&piece);
+    }
+    Cow::Owned(out)
+}
