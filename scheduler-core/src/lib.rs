@@ -13,6 +13,10 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod admission;
+pub mod config;
 pub mod model;
+pub mod model_rewrite;
+pub mod plugins;
 pub mod rng;
 pub mod scheduling;

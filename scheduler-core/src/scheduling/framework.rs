@@ -101,7 +101,8 @@ pub trait Scorer {
 }
 
 /// Chooses the targets from scored candidates: primary first, then fallbacks, at most `max` entries.
-/// `scored` is never empty when called.
+/// `scored` is never empty when called. `max` is the caller's cap; a picker also applies its own
+/// configured `maxNumOfEndpoints`.
 pub trait Picker {
     fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize>;
 }
@@ -119,12 +120,21 @@ pub struct ProfileRunResult {
 pub trait ProfileHandler {
     /// Names of the profiles to run next, given those already run. Return an empty list to stop.
     /// Called repeatedly (so P/D can decide on prefill after seeing the decode result).
+    /// `state` is the cycle's scratch space, already filled by the plugins of the profiles that ran
+    /// (P/D reads the prefix match of the decode pick from it, as GIE's handler does).
     fn pick_profiles(
         &self,
         ctx: &SchedulingContext<'_>,
+        state: &CycleState,
         profiles: &[String],
         done: &[ProfileRunResult],
     ) -> Vec<String>;
+
+    /// Checked once when the scheduler is built: the configured profile names suit this handler.
+    /// `Err` says what was expected (it becomes a configuration error).
+    fn validate_profiles(&self, _profiles: &[String]) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Name of the profile whose targets are the destination, and, for disaggregated serving, the
     /// profile whose primary target goes into the prefill header.
@@ -132,6 +142,31 @@ pub trait ProfileHandler {
 
     fn prefill_profile<'r>(&self, _done: &'r [ProfileRunResult]) -> Option<&'r ProfileRunResult> {
         None
+    }
+}
+
+/// `CycleState` key under which the prefix-cache plugin leaves its match result (see [`PrefixMatch`]).
+pub const PREFIX_MATCH_KEY: &str = "prefix-cache/match";
+
+/// How much of the request's prompt each candidate endpoint probably has cached, in hashed blocks.
+/// Written by the prefix-cache plugin; read by the P/D profile handler to decide whether prefill is
+/// worth a separate pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrefixMatch {
+    /// Blocks the prompt was cut into (0 when the prompt was shorter than one block).
+    pub total_blocks: u32,
+    /// `(endpoint index, matched blocks)` for endpoints with at least one matched block.
+    pub matched: Vec<(usize, u32)>,
+}
+
+impl PrefixMatch {
+    /// Fraction of the prompt cached on `endpoint`, in [0, 1].
+    pub fn cached_fraction(&self, endpoint: usize) -> f64 {
+        if self.total_blocks == 0 {
+            return 0.0;
+        }
+        let matched = self.matched.iter().find(|(e, _)| *e == endpoint).map_or(0, |(_, m)| *m);
+        (f64::from(matched) / f64::from(self.total_blocks)).clamp(0.0, 1.0)
     }
 }
 

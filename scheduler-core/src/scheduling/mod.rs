@@ -1,8 +1,10 @@
 //! Filter → Score → Pick: profiles, the weighted scoring pipeline, and the plugin contract.
 
 pub mod framework;
+pub mod pipeline;
+mod profile;
 
 pub use framework::{
-    CycleState, Filter, Picker, Plugin, ProfileHandler, ProfileRunResult, SaturationDetector,
-    SchedulingContext, SchedulingRequest, ScoredEndpoint, Scorer,
+    CycleState, Filter, Picker, Plugin, PrefixMatch, ProfileHandler, ProfileRunResult, SaturationDetector,
+    SchedulingContext, SchedulingRequest, ScoredEndpoint, Scorer, PREFIX_MATCH_KEY,
 };
