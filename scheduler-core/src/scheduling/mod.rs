@@ -3,6 +3,8 @@
 pub mod framework;
 pub mod pipeline;
 mod profile;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use framework::{
     CycleState, Filter, Picker, Plugin, PrefixMatch, ProfileHandler, ProfileRunResult, SaturationDetector,

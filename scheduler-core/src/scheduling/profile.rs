@@ -23,6 +23,14 @@ pub(crate) struct Scratch {
     scored: Vec<ScoredEndpoint>,
 }
 
+#[cfg(test)]
+impl Scratch {
+    /// Candidates with their weighted totals from the last run (as left by the picker).
+    pub fn scored_for_tests(&self) -> &[ScoredEndpoint] {
+        &self.scored
+    }
+}
+
 /// `clamp(s, 0, 1)` with NaN counted as 0: a broken scorer must not poison the total.
 pub(crate) fn sanitize(score: f64) -> f64 {
     if score.is_nan() {

@@ -82,8 +82,10 @@ impl PdProfileHandler {
         }
         let cached =
             state.get::<PrefixMatch>(PREFIX_MATCH_KEY).map_or(0.0, |m| m.cached_fraction(decode_target));
-        let uncached_tokens = ctx.request.estimated_input_tokens() as f64 * (1.0 - cached);
-        uncached_tokens >= self.params.threshold as f64
+        let tokens = ctx.request.estimated_input_tokens();
+        // Rounded so that 90 % of 1000 tokens leaves exactly 100 uncached, not 99.999….
+        let cached_tokens = (tokens as f64 * cached + 0.5) as u64;
+        tokens.saturating_sub(cached_tokens) >= self.params.threshold
     }
 }
 
