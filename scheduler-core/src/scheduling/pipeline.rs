@@ -66,10 +66,10 @@ impl SchedulingResult {
 pub struct Scheduler {
     plugins: Vec<Box<dyn Plugin>>,
     plugin_names: Vec<String>,
-    profiles: Vec<Profile>,
+    pub(crate) profiles: Vec<Profile>,
     profile_names: Vec<String>,
     handler: usize,
-    detector: Option<usize>,
+    pub(crate) detector: Option<usize>,
     max_endpoints: usize,
     feature_gates: Vec<(String, bool)>,
     warnings: Vec<ConfigWarning>,
@@ -371,6 +371,11 @@ impl Scheduler {
     pub fn plugin_mut(&mut self, name: &str) -> Option<&mut (dyn Plugin + 'static)> {
         let i = self.plugin_names.iter().position(|n| n == name)?;
         self.plugins.get_mut(i).map(|p| p.as_mut())
+    }
+
+    /// Name of the saturation detector plugin in use, if any.
+    pub fn detector_name(&self) -> Option<&str> {
+        self.plugin_names.get(self.detector?).map(|s| s.as_str())
     }
 
     /// Pool saturation per the configured detector (`None`: no detector, never saturated).
