@@ -5,7 +5,7 @@
 
 use crate::model::PoolSnapshot;
 use crate::rng::Rng;
-use crate::scheduling::pipeline::{ScheduleError, Scheduler};
+use crate::scheduling::pipeline::Scheduler;
 use crate::scheduling::{SchedulingContext, SchedulingRequest};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -159,13 +159,10 @@ pub fn decide(
             }
         }
     }
+    // GIE answers every scheduler failure with 429.
     let result = match scheduler.schedule(&ctx, &candidates, rng) {
         Ok(r) => r,
-        Err(
-            e @ (ScheduleError::AllFiltered { .. }
-            | ScheduleError::NoCandidates
-            | ScheduleError::NoDestinationProfile),
-        ) => return Decision::reject(RejectReason::AllFiltered, e.to_string()),
+        Err(e) => return Decision::reject(RejectReason::AllFiltered, e.to_string()),
     };
     let address = |i: usize| pool.endpoints.get(i).map(|e| String::from(e.address()));
     let mut targets = result.targets.iter().filter_map(|&i| address(i));
