@@ -13,8 +13,11 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod admission;
+pub mod config;
 pub mod metrics_text;
 pub mod model;
+pub mod model_rewrite;
 pub mod openai_error;
 pub mod plugins;
 pub mod prefix;

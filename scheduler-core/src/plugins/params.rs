@@ -1,30 +1,229 @@
-//! Parameter errors and value parsers shared by every plugin, so a bad `parameters` entry is reported
-//! the same way whichever plugin it belongs to.
+//! Turning a plugin's `parameters` JSON into its typed `Params` struct, with errors that name the field.
 //!
-//! Convention for every plugin: deserialize `Params` (unknown fields are refused), call
-//! `Params::validate`, then `Plugin::new(params)`. `new` never panics: given parameters that fail
-//! validation it uses the plugin's defaults instead, so only the registry path reports errors.
+//! serde reports *what* was wrong but not *where*; this module finds the offending key so the operator
+//! sees `plugins[2].parameters.threshold: expected a number in [0, 1], got "high"`.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use core::fmt;
+use serde::de::{DeserializeOwned, Deserializer, Error as _, Unexpected, Visitor};
+use serde_json::{Map, Value};
 
-/// A parameter value outside what the plugin accepts: which field, and what it should have been.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A bad `parameters` value. `field` is the key inside `parameters` (empty: the whole object).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamError {
-    /// Field name as written in the configuration (camelCase; nested fields joined with `.`).
-    pub field: &'static str,
-    /// What the field must hold, phrased to follow "expected".
-    pub expected: &'static str,
+    pub field: String,
+    pub expected: String,
+    pub got: Option<String>,
 }
 
 impl ParamError {
-    pub const fn new(field: &'static str, expected: &'static str) -> ParamError {
-        ParamError { field, expected }
+    pub fn new(field: impl Into<String>, expected: impl Into<String>, got: Option<String>) -> ParamError {
+        ParamError { field: field.into(), expected: expected.into(), got }
+    }
+
+    /// A value that parsed but is out of range (the plugins' `Params::validate`).
+    pub fn invalid(field: &str, expected: &str) -> ParamError {
+        ParamError::new(field, expected, None)
     }
 }
 
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: expected {}", self.field, self.expected)
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        write!(f, "expected {}", self.expected)?;
+        if let Some(got) = &self.got {
+            write!(f, ", got {got}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parameters of a plugin that takes none: any key is an error.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// Short JSON rendering of a value for error messages (long values are cut).
+pub fn json_repr(v: &Value) -> String {
+    let mut s = serde_json::to_string(v).unwrap_or_default();
+    if s.len() > 80 {
+        let mut cut = 77;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Deserializes `parameters` (absent/`null` means "all defaults") into `T`.
+///
+/// `T` should be `#[serde(default, deny_unknown_fields, rename_all = "camelCase")]`.
+pub fn parse_params<T: DeserializeOwned>(value: &Value) -> Result<T, ParamError> {
+    let empty = Value::Object(Map::new());
+    let value = match value {
+        Value::Null => &empty,
+        Value::Object(_) => value,
+        other => {
+            return Err(ParamError::new("", "an object of parameters", Some(json_repr(other))));
+        }
+    };
+    match T::deserialize(value) {
+        Ok(t) => Ok(t),
+        Err(e) => Err(locate::<T>(value, &e.to_string())),
+    }
+}
+
+fn backticked(s: &str) -> Vec<&str> {
+    s.split('`').skip(1).step_by(2).collect()
+}
+
+fn locate<T: DeserializeOwned>(value: &Value, message: &str) -> ParamError {
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let names = backticked(rest);
+        let field = names.first().copied().unwrap_or_default();
+        let known = names.get(1..).unwrap_or_default();
+        let expected = if known.is_empty() {
+            String::from("no parameters (this plugin takes none)")
+        } else {
+            format!("one of the known parameters: {}", known.join(", "))
+        };
+        return ParamError::new(field, expected, Some(String::from("an unknown parameter")));
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        let field = backticked(rest).first().copied().unwrap_or_default();
+        return ParamError::new(field, "a value (this parameter is required)", Some(String::from("nothing")));
+    }
+    // Type and range errors do not say which key failed: try each key alone to find it.
+    if let Value::Object(map) = value {
+        for (key, v) in map {
+            let mut single = Map::new();
+            single.insert(key.clone(), v.clone());
+            if let Err(e) = T::deserialize(&Value::Object(single)) {
+                let msg = e.to_string();
+                if msg.starts_with("missing field ") {
+                    continue;
+                }
+                let expected = msg.rsplit_once(", expected ").map_or(msg.as_str(), |(_, e)| e);
+                return ParamError::new(key.as_str(), expected, Some(json_repr(v)));
+            }
+        }
+    }
+    ParamError::new("", message, None)
+}
+
+struct Bounded {
+    min: f64,
+    max: f64,
+    integer: bool,
+    what: &'static str,
+}
+
+impl Visitor<'_> for Bounded {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.what)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+        // Exact for |v| < 2^63, which covers every count we accept.
+        let whole = !self.integer || (v.abs() < 9.0e18 && (v as i64) as f64 == v);
+        if v.is_finite() && whole && v >= self.min && v <= self.max {
+            Ok(v)
+        } else {
+            Err(E::invalid_value(Unexpected::Float(v), &self))
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+        let f = v as f64;
+        if f >= self.min && f <= self.max {
+            Ok(f)
+        } else {
+            Err(E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+        let f = v as f64;
+        if f >= self.min && f <= self.max {
+            Ok(f)
+        } else {
+            Err(E::invalid_value(Unexpected::Signed(v), &self))
+        }
+    }
+}
+
+/// `#[serde(deserialize_with = "unit_interval")]`: a number in [0, 1].
+pub fn unit_interval<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    d.deserialize_any(Bounded { min: 0.0, max: 1.0, integer: false, what: "a number in [0, 1]" })
+}
+
+/// `#[serde(deserialize_with = "non_negative_number")]`: a finite number ≥ 0.
+pub fn non_negative_number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    d.deserialize_any(Bounded { min: 0.0, max: f64::MAX, integer: false, what: "a number ≥ 0" })
+}
+
+/// `#[serde(deserialize_with = "positive_count")]`: an integer ≥ 1 (counts such as `maxNumOfEndpoints`).
+pub fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let v = d.deserialize_any(Bounded { min: 1.0, max: 1e9, integer: true, what: "an integer ≥ 1" })?;
+    usize::try_from(v as u64).map_err(|_| D::Error::custom("an integer ≥ 1"))
+}
+
+/// `#[serde(deserialize_with = "non_negative_count")]`: an integer ≥ 0.
+pub fn non_negative_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = d.deserialize_any(Bounded { min: 0.0, max: 9.0e15, integer: true, what: "an integer ≥ 0" })?;
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+    struct P {
+        #[serde(deserialize_with = "unit_interval")]
+        threshold: f64,
+        #[serde(deserialize_with = "positive_count")]
+        max_num_of_endpoints: usize,
+        label: String,
+    }
+
+    fn err(v: Value) -> String {
+        parse_params::<P>(&v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn null_means_defaults() {
+        assert_eq!(parse_params::<P>(&Value::Null).unwrap(), P::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        use serde_json::json;
+        assert_eq!(err(json!({"threshold": "high"})), "threshold: expected a number in [0, 1], got \"high\"");
+        assert_eq!(
+            err(json!({"label": "x", "threshold": 2})),
+            "threshold: expected a number in [0, 1], got 2"
+        );
+        assert_eq!(err(json!({"maxNumOfEndpoints": 0})), "maxNumOfEndpoints: expected an integer ≥ 1, got 0");
+        assert_eq!(
+            err(json!({"maxNumOfEndpoints": 1.5})),
+            "maxNumOfEndpoints: expected an integer ≥ 1, got 1.5"
+        );
+        assert_eq!(
+            err(json!({"treshold": 1})),
+            "treshold: expected one of the known parameters: threshold, maxNumOfEndpoints, label, got an unknown parameter"
+        );
+        assert_eq!(err(json!([1])), "expected an object of parameters, got [1]");
     }
 }
 
@@ -82,13 +281,13 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+mod duration_tests {
     use super::*;
     use alloc::string::ToString;
 
     #[test]
     fn display_names_field_and_expectation() {
-        let e = ParamError::new("threshold", "a number > 0");
+        let e = ParamError::invalid("threshold", "a number > 0");
         assert_eq!(e.to_string(), "threshold: expected a number > 0");
     }
 

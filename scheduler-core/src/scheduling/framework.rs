@@ -101,7 +101,8 @@ pub trait Scorer {
 }
 
 /// Chooses the targets from scored candidates: primary first, then fallbacks, at most `max` entries.
-/// `scored` is never empty when called.
+/// `scored` is never empty when called. `max` is the caller's cap; a picker also applies its own
+/// configured `maxNumOfEndpoints`.
 pub trait Picker {
     fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize>;
 }
@@ -119,12 +120,21 @@ pub struct ProfileRunResult {
 pub trait ProfileHandler {
     /// Names of the profiles to run next, given those already run. Return an empty list to stop.
     /// Called repeatedly (so P/D can decide on prefill after seeing the decode result).
+    /// `state` is the cycle's scratch space, already filled by the plugins of the profiles that ran
+    /// (P/D reads the prefix match of the decode pick from it, as GIE's handler does).
     fn pick_profiles(
         &self,
         ctx: &SchedulingContext<'_>,
+        state: &CycleState,
         profiles: &[String],
         done: &[ProfileRunResult],
     ) -> Vec<String>;
+
+    /// Checked once when the scheduler is built: the configured profile names suit this handler.
+    /// `Err` says what was expected (it becomes a configuration error).
+    fn validate_profiles(&self, _profiles: &[String]) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Name of the profile whose targets are the destination, and, for disaggregated serving, the
     /// profile whose primary target goes into the prefill header.
@@ -158,6 +168,12 @@ pub trait Plugin {
         None
     }
     fn as_saturation_detector(&self) -> Option<&dyn SaturationDetector> {
+        None
+    }
+
+    /// The concrete plugin, for the loader's wiring step (plugins that share state with another
+    /// plugin, such as the prefix index, override this with `Some(self)`).
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None
     }
 

@@ -68,16 +68,19 @@ impl Params {
     /// Same rules as llm-d's.
     pub fn validate(&self) -> Result<(), ParamError> {
         if Mode::parse(&self.concurrency_mode).is_none() {
-            return Err(ParamError::new("concurrencyMode", "one of \"requests\", \"tokens\", \"hybrid\""));
+            return Err(ParamError::invalid(
+                "concurrencyMode",
+                "one of \"requests\", \"tokens\", \"hybrid\"",
+            ));
         }
         if self.max_concurrency <= 0 {
-            return Err(ParamError::new("maxConcurrency", "an integer > 0"));
+            return Err(ParamError::invalid("maxConcurrency", "an integer > 0"));
         }
         if self.max_token_concurrency <= 0 {
-            return Err(ParamError::new("maxTokenConcurrency", "an integer > 0"));
+            return Err(ParamError::invalid("maxTokenConcurrency", "an integer > 0"));
         }
         if !(0.0..).contains(&self.headroom) {
-            return Err(ParamError::new("headroom", "a number >= 0"));
+            return Err(ParamError::invalid("headroom", "a number >= 0"));
         }
         Ok(())
     }
@@ -244,7 +247,11 @@ mod tests {
             (r#"{"maxTokenConcurrency": -1}"#, "maxTokenConcurrency"),
             (r#"{"headroom": -1}"#, "headroom"),
         ] {
-            assert_eq!(params::<Params>(json).validate().map_err(|e| e.field), Err(field), "{json}");
+            assert_eq!(
+                params::<Params>(json).validate().map_err(|e| e.field),
+                Err(String::from(field)),
+                "{json}"
+            );
         }
     }
 }

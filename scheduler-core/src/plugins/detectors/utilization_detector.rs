@@ -47,22 +47,22 @@ impl Params {
     /// Same rules as GIE's.
     pub fn validate(&self) -> Result<(), ParamError> {
         if self.queue_depth_threshold <= 0 {
-            return Err(ParamError::new("queueDepthThreshold", "an integer > 0"));
+            return Err(ParamError::invalid("queueDepthThreshold", "an integer > 0"));
         }
         if !(self.kv_cache_util_threshold > 0.0 && self.kv_cache_util_threshold <= 1.0) {
-            return Err(ParamError::new("kvCacheUtilThreshold", "a fraction in (0, 1]"));
+            return Err(ParamError::invalid("kvCacheUtilThreshold", "a fraction in (0, 1]"));
         }
         match parse_duration_ms(&self.metrics_staleness_threshold) {
             Some(ms) if ms > 0 => {}
             _ => {
-                return Err(ParamError::new(
+                return Err(ParamError::invalid(
                     "metricsStalenessThreshold",
                     "a duration > 0 such as \"200ms\" or \"1s\"",
                 ))
             }
         }
         if !(0.0..).contains(&self.headroom) {
-            return Err(ParamError::new("headroom", "a number >= 0"));
+            return Err(ParamError::invalid("headroom", "a number >= 0"));
         }
         Ok(())
     }
@@ -229,7 +229,11 @@ mod tests {
             (r#"{"headroom": -0.1}"#, "headroom"),
         ];
         for (json, field) in cases {
-            assert_eq!(params::<Params>(json).validate().map_err(|e| e.field), Err(field), "{json}");
+            assert_eq!(
+                params::<Params>(json).validate().map_err(|e| e.field),
+                Err(String::from(field)),
+                "{json}"
+            );
         }
         assert_eq!(
             params::<Params>(r#"{"queueDepthThreshold": -3}"#).validate().unwrap_err().to_string(),

@@ -35,7 +35,7 @@ impl Default for Params {
 impl Params {
     pub fn validate(&self) -> Result<(), ParamError> {
         if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(ParamError::new("threshold", "a probability in [0, 1]"));
+            return Err(ParamError::invalid("threshold", "a probability in [0, 1]"));
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ impl Default for Params {
 impl Params {
     pub fn validate(&self) -> Result<(), ParamError> {
         if self.threshold < 0 {
-            return Err(ParamError::new("threshold", "an integer >= 0"));
+            return Err(ParamError::invalid("threshold", "an integer >= 0"));
         }
         Ok(())
     }

@@ -138,6 +138,12 @@ impl PrefixCacheAffinityFilter {
         Ok(f)
     }
 
+    /// Switches to a prefix scorer's index (the loader's wiring step); the scorer then records picks.
+    pub fn share_index(&mut self, handle: PrefixHandle) {
+        self.handle = handle;
+        self.records = false;
+    }
+
     pub fn params(&self) -> &PrefixCacheAffinityFilterParams {
         &self.params
     }
@@ -198,6 +204,10 @@ impl Plugin for PrefixCacheAffinityFilter {
     }
 
     fn as_filter(&self) -> Option<&dyn Filter> {
+        Some(self)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
         Some(self)
     }
 

@@ -39,10 +39,10 @@ impl Params {
     /// llm-d silently falls back to the defaults for out-of-range values; here they are errors.
     pub fn validate(&self) -> Result<(), ParamError> {
         if self.idle_threshold < 0 {
-            return Err(ParamError::new("idleThreshold", "an integer >= 0"));
+            return Err(ParamError::invalid("idleThreshold", "an integer >= 0"));
         }
         if !(0.0..=1.0).contains(&self.max_busy_score) {
-            return Err(ParamError::new("maxBusyScore", "a number in [0, 1]"));
+            return Err(ParamError::invalid("maxBusyScore", "a number in [0, 1]"));
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ impl Params {
     /// llm-d replaces a non-positive threshold with 128; here it is an error.
     pub fn validate(&self) -> Result<(), ParamError> {
         if self.threshold <= 0 {
-            return Err(ParamError::new("threshold", "an integer > 0"));
+            return Err(ParamError::invalid("threshold", "an integer > 0"));
         }
         Ok(())
     }

@@ -128,6 +128,10 @@ impl Plugin for PrefixCacheScorer {
         Some(self)
     }
 
+    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
+        Some(self)
+    }
+
     fn pre_request(
         &mut self,
         ctx: &SchedulingContext<'_>,

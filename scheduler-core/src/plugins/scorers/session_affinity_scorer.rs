@@ -60,18 +60,18 @@ impl Params {
         match self.strategy.as_str() {
             ENCODED_ENDPOINT_HEADER => {}
             "session_id" => {
-                return Err(ParamError::new(
+                return Err(ParamError::invalid(
                     "strategy",
                     "\"encoded_endpoint_header\" (the session_id strategy is not supported)",
                 ))
             }
-            _ => return Err(ParamError::new("strategy", "\"encoded_endpoint_header\"")),
+            _ => return Err(ParamError::invalid("strategy", "\"encoded_endpoint_header\"")),
         }
         // The request only carries `x-session-token` (`SchedulingRequest::session_token`), so another
         // header name would silently never match.
         let header = self.encoded_endpoint_header_config.header.trim();
         if !(header.is_empty() || header.eq_ignore_ascii_case(SESSION_HEADER)) {
-            return Err(ParamError::new(
+            return Err(ParamError::invalid(
                 "encodedEndpointHeaderConfig.header",
                 "\"x-session-token\" (the only session header passed to the scheduler)",
             ));

@@ -34,7 +34,7 @@ impl Params {
     /// typo does not go unnoticed.
     pub fn validate(&self) -> Result<(), ParamError> {
         if self.queue_threshold_tokens <= 0 {
-            return Err(ParamError::new("queueThresholdTokens", "an integer > 0"));
+            return Err(ParamError::invalid("queueThresholdTokens", "an integer > 0"));
         }
         Ok(())
     }

@@ -1,0 +1,220 @@
+//! Where a request's fate is decided: routed (destination, fallbacks, prefill) or rejected (429 / 503).
+//!
+//! The filter and the shim call [`decide`] and turn the answer into headers or a local reply, so the
+//! status codes below are the ones clients see (they follow GIE's picker, not its docs).
+
+use crate::model::PoolSnapshot;
+use crate::rng::Rng;
+use crate::scheduling::pipeline::Scheduler;
+use crate::scheduling::{SchedulingContext, SchedulingRequest};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use serde::Deserialize;
+
+/// Why a request was not routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The pool has no endpoints.
+    NoEndpoints,
+    /// The gateway's subset hint was present but empty.
+    EmptySubset,
+    /// No endpoint of the pool is in the subset hint.
+    SubsetNotInPool,
+    /// Sheddable request while the pool is saturated.
+    Saturated,
+    /// Every candidate was filtered out (or scheduling failed otherwise).
+    AllFiltered,
+}
+
+impl RejectReason {
+    /// HTTP status GIE's picker returns for this reason.
+    pub fn status(self) -> u16 {
+        match self {
+            RejectReason::NoEndpoints | RejectReason::EmptySubset | RejectReason::SubsetNotInPool => 503,
+            RejectReason::Saturated | RejectReason::AllFiltered => 429,
+        }
+    }
+
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::NoEndpoints => "no_endpoints",
+            RejectReason::EmptySubset => "empty_subset",
+            RejectReason::SubsetNotInPool => "subset_not_in_pool",
+            RejectReason::Saturated => "saturated",
+            RejectReason::AllFiltered => "all_filtered",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do with the request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Route {
+        /// `ip:port` for `x-gateway-destination-endpoint`.
+        destination: String,
+        /// Further `ip:port`s to try in order (empty unless the picker returns several).
+        fallbacks: Vec<String>,
+        /// `ip:port` for `x-prefiller-host-port` (disaggregated prefill), when chosen.
+        prefill: Option<String>,
+    },
+    Reject {
+        status: u16,
+        reason: RejectReason,
+        /// One sentence for the client (goes into the OpenAI-shaped error body).
+        message: String,
+    },
+}
+
+impl Decision {
+    fn reject(reason: RejectReason, message: String) -> Decision {
+        Decision::Reject { status: reason.status(), reason, message }
+    }
+}
+
+/// Host part of `ip:port` / `[v6]:port`.
+fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
+
+/// Whether a subset entry names `address`: exact `ip:port`, or a bare IP matching every port.
+fn subset_entry_matches(entry: &str, address: &str) -> bool {
+    if entry == address {
+        return true;
+    }
+    let bare = if let Some(inner) = entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
+        inner
+    } else if entry.parse::<core::net::Ipv6Addr>().is_ok() || !entry.contains(':') {
+        entry
+    } else {
+        return false;
+    };
+    !bare.is_empty() && bare == host_of(address)
+}
+
+/// Candidate indices allowed by the subset hint. Entries may themselves be comma-separated lists.
+pub fn subset_candidates(pool: &PoolSnapshot, subset: &[&str]) -> Vec<usize> {
+    let entries = || subset.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|e| !e.is_empty());
+    pool.endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| entries().any(|entry| subset_entry_matches(entry, e.address())))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Decides one request. `subset` is the gateway's subset hint: `None` when the key is absent.
+pub fn decide(
+    scheduler: &mut Scheduler,
+    req: &SchedulingRequest<'_>,
+    pool: &PoolSnapshot,
+    subset: Option<&[&str]>,
+    now_ms: u64,
+    rng: &mut Rng,
+) -> Decision {
+    if pool.endpoints.is_empty() {
+        return Decision::reject(
+            RejectReason::NoEndpoints,
+            String::from("no model server endpoints are available"),
+        );
+    }
+    let candidates: Vec<usize> = match subset {
+        None => (0..pool.endpoints.len()).collect(),
+        Some(s) if s.iter().all(|e| e.split(',').all(|p| p.trim().is_empty())) => {
+            return Decision::reject(
+                RejectReason::EmptySubset,
+                String::from("the gateway's endpoint subset is empty"),
+            )
+        }
+        Some(s) => {
+            let c = subset_candidates(pool, s);
+            if c.is_empty() {
+                return Decision::reject(
+                    RejectReason::SubsetNotInPool,
+                    String::from("none of the gateway's subset endpoints is in the pool"),
+                );
+            }
+            c
+        }
+    };
+    let ctx = SchedulingContext { request: req, pool, now_ms };
+    if req.priority < 0 {
+        if let Some(saturation) = scheduler.saturation(&ctx) {
+            if saturation >= 1.0 {
+                return Decision::reject(
+                    RejectReason::Saturated,
+                    format!("the pool is saturated ({saturation:.2}) and the request is sheddable"),
+                );
+            }
+        }
+    }
+    // GIE answers every scheduler failure with 429.
+    let result = match scheduler.schedule(&ctx, &candidates, rng) {
+        Ok(r) => r,
+        Err(e) => return Decision::reject(RejectReason::AllFiltered, e.to_string()),
+    };
+    let address = |i: usize| pool.endpoints.get(i).map(|e| String::from(e.address()));
+    let mut targets = result.targets.iter().filter_map(|&i| address(i));
+    let Some(destination) = targets.next() else {
+        return Decision::reject(RejectReason::AllFiltered, String::from("the scheduler chose no endpoint"));
+    };
+    Decision::Route { destination, fallbacks: targets.collect(), prefill: result.prefill.and_then(address) }
+}
+
+/// One InferenceObjective as configured: its name and priority (unset 0; negative = sheddable).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    pub name: String,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// Objective name → priority, for `x-gateway-inference-objective`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectivePriorities {
+    objectives: Vec<Objective>,
+}
+
+impl ObjectivePriorities {
+    /// Later duplicates of a name are ignored (the first definition wins).
+    pub fn new(objectives: Vec<Objective>) -> ObjectivePriorities {
+        let mut out: Vec<Objective> = Vec::with_capacity(objectives.len());
+        for o in objectives {
+            if out.iter().all(|x| x.name != o.name) {
+                out.push(o);
+            }
+        }
+        ObjectivePriorities { objectives: out }
+    }
+
+    /// Parses `[{"name": "...", "priority": -1}, ...]`.
+    pub fn from_json(text: &str) -> Result<ObjectivePriorities, crate::config::ConfigError> {
+        serde_json::from_str::<Vec<Objective>>(text).map(ObjectivePriorities::new).map_err(|e| {
+            crate::config::ConfigError::new(
+                "objectives",
+                "a list of {\"name\": string, \"priority\": integer}",
+                Some(e.to_string()),
+            )
+        })
+    }
+
+    /// Priority for the header value; unknown or absent objective → 0 (GIE).
+    pub fn priority(&self, objective: Option<&str>) -> i32 {
+        objective.and_then(|n| self.objectives.iter().find(|o| o.name == n)).map_or(0, |o| o.priority)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+use super::*;
+use crate::config::EndpointPickerConfig;
+use crate::model::{Endpoint, EndpointState, Role};
+use crate::scheduling::test_support::{pool, pool_with_roles, registry};
+use alloc::vec;
+
+fn scheduler(json: &str) -> Scheduler {
+    let cfg = EndpointPickerConfig::from_json(json).unwrap();
+    Scheduler::from_config_with(&cfg, &registry()).unwrap()
+}
+
+const SATURATED: &str = r#"{"plugins": [{"type": "fixed-scorer", "parameters": {"scores": [0.1, 0.9, 0.5]}},
+    {"name": "d", "type": "fixed-detector", "parameters": {"saturation": 1.0}}],
+    "flowControl": {"saturationDetector": {"pluginRef": "d"}}}"#;
+
+fn status(d: &Decision) -> Option<(u16, RejectReason)> {
+    match d {
+        Decision::Reject { status, reason, .. } => Some((*status, *reason)),
+        Decision::Route { .. } => None,
+    }
+}
+
+fn decide_with(s: &mut Scheduler, priority: i32, pool: &PoolSnapshot, subset: Option<&[&str]>) -> Decision {
+    let req = SchedulingRequest { priority, ..SchedulingRequest::default() };
+    decide(s, &req, pool, subset, 0, &mut Rng::new(7))
+}
+
+#[test]
+fn routes_to_the_best_endpoint() {
+    let mut s = scheduler(SATURATED);
+    assert_eq!(
+        decide_with(&mut s, 0, &pool(3), None),
+        Decision::Route { destination: String::from("10.0.0.1:8000"), fallbacks: vec![], prefill: None }
+    );
+}
+
+#[test]
+fn no_endpoints_is_503() {
+    let mut s = scheduler(SATURATED);
+    assert_eq!(status(&decide_with(&mut s, 0, &pool(0), None)), Some((503, RejectReason::NoEndpoints)));
+}
+
+#[test]
+fn subset_hint_restricts_candidates() {
+    let mut s = scheduler(SATURATED);
+    let p = pool(3);
+    // The best endpoint (e1) is outside the subset: the best inside it wins.
+    let d = decide_with(&mut s, 0, &p, Some(&["10.0.0.0:8000", "10.0.0.2:8000"]));
+    assert!(matches!(d, Decision::Route { ref destination, .. } if destination == "10.0.0.2:8000"), "{d:?}");
+    // A bare IP matches every port of that pod; a comma list in one entry is split.
+    let d = decide_with(&mut s, 0, &p, Some(&["10.0.0.1"]));
+    assert!(matches!(d, Decision::Route { ref destination, .. } if destination == "10.0.0.1:8000"), "{d:?}");
+    let d = decide_with(&mut s, 0, &p, Some(&["10.0.0.9:1, 10.0.0.0:8000"]));
+    assert!(matches!(d, Decision::Route { ref destination, .. } if destination == "10.0.0.0:8000"), "{d:?}");
+}
+
+#[test]
+fn subset_empty_or_unmatched_is_503() {
+    let mut s = scheduler(SATURATED);
+    let p = pool(3);
+    assert_eq!(status(&decide_with(&mut s, 0, &p, Some(&[]))), Some((503, RejectReason::EmptySubset)));
+    assert_eq!(status(&decide_with(&mut s, 0, &p, Some(&[""]))), Some((503, RejectReason::EmptySubset)));
+    assert_eq!(
+        status(&decide_with(&mut s, 0, &p, Some(&["10.0.0.1:9000", "10.0.0.10"]))),
+        Some((503, RejectReason::SubsetNotInPool)),
+        "same IP on another port, or a longer IP, does not match"
+    );
+}
+
+#[test]
+fn ipv6_subset_entries() {
+    let mut s = scheduler(r#"{"plugins": [{"type": "fixed-scorer"}]}"#);
+    let p = PoolSnapshot {
+        endpoints: vec![
+            EndpointState::new(Endpoint::new("[fd00::1]:8000")),
+            EndpointState::new(Endpoint::new("[fd00::2]:8000")),
+        ],
+        ..PoolSnapshot::default()
+    };
+    for entry in ["fd00::2", "[fd00::2]", "[fd00::2]:8000"] {
+        let d = decide_with(&mut s, 0, &p, Some(&[entry]));
+        assert!(
+            matches!(d, Decision::Route { ref destination, .. } if destination == "[fd00::2]:8000"),
+            "{entry}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn sheddable_requests_are_shed_at_saturation_with_429() {
+    let mut s = scheduler(SATURATED);
+    let p = pool(3);
+    let d = decide_with(&mut s, -1, &p, None);
+    assert_eq!(status(&d), Some((429, RejectReason::Saturated)));
+    // Priority 0 and above are never shed.
+    assert!(matches!(decide_with(&mut s, 0, &p, None), Decision::Route { .. }));
+    // Below saturation, sheddable requests go through.
+    let mut s = scheduler(&SATURATED.replace(r#""saturation": 1.0"#, r#""saturation": 0.99"#));
+    assert!(matches!(decide_with(&mut s, -1, &p, None), Decision::Route { .. }));
+}
+
+#[test]
+fn all_filtered_is_429() {
+    let mut s = scheduler(r#"{"plugins": [{"type": "drop-all-filter"}]}"#);
+    let d = decide_with(&mut s, 0, &pool(3), None);
+    assert_eq!(status(&d), Some((429, RejectReason::AllFiltered)));
+    if let Decision::Reject { message, .. } = d {
+        assert_eq!(message, "every candidate endpoint was filtered out by profile \"default\"");
+    }
+}
+
+#[test]
+fn fallbacks_and_prefill_become_addresses() {
+    let mut s = scheduler(
+        r#"{"plugins": [{"type": "pd-profile-handler"}, {"type": "prefill-filter"}, {"type": "decode-filter"},
+            {"type": "fixed-scorer", "parameters": {"scores": [0.9, 0.8, 0.7, 0.6]}},
+            {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 2}}],
+          "schedulingProfiles": [
+            {"name": "prefill", "plugins": [{"pluginRef": "prefill-filter"}, {"pluginRef": "fixed-scorer"}]},
+            {"name": "decode", "plugins": [{"pluginRef": "decode-filter"}, {"pluginRef": "fixed-scorer"}]}]}"#,
+    );
+    let p = pool_with_roles(&[Role::Prefill, Role::Decode, Role::Prefill, Role::Decode]);
+    assert_eq!(
+        decide_with(&mut s, 0, &p, None),
+        Decision::Route {
+            destination: String::from("10.0.0.1:8000"),
+            fallbacks: vec![String::from("10.0.0.3:8000")],
+            prefill: Some(String::from("10.0.0.0:8000")),
+        }
+    );
+}
+
+#[test]
+fn objective_priorities() {
+    let t = ObjectivePriorities::from_json(r#"[{"name": "batch", "priority": -1}, {"name": "chat", "priority": 10}, {"name": "batch", "priority": 5}]"#)
+        .unwrap();
+    assert_eq!(t.priority(Some("batch")), -1, "first definition wins");
+    assert_eq!(t.priority(Some("chat")), 10);
+    assert_eq!(t.priority(Some("unknown")), 0);
+    assert_eq!(t.priority(None), 0);
+    assert!(ObjectivePriorities::from_json(r#"[{"name": "x", "priority": "high"}]"#).is_err());
+}

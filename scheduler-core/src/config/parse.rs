@@ -1,0 +1,343 @@
+//! Walks the JSON tree by hand so every error carries the exact path of the offending value.
+
+use super::{
+    ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, API_VERSION,
+    DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
+};
+use crate::plugins::params::json_repr;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use serde_json::{Map, Value};
+
+const TOP_LEVEL: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "plugins",
+    "schedulingProfiles",
+    "saturationDetector",
+    "flowControl",
+    "featureGates",
+    "dataLayer",
+    "requestHandler",
+    "parser",
+];
+
+/// Feature gates this implementation acts on. Others are accepted (llm-d has many) with a warning.
+const KNOWN_FEATURE_GATES: &[&str] = &[];
+
+pub(super) fn from_json(text: &str, own: &[&str]) -> Result<EndpointPickerConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(EndpointPickerConfig::gie_default());
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ConfigError::new("", "a JSON document", Some(format!("invalid JSON ({e})"))))?;
+    from_value(&value, own)
+}
+
+fn err<T>(path: &str, expected: &str, got: &Value) -> Result<T, ConfigError> {
+    Err(ConfigError::new(path, expected, Some(json_repr(got))))
+}
+
+fn unknown_field(path: String, known: &[&str]) -> ConfigError {
+    ConfigError::new(
+        path,
+        format!("one of the fields {}", known.join(", ")),
+        Some(String::from("an unknown field")),
+    )
+}
+
+fn object<'v>(path: &str, v: &'v Value) -> Result<&'v Map<String, Value>, ConfigError> {
+    v.as_object().map_or_else(|| err(path, "an object", v), Ok)
+}
+
+fn array<'v>(path: &str, v: &'v Value) -> Result<&'v [Value], ConfigError> {
+    v.as_array().map_or_else(|| err(path, "a list", v), |a| Ok(a.as_slice()))
+}
+
+fn non_empty_string<'v>(path: &str, v: &'v Value) -> Result<&'v str, ConfigError> {
+    match v.as_str() {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => err(path, "a non-empty string", v),
+    }
+}
+
+pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerConfig, ConfigError> {
+    let root = object("", value)?;
+    let mut cfg = EndpointPickerConfig {
+        plugins: Vec::new(),
+        scheduling_profiles: Vec::new(),
+        saturation_detector: None,
+        feature_gates: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut profiles_given = false;
+    let mut legacy_detector: Option<String> = None;
+    let mut flow_detector: Option<String> = None;
+    for (key, v) in root {
+        match key.as_str() {
+            "apiVersion" => match v.as_str() {
+                Some(API_VERSION) => {}
+                Some(DEPRECATED_API_VERSION) => cfg.warnings.push(ConfigWarning {
+                    path: key.clone(),
+                    message: format!("{DEPRECATED_API_VERSION} is deprecated, use {API_VERSION}"),
+                }),
+                _ => return err(key, &format!("{API_VERSION:?} or {DEPRECATED_API_VERSION:?}"), v),
+            },
+            "kind" => {
+                if v.as_str() != Some(KIND) {
+                    return err(key, &format!("{KIND:?}"), v);
+                }
+            }
+            "plugins" => cfg.plugins = plugins(array(key, v)?)?,
+            "schedulingProfiles" => {
+                profiles_given = true;
+                let list = array(key, v)?;
+                if list.is_empty() {
+                    return err(key, "at least one profile (omit the field for the default profile)", v);
+                }
+                cfg.scheduling_profiles = profiles(list)?;
+            }
+            "saturationDetector" => {
+                legacy_detector = saturation_detector(key, v, &mut cfg)?;
+                cfg.warnings.push(ConfigWarning {
+                    path: key.clone(),
+                    message: String::from("deprecated, use flowControl.saturationDetector"),
+                });
+            }
+            "flowControl" => {
+                for (k, fv) in object(key, v)? {
+                    let path = format!("{key}.{k}");
+                    if k == "saturationDetector" {
+                        flow_detector = saturation_detector(&path, fv, &mut cfg)?;
+                    } else {
+                        cfg.warnings.push(ConfigWarning {
+                            path,
+                            message: String::from("ignored: flow control queues are not implemented"),
+                        });
+                    }
+                }
+            }
+            "featureGates" => cfg.feature_gates = feature_gates(array(key, v)?, &mut cfg.warnings)?,
+            "dataLayer" | "requestHandler" | "parser" => cfg.warnings.push(ConfigWarning {
+                path: key.clone(),
+                message: String::from(
+                    "ignored: metrics collection and request parsing are configured elsewhere",
+                ),
+            }),
+            k if own.contains(&k) => {}
+            _ => return Err(unknown_field(key.clone(), TOP_LEVEL)),
+        }
+    }
+    // The newer field wins when both are set (llm-d).
+    let detector_path =
+        if flow_detector.is_some() { "flowControl.saturationDetector" } else { "saturationDetector" };
+    cfg.saturation_detector = flow_detector.or(legacy_detector);
+
+    if cfg.plugins.is_empty() && !profiles_given {
+        let mut default = EndpointPickerConfig::gie_default();
+        default.plugins.append(&mut cfg.plugins);
+        default.saturation_detector = cfg.saturation_detector;
+        default.feature_gates = cfg.feature_gates;
+        default.warnings = cfg.warnings;
+        return check_references(default, detector_path);
+    }
+    check_references(cfg, detector_path)
+}
+
+fn plugins(list: &[Value]) -> Result<Vec<PluginSpec>, ConfigError> {
+    const FIELDS: &[&str] = &["name", "type", "parameters"];
+    let mut out: Vec<PluginSpec> = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let path = format!("plugins[{i}]");
+        let obj = object(&path, entry)?;
+        let mut name = None;
+        let mut type_name = None;
+        let mut parameters = Value::Null;
+        for (k, v) in obj {
+            let p = format!("{path}.{k}");
+            match k.as_str() {
+                "name" => name = Some(non_empty_string(&p, v)?),
+                "type" => type_name = Some(non_empty_string(&p, v)?),
+                "parameters" => parameters = v.clone(),
+                _ => return Err(unknown_field(p, FIELDS)),
+            }
+        }
+        let Some(type_name) = type_name else {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                "a plugin type",
+                Some(String::from("nothing")),
+            ));
+        };
+        let name = name.unwrap_or(type_name);
+        if let Some(j) = out.iter().position(|p| p.name == name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "a unique plugin name (name defaults to the type)",
+                Some(format!("{name:?}, already used by plugins[{j}]")),
+            ));
+        }
+        out.push(PluginSpec { name: name.to_string(), type_name: type_name.to_string(), parameters });
+    }
+    Ok(out)
+}
+
+fn profiles(list: &[Value]) -> Result<Vec<ProfileSpec>, ConfigError> {
+    let mut out: Vec<ProfileSpec> = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let path = format!("schedulingProfiles[{i}]");
+        let obj = object(&path, entry)?;
+        let mut name = None;
+        let mut refs = Vec::new();
+        for (k, v) in obj {
+            let p = format!("{path}.{k}");
+            match k.as_str() {
+                "name" => name = Some(non_empty_string(&p, v)?),
+                "plugins" => {
+                    for (j, r) in array(&p, v)?.iter().enumerate() {
+                        refs.push(profile_ref(&format!("{p}[{j}]"), r)?);
+                    }
+                }
+                _ => return Err(unknown_field(p, &["name", "plugins"])),
+            }
+        }
+        let Some(name) = name else {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "a profile name",
+                Some(String::from("nothing")),
+            ));
+        };
+        if let Some(j) = out.iter().position(|p| p.name == name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "a unique profile name",
+                Some(format!("{name:?}, already used by schedulingProfiles[{j}]")),
+            ));
+        }
+        out.push(ProfileSpec { name: name.to_string(), plugins: refs });
+    }
+    Ok(out)
+}
+
+fn profile_ref(path: &str, v: &Value) -> Result<ProfilePluginRef, ConfigError> {
+    let mut plugin_ref = None;
+    let mut weight = None;
+    for (k, fv) in object(path, v)? {
+        let p = format!("{path}.{k}");
+        match k.as_str() {
+            "pluginRef" => plugin_ref = Some(non_empty_string(&p, fv)?),
+            "weight" => {
+                weight = match fv {
+                    Value::Null => None,
+                    _ => match fv.as_f64() {
+                        Some(w) if w.is_finite() && w >= 0.0 => Some(w),
+                        _ => return err(&p, "a number ≥ 0", fv),
+                    },
+                }
+            }
+            _ => return Err(unknown_field(p, &["pluginRef", "weight"])),
+        }
+    }
+    match plugin_ref {
+        Some(r) => Ok(ProfilePluginRef { plugin_ref: r.to_string(), weight }),
+        None => {
+            Err(ConfigError::new(format!("{path}.pluginRef"), "a plugin name", Some(String::from("nothing"))))
+        }
+    }
+}
+
+/// `{pluginRef}` (GIE ≥ 1.3, llm-d), or GIE ≤ 1.2's inline utilization thresholds, which become a
+/// `utilization-detector` plugin with the same parameters.
+fn saturation_detector(
+    path: &str,
+    v: &Value,
+    cfg: &mut EndpointPickerConfig,
+) -> Result<Option<String>, ConfigError> {
+    const LEGACY: &[&str] = &["queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"];
+    let obj = object(path, v)?;
+    if let Some(r) = obj.get("pluginRef") {
+        if let Some(k) = obj.keys().find(|k| *k != "pluginRef") {
+            return Err(unknown_field(format!("{path}.{k}"), &["pluginRef"]));
+        }
+        return Ok(Some(non_empty_string(&format!("{path}.pluginRef"), r)?.to_string()));
+    }
+    if obj.is_empty() {
+        return Ok(None);
+    }
+    if let Some(k) = obj.keys().find(|k| !LEGACY.contains(&k.as_str())) {
+        let mut known = alloc::vec!["pluginRef"];
+        known.extend_from_slice(LEGACY);
+        return Err(unknown_field(format!("{path}.{k}"), &known));
+    }
+    cfg.warnings.push(ConfigWarning {
+        path: String::from(path),
+        message: format!(
+            "inline thresholds are deprecated, configure a {DEFAULT_SATURATION_DETECTOR} plugin"
+        ),
+    });
+    let name = String::from(DEFAULT_SATURATION_DETECTOR);
+    if cfg.plugins.iter().all(|p| p.name != name) {
+        cfg.plugins.push(PluginSpec { name: name.clone(), type_name: name.clone(), parameters: v.clone() });
+    }
+    Ok(Some(name))
+}
+
+fn feature_gates(
+    list: &[Value],
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Vec<(String, bool)>, ConfigError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let path = format!("featureGates[{i}]");
+        let s = non_empty_string(&path, v)?;
+        let (name, enabled) = match s.split_once('=') {
+            None => (s, true),
+            Some((n, val)) => match val.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "t" => (n, true),
+                "false" | "0" | "f" => (n, false),
+                _ => return err(&path, "\"name\", \"name=true\" or \"name=false\"", v),
+            },
+        };
+        let name = name.trim();
+        if !KNOWN_FEATURE_GATES.contains(&name) {
+            warnings.push(ConfigWarning {
+                path,
+                message: format!("feature gate {name:?} is not implemented; ignored"),
+            });
+        }
+        out.push((String::from(name), enabled));
+    }
+    Ok(out)
+}
+
+/// References that can be checked without building plugins: profile → plugin, detector → plugin.
+fn check_references(
+    cfg: EndpointPickerConfig,
+    detector_path: &str,
+) -> Result<EndpointPickerConfig, ConfigError> {
+    let names = || cfg.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    for (i, profile) in cfg.scheduling_profiles.iter().enumerate() {
+        for (j, r) in profile.plugins.iter().enumerate() {
+            if cfg.plugin(&r.plugin_ref).is_none() {
+                return Err(ConfigError::new(
+                    format!("schedulingProfiles[{i}].plugins[{j}].pluginRef"),
+                    format!("the name of an entry in plugins ({})", names()),
+                    Some(format!("{:?}", r.plugin_ref)),
+                ));
+            }
+        }
+    }
+    if let Some(d) = &cfg.saturation_detector {
+        // The default detector is created on demand, like llm-d does.
+        if d != DEFAULT_SATURATION_DETECTOR && cfg.plugin(d).is_none() {
+            return Err(ConfigError::new(
+                format!("{detector_path}.pluginRef"),
+                format!("the name of an entry in plugins ({})", names()),
+                Some(format!("{d:?}")),
+            ));
+        }
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,44 @@
+//! `prefill-filter` (llm-d): keeps the endpoints that may run a disaggregated prefill.
+//!
+//! Prefill pods, plus pods explicitly labelled as serving both phases; an unlabelled pod is an
+//! aggregated server and must not be handed prefill-only work.
+
+use crate::model::{Role, ROLE_LABEL};
+use crate::plugins::params::{parse_params, NoParams, ParamError};
+use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use serde_json::Value;
+
+pub const TYPE: &str = "prefill-filter";
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrefillFilter;
+
+impl PrefillFilter {
+    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
+        parse_params::<NoParams>(params)?;
+        Ok(Box::new(PrefillFilter))
+    }
+}
+
+impl Filter for PrefillFilter {
+    fn filter(&self, ctx: &SchedulingContext<'_>, _state: &mut CycleState, candidates: &mut Vec<usize>) {
+        candidates.retain(|&i| {
+            ctx.pool.endpoints.get(i).is_some_and(|e| match e.endpoint.role {
+                Role::Prefill => true,
+                Role::Both => e.endpoint.label(ROLE_LABEL).is_some(),
+                Role::Decode => false,
+            })
+        });
+    }
+}
+
+impl Plugin for PrefillFilter {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+    fn as_filter(&self) -> Option<&dyn Filter> {
+        Some(self)
+    }
+}

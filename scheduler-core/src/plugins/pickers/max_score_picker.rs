@@ -1,0 +1,83 @@
+//! `max-score-picker`: the highest total score wins; ties break at random.
+//!
+//! Shuffling before a stable sort makes equal scores come out in random (but seed-determined) order,
+//! so a pool of idle endpoints shares load instead of always feeding the first one.
+
+use super::PickerParams;
+use crate::plugins::params::{parse_params, ParamError};
+use crate::rng::Rng;
+use crate::scheduling::{Picker, Plugin, ScoredEndpoint};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use serde_json::Value;
+
+pub const TYPE: &str = "max-score-picker";
+
+#[derive(Clone, Debug, Default)]
+pub struct MaxScorePicker {
+    pub params: PickerParams,
+}
+
+impl MaxScorePicker {
+    pub fn new(max_num_of_endpoints: usize) -> MaxScorePicker {
+        MaxScorePicker { params: PickerParams { max_num_of_endpoints: max_num_of_endpoints.max(1) } }
+    }
+
+    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
+        Ok(Box::new(MaxScorePicker { params: parse_params(params)? }))
+    }
+}
+
+impl Picker for MaxScorePicker {
+    fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize> {
+        rng.shuffle(scored);
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let n = self.params.max_num_of_endpoints.min(max);
+        scored.iter().take(n).map(|s| s.index).collect()
+    }
+}
+
+impl Plugin for MaxScorePicker {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+    fn as_picker(&self) -> Option<&dyn Picker> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn scored(scores: &[f64]) -> Vec<ScoredEndpoint> {
+        scores.iter().enumerate().map(|(index, &score)| ScoredEndpoint { index, score }).collect()
+    }
+
+    #[test]
+    fn fallbacks_come_in_score_order() {
+        let p = MaxScorePicker::new(3);
+        let mut s = scored(&[0.2, 0.9, 0.5, 0.7]);
+        assert_eq!(p.pick(&mut s, usize::MAX, &mut Rng::new(1)), vec![1, 3, 2]);
+        // The caller's cap wins when smaller.
+        let mut s = scored(&[0.2, 0.9, 0.5, 0.7]);
+        assert_eq!(p.pick(&mut s, 1, &mut Rng::new(1)), vec![1]);
+    }
+
+    #[test]
+    fn ties_break_randomly_but_reproducibly() {
+        let p = MaxScorePicker::new(1);
+        let pick = |seed| p.pick(&mut scored(&[1.0, 1.0, 1.0, 1.0, 0.5]), 1, &mut Rng::new(seed))[0];
+        let mut seen = [0u32; 5];
+        for seed in 0..400 {
+            let a = pick(seed);
+            assert_eq!(a, pick(seed), "same seed, same pick");
+            seen[a] += 1;
+        }
+        assert_eq!(seen[4], 0, "the lower score never wins");
+        for (i, n) in seen.iter().take(4).enumerate() {
+            assert!((60..=140).contains(n), "endpoint {i} won {n} of 400 ties");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `single-profile-handler`: aggregated serving, one profile, its pick is the destination.
+//!
+//! The default when the configuration has exactly one profile and names no handler.
+
+use crate::plugins::params::{parse_params, NoParams, ParamError};
+use crate::scheduling::{CycleState, Plugin, ProfileHandler, ProfileRunResult, SchedulingContext};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde_json::Value;
+
+pub const TYPE: &str = "single-profile-handler";
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleProfileHandler;
+
+impl SingleProfileHandler {
+    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
+        parse_params::<NoParams>(params)?;
+        Ok(Box::new(SingleProfileHandler))
+    }
+}
+
+impl ProfileHandler for SingleProfileHandler {
+    fn pick_profiles(
+        &self,
+        _ctx: &SchedulingContext<'_>,
+        _state: &CycleState,
+        profiles: &[String],
+        done: &[ProfileRunResult],
+    ) -> Vec<String> {
+        match (done.is_empty(), profiles.first()) {
+            (true, Some(p)) => alloc::vec![p.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn validate_profiles(&self, profiles: &[String]) -> Result<(), String> {
+        if profiles.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("exactly one profile for {TYPE}, got {}", profiles.len()))
+        }
+    }
+
+    fn primary_profile<'r>(&self, done: &'r [ProfileRunResult]) -> Option<&'r ProfileRunResult> {
+        done.first()
+    }
+}
+
+impl Plugin for SingleProfileHandler {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+    fn as_profile_handler(&self) -> Option<&dyn ProfileHandler> {
+        Some(self)
+    }
+}

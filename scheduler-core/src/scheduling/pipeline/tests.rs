@@ -1,0 +1,211 @@
+use super::*;
+use crate::model::{PoolSnapshot, Role};
+use crate::scheduling::test_support::{pool, pool_with_roles, registry, PRE_REQUEST_CALLS};
+use crate::scheduling::SchedulingRequest;
+use alloc::string::ToString;
+use alloc::vec;
+use core::sync::atomic::Ordering;
+
+fn build(json: &str) -> Scheduler {
+    let cfg = EndpointPickerConfig::from_json(json).unwrap();
+    Scheduler::from_config_with(&cfg, &registry()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(
+    s: &mut Scheduler,
+    pool: &PoolSnapshot,
+    req: &SchedulingRequest<'_>,
+    seed: u64,
+) -> Result<SchedulingResult, ScheduleError> {
+    let ctx = SchedulingContext { request: req, pool, now_ms: 0 };
+    let all: Vec<usize> = (0..pool.endpoints.len()).collect();
+    s.schedule(&ctx, &all, &mut Rng::new(seed))
+}
+
+/// Totals the scheduler computed, observed through a max-score picker returning every endpoint.
+#[test]
+fn weighted_sum_worked_example() {
+    // Scorer A (weight 2) gives [0.5, 1.0, 1.7→1.0, -0.2→0.0]; scorer B (weight 3) gives [1.0, 0.2, 0.1, 0.9].
+    // Totals: e0 = 2·0.5 + 3·1.0 = 4.0; e1 = 2·1.0 + 3·0.2 = 2.6; e2 = 2·1.0 + 3·0.1 = 2.3; e3 = 0 + 2.7 = 2.7.
+    // Not normalized by the weight sum (that would give 0.8, 0.52, 0.46, 0.54 — same order, other scale).
+    let mut s = build(
+        r#"{"plugins": [
+            {"name": "a", "type": "fixed-scorer", "parameters": {"scores": [0.5, 1.0, 1.7, -0.2]}},
+            {"name": "b", "type": "fixed-scorer", "parameters": {"scores": [1.0, 0.2, 0.1, 0.9]}},
+            {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 4}}],
+          "schedulingProfiles": [{"name": "default", "plugins": [
+            {"pluginRef": "a", "weight": 2}, {"pluginRef": "b", "weight": 3}, {"pluginRef": "max-score-picker"}]}]}"#,
+    );
+    let r = run(&mut s, &pool(4), &SchedulingRequest::default(), 1).unwrap();
+    assert_eq!(r.targets, vec![0, 3, 1, 2]);
+
+    // The exact totals, through the profile directly.
+    let p = s.profiles.first().unwrap().clone();
+    let pool = pool(4);
+    let req = SchedulingRequest::default();
+    let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
+    let mut scratch = Scratch::default();
+    p.run(&s.plugins, &ctx, &mut CycleState::default(), &[0, 1, 2, 3], 4, &mut Rng::new(1), &mut scratch);
+    let mut totals: Vec<(usize, f64)> = scratch_totals(&scratch);
+    totals.sort_by_key(|t| t.0);
+    let want = [4.0, 2.6, 2.3, 2.7];
+    for ((i, got), want) in totals.iter().zip(want) {
+        assert!((got - want).abs() < 1e-9, "endpoint {i}: total {got}, want {want}");
+    }
+}
+
+fn scratch_totals(s: &Scratch) -> Vec<(usize, f64)> {
+    s.scored_for_tests().iter().map(|e| (e.index, e.score)).collect()
+}
+
+#[test]
+fn nan_scores_count_as_zero() {
+    let mut s = build(
+        r#"{"plugins": [{"type": "nan-scorer"},
+            {"name": "a", "type": "fixed-scorer", "parameters": {"scores": [0.1, 0.3, 0.2]}}],
+          "schedulingProfiles": [{"name": "p", "plugins": [{"pluginRef": "nan-scorer", "weight": 5}, {"pluginRef": "a"}]}]}"#,
+    );
+    assert_eq!(run(&mut s, &pool(3), &SchedulingRequest::default(), 9).unwrap().targets, vec![1]);
+}
+
+#[test]
+fn fallbacks_in_score_order_and_caller_cap() {
+    let json = r#"{"plugins": [
+            {"name": "a", "type": "fixed-scorer", "parameters": {"scores": [0.1, 0.9, 0.4, 0.7, 0.8]}},
+            {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 3}}]}"#;
+    let mut s = build(json);
+    let r = run(&mut s, &pool(5), &SchedulingRequest::default(), 3).unwrap();
+    assert_eq!(r.targets, vec![1, 4, 3], "primary, then fallbacks by descending score");
+    assert_eq!(r.destination(), Some(1));
+    s.set_max_endpoints(1);
+    assert_eq!(run(&mut s, &pool(5), &SchedulingRequest::default(), 3).unwrap().targets, vec![1]);
+}
+
+#[test]
+fn a_filter_that_empties_the_set_fails_the_profile() {
+    let mut s = build(
+        r#"{"plugins": [{"type": "drop-all-filter"}, {"type": "fixed-scorer"}],
+            "schedulingProfiles": [{"name": "only", "plugins": [{"pluginRef": "drop-all-filter"}, {"pluginRef": "fixed-scorer"}]}]}"#,
+    );
+    assert_eq!(
+        run(&mut s, &pool(3), &SchedulingRequest::default(), 1),
+        Err(ScheduleError::AllFiltered { profile: String::from("only") })
+    );
+}
+
+#[test]
+fn pre_request_runs_once_per_successful_decision() {
+    let mut s = build(r#"{"plugins": [{"type": "recorder"}, {"type": "fixed-scorer"}]}"#);
+    let before = PRE_REQUEST_CALLS.load(Ordering::SeqCst);
+    run(&mut s, &pool(2), &SchedulingRequest::default(), 1).unwrap();
+    run(&mut s, &pool(2), &SchedulingRequest::default(), 2).unwrap();
+    assert!(PRE_REQUEST_CALLS.load(Ordering::SeqCst) >= before + 2);
+}
+
+const PD: &str = r#"{"plugins": [
+    {"type": "pd-profile-handler", "parameters": {"threshold": 100}},
+    {"type": "prefill-filter"}, {"type": "decode-filter"},
+    {"type": "prefix-stub", "parameters": {"totalBlocks": 10, "matched": [[1, 9]]}},
+    {"name": "load", "type": "fixed-scorer", "parameters": {"scores": [0.9, 0.5, 0.1, 0.2]}}],
+  "schedulingProfiles": [
+    {"name": "prefill", "plugins": [{"pluginRef": "prefill-filter"}, {"pluginRef": "load"}]},
+    {"name": "decode", "plugins": [{"pluginRef": "decode-filter"}, {"pluginRef": "prefix-stub"}, {"pluginRef": "load"}]}]}"#;
+
+#[test]
+fn pd_disaggregates_long_uncached_prompts() {
+    // e0 prefill, e1 decode (90 % of the prompt cached), e2 decode, e3 prefill.
+    let pool = pool_with_roles(&[Role::Prefill, Role::Decode, Role::Decode, Role::Prefill]);
+    let mut s = build(PD);
+    // 4000 bytes = 1000 tokens; decode pick e1 has 90 % cached → 100 uncached ≥ threshold 100.
+    let req = SchedulingRequest { prompt_bytes: 4000, ..SchedulingRequest::default() };
+    let r = run(&mut s, &pool, &req, 1).unwrap();
+    assert_eq!(r.destination(), Some(1), "decode target is the destination");
+    assert_eq!(r.prefill, Some(0), "best prefill pod goes into x-prefiller-host-port");
+    assert_eq!(r.profiles.iter().map(|p| p.profile.as_str()).collect::<Vec<_>>(), ["decode", "prefill"]);
+
+    // 3000 bytes = 750 tokens, 75 uncached < 100: prefill stays on the decode pod.
+    let req = SchedulingRequest { prompt_bytes: 3000, ..SchedulingRequest::default() };
+    let r = run(&mut s, &pool, &req, 1).unwrap();
+    assert_eq!((r.destination(), r.prefill), (Some(1), None));
+    assert_eq!(r.profiles.len(), 1, "the prefill profile did not run");
+}
+
+#[test]
+fn pd_without_prefill_pods_serves_aggregated() {
+    let pool = pool_with_roles(&[Role::Both, Role::Decode, Role::Both]);
+    let mut s = build(PD);
+    let req = SchedulingRequest { prompt_bytes: 40_000, ..SchedulingRequest::default() };
+    let r = run(&mut s, &pool, &req, 1).unwrap();
+    assert_eq!(r.destination(), Some(0), "unlabelled pods serve decode");
+    assert_eq!(r.prefill, None, "no prefill pod: no prefill header, request still served");
+}
+
+#[test]
+fn pd_threshold_zero_always_disaggregates_and_decode_failure_fails() {
+    let json = PD.replace(r#""threshold": 100"#, r#""threshold": 0"#);
+    let mut s = build(&json);
+    let pool = pool_with_roles(&[Role::Prefill, Role::Decode]);
+    let r = run(&mut s, &pool, &SchedulingRequest::default(), 1).unwrap();
+    assert_eq!((r.destination(), r.prefill), (Some(1), Some(0)));
+    let only_prefill = pool_with_roles(&[Role::Prefill, Role::Prefill]);
+    assert_eq!(
+        run(&mut s, &only_prefill, &SchedulingRequest::default(), 1),
+        Err(ScheduleError::AllFiltered { profile: String::from("decode") })
+    );
+}
+
+#[test]
+fn same_seed_same_decision() {
+    let mut s = build(
+        r#"{"plugins": [{"type": "fixed-scorer", "parameters": {"scores": [1, 1, 1, 1, 1, 1, 1, 1]}}]}"#,
+    );
+    let p = pool(8);
+    let req = SchedulingRequest::default();
+    let picks: Vec<usize> = (0..50).map(|seed| run(&mut s, &p, &req, seed).unwrap().targets[0]).collect();
+    let again: Vec<usize> = (0..50).map(|seed| run(&mut s, &p, &req, seed).unwrap().targets[0]).collect();
+    assert_eq!(picks, again);
+    let distinct = (0..8).filter(|i| picks.contains(i)).count();
+    assert!(distinct >= 6, "ties spread over endpoints: {picks:?}");
+}
+
+#[test]
+fn affinity_filter_shares_the_prefix_scorers_index() {
+    use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
+    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
+    let mut s = Scheduler::from_json(
+        r#"{"plugins": [{"type": "prefix-cache-affinity-filter"}, {"type": "prefix-cache-scorer"},
+                        {"type": "max-score-picker"}],
+            "schedulingProfiles": [{"name": "p", "plugins": [{"pluginRef": "prefix-cache-affinity-filter"},
+                {"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#,
+    )
+    .unwrap();
+    let scorer = s
+        .plugin_mut("prefix-cache-scorer")
+        .and_then(|p| p.as_any_mut())
+        .and_then(|a| a.downcast_mut::<PrefixCacheScorer>())
+        .unwrap()
+        .handle()
+        .clone();
+    let filter = s
+        .plugin_mut("prefix-cache-affinity-filter")
+        .and_then(|p| p.as_any_mut())
+        .and_then(|a| a.downcast_mut::<PrefixCacheAffinityFilter>())
+        .unwrap()
+        .handle()
+        .clone();
+    assert!(scorer.same_index(&filter), "filter and scorer must read one index");
+}
+
+#[test]
+fn affinity_filter_with_an_unknown_producer_is_a_config_error() {
+    let err = Scheduler::from_json(
+        r#"{"plugins": [{"type": "prefix-cache-affinity-filter",
+                         "parameters": {"prefixMatchInfoProducerName": "nope"}},
+                        {"type": "prefix-cache-scorer"}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got \"nope\""
+    );
+}
