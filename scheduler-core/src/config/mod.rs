@@ -3,6 +3,7 @@
 //! Parsing checks the document's shape and references; building plugins (which needs the registry)
 //! and the system defaults (picker, profile handler, saturation detector) happen in `Scheduler`.
 
+pub mod gateway;
 mod parse;
 
 use alloc::string::String;
