@@ -65,6 +65,9 @@ pub enum Decision {
         fallbacks: Vec<String>,
         /// `ip:port` for `x-prefiller-host-port` (disaggregated prefill), when chosen.
         prefill: Option<String>,
+        /// The request's prefix block hashes, recorded on the destination (and prefill) endpoint; a
+        /// multi-worker proxy passes them to the other workers' [`Scheduler::learn_prefix`].
+        prefix_hashes: Vec<u64>,
     },
     Reject {
         status: u16,
@@ -169,7 +172,13 @@ pub fn decide(
     let Some(destination) = targets.next() else {
         return Decision::reject(RejectReason::AllFiltered, String::from("the scheduler chose no endpoint"));
     };
-    Decision::Route { destination, fallbacks: targets.collect(), prefill: result.prefill.and_then(address) }
+    let prefill = result.prefill.and_then(address);
+    Decision::Route {
+        destination,
+        fallbacks: targets.collect(),
+        prefill,
+        prefix_hashes: result.prefix_hashes,
+    }
 }
 
 /// One InferenceObjective as configured: its name and priority (unset 0; negative = sheddable).

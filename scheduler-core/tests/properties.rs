@@ -158,7 +158,7 @@ proptest! {
                 continue;
             };
             match d {
-                Decision::Route { destination, fallbacks, prefill } => {
+                Decision::Route { destination, fallbacks, prefill, .. } => {
                     let ep = pool.find(&destination);
                     prop_assert!(ep.is_some(), "destination {destination} not in the pool");
                     prop_assert!(allowed_by_subset(&destination, subset.as_deref()), "{destination} outside the subset");

@@ -30,7 +30,12 @@ fn routes_to_the_best_endpoint() {
     let mut s = scheduler(SATURATED);
     assert_eq!(
         decide_with(&mut s, 0, &pool(3), None),
-        Decision::Route { destination: String::from("10.0.0.1:8000"), fallbacks: vec![], prefill: None }
+        Decision::Route {
+            destination: String::from("10.0.0.1:8000"),
+            fallbacks: vec![],
+            prefill: None,
+            prefix_hashes: vec![],
+        }
     );
 }
 
@@ -126,6 +131,7 @@ fn fallbacks_and_prefill_become_addresses() {
             destination: String::from("10.0.0.1:8000"),
             fallbacks: vec![String::from("10.0.0.3:8000")],
             prefill: Some(String::from("10.0.0.0:8000")),
+            prefix_hashes: vec![],
         }
     );
 }

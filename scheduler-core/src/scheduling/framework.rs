@@ -70,6 +70,13 @@ impl CycleState {
         self.entries.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v.downcast_ref::<T>())
     }
 
+    /// Removes and returns the value under `key` (when it has type `T`), without copying it.
+    pub fn take<T: 'static>(&mut self, key: &str) -> Option<T> {
+        let pos = self.entries.iter().position(|(k, v)| *k == key && v.is::<T>())?;
+        let (_, v) = self.entries.swap_remove(pos);
+        v.downcast::<T>().ok().map(|b| *b)
+    }
+
     pub fn insert<T: 'static>(&mut self, key: &'static str, value: T) {
         self.entries.retain(|(k, _)| *k != key);
         self.entries.push((key, Box::new(value)));

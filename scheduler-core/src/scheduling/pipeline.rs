@@ -12,6 +12,7 @@ use crate::plugins::params::ParamError;
 use crate::plugins::pickers::max_score_picker;
 use crate::plugins::profile_handlers::single_profile_handler;
 use crate::plugins::registry::Registry;
+use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::rng::Rng;
 use alloc::boxed::Box;
 use alloc::format;
@@ -54,6 +55,9 @@ pub struct SchedulingResult {
     pub targets: Vec<usize>,
     /// Disaggregated prefill endpoint (`x-prefiller-host-port`), when one was chosen.
     pub prefill: Option<usize>,
+    /// The request's prefix block hashes (empty without a prefix plugin or for short prompts). They were
+    /// recorded on the destination; other proxy workers learn the same with [`Scheduler::learn_prefix`].
+    pub prefix_hashes: Vec<u64>,
 }
 
 impl SchedulingResult {
@@ -432,7 +436,40 @@ impl Scheduler {
         for p in plugins.iter_mut() {
             p.pre_request(ctx, &state, &done);
         }
-        Ok(SchedulingResult { profiles: done, targets, prefill })
+        let prefix_hashes =
+            state.take::<PrefixMatch>(PREFIX_MATCH_STATE_KEY).map(|m| m.hashes).unwrap_or_default();
+        Ok(SchedulingResult { profiles: done, targets, prefill, prefix_hashes })
+    }
+
+    /// Records that `address` now holds the KV blocks `hashes`, as if this scheduler had routed there:
+    /// how a proxy worker learns the picks other workers made (see the filter's prefix sync). Unknown
+    /// addresses are recorded too (the endpoint may be newer than this worker's snapshot).
+    pub fn learn_prefix(&mut self, pool: &crate::model::PoolSnapshot, address: &str, hashes: &[u64]) {
+        use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
+        use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
+        if hashes.is_empty() {
+            return;
+        }
+        let endpoint = pool.find(address);
+        for p in self.plugins.iter_mut() {
+            let Some(any) = p.as_any_mut() else { continue };
+            let handle = if let Some(s) = any.downcast_ref::<PrefixCacheScorer>() {
+                s.handle().clone()
+            } else if let Some(f) = any.downcast_ref::<PrefixCacheAffinityFilter>() {
+                f.handle().clone()
+            } else {
+                continue;
+            };
+            let Some(config) = handle.config() else { continue };
+            let capacity = match endpoint {
+                Some(e) => config.capacity_for(e),
+                None => config.lru_capacity_per_server,
+            };
+            // Idempotent: a handle shared by a scorer and a filter is simply recorded twice.
+            if let Some(mut index) = handle.index_mut() {
+                index.record(address, hashes, capacity);
+            };
+        }
     }
 }
 
