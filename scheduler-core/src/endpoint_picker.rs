@@ -1,0 +1,318 @@
+//! One request, start to finish, as a gateway decides it: body limit, parsing, model rewrite, priority,
+//! fail-open policy, admission and scheduling, and the answer as headers or an OpenAI-shaped reply.
+//!
+//! The Wasm filter, the ext_proc shim and the simulator all call [`EndpointPicker::pick`], so given the
+//! same configuration, snapshot, clock and seed they make the same decision. What stays outside is I/O:
+//! reading headers and bodies, the snapshot, in-flight counts, and writing the result back.
+
+use crate::admission::{decide, Decision, RejectReason};
+use crate::config::gateway::{FailOpenStrategy, FailureMode, GatewayConfig};
+use crate::config::ConfigError;
+use crate::model::{EndpointState, PoolSnapshot};
+use crate::openai_error::OpenAiError;
+use crate::request::{parse_request, InferenceRequest, RequestMeta};
+use crate::rng::Rng;
+use crate::scheduling::pipeline::Scheduler;
+use crate::scheduling::SchedulingRequest;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Request facts that come from headers (the body is passed separately).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestInfo<'a> {
+    /// `:path`, which selects the API (`/v1/chat/completions`, ...).
+    pub path: &'a str,
+    /// `x-request-id` (logs, deterministic coins).
+    pub request_id: &'a str,
+    /// `x-gateway-inference-objective`.
+    pub objective: Option<&'a str>,
+    /// `x-gateway-model-name-rewrite`: forces the target model.
+    pub model_rewrite: Option<&'a str>,
+    /// `x-session-token`.
+    pub session_token: Option<&'a str>,
+    /// The gateway's subset hint (`ip:port` or bare `ip` entries), when present.
+    pub subset: Option<&'a [&'a str]>,
+}
+
+/// Why the picker could not decide from metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// No snapshot was ever published (collector not running yet, or not configured).
+    NoSnapshot,
+    /// The last snapshot is older than `limits.snapshotMaxAgeMs`.
+    StaleSnapshot,
+    /// The published bytes could not be decoded (corrupt, or a newer format).
+    UndecodableSnapshot,
+}
+
+impl Fallback {
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::NoSnapshot => "no_snapshot",
+            Fallback::StaleSnapshot => "stale_snapshot",
+            Fallback::UndecodableSnapshot => "undecodable_snapshot",
+        }
+    }
+}
+
+/// What the caller knows about the pool right now.
+#[derive(Clone, Copy, Debug)]
+pub enum PoolView<'a> {
+    /// A snapshot fresh enough to schedule on (gateway in-flight counts already merged in).
+    Fresh(&'a PoolSnapshot),
+    /// Metrics are unusable; `known` is the last decodable snapshot, if any (its endpoint list is still
+    /// the best guess of who exists).
+    Unusable { reason: Fallback, known: Option<&'a PoolSnapshot> },
+}
+
+/// A routing decision to apply to the request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// Value for the destination header: one `ip:port`, or primary-then-fallbacks joined by `,` when
+    /// `routing.maxEndpoints` > 1.
+    pub header_value: String,
+    /// The primary endpoint alone (for in-flight accounting).
+    pub destination: String,
+    /// `ip:port` for the prefill header (disaggregated serving).
+    pub prefill: Option<String>,
+    /// The model the server should run, when it differs from the body's (the caller rewrites the body).
+    pub rewritten_model: Option<String>,
+    /// Estimated tokens this request will hold on the server (input + expected output), for in-flight.
+    pub estimated_tokens: u64,
+    /// Prefix block hashes recorded on the destination (for other workers' `learn_prefix`).
+    pub prefix_hashes: Vec<u64>,
+}
+
+/// A local reply instead of routing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    /// OpenAI-shaped JSON error body.
+    pub body: String,
+    /// Stable label for metrics (`bad_request`, `body_too_large`, `saturated`, ...).
+    pub reason: &'static str,
+}
+
+/// The decision for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Scheduled on fresh metrics.
+    Route(Route),
+    /// Metrics unusable and failing open: route blind (`Some`), or leave the destination unset so the
+    /// proxy's own load balancing decides (`None`).
+    FailOpen {
+        reason: Fallback,
+        route: Option<Route>,
+    },
+    Reply(Reply),
+}
+
+/// A configured picker. Holds the scheduler (and so the prefix index); one per proxy worker.
+pub struct EndpointPicker {
+    scheduler: Scheduler,
+    config: GatewayConfig,
+    /// Cursor for fail-open round-robin.
+    next_blind: usize,
+}
+
+impl EndpointPicker {
+    /// Builds the scheduler; every plugin and reference error surfaces here, with its path.
+    pub fn new(config: GatewayConfig) -> Result<EndpointPicker, ConfigError> {
+        let mut scheduler = Scheduler::from_config(&config.picker)?;
+        scheduler.set_max_endpoints(config.routing.max_endpoints);
+        Ok(EndpointPicker { scheduler, config, next_blind: 0 })
+    }
+
+    pub fn from_json(text: &str) -> Result<EndpointPicker, ConfigError> {
+        EndpointPicker::new(GatewayConfig::from_json(text)?)
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn scheduler_mut(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
+
+    /// How to treat `snapshot` at `now_ms`: fresh, or why not.
+    pub fn view<'a>(
+        &self,
+        snapshot: Option<&'a PoolSnapshot>,
+        undecodable: bool,
+        now_ms: u64,
+    ) -> PoolView<'a> {
+        match snapshot {
+            _ if undecodable => PoolView::Unusable { reason: Fallback::UndecodableSnapshot, known: snapshot },
+            None => PoolView::Unusable { reason: Fallback::NoSnapshot, known: None },
+            Some(s) if now_ms.saturating_sub(s.published_at_ms) > self.config.limits.snapshot_max_age_ms => {
+                PoolView::Unusable { reason: Fallback::StaleSnapshot, known: Some(s) }
+            }
+            Some(s) => PoolView::Fresh(s),
+        }
+    }
+
+    /// 413 as soon as the body is known to exceed the limit (call while buffering, to stop early).
+    pub fn body_too_large(&self, body_len: usize) -> Option<Reply> {
+        let limit = self.config.limits.max_body_bytes;
+        (body_len > limit).then(|| Reply {
+            status: 413,
+            body: OpenAiError::body_too_large(limit).body(),
+            reason: "body_too_large",
+        })
+    }
+
+    /// Decides for one request. `body` is `None` for requests without one (picked on load alone).
+    pub fn pick(
+        &mut self,
+        info: &RequestInfo<'_>,
+        body: Option<&[u8]>,
+        pool: PoolView<'_>,
+        now_ms: u64,
+        seed: u64,
+    ) -> Outcome {
+        if let Some(reply) = body.and_then(|b| self.body_too_large(b.len())) {
+            return Outcome::Reply(reply);
+        }
+        let parsed: Option<InferenceRequest<'_>> = match body {
+            Some(b) => match parse_request(info.path, b) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    return Outcome::Reply(Reply {
+                        status: 400,
+                        body: OpenAiError::invalid_request(&e).body(),
+                        reason: "bad_request",
+                    })
+                }
+            },
+            None => None,
+        };
+        let mut rng = Rng::new(seed);
+        let body_model = parsed.as_ref().map(|r| r.model.as_ref()).unwrap_or("");
+        let rewritten: Option<String> = match info.model_rewrite.filter(|m| !m.is_empty()) {
+            Some(m) => Some(String::from(m)),
+            None => self.config.rewrites.rewrite(body_model, &mut rng).map(String::from),
+        }
+        .filter(|m| m != body_model);
+        let meta = RequestMeta {
+            request_id: info.request_id,
+            priority: self.config.objectives.priority(info.objective),
+            session_token: info.session_token,
+            model_override: rewritten.as_deref(),
+        };
+        let req = match &parsed {
+            Some(p) => p.scheduling_request(meta),
+            None => SchedulingRequest {
+                request_id: info.request_id,
+                model: rewritten.as_deref().unwrap_or(""),
+                priority: meta.priority,
+                session_token: info.session_token,
+                ..SchedulingRequest::default()
+            },
+        };
+        let estimated_tokens = req.estimated_total_tokens();
+
+        let snapshot = match pool {
+            PoolView::Fresh(s) => s,
+            PoolView::Unusable { reason, known } => {
+                return self.fail_open_or_closed(reason, known, info.subset, rewritten, estimated_tokens);
+            }
+        };
+        match decide(&mut self.scheduler, &req, snapshot, info.subset, now_ms, &mut rng) {
+            Decision::Route { destination, fallbacks, prefill, prefix_hashes } => {
+                let mut header_value = destination.clone();
+                for f in fallbacks.iter().take(self.config.routing.max_endpoints.saturating_sub(1)) {
+                    header_value.push(',');
+                    header_value.push_str(f);
+                }
+                Outcome::Route(Route {
+                    header_value,
+                    destination,
+                    prefill,
+                    rewritten_model: rewritten,
+                    estimated_tokens,
+                    prefix_hashes,
+                })
+            }
+            Decision::Reject { reason, message, .. } => Outcome::Reply(reject_reply(reason, &message)),
+        }
+    }
+
+    fn fail_open_or_closed(
+        &mut self,
+        reason: Fallback,
+        known: Option<&PoolSnapshot>,
+        subset: Option<&[&str]>,
+        rewritten_model: Option<String>,
+        estimated_tokens: u64,
+    ) -> Outcome {
+        if self.config.failure_mode == FailureMode::FailClose {
+            let message = match reason {
+                Fallback::NoSnapshot => "no endpoint metrics are available yet and the gateway fails closed",
+                Fallback::StaleSnapshot => "endpoint metrics are stale and the gateway fails closed",
+                Fallback::UndecodableSnapshot => {
+                    "endpoint metrics are unreadable and the gateway fails closed"
+                }
+            };
+            return Outcome::Reply(Reply {
+                status: 503,
+                body: OpenAiError::service_unavailable(message, Some("metrics_unavailable")).body(),
+                reason: reason.as_str(),
+            });
+        }
+        if self.config.fail_open.strategy == FailOpenStrategy::LeaveUnset {
+            return Outcome::FailOpen { reason, route: None };
+        }
+        // Blind round-robin over whoever is known to exist, within the subset hint.
+        let from_snapshot = known.map(|s| s.endpoints.iter().map(EndpointState::address));
+        let addresses: Vec<&str> = match from_snapshot {
+            Some(a) => a.collect(),
+            None => self.config.pool.endpoints.iter().map(|e| e.address.as_str()).collect(),
+        };
+        let allowed: Vec<&str> = match subset {
+            Some(hint) => addresses.into_iter().filter(|a| in_subset(a, hint)).collect(),
+            None => addresses,
+        };
+        if allowed.is_empty() {
+            return Outcome::Reply(reject_reply(
+                RejectReason::NoEndpoints,
+                "no model server endpoints are known to the gateway",
+            ));
+        }
+        let pick = allowed.get(self.next_blind % allowed.len()).copied().unwrap_or_default();
+        self.next_blind = self.next_blind.wrapping_add(1);
+        let destination = String::from(pick);
+        Outcome::FailOpen {
+            reason,
+            route: Some(Route {
+                header_value: destination.clone(),
+                destination,
+                prefill: None,
+                rewritten_model,
+                estimated_tokens,
+                prefix_hashes: Vec::new(),
+            }),
+        }
+    }
+}
+
+fn in_subset(address: &str, hint: &[&str]) -> bool {
+    let ip = address.rsplit_once(':').map_or(address, |(ip, _)| ip);
+    hint.iter().flat_map(|h| h.split(',')).map(str::trim).any(|h| h == address || h == ip)
+}
+
+fn reject_reply(reason: RejectReason, message: &str) -> Reply {
+    let err = match reason.status() {
+        429 => OpenAiError::too_many_requests(message, Some(reason.as_str())),
+        _ => OpenAiError::service_unavailable(message, Some(reason.as_str())),
+    };
+    Reply { status: err.status, body: err.body(), reason: reason.as_str() }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+use super::*;
+use crate::model::{Endpoint, Metrics};
+use alloc::format;
+use alloc::string::ToString;
+
+const CHAT: &[u8] = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}"#;
+
+fn info(path: &str) -> RequestInfo<'_> {
+    RequestInfo { path, request_id: "r1", ..RequestInfo::default() }
+}
+
+/// Endpoint i has queue `waiting[i]`, all fresh at t = 1000.
+fn pool(waiting: &[u32]) -> PoolSnapshot {
+    let mut p = PoolSnapshot { generation: 1, published_at_ms: 1_000, ..PoolSnapshot::default() };
+    for (i, &w) in waiting.iter().enumerate() {
+        let m = Metrics { waiting: w, kv_usage: 0.1, updated_at_ms: 1_000, ..Metrics::default() };
+        p.endpoints.push(EndpointState {
+            metrics: Some(m),
+            ..EndpointState::new(Endpoint::new(format!("10.0.0.{}:8000", i + 1)))
+        });
+    }
+    p
+}
+
+fn route(o: Outcome) -> Route {
+    match o {
+        Outcome::Route(r) => r,
+        other => panic!("expected a route, got {other:?}"),
+    }
+}
+
+fn reply(o: Outcome) -> Reply {
+    match o {
+        Outcome::Reply(r) => r,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn routes_to_the_shortest_queue() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[9, 0, 9]);
+    let r = route(p.pick(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 7));
+    assert_eq!(r.header_value, "10.0.0.2:8000");
+    assert_eq!(r.destination, "10.0.0.2:8000");
+    assert_eq!(r.prefill, None);
+    assert_eq!(r.rewritten_model, None);
+    assert_eq!(r.estimated_tokens, 1 + 10, "2-byte prompt ≈ 1 token, plus max_tokens");
+}
+
+#[test]
+fn fallbacks_join_into_one_header_when_configured() {
+    let mut p = EndpointPicker::from_json(
+        r#"{"plugins": [{"type": "queue-scorer"}, {"type": "max-score-picker", "parameters": {"maxNumOfEndpoints": 5}}],
+            "routing": {"maxEndpoints": 3}}"#,
+    )
+    .unwrap();
+    let pool = pool(&[4, 0, 8, 2]);
+    let r = route(p.pick(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!(r.header_value, "10.0.0.2:8000,10.0.0.4:8000,10.0.0.1:8000");
+}
+
+#[test]
+fn bad_bodies_get_400_with_a_located_message() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[0]);
+    let body = br#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#;
+    let r = reply(p.pick(&info("/v1/chat/completions"), Some(body), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.reason, "bad_request");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"].as_str().unwrap().contains("messages[0].content"), "{}", r.body);
+    let r = reply(p.pick(&info("/v1/completions"), Some(b"not json"), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn oversized_bodies_get_413() {
+    let mut p = EndpointPicker::from_json(r#"{"limits": {"maxBodyBytes": 64}}"#).unwrap();
+    assert!(p.body_too_large(64).is_none());
+    assert_eq!(p.body_too_large(65).unwrap().status, 413);
+    let big = format!(r#"{{"model": "m", "prompt": "{}"}}"#, "x".repeat(100));
+    let r =
+        reply(p.pick(&info("/v1/completions"), Some(big.as_bytes()), PoolView::Fresh(&pool(&[0])), 1_010, 1));
+    assert_eq!((r.status, r.reason), (413, "body_too_large"));
+    assert!(r.body.contains("64 bytes"));
+}
+
+#[test]
+fn sheddable_requests_get_429_when_saturated() {
+    let mut p = EndpointPicker::from_json(r#"{"objectives": [{"name": "batch", "priority": -1}]}"#).unwrap();
+    let saturated = pool(&[50, 60]);
+    let mut i = info("/v1/chat/completions");
+    i.objective = Some("batch");
+    let r = reply(p.pick(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
+    assert_eq!((r.status, r.reason), (429, "saturated"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "saturated");
+    // Critical traffic is never shed.
+    i.objective = None;
+    route(p.pick(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
+}
+
+#[test]
+fn subset_hint_restricts_and_empty_subset_is_503() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[0, 9, 9]);
+    let hint = ["10.0.0.3"];
+    let mut i = info("/v1/chat/completions");
+    i.subset = Some(&hint);
+    assert_eq!(route(p.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).destination, "10.0.0.3:8000");
+    let empty: [&str; 0] = [];
+    i.subset = Some(&empty);
+    assert_eq!(reply(p.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).status, 503);
+}
+
+#[test]
+fn model_rewrites_from_header_and_rules() {
+    let mut p = EndpointPicker::from_json(
+        r#"{"modelRewrites": [{"rules": [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
+                                          "targets": [{"modelRewrite": "m-v2", "weight": 1}]}]}]}"#,
+    )
+    .unwrap();
+    let pool = pool(&[0]);
+    let r = route(p.pick(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!(r.rewritten_model.as_deref(), Some("m-v2"));
+    let mut i = info("/v1/chat/completions");
+    i.model_rewrite = Some("forced");
+    let r = route(p.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!(r.rewritten_model.as_deref(), Some("forced"));
+    // A rewrite to the same name is no rewrite.
+    i.model_rewrite = Some("m");
+    let mut plain = EndpointPicker::from_json("").unwrap();
+    assert_eq!(route(plain.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).rewritten_model, None);
+}
+
+#[test]
+fn requests_without_a_body_are_routed_on_load() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[5, 0]);
+    let r = route(p.pick(&info("/v1/models"), None, PoolView::Fresh(&pool), 1_010, 3));
+    assert_eq!(r.destination, "10.0.0.2:8000");
+}
+
+#[test]
+fn fail_open_round_robins_over_known_endpoints() {
+    let mut p =
+        EndpointPicker::from_json(r#"{"pool": {"endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"]}}"#).unwrap();
+    let view = p.view(None, false, 5_000);
+    assert!(matches!(view, PoolView::Unusable { reason: Fallback::NoSnapshot, known: None }));
+    let picks: Vec<String> = (0..4)
+        .map(|s| match p.pick(&info("/v1/chat/completions"), Some(CHAT), view, 5_000, s) {
+            Outcome::FailOpen { reason: Fallback::NoSnapshot, route: Some(r) } => r.destination,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(picks, ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.1:8000", "10.0.0.2:8000"]);
+    // Bad bodies are still refused while failing open.
+    assert_eq!(reply(p.pick(&info("/v1/completions"), Some(b"{"), view, 5_000, 1)).status, 400);
+}
+
+#[test]
+fn stale_and_undecodable_snapshots() {
+    let p = EndpointPicker::from_json(r#"{"limits": {"snapshotMaxAgeMs": 1000}}"#).unwrap();
+    let s = pool(&[0]);
+    assert!(matches!(p.view(Some(&s), false, 2_000), PoolView::Fresh(_)));
+    assert!(matches!(
+        p.view(Some(&s), false, 2_001),
+        PoolView::Unusable { reason: Fallback::StaleSnapshot, known: Some(_) }
+    ));
+    assert!(matches!(
+        p.view(Some(&s), true, 1_000),
+        PoolView::Unusable { reason: Fallback::UndecodableSnapshot, .. }
+    ));
+    assert!(matches!(
+        p.view(None, true, 1_000),
+        PoolView::Unusable { reason: Fallback::UndecodableSnapshot, known: None }
+    ));
+}
+
+#[test]
+fn fail_closed_and_leave_unset() {
+    let mut closed = EndpointPicker::from_json(r#"{"failureMode": "FailClose"}"#).unwrap();
+    let s = pool(&[0]);
+    let stale = closed.view(Some(&s), false, 60_000);
+    let r = reply(closed.pick(&info("/v1/chat/completions"), Some(CHAT), stale, 60_000, 1));
+    assert_eq!((r.status, r.reason), (503, "stale_snapshot"));
+    assert!(r.body.contains("metrics_unavailable"));
+
+    let mut unset = EndpointPicker::from_json(r#"{"failOpen": {"strategy": "leave-unset"}}"#).unwrap();
+    let o = unset.pick(&info("/v1/chat/completions"), Some(CHAT), stale, 60_000, 1);
+    assert_eq!(o, Outcome::FailOpen { reason: Fallback::StaleSnapshot, route: None });
+
+    let mut nobody = EndpointPicker::from_json("").unwrap();
+    let none = nobody.view(None, false, 0);
+    assert_eq!(reply(nobody.pick(&info("/v1/chat/completions"), Some(CHAT), none, 0, 1)).status, 503);
+}
+
+#[test]
+fn configuration_errors_name_the_path() {
+    let e = EndpointPicker::from_json(r#"{"plugins": [{"type": "nope"}]}"#).err().unwrap();
+    assert!(e.to_string().starts_with("plugins[0].type: expected a known plugin type"), "{e}");
+    let e = EndpointPicker::from_json(r#"{"collector": {"timeoutMs": 0}}"#).err().unwrap();
+    assert_eq!(e.to_string(), "collector.timeoutMs: expected a timeout in ms > 0, got 0");
+}
