@@ -75,8 +75,14 @@ fn from_stream(path: &str, s: &HttpStream) -> Option<Vec<u8>> {
     if let Some(name) = path.strip_prefix("request.headers.") {
         return header(name);
     }
+    // Envoy's stream info learns the response headers before the filter's response callbacks run.
+    let resp = if s.resp.headers.is_empty() {
+        s.response.as_ref().map(|r| &r.headers)
+    } else {
+        Some(&s.resp.headers)
+    };
     if let Some(name) = path.strip_prefix("response.headers.") {
-        return s.response.as_ref().and_then(|r| header_value(&r.headers, name)).map(|v| v.into());
+        return resp.and_then(|h| header_value(h, name)).map(|v| v.into());
     }
     match path {
         "request.path" => header(":path"),
@@ -89,13 +95,13 @@ fn from_stream(path: &str, s: &HttpStream) -> Option<Vec<u8>> {
         "request.id" => header("x-request-id"),
         "request.protocol" => Some(b"HTTP/1.1".to_vec()),
         "response.code" => {
-            let code = s.response.as_ref().and_then(|r| header_value(&r.headers, ":status"))?;
+            let code = resp.and_then(|h| header_value(h, ":status"))?;
             code.parse::<i64>().ok().map(|c| c.to_le_bytes().to_vec())
         }
         "response.code_details" => {
             let details = match &s.local_reply {
                 Some(l) => l.details.clone(),
-                None if s.response.is_some() => "via_upstream".to_string(),
+                None if resp.is_some() => "via_upstream".to_string(),
                 None => return None,
             };
             Some(details.into_bytes())
