@@ -1,7 +1,9 @@
 //! One wasmtime `Engine` per process and each module compiled once per path: compiling a filter takes far
-//! longer than a test, so tests share the compiled code (never any state).
+//! longer than a test, so tests share the compiled code (never any state). Compiled code is also kept on
+//! disk under `target/wasmtime-cache`, because nextest runs every test in its own process.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -42,7 +44,9 @@ pub(crate) fn load(path: &Path) -> Result<Arc<CompiledModule>, StartError> {
     let engine = engine();
     let load_err =
         |e: wasmtime::Error| StartError::Load { path: path.to_path_buf(), reason: format!("{e:#}") };
-    let module = Module::from_file(engine, path).map_err(load_err)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| StartError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
+    let module = compile_or_reuse(engine, &bytes).map_err(load_err)?;
     let mut linker: Linker<VmState> = Linker::new(engine);
     imports::define_all(&mut linker).map_err(load_err)?;
     let stubbed_imports = imports::stub_missing(&mut linker, &module).map_err(load_err)?;
@@ -50,4 +54,33 @@ pub(crate) fn load(path: &Path) -> Result<Arc<CompiledModule>, StartError> {
     let compiled = Arc::new(CompiledModule { pre, stubbed_imports });
     cache.insert(key, compiled.clone());
     Ok(compiled)
+}
+
+/// Compiles `wasm`, or loads the code an earlier process compiled from the same bytes with a compatible
+/// engine.
+fn compile_or_reuse(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Module> {
+    let mut hasher = DefaultHasher::new();
+    wasm.hash(&mut hasher);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let dir = crate::workspace_root().join("target/wasmtime-cache");
+    let file = dir.join(format!("{:016x}.cwasm", hasher.finish()));
+    if file.exists() {
+        // SAFETY: the file was written by `Module::serialize` below, keyed by the hash of the source bytes
+        // and of the engine's settings; wasmtime still checks its version and configuration header.
+        if let Ok(module) = unsafe { Module::deserialize_file(engine, &file) } {
+            return Ok(module);
+        }
+    }
+    let module = Module::new(engine, wasm)?;
+    if let Ok(code) = module.serialize() {
+        // Written under a unique name then renamed, so a parallel process never reads half a file.
+        let tmp = dir.join(format!("{}.{}.tmp", std::process::id(), hasher.finish()));
+        let stored = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, code))
+            .and_then(|()| std::fs::rename(&tmp, &file));
+        if stored.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(module)
 }
