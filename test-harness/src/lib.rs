@@ -11,7 +11,7 @@
 //!
 //! A complete test:
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use test_harness::{fixture_wasm, CalloutResponse, Host, LogLevel, Plugin};
 //!
@@ -44,6 +44,16 @@
 //! # Ok(())
 //! # }
 //! ```
+
+//! The fixture build ([`fixture_wasm`], [`build_wasm_crate`]) runs `cargo build --release --target
+//! wasm32-wasip1` once per process (installing the target with rustup when it is missing), and compiled
+//! modules are kept under `target/wasmtime-cache`, so a test costs milliseconds even under nextest.
+//!
+//! Not emulated: trailers (their maps answer BadArgument as outside Envoy's trailer callbacks), gRPC
+//! (the SDK's `proxy_grpc_*` imports are stubbed and answer UNIMPLEMENTED), TCP/network filters, foreign
+//! functions (NotFound), `proxy_done` after `on_done` returned false, and flow-control watermarks (a body
+//! held while headers are paused without stop-iteration support is never limited). A callout that times
+//! out is delivered as Envoy's router reports it: `504` with body `upstream request timeout`.
 
 pub mod host;
 mod wasm_build;

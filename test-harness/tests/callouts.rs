@@ -102,3 +102,28 @@ fn callouts_of_a_finished_stream_are_cancelled() {
     assert_eq!(host.callouts()[0].state, CalloutState::Cancelled);
     assert!(host.stream(s).completed);
 }
+
+#[test]
+fn callout_without_pseudo_headers_is_bad_argument_and_a_good_one_is_recorded_in_full() {
+    let mut host = Host::builder().cluster("metrics").build();
+    let vm = host.start_vm(plugin("shared")).unwrap();
+    let call = |host: &mut Host, headers: &str| {
+        let extra = [("x-op", "callout"), ("x-cluster", "metrics"), ("x-call-headers", headers)];
+        let s = host.start_request(vm, &post_with(&extra), true).unwrap();
+        String::from_utf8(host.stream(s).local_reply.unwrap().body).unwrap()
+    };
+    assert_eq!(call(&mut host, ":method=GET,:authority=pod"), "BadArgument");
+    assert_eq!(call(&mut host, ":path=/,:authority=pod"), "BadArgument");
+    assert_eq!(call(&mut host, ":method=GET,:path=/"), "BadArgument");
+    // `host` stands in for `:authority`, as in Envoy.
+    assert_eq!(call(&mut host, ":method=GET,:path=/load,host=pod"), "token=1");
+    let recorded = host.callouts();
+    assert_eq!(recorded.len(), 1);
+    let c = &recorded[0];
+    assert_eq!(
+        (c.header(":path"), c.body.as_slice(), c.timeout),
+        (Some("/load"), b"ping".as_slice(), Some(Duration::from_secs(2)))
+    );
+    let refused = host.host_calls("proxy_http_call");
+    assert!(refused.first().unwrap().to_string().contains("needs :method, :path and :authority"));
+}

@@ -666,3 +666,15 @@ impl Host {
         self.vms.get(vm.0).map(|v| v.compiled.stubbed_imports.clone()).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_can_move_to_another_thread() {
+        // End-to-end tests will drive hosts from async runtimes.
+        fn assert_send<T: Send>() {}
+        assert_send::<Host>();
+    }
+}

@@ -64,6 +64,11 @@ fn compile_or_reuse(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Module> {
     engine.precompile_compatibility_hash().hash(&mut hasher);
     let dir = crate::workspace_root().join("target/wasmtime-cache");
     let file = dir.join(format!("{:016x}.cwasm", hasher.finish()));
+    // One process compiles while the others wait, then they all load its result.
+    let _guard = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::File::create(dir.join(format!("{:016x}.lock", hasher.finish()))))
+        .and_then(|f| f.lock().map(|()| f))
+        .ok();
     if file.exists() {
         // SAFETY: the file was written by `Module::serialize` below, keyed by the hash of the source bytes
         // and of the engine's settings; wasmtime still checks its version and configuration header.
@@ -75,9 +80,7 @@ fn compile_or_reuse(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Module> {
     if let Ok(code) = module.serialize() {
         // Written under a unique name then renamed, so a parallel process never reads half a file.
         let tmp = dir.join(format!("{}.{}.tmp", std::process::id(), hasher.finish()));
-        let stored = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, code))
-            .and_then(|()| std::fs::rename(&tmp, &file));
+        let stored = std::fs::write(&tmp, code).and_then(|()| std::fs::rename(&tmp, &file));
         if stored.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
