@@ -59,6 +59,34 @@ Faults (all also settable at runtime with POST /admin/faults, same names with un
   -h, --help                       print this help
 ";
 
+/// Flags that take a value (the boolean ones are matched before these).
+const VALUE_FLAGS: [&str; 24] = [
+    "--host",
+    "--port",
+    "--model",
+    "--lora",
+    "--replica-name",
+    "--engine",
+    "--default-output-tokens",
+    "--profile",
+    "--max-num-batched-tokens",
+    "--max-num-seqs",
+    "--num-gpu-blocks",
+    "--block-size",
+    "--max-lora",
+    "--lora-kv-tokens",
+    "--api-overhead-ms",
+    "--step-jitter",
+    "--seed",
+    "--time-scale",
+    "--busy",
+    "--busy-prompt-tokens",
+    "--busy-output-tokens",
+    "--metrics-delay-ms",
+    "--error-rate",
+    "--drop-after-chunks",
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Vllm,
@@ -158,6 +186,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
                 continue;
             }
             _ => {}
+        }
+        if !VALUE_FLAGS.contains(&flag.as_str()) {
+            return Err(CliError::UnknownFlag(flag));
         }
         let value = match inline {
             Some(v) => v,
@@ -303,6 +334,7 @@ mod tests {
             "flag `--error-rate`: `2` is not a fraction in [0, 1]"
         );
         assert_eq!(parse(args("--help")).unwrap_err(), CliError::Help);
+        assert_eq!(parse(args("--bogus")).unwrap_err(), CliError::UnknownFlag("--bogus".into()));
     }
 
     #[test]

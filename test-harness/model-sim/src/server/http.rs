@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -83,6 +84,9 @@ pub struct SseStream {
     finish_reason: &'static str,
     include_usage: bool,
     drop_after: u32,
+    /// Set once the drop fault triggers: a short pause lets the chunks already written reach the client
+    /// before the connection is cut.
+    cut: Option<Pin<Box<tokio::time::Sleep>>>,
     tokens: u32,
     chunks_sent: u32,
     pending: VecDeque<Bytes>,
@@ -92,9 +96,13 @@ pub struct SseStream {
 impl SseStream {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamCut>>> {
         loop {
+            if let Some(cut) = self.cut.as_mut() {
+                return cut.as_mut().poll(cx).map(|()| Some(Err(StreamCut)));
+            }
             if let Some(chunk) = self.pending.pop_front() {
                 if self.drop_after > 0 && self.chunks_sent >= self.drop_after {
-                    return Poll::Ready(Some(Err(StreamCut)));
+                    self.cut = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+                    continue;
                 }
                 self.chunks_sent += 1;
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -317,6 +325,7 @@ async fn generate_inner(
             finish_reason,
             include_usage: parsed.include_usage || opts.force_include_usage,
             drop_after: faults.drop_after_chunks,
+            cut: None,
             tokens: 0,
             chunks_sent: 0,
             pending: VecDeque::new(),
