@@ -80,6 +80,10 @@ pub enum SubmitError {
     DuplicateId {
         id: u64,
     },
+    /// A LoRA request to an engine with `max_lora = 0` could never be scheduled.
+    LoraDisabled {
+        id: u64,
+    },
 }
 
 impl fmt::Display for SubmitError {
@@ -93,6 +97,9 @@ impl fmt::Display for SubmitError {
                  most {capacity} tokens for one request"
             ),
             SubmitError::DuplicateId { id } => write!(f, "request {id}: id already in use"),
+            SubmitError::LoraDisabled { id } => {
+                write!(f, "request {id}: asks for a LoRA adapter but this replica has max_lora = 0")
+            }
         }
     }
 }
@@ -247,6 +254,9 @@ impl Engine {
         }
         if self.by_id.contains_key(&id) {
             return Err(SubmitError::DuplicateId { id });
+        }
+        if req.lora.is_some() && self.cfg.max_lora == 0 {
+            return Err(SubmitError::LoraDisabled { id });
         }
         let bs = self.cfg.block_size;
         let own_lora = if req.lora.is_some() { self.cfg.lora_blocks() } else { 0 };

@@ -278,6 +278,9 @@ fn impossible_requests_are_refused_with_the_reason() {
     assert_eq!(e.submit(req(3, 1, 10, 0), 0), Err(SubmitError::ZeroMaxTokens { id: 3 }));
     e.submit(req(4, 1, 10, 10), 0).unwrap();
     assert_eq!(e.submit(req(4, 1, 10, 10), 0), Err(SubmitError::DuplicateId { id: 4 }));
+    let mut e = Engine::new(EngineConfig { max_lora: 0, ..EngineConfig::h100_llama3_8b() }).unwrap();
+    let lora = Request { lora: Some(1), ..req(5, 1, 10, 10) };
+    assert_eq!(e.submit(lora, 0), Err(SubmitError::LoraDisabled { id: 5 }));
 }
 
 #[test]
