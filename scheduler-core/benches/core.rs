@@ -230,6 +230,46 @@ fn decision_time(c: &mut Criterion) {
     group.finish();
 }
 
+/// Where a decision's time goes: the prefix hashing alone, and the same decision without the prefix
+/// scorer (no hashing, no index walk, no recording). The difference to `decide_16KiB_chat` is the index.
+fn decision_breakdown(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decide_breakdown");
+    let mut requests = SharedPrefixRequests::new();
+    let block_bytes = DEFAULT_BLOCK_SIZE_TOKENS * BYTES_PER_TOKEN;
+    let mut hashes = Vec::with_capacity(DEFAULT_MAX_PREFIX_BLOCKS);
+    let req = requests.get(1);
+    group.bench_function("prefix_hash_16KiB", |b| {
+        b.iter(|| {
+            hash_blocks(
+                MODEL,
+                None,
+                black_box(req.prefix_input),
+                block_bytes,
+                DEFAULT_MAX_PREFIX_BLOCKS,
+                &mut hashes,
+            );
+            black_box(&hashes);
+        })
+    });
+    let no_prefix = r#"{"plugins": [{"type": "queue-scorer"}, {"type": "kv-cache-utilization-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [
+            {"pluginRef": "queue-scorer", "weight": 2}, {"pluginRef": "kv-cache-utilization-scorer", "weight": 2}]}]}"#;
+    for n in [64usize, 4096] {
+        let snapshot = pool(n, 1);
+        let mut scheduler = Scheduler::from_json(no_prefix).unwrap();
+        let mut rng = Rng::new(3);
+        let mut i = 0u64;
+        group.bench_with_input(BenchmarkId::new("without_prefix_scorer", n), &snapshot, |b, snapshot| {
+            b.iter(|| {
+                i += 1;
+                let req = requests.get(i);
+                black_box(decide(&mut scheduler, &req, snapshot, None, NOW_MS, &mut rng))
+            })
+        });
+    }
+    group.finish();
+}
+
 /// `parse_request` then the prefix hashing the scheduler does (GIE defaults: 64-byte blocks, 256 at
 /// most), per body byte.
 fn parse_and_hash(c: &mut Criterion) {
@@ -302,6 +342,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = decision_time, parse_and_hash, snapshot_codec, metrics_parse
+    targets = decision_time, decision_breakdown, parse_and_hash, snapshot_codec, metrics_parse
 }
 criterion_main!(benches);
