@@ -86,13 +86,16 @@ pub mod fake {
     use std::collections::{BTreeMap, VecDeque};
     use std::rc::Rc;
 
+    /// A recorded callout: (token, cluster, authority, path, extra headers).
+    pub type Call = (u32, String, String, String, Vec<(String, String)>);
+
     #[derive(Default)]
     pub struct World {
         pub now_ms: u64,
         pub shared: BTreeMap<String, (Vec<u8>, u32)>,
         next_cas: u32,
         pub queues: BTreeMap<u32, (String, VecDeque<Vec<u8>>)>,
-        pub calls: Vec<(u32, String, String, String, Vec<(String, String)>)>,
+        pub calls: Vec<Call>,
         next_token: u32,
         pub metrics: BTreeMap<String, i64>,
         metric_names: Vec<String>,
@@ -121,8 +124,7 @@ pub mod fake {
         pub fn metric(&self, name: &str) -> i64 {
             self.world.borrow().metrics.get(name).copied().unwrap_or(0)
         }
-        /// Callouts dispatched so far: (token, cluster, authority, path, extra headers).
-        pub fn calls(&self) -> Vec<(u32, String, String, String, Vec<(String, String)>)> {
+        pub fn calls(&self) -> Vec<Call> {
             self.world.borrow().calls.clone()
         }
     }
