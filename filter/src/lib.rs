@@ -6,4 +6,5 @@ pub mod keys;
 pub mod prefix_sync;
 pub mod snapshot_cache;
 pub mod stats;
+pub mod worker;
 pub mod workers;
