@@ -54,12 +54,14 @@ impl InFlightState {
         self.write(host, keys, me);
     }
 
-    /// Rewrites the table if the last write is older than the heartbeat period.
-    pub fn heartbeat(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) {
+    /// Rewrites the table if the last write is older than the heartbeat period; true if it did.
+    pub fn heartbeat(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) -> bool {
         let now = host.now_ms();
-        if self.last_write_ms.is_none_or(|t| now.saturating_sub(t) >= HEARTBEAT_MS) {
+        let due = self.last_write_ms.is_none_or(|t| now.saturating_sub(t) >= HEARTBEAT_MS);
+        if due {
             self.write(host, keys, me);
         }
+        due
     }
 
     fn write(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) {

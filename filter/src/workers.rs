@@ -23,7 +23,8 @@ pub fn register(host: &dyn Host, keys: &Keys) -> Result<u32, HostError> {
     Err(HostError::CasMismatch)
 }
 
-fn claim_id(host: &dyn Host, keys: &Keys) -> Result<u32, HostError> {
+/// A fresh id without a directory entry (a collector VM that takes part in the election only).
+pub fn claim_id(host: &dyn Host, keys: &Keys) -> Result<u32, HostError> {
     for _ in 0..CAS_ATTEMPTS {
         let (last, cas) = match host.shared_get(&keys.worker_ids)? {
             Some(v) => (decode_u32(&v.value).unwrap_or(0), v.cas),

@@ -186,7 +186,10 @@ impl Worker {
     /// Heartbeat: keeps this worker's table alive and its directory entry present.
     pub fn on_tick(&mut self, host: &dyn Host) {
         let Some(id) = self.id else { return };
-        self.inflight.heartbeat(host, &self.keys, self.id);
+        // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
+        if !self.inflight.heartbeat(host, &self.keys, self.id) {
+            return;
+        }
         if workers::read(host, &self.keys).is_ok_and(|ids| !ids.contains(&id)) {
             let _ = workers::ensure_listed(host, &self.keys, id);
         }

@@ -176,5 +176,8 @@ fn heartbeat_relists_a_pruned_worker() {
     let id = w.id().unwrap();
     crate::workers::prune(&host, w.keys(), &[id]).unwrap();
     w.on_tick(&host);
+    assert!(crate::workers::read(&host, w.keys()).unwrap().is_empty(), "checked with the heartbeat only");
+    host.advance(crate::inflight::HEARTBEAT_MS);
+    w.on_tick(&host);
     assert_eq!(crate::workers::read(&host, w.keys()).unwrap(), vec![id]);
 }
