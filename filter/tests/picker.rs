@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use test_harness::{CalloutResponse, LocalReplySource};
+use test_harness::LocalReplySource;
 
 /// A worker and a singleton collector over `n` endpoints, with one scrape round published.
 fn deployment(n: usize, extra: &str, queues: &[u32]) -> (test_harness::Host, test_harness::VmId) {
@@ -48,15 +48,11 @@ fn client_supplied_routing_headers_are_removed() {
     let get = [(":method", "GET"), (":path", "/v1/models"), (":authority", "gw"), smuggled[0]];
     let s = send_headers(&mut host, worker, &get);
     assert_eq!(destination(&s), Some(addr(1).as_str()));
-    let mut host2 = host_with_leave_unset();
+    let mut host2 = common::host();
     let w2 = host2.start_vm(picker(&config(1, r#""failOpen": {"strategy": "leave-unset"}"#))).unwrap();
     let s = send(&mut host2, w2, CHAT, &smuggled);
     assert_eq!(destination(&s), None);
     assert_eq!(host2.metric_value("epp_fallback_no_snapshot"), Some(1));
-}
-
-fn host_with_leave_unset() -> test_harness::Host {
-    host()
 }
 
 #[test]
@@ -255,5 +251,4 @@ fn debug_logs_never_contain_the_prompt() {
     chat(&mut host, worker, secret, &[]);
     chat(&mut host, worker, r#"{"model": 5, "messages": "hunter2"}"#, &[]);
     assert!(host.logs().iter().all(|l| !l.message.contains("hunter2")));
-    let _ = CalloutResponse::new(200);
 }

@@ -96,11 +96,13 @@ fn prefixes_routed_by_one_worker_are_learned_by_the_other() {
     let mut picks = Vec::new();
     for i in 0..8 {
         let body = format!(
-            r#"{{"model": "m", "messages": [{{"role": "user", "content": "conversation {i}: a long shared system prompt that spans several blocks"}}]}}"#
+            r#"{{"model": "m", "messages": [{{"content": "{i}: a conversation whose prompt spans several blocks", "role": "user"}}]}}"#
         );
         let (o, _) = a.decide(&host, &info(&format!("a{i}")), Some(body.as_bytes()));
         picks.push((body, destination(&o).to_string()));
     }
+    let spread: std::collections::BTreeSet<&String> = picks.iter().map(|(_, d)| d).collect();
+    assert!(spread.len() > 1, "distinct prompts spread over the tied endpoints: {picks:?}");
     assert!(b.on_queue_ready(&host, queue));
     assert!(!b.on_queue_ready(&host, queue + 100), "not b's queue");
     for (i, (body, dest)) in picks.iter().enumerate() {
