@@ -45,13 +45,16 @@ fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
         let body = format!(
             r#"{{"model": "llama", "messages": [{{"content": "{i} starts a conversation with a long prompt", "role": "user"}}]}}"#
         );
-        let dest = destination(&send(&mut host, a, &body, &[])).unwrap().to_string();
+        // Distinct request ids: the seeds differ, so b cannot agree with a by drawing the same ties.
+        let id = format!("a-{i}");
+        let dest = destination(&send(&mut host, a, &body, &[("x-request-id", &id)])).unwrap().to_string();
         picks.push((body, dest));
     }
     let spread: std::collections::BTreeSet<_> = picks.iter().map(|(_, d)| d.clone()).collect();
     assert!(spread.len() > 1, "ties are broken at random, so 8 prompts land on several endpoints");
-    for (body, dest) in &picks {
-        assert_eq!(destination(&send(&mut host, b, body, &[])), Some(dest.as_str()));
+    for (i, (body, dest)) in picks.iter().enumerate() {
+        let id = format!("b-{i}");
+        assert_eq!(destination(&send(&mut host, b, body, &[("x-request-id", &id)])), Some(dest.as_str()));
     }
     assert_no_traps(&host);
 }
