@@ -252,3 +252,21 @@ fn debug_logs_never_contain_the_prompt() {
     chat(&mut host, worker, r#"{"model": 5, "messages": "hunter2"}"#, &[]);
     assert!(host.logs().iter().all(|l| !l.message.contains("hunter2")));
 }
+
+#[test]
+fn failing_shared_data_writes_degrade_to_local_state_without_trapping() {
+    let (mut host, worker) = deployment(2, "", &[0, 9]);
+    // Every write this worker tries is refused (the collector VM is unaffected).
+    host.inject_fault(
+        test_harness::Fault::new("proxy_set_shared_data", test_harness::Status::CasMismatch).in_vm(worker),
+    );
+    for _ in 0..3 {
+        let s = chat(&mut host, worker, CHAT, &[]);
+        assert_eq!(destination(&host.stream(s)), Some(addr(1).as_str()));
+        host.respond(s, 200, b"{}").unwrap();
+    }
+    host.advance(Duration::from_secs(2)); // heartbeats fail too
+    assert!(host.logs_at(test_harness::LogLevel::Warn).iter().any(|l| l.contains("in-flight table")));
+    assert!(!host.vm_failed(worker));
+    assert_no_traps(&host);
+}

@@ -52,6 +52,8 @@ pub struct Stream {
     replied: bool,
     /// In flight until the stream ends; taken exactly once.
     routed: Option<Routed>,
+    /// Body bytes buffered so far (for a request that ends with trailers).
+    buffered: usize,
 }
 
 fn request_header(name: &str) -> Option<String> {
@@ -70,7 +72,15 @@ fn set_request_header(name: &str, value: &str) -> bool {
 
 impl Stream {
     pub fn new(worker: Option<Rc<RefCell<Worker>>>, host: Rc<ProxyHost>) -> Stream {
-        Stream { worker, host, facts: Facts::default(), decided: false, replied: false, routed: None }
+        Stream {
+            worker,
+            host,
+            facts: Facts::default(),
+            decided: false,
+            replied: false,
+            routed: None,
+            buffered: 0,
+        }
     }
 
     /// Decides with `body` (None: the request has none) and applies the outcome.
@@ -138,6 +148,22 @@ impl Stream {
         Action::Pause
     }
 
+    /// Decides on the body buffered so far (none at all: from the headers alone).
+    fn decide_on_body(&mut self, w: &mut Worker) -> Action {
+        if self.buffered == 0 {
+            return self.decide(w, None);
+        }
+        let size = self.buffered;
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                log::warn!("request body not readable ({s:?}): picking from headers alone");
+                return self.decide(w, None);
+            }
+        };
+        self.decide(w, Some((&body, size)))
+    }
+
     fn finish(&mut self) {
         let Some(routed) = self.routed.take() else { return };
         let Some(worker) = &self.worker else { return };
@@ -190,20 +216,21 @@ impl HttpContext for Stream {
             self.decided = true;
             return self.reply(&reply);
         }
+        self.buffered = body_size;
         if !end_of_stream {
             return Action::Pause;
         }
-        if body_size == 0 {
-            return self.decide(&mut w, None);
+        self.decide_on_body(&mut w)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A body that ended with trailers never saw end_of_stream: decide now, or it would wait forever.
+        if self.decided {
+            return Action::Continue;
         }
-        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(s) => {
-                log::warn!("request body not readable ({s:?}): picking from headers alone");
-                return self.decide(&mut w, None);
-            }
-        };
-        self.decide(&mut w, Some((&body, body_size)))
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        self.decide_on_body(&mut w)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
