@@ -160,9 +160,12 @@ impl Worker {
             Outcome::Reply(reply) => {
                 self.stats.count(host, stats::DECISIONS_REPLIED);
                 self.stats.reply(host, reply.status);
-                if let PoolView::Unusable { reason, .. } = view {
-                    // Failing closed is a fallback too.
-                    self.stats.fallback(host, reason);
+                match view {
+                    // Failing closed is a fallback too (a 400 while metrics are missing is not).
+                    PoolView::Unusable { reason, .. } if reply.reason == reason.as_str() => {
+                        self.stats.fallback(host, reason)
+                    }
+                    _ => {}
                 }
                 None
             }

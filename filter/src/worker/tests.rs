@@ -138,6 +138,10 @@ fn stale_snapshot_fails_closed_when_configured() {
     assert!(routed.is_none());
     assert_eq!(host.metric(stats::FALLBACK_STALE_SNAPSHOT), 1);
     assert_eq!(host.metric(stats::UNAVAILABLE), 1);
+    // A bad body is a 400 whatever the metrics, and not a fallback.
+    w.decide(&host, &info("b"), Some(b"{"));
+    assert_eq!(host.metric(stats::FALLBACK_STALE_SNAPSHOT), 1);
+    assert_eq!(host.metric(stats::PARSE_ERRORS), 1);
 }
 
 #[test]
