@@ -9,11 +9,13 @@ mod chat;
 mod completions;
 mod error;
 mod responses;
+mod rewrite;
 mod seeds;
 #[cfg(test)]
 mod tests;
 
 pub use error::{Found, Problem, RequestError};
+pub use rewrite::rewrite_model;
 
 use crate::scheduling::SchedulingRequest;
 use alloc::borrow::Cow;

@@ -1,0 +1,188 @@
+//! Process-wide gateway in-flight counts. Each worker VM owns one key holding its `InFlightTable`, rewritten
+//! whenever a request starts or ends and on a heartbeat; before scheduling, a worker adds its own table and
+//! every other live worker's table into the pool. No key has two writers, so no write can conflict.
+//!
+//! Staleness: another worker's counts are as old as its last start/finish (writes are synchronous on its
+//! thread), i.e. practically current. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its
+//! streams died with it) and its table is ignored.
+
+use crate::host::{Host, HostError};
+use crate::keys::Keys;
+use scheduler_core::model::{InFlight, PoolSnapshot};
+use scheduler_core::shared_state::InFlightTable;
+use std::vec::Vec;
+
+/// How often an idle worker rewrites its table to show it is alive.
+pub const HEARTBEAT_MS: u64 = 1_000;
+/// A table older than this belongs to a dead worker.
+pub const LIVE_MS: u64 = 3 * HEARTBEAT_MS;
+/// A worker dead this long is removed from the directory.
+pub const PRUNE_MS: u64 = 10 * HEARTBEAT_MS;
+
+/// This worker's counts.
+#[derive(Debug, Default)]
+pub struct InFlightState {
+    table: InFlightTable,
+    last_write_ms: Option<u64>,
+}
+
+/// What reading the other workers' tables found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Others {
+    /// Workers with a fresh table (prefix updates go to them).
+    pub live: Vec<u32>,
+    /// Workers dead for longer than [`PRUNE_MS`].
+    pub long_dead: Vec<u32>,
+    /// Tables that did not decode.
+    pub unreadable: usize,
+}
+
+impl InFlightState {
+    pub fn table(&self) -> &InFlightTable {
+        &self.table
+    }
+
+    /// Counts a routed request and publishes the table.
+    pub fn start(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, address: &str, tokens: u64) {
+        self.table.start(address, tokens);
+        self.write(host, keys, me);
+    }
+
+    /// Ends a request counted by [`InFlightState::start`] and publishes the table.
+    pub fn finish(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, address: &str, tokens: u64) {
+        self.table.finish(address, tokens);
+        self.write(host, keys, me);
+    }
+
+    /// Rewrites the table if the last write is older than the heartbeat period; true if it did.
+    pub fn heartbeat(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) -> bool {
+        let now = host.now_ms();
+        let due = self.last_write_ms.is_none_or(|t| now.saturating_sub(t) >= HEARTBEAT_MS);
+        if due {
+            self.write(host, keys, me);
+        }
+        due
+    }
+
+    fn write(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) {
+        // Without a worker id (registration failed) the counts stay local to this VM.
+        let Some(me) = me else { return };
+        let now = host.now_ms();
+        self.table.heartbeat_ms = now;
+        match host.shared_set(&keys.inflight(me), &self.table.encode(), None) {
+            Ok(()) => self.last_write_ms = Some(now),
+            Err(e) => log::warn!("in-flight table of worker {me} not published: {e}"),
+        }
+    }
+
+    /// Replaces the pool's in-flight counts by this worker's plus every live other worker's.
+    pub fn merge_into(
+        &self,
+        host: &dyn Host,
+        keys: &Keys,
+        me: Option<u32>,
+        workers: &[u32],
+        pool: &mut PoolSnapshot,
+    ) -> Result<Others, HostError> {
+        for e in pool.endpoints.iter_mut() {
+            e.in_flight = InFlight::default();
+        }
+        add(pool, &self.table);
+        let now = host.now_ms();
+        let mut others = Others::default();
+        for &id in workers.iter().filter(|id| Some(**id) != me) {
+            let Some(bytes) = host.shared_get(&keys.inflight(id))? else { continue };
+            match InFlightTable::decode(&bytes.value) {
+                Ok(t) => {
+                    let age = now.saturating_sub(t.heartbeat_ms);
+                    if age <= LIVE_MS {
+                        add(pool, &t);
+                        others.live.push(id);
+                    } else if age > PRUNE_MS {
+                        others.long_dead.push(id);
+                    }
+                }
+                Err(_) => others.unreadable += 1,
+            }
+        }
+        Ok(others)
+    }
+}
+
+fn add(pool: &mut PoolSnapshot, table: &InFlightTable) {
+    for (address, f) in table.iter() {
+        if let Some(e) = pool.find_mut(address) {
+            e.in_flight.merge(f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use scheduler_core::model::{Endpoint, EndpointState};
+
+    fn pool() -> PoolSnapshot {
+        PoolSnapshot {
+            endpoints: vec![
+                EndpointState::new(Endpoint::new("10.0.0.1:80")),
+                EndpointState::new(Endpoint::new("10.0.0.2:80")),
+            ],
+            ..PoolSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn two_workers_see_each_others_counts() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        host.set_now(10_000);
+        let (mut a, mut b) = (InFlightState::default(), InFlightState::default());
+        a.start(&host, &keys, Some(1), "10.0.0.1:80", 100);
+        b.start(&host, &keys, Some(2), "10.0.0.1:80", 50);
+        b.start(&host, &keys, Some(2), "10.0.0.2:80", 7);
+        let mut p = pool();
+        let others = a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p).unwrap();
+        assert_eq!(others.live, vec![2]);
+        assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150 });
+        assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7 });
+        // Merging again replaces, never accumulates.
+        b.finish(&host, &keys, Some(2), "10.0.0.1:80", 50);
+        a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p).unwrap();
+        assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100 });
+    }
+
+    #[test]
+    fn dead_workers_stop_counting_and_are_reported_for_pruning() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        host.set_now(1_000);
+        let mut dead = InFlightState::default();
+        dead.start(&host, &keys, Some(2), "10.0.0.1:80", 5);
+        host.put(&keys.inflight(3), b"junk");
+        let me = InFlightState::default();
+        host.advance(LIVE_MS + 1);
+        let mut p = pool();
+        let o = me.merge_into(&host, &keys, Some(1), &[1, 2, 3, 4], &mut p).unwrap();
+        assert_eq!(o, Others { live: vec![], long_dead: vec![], unreadable: 1 });
+        assert_eq!(p.endpoints[0].in_flight, InFlight::default());
+        host.advance(PRUNE_MS);
+        let o = me.merge_into(&host, &keys, Some(1), &[1, 2], &mut p).unwrap();
+        assert_eq!(o.long_dead, vec![2]);
+    }
+
+    #[test]
+    fn heartbeat_rewrites_only_when_due() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        host.set_now(5_000);
+        let mut s = InFlightState::default();
+        s.heartbeat(&host, &keys, Some(1));
+        let first = host.world.borrow().shared.get(&keys.inflight(1)).unwrap().1;
+        host.advance(HEARTBEAT_MS - 1);
+        s.heartbeat(&host, &keys, Some(1));
+        assert_eq!(host.world.borrow().shared.get(&keys.inflight(1)).unwrap().1, first);
+        host.advance(1);
+        s.heartbeat(&host, &keys, Some(1));
+        let t = InFlightTable::decode(&host.get(&keys.inflight(1)).unwrap()).unwrap();
+        assert_eq!(t.heartbeat_ms, 5_000 + HEARTBEAT_MS);
+    }
+}

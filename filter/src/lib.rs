@@ -1,0 +1,54 @@
+//! wasm-epp's Proxy-Wasm module: an inference-aware endpoint picker that runs inside Envoy, and the
+//! collector that feeds it model-server metrics. The decisions are `scheduler-core`'s; this crate moves
+//! bytes between the proxy and the core, and keeps state that several proxy threads share.
+//!
+//! # Roles (one module, chosen by `root_id`)
+//! - **picker** (any root id but `collector`), an HTTP filter on each worker thread: strips client-set
+//!   routing headers, buffers the body, asks `EndpointPicker::pick`, sets `x-gateway-destination-endpoint`
+//!   (or answers 400/413/429/503 with an OpenAI-shaped body), and on the way back adds the served header,
+//!   counts upstream 5xx per endpoint and ends the in-flight count (on_log/on_done, whatever the end).
+//! - **collector** (`root_id: collector`, e.g. an `envoy.bootstrap.wasm` singleton with the same `vm_id`):
+//!   scrapes every endpoint's `/metrics` (or polls one discovery URL serving a ready snapshot) and
+//!   publishes the pool snapshot. With `collector.mode: leader-elected` (Istio: no singleton) every
+//!   picker root takes part in a lease election instead and the holder collects.
+//!
+//! # Process-wide state (shared data, per `vm_id`; names in [`keys`])
+//! - Snapshot: the collector writes `snapshot` then bumps `generation`. A worker reads the 8-byte
+//!   generation per request and re-reads and decodes the snapshot only when it moved ([`snapshot_cache`]).
+//!   Staleness: one scrape interval (50 ms by default) plus scrape latency; a snapshot older than
+//!   `limits.snapshotMaxAgeMs` is not used (fail open or closed, counted by reason).
+//! - In-flight: each worker owns `inflight/<id>` and rewrites it on every start/finish and on a 1 s
+//!   heartbeat; readers sum every live worker's table before scheduling ([`inflight`]). Staleness: none
+//!   beyond the other thread's current callback; dead workers drop out after 3 s.
+//! - Prefix index: replicated; each routed request's block hashes go to every other worker's queue and
+//!   are learned in `on_queue_ready` ([`prefix_sync`]). Staleness: one event-loop turn of the other thread.
+//! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`).
+//!
+//! # Why `allow_on_headers_stop_iteration: true`
+//! The picker must see the body before the request leaves. Without that flag Envoy turns the headers'
+//! `Pause` into StopAllIteration and withholds the body from the filter until it resumes, i.e. until after
+//! routing; with it, the body arrives in `on_http_request_body` while the headers wait, and the routing
+//! header is set there before continuing. Requests without a body are decided at the headers.
+//!
+//! # Layout
+//! Logic lives in host-independent modules behind the small [`host::Host`] trait (unit-tested natively
+//! with a fake); `wasm/` (only for `wasm32`) is the glue: `root.rs` (the RootContext, roles, ticks,
+//! callouts, queues), `stream.rs` (the HttpContext), `host_impl.rs` (`Host` over `proxy_wasm::hostcalls`).
+//! Debug logs carry request ids, endpoints and statuses, never prompt text.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod collector;
+pub mod host;
+pub mod inflight;
+pub mod keys;
+pub mod prefix_sync;
+pub mod snapshot_cache;
+pub mod stats;
+pub mod worker;
+pub mod workers;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

@@ -1,0 +1,131 @@
+//! The filter's proxy-wasm metrics (Envoy exports them as stats, prefixed `wasmcustom.`): names in one
+//! place, defined once per VM, and a failed metric call never affects a request.
+
+use crate::host::{Host, MetricKind};
+use scheduler_core::endpoint_picker::Fallback;
+use std::collections::BTreeMap;
+use std::format;
+use std::string::String;
+
+pub const DECISIONS_ROUTED: &str = "epp_decisions_routed";
+pub const DECISIONS_FAIL_OPEN: &str = "epp_decisions_fail_open";
+pub const DECISIONS_REPLIED: &str = "epp_decisions_replied";
+pub const FALLBACK_NO_SNAPSHOT: &str = "epp_fallback_no_snapshot";
+pub const FALLBACK_STALE_SNAPSHOT: &str = "epp_fallback_stale_snapshot";
+pub const FALLBACK_UNDECODABLE_SNAPSHOT: &str = "epp_fallback_undecodable_snapshot";
+/// Requests refused with 429 (sheddable while saturated, or nothing eligible).
+pub const SHED: &str = "epp_shed";
+/// Bodies refused with 400.
+pub const PARSE_ERRORS: &str = "epp_parse_errors";
+pub const BODY_TOO_LARGE: &str = "epp_body_too_large";
+/// 503 local replies (no endpoints, subset, fail closed).
+pub const UNAVAILABLE: &str = "epp_unavailable";
+pub const SNAPSHOT_AGE_MS: &str = "epp_snapshot_age_ms";
+pub const DECISION_TIME_US: &str = "epp_decision_time_us";
+pub const UPSTREAM_5XX: &str = "epp_upstream_5xx";
+pub const SCRAPES: &str = "epp_scrapes";
+pub const SCRAPE_ERRORS: &str = "epp_scrape_errors";
+pub const SNAPSHOTS_PUBLISHED: &str = "epp_snapshots_published";
+pub const LEADER: &str = "epp_collector_leader";
+/// Per-endpoint upstream 5xx counters are named `epp_upstream_5xx.<ip_port>`; at most this many exist.
+pub const MAX_ENDPOINT_METRICS: usize = 256;
+
+/// Metric ids of one VM, defined lazily by name.
+#[derive(Debug, Default)]
+pub struct Stats {
+    ids: BTreeMap<String, u32>,
+}
+
+impl Stats {
+    fn id(&mut self, host: &dyn Host, kind: MetricKind, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        match host.metric_define(kind, name) {
+            Ok(id) => {
+                self.ids.insert(String::from(name), id);
+                Some(id)
+            }
+            Err(e) => {
+                log::debug!("metric {name} unavailable: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn count(&mut self, host: &dyn Host, name: &str) {
+        if let Some(id) = self.id(host, MetricKind::Counter, name) {
+            let _ = host.metric_add(id, 1);
+        }
+    }
+
+    pub fn gauge(&mut self, host: &dyn Host, name: &str, value: u64) {
+        if let Some(id) = self.id(host, MetricKind::Gauge, name) {
+            let _ = host.metric_record(id, value);
+        }
+    }
+
+    pub fn histogram(&mut self, host: &dyn Host, name: &str, value: u64) {
+        if let Some(id) = self.id(host, MetricKind::Histogram, name) {
+            let _ = host.metric_record(id, value);
+        }
+    }
+
+    pub fn fallback(&mut self, host: &dyn Host, reason: Fallback) {
+        self.count(host, fallback_metric(reason));
+    }
+
+    /// Counts a local reply by its status.
+    pub fn reply(&mut self, host: &dyn Host, status: u16) {
+        let name = match status {
+            400 => PARSE_ERRORS,
+            413 => BODY_TOO_LARGE,
+            429 => SHED,
+            _ => UNAVAILABLE,
+        };
+        self.count(host, name);
+    }
+
+    /// Counts an upstream 5xx, in total and per endpoint.
+    pub fn upstream_5xx(&mut self, host: &dyn Host, address: &str) {
+        self.count(host, UPSTREAM_5XX);
+        let name = endpoint_metric(UPSTREAM_5XX, address);
+        if self.ids.contains_key(&name) || self.ids.len() < MAX_ENDPOINT_METRICS {
+            self.count(host, &name);
+        }
+    }
+}
+
+pub fn fallback_metric(reason: Fallback) -> &'static str {
+    match reason {
+        Fallback::NoSnapshot => FALLBACK_NO_SNAPSHOT,
+        Fallback::StaleSnapshot => FALLBACK_STALE_SNAPSHOT,
+        Fallback::UndecodableSnapshot => FALLBACK_UNDECODABLE_SNAPSHOT,
+    }
+}
+
+/// `epp_upstream_5xx.10_0_0_1_8000`: Envoy splits stat names on `.`, so the address's dots and colons go.
+pub fn endpoint_metric(base: &str, address: &str) -> String {
+    let safe: String = address.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("{base}.{safe}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+
+    #[test]
+    fn counts_by_name_and_endpoint() {
+        let host = FakeHost::default();
+        let mut s = Stats::default();
+        s.reply(&host, 429);
+        s.reply(&host, 429);
+        s.fallback(&host, Fallback::StaleSnapshot);
+        s.upstream_5xx(&host, "10.0.0.1:8000");
+        assert_eq!(host.metric(SHED), 2);
+        assert_eq!(host.metric(FALLBACK_STALE_SNAPSHOT), 1);
+        assert_eq!(host.metric("epp_upstream_5xx.10_0_0_1_8000"), 1);
+        assert_eq!(host.metric(UPSTREAM_5XX), 1);
+    }
+}

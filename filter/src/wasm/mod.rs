@@ -1,0 +1,11 @@
+//! The Proxy-Wasm glue: only what depends on the proxy's state machine. Compiled for `wasm32` only, so the
+//! logic modules build and test natively.
+
+mod host_impl;
+mod root;
+mod stream;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Debug);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
+}}

@@ -1,0 +1,238 @@
+//! The one root context type. Its role comes from the plugin: `root_id: collector` is the collector
+//! (an Envoy bootstrap singleton, or any VM configured so); every other root id is the picker, whose
+//! HTTP contexts decide requests and whose root also collects when `collector.mode` is `leader-elected`
+//! and this worker holds the lease.
+
+use super::host_impl::ProxyHost;
+use super::stream::Stream;
+use crate::collector::leader::{Leadership, Step};
+use crate::collector::{CallResponse, Collector};
+use crate::host::Host;
+use crate::inflight::HEARTBEAT_MS;
+use crate::keys::Keys;
+use crate::stats::{self, Stats};
+use crate::worker::Worker;
+use crate::workers;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+use scheduler_core::config::gateway::{CollectorMode, GatewayConfig};
+use scheduler_core::endpoint_picker::EndpointPicker;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The root id that selects the collector role.
+pub const COLLECTOR_ROOT_ID: &str = "collector";
+
+/// The collector half of a VM, with its election state when leader-elected.
+struct Collecting {
+    collector: Collector,
+    election: Option<Leadership>,
+    keys: Keys,
+    stats: Stats,
+}
+
+enum Role {
+    /// Before `on_configure` succeeded: HTTP contexts pass requests through untouched.
+    Unconfigured,
+    Picker {
+        worker: Rc<RefCell<Worker>>,
+        collecting: Option<Collecting>,
+    },
+    Collector(Collecting),
+}
+
+pub struct Root {
+    host: Rc<ProxyHost>,
+    role: Role,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        Root { host: Rc::new(ProxyHost::new(String::new())), role: Role::Unconfigured }
+    }
+
+    fn configure(&mut self) -> Result<(), String> {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .map_err(|s| format!("configuration: not readable ({s:?})"))?
+            .unwrap_or_default();
+        let text =
+            String::from_utf8(bytes).map_err(|_| String::from("configuration: expected UTF-8 JSON"))?;
+        let config = GatewayConfig::from_json(&text).map_err(|e| e.to_string())?;
+        // Plugin references and parameters are checked here too, so a collector VM refuses a configuration
+        // its pickers would refuse.
+        EndpointPicker::new(config.clone()).map_err(|e| e.to_string())?;
+        let root_id = property("plugin_root_id");
+        self.host = Rc::new(ProxyHost::new(property("plugin_vm_id")));
+        let host: &dyn Host = &*self.host;
+        let mode = config.collector.mode;
+        if root_id == COLLECTOR_ROOT_ID {
+            let election = match mode {
+                CollectorMode::LeaderElected => Some(Leadership::new(
+                    workers::claim_id(host, &Keys::new(&config.pool.name))
+                        .map_err(|e| format!("collector: no id for the lease: {e}"))?,
+                )),
+                CollectorMode::Off => {
+                    log::warn!(
+                        "root id {COLLECTOR_ROOT_ID:?} with collector.mode off: this VM collects nothing"
+                    );
+                    self.role = Role::Unconfigured;
+                    return Ok(());
+                }
+                CollectorMode::Singleton => None,
+            };
+            set_tick(config.collector.interval_ms);
+            self.role = Role::Collector(collecting(&config, election));
+            log::info!("collector for pool {:?} started", config.pool.name);
+            return Ok(());
+        }
+        let mut worker = Worker::new(config.clone()).map_err(|e| e.to_string())?;
+        worker.start(host);
+        let collecting = match (mode, worker.id()) {
+            (CollectorMode::LeaderElected, Some(id)) => Some(collecting(&config, Some(Leadership::new(id)))),
+            (CollectorMode::LeaderElected, None) => {
+                log::warn!("no worker id: this worker cannot take part in the collector election");
+                None
+            }
+            _ => None,
+        };
+        set_tick(if collecting.is_some() {
+            config.collector.interval_ms.min(HEARTBEAT_MS)
+        } else {
+            HEARTBEAT_MS
+        });
+        self.role = Role::Picker { worker: Rc::new(RefCell::new(worker)), collecting };
+        Ok(())
+    }
+
+    fn collecting(&mut self) -> Option<&mut Collecting> {
+        match &mut self.role {
+            Role::Picker { collecting, .. } => collecting.as_mut(),
+            Role::Collector(c) => Some(c),
+            Role::Unconfigured => None,
+        }
+    }
+}
+
+fn collecting(config: &GatewayConfig, election: Option<Leadership>) -> Collecting {
+    Collecting {
+        collector: Collector::new(config),
+        election,
+        keys: Keys::new(&config.pool.name),
+        stats: Stats::default(),
+    }
+}
+
+fn property(name: &str) -> String {
+    match hostcalls::get_property(vec![name]) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn set_tick(ms: u64) {
+    if let Err(s) = hostcalls::set_tick_period(Duration::from_millis(ms)) {
+        log::error!("tick period not set ({s:?}): nothing periodic will run");
+    }
+}
+
+impl Collecting {
+    fn tick(&mut self, host: &dyn Host) {
+        let Collecting { collector, election, keys, stats } = self;
+        if let Some(lead) = election {
+            match lead.step(host, keys, collector.lease_ttl_ms()) {
+                Step::Lead { became } => {
+                    if became {
+                        log::info!("this VM now leads collection");
+                        collector.adopt_published(host, keys);
+                        stats.gauge(host, stats::LEADER, 1);
+                    }
+                }
+                Step::Follow { lost } => {
+                    if lost {
+                        log::info!("this VM no longer leads collection");
+                        collector.abandon();
+                        stats.gauge(host, stats::LEADER, 0);
+                    }
+                    return;
+                }
+            }
+        }
+        collector.tick(host, keys, stats);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let host = self.host.clone();
+        let Some(c) = self.collecting() else { return };
+        if !c.collector.owns(token) {
+            return;
+        }
+        // No headers: the call failed (reset, no upstream); the response maps are then unreadable.
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok())
+        };
+        let body = if status.is_some() && body_size > 0 {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let response = CallResponse { status, body: &body };
+        c.collector.on_response(&*host, &c.keys, token, &response, &mut c.stats);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        match self.configure() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("invalid configuration, refused: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let host = self.host.clone();
+        if let Role::Picker { worker, .. } = &self.role {
+            if let Ok(mut w) = worker.try_borrow_mut() {
+                w.on_tick(&*host);
+            }
+        }
+        if let Some(c) = self.collecting() {
+            c.tick(&*host);
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Role::Picker { worker, .. } = &self.role {
+            if let Ok(mut w) = worker.try_borrow_mut() {
+                w.on_queue_ready(&*self.host, queue_id);
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Never `None`: the SDK would panic. Without a picker the stream passes through.
+        let worker = match &self.role {
+            Role::Picker { worker, .. } => Some(worker.clone()),
+            _ => None,
+        };
+        Some(Box::new(Stream::new(worker, self.host.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

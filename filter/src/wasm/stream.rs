@@ -1,0 +1,266 @@
+//! The HTTP context: the proxy's state machine around one request (strip, pause, buffer, decide, apply,
+//! resume; then the response path and the end of the stream). Decisions are the worker's.
+
+use super::host_impl::ProxyHost;
+use crate::host::Host;
+use crate::worker::{Routed, Worker};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use scheduler_core::endpoint_picker::{Outcome, Reply, RequestInfo, Route};
+use scheduler_core::openai_error::OpenAiError;
+use scheduler_core::request::rewrite_model;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Request headers the picker reads (GIE protocol).
+const OBJECTIVE: &str = "x-gateway-inference-objective";
+const MODEL_REWRITE: &str = "x-gateway-model-name-rewrite";
+const SESSION_TOKEN: &str = "x-session-token";
+const REQUEST_ID: &str = "x-request-id";
+
+/// The header facts of one request, owned (header maps are gone once the request continues).
+#[derive(Default)]
+struct Facts {
+    path: String,
+    request_id: String,
+    objective: Option<String>,
+    model_rewrite: Option<String>,
+    session_token: Option<String>,
+}
+
+impl Facts {
+    fn info(&self) -> RequestInfo<'_> {
+        RequestInfo {
+            path: &self.path,
+            request_id: &self.request_id,
+            objective: self.objective.as_deref(),
+            model_rewrite: self.model_rewrite.as_deref(),
+            session_token: self.session_token.as_deref(),
+            subset: None,
+        }
+    }
+}
+
+pub struct Stream {
+    worker: Option<Rc<RefCell<Worker>>>,
+    host: Rc<ProxyHost>,
+    facts: Facts,
+    /// The decision was made (at headers or at end of body): later callbacks only pass data on.
+    decided: bool,
+    /// We answered locally: the response path is our own reply.
+    replied: bool,
+    /// In flight until the stream ends; taken exactly once.
+    routed: Option<Routed>,
+    /// Body bytes buffered so far (for a request that ends with trailers).
+    buffered: usize,
+}
+
+fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+}
+
+fn set_request_header(name: &str, value: &str) -> bool {
+    match hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+        Ok(()) => true,
+        Err(s) => {
+            log::warn!("request header {name} not set: {s:?}");
+            false
+        }
+    }
+}
+
+impl Stream {
+    pub fn new(worker: Option<Rc<RefCell<Worker>>>, host: Rc<ProxyHost>) -> Stream {
+        Stream {
+            worker,
+            host,
+            facts: Facts::default(),
+            decided: false,
+            replied: false,
+            routed: None,
+            buffered: 0,
+        }
+    }
+
+    /// Decides with `body` (None: the request has none) and applies the outcome.
+    fn decide(&mut self, w: &mut Worker, body: Option<(&[u8], usize)>) -> Action {
+        self.decided = true;
+        let host: &dyn Host = &*self.host;
+        let (outcome, routed) = w.decide(host, &self.facts.info(), body.map(|(b, _)| b));
+        self.routed = routed;
+        let id = &self.facts.request_id;
+        match outcome {
+            Outcome::Route(route) | Outcome::FailOpen { route: Some(route), .. } => {
+                log::debug!("request {id:?} routed to {}", route.header_value);
+                self.apply_route(w, &route, body)
+            }
+            Outcome::FailOpen { reason, route: None } => {
+                log::debug!("request {id:?}: {}, destination left to the cluster", reason.as_str());
+                Action::Continue
+            }
+            Outcome::Reply(reply) => {
+                log::debug!("request {id:?} answered {} ({})", reply.status, reply.reason);
+                self.reply(&reply)
+            }
+        }
+    }
+
+    /// Sets the routing headers (and rewrites the body's model) before continuing: host calls on the
+    /// request are refused once it continued.
+    fn apply_route(&mut self, w: &mut Worker, route: &Route, body: Option<(&[u8], usize)>) -> Action {
+        let routing = w.routing();
+        set_request_header(&routing.destination_header, &route.header_value);
+        if let Some(prefill) = &route.prefill {
+            set_request_header(&routing.prefill_header, prefill);
+        }
+        if let (Some(model), Some((bytes, size))) = (&route.rewritten_model, body) {
+            match rewrite_model(bytes, model) {
+                Ok(new) => {
+                    if let Err(s) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new) {
+                        log::warn!("request body not rewritten: {s:?}");
+                    } else if request_header("content-length").is_some() {
+                        set_request_header("content-length", &new.len().to_string());
+                    }
+                }
+                Err(e) => {
+                    let reply = Reply {
+                        status: 400,
+                        body: OpenAiError::invalid_request(&e).body(),
+                        reason: "bad_request",
+                    };
+                    w.stats().reply(&*self.host, 400);
+                    return self.reply(&reply);
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn reply(&mut self, reply: &Reply) -> Action {
+        self.replied = true;
+        let headers = vec![("content-type", "application/json")];
+        if let Err(s) =
+            hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes()))
+        {
+            log::warn!("local reply {} not sent: {s:?}", reply.status);
+        }
+        Action::Pause
+    }
+
+    /// Decides on the body buffered so far (none at all: from the headers alone).
+    fn decide_on_body(&mut self, w: &mut Worker) -> Action {
+        if self.buffered == 0 {
+            return self.decide(w, None);
+        }
+        let size = self.buffered;
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                log::warn!("request body not readable ({s:?}): picking from headers alone");
+                return self.decide(w, None);
+            }
+        };
+        self.decide(w, Some((&body, size)))
+    }
+
+    fn finish(&mut self) {
+        let Some(routed) = self.routed.take() else { return };
+        let Some(worker) = &self.worker else { return };
+        match worker.try_borrow_mut() {
+            Ok(mut w) => w.finish(&*self.host, &routed),
+            Err(_) => log::warn!("in-flight count for {} not released (worker busy)", routed.destination),
+        }
+    }
+}
+
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        // on_log normally ran first; this covers a host that skips it.
+        self.finish();
+        true
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        // First, before anything can fail: a client-set routing header would route anywhere.
+        for name in w.headers_to_strip() {
+            if let Err(s) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
+                log::warn!("client header {name} not removed: {s:?}");
+            }
+        }
+        self.facts = Facts {
+            path: request_header(":path").unwrap_or_default(),
+            request_id: request_header(REQUEST_ID).unwrap_or_default(),
+            objective: request_header(OBJECTIVE),
+            model_rewrite: request_header(MODEL_REWRITE),
+            session_token: request_header(SESSION_TOKEN),
+        };
+        if end_of_stream {
+            return self.decide(&mut w, None);
+        }
+        // Wait for the body. With `allow_on_headers_stop_iteration` Envoy keeps feeding it to us.
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.decided {
+            return Action::Continue;
+        }
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        if let Some(reply) = w.body_too_large(&*self.host, body_size) {
+            self.decided = true;
+            return self.reply(&reply);
+        }
+        self.buffered = body_size;
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.decide_on_body(&mut w)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // A body that ended with trailers never saw end_of_stream: decide now, or it would wait forever.
+        if self.decided {
+            return Action::Continue;
+        }
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        self.decide_on_body(&mut w)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        let (Some(routed), Some(worker)) = (&self.routed, self.worker.clone()) else {
+            return Action::Continue;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        // Where the request really went (after retries), when the proxy says; else where we sent it.
+        let served = match hostcalls::get_property(vec!["upstream", "address"]) {
+            Ok(Some(bytes)) if !bytes.is_empty() => {
+                String::from_utf8(bytes).unwrap_or_else(|_| routed.destination.clone())
+            }
+            _ => routed.destination.clone(),
+        };
+        let served_header = w.routing().served_header.clone();
+        if let Err(s) = hostcalls::set_map_value(MapType::HttpResponseHeaders, &served_header, Some(&served))
+        {
+            log::warn!("response header {served_header} not set: {s:?}");
+        }
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
+        if status.and_then(|s| s.parse::<u16>().ok()).is_some_and(|s| s >= 500) {
+            w.stats().upstream_5xx(&*self.host, &served);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}

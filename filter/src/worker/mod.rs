@@ -1,0 +1,246 @@
+//! One worker VM's picker: the configured `EndpointPicker` plus the process-wide state around it (snapshot
+//! cache, in-flight tables, prefix exchange, worker directory). The HTTP glue asks it for a decision and
+//! reports when a routed stream ends; everything here runs natively against the fake host in tests.
+
+use crate::host::Host;
+use crate::inflight::InFlightState;
+use crate::keys::Keys;
+use crate::prefix_sync::PrefixSync;
+use crate::snapshot_cache::{Refresh, SnapshotCache};
+use crate::stats::{self, Stats};
+use crate::workers;
+use scheduler_core::config::gateway::{GatewayConfig, RoutingConfig};
+use scheduler_core::config::ConfigError;
+use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, PoolView, Reply, RequestInfo, Route};
+use scheduler_core::model::PoolSnapshot;
+use std::string::String;
+use std::vec::Vec;
+
+/// Routing headers a client must never set: the configured names and the protocol defaults (a proxy
+/// configured with custom names may still sit in front of a cluster keyed by a default one).
+pub const DEFAULT_ROUTING_HEADERS: [&str; 4] = [
+    "x-gateway-destination-endpoint",
+    "x-prefiller-host-port",
+    "x-gateway-destination-endpoint-served",
+    // Protocol v0.3's fallback header: nothing should act on it, nothing should pass it on either.
+    "x-gateway-destination-endpoint-fallback",
+];
+
+/// A request this worker routed and must account for until its stream ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    pub destination: String,
+    pub tokens: u64,
+}
+
+pub struct Worker {
+    picker: EndpointPicker,
+    keys: Keys,
+    id: Option<u32>,
+    cache: SnapshotCache,
+    inflight: InFlightState,
+    prefix: PrefixSync,
+    stats: Stats,
+    /// Mixed into each decision's seed so equal request ids still draw differently.
+    decisions: u64,
+    strip: Vec<String>,
+}
+
+impl Worker {
+    pub fn new(config: GatewayConfig) -> Result<Worker, ConfigError> {
+        let keys = Keys::new(&config.pool.name);
+        let strip = client_routing_headers(&config.routing);
+        Ok(Worker {
+            picker: EndpointPicker::new(config)?,
+            keys,
+            id: None,
+            cache: SnapshotCache::default(),
+            inflight: InFlightState::default(),
+            prefix: PrefixSync::default(),
+            stats: Stats::default(),
+            decisions: 0,
+            strip,
+        })
+    }
+
+    /// Joins the process: a worker id, a directory entry, an in-flight key and a prefix queue. On failure
+    /// the worker still picks, with counts and prefixes local to this VM.
+    pub fn start(&mut self, host: &dyn Host) {
+        match workers::register(host, &self.keys) {
+            Ok(id) => {
+                self.id = Some(id);
+                self.inflight.heartbeat(host, &self.keys, self.id);
+                if let Err(e) = self.prefix.register(host, &self.keys, id) {
+                    log::warn!("worker {id}: prefix queue not registered, prefixes stay local: {e}");
+                }
+                log::info!("worker {id} joined pool {:?}", self.picker.config().pool.name);
+            }
+            Err(e) => log::warn!("no worker id (in-flight and prefixes stay local to this VM): {e}"),
+        }
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.id
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        self.picker.config()
+    }
+
+    pub fn routing(&self) -> &RoutingConfig {
+        &self.picker.config().routing
+    }
+
+    pub fn stats(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
+    /// Request headers to remove before anything else (lower-case, deduplicated).
+    pub fn headers_to_strip(&self) -> &[String] {
+        &self.strip
+    }
+
+    /// 413 once the buffered body is over the limit.
+    pub fn body_too_large(&mut self, host: &dyn Host, buffered: usize) -> Option<Reply> {
+        let reply = self.picker.body_too_large(buffered)?;
+        self.stats.count(host, stats::DECISIONS_REPLIED);
+        self.stats.reply(host, reply.status);
+        Some(reply)
+    }
+
+    /// Decides for one request; a route is counted in flight until [`Worker::finish`].
+    pub fn decide(
+        &mut self,
+        host: &dyn Host,
+        info: &RequestInfo<'_>,
+        body: Option<&[u8]>,
+    ) -> (Outcome, Option<Routed>) {
+        let started_ms = host.now_ms();
+        match self.cache.refresh(host, &self.keys) {
+            Refresh::Undecodable(why) => log::warn!("published snapshot ignored: {why}"),
+            Refresh::HostError(why) => log::warn!("snapshot not refreshed: {why}"),
+            Refresh::Reloaded | Refresh::Unchanged | Refresh::Missing => {}
+        }
+        let directory = workers::read(host, &self.keys).unwrap_or_default();
+        let mut live_others: Vec<u32> = Vec::new();
+        if let Some(pool) = self.cache.snapshot_mut() {
+            match self.inflight.merge_into(host, &self.keys, self.id, &directory, pool) {
+                Ok(others) => {
+                    live_others = others.live;
+                    if !others.long_dead.is_empty() {
+                        let _ = workers::prune(host, &self.keys, &others.long_dead);
+                    }
+                }
+                Err(e) => log::debug!("other workers' in-flight counts not read: {e}"),
+            }
+        }
+        let undecodable = self.cache.undecodable();
+        let view = self.picker.view(self.cache.snapshot(), undecodable, started_ms);
+        if let Some(s) = self.cache.snapshot() {
+            self.stats.gauge(host, stats::SNAPSHOT_AGE_MS, started_ms.saturating_sub(s.published_at_ms));
+        }
+        self.decisions = self.decisions.wrapping_add(1);
+        let seed = seed_for(info.request_id, self.decisions);
+        let outcome = self.picker.pick(info, body, view, started_ms, seed);
+
+        let routed = match &outcome {
+            Outcome::Route(route) => {
+                self.stats.count(host, stats::DECISIONS_ROUTED);
+                Some(self.after_route(host, route, &live_others))
+            }
+            Outcome::FailOpen { reason, route } => {
+                self.stats.count(host, stats::DECISIONS_FAIL_OPEN);
+                self.stats.fallback(host, *reason);
+                route.as_ref().map(|r| self.after_route(host, r, &[]))
+            }
+            Outcome::Reply(reply) => {
+                self.stats.count(host, stats::DECISIONS_REPLIED);
+                self.stats.reply(host, reply.status);
+                match view {
+                    // Failing closed is a fallback too (a 400 while metrics are missing is not).
+                    PoolView::Unusable { reason, .. } if reply.reason == reason.as_str() => {
+                        self.stats.fallback(host, reason)
+                    }
+                    _ => {}
+                }
+                None
+            }
+        };
+        let elapsed_us = host.now_ms().saturating_sub(started_ms).saturating_mul(1_000);
+        self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);
+        (outcome, routed)
+    }
+
+    fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32]) -> Routed {
+        self.inflight.start(host, &self.keys, self.id, &route.destination, route.estimated_tokens);
+        self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes);
+        Routed { destination: route.destination.clone(), tokens: route.estimated_tokens }
+    }
+
+    /// The routed stream ended (completed, reset or answered locally).
+    pub fn finish(&mut self, host: &dyn Host, routed: &Routed) {
+        self.inflight.finish(host, &self.keys, self.id, &routed.destination, routed.tokens);
+    }
+
+    /// Heartbeat: keeps this worker's table alive and its directory entry present.
+    pub fn on_tick(&mut self, host: &dyn Host) {
+        let Some(id) = self.id else { return };
+        // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
+        if !self.inflight.heartbeat(host, &self.keys, self.id) {
+            return;
+        }
+        if workers::read(host, &self.keys).is_ok_and(|ids| !ids.contains(&id)) {
+            let _ = workers::ensure_listed(host, &self.keys, id);
+        }
+    }
+
+    /// Applies other workers' prefix picks arriving on this worker's queue. False if not our queue.
+    pub fn on_queue_ready(&mut self, host: &dyn Host, queue: u32) -> bool {
+        if !self.prefix.owns(queue) {
+            return false;
+        }
+        let empty = PoolSnapshot::default();
+        let pool = self.cache.snapshot().unwrap_or(&empty);
+        let scheduler = self.picker.scheduler_mut();
+        let (_, bad) =
+            self.prefix.drain(host, queue, |u| scheduler.learn_prefix(pool, &u.address, &u.hashes));
+        if bad > 0 {
+            log::warn!("{bad} unreadable prefix updates dropped");
+        }
+        true
+    }
+
+    /// In-flight requests this worker counts right now, per endpoint (for tests and debugging).
+    pub fn local_in_flight(&self) -> Vec<(String, u32)> {
+        self.inflight.table().iter().map(|(a, f)| (String::from(a), f.requests)).collect()
+    }
+}
+
+/// Lower-case names of every routing header a client could smuggle in.
+pub fn client_routing_headers(routing: &RoutingConfig) -> Vec<String> {
+    let mut names: Vec<String> =
+        [&routing.destination_header, &routing.prefill_header, &routing.served_header]
+            .into_iter()
+            .cloned()
+            .chain(DEFAULT_ROUTING_HEADERS.iter().map(|s| String::from(*s)))
+            .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// FNV-1a of the request id, mixed with a per-VM counter.
+fn seed_for(request_id: &str, n: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in request_id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+use super::*;
+use crate::host::fake::FakeHost;
+use scheduler_core::model::{Endpoint, EndpointState, Metrics};
+use scheduler_core::shared_state::InFlightTable;
+use scheduler_core::snapshot_codec;
+
+const NOW: u64 = 1_000_000;
+const CHAT: &[u8] = br#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#;
+
+fn info(request_id: &str) -> RequestInfo<'_> {
+    RequestInfo { path: "/v1/chat/completions", request_id, ..RequestInfo::default() }
+}
+
+/// Publishes endpoints `10.0.0.{i+1}:8000` with the given queues, fresh at `NOW`.
+fn publish(host: &FakeHost, keys: &Keys, generation: u64, waiting: &[u32]) {
+    let endpoints = waiting
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| EndpointState {
+            metrics: Some(Metrics { waiting: w, kv_usage: 0.1, updated_at_ms: NOW, ..Metrics::default() }),
+            ..EndpointState::new(Endpoint::new(format!("10.0.0.{}:8000", i + 1)))
+        })
+        .collect();
+    let s = PoolSnapshot { generation, published_at_ms: NOW, pool: "default".into(), endpoints };
+    host.put(&keys.snapshot, &snapshot_codec::encode(&s));
+    host.put(&keys.generation, &generation.to_le_bytes());
+}
+
+fn worker(host: &FakeHost, config: &str) -> Worker {
+    let mut w = Worker::new(GatewayConfig::from_json(config).unwrap()).unwrap();
+    w.start(host);
+    w
+}
+
+fn destination(o: &Outcome) -> &str {
+    match o {
+        Outcome::Route(r) => &r.destination,
+        Outcome::FailOpen { route: Some(r), .. } => &r.destination,
+        other => panic!("expected a route, got {other:?}"),
+    }
+}
+
+#[test]
+fn routes_on_published_metrics_and_counts_in_flight_until_finish() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, "");
+    publish(&host, w.keys(), 1, &[5, 0, 5]);
+    let (o, routed) = w.decide(&host, &info("a"), Some(CHAT));
+    assert_eq!(destination(&o), "10.0.0.2:8000");
+    let routed = routed.unwrap();
+    assert_eq!(w.local_in_flight(), vec![("10.0.0.2:8000".to_string(), 1)]);
+    // The table is in shared data for the other workers.
+    let key = w.keys().inflight(w.id().unwrap());
+    assert!(!InFlightTable::decode(&host.get(&key).unwrap()).unwrap().is_empty());
+    w.finish(&host, &routed);
+    assert!(w.local_in_flight().is_empty());
+    assert!(InFlightTable::decode(&host.get(&key).unwrap()).unwrap().is_empty());
+    assert_eq!(host.metric(stats::DECISIONS_ROUTED), 1);
+    // New metrics: routing follows them.
+    publish(&host, w.keys(), 2, &[0, 9, 9]);
+    assert_eq!(destination(&w.decide(&host, &info("b"), Some(CHAT)).0), "10.0.0.1:8000");
+}
+
+#[test]
+fn another_workers_in_flight_steers_the_pick() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let config = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
+    let mut a = worker(&host, config);
+    let mut b = worker(&host, config);
+    publish(&host, a.keys(), 1, &[0, 0]);
+    let (first, _) = a.decide(&host, &info("x"), Some(CHAT));
+    let busy = destination(&first).to_string();
+    // Worker b has routed nothing itself, yet avoids the endpoint a has a request in flight on.
+    for id in ["y", "z", "w"] {
+        let (o, routed) = b.decide(&host, &info(id), Some(CHAT));
+        assert_ne!(destination(&o), busy);
+        b.finish(&host, &routed.unwrap());
+    }
+}
+
+#[test]
+fn prefixes_routed_by_one_worker_are_learned_by_the_other() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let config = r#"{"plugins": [{"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 4}}, {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
+    let mut a = worker(&host, config);
+    let mut b = worker(&host, config);
+    publish(&host, a.keys(), 1, &[0, 0, 0, 0]);
+    a.decide(&host, &info("warm"), Some(CHAT)); // learns who is alive
+    let queue = host.queue_resolve(&b.keys().prefix_queue(b.id().unwrap())).unwrap().unwrap();
+    b.on_queue_ready(&host, queue);
+    let mut picks = Vec::new();
+    for i in 0..8 {
+        let body = format!(
+            r#"{{"model": "m", "messages": [{{"content": "{i}: a conversation whose prompt spans several blocks", "role": "user"}}]}}"#
+        );
+        let (o, _) = a.decide(&host, &info(&format!("a{i}")), Some(body.as_bytes()));
+        picks.push((body, destination(&o).to_string()));
+    }
+    let spread: std::collections::BTreeSet<&String> = picks.iter().map(|(_, d)| d).collect();
+    assert!(spread.len() > 1, "distinct prompts spread over the tied endpoints: {picks:?}");
+    assert!(b.on_queue_ready(&host, queue));
+    assert!(!b.on_queue_ready(&host, queue + 100), "not b's queue");
+    for (i, (body, dest)) in picks.iter().enumerate() {
+        let (o, _) = b.decide(&host, &info(&format!("b{i}")), Some(body.as_bytes()));
+        assert_eq!(destination(&o), dest, "prompt {i}");
+    }
+}
+
+#[test]
+fn no_snapshot_fails_open_round_robin_over_configured_endpoints() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, r#"{"pool": {"endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"]}}"#);
+    let picks: Vec<String> = (0..4)
+        .map(|i| destination(&w.decide(&host, &info(&i.to_string()), Some(CHAT)).0).to_string())
+        .collect();
+    assert_eq!(picks, ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.1:8000", "10.0.0.2:8000"]);
+    assert_eq!(host.metric(stats::FALLBACK_NO_SNAPSHOT), 4);
+    assert_eq!(host.metric(stats::DECISIONS_FAIL_OPEN), 4);
+    assert_eq!(w.local_in_flight().len(), 2, "blind routes are counted in flight too");
+}
+
+#[test]
+fn stale_snapshot_fails_closed_when_configured() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, r#"{"failureMode": "FailClose", "limits": {"snapshotMaxAgeMs": 100}}"#);
+    publish(&host, w.keys(), 1, &[0]);
+    host.advance(101);
+    let (o, routed) = w.decide(&host, &info("a"), Some(CHAT));
+    let Outcome::Reply(r) = o else { panic!("expected a reply, got {o:?}") };
+    assert_eq!(r.status, 503);
+    assert!(routed.is_none());
+    assert_eq!(host.metric(stats::FALLBACK_STALE_SNAPSHOT), 1);
+    assert_eq!(host.metric(stats::UNAVAILABLE), 1);
+    // A bad body is a 400 whatever the metrics, and not a fallback.
+    w.decide(&host, &info("b"), Some(b"{"));
+    assert_eq!(host.metric(stats::FALLBACK_STALE_SNAPSHOT), 1);
+    assert_eq!(host.metric(stats::PARSE_ERRORS), 1);
+}
+
+#[test]
+fn replies_are_counted_by_kind() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, r#"{"limits": {"maxBodyBytes": 100}}"#);
+    publish(&host, w.keys(), 1, &[0]);
+    let (o, _) = w.decide(&host, &info("a"), Some(b"not json"));
+    assert!(matches!(o, Outcome::Reply(Reply { status: 400, .. })));
+    assert_eq!(w.body_too_large(&host, 101).unwrap().status, 413);
+    assert!(w.body_too_large(&host, 100).is_none());
+    assert_eq!((host.metric(stats::PARSE_ERRORS), host.metric(stats::BODY_TOO_LARGE)), (1, 1));
+}
+
+#[test]
+fn routing_headers_to_strip_include_configured_and_default_names() {
+    let w =
+        Worker::new(GatewayConfig::from_json(r#"{"routing": {"destinationHeader": "x-route"}}"#).unwrap())
+            .unwrap();
+    let names = w.headers_to_strip();
+    for n in [
+        "x-route",
+        "x-gateway-destination-endpoint",
+        "x-prefiller-host-port",
+        "x-gateway-destination-endpoint-served",
+    ] {
+        assert!(names.iter().any(|s| s == n), "{n} in {names:?}");
+    }
+    assert_eq!(client_routing_headers(&RoutingConfig::default()).len(), DEFAULT_ROUTING_HEADERS.len());
+}
+
+#[test]
+fn heartbeat_relists_a_pruned_worker() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, "");
+    let id = w.id().unwrap();
+    crate::workers::prune(&host, w.keys(), &[id]).unwrap();
+    w.on_tick(&host);
+    assert!(crate::workers::read(&host, w.keys()).unwrap().is_empty(), "checked with the heartbeat only");
+    host.advance(crate::inflight::HEARTBEAT_MS);
+    w.on_tick(&host);
+    assert_eq!(crate::workers::read(&host, w.keys()).unwrap(), vec![id]);
+}

@@ -1,0 +1,60 @@
+//! Two worker VMs of one proxy share in-flight counts and the prefix index through shared data and
+//! queues.
+
+mod common;
+
+use common::*;
+
+const ACTIVE: &str = r#""plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
+    "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]"#;
+
+const PREFIX: &str = r#""plugins": [{"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 4}}, {"type": "max-score-picker"}],
+    "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}]}]"#;
+
+#[test]
+fn in_flight_counts_are_process_wide() {
+    let mut host = host();
+    let cfg = config(2, ACTIVE);
+    let a = host.start_vm(picker(&cfg)).unwrap();
+    let b = host.start_vm(picker(&cfg)).unwrap();
+    write_snapshot(&mut host, 1, &[0, 0]);
+    let held = chat(&mut host, a, CHAT, &[]);
+    let busy = destination(&host.stream(held)).unwrap().to_string();
+    // Worker b never routed there itself, yet sees a's request and avoids that endpoint.
+    for _ in 0..4 {
+        let s = chat(&mut host, b, CHAT, &[]);
+        assert_ne!(destination(&host.stream(s)), Some(busy.as_str()));
+        host.respond(s, 200, b"{}").unwrap();
+    }
+    assert_eq!(in_flight_total(&host), 1);
+    host.respond(held, 200, b"{}").unwrap();
+    assert_eq!(in_flight_total(&host), 0);
+    assert_no_traps(&host);
+}
+
+#[test]
+fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
+    let mut host = host();
+    let cfg = config(4, PREFIX);
+    let a = host.start_vm(picker(&cfg)).unwrap();
+    let b = host.start_vm(picker(&cfg)).unwrap();
+    write_snapshot(&mut host, 1, &[0, 0, 0, 0]);
+    // The index varies in the first 16-byte block, so each prompt is its own prefix.
+    let mut picks = Vec::new();
+    for i in 0..8 {
+        let body = format!(
+            r#"{{"model": "llama", "messages": [{{"content": "{i} starts a conversation with a long prompt", "role": "user"}}]}}"#
+        );
+        // Distinct request ids: the seeds differ, so b cannot agree with a by drawing the same ties.
+        let id = format!("a-{i}");
+        let dest = destination(&send(&mut host, a, &body, &[("x-request-id", &id)])).unwrap().to_string();
+        picks.push((body, dest));
+    }
+    let spread: std::collections::BTreeSet<_> = picks.iter().map(|(_, d)| d.clone()).collect();
+    assert!(spread.len() > 1, "ties are broken at random, so 8 prompts land on several endpoints");
+    for (i, (body, dest)) in picks.iter().enumerate() {
+        let id = format!("b-{i}");
+        assert_eq!(destination(&send(&mut host, b, body, &[("x-request-id", &id)])), Some(dest.as_str()));
+    }
+    assert_no_traps(&host);
+}
