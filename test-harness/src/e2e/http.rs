@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn content_length_and_sse_payloads() {
         let raw =
-            b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\nX-A: b\r\n\r\ndata: {\"a\":1}\n\ndata: [DONE]\n\n";
+            b"HTTP/1.1 200 OK\r\nContent-Length: 29\r\nX-A: b\r\n\r\ndata: {\"a\":1}\n\ndata: [DONE]\n\n";
         let r = Response::parse(raw, Duration::ZERO, false).unwrap();
         assert_eq!(r.header("x-a"), Some("b"));
         assert!(!r.truncated);
