@@ -12,7 +12,7 @@ mod template;
 
 pub use template::render;
 
-/// Envoy bootstraps are the files named `envoy.yaml` or `envoy-*.yaml` anywhere under `envoy-config/`.
+/// Envoy bootstraps are the files named `envoy.yaml` anywhere under `envoy-config/`.
 pub fn bootstrap_files() -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     collect(&workspace_root().join("envoy-config"), &mut files)?;
@@ -27,7 +27,7 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if path.is_dir() {
             collect(&path, files)?;
-        } else if name == "envoy.yaml" || (name.starts_with("envoy-") && name.ends_with(".yaml")) {
+        } else if name == "envoy.yaml" {
             files.push(path);
         }
     }
