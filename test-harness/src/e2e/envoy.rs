@@ -146,6 +146,8 @@ pub struct Envoy {
     process: Process,
     admin: String,
     listeners: Vec<(String, String)>,
+    /// The rendered config and the admin address file, removed with a passing test's log.
+    files: [PathBuf; 2],
 }
 
 impl Envoy {
@@ -194,7 +196,7 @@ impl Envoy {
             .filter_map(|l| l.split_once("::"))
             .map(|(name, addr)| (name.to_string(), addr.trim().to_string()))
             .collect();
-        Ok(Envoy { process, admin, listeners })
+        Ok(Envoy { process, admin, listeners, files: [config_path, admin_path] })
     }
 
     /// The address of the first listener (the gateway in every envoy-config file).
@@ -227,6 +229,16 @@ impl Envoy {
             .send(&self.admin);
         let text = r.ok()?.text();
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            for f in &self.files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
     }
 }
 

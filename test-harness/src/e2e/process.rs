@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process whose stdout and stderr go to a log file under `target/e2e-logs/`.
+/// A child process whose stdout and stderr go to a log file under `target/e2e-logs/` (kept only when
+/// the test fails).
 pub struct Process {
     name: String,
     child: Child,
@@ -89,6 +90,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A failing test keeps the log and shows its end; a passing one leaves nothing behind.
         if std::thread::panicking() {
             eprintln!(
                 "--- {} log ({}), last lines:\n{}\n---",
@@ -96,9 +100,9 @@ impl Drop for Process {
                 self.log.display(),
                 self.log_tail(40)
             );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
