@@ -55,6 +55,7 @@
 //! held while headers are paused without stop-iteration support is never limited). A callout that times
 //! out is delivered as Envoy's router reports it: `504` with body `upstream request timeout`.
 
+pub mod e2e;
 pub mod host;
 mod wasm_build;
 

@@ -2,6 +2,7 @@
 //! `bench`. Plain std, no dependencies, so it builds in seconds on a fresh machine.
 
 mod cmd;
+mod envoy;
 mod test;
 mod tools;
 
@@ -11,13 +12,16 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test    fmt check, clippy (-D warnings), every test in the workspace, and the core's tests as Wasm
+  test          fmt check, clippy (-D warnings), every test in the workspace, the core's tests as Wasm,
+                and every Envoy config under envoy-config/ through `envoy --mode validate`
+  envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
+        Some("envoy-check") => test::envoy_check(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

