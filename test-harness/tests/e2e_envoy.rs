@@ -344,11 +344,14 @@ fn istio_shape_with_two_workers_shares_one_elected_collector() {
     let counts = spread(&envoy, 20, |i| completion(&format!("distinct prompt number {i}")));
     let to_busy = counts.get(sims[0].replica()).copied().unwrap_or(0);
     assert!(to_busy <= 1, "{to_busy} of 20 went to the saturated replica: {counts:?}");
-    // Envoy names per-worker listener stats after the address with `_` for `:`.
-    let listener = envoy.listener().replace(':', "_");
+    // Per-worker listener stats are named after the listener's configured address (port 0 here), so
+    // match any listener, excluding the admin one.
     let workers_used = (0..2)
         .filter(|w| {
-            envoy.stat(&format!("listener.{listener}.worker_{w}.downstream_cx_total")).unwrap_or(0) > 0
+            envoy
+                .stat_sum(&format!("^listener\\.127\\.0\\.0\\.1_.*\\.worker_{w}\\.downstream_cx_total$"))
+                .unwrap_or(0)
+                > 0
         })
         .count();
     assert_eq!(workers_used, 2, "both workers should have served");

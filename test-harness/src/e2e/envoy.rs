@@ -223,6 +223,16 @@ impl Envoy {
 
     /// A counter or gauge from the admin `/stats` (e.g. `cluster.pool.upstream_rq_total`); `None` when
     /// Envoy does not have it.
+    /// Sum of every counter or gauge whose name matches the admin `filter` regex (e.g. one stat across
+    /// listeners whose names depend on the bound address).
+    pub fn stat_sum(&self, filter: &str) -> Option<u64> {
+        let r = Request::get(&format!("/stats?filter={filter}"))
+            .timeout(Duration::from_secs(5))
+            .send(&self.admin);
+        let text = r.ok()?.text();
+        Some(text.lines().filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok()).sum())
+    }
+
     pub fn stat(&self, name: &str) -> Option<u64> {
         let r = Request::get(&format!("/stats?filter=^{name}$"))
             .timeout(Duration::from_secs(5))
