@@ -73,18 +73,18 @@ async fn drive(
     mut machine: Machine,
     mut guard: StreamGuard,
 ) {
-    loop {
+    'stream: loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
             // Half-close (NGINX's bridge after its last message) or the gateway went away.
-            Ok(None) | Err(_) => break,
+            Ok(None) | Err(_) => break 'stream,
         };
         let steps = match machine.on_message(msg) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("{e}");
                 let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
-                break;
+                break 'stream;
             }
         };
         for step in steps {
@@ -112,8 +112,12 @@ async fn drive(
                 }
             };
             if !sent {
-                return;
+                break 'stream;
             }
         }
     }
+    // Release the in-flight count before the gateway sees the stream end, so the next request's pick
+    // (queued behind this on the picker's channel) already sees it gone.
+    drop(guard);
+    drop(tx);
 }
