@@ -3,6 +3,7 @@
 
 use crate::pool::Pool;
 use scheduler_core::endpoint_picker::Outcome;
+use scheduler_core::model::InFlight;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,6 +28,8 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     served_elsewhere: AtomicU64,
     active_streams: AtomicI64,
+    /// Gateway-side in-flight work per endpoint, as the picker thread last left it.
+    in_flight: Mutex<Vec<(String, InFlight)>>,
 }
 
 impl Metrics {
@@ -71,6 +74,14 @@ impl Metrics {
 
     pub fn record_served_elsewhere(&self) {
         self.served_elsewhere.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Replaces the in-flight view (called by the picker thread after every change).
+    pub fn set_in_flight(&self, entries: impl Iterator<Item = (String, InFlight)>) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.clear();
+            f.extend(entries);
+        }
     }
 
     pub fn stream_started(&self) {
@@ -143,6 +154,20 @@ impl Metrics {
         writeln!(out, "# HELP epp_shim_active_streams Open ext_proc streams.")?;
         writeln!(out, "# TYPE epp_shim_active_streams gauge")?;
         writeln!(out, "epp_shim_active_streams {}", self.active_streams.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "# HELP epp_shim_endpoint_in_flight_requests Requests routed to an endpoint and not finished."
+        )?;
+        writeln!(out, "# TYPE epp_shim_endpoint_in_flight_requests gauge")?;
+        if let Ok(f) = self.in_flight.lock() {
+            for (endpoint, n) in f.iter() {
+                writeln!(
+                    out,
+                    "epp_shim_endpoint_in_flight_requests{{endpoint=\"{endpoint}\"}} {}",
+                    n.requests
+                )?;
+            }
+        }
         let Some(published) = pool.latest() else { return Ok(()) };
         let snap = &published.snapshot;
         writeln!(out, "# HELP epp_shim_pool_endpoints Endpoints in the published snapshot.")?;

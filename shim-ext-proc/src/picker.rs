@@ -147,6 +147,7 @@ impl Worker {
                 self.table.start(&to, tokens);
             }
         }
+        self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
     }
 
     fn pick(&mut self, input: &PickInput) -> Outcome {

@@ -143,6 +143,10 @@ async fn nginx_style_client_is_routed_to_a_replica_that_then_serves_the_request(
     assert!(text.contains("epp_shim_decisions_total{outcome=\"reply\",reason=\"bad_request\"} 1"), "{text}");
     assert!(text.contains("epp_shim_endpoint_metrics_age_seconds{endpoint="), "{text}");
     assert!(text.contains("epp_shim_decision_duration_seconds_count 2"), "{text}");
+    assert!(
+        !text.contains("epp_shim_endpoint_in_flight_requests{"),
+        "finished requests leave no in-flight: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
