@@ -1,0 +1,123 @@
+//! The gRPC `ExternalProcessor/Process` service: one task per stream feeds messages to a [`Machine`],
+//! asks the picker thread when the machine says so, and writes the responses back in order.
+
+use super::machine::{Machine, Step, StreamSettings};
+use crate::metrics::Metrics;
+use crate::picker::PickerHandle;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone, Debug)]
+pub struct ExtProcService {
+    picker: PickerHandle,
+    settings: Arc<StreamSettings>,
+    metrics: Arc<Metrics>,
+}
+
+impl ExtProcService {
+    pub fn new(picker: PickerHandle, settings: StreamSettings, metrics: Arc<Metrics>) -> ExtProcService {
+        ExtProcService { picker, settings: Arc::new(settings), metrics }
+    }
+
+    pub fn into_server(self) -> ExternalProcessorServer<ExtProcService> {
+        // Bodies up to the core's limit travel in one buffered message; leave room for the envelope.
+        let limit = self.settings.max_body_bytes.saturating_mul(2).max(4 * 1024 * 1024);
+        ExternalProcessorServer::new(self).max_decoding_message_size(limit).max_encoding_message_size(limit)
+    }
+}
+
+/// Releases the stream's in-flight count however the stream ends (done, reset, or error).
+struct StreamGuard {
+    picker: PickerHandle,
+    metrics: Arc<Metrics>,
+    in_flight: Option<(String, u64)>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some((address, tokens)) = self.in_flight.take() {
+            self.picker.finish(&address, tokens);
+        }
+        self.metrics.stream_ended();
+    }
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(32);
+        self.metrics.stream_started();
+        let guard =
+            StreamGuard { picker: self.picker.clone(), metrics: Arc::clone(&self.metrics), in_flight: None };
+        let machine = Machine::new(Arc::clone(&self.settings));
+        tokio::spawn(drive(inbound, tx, machine, guard));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn drive(
+    mut inbound: Streaming<ProcessingRequest>,
+    tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
+    mut machine: Machine,
+    mut guard: StreamGuard,
+) {
+    'stream: loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            // Half-close (NGINX's bridge after its last message) or the gateway went away.
+            Ok(None) | Err(_) => break 'stream,
+        };
+        let steps = match machine.on_message(msg) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("{e}");
+                let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                break 'stream;
+            }
+        };
+        for step in steps {
+            let sent = match step {
+                Step::Send(r) => tx.send(Ok(r)).await.is_ok(),
+                Step::Pick(input) => {
+                    let outcome = guard.picker.pick(input).await;
+                    let responses = machine.on_outcome(outcome);
+                    guard.in_flight = machine.in_flight().map(|(a, t)| (a.to_string(), t));
+                    let mut ok = true;
+                    for r in responses {
+                        ok = ok && tx.send(Ok(r)).await.is_ok();
+                    }
+                    ok
+                }
+                Step::Served { routed, served, tokens } => {
+                    guard.picker.moved(&routed, &served, tokens);
+                    guard.metrics.record_served_elsewhere();
+                    guard.in_flight = Some((served, tokens));
+                    true
+                }
+                Step::Usage(u) => {
+                    guard.metrics.record_usage(u.prompt_tokens, u.completion_tokens);
+                    true
+                }
+            };
+            if !sent {
+                break 'stream;
+            }
+        }
+    }
+    // Release the in-flight count before the gateway sees the stream end, so the next request's pick
+    // (queued behind this on the picker's channel) already sees it gone.
+    drop(guard);
+    drop(tx);
+}

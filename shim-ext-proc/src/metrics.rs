@@ -1,0 +1,192 @@
+//! The shim's own Prometheus metrics (decisions, decision latency, sheds, fallbacks, scrapes, usage,
+//! per-endpoint metrics age), kept in atomics and small maps and rendered as text on demand.
+
+use crate::pool::Pool;
+use scheduler_core::endpoint_picker::Outcome;
+use scheduler_core::model::InFlight;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the decision-latency histogram: a pick is micro- to milliseconds.
+const LATENCY_BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (outcome, reason) → count.
+    decisions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    shed: AtomicU64,
+    fallbacks: Mutex<BTreeMap<&'static str, u64>>,
+    scrapes_ok: AtomicU64,
+    scrapes_failed: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    served_elsewhere: AtomicU64,
+    active_streams: AtomicI64,
+    /// Gateway-side in-flight work per endpoint, as the picker thread last left it.
+    in_flight: Mutex<Vec<(String, InFlight)>>,
+}
+
+impl Metrics {
+    pub fn record_decision(&self, outcome: &Outcome, took: Duration) {
+        let key = match outcome {
+            Outcome::Route(_) => ("route", ""),
+            Outcome::FailOpen { reason, .. } => {
+                if let Ok(mut f) = self.fallbacks.lock() {
+                    *f.entry(reason.as_str()).or_default() += 1;
+                }
+                ("fail_open", reason.as_str())
+            }
+            Outcome::Reply(r) => {
+                if r.status == 429 {
+                    self.shed.fetch_add(1, Ordering::Relaxed);
+                }
+                ("reply", r.reason)
+            }
+        };
+        if let Ok(mut d) = self.decisions.lock() {
+            *d.entry(key).or_default() += 1;
+        }
+        let secs = took.as_secs_f64();
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn record_scrape(&self, ok: bool) {
+        let c = if ok { &self.scrapes_ok } else { &self.scrapes_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_usage(&self, prompt: u64, completion: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+        self.completion_tokens.fetch_add(completion, Ordering::Relaxed);
+    }
+
+    pub fn record_served_elsewhere(&self) {
+        self.served_elsewhere.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Replaces the in-flight view (called by the picker thread after every change).
+    pub fn set_in_flight(&self, entries: impl Iterator<Item = (String, InFlight)>) {
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.clear();
+            f.extend(entries);
+        }
+    }
+
+    pub fn stream_started(&self) {
+        self.active_streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_ended(&self) {
+        self.active_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition, including per-endpoint metrics age read from the pool at `now_ms`.
+    pub fn render(&self, pool: &Pool, now_ms: u64) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = self.write(&mut out, pool, now_ms);
+        out
+    }
+
+    fn write(&self, out: &mut String, pool: &Pool, now_ms: u64) -> std::fmt::Result {
+        writeln!(out, "# HELP epp_shim_decisions_total Picking decisions by outcome and reason.")?;
+        writeln!(out, "# TYPE epp_shim_decisions_total counter")?;
+        if let Ok(d) = self.decisions.lock() {
+            for ((outcome, reason), n) in d.iter() {
+                writeln!(out, "epp_shim_decisions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}")?;
+            }
+        }
+        writeln!(out, "# HELP epp_shim_decision_duration_seconds Time the core took to decide one request.")?;
+        writeln!(out, "# TYPE epp_shim_decision_duration_seconds histogram")?;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            let n = count.load(Ordering::Relaxed);
+            writeln!(out, "epp_shim_decision_duration_seconds_bucket{{le=\"{bound}\"}} {n}")?;
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        writeln!(out, "epp_shim_decision_duration_seconds_bucket{{le=\"+Inf\"}} {count}")?;
+        let sum = self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        writeln!(out, "epp_shim_decision_duration_seconds_sum {sum}")?;
+        writeln!(out, "epp_shim_decision_duration_seconds_count {count}")?;
+        writeln!(out, "# HELP epp_shim_shed_total Requests refused with 429 (saturation, shedding).")?;
+        writeln!(out, "# TYPE epp_shim_shed_total counter")?;
+        writeln!(out, "epp_shim_shed_total {}", self.shed.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP epp_shim_fallback_total Requests decided without usable metrics, by reason.")?;
+        writeln!(out, "# TYPE epp_shim_fallback_total counter")?;
+        if let Ok(f) = self.fallbacks.lock() {
+            for (reason, n) in f.iter() {
+                writeln!(out, "epp_shim_fallback_total{{reason=\"{reason}\"}} {n}")?;
+            }
+        }
+        writeln!(out, "# HELP epp_shim_scrapes_total Model-server /metrics scrapes by result.")?;
+        writeln!(out, "# TYPE epp_shim_scrapes_total counter")?;
+        writeln!(out, "epp_shim_scrapes_total{{result=\"ok\"}} {}", self.scrapes_ok.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "epp_shim_scrapes_total{{result=\"error\"}} {}",
+            self.scrapes_failed.load(Ordering::Relaxed)
+        )?;
+        writeln!(out, "# HELP epp_shim_usage_tokens_total Tokens reported in responses' usage.")?;
+        writeln!(out, "# TYPE epp_shim_usage_tokens_total counter")?;
+        writeln!(
+            out,
+            "epp_shim_usage_tokens_total{{kind=\"prompt\"}} {}",
+            self.prompt_tokens.load(Ordering::Relaxed)
+        )?;
+        let completion = self.completion_tokens.load(Ordering::Relaxed);
+        writeln!(out, "epp_shim_usage_tokens_total{{kind=\"completion\"}} {completion}")?;
+        writeln!(
+            out,
+            "# HELP epp_shim_served_elsewhere_total Responses served by another endpoint than picked."
+        )?;
+        writeln!(out, "# TYPE epp_shim_served_elsewhere_total counter")?;
+        writeln!(out, "epp_shim_served_elsewhere_total {}", self.served_elsewhere.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP epp_shim_active_streams Open ext_proc streams.")?;
+        writeln!(out, "# TYPE epp_shim_active_streams gauge")?;
+        writeln!(out, "epp_shim_active_streams {}", self.active_streams.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "# HELP epp_shim_endpoint_in_flight_requests Requests routed to an endpoint and not finished."
+        )?;
+        writeln!(out, "# TYPE epp_shim_endpoint_in_flight_requests gauge")?;
+        if let Ok(f) = self.in_flight.lock() {
+            for (endpoint, n) in f.iter() {
+                writeln!(
+                    out,
+                    "epp_shim_endpoint_in_flight_requests{{endpoint=\"{endpoint}\"}} {}",
+                    n.requests
+                )?;
+            }
+        }
+        let Some(published) = pool.latest() else { return Ok(()) };
+        let snap = &published.snapshot;
+        writeln!(out, "# HELP epp_shim_pool_endpoints Endpoints in the published snapshot.")?;
+        writeln!(out, "# TYPE epp_shim_pool_endpoints gauge")?;
+        writeln!(out, "epp_shim_pool_endpoints {}", snap.endpoints.len())?;
+        writeln!(out, "# HELP epp_shim_snapshot_generation Generation of the published snapshot.")?;
+        writeln!(out, "# TYPE epp_shim_snapshot_generation gauge")?;
+        writeln!(out, "epp_shim_snapshot_generation {}", snap.generation)?;
+        writeln!(
+            out,
+            "# HELP epp_shim_endpoint_metrics_age_seconds Age of each endpoint's last good scrape."
+        )?;
+        writeln!(out, "# TYPE epp_shim_endpoint_metrics_age_seconds gauge")?;
+        for e in &snap.endpoints {
+            if let Some(m) = &e.metrics {
+                let age = m.age_ms(now_ms) as f64 / 1e3;
+                writeln!(out, "epp_shim_endpoint_metrics_age_seconds{{endpoint=\"{}\"}} {age}", e.address())?;
+            }
+        }
+        Ok(())
+    }
+}

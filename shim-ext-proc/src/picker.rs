@@ -1,0 +1,186 @@
+//! The thread that owns the core's [`EndpointPicker`] and the gateway-side in-flight table. The
+//! picker's prefix index is single-threaded by design (as in one proxy worker), so streams send it
+//! requests over a channel and await the answer: no lock is shared, none is held across an await.
+
+use crate::extproc::machine::PickInput;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use scheduler_core::config::gateway::GatewayConfig;
+use scheduler_core::config::ConfigError;
+use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, Reply, RequestInfo};
+use scheduler_core::model::PoolSnapshot;
+use scheduler_core::openai_error::OpenAiError;
+use scheduler_core::shared_state::inflight_table::InFlightTable;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+enum Command {
+    Pick { input: PickInput, reply: oneshot::Sender<Outcome> },
+    Finish { address: String, tokens: u64 },
+    Move { from: String, to: String, tokens: u64 },
+}
+
+/// Why the picker could not start.
+#[derive(Debug)]
+pub enum SpawnError {
+    Config(ConfigError),
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Config(e) => write!(f, "picker configuration: {e}"),
+            SpawnError::Thread(e) => write!(f, "cannot start the picker thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Cheap to clone; every stream holds one.
+#[derive(Clone, Debug)]
+pub struct PickerHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Pick { .. } => "Pick",
+            Command::Finish { .. } => "Finish",
+            Command::Move { .. } => "Move",
+        })
+    }
+}
+
+/// The seed of one request's decision: a function of its id, so a replayed request (same id, same
+/// snapshot) is decided the same way here and in the Wasm filter.
+pub fn request_seed(request_id: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(request_id.as_bytes(), 0)
+}
+
+impl PickerHandle {
+    /// Builds the picker from `config` on its own thread (the core's picker is not `Send`: its
+    /// plugins share the prefix index by `Rc`) and starts serving. It ends when every handle is dropped.
+    pub fn spawn(
+        config: GatewayConfig,
+        pool: Arc<Pool>,
+        metrics: Arc<Metrics>,
+    ) -> Result<PickerHandle, SpawnError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("epp-picker".into())
+            .spawn(move || {
+                let picker = match EndpointPicker::new(config) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(SpawnError::Config(e)));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let mut worker =
+                    Worker { picker, pool, metrics, table: InFlightTable::default(), working: None };
+                while let Some(cmd) = rx.blocking_recv() {
+                    worker.handle(cmd);
+                }
+            })
+            .map_err(SpawnError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(PickerHandle { tx }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                Err(SpawnError::Thread(std::io::Error::other("the picker thread exited while starting")))
+            }
+        }
+    }
+
+    /// Decides for one request. If the picker thread is gone the answer is a 503, never a hang.
+    pub async fn pick(&self, input: PickInput) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Pick { input, reply }).is_ok() {
+            if let Ok(outcome) = rx.await {
+                return outcome;
+            }
+        }
+        Outcome::Reply(Reply {
+            status: 503,
+            body: OpenAiError::service_unavailable("the endpoint picker is not running", Some("picker_down"))
+                .body(),
+            reason: "picker_down",
+        })
+    }
+
+    /// The request routed to `address` ended.
+    pub fn finish(&self, address: &str, tokens: u64) {
+        let _ = self.tx.send(Command::Finish { address: address.to_string(), tokens });
+    }
+
+    /// The gateway served the request on `to` rather than `from`.
+    pub fn moved(&self, from: &str, to: &str, tokens: u64) {
+        let _ = self.tx.send(Command::Move { from: from.to_string(), to: to.to_string(), tokens });
+    }
+}
+
+struct Worker {
+    picker: EndpointPicker,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    table: InFlightTable,
+    /// The published snapshot this thread last copied, with in-flight merged in on every pick.
+    working: Option<PoolSnapshot>,
+}
+
+impl Worker {
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Pick { input, reply } => {
+                let outcome = self.pick(&input);
+                let _ = reply.send(outcome);
+            }
+            Command::Finish { address, tokens } => self.table.finish(&address, tokens),
+            Command::Move { from, to, tokens } => {
+                self.table.finish(&from, tokens);
+                self.table.start(&to, tokens);
+            }
+        }
+        self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
+    }
+
+    fn pick(&mut self, input: &PickInput) -> Outcome {
+        let now = crate::unix_ms();
+        let latest = self.pool.latest();
+        let current = self.working.as_ref().map(|w| w.generation);
+        if let Some(p) = &latest {
+            if current != Some(p.snapshot.generation) {
+                self.working = Some((*p.snapshot).clone());
+            }
+        }
+        if let Some(w) = &mut self.working {
+            for e in &mut w.endpoints {
+                e.in_flight = self.table.get(&e.endpoint.address);
+            }
+        }
+        let subset: Option<Vec<&str>> = input.subset.as_ref().map(|s| s.iter().map(String::as_str).collect());
+        let info = RequestInfo {
+            path: &input.path,
+            request_id: &input.request_id,
+            objective: input.objective.as_deref(),
+            model_rewrite: input.model_rewrite.as_deref(),
+            session_token: input.session_token.as_deref(),
+            subset: subset.as_deref(),
+        };
+        let started = Instant::now();
+        let view = self.picker.view(self.working.as_ref(), false, now);
+        let outcome =
+            self.picker.pick(&info, input.body.as_deref(), view, now, request_seed(&input.request_id));
+        self.metrics.record_decision(&outcome, started.elapsed());
+        if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = &outcome {
+            self.table.start(&r.destination, r.estimated_tokens);
+        }
+        outcome
+    }
+}
