@@ -15,11 +15,12 @@ use std::time::Instant;
 
 const USAGE: &str = "\
 usage: quality-bench [--quick] [--validate] [--out DIR] [--replicas N] [--requests N] [--threads N]
-                     [--workloads a,b] [--policies a,b] [--qps x,y] [--seed N]
+                     [--workloads a,b] [--policies a,b] [--qps x,y] [--seed N] [--llama2-kv]
 
   --quick       fewer requests and load points (CI smoke run, a few minutes on 2 cores)
   --validate    only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
   --out DIR     where results.csv and the PNG charts go (default target/quality-bench)
+  --llama2-kv   replicas with Llama-2-7B's KV footprint (GIE's benchmark model)
   --qps x,y     load points instead of the workload's ladder (applies to every selected workload)
 ";
 
@@ -33,6 +34,13 @@ fn saturation_qps(kind: WorkloadKind, replicas: usize) -> f64 {
         WorkloadKind::MultiLora => 30.0,
     };
     per_replica * replicas as f64
+}
+
+/// Requests per cell: enough virtual time for steady state (the first 20 % of arrivals are warm-up and
+/// not measured) and at least 10k (full) / 1.5k (quick) requests.
+fn cell_requests(qps: f64, quick: bool) -> usize {
+    let (seconds, floor) = if quick { (60.0, 1500) } else { (300.0, 10_000) };
+    ((qps * seconds) as usize).max(floor)
 }
 
 const FULL_LADDER: [f64; 6] = [0.4, 0.6, 0.8, 0.9, 1.0, 1.15];
@@ -49,6 +57,8 @@ struct Options {
     policies: Vec<PolicyKind>,
     qps: Option<Vec<f64>>,
     seed: u64,
+    /// Replicas with Llama-2-7B's KV footprint (GIE's benchmark model) instead of Llama-3.1-8B's.
+    llama2_kv: bool,
 }
 
 fn parse_list<T>(v: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -67,6 +77,7 @@ fn parse_args() -> Result<Options, String> {
         policies: PolicyKind::ALL.to_vec(),
         qps: None,
         seed: 1,
+        llama2_kv: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -76,6 +87,7 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--validate" => o.validate = true,
+            "--llama2-kv" => o.llama2_kv = true,
             "--out" => o.out = PathBuf::from(value()?),
             "--replicas" => o.replicas = number(value()?)?.max(1),
             "--requests" => o.requests = Some(number(value()?)?.max(10)),
@@ -99,9 +111,16 @@ struct Point {
     cfg: SimConfig,
 }
 
+impl Point {
+    /// Arrivals before this are warm-up: simulated, not measured.
+    fn warmup_us(&self) -> u64 {
+        self.trace.get(self.trace.len() / 5).map_or(0, |a| a.at_us)
+    }
+}
+
 /// Cluster for a workload: multi-LoRA servers hold 4 adapters at once (15 adapters in the traffic).
-fn cluster_for(kind: WorkloadKind, replicas: usize) -> SimConfig {
-    let mut cfg = SimConfig::h100(replicas);
+fn cluster_for(kind: WorkloadKind, replicas: usize, llama2_kv: bool) -> SimConfig {
+    let mut cfg = if llama2_kv { SimConfig::h100_llama2_7b_kv(replicas) } else { SimConfig::h100(replicas) };
     if kind == WorkloadKind::MultiLora {
         cfg.engine.max_lora = 4;
     }
@@ -148,8 +167,14 @@ fn run_cells(
                     });
                     match outcome {
                         Ok(run) => {
-                            let summary =
-                                report::summarize(point.kind.name(), kind.name(), point.qps, &run, resamples);
+                            let summary = report::summarize(
+                                point.kind.name(),
+                                kind.name(),
+                                point.qps,
+                                &run,
+                                point.warmup_us(),
+                                resamples,
+                            );
                             eprintln!(
                                 "  {:<14} {:>6.1} QPS  {:<19} p90 NTPOT {:>8}  p90 TTFT {:>8}  ({:.1} s)",
                                 point.kind.name(),
@@ -190,27 +215,33 @@ fn run_cells(
 }
 
 fn suite(o: &Options) -> Result<(), String> {
-    let requests = o.requests.unwrap_or(if o.quick { 1500 } else { 10_000 });
     let resamples = if o.quick { 100 } else { 200 };
     let ladder: &[f64] = if o.quick { &QUICK_LADDER } else { &FULL_LADDER };
     std::fs::create_dir_all(&o.out).map_err(|e| format!("creating {}: {e}", o.out.display()))?;
     let mut all: Vec<CellSummary> = Vec::new();
     let mut markdown = String::new();
     for &kind in &o.workloads {
-        let cfg = cluster_for(kind, o.replicas);
+        let cfg = cluster_for(kind, o.replicas, o.llama2_kv);
         let qps: Vec<f64> = match &o.qps {
             Some(q) => q.clone(),
             None => {
                 ladder.iter().map(|f| (f * saturation_qps(kind, o.replicas) * 10.0).round() / 10.0).collect()
             }
         };
-        eprintln!("\n== {} ({} requests per cell, {} replicas)", kind.name(), requests, o.replicas);
+        let requests = |q: f64| o.requests.unwrap_or_else(|| cell_requests(q, o.quick));
+        eprintln!("\n== {} ({} replicas)", kind.name(), o.replicas);
         let points: Vec<Point> =
-            qps.iter().map(|&q| make_point(kind, q, requests, o.seed, cfg.clone())).collect();
+            qps.iter().map(|&q| make_point(kind, q, requests(q), o.seed, cfg.clone())).collect();
         let cells = run_cells(&points, &o.policies, o.threads, resamples, o.seed, false)?;
         let summaries: Vec<CellSummary> = cells.into_iter().map(|c| c.2).collect();
         let refs: Vec<&CellSummary> = summaries.iter().collect();
-        println!("\n### {} — {} requests per cell, {} replicas\n", kind.name(), requests, o.replicas);
+        let counts: Vec<String> = points.iter().map(|p| p.trace.len().to_string()).collect();
+        println!(
+            "\n### {} — {} replicas, requests per cell {}\n",
+            kind.name(),
+            o.replicas,
+            counts.join(" / ")
+        );
         println!("{}", report::table(&refs, false));
         markdown.push_str(&format!("\n#### {}\n\n{}", kind.name(), report::table(&refs, true)));
         for (metric, label, pick) in [
@@ -253,7 +284,7 @@ fn pct(e: &Estimate) -> String {
 /// The issue's validation: GIE's ShareGPT picker-vs-round-robin gap on 6 replicas near saturation,
 /// and llm-d's shared-prefix ordering.
 fn validate(o: &Options) -> Result<(), String> {
-    let requests = o.requests.unwrap_or(if o.quick { 3000 } else { 10_000 });
+    let requests = |q: f64| o.requests.unwrap_or_else(|| cell_requests(q, o.quick));
     let resamples = if o.quick { 100 } else { 300 };
     let replicas = 6;
     let policies = [
@@ -274,7 +305,13 @@ fn validate(o: &Options) -> Result<(), String> {
     let points: Vec<Point> = fractions
         .iter()
         .map(|f| {
-            make_point(WorkloadKind::ShareGpt, (f * sat).round(), requests, o.seed, SimConfig::h100(replicas))
+            make_point(
+                WorkloadKind::ShareGpt,
+                (f * sat).round(),
+                requests(f * sat),
+                o.seed,
+                SimConfig::h100(replicas),
+            )
         })
         .collect();
     let cells = run_cells(&points, &policies, o.threads, resamples, o.seed, true)?;
@@ -283,9 +320,9 @@ fn validate(o: &Options) -> Result<(), String> {
     for (p, point) in points.iter().enumerate() {
         let of = |k: PolicyKind| cells.iter().find(|c| c.0 == p && c.1 == k);
         let Some(rr) = of(PolicyKind::RoundRobin) else { continue };
-        let values = |c: &(usize, PolicyKind, CellSummary, Vec<sim::RequestRecord>),
-                      f: fn(&sim::RequestRecord) -> Option<f64>| {
-            c.3.iter().map(f).collect::<Vec<Option<f64>>>()
+        let warmup = point.warmup_us();
+        let values = |c: &Cell, f: fn(&sim::RequestRecord) -> Option<f64>| {
+            c.3.iter().map(|r| if r.arrival_us >= warmup { f(r) } else { None }).collect::<Vec<Option<f64>>>()
         };
         for &k in &policies {
             let Some(c) = of(k) else { continue };
@@ -323,7 +360,7 @@ fn validate(o: &Options) -> Result<(), String> {
             make_point(
                 WorkloadKind::SharedPrefix,
                 (f * sat * 10.0).round() / 10.0,
-                requests,
+                requests(f * sat),
                 o.seed,
                 SimConfig::h100(8),
             )

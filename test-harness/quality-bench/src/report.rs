@@ -21,12 +21,13 @@ pub struct CellSummary {
     pub tpot: [Estimate; 3],
     pub ntpot: [Estimate; 3],
     pub e2e: [Estimate; 3],
-    /// Output tokens per second over the whole run (first arrival to last finish).
+    /// Output tokens per second finished during the measured window (warm-up to last arrival).
     pub output_tokens_per_s: f64,
     /// Prompt tokens served from the prefix cache / prompt tokens.
     pub prefix_hit_rate: f64,
     pub preemptions: u64,
-    /// Arrival window / makespan: well below 1 when the cluster could not keep up with the offered load.
+    /// Output tokens delivered / offered during the measured window: well below 1 when the cluster
+    /// could not keep up (its queues grow for as long as the load lasts).
     pub kept_up: f64,
 }
 
@@ -40,15 +41,28 @@ fn percentiles(
     QUANTILES.map(|q| quantile_ci(&values, q, resamples, seed ^ (q * 1000.0) as u64))
 }
 
-pub fn summarize(workload: &str, policy: &str, qps: f64, run: &RunResult, resamples: usize) -> CellSummary {
-    let r = &run.records;
+/// Summarises a run. Requests arriving before `warmup_us` are simulated but not measured (the cluster
+/// is still filling up); throughput and `kept_up` are measured between `warmup_us` and the last arrival.
+pub fn summarize(
+    workload: &str,
+    policy: &str,
+    qps: f64,
+    run: &RunResult,
+    warmup_us: u64,
+    resamples: usize,
+) -> CellSummary {
+    let measured: Vec<RequestRecord> =
+        run.records.iter().filter(|x| x.arrival_us >= warmup_us).copied().collect();
+    let r = &measured;
     let finished: Vec<&RequestRecord> = r.iter().filter(|x| x.finish_us.is_some()).collect();
-    let output: u64 = finished.iter().map(|x| u64::from(x.output_tokens)).sum();
     let prompt: u64 = finished.iter().map(|x| u64::from(x.prompt_tokens)).sum();
     let cached: u64 = finished.iter().map(|x| u64::from(x.cached_tokens)).sum();
-    let first = r.iter().map(|x| x.arrival_us).min().unwrap_or(0);
-    let last_arrival = r.iter().map(|x| x.arrival_us).max().unwrap_or(0);
-    let span_s = run.makespan_us.saturating_sub(first) as f64 / 1e6;
+    let end = run.records.iter().map(|x| x.arrival_us).max().unwrap_or(0);
+    let window_s = end.saturating_sub(warmup_us) as f64 / 1e6;
+    let in_window = |t: Option<u64>| t.is_some_and(|t| t >= warmup_us && t <= end);
+    let delivered: u64 =
+        run.records.iter().filter(|x| in_window(x.finish_us)).map(|x| u64::from(x.output_tokens)).sum();
+    let offered: u64 = r.iter().filter(|x| x.arrival_us <= end).map(|x| u64::from(x.output_tokens)).sum();
     CellSummary {
         workload: workload.to_string(),
         policy: policy.to_string(),
@@ -59,14 +73,10 @@ pub fn summarize(workload: &str, policy: &str, qps: f64, run: &RunResult, resamp
         tpot: percentiles(r, RequestRecord::tpot_ms, resamples, 2),
         ntpot: percentiles(r, RequestRecord::ntpot_ms, resamples, 3),
         e2e: percentiles(r, RequestRecord::e2e_ms, resamples, 4),
-        output_tokens_per_s: if span_s > 0.0 { output as f64 / span_s } else { 0.0 },
+        output_tokens_per_s: if window_s > 0.0 { delivered as f64 / window_s } else { 0.0 },
         prefix_hit_rate: if prompt > 0 { cached as f64 / prompt as f64 } else { 0.0 },
         preemptions: r.iter().map(|x| u64::from(x.preemptions)).sum(),
-        kept_up: if run.makespan_us > first {
-            last_arrival.saturating_sub(first) as f64 / run.makespan_us.saturating_sub(first) as f64
-        } else {
-            1.0
-        },
+        kept_up: if offered > 0 { delivered as f64 / offered as f64 } else { 1.0 },
     }
 }
 
@@ -229,15 +239,22 @@ mod tests {
             cached_tokens: 50,
             preemptions: 0,
         };
-        let run =
-            RunResult { records: vec![rec(0), rec(900_000)], makespan_us: 2_000_000, per_replica: vec![2] };
-        let s = summarize("w", "p", 1.0, &run, 50);
+        // A third request inside the warm-up is not measured.
+        let early = RequestRecord { first_token_us: Some(1), finish_us: Some(2), ..rec(0) };
+        let run = RunResult {
+            records: vec![early, rec(100_000), rec(2_100_000)],
+            makespan_us: 3_200_000,
+            per_replica: vec![3],
+        };
+        let s = summarize("w", "p", 1.0, &run, 100_000, 50);
+        assert_eq!(s.requests, 2);
         assert_eq!(s.ttft[1].value, 100.0);
         assert!((s.tpot[1].value - 100.0).abs() < 1e-9);
         assert!((s.ntpot[1].value - 100.0).abs() < 1e-9);
-        assert_eq!(s.output_tokens_per_s, 11.0);
+        // Window 0.1 s → 2.1 s: one request (11 tokens) finished inside it, two arrived.
+        assert_eq!(s.output_tokens_per_s, 5.5);
         assert_eq!(s.prefix_hit_rate, 0.5);
-        assert!((s.kept_up - 0.45).abs() < 1e-9);
+        assert_eq!(s.kept_up, 0.5);
         let t = table(&[&s], false);
         assert!(t.contains("NTPOT p50") && t.contains("100"), "{t}");
         assert_eq!(csv(&[s]).lines().count(), 2);

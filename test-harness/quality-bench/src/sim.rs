@@ -6,7 +6,7 @@
 
 use crate::policy::{GatewayRequest, Policy};
 use crate::workload::{Arrival, BYTES_PER_TOKEN};
-use model_sim::{Engine, EngineConfig, EngineMetrics, Event, EventKind, Prompt, Request};
+use model_sim::{Engine, EngineConfig, EngineMetrics, Event, EventKind, Prompt, Request, StepModel};
 use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
 use std::fmt;
 
@@ -25,6 +25,17 @@ impl SimConfig {
             engine: EngineConfig { emit_token_events: false, ..EngineConfig::h100_llama3_8b() },
             scrape_interval_ms: 50,
         }
+    }
+
+    /// GIE's benchmark replica as far as the calibration allows: H100 step times, but Llama-2-7B's
+    /// multi-head KV (4× Llama-3-8B's bytes per token): ≈110k tokens of KV and a 4× context term.
+    pub fn h100_llama2_7b_kv(replicas: usize) -> SimConfig {
+        let mut cfg = SimConfig::h100(replicas);
+        cfg.engine.num_gpu_blocks = 6875;
+        if let StepModel::Linear { per_context_ms, .. } = &mut cfg.engine.step_model {
+            *per_context_ms *= 4.0;
+        }
+        cfg
     }
 
     /// KV tokens of the whole cluster.
