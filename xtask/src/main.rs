@@ -1,6 +1,7 @@
 //! Project commands: `cargo xtask test` (everything CI checks) and, as the project grows, `demo` and
 //! `bench`. Plain std, no dependencies, so it builds in seconds on a fresh machine.
 
+mod bench;
 mod cmd;
 mod test;
 mod tools;
@@ -12,12 +13,15 @@ usage: cargo xtask <command>
 
 commands:
   test    fmt check, clippy (-D warnings), every test in the workspace, and the core's tests as Wasm
+  bench quality [--quick] [--validate]
+          scheduling quality of the routing policies on simulated replicas (BENCHMARKS.md)
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
