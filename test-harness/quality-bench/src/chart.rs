@@ -9,11 +9,11 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const WIDTH: usize = 1000;
+const WIDTH: usize = 1050;
 const HEIGHT: usize = 600;
 const LEFT: usize = 90;
-const RIGHT: usize = 210;
-const TOP: usize = 50;
+const RIGHT: usize = 260;
+const TOP: usize = 64;
 const BOTTOM: usize = 60;
 const SCALE: usize = 2;
 
@@ -262,9 +262,9 @@ pub fn line_chart(
     }
     c.line((left, top), (left, bottom), axis, 2);
     c.line((left, bottom), (right, bottom), axis, 2);
-    c.text(left, 14, title, ink);
+    c.text(left, 8, title, ink);
     c.text((left + right) / 2 - text_width(x_label) / 2, bottom + 34, x_label, ink);
-    c.text(8, top - 20, y_label, ink);
+    c.text(8, top - 26, y_label, ink);
     for (k, s) in series.iter().enumerate() {
         let color = PALETTE.get(k % PALETTE.len()).copied().unwrap_or(ink);
         let mut pts: Vec<(f64, f64)> = s.points.iter().copied().filter(usable).collect();
