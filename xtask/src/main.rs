@@ -1,6 +1,7 @@
 //! Project commands: `cargo xtask test` (everything CI checks) and, as the project grows, `demo` and
 //! `bench`. Plain std, no dependencies, so it builds in seconds on a fresh machine.
 
+mod bench;
 mod cmd;
 mod envoy;
 mod test;
@@ -15,6 +16,8 @@ commands:
   test          fmt check, clippy (-D warnings), every test in the workspace, the core's tests as Wasm,
                 and every Envoy config under envoy-config/ through `envoy --mode validate`
   envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
+  bench quality [--quick] [--validate]
+                scheduling quality of the routing policies on simulated replicas (BENCHMARKS.md)
 ";
 
 fn main() -> ExitCode {
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("envoy-check") => test::envoy_check(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

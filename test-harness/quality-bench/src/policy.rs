@@ -1,0 +1,426 @@
+//! The routing policies compared: load-only baselines, GIE's two generations, two peers' cache-aware
+//! routers re-implemented from their published rules, and our recommended default configuration.
+//!
+//! Everything that is ours to express runs through `scheduler-core` (`EndpointPicker`, or its legacy
+//! filters for the GIE v0.3 tree); SGLang's and Dynamo's routers are written here because they are
+//! peers' algorithms, not configurations of our plugins.
+
+use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, PoolView, RequestInfo};
+use scheduler_core::model::PoolSnapshot;
+use scheduler_core::plugins::registry::Registry;
+use scheduler_core::prefix::{block_hashes, PrefixIndex};
+use scheduler_core::rng::Rng;
+use scheduler_core::scheduling::{CycleState, Plugin, SchedulingContext, SchedulingRequest};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// What the gateway knows about one request when it decides.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayRequest<'a> {
+    pub id: u64,
+    /// `x-request-id`.
+    pub request_id: &'a str,
+    pub model: &'a str,
+    pub prompt: &'a str,
+    /// The `/v1/completions` JSON body.
+    pub body: &'a [u8],
+    pub max_tokens: u32,
+    /// What the gateway adds to the endpoint's in-flight tokens (input bytes / 4 + `max_tokens`).
+    pub estimated_tokens: u64,
+}
+
+/// A routing policy. `pool` carries the last scrape's metrics and the gateway's in-flight counts.
+pub trait Policy {
+    /// Index into `pool.endpoints`, or `None` when the policy rejects the request.
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize>;
+    /// The first token streamed back (the gateway sees it on the response path).
+    fn on_first_token(&mut self, _endpoint: usize, _id: u64) {}
+    fn on_finish(&mut self, _endpoint: usize, _id: u64) {}
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    GieV03,
+    GieDefault,
+    SglangCacheAware,
+    DynamoCost,
+    Ours,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 8] = [
+        PolicyKind::RoundRobin,
+        PolicyKind::Random,
+        PolicyKind::LeastRequest,
+        PolicyKind::GieV03,
+        PolicyKind::GieDefault,
+        PolicyKind::SglangCacheAware,
+        PolicyKind::DynamoCost,
+        PolicyKind::Ours,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::RoundRobin => "round-robin",
+            PolicyKind::Random => "random",
+            PolicyKind::LeastRequest => "least-request",
+            PolicyKind::GieV03 => "gie-v0.3",
+            PolicyKind::GieDefault => "gie-default",
+            PolicyKind::SglangCacheAware => "sglang-cache-aware",
+            PolicyKind::DynamoCost => "dynamo-cost",
+            PolicyKind::Ours => "ours",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PolicyKind> {
+        PolicyKind::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    pub fn build(self, seed: u64) -> Result<Box<dyn Policy>, String> {
+        Ok(match self {
+            PolicyKind::RoundRobin => Box::new(RoundRobin { next: 0 }),
+            PolicyKind::Random => Box::new(RandomPick { rng: Rng::new(seed) }),
+            PolicyKind::LeastRequest => Box::new(LeastRequest { rng: Rng::new(seed) }),
+            PolicyKind::GieV03 => Box::new(GieV03::new(seed)?),
+            PolicyKind::GieDefault => Box::new(Picker::new("", seed)?),
+            PolicyKind::SglangCacheAware => Box::new(SglangCacheAware::new(seed)),
+            PolicyKind::DynamoCost => Box::new(DynamoCost::new(seed)),
+            PolicyKind::Ours => Box::new(Picker::new(OURS_CONFIG, seed)?),
+        })
+    }
+}
+
+/// Our recommended default (see BENCHMARKS.md, "Scheduling quality", for the measurements behind it):
+/// - `prefix-cache-affinity-filter` (threshold 0.8): when some endpoints hold most of the prompt, only
+///   they compete, so cache hits are not traded away for small load differences;
+/// - its TTFT gate (`maxTTFTPenaltyMs` 1000 over in-flight tokens): stickiness breaks when the warm
+///   endpoints are a second of prefill behind the best other one, which is what keeps a hot prefix
+///   from piling onto one pod (llm-d's 55 % success with prefix-only scoring);
+/// - `inflight-aware-queue-scorer` instead of `queue-scorer`: counts what this gateway sent since the
+///   last scrape, so the ~10 requests that arrive within one 50 ms scrape interval spread out instead
+///   of all taking the endpoint whose stale queue reads shortest;
+/// - KV-cache and prefix scorers as in GIE's default (2 / 3), so on prefix-free traffic the policy is
+///   load balancing on fresh-as-possible queue and memory signals.
+pub const OURS_CONFIG: &str = r#"{
+  "plugins": [
+    {"type": "prefix-cache-scorer"},
+    {"type": "prefix-cache-affinity-filter", "parameters": {"affinityThreshold": 0.8, "maxTTFTPenaltyMs": 1000}},
+    {"type": "inflight-aware-queue-scorer"},
+    {"type": "kv-cache-utilization-scorer"},
+    {"type": "max-score-picker"}
+  ],
+  "schedulingProfiles": [{"name": "default", "plugins": [
+    {"pluginRef": "prefix-cache-affinity-filter"},
+    {"pluginRef": "inflight-aware-queue-scorer", "weight": 2},
+    {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
+    {"pluginRef": "prefix-cache-scorer", "weight": 3},
+    {"pluginRef": "max-score-picker"}
+  ]}]
+}"#;
+
+struct RoundRobin {
+    next: usize,
+}
+
+impl Policy for RoundRobin {
+    fn pick(&mut self, _: &GatewayRequest<'_>, pool: &PoolSnapshot, _: u64) -> Option<usize> {
+        let n = pool.endpoints.len();
+        let pick = self.next % n.max(1);
+        self.next = self.next.wrapping_add(1);
+        (n > 0).then_some(pick)
+    }
+}
+
+struct RandomPick {
+    rng: Rng,
+}
+
+impl Policy for RandomPick {
+    fn pick(&mut self, _: &GatewayRequest<'_>, pool: &PoolSnapshot, _: u64) -> Option<usize> {
+        let n = pool.endpoints.len();
+        (n > 0).then(|| self.rng.below(n))
+    }
+}
+
+/// The endpoint with the fewest gateway in-flight requests (ties at random), like Envoy's
+/// least-request with full scan: no metrics at all, only what the gateway itself sent.
+struct LeastRequest {
+    rng: Rng,
+}
+
+impl Policy for LeastRequest {
+    fn pick(&mut self, _: &GatewayRequest<'_>, pool: &PoolSnapshot, _: u64) -> Option<usize> {
+        let min = pool.endpoints.iter().map(|e| e.in_flight.requests).min()?;
+        let loads: Vec<u32> = pool.endpoints.iter().map(|e| e.in_flight.requests).collect();
+        random_of(&positions(&loads, |&l| l == min), &mut self.rng)
+    }
+}
+
+/// Indices of the items that satisfy `keep`.
+fn positions<T>(items: &[T], keep: impl Fn(&T) -> bool) -> Vec<usize> {
+    items.iter().enumerate().filter(|(_, x)| keep(x)).map(|(i, _)| i).collect()
+}
+
+/// A uniformly chosen element of `items` (tie-breaking).
+fn random_of(items: &[usize], rng: &mut Rng) -> Option<usize> {
+    items.get(rng.below(items.len())).copied()
+}
+
+/// Index of the endpoint whose address the picker chose.
+fn index_of(pool: &PoolSnapshot, address: &str) -> Option<usize> {
+    pool.endpoints.iter().position(|e| e.address() == address)
+}
+
+/// A configuration run through `EndpointPicker`, exactly the call the Wasm filter makes.
+struct Picker {
+    picker: EndpointPicker,
+    seed: u64,
+}
+
+impl Picker {
+    fn new(config: &str, seed: u64) -> Result<Picker, String> {
+        let picker = EndpointPicker::from_json(config).map_err(|e| format!("picker config: {e}"))?;
+        Ok(Picker { picker, seed })
+    }
+}
+
+impl Policy for Picker {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize> {
+        let info =
+            RequestInfo { path: "/v1/completions", request_id: req.request_id, ..RequestInfo::default() };
+        let seed = self.seed ^ req.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        match self.picker.pick(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
+            Outcome::Route(r) => index_of(pool, &r.destination),
+            Outcome::FailOpen { route: Some(r), .. } => index_of(pool, &r.destination),
+            Outcome::FailOpen { route: None, .. } | Outcome::Reply(_) => None,
+        }
+    }
+}
+
+/// GIE v0.3's decision tree for critical requests, built from scheduler-core's legacy filters:
+/// low-queue (< 128) → on success LoRA affinity (kept only if it leaves someone) → least-queue band →
+/// least-KV band; when no endpoint has a short queue, straight to least-queue → least-KV. Then uniform
+/// random, as GIE's tree ended.
+struct GieV03 {
+    low_queue: Box<dyn Plugin>,
+    lora_affinity: Box<dyn Plugin>,
+    least_queue: Box<dyn Plugin>,
+    least_kv: Box<dyn Plugin>,
+    rng: Rng,
+}
+
+impl GieV03 {
+    fn new(seed: u64) -> Result<GieV03, String> {
+        let registry = Registry::builtin();
+        let build = |t: &str, params: Value| {
+            let ctor = registry.get(t).ok_or_else(|| format!("plugin {t} is not registered"))?;
+            let plugin = ctor(&params).map_err(|e| format!("{t}: {e}"))?;
+            if plugin.as_filter().is_none() {
+                return Err(format!("{t} is not a filter"));
+            }
+            Ok(plugin)
+        };
+        Ok(GieV03 {
+            // GIE v0.3 kept pods with queue < 128; the filter keeps q ≤ threshold.
+            low_queue: build("low-queue-filter", serde_json::json!({"threshold": 127}))?,
+            lora_affinity: build("lora-affinity-filter", Value::Null)?,
+            least_queue: build("least-queue-filter", Value::Null)?,
+            least_kv: build("least-kv-cache-filter", Value::Null)?,
+            rng: Rng::new(seed),
+        })
+    }
+}
+
+/// Runs `plugin` as a filter on a copy of `candidates`.
+fn filtered(plugin: &dyn Plugin, ctx: &SchedulingContext<'_>, candidates: &[usize]) -> Vec<usize> {
+    let mut c = candidates.to_vec();
+    if let Some(f) = plugin.as_filter() {
+        f.filter(ctx, &mut CycleState::default(), &mut c);
+    }
+    c
+}
+
+impl Policy for GieV03 {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize> {
+        let request = SchedulingRequest {
+            request_id: req.request_id,
+            model: req.model,
+            prompt_bytes: req.prompt.len(),
+            max_output_tokens: Some(u64::from(req.max_tokens)),
+            ..SchedulingRequest::default()
+        };
+        let ctx = SchedulingContext { request: &request, pool, now_ms };
+        let all: Vec<usize> = (0..pool.endpoints.len()).collect();
+        let low = filtered(self.low_queue.as_ref(), &ctx, &all);
+        let mut c = if low.is_empty() {
+            all
+        } else {
+            let affine = filtered(self.lora_affinity.as_ref(), &ctx, &low);
+            if affine.is_empty() {
+                low
+            } else {
+                affine
+            }
+        };
+        for f in [&self.least_queue, &self.least_kv] {
+            let next = filtered(f.as_ref(), &ctx, &c);
+            if !next.is_empty() {
+                c = next;
+            }
+        }
+        random_of(&c, &mut self.rng)
+    }
+}
+
+/// Bytes per hashed block for the peers' own prefix trackers (16 tokens × 4 bytes, the engine's block).
+const PEER_BLOCK_BYTES: usize = 64;
+
+fn address_list(pool: &PoolSnapshot) -> Vec<&str> {
+    pool.endpoints.iter().map(|e| e.address()).collect()
+}
+
+/// SGLang router `cache_aware` (defaults: cache_threshold 0.3, balance_abs_threshold 64,
+/// balance_rel_threshold 1.5). Its approximate radix tree over characters is modelled as per-worker
+/// sets of 64-character block-chain hashes, which answer the same question (longest matched prefix per
+/// worker) at block granularity. Load is the router's own count of requests in flight per worker. The
+/// tree's size cap (2^26 characters per worker) is far above what the simulated KV holds, so, as with
+/// the real router in a short run, nothing is ever evicted from it.
+struct SglangCacheAware {
+    tree: PrefixIndex,
+    rng: Rng,
+}
+
+const SGLANG_CACHE_THRESHOLD: f64 = 0.3;
+const SGLANG_BALANCE_ABS: u32 = 64;
+const SGLANG_BALANCE_REL: f64 = 1.5;
+const SGLANG_MAX_TREE_BLOCKS: usize = (1 << 26) / PEER_BLOCK_BYTES;
+
+impl SglangCacheAware {
+    fn new(seed: u64) -> SglangCacheAware {
+        SglangCacheAware { tree: PrefixIndex::new(), rng: Rng::new(seed) }
+    }
+}
+
+impl Policy for SglangCacheAware {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, _: u64) -> Option<usize> {
+        let n = pool.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let loads: Vec<u32> = pool.endpoints.iter().map(|e| e.in_flight.requests).collect();
+        let (min_load, max_load) = (*loads.iter().min()?, *loads.iter().max()?);
+        let hashes = block_hashes(req.model, None, req.prompt.as_bytes(), PEER_BLOCK_BYTES, usize::MAX);
+        let addresses = address_list(pool);
+        let imbalanced = max_load - min_load > SGLANG_BALANCE_ABS
+            && f64::from(max_load) > SGLANG_BALANCE_REL * f64::from(min_load);
+        let pick = if imbalanced {
+            loads.iter().position(|&l| l == min_load)?
+        } else {
+            let matched = self.tree.match_counts(&hashes, &addresses);
+            let best = *matched.iter().max()?;
+            let rate = (best as usize * PEER_BLOCK_BYTES) as f64 / req.prompt.len().max(1) as f64;
+            if rate > SGLANG_CACHE_THRESHOLD {
+                random_of(&positions(&matched, |&m| m == best), &mut self.rng)?
+            } else {
+                // The worker with the smallest tree: least cached, so most room.
+                let sizes: Vec<usize> =
+                    addresses.iter().map(|a| self.tree.endpoint_len(a).unwrap_or(0)).collect();
+                let smallest = *sizes.iter().min()?;
+                random_of(&positions(&sizes, |&s| s == smallest), &mut self.rng)?
+            }
+        };
+        self.tree.record(addresses.get(pick)?, &hashes, SGLANG_MAX_TREE_BLOCKS);
+        Some(pick)
+    }
+}
+
+/// Dynamo's KV router cost with temperature 0: per worker
+/// `prefill_load_scale · max(prefill_blocks − overlap_credit · overlap, 0) + decode_blocks`, lowest
+/// wins (ties at random). Dynamo learns overlaps from the engines' KV events; the simulated engine does
+/// not publish them, so this runs Dynamo's approximate mode: an index of what was routed where, with a
+/// per-worker LRU as large as the worker's KV (`num_gpu_blocks`). Prefill blocks are the new request's
+/// plus those of requests routed to the worker that have not produced a first token yet; decode blocks
+/// are the new request's plus every in-flight request's (prompt + expected output) blocks.
+struct DynamoCost {
+    index: PrefixIndex,
+    rng: Rng,
+    /// Request id → (worker, prompt blocks, total blocks, still prefilling).
+    active: HashMap<u64, (usize, u64, u64, bool)>,
+    prefill_blocks: Vec<u64>,
+    decode_blocks: Vec<u64>,
+}
+
+const DYNAMO_PREFILL_LOAD_SCALE: f64 = 1.0;
+const DYNAMO_OVERLAP_CREDIT: f64 = 1.0;
+
+impl DynamoCost {
+    fn new(seed: u64) -> DynamoCost {
+        DynamoCost {
+            index: PrefixIndex::new(),
+            rng: Rng::new(seed),
+            active: HashMap::new(),
+            prefill_blocks: Vec::new(),
+            decode_blocks: Vec::new(),
+        }
+    }
+}
+
+impl Policy for DynamoCost {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, _: u64) -> Option<usize> {
+        let n = pool.endpoints.len();
+        self.prefill_blocks.resize(n, 0);
+        self.decode_blocks.resize(n, 0);
+        let hashes = block_hashes(req.model, None, req.prompt.as_bytes(), PEER_BLOCK_BYTES, usize::MAX);
+        let addresses = address_list(pool);
+        let overlap = self.index.match_counts(&hashes, &addresses);
+        let prompt_blocks = (req.prompt.len() as u64).div_ceil(PEER_BLOCK_BYTES as u64);
+        let total_blocks = prompt_blocks + u64::from(req.max_tokens).div_ceil(16);
+        let costs: Vec<f64> = self
+            .prefill_blocks
+            .iter()
+            .zip(&self.decode_blocks)
+            .zip(&overlap)
+            .map(|((&prefill, &decode), &overlap)| {
+                let prefill = (prefill + prompt_blocks) as f64 - DYNAMO_OVERLAP_CREDIT * f64::from(overlap);
+                DYNAMO_PREFILL_LOAD_SCALE * prefill.max(0.0) + (decode + total_blocks) as f64
+            })
+            .collect();
+        let best = costs.iter().copied().fold(f64::INFINITY, f64::min);
+        let pick = random_of(&positions(&costs, |&c| c <= best), &mut self.rng)?;
+        let capacity = pool
+            .endpoints
+            .get(pick)
+            .and_then(|e| e.metrics.as_ref()?.num_gpu_blocks)
+            .map_or(scheduler_core::prefix::DEFAULT_LRU_CAPACITY_PER_SERVER, |b| b as usize);
+        self.index.record(addresses.get(pick)?, &hashes, capacity);
+        if let (Some(p), Some(d)) = (self.prefill_blocks.get_mut(pick), self.decode_blocks.get_mut(pick)) {
+            *p += prompt_blocks;
+            *d += total_blocks;
+        }
+        self.active.insert(req.id, (pick, prompt_blocks, total_blocks, true));
+        Some(pick)
+    }
+
+    fn on_first_token(&mut self, _endpoint: usize, id: u64) {
+        if let Some((w, prompt, _, prefilling)) = self.active.get_mut(&id) {
+            if *prefilling {
+                *prefilling = false;
+                if let Some(p) = self.prefill_blocks.get_mut(*w) {
+                    *p = p.saturating_sub(*prompt);
+                }
+            }
+        }
+    }
+
+    fn on_finish(&mut self, endpoint: usize, id: u64) {
+        self.on_first_token(endpoint, id);
+        if let Some((w, _, total, _)) = self.active.remove(&id) {
+            if let Some(d) = self.decode_blocks.get_mut(w) {
+                *d = d.saturating_sub(total);
+            }
+        }
+    }
+}
