@@ -4,7 +4,7 @@
 //! that block agree, so a hash stands for a whole prefix, not just one block.
 
 use alloc::vec::Vec;
-use xxhash_rust::xxh64::Xxh64;
+use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// GIE's estimate of characters per token; turns token block sizes into byte block sizes.
 pub const BYTES_PER_TOKEN: usize = 4;
@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_PREFIX_BLOCKS: usize = 256;
 
 /// Seed of every xxHash64 in the chain (GIE uses the unseeded variant).
 const SEED: u64 = 0;
+/// Blocks up to this size (64 tokens) are hashed one-shot from a stack copy of `block ‖ le(prev)`,
+/// cheaper than resetting and feeding a streaming hasher; larger blocks stream, still without the heap.
+const STACK_BLOCK_BYTES: usize = 256;
 
 /// Hashes the whole blocks of `input` into `out` (cleared first), at most `max_blocks` of them.
 ///
@@ -35,18 +38,45 @@ pub fn hash_blocks(
     }
     let blocks = (input.len() / block_bytes).min(max_blocks);
     out.reserve(blocks);
-    // One stack hasher reset per block: no allocation however many blocks there are.
     let mut hasher = Xxh64::new(SEED);
     hasher.update(model.as_bytes());
     if let Some(salt) = cache_salt {
         hasher.update(salt.as_bytes());
     }
     let mut prev = hasher.digest();
-    for block in input.chunks_exact(block_bytes).take(blocks) {
-        hasher.reset(SEED);
-        hasher.update(block);
-        hasher.update(&prev.to_le_bytes());
-        prev = hasher.digest();
+    let chunks = input.chunks_exact(block_bytes).take(blocks);
+    match block_bytes {
+        // A literal length lets the copies compile to a few vector moves (vLLM's default block).
+        64 => chain_one_shot(chunks, 64, prev, out),
+        n if n <= STACK_BLOCK_BYTES => chain_one_shot(chunks, n, prev, out),
+        _ => {
+            for block in chunks {
+                hasher.reset(SEED);
+                hasher.update(block);
+                hasher.update(&prev.to_le_bytes());
+                prev = hasher.digest();
+                out.push(prev);
+            }
+        }
+    }
+}
+
+/// The chain for blocks of `block_bytes <= STACK_BLOCK_BYTES`: each link is one `xxh64(block ‖ le(prev))`
+/// over a stack buffer.
+#[inline(always)]
+fn chain_one_shot<'a>(
+    chunks: impl Iterator<Item = &'a [u8]>,
+    block_bytes: usize,
+    mut prev: u64,
+    out: &mut Vec<u64>,
+) {
+    let mut buf = [0u8; STACK_BLOCK_BYTES + 8];
+    let Some(msg) = block_bytes.checked_add(8).and_then(|len| buf.get_mut(..len)) else { return };
+    for block in chunks {
+        let Some((head, tail)) = msg.split_at_mut_checked(block_bytes) else { return };
+        head.copy_from_slice(block);
+        tail.copy_from_slice(&prev.to_le_bytes());
+        prev = xxh64(msg, SEED);
         out.push(prev);
     }
 }
@@ -96,6 +126,40 @@ mod tests {
         let mut b1 = b"abcdefgh".to_vec();
         b1.extend_from_slice(&h0.to_le_bytes());
         assert_eq!(block_hashes("llama", None, input, block, 1), vec![xxh64(&b1, 0)]);
+    }
+
+    /// The chain as the definition reads, one streaming hasher per link.
+    fn streamed_chain(model: &str, salt: Option<&str>, input: &[u8], block: usize, max: usize) -> Vec<u64> {
+        let mut h = Xxh64::new(0);
+        h.update(model.as_bytes());
+        h.update(salt.unwrap_or("").as_bytes());
+        let mut prev = h.digest();
+        let mut out = Vec::new();
+        for b in input.chunks_exact(block).take(max) {
+            let mut h = Xxh64::new(0);
+            h.update(b);
+            h.update(&prev.to_le_bytes());
+            prev = h.digest();
+            out.push(prev);
+        }
+        out
+    }
+
+    #[test]
+    fn every_block_size_gives_the_streamed_chain() {
+        // Non-repeating bytes so a block copied to the wrong place would change the hashes.
+        let input: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        // 64: the literal fast path; 8..=256: the stack buffer (256 fills it); 257 and 1000: streamed.
+        for block in [1, 8, 63, 64, 65, 128, 255, 256, 257, 1000, 4096] {
+            let want = streamed_chain("llama", Some("salt"), &input, block, 300);
+            assert_eq!(block_hashes("llama", Some("salt"), &input, block, 300), want, "block {block}");
+            assert_eq!(want.len(), (input.len() / block).min(300), "block {block}");
+        }
+        // Pinned value of the first link of the default geometry, independent of both implementations.
+        let h0 = xxh64(b"llamasalt", 0);
+        let mut b1 = input[..64].to_vec();
+        b1.extend_from_slice(&h0.to_le_bytes());
+        assert_eq!(block_hashes("llama", Some("salt"), &input, 64, 1), [xxh64(&b1, 0)]);
     }
 
     #[test]

@@ -171,8 +171,7 @@ pub fn compute_match(ctx: &SchedulingContext<'_>, handle: &PrefixHandle) -> Opti
     let matched_blocks = if hashes.is_empty() {
         alloc::vec![0; ctx.pool.endpoints.len()]
     } else {
-        let addrs: Vec<&str> = ctx.pool.endpoints.iter().map(EndpointState::address).collect();
-        state.index.match_counts(&hashes, &addrs)
+        state.index.match_counts_in_pool(&hashes, ctx.pool)
     };
     Some(PrefixMatch { hashes, matched_blocks, block_bytes })
 }
