@@ -130,6 +130,11 @@ impl EndpointLru {
         self.head = slot;
     }
 
+    /// The slot just more recent than `slot`, [`NIL`] for the head.
+    fn prev_of(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(NIL, |s| s.prev)
+    }
+
     fn move_to_front(&mut self, slot: u32) {
         if self.head != slot {
             self.unlink(slot);
@@ -169,6 +174,7 @@ enum Holders {
 }
 
 impl Holders {
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = (EndpointId, u32)> + '_ {
         let (one, many) = match self {
             Holders::One(id, slot) => (Some((*id, *slot)), &[][..]),
@@ -178,7 +184,10 @@ impl Holders {
     }
 
     fn slot_of(&self, id: EndpointId) -> Option<u32> {
-        self.iter().find(|(i, _)| *i == id).map(|(_, s)| s)
+        match self {
+            Holders::One(i, s) => (*i == id).then_some(*s),
+            Holders::Many(v) => v.iter().find(|(i, _)| *i == id).map(|&(_, s)| s),
+        }
     }
 
     fn set(&mut self, id: EndpointId, slot: u32) {
@@ -300,11 +309,22 @@ impl PrefixIndex {
         let Some(id) = self.intern(endpoint_addr, capacity) else { return };
         self.set_capacity(id, capacity);
         let Some(Some(lru)) = self.endpoints.get_mut(id as usize) else { return };
+        // Where the next hash (going backwards) probably is: the slot before the one just touched. A
+        // chain recorded before sits in the list in order, so this finds it without a table lookup.
+        let mut guess = NIL;
         for &hash in hashes.iter().rev() {
+            // Sound because a hash has at most one slot per endpoint: the slot holding it is its slot.
+            if lru.slots.get(guess as usize).is_some_and(|s| s.hash == hash) {
+                let held = guess;
+                guess = lru.prev_of(held);
+                lru.move_to_front(held);
+                continue;
+            }
             // One lookup: either the endpoint already holds the hash, or it becomes a holder.
             let (slot, victim_hash) = match self.holders.entry(hash) {
                 Entry::Occupied(mut e) => {
                     if let Some(held) = e.get().slot_of(id) {
+                        guess = lru.prev_of(held);
                         lru.move_to_front(held);
                         continue;
                     }
@@ -318,6 +338,7 @@ impl PrefixIndex {
                     next
                 }
             };
+            guess = NIL;
             match victim_hash {
                 // The victim is held by this endpoint and the new hash was not, so they differ.
                 Some(old) => {
@@ -402,9 +423,10 @@ impl PrefixIndex {
     /// GIE's walk: calls `visit` with every holder of each hash, stopping at the first hash nobody holds.
     fn walk(&self, hashes: &[u64], mut visit: impl FnMut(EndpointId)) {
         for hash in hashes {
-            let Some(holders) = self.holders.get(hash) else { break };
-            for (id, _) in holders.iter() {
-                visit(id);
+            match self.holders.get(hash) {
+                None => break,
+                Some(Holders::One(id, _)) => visit(*id),
+                Some(Holders::Many(v)) => v.iter().for_each(|&(id, _)| visit(id)),
             }
         }
     }
@@ -672,6 +694,27 @@ mod tests {
         let mut ix = PrefixIndex::new();
         ix.record(A, &[1, 2, 3, 4, 5, 6], 4);
         assert_eq!(ix.match_counts(&[1, 2, 3, 4, 5, 6], &[A]), [4]);
+        ix.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn recording_a_chain_again_puts_it_first_in_prompt_order() {
+        let mut ix = PrefixIndex::new();
+        let mru = |ix: &PrefixIndex| -> Vec<u64> {
+            let id = ix.ids[A] as usize;
+            ix.endpoints[id].as_ref().unwrap().hashes_mru_first().collect()
+        };
+        ix.record(A, &[1, 2, 3, 4], 10);
+        ix.record(A, &[5, 6], 10);
+        assert_eq!(mru(&ix), [5, 6, 1, 2, 3, 4]);
+        // Found by following the list from 3 back to 1, then 9 and 8 are new: same order as a fresh record.
+        ix.record(A, &[1, 2, 3, 8, 9], 10);
+        assert_eq!(mru(&ix), [1, 2, 3, 8, 9, 5, 6, 4]);
+        // The list no longer follows the chain (6 sits after 5): the lookups take over.
+        ix.record(A, &[4, 6, 5], 10);
+        assert_eq!(mru(&ix), [4, 6, 5, 1, 2, 3, 8, 9]);
+        ix.record(A, &[7, 1, 2], 8);
+        assert_eq!(mru(&ix), [7, 1, 2, 4, 6, 5, 3, 8]);
         ix.check_invariants().unwrap();
     }
 
