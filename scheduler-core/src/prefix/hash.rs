@@ -29,6 +29,22 @@ pub fn hash_blocks(
     max_blocks: usize,
     out: &mut Vec<u64>,
 ) {
+    hash_blocks_with(model, cache_salt, input, block_bytes, max_blocks, out, |_| {});
+}
+
+/// [`hash_blocks`], also handing each hash to `each` as soon as it is known, first block first. The
+/// chain is latency-bound (each link waits for the previous one), so work done in `each`, such as the
+/// prefix index walk, mostly runs in the gaps.
+#[inline(always)]
+pub fn hash_blocks_with(
+    model: &str,
+    cache_salt: Option<&str>,
+    input: &[u8],
+    block_bytes: usize,
+    max_blocks: usize,
+    out: &mut Vec<u64>,
+    mut each: impl FnMut(u64),
+) {
     out.clear();
     if block_bytes == 0 || max_blocks == 0 || input.len() < block_bytes {
         return;
@@ -46,11 +62,13 @@ pub fn hash_blocks(
         for (h, block) in out.iter_mut().zip(input.as_chunks::<64>().0) {
             prev = link(block, prev);
             *h = prev;
+            each(prev);
         }
     } else {
         for (h, block) in out.iter_mut().zip(input.chunks_exact(block_bytes)) {
             prev = link(block, prev);
             *h = prev;
+            each(prev);
         }
     }
 }

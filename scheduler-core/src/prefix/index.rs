@@ -229,7 +229,8 @@ fn remove_holder(holders: &mut BlockMap<Holders>, hash: u64, id: EndpointId) {
 }
 
 /// Which pool position each interned endpoint has in one pool snapshot, so that matching a request
-/// does not look every pool address up by string (20 µs at 4096 endpoints).
+/// does not look every pool address up by string (20 µs at 4096 endpoints); plus the scratch counts
+/// of a [`PoolMatch`].
 ///
 /// Valid while the pool's generation, length and endpoint storage and the index's set of ids are those
 /// it was built for. Each request also checks the endpoints its walk reached (the only ones whose
@@ -255,6 +256,18 @@ struct PoolKey {
     ids_epoch: u64,
 }
 
+impl PoolPositions {
+    #[inline]
+    fn count(&mut self, id: EndpointId) {
+        if let Some(c) = self.id_counts.get_mut(id as usize) {
+            if *c == 0 {
+                self.touched.push(id);
+            }
+            *c = c.saturating_add(1);
+        }
+    }
+}
+
 impl PoolKey {
     fn of(pool: &PoolSnapshot, ids_epoch: u64) -> PoolKey {
         PoolKey {
@@ -262,6 +275,72 @@ impl PoolKey {
             len: pool.endpoints.len(),
             storage: pool.endpoints.as_ptr().addr(),
             ids_epoch,
+        }
+    }
+}
+
+/// GIE's longest-prefix walk for one request, fed one block hash at a time so that the caller can
+/// hash the prompt and walk the index in one pass (the table lookups then overlap the hashing).
+///
+/// Per request it costs the walk plus one address comparison per endpoint that holds a walked hash;
+/// the id of every pool address is looked up only when the pool or the index's endpoints change
+/// (a new [`PoolSnapshot::generation`], length or endpoint storage; an endpoint interned or dropped).
+pub struct PoolMatch<'a> {
+    index: &'a PrefixIndex,
+    /// The index's cache; `own` stands in if it is borrowed (only possible re-entrantly).
+    cache: Option<core::cell::RefMut<'a, PoolPositions>>,
+    own: Option<PoolPositions>,
+    walking: bool,
+}
+
+impl PoolMatch<'_> {
+    /// Walks one more hash, the next block of the prompt. Returns false once the walk has stopped (a
+    /// hash nobody holds), after which further hashes are ignored.
+    #[inline]
+    pub fn push(&mut self, hash: u64) -> bool {
+        if !self.walking {
+            return false;
+        }
+        match self.index.holders.get(&hash) {
+            None => self.walking = false,
+            Some(Holders::One(id, _)) => self.scratch().count(*id),
+            Some(Holders::Many(v)) => {
+                let s = self.scratch();
+                v.iter().for_each(|&(id, _)| s.count(id));
+            }
+        }
+        self.walking
+    }
+
+    /// Matched blocks per endpoint of `pool`, indexed like `pool.endpoints`; unknown endpoints get 0.
+    pub fn counts(mut self, pool: &PoolSnapshot) -> Vec<u32> {
+        let index = self.index;
+        let s = self.scratch();
+        let mut counts = vec![0u32; pool.endpoints.len()];
+        if s.touched.is_empty() {
+            return counts;
+        }
+        let fresh = PoolKey::of(pool, index.ids_epoch);
+        if s.key != Some(fresh) || !index.positions_agree(&s.touched, &s.by_id, pool) {
+            index.map_pool(pool, &mut s.by_id);
+            s.key = Some(fresh);
+        }
+        for &id in &s.touched {
+            let Some(c) = s.id_counts.get_mut(id as usize) else { continue };
+            let pos = s.by_id.get(id as usize).copied().unwrap_or(NIL);
+            if let Some(slot) = counts.get_mut(pos as usize) {
+                *slot = *c;
+            }
+            *c = 0;
+        }
+        s.touched.clear();
+        counts
+    }
+
+    fn scratch(&mut self) -> &mut PoolPositions {
+        match &mut self.cache {
+            Some(c) => c,
+            None => self.own.get_or_insert_with(PoolPositions::default),
         }
     }
 }
@@ -382,42 +461,32 @@ impl PrefixIndex {
     }
 
     /// [`match_counts`](Self::match_counts) for every endpoint of `pool`, indexed like `pool.endpoints`.
-    ///
-    /// Per request it costs the walk plus one address comparison per endpoint that holds a walked hash;
-    /// the id of every pool address is looked up only when the pool or the index's endpoints change
-    /// (a new [`PoolSnapshot::generation`], length or endpoint storage; an endpoint interned or dropped).
     pub fn match_counts_in_pool(&self, hashes: &[u64], pool: &PoolSnapshot) -> Vec<u32> {
-        let Ok(mut cache) = self.positions.try_borrow_mut() else {
-            // Only reachable re-entrantly; fall back to the uncached lookup.
-            let addrs: Vec<&str> = pool.endpoints.iter().map(|e| e.address()).collect();
-            return self.match_counts(hashes, &addrs);
-        };
-        let PoolPositions { key, by_id, id_counts, touched } = &mut *cache;
-        let mut counts = vec![0u32; pool.endpoints.len()];
-        id_counts.resize(self.endpoints.len(), 0);
-        touched.clear();
-        self.walk(hashes, |id| {
-            if let Some(c) = id_counts.get_mut(id as usize) {
-                if *c == 0 {
-                    touched.push(id);
-                }
-                *c = c.saturating_add(1);
+        let mut walk = self.pool_match();
+        for &hash in hashes {
+            if !walk.push(hash) {
+                break;
             }
-        });
-        let fresh = PoolKey::of(pool, self.ids_epoch);
-        if *key != Some(fresh) || !self.positions_agree(touched, by_id, pool) {
-            self.map_pool(pool, by_id);
-            *key = Some(fresh);
         }
-        for &id in touched.iter() {
-            let Some(c) = id_counts.get_mut(id as usize) else { continue };
-            let pos = by_id.get(id as usize).copied().unwrap_or(NIL);
-            if let Some(slot) = counts.get_mut(pos as usize) {
-                *slot = *c;
+        walk.counts(pool)
+    }
+
+    /// Starts a [`PoolMatch`]: the walk of [`match_counts_in_pool`](Self::match_counts_in_pool) fed
+    /// one hash at a time.
+    pub fn pool_match(&self) -> PoolMatch<'_> {
+        let mut walk =
+            PoolMatch { index: self, cache: self.positions.try_borrow_mut().ok(), own: None, walking: true };
+        let n = self.endpoints.len();
+        let s = walk.scratch();
+        // Leftovers of a walk whose counts were never taken.
+        for &id in &s.touched {
+            if let Some(c) = s.id_counts.get_mut(id as usize) {
+                *c = 0;
             }
-            *c = 0;
         }
-        counts
+        s.touched.clear();
+        s.id_counts.resize(n, 0);
+        walk
     }
 
     /// GIE's walk: calls `visit` with every holder of each hash, stopping at the first hash nobody holds.
