@@ -10,8 +10,9 @@
 //! - per endpoint, a slab of slots linked into a most-recent-first list by `u32` indices. The slab only
 //!   ever holds live entries, so its length is the LRU's length.
 //!
-//! Endpoint addresses are interned to `u32` ids; a departed endpoint's id is reused. Nothing here
-//! iterates a hash map where order could leak into a result, so matches are deterministic.
+//! Endpoint addresses are interned to `u32` ids; a departed endpoint's id is reused, and the pool
+//! position of each id is cached per pool snapshot. Nothing here iterates a hash map where order could
+//! leak into a result, so matches are deterministic.
 
 use crate::model::PoolSnapshot;
 use alloc::string::String;
