@@ -10,12 +10,17 @@
 //! - per endpoint, a slab of slots linked into a most-recent-first list by `u32` indices. The slab only
 //!   ever holds live entries, so its length is the LRU's length.
 //!
-//! Endpoint addresses are interned to `u32` ids; a departed endpoint's id is reused. Nothing here
-//! iterates a hash map where order could leak into a result, so matches are deterministic.
+//! Endpoint addresses are interned to `u32` ids; a departed endpoint's id is reused, and the pool
+//! position of each id is cached per pool snapshot. Nothing here iterates a hash map where order could
+//! leak into a result, so matches are deterministic.
 
+use crate::model::PoolSnapshot;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::hash::{BuildHasher, Hasher};
+use hashbrown::hash_map::Entry;
 use hashbrown::HashMap;
 
 /// GIE's per-server default: 64 GB of KV at 128 KB per token is 500K tokens, or 31,250 blocks of 16.
@@ -25,8 +30,51 @@ pub const DEFAULT_LRU_CAPACITY_PER_SERVER: usize = 31_250;
 pub const MAX_LRU_CAPACITY_PER_SERVER: usize = 1 << 21;
 
 type EndpointId = u32;
-/// "No slot" in the intrusive list.
+/// "No slot" in the intrusive list, "not in the pool" in [`PoolPositions`].
 const NIL: u32 = u32::MAX;
+
+/// Builds [`PassThrough`] hashers: the tables keyed by block hash use the key itself as its hash.
+///
+/// Block hashes are xxh64 outputs, already spread over all 64 bits (hashbrown takes the bucket from the
+/// low bits and the tag from the top 7), so hashing them again only costs time on every lookup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockHashState;
+
+impl BuildHasher for BlockHashState {
+    type Hasher = PassThrough;
+
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Returns a `u64` key unchanged. Other keys still hash deterministically (FNV-1a over their bytes),
+/// just not well: the type is meant for block hashes only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h = self.0 ^ FNV_OFFSET;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        }
+        self.0 = h;
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Block hash → value, with the key as its own hash.
+type BlockMap<V> = HashMap<u64, V, BlockHashState>;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -83,10 +131,26 @@ impl EndpointLru {
         self.head = slot;
     }
 
+    /// The slot just more recent than `slot`, [`NIL`] for the head.
+    fn prev_of(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(NIL, |s| s.prev)
+    }
+
     fn move_to_front(&mut self, slot: u32) {
         if self.head != slot {
             self.unlink(slot);
             self.push_front(slot);
+        }
+    }
+
+    /// The slot a new hash takes, with the hash it evicts: the least recent slot when full, else a new
+    /// one. `None` only if the list is inconsistent.
+    fn next_slot(&self) -> Option<(u32, Option<u64>)> {
+        if self.len() >= self.capacity {
+            let victim = self.slots.get(self.tail as usize)?;
+            Some((self.tail, Some(victim.hash)))
+        } else {
+            Some((u32::try_from(self.len()).ok().filter(|&s| s != NIL)?, None))
         }
     }
 
@@ -111,6 +175,7 @@ enum Holders {
 }
 
 impl Holders {
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = (EndpointId, u32)> + '_ {
         let (one, many) = match self {
             Holders::One(id, slot) => (Some((*id, *slot)), &[][..]),
@@ -120,7 +185,10 @@ impl Holders {
     }
 
     fn slot_of(&self, id: EndpointId) -> Option<u32> {
-        self.iter().find(|(i, _)| *i == id).map(|(_, s)| s)
+        match self {
+            Holders::One(i, s) => (*i == id).then_some(*s),
+            Holders::Many(v) => v.iter().find(|(i, _)| *i == id).map(|&(_, s)| s),
+        }
     }
 
     fn set(&mut self, id: EndpointId, slot: u32) {
@@ -153,10 +221,127 @@ impl Holders {
     }
 }
 
-fn remove_holder(holders: &mut HashMap<u64, Holders>, hash: u64, id: EndpointId) {
-    if let Some(h) = holders.get_mut(&hash) {
-        if h.remove(id) {
-            holders.remove(&hash);
+fn remove_holder(holders: &mut BlockMap<Holders>, hash: u64, id: EndpointId) {
+    if let Entry::Occupied(mut e) = holders.entry(hash) {
+        if e.get_mut().remove(id) {
+            e.remove();
+        }
+    }
+}
+
+/// Which pool position each interned endpoint has in one pool snapshot, so that matching a request
+/// does not look every pool address up by string (20 µs at 4096 endpoints); plus the scratch counts
+/// of a [`PoolMatch`].
+///
+/// Valid while the pool's generation, length and endpoint storage and the index's set of ids are those
+/// it was built for. Each request also checks the endpoints its walk reached (the only ones whose
+/// position matters): the cached position must hold the endpoint's address, and an endpoint cached as
+/// absent must not be found by binary search in the (address-sorted) pool; a mismatch rebuilds the
+/// cache. So a pool changed without a new generation is still matched right unless it is also unsorted.
+#[derive(Debug, Default)]
+struct PoolPositions {
+    key: Option<PoolKey>,
+    /// Endpoint id → position in the pool, [`NIL`] when not in it.
+    by_id: Vec<u32>,
+    /// Matched blocks per endpoint id during one walk; all zero between walks.
+    id_counts: Vec<u32>,
+    /// Ids with a non-zero `id_counts` entry, in first-seen order.
+    touched: Vec<EndpointId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PoolKey {
+    generation: u64,
+    len: usize,
+    storage: usize,
+    ids_epoch: u64,
+}
+
+impl PoolPositions {
+    #[inline]
+    fn count(&mut self, id: EndpointId) {
+        if let Some(c) = self.id_counts.get_mut(id as usize) {
+            if *c == 0 {
+                self.touched.push(id);
+            }
+            *c = c.saturating_add(1);
+        }
+    }
+}
+
+impl PoolKey {
+    fn of(pool: &PoolSnapshot, ids_epoch: u64) -> PoolKey {
+        PoolKey {
+            generation: pool.generation,
+            len: pool.endpoints.len(),
+            storage: pool.endpoints.as_ptr().addr(),
+            ids_epoch,
+        }
+    }
+}
+
+/// GIE's longest-prefix walk for one request, fed one block hash at a time so that the caller can
+/// hash the prompt and walk the index in one pass (the table lookups then overlap the hashing).
+///
+/// Per request it costs the walk plus one address comparison per endpoint that holds a walked hash;
+/// the id of every pool address is looked up only when the pool or the index's endpoints change
+/// (a new [`PoolSnapshot::generation`], length or endpoint storage; an endpoint interned or dropped).
+pub struct PoolMatch<'a> {
+    index: &'a PrefixIndex,
+    /// The index's cache; `own` stands in if it is borrowed (only possible re-entrantly).
+    cache: Option<core::cell::RefMut<'a, PoolPositions>>,
+    own: Option<PoolPositions>,
+    walking: bool,
+}
+
+impl PoolMatch<'_> {
+    /// Walks one more hash, the next block of the prompt. Returns false once the walk has stopped (a
+    /// hash nobody holds), after which further hashes are ignored.
+    #[inline]
+    pub fn push(&mut self, hash: u64) -> bool {
+        if !self.walking {
+            return false;
+        }
+        match self.index.holders.get(&hash) {
+            None => self.walking = false,
+            Some(Holders::One(id, _)) => self.scratch().count(*id),
+            Some(Holders::Many(v)) => {
+                let s = self.scratch();
+                v.iter().for_each(|&(id, _)| s.count(id));
+            }
+        }
+        self.walking
+    }
+
+    /// Matched blocks per endpoint of `pool`, indexed like `pool.endpoints`; unknown endpoints get 0.
+    pub fn counts(mut self, pool: &PoolSnapshot) -> Vec<u32> {
+        let index = self.index;
+        let s = self.scratch();
+        let mut counts = vec![0u32; pool.endpoints.len()];
+        if s.touched.is_empty() {
+            return counts;
+        }
+        let fresh = PoolKey::of(pool, index.ids_epoch);
+        if s.key != Some(fresh) || !index.positions_agree(&s.touched, &s.by_id, pool) {
+            index.map_pool(pool, &mut s.by_id);
+            s.key = Some(fresh);
+        }
+        for &id in &s.touched {
+            let Some(c) = s.id_counts.get_mut(id as usize) else { continue };
+            let pos = s.by_id.get(id as usize).copied().unwrap_or(NIL);
+            if let Some(slot) = counts.get_mut(pos as usize) {
+                *slot = *c;
+            }
+            *c = 0;
+        }
+        s.touched.clear();
+        counts
+    }
+
+    fn scratch(&mut self) -> &mut PoolPositions {
+        match &mut self.cache {
+            Some(c) => c,
+            None => self.own.get_or_insert_with(PoolPositions::default),
         }
     }
 }
@@ -176,11 +361,15 @@ pub struct IndexStats {
 /// Block hash → endpoints, with a bounded LRU per endpoint. See the module documentation.
 #[derive(Debug, Default)]
 pub struct PrefixIndex {
-    holders: HashMap<u64, Holders>,
+    holders: BlockMap<Holders>,
     ids: HashMap<String, EndpointId>,
     /// Indexed by endpoint id; `None` for a free id.
     endpoints: Vec<Option<EndpointLru>>,
     free_ids: Vec<EndpointId>,
+    /// Changes whenever an id is assigned or freed, which invalidates `positions`.
+    ids_epoch: u64,
+    /// Cache of [`PrefixIndex::match_counts_in_pool`]; a `RefCell` so matching stays `&self`.
+    positions: RefCell<PoolPositions>,
 }
 
 impl PrefixIndex {
@@ -200,33 +389,48 @@ impl PrefixIndex {
         let Some(id) = self.intern(endpoint_addr, capacity) else { return };
         self.set_capacity(id, capacity);
         let Some(Some(lru)) = self.endpoints.get_mut(id as usize) else { return };
+        // Where the next hash (going backwards) probably is: the slot before the one just touched. A
+        // chain recorded before sits in the list in order, so this finds it without a table lookup.
+        let mut guess = NIL;
         for &hash in hashes.iter().rev() {
-            if let Some(slot) = self.holders.get(&hash).and_then(|h| h.slot_of(id)) {
-                lru.move_to_front(slot);
+            // Sound because a hash has at most one slot per endpoint: the slot holding it is its slot.
+            if lru.slots.get(guess as usize).is_some_and(|s| s.hash == hash) {
+                let held = guess;
+                guess = lru.prev_of(held);
+                lru.move_to_front(held);
                 continue;
             }
-            let slot = if lru.len() >= lru.capacity {
-                // Reuse the least recent slot for the new hash.
-                let victim = lru.tail;
-                let Some(old) = lru.slots.get(victim as usize).map(|s| s.hash) else { return };
-                remove_holder(&mut self.holders, old, id);
-                lru.unlink(victim);
-                if let Some(s) = lru.slots.get_mut(victim as usize) {
-                    s.hash = hash;
+            // One lookup: either the endpoint already holds the hash, or it becomes a holder.
+            let (slot, victim_hash) = match self.holders.entry(hash) {
+                Entry::Occupied(mut e) => {
+                    if let Some(held) = e.get().slot_of(id) {
+                        guess = lru.prev_of(held);
+                        lru.move_to_front(held);
+                        continue;
+                    }
+                    let Some(next) = lru.next_slot() else { return };
+                    e.get_mut().set(id, next.0);
+                    next
                 }
-                victim
-            } else {
-                let Ok(slot) = u32::try_from(lru.slots.len()) else { return };
-                lru.slots.push(Slot { hash, prev: NIL, next: NIL });
-                slot
+                Entry::Vacant(e) => {
+                    let Some(next) = lru.next_slot() else { return };
+                    e.insert(Holders::One(id, next.0));
+                    next
+                }
             };
-            lru.push_front(slot);
-            match self.holders.get_mut(&hash) {
-                Some(h) => h.set(id, slot),
-                None => {
-                    self.holders.insert(hash, Holders::One(id, slot));
+            guess = NIL;
+            match victim_hash {
+                // The victim is held by this endpoint and the new hash was not, so they differ.
+                Some(old) => {
+                    remove_holder(&mut self.holders, old, id);
+                    lru.unlink(slot);
+                    if let Some(s) = lru.slots.get_mut(slot as usize) {
+                        s.hash = hash;
+                    }
                 }
+                None => lru.slots.push(Slot { hash, prev: NIL, next: NIL }),
             }
+            lru.push_front(slot);
         }
     }
 
@@ -249,15 +453,78 @@ impl PrefixIndex {
         if !any_known {
             return counts;
         }
-        for hash in hashes {
-            let Some(holders) = self.holders.get(hash) else { break };
-            for (id, _) in holders.iter() {
-                if let Some(c) = position.get(id as usize).and_then(|&p| counts.get_mut(p as usize)) {
-                    *c = c.saturating_add(1);
-                }
+        self.walk(hashes, |id| {
+            if let Some(c) = position.get(id as usize).and_then(|&p| counts.get_mut(p as usize)) {
+                *c = c.saturating_add(1);
+            }
+        });
+        counts
+    }
+
+    /// [`match_counts`](Self::match_counts) for every endpoint of `pool`, indexed like `pool.endpoints`.
+    pub fn match_counts_in_pool(&self, hashes: &[u64], pool: &PoolSnapshot) -> Vec<u32> {
+        let mut walk = self.pool_match();
+        for &hash in hashes {
+            if !walk.push(hash) {
+                break;
             }
         }
-        counts
+        walk.counts(pool)
+    }
+
+    /// Starts a [`PoolMatch`]: the walk of [`match_counts_in_pool`](Self::match_counts_in_pool) fed
+    /// one hash at a time.
+    pub fn pool_match(&self) -> PoolMatch<'_> {
+        let mut walk =
+            PoolMatch { index: self, cache: self.positions.try_borrow_mut().ok(), own: None, walking: true };
+        let n = self.endpoints.len();
+        let s = walk.scratch();
+        // Leftovers of a walk whose counts were never taken.
+        for &id in &s.touched {
+            if let Some(c) = s.id_counts.get_mut(id as usize) {
+                *c = 0;
+            }
+        }
+        s.touched.clear();
+        s.id_counts.resize(n, 0);
+        walk
+    }
+
+    /// GIE's walk: calls `visit` with every holder of each hash, stopping at the first hash nobody holds.
+    fn walk(&self, hashes: &[u64], mut visit: impl FnMut(EndpointId)) {
+        for hash in hashes {
+            match self.holders.get(hash) {
+                None => break,
+                Some(Holders::One(id, _)) => visit(*id),
+                Some(Holders::Many(v)) => v.iter().for_each(|&(id, _)| visit(id)),
+            }
+        }
+    }
+
+    /// True when the cached position of every `touched` id is still right: the pool has that endpoint's
+    /// address there, or, for an endpoint cached as absent, the sorted pool does not contain it.
+    fn positions_agree(&self, touched: &[EndpointId], by_id: &[u32], pool: &PoolSnapshot) -> bool {
+        touched.iter().all(|&id| {
+            let Some(Some(lru)) = self.endpoints.get(id as usize) else { return false };
+            let addr = lru.address.as_str();
+            match by_id.get(id as usize) {
+                None => false,
+                Some(&NIL) => pool.endpoints.binary_search_by(|e| e.address().cmp(addr)).is_err(),
+                Some(&pos) => pool.endpoints.get(pos as usize).is_some_and(|e| e.address() == addr),
+            }
+        })
+    }
+
+    /// Rebuilds `by_id` for `pool`. A duplicated address keeps its last position, as `match_counts` does.
+    fn map_pool(&self, pool: &PoolSnapshot, by_id: &mut Vec<u32>) {
+        by_id.clear();
+        by_id.resize(self.endpoints.len(), NIL);
+        for (pos, e) in pool.endpoints.iter().enumerate() {
+            let (Some(&id), Ok(pos)) = (self.ids.get(e.address()), u32::try_from(pos)) else { continue };
+            if let Some(p) = by_id.get_mut(id as usize) {
+                *p = pos;
+            }
+        }
     }
 
     /// Forgets every endpoint for which `keep(address)` is false (endpoints that left the pool).
@@ -273,6 +540,7 @@ impl PrefixIndex {
             }
             self.ids.remove(&lru.address);
             self.free_ids.push(id);
+            self.ids_epoch = self.ids_epoch.wrapping_add(1);
             *entry = None;
         }
     }
@@ -359,6 +627,7 @@ impl PrefixIndex {
             }
         };
         self.ids.insert(String::from(endpoint_addr), id);
+        self.ids_epoch = self.ids_epoch.wrapping_add(1);
         Some(id)
     }
 
@@ -499,6 +768,27 @@ mod tests {
     }
 
     #[test]
+    fn recording_a_chain_again_puts_it_first_in_prompt_order() {
+        let mut ix = PrefixIndex::new();
+        let mru = |ix: &PrefixIndex| -> Vec<u64> {
+            let id = ix.ids[A] as usize;
+            ix.endpoints[id].as_ref().unwrap().hashes_mru_first().collect()
+        };
+        ix.record(A, &[1, 2, 3, 4], 10);
+        ix.record(A, &[5, 6], 10);
+        assert_eq!(mru(&ix), [5, 6, 1, 2, 3, 4]);
+        // Found by following the list from 3 back to 1, then 9 and 8 are new: same order as a fresh record.
+        ix.record(A, &[1, 2, 3, 8, 9], 10);
+        assert_eq!(mru(&ix), [1, 2, 3, 8, 9, 5, 6, 4]);
+        // The list no longer follows the chain (6 sits after 5): the lookups take over.
+        ix.record(A, &[4, 6, 5], 10);
+        assert_eq!(mru(&ix), [4, 6, 5, 1, 2, 3, 8, 9]);
+        ix.record(A, &[7, 1, 2], 8);
+        assert_eq!(mru(&ix), [7, 1, 2, 4, 6, 5, 3, 8]);
+        ix.check_invariants().unwrap();
+    }
+
+    #[test]
     fn capacity_can_shrink_and_grow() {
         let mut ix = PrefixIndex::new();
         ix.record(A, &[1, 2, 3, 4, 5, 6], 100);
@@ -536,11 +826,74 @@ mod tests {
         ix.check_invariants().unwrap();
     }
 
+    #[test]
+    fn block_hashes_that_share_their_low_bits_still_resolve() {
+        // The tables use a block hash as its own hash, so these all want the same bucket.
+        let hashes: Vec<u64> = (1..=600u64).map(|i| i << 40).collect();
+        let mut ix = PrefixIndex::new();
+        ix.record(A, &hashes, 1000);
+        ix.record(B, &hashes[..10], 1000);
+        assert_eq!(ix.len(), 600);
+        assert!(hashes.iter().all(|&h| ix.contains(A, h)));
+        assert_eq!(ix.match_counts(&hashes, &[A, B]), [600, 10]);
+        // Evicting through the colliding keys: A keeps only its 100 most recent, the chain's head.
+        ix.record(A, &hashes, 100);
+        assert_eq!(ix.match_counts(&hashes, &[A, B]), [100, 10]);
+        assert_eq!(ix.len(), 100);
+        ix.check_invariants().unwrap();
+
+        let mut map = BlockMap::<u32>::default();
+        for (i, &h) in hashes.iter().enumerate() {
+            map.insert(h, i as u32);
+        }
+        for &h in hashes.iter().step_by(2) {
+            map.remove(&h);
+        }
+        assert_eq!(map.len(), 300);
+        assert_eq!((map.get(&(2 << 40)), map.get(&(1 << 40)), map.get(&0)), (Some(&1), None, None));
+    }
+
+    fn pool_of(addrs: &[&str], generation: u64) -> PoolSnapshot {
+        use crate::model::{Endpoint, EndpointState};
+        let endpoints = addrs.iter().map(|a| EndpointState::new(Endpoint::new(*a))).collect();
+        PoolSnapshot { generation, endpoints, ..PoolSnapshot::default() }
+    }
+
+    #[test]
+    fn pool_match_follows_the_pool_even_without_a_new_generation() {
+        let mut ix = PrefixIndex::new();
+        ix.record(A, &[1, 2, 3], 10);
+        ix.record(C, &[1, 2], 10);
+        let mut pool = pool_of(&[A, B], 7);
+        assert_eq!(ix.match_counts_in_pool(&[1, 2, 3], &pool), [3, 0]);
+        // Same generation, length and storage, but B replaced by C: C's count lands on position 1.
+        pool.endpoints.clear();
+        pool.endpoints.extend(pool_of(&[A, C], 7).endpoints);
+        assert_eq!(ix.match_counts_in_pool(&[1, 2, 3], &pool), [3, 2]);
+        // A swapped for B at position 0: A's cached position no longer holds A.
+        pool.endpoints.clear();
+        pool.endpoints.extend(pool_of(&[B, C], 7).endpoints);
+        assert_eq!(ix.match_counts_in_pool(&[1, 2, 3], &pool), [0, 2]);
+        // A new endpoint of the index, and one dropped and its id reused.
+        ix.record(B, &[1], 10);
+        assert_eq!(ix.match_counts_in_pool(&[1, 2, 3], &pool), [1, 2]);
+        ix.remove_endpoint(C);
+        ix.record(A, &[1, 2, 3, 4], 10);
+        assert_eq!(ix.match_counts_in_pool(&[1, 2, 3, 4], &pool), [1, 0]);
+        let pool = pool_of(&[A, B, C], 8);
+        assert_eq!(ix.match_counts_in_pool(&[1, 2, 3, 4], &pool), [4, 1, 0]);
+        assert_eq!(ix.match_counts_in_pool(&[], &pool), [0, 0, 0]);
+        ix.check_invariants().unwrap();
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Record(usize, Vec<u64>, usize),
         Match(Vec<u64>),
         Retain(u8),
+        /// New pool membership (a mask over the addresses); same generation and storage when `.1` is
+        /// false, a new generation and reversed (unsorted) order when true.
+        Pool(u8, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -549,6 +902,7 @@ mod tests {
                 .prop_map(|(e, h, c)| Op::Record(e, h, c)),
             2 => proptest::collection::vec(0..40u64, 0..12).prop_map(Op::Match),
             1 => any::<u8>().prop_map(Op::Retain),
+            1 => (any::<u8>(), any::<bool>()).prop_map(|(m, g)| Op::Pool(m, g)),
         ]
     }
 
@@ -557,6 +911,7 @@ mod tests {
         fn random_sequences_keep_the_index_consistent(ops in proptest::collection::vec(op(), 1..60)) {
             let addrs = ["a:1", "b:1", "c:1", "d:1", "e:1"];
             let mut ix = PrefixIndex::new();
+            let mut pool = pool_of(&addrs, 0);
             for op in ops {
                 match op {
                     Op::Record(e, hashes, cap) => {
@@ -566,6 +921,20 @@ mod tests {
                     Op::Match(hashes) => {
                         let counts = ix.match_counts(&hashes, &addrs);
                         prop_assert!(counts.iter().all(|&c| c as usize <= hashes.len()));
+                        let in_pool: Vec<&str> = pool.endpoints.iter().map(|e| e.address()).collect();
+                        let want = ix.match_counts(&hashes, &in_pool);
+                        prop_assert_eq!(ix.match_counts_in_pool(&hashes, &pool), want);
+                    }
+                    Op::Pool(mask, new_generation) => {
+                        let mut members: Vec<&str> =
+                            addrs.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, a)| *a).collect();
+                        if new_generation {
+                            members.reverse();
+                            pool = pool_of(&members, pool.generation + 1);
+                        } else {
+                            pool.endpoints.clear();
+                            pool.endpoints.extend(pool_of(&members, 0).endpoints);
+                        }
                     }
                     Op::Retain(mask) => ix.retain_endpoints(|a| {
                         let i = addrs.iter().position(|x| *x == a).unwrap();

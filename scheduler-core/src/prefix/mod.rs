@@ -20,9 +20,12 @@ pub mod hash;
 pub mod index;
 
 pub use hash::{
-    block_hashes, hash_blocks, BYTES_PER_TOKEN, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_MAX_PREFIX_BLOCKS,
+    block_hashes, hash_blocks, hash_blocks_with, BYTES_PER_TOKEN, DEFAULT_BLOCK_SIZE_TOKENS,
+    DEFAULT_MAX_PREFIX_BLOCKS,
 };
-pub use index::{IndexStats, PrefixIndex, DEFAULT_LRU_CAPACITY_PER_SERVER, MAX_LRU_CAPACITY_PER_SERVER};
+pub use index::{
+    IndexStats, PoolMatch, PrefixIndex, DEFAULT_LRU_CAPACITY_PER_SERVER, MAX_LRU_CAPACITY_PER_SERVER,
+};
 
 use crate::model::{EndpointState, PoolSnapshot};
 use crate::scheduling::{CycleState, ProfileRunResult, SchedulingContext};
@@ -167,13 +170,14 @@ pub fn compute_match(ctx: &SchedulingContext<'_>, handle: &PrefixHandle) -> Opti
     let req = ctx.request;
     let block_bytes = state.config.block_bytes_for(ctx.pool);
     let max_blocks = state.config.max_blocks_for(block_bytes);
-    let hashes = block_hashes(req.model, req.cache_salt, req.prefix_input, block_bytes, max_blocks);
-    let matched_blocks = if hashes.is_empty() {
-        alloc::vec![0; ctx.pool.endpoints.len()]
-    } else {
-        let addrs: Vec<&str> = ctx.pool.endpoints.iter().map(EndpointState::address).collect();
-        state.index.match_counts(&hashes, &addrs)
-    };
+    // Hash and walk in one pass: the walk's table lookups fill the gaps of the latency-bound chain.
+    let mut hashes = Vec::new();
+    let mut walk = state.index.pool_match();
+    let (model, salt, input) = (req.model, req.cache_salt, req.prefix_input);
+    hash_blocks_with(model, salt, input, block_bytes, max_blocks, &mut hashes, |h| {
+        walk.push(h);
+    });
+    let matched_blocks = walk.counts(ctx.pool);
     Some(PrefixMatch { hashes, matched_blocks, block_bytes })
 }
 
