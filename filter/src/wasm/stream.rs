@@ -116,7 +116,8 @@ impl Stream {
         }
         if let (Some(model), Some((bytes, size))) = (&route.rewritten_model, body) {
             match rewrite_model(bytes, model) {
-                Ok(new) => {
+                Ok(rewritten) => {
+                    let new = rewritten.body;
                     if let Err(s) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new) {
                         log::warn!("request body not rewritten: {s:?}");
                     } else if request_header("content-length").is_some() {
