@@ -7,7 +7,9 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
-use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HeadersResponse, HttpBody, HttpHeaders, ProcessingRequest,
+};
 use epp_shim::extproc::machine::{BodyMode, StreamSettings};
 use epp_shim::extproc::service::ExtProcService;
 use epp_shim::metrics::Metrics;
@@ -52,6 +54,11 @@ async fn ask(channel: Channel, id: &str, body: &str) -> String {
     let Some(Out::RequestHeaders(h)) = first.response else {
         panic!("expected a headers response: {first:?}")
     };
+    destination_of(h)
+}
+
+/// The destination header the shim set in its request-headers response.
+fn destination_of(h: HeadersResponse) -> String {
     let m = h.response.unwrap().header_mutation.unwrap();
     let v = m
         .set_headers
@@ -75,6 +82,12 @@ async fn start(config: &GatewayConfig) -> (Channel, Arc<Metrics>, Arc<Pool>) {
     pool.publish(now).unwrap();
     let metrics = Arc::new(Metrics::default());
     let picker = PickerHandle::spawn(config.clone(), Arc::clone(&pool), Arc::clone(&metrics)).unwrap();
+    let channel = serve(config, picker, Arc::clone(&metrics)).await;
+    (channel, metrics, pool)
+}
+
+/// The shim's gRPC service around `picker` on a loopback port (FULL_DUPLEX_STREAMED unless told).
+async fn serve(config: &GatewayConfig, picker: PickerHandle, metrics: Arc<Metrics>) -> Channel {
     let settings = StreamSettings {
         destination_header: config.routing.destination_header.clone(),
         prefill_header: config.routing.prefill_header.clone(),
@@ -85,12 +98,11 @@ async fn start(config: &GatewayConfig) -> (Channel, Arc<Metrics>, Arc<Pool>) {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = ExtProcService::new(picker, settings, Arc::clone(&metrics)).into_server();
+    let service = ExtProcService::new(picker, settings, metrics).into_server();
     tokio::spawn(
         tonic::transport::Server::builder().serve_with_incoming(service, TcpListenerStream::new(listener)),
     );
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    (channel, metrics, pool)
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,16 +351,7 @@ async fn shim_send(channel: Channel, r: &Req) -> (Decided, Option<Held>) {
         Some(Out::ImmediateResponse(ir)) => {
             return (Decided::Reply(ir.status.map_or(0, |s| s.code as u32)), None);
         }
-        Some(Out::RequestHeaders(h)) => {
-            let m = h.response.unwrap().header_mutation.unwrap();
-            let v = m
-                .set_headers
-                .iter()
-                .filter_map(|o| o.header.as_ref())
-                .find(|h| h.key == "x-gateway-destination-endpoint")
-                .unwrap();
-            String::from_utf8(v.raw_value.clone()).unwrap()
-        }
+        Some(Out::RequestHeaders(h)) => destination_of(h),
         other => panic!("unexpected first response {other:?}"),
     };
     // The body follows as streamed mutations (rewritten when the model changed).
@@ -435,21 +438,7 @@ async fn run_both(picker_config: &str) -> (Vec<Decided>, Vec<Decided>) {
         Arc::new(move || read.load(Ordering::SeqCst)),
     )
     .unwrap();
-    let settings = StreamSettings {
-        destination_header: config.routing.destination_header.clone(),
-        prefill_header: config.routing.prefill_header.clone(),
-        served_header: config.routing.served_header.clone(),
-        max_body_bytes: config.limits.max_body_bytes,
-        default_mode: BodyMode::FullDuplex,
-        forced_mode: None,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = ExtProcService::new(shim_picker, settings, metrics).into_server();
-    tokio::spawn(
-        tonic::transport::Server::builder().serve_with_incoming(service, TcpListenerStream::new(listener)),
-    );
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = serve(&config, shim_picker, metrics).await;
 
     let mut shim_out = Vec::new();
     let mut filter_out = Vec::new();
