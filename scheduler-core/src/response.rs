@@ -31,6 +31,11 @@ struct UsageJson {
     completion_tokens: u64,
 }
 
+/// True for a `content-type` announcing server-sent events (a streamed completion).
+pub fn is_event_stream(content_type: &str) -> bool {
+    content_type.trim_start().get(..17).is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+}
+
 /// The top-level `usage` of one JSON document, when it has a non-null one.
 pub fn usage_of(json: &[u8]) -> Option<Usage> {
     let parsed: WithUsage = serde_json::from_slice(json).ok()?;
@@ -137,6 +142,14 @@ mod tests {
         assert_eq!(out.unwrap(), br#"{"model":"llama","usage":{"prompt_tokens":7,"completion_tokens":2}}"#);
         assert_eq!(usage, Some(Usage { prompt_tokens: 7, completion_tokens: 2 }));
         assert_eq!(finish_json(br#"{"usage":null}"#, None), (None, None));
+    }
+
+    #[test]
+    fn event_streams_are_recognised_by_content_type() {
+        assert!(is_event_stream("text/event-stream"));
+        assert!(is_event_stream("Text/Event-Stream; charset=utf-8"));
+        assert!(!is_event_stream("application/json"));
+        assert!(!is_event_stream("text/event"));
     }
 
     #[test]

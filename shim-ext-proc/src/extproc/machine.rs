@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use scheduler_core::endpoint_picker::{Outcome, Route};
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::request::rewrite_model;
-use scheduler_core::response::{finish_json, usage_of, SseFilter, Usage};
+use scheduler_core::response::{finish_json, is_event_stream, usage_of, SseFilter, Usage};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -404,7 +404,7 @@ impl Machine {
             client_model = r.client_model.clone();
         }
         let map = h.headers.as_ref();
-        let sse = header(map, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+        let sse = header(map, "content-type").is_some_and(is_event_stream);
         if sse {
             if client_model.is_some() {
                 mutation.remove("content-length");
