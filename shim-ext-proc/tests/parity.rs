@@ -1,7 +1,8 @@
 //! Parity (issue 6): for the same snapshot, requests, clock and seed, the shim decides exactly as the
-//! Wasm filter (the built `.wasm` in the host emulator) and as the core called directly. The seed rule
-//! is the core's `endpoint_picker::request_seed(x-request-id)`; changing it in one product, or giving
-//! the shim another clock, makes these tests fail (checked by mutation when they were written).
+//! Wasm filter (the built `.wasm` in the host emulator) and as the core called directly, and their
+//! clients receive the same response bodies. The seed rule is the core's
+//! `endpoint_picker::request_seed(x-request-id)`; changing it in one product, giving the shim another
+//! clock, or dropping the model restore in one makes these tests fail (checked by mutation).
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
@@ -303,13 +304,59 @@ struct Held {
 }
 
 impl Held {
-    /// The request completes: the stream ends and the shim releases its in-flight count. Waiting for
-    /// the server's end of stream orders the release before the next pick.
-    async fn finish(self) {
+    /// The upstream answers and the request completes: returns the body the client receives. The shim
+    /// releases its in-flight count as the stream ends; waiting for the server's end of stream orders
+    /// that release before the next pick.
+    async fn finish(self, content_type: &str, chunks: &[Vec<u8>]) -> String {
         let Held { tx, mut responses } = self;
+        let headers = HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![raw(":status", "200"), raw("content-type", content_type)],
+            }),
+            ..HttpHeaders::default()
+        };
+        tx.send(ProcessingRequest { request: Some(In::ResponseHeaders(headers)), ..Default::default() })
+            .await
+            .unwrap();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let body =
+                HttpBody { body: chunk.clone(), end_of_stream: i + 1 == chunks.len(), ..Default::default() };
+            tx.send(ProcessingRequest { request: Some(In::ResponseBody(body)), ..Default::default() })
+                .await
+                .unwrap();
+        }
         drop(tx);
-        while responses.message().await.unwrap().is_some() {}
+        let mut client = Vec::new();
+        while let Some(msg) = responses.message().await.unwrap() {
+            if let Some(Out::ResponseBody(b)) = msg.response {
+                if let Some(BodyMut::StreamedResponse(s)) = b.response.and_then(|c| c.body_mutation?.mutation)
+                {
+                    client.extend_from_slice(&s.body);
+                }
+            }
+        }
+        String::from_utf8(client).unwrap()
     }
+}
+
+/// What a model server answers to a request it received as `upstream_body`: JSON or server-sent
+/// events naming the model it ran, with usage, cut into two chunks.
+fn upstream_answer(i: usize, upstream_body: &str) -> (&'static str, Vec<Vec<u8>>) {
+    let sent: serde_json::Value = serde_json::from_str(upstream_body).unwrap();
+    let model = sent["model"].as_str().unwrap();
+    let usage = format!(r#""usage":{{"prompt_tokens":{},"completion_tokens":{}}}"#, 10 + i, i % 7);
+    let (content_type, body) = if i.is_multiple_of(2) {
+        (
+            "application/json",
+            format!(r#"{{"id":"r{i}","model":"{model}","choices":[{{"text":"ok"}}],{usage}}}"#),
+        )
+    } else {
+        let delta = format!(r#"data: {{"model":"{model}","choices":[{{"delta":{{"content":"o"}}}}]}}"#);
+        let last = format!(r#"data: {{"model":"{model}","choices":[],{usage}}}"#);
+        ("text/event-stream", format!("{delta}\n\n{last}\n\ndata: [DONE]\n\n"))
+    };
+    let (a, b) = body.as_bytes().split_at(37);
+    (content_type, vec![a.to_vec(), b.to_vec()])
 }
 
 fn shim_headers(r: &Req) -> HttpHeaders {
@@ -409,7 +456,7 @@ fn publish_both(pool: &Pool, host: &mut Host, endpoints: &[PoolEndpoint], round:
 /// Runs the same 60 requests through the shim (over gRPC) and the filter (in the host emulator), with
 /// the same snapshots, clock and ids, keeping a few requests in flight at a time, and returns both
 /// decision lists.
-async fn run_both(picker_config: &str) -> (Vec<Decided>, Vec<Decided>) {
+async fn run_both(picker_config: &str) -> (Run, Run) {
     let text = parity_config(picker_config);
     let config = GatewayConfig::from_json(&text).unwrap();
 
@@ -440,9 +487,9 @@ async fn run_both(picker_config: &str) -> (Vec<Decided>, Vec<Decided>) {
     .unwrap();
     let channel = serve(&config, shim_picker, metrics).await;
 
-    let mut shim_out = Vec::new();
-    let mut filter_out = Vec::new();
-    let mut held: std::collections::VecDeque<(Option<Held>, Option<StreamId>)> = Default::default();
+    let mut shim_out = Run::default();
+    let mut filter_out = Run::default();
+    let mut open: std::collections::VecDeque<Open> = Default::default();
     for (i, r) in requests(60).iter().enumerate() {
         if i % 10 == 0 {
             host.advance(std::time::Duration::from_millis(40));
@@ -452,38 +499,100 @@ async fn run_both(picker_config: &str) -> (Vec<Decided>, Vec<Decided>) {
         host.advance(std::time::Duration::from_millis(3));
         clock.store(host_now_ms(&host), Ordering::SeqCst);
         // Up to four requests stay in flight, so in-flight counts (not only metrics) steer the picks.
-        if held.len() == 4 {
-            let (s, f) = held.pop_front().unwrap();
-            if let Some(s) = s {
-                s.finish().await;
-            }
-            if let Some(f) = f {
-                host.respond(f, 200, br#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#).unwrap();
-            }
+        if open.len() == 4 {
+            let o = open.pop_front().unwrap();
+            o.answer(&mut host, &mut shim_out, &mut filter_out).await;
         }
-        let (s, held_s) = shim_send(channel.clone(), r).await;
-        let (f, held_f) = filter_send(&mut host, vm, r);
-        shim_out.push(s);
-        filter_out.push(f);
-        held.push_back((held_s, held_f));
+        let (s, held) = shim_send(channel.clone(), r).await;
+        let (f, stream) = filter_send(&mut host, vm, r);
+        let upstream_body = match &f {
+            Decided::Route { upstream_body, .. } => Some(upstream_body.clone()),
+            Decided::Reply(_) => None,
+        };
+        shim_out.decisions.push(s);
+        filter_out.decisions.push(f);
+        open.push_back(Open { index: i, held, stream, upstream_body });
+    }
+    while let Some(o) = open.pop_front() {
+        o.answer(&mut host, &mut shim_out, &mut filter_out).await;
     }
     assert!(host.traps().is_empty(), "traps: {:?}", host.traps());
     (shim_out, filter_out)
 }
 
-fn assert_same(shim: &[Decided], filter: &[Decided]) {
-    for (i, (s, f)) in shim.iter().zip(filter).enumerate() {
+/// What one product did with the sequence: its decisions, then what the clients of the routed
+/// requests received from the upstream's answers (model names put back where they were rewritten).
+#[derive(Debug, Default)]
+struct Run {
+    decisions: Vec<Decided>,
+    /// (request index, body the client received).
+    answers: Vec<(usize, String)>,
+}
+
+/// A request routed by both products and not yet answered.
+struct Open {
+    index: usize,
+    held: Option<Held>,
+    stream: Option<StreamId>,
+    upstream_body: Option<String>,
+}
+
+impl Open {
+    async fn answer(self, host: &mut Host, shim: &mut Run, filter: &mut Run) {
+        let Some(upstream_body) = &self.upstream_body else {
+            // Replied locally by the filter; the shim's stream (if any) just ends.
+            if let Some(h) = self.held {
+                h.finish("application/json", &[]).await;
+            }
+            return;
+        };
+        let (content_type, chunks) = upstream_answer(self.index, upstream_body);
+        if let Some(h) = self.held {
+            shim.answers.push((self.index, h.finish(content_type, &chunks).await));
+        }
+        if let Some(f) = self.stream {
+            host.response_headers(f, &[(":status", "200"), ("content-type", content_type)], false).unwrap();
+            for (i, chunk) in chunks.iter().enumerate() {
+                host.response_body(f, chunk, i + 1 == chunks.len()).unwrap();
+            }
+            let body = host.stream(f).response.unwrap().body;
+            filter.answers.push((self.index, String::from_utf8(body).unwrap()));
+        }
+    }
+}
+
+fn assert_same(shim: &Run, filter: &Run) {
+    assert_eq!(shim.decisions.len(), filter.decisions.len());
+    for (i, (s, f)) in shim.decisions.iter().zip(&filter.decisions).enumerate() {
         assert_eq!(s, f, "request parity-{i:03}: the shim and the Wasm filter decided differently");
     }
+    assert_eq!(shim.answers.len(), filter.answers.len());
+    for (s, f) in shim.answers.iter().zip(&filter.answers) {
+        assert_eq!(s, f, "parity-{:03}: the clients received different response bodies", s.0);
+    }
     let destinations: std::collections::BTreeSet<&str> = shim
+        .decisions
         .iter()
         .filter_map(|d| match d {
             Decided::Route { destination, .. } => Some(destination.as_str()),
             Decided::Reply(_) => None,
         })
         .collect();
-    assert!(shim.contains(&Decided::Reply(429)), "the saturated round sheds batch requests");
     assert!(destinations.len() >= 3, "the sequence must exercise several endpoints: {destinations:?}");
+    assert!(shim.decisions.contains(&Decided::Reply(429)), "the saturated round sheds batch requests");
+    // Clients that asked for `llama` never see the name it was rewritten to.
+    let requests = requests(60);
+    let asked_llama: Vec<&String> = shim
+        .answers
+        .iter()
+        .filter(|(i, _)| requests[*i].body.replace(' ', "").contains(r#""model":"llama","#))
+        .map(|(_, a)| a)
+        .collect();
+    assert!(asked_llama.len() >= 5, "{asked_llama:?}");
+    assert!(
+        asked_llama.iter().all(|a| a.contains(r#""model":"llama""#) && !a.contains("llama-v2")),
+        "{asked_llama:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,7 +607,7 @@ async fn the_shim_and_the_wasm_filter_pick_alike_with_random_and_clock_driven_pl
     assert_same(&shim, &filter);
     // The model split is drawn from the seed too: requests for `llama` went both ways.
     let mut split = std::collections::BTreeSet::new();
-    for (r, d) in requests(60).iter().zip(&shim) {
+    for (r, d) in requests(60).iter().zip(&shim.decisions) {
         if let (true, Decided::Route { upstream_body, .. }) = (r.body.contains(r#""model":"llama","#), d) {
             split.insert(upstream_body.contains(r#""model":"llama-v2""#));
         }
