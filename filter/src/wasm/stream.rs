@@ -35,7 +35,9 @@ enum ResponseBody {
     Copied(Vec<u8>),
     /// JSON whose `model` must be put back: Envoy buffers it until the end.
     Held,
-    /// Server-sent events, filtered line by line.
+    /// Server-sent events, filtered line by line. An incomplete last line is held back until its newline
+    /// or the end of the body; a stream ending in trailers instead would lose it, which OpenAI-style
+    /// streams (always ending `data: [DONE]\n\n`) never do.
     Events(SseFilter),
 }
 
