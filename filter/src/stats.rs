@@ -3,6 +3,7 @@
 
 use crate::host::{Host, MetricKind};
 use scheduler_core::endpoint_picker::Fallback;
+use scheduler_core::response::Usage;
 use std::collections::BTreeMap;
 use std::format;
 use std::string::String;
@@ -27,6 +28,9 @@ pub const SCRAPES: &str = "epp_scrapes";
 pub const SCRAPE_ERRORS: &str = "epp_scrape_errors";
 pub const SNAPSHOTS_PUBLISHED: &str = "epp_snapshots_published";
 pub const LEADER: &str = "epp_collector_leader";
+/// Tokens the model servers reported in responses (`usage`), summed.
+pub const USAGE_PROMPT_TOKENS: &str = "epp_usage_prompt_tokens";
+pub const USAGE_COMPLETION_TOKENS: &str = "epp_usage_completion_tokens";
 /// Per-endpoint upstream 5xx counters are named `epp_upstream_5xx.<ip_port>`; at most this many exist.
 pub const MAX_ENDPOINT_METRICS: usize = 256;
 
@@ -56,6 +60,17 @@ impl Stats {
     pub fn count(&mut self, host: &dyn Host, name: &str) {
         if let Some(id) = self.id(host, MetricKind::Counter, name) {
             let _ = host.metric_add(id, 1);
+        }
+    }
+
+    /// Adds the usage one response reported.
+    pub fn usage(&mut self, host: &dyn Host, usage: Usage) {
+        for (name, n) in
+            [(USAGE_PROMPT_TOKENS, usage.prompt_tokens), (USAGE_COMPLETION_TOKENS, usage.completion_tokens)]
+        {
+            if let Some(id) = self.id(host, MetricKind::Counter, name) {
+                let _ = host.metric_add(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
 

@@ -169,9 +169,7 @@ fn a_corrupt_snapshot_is_ignored_and_the_last_good_one_kept() {
 
 #[test]
 fn model_rewrites_change_the_body_the_server_receives() {
-    let rewrite = r#""modelRewrites": [{"rules": [{"matches": [{"model": {"type": "Exact", "value": "llama"}}],
-        "targets": [{"modelRewrite": "llama-v2", "weight": 1}]}]}]"#;
-    let (mut host, worker) = deployment(1, rewrite, &[0]);
+    let (mut host, worker) = deployment(1, REWRITE_TO_V2, &[0]);
     let len = CHAT.len().to_string();
     let s = send(&mut host, worker, CHAT, &[("content-length", &len)]);
     let up = s.upstream_request.as_ref().unwrap();
@@ -179,6 +177,69 @@ fn model_rewrites_change_the_body_the_server_receives() {
     assert_eq!(body["model"], "llama-v2");
     assert_eq!(body["messages"][0]["content"], "hello there");
     assert_eq!(up.header("content-length"), Some(up.body.len().to_string().as_str()));
+}
+
+const REWRITE_TO_V2: &str = r#""modelRewrites": [{"rules": [{"matches": [{"model": {"type": "Exact", "value": "llama"}}],
+    "targets": [{"modelRewrite": "llama-v2", "weight": 1}]}]}]"#;
+
+#[test]
+fn a_rewritten_model_is_named_as_asked_in_the_json_response_and_usage_is_counted() {
+    let (mut host, worker) = deployment(1, REWRITE_TO_V2, &[0]);
+    let s = chat(&mut host, worker, CHAT, &[]);
+    let answer =
+        br#"{"id":"c1","model":"llama-v2","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":4}}"#;
+    host.response_headers(s, &[(":status", "200"), ("content-type", "application/json")], false).unwrap();
+    let (a, b) = answer.split_at(30);
+    host.response_body(s, a, false).unwrap();
+    host.response_body(s, b, true).unwrap();
+    let got = host.stream(s).response.unwrap();
+    assert_eq!(
+        String::from_utf8(got.body).unwrap(),
+        r#"{"id":"c1","model":"llama","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":4}}"#
+    );
+    assert_eq!(got.headers.iter().find(|(k, _)| k == "content-length"), None, "the length changed");
+    assert_eq!(host.metric_value("epp_usage_prompt_tokens"), Some(11));
+    assert_eq!(host.metric_value("epp_usage_completion_tokens"), Some(4));
+    assert_no_traps(&host);
+}
+
+#[test]
+fn streamed_events_get_the_model_put_back_line_by_line_and_the_last_usage_counted() {
+    let (mut host, worker) = deployment(1, REWRITE_TO_V2, &[0]);
+    let s = chat(&mut host, worker, CHAT, &[]);
+    let events = "data: {\"model\":\"llama-v2\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+        data: {\"model\":\"llama-v2\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n\
+        data: [DONE]\n\n";
+    host.response_headers(s, &[(":status", "200"), ("content-type", "text/event-stream")], false).unwrap();
+    // Chunks cut inside events: a line is forwarded once it is complete.
+    let bytes = events.as_bytes();
+    for (i, piece) in bytes.chunks(23).enumerate() {
+        host.response_body(s, piece, (i + 1) * 23 >= bytes.len()).unwrap();
+    }
+    let got = String::from_utf8(host.stream(s).response.unwrap().body).unwrap();
+    assert_eq!(got, events.replace("llama-v2", "llama"));
+    assert_eq!(host.metric_value("epp_usage_completion_tokens"), Some(2));
+    assert_no_traps(&host);
+}
+
+#[test]
+fn without_a_rewrite_responses_pass_unchanged_and_usage_is_still_counted() {
+    let (mut host, worker) = deployment(1, "", &[0]);
+    let s = chat(&mut host, worker, CHAT, &[]);
+    let answer = br#"{"model":"llama","usage":{"prompt_tokens":3,"completion_tokens":9}}"#;
+    let len = answer.len().to_string();
+    host.response_headers(
+        s,
+        &[(":status", "200"), ("content-type", "application/json"), ("content-length", &len)],
+        false,
+    )
+    .unwrap();
+    host.response_body(s, answer, true).unwrap();
+    let got = host.stream(s).response.unwrap();
+    assert_eq!(got.body, answer);
+    assert_eq!(got.header("content-length"), Some(len.as_str()));
+    assert_eq!(host.metric_value("epp_usage_prompt_tokens"), Some(3));
+    assert_eq!(host.metric_value("epp_usage_completion_tokens"), Some(9));
 }
 
 #[test]

@@ -301,6 +301,17 @@ impl EndpointPicker {
     }
 }
 
+/// The seed of one request's decision (the `seed` passed to [`EndpointPicker::pick`]).
+///
+/// A pure function of the request id, with no per-process state mixed in: every gateway replica, every
+/// proxy worker and both products (the Wasm filter and the ext_proc shim) draw the same coins for the
+/// same request on the same snapshot, and a replayed request is decided the same way. Envoy sets
+/// `x-request-id` on every request it proxies, so the id is normally present and unique; callers that
+/// can meet an empty id should vary the seed themselves rather than give every such request one draw.
+pub fn request_seed(request_id: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(request_id.as_bytes(), 0)
+}
+
 fn in_subset(address: &str, hint: &[&str]) -> bool {
     let ip = address.rsplit_once(':').map_or(address, |(ip, _)| ip);
     hint.iter().flat_map(|h| h.split(',')).map(str::trim).any(|h| h == address || h == ip)

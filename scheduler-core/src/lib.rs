@@ -23,6 +23,7 @@ pub mod openai_error;
 pub mod plugins;
 pub mod prefix;
 pub mod request;
+pub mod response;
 pub mod rng;
 pub mod scheduling;
 pub mod shared_state;

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
-use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, Reply, RequestInfo};
+use scheduler_core::endpoint_picker::{request_seed, EndpointPicker, Outcome, Reply, RequestInfo};
 use scheduler_core::model::PoolSnapshot;
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::shared_state::inflight_table::InFlightTable;
@@ -39,6 +39,9 @@ impl std::fmt::Display for SpawnError {
 
 impl std::error::Error for SpawnError {}
 
+/// Unix time in milliseconds, as the picker reads it for each decision.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Cheap to clone; every stream holds one.
 #[derive(Clone, Debug)]
 pub struct PickerHandle {
@@ -55,12 +58,6 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// The seed of one request's decision: a function of its id, so a replayed request (same id, same
-/// snapshot) is decided the same way here and in the Wasm filter.
-pub fn request_seed(request_id: &str) -> u64 {
-    xxhash_rust::xxh64::xxh64(request_id.as_bytes(), 0)
-}
-
 impl PickerHandle {
     /// Builds the picker from `config` on its own thread (the core's picker is not `Send`: its
     /// plugins share the prefix index by `Rc`) and starts serving. It ends when every handle is dropped.
@@ -68,6 +65,17 @@ impl PickerHandle {
         config: GatewayConfig,
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
+    ) -> Result<PickerHandle, SpawnError> {
+        PickerHandle::spawn_with_clock(config, pool, metrics, Arc::new(crate::unix_ms))
+    }
+
+    /// [`PickerHandle::spawn`] with the decision clock (unix ms) supplied: some plugins draw from the
+    /// clock, so a test that compares decisions with another product must give both the same time.
+    pub fn spawn_with_clock(
+        config: GatewayConfig,
+        pool: Arc<Pool>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Result<PickerHandle, SpawnError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -83,7 +91,7 @@ impl PickerHandle {
                 };
                 let _ = ready_tx.send(Ok(()));
                 let mut worker =
-                    Worker { picker, pool, metrics, table: InFlightTable::default(), working: None };
+                    Worker { picker, pool, metrics, clock, table: InFlightTable::default(), working: None };
                 while let Some(cmd) = rx.blocking_recv() {
                     worker.handle(cmd);
                 }
@@ -129,6 +137,7 @@ struct Worker {
     picker: EndpointPicker,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     table: InFlightTable,
     /// The published snapshot this thread last copied, with in-flight merged in on every pick.
     working: Option<PoolSnapshot>,
@@ -151,7 +160,7 @@ impl Worker {
     }
 
     fn pick(&mut self, input: &PickInput) -> Outcome {
-        let now = crate::unix_ms();
+        let now = (self.clock)();
         let latest = self.pool.latest();
         let current = self.working.as_ref().map(|w| w.generation);
         if let Some(p) = &latest {
@@ -174,6 +183,7 @@ impl Worker {
             subset: subset.as_deref(),
         };
         let started = Instant::now();
+        // The id is never empty here: the stream generates one when the gateway sent none.
         let view = self.picker.view(self.working.as_ref(), false, now);
         let outcome =
             self.picker.pick(&info, input.body.as_deref(), view, now, request_seed(&input.request_id));

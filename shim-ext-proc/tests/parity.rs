@@ -1,19 +1,23 @@
-//! Parity: for the same snapshot, requests and seeds, the shim's gRPC answers name exactly the
-//! endpoints the core picks when called directly (what the Wasm filter does), request after request.
-//! The seed rule is `picker::request_seed(x-request-id)`.
+//! Parity (issue 6): for the same snapshot, requests, clock and seed, the shim decides exactly as the
+//! Wasm filter (the built `.wasm` in the host emulator) and as the core called directly, and their
+//! clients receive the same response bodies. The seed rule is the core's
+//! `endpoint_picker::request_seed(x-request-id)`; changing it in one product, giving the shim another
+//! clock, or dropping the model restore in one makes these tests fail (checked by mutation).
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
-use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HeadersResponse, HttpBody, HttpHeaders, ProcessingRequest,
+};
 use epp_shim::extproc::machine::{BodyMode, StreamSettings};
 use epp_shim::extproc::service::ExtProcService;
 use epp_shim::metrics::Metrics;
-use epp_shim::picker::{request_seed, PickerHandle};
+use epp_shim::picker::PickerHandle;
 use epp_shim::pool::Pool;
 use scheduler_core::config::gateway::GatewayConfig;
-use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, PoolView, RequestInfo};
+use scheduler_core::endpoint_picker::{request_seed, EndpointPicker, Outcome, PoolView, RequestInfo};
 use scheduler_core::model::{Endpoint, Metrics as ServerMetrics};
 use std::sync::Arc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -51,6 +55,11 @@ async fn ask(channel: Channel, id: &str, body: &str) -> String {
     let Some(Out::RequestHeaders(h)) = first.response else {
         panic!("expected a headers response: {first:?}")
     };
+    destination_of(h)
+}
+
+/// The destination header the shim set in its request-headers response.
+fn destination_of(h: HeadersResponse) -> String {
     let m = h.response.unwrap().header_mutation.unwrap();
     let v = m
         .set_headers
@@ -74,6 +83,12 @@ async fn start(config: &GatewayConfig) -> (Channel, Arc<Metrics>, Arc<Pool>) {
     pool.publish(now).unwrap();
     let metrics = Arc::new(Metrics::default());
     let picker = PickerHandle::spawn(config.clone(), Arc::clone(&pool), Arc::clone(&metrics)).unwrap();
+    let channel = serve(config, picker, Arc::clone(&metrics)).await;
+    (channel, metrics, pool)
+}
+
+/// The shim's gRPC service around `picker` on a loopback port (FULL_DUPLEX_STREAMED unless told).
+async fn serve(config: &GatewayConfig, picker: PickerHandle, metrics: Arc<Metrics>) -> Channel {
     let settings = StreamSettings {
         destination_header: config.routing.destination_header.clone(),
         prefill_header: config.routing.prefill_header.clone(),
@@ -84,12 +99,11 @@ async fn start(config: &GatewayConfig) -> (Channel, Arc<Metrics>, Arc<Pool>) {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = ExtProcService::new(picker, settings, Arc::clone(&metrics)).into_server();
+    let service = ExtProcService::new(picker, settings, metrics).into_server();
     tokio::spawn(
         tonic::transport::Server::builder().serve_with_incoming(service, TcpListenerStream::new(listener)),
     );
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    (channel, metrics, pool)
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,4 +167,450 @@ async fn hundreds_of_concurrent_streams_all_get_answers_and_release_their_in_fli
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("in-flight counts never returned to zero");
+}
+
+// The shim against the built Wasm filter.
+
+use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation as BodyMut;
+use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
+use scheduler_core::model::Endpoint as PoolEndpoint;
+use std::sync::atomic::{AtomicU64, Ordering};
+use test_harness::{build_wasm_crate, workspace_root, Host, Plugin, StreamId};
+
+/// What a client would notice: where the request went and the body the server received, or the status
+/// of the local reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Decided {
+    Route { destination: String, upstream_body: String },
+    Reply(u32),
+}
+
+/// One request of the sequence both products see.
+struct Req {
+    id: String,
+    path: &'static str,
+    body: String,
+    objective: Option<&'static str>,
+    session: Option<String>,
+}
+
+fn requests(n: usize) -> Vec<Req> {
+    let systems = [
+        "You are a careful assistant for the billing team. Answer in one short paragraph. ".repeat(6),
+        "You translate user manuals from German into plain English, keeping units intact. ".repeat(6),
+    ];
+    let models = ["llama", "llama", "lora-a", "lora-b", "lora-c", "llama-v2"];
+    (0..n)
+        .map(|i| {
+            let model = models[(i * 7 + i / 5) % models.len()];
+            let user = format!("question {} about invoice {}", i % 9, i * 31 % 17);
+            let max_tokens = 16 + (i * 13) % 200;
+            let (path, body) = if i % 4 == 3 {
+                let prompt = format!("{}{user}", systems[i % 2]);
+                ("/v1/completions", format!(r#"{{"model": "{model}", "prompt": "{prompt}", "max_tokens": {max_tokens}}}"#))
+            } else {
+                let system = &systems[(i / 3) % 2];
+                (
+                    "/v1/chat/completions",
+                    format!(
+                        r#"{{"model":"{model}","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{user}"}}],"max_tokens":{max_tokens}}}"#
+                    ),
+                )
+            };
+            Req {
+                id: format!("parity-{i:03}"),
+                path,
+                body,
+                objective: [None, Some("batch"), Some("interactive"), None][i % 4],
+                session: (i % 5 == 0).then(|| format!("session-{}", i % 3)),
+            }
+        })
+        .collect()
+}
+
+/// Metrics of endpoint `i` (1-based) in publishing round `round`: the shortest queue moves from round to
+/// round, memory and LoRA slots differ, and endpoints 5 and 6 stay identical so only the seed separates
+/// them.
+fn metrics_of(i: usize, round: usize, now_ms: u64) -> ServerMetrics {
+    let twin = i.min(5);
+    let (running_loras, waiting_loras): (&[&str], &[&str]) = match i {
+        1 => (&["lora-a"], &[]),
+        2 => (&["lora-a", "lora-b"], &[]),
+        3 => (&["lora-b"], &["lora-c"]),
+        4 => (&["lora-c", "lora-a"], &[]),
+        _ => (&[], &[]),
+    };
+    // Round 3 saturates the pool: sheddable (batch) requests are refused there, by both.
+    let saturated = round == 3;
+    ServerMetrics {
+        waiting: ((twin + 2 * round) % 5) as u32 + if saturated { 8 } else { 0 },
+        running: 2 + ((twin + round) % 4) as u32,
+        kv_usage: if saturated { 0.95 } else { 0.2 + 0.1 * ((twin * 3 + round) % 5) as f64 },
+        running_loras: running_loras.iter().map(|s| s.to_string()).collect(),
+        waiting_loras: waiting_loras.iter().map(|s| s.to_string()).collect(),
+        max_lora: Some(2),
+        updated_at_ms: now_ms.saturating_sub(20 + twin as u64 * 3),
+        ..ServerMetrics::default()
+    }
+}
+
+/// Our sections for both products; `picker` is the `EndpointPickerConfig` part.
+fn parity_config(picker: &str) -> String {
+    let sep = if picker.is_empty() { "" } else { "," };
+    format!(
+        r#"{{"pool": {{"name": "parity"}}, "collector": {{"mode": "off"}},
+            "objectives": [{{"name": "batch", "priority": -1}}, {{"name": "interactive", "priority": 5}}],
+            "modelRewrites": [{{"rules": [{{"matches": [{{"model": {{"type": "Exact", "value": "llama"}}}}],
+                "targets": [{{"modelRewrite": "llama-v2", "weight": 50}}, {{"modelRewrite": "llama", "weight": 50}}]}}]}}]
+            {sep}{picker}}}"#
+    )
+}
+
+/// GIE's default scorers plus seed- and clock-sensitive plugins: a weighted random pick, the prefix
+/// affinity filter (its exploration roll hashes the clock), LoRA and session affinity.
+const RICH: &str = r#""plugins": [
+    {"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 8}},
+    {"type": "prefix-cache-affinity-filter", "parameters": {"affinityThreshold": 0.5, "maxTTFTPenaltyMs": 1000}},
+    {"type": "inflight-aware-queue-scorer"},
+    {"type": "kv-cache-utilization-scorer"},
+    {"type": "lora-affinity-scorer"},
+    {"type": "session-affinity-scorer"},
+    {"type": "weighted-random-picker"}
+  ],
+  "schedulingProfiles": [{"name": "default", "plugins": [
+    {"pluginRef": "prefix-cache-affinity-filter"},
+    {"pluginRef": "inflight-aware-queue-scorer", "weight": 2},
+    {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
+    {"pluginRef": "prefix-cache-scorer", "weight": 3},
+    {"pluginRef": "lora-affinity-scorer", "weight": 1},
+    {"pluginRef": "session-affinity-scorer", "weight": 1},
+    {"pluginRef": "weighted-random-picker"}
+  ]}]"#;
+
+fn filter_wasm() -> std::path::PathBuf {
+    let root = workspace_root();
+    build_wasm_crate(&root.join("filter/Cargo.toml"), "epp_filter", &root.join("target/filter-wasm"))
+        .unwrap_or_else(|e| panic!("building the filter failed: {e}"))
+}
+
+fn host_now_ms(host: &Host) -> u64 {
+    test_harness::host::DEFAULT_START_UNIX_NS / 1_000_000 + host.now().as_millis() as u64
+}
+
+/// A shim stream held open after its decision (the request is still being served).
+struct Held {
+    tx: tokio::sync::mpsc::Sender<ProcessingRequest>,
+    responses: tonic::Streaming<ProcessingResponse>,
+}
+
+impl Held {
+    /// The upstream answers and the request completes: returns the body the client receives. The shim
+    /// releases its in-flight count as the stream ends; waiting for the server's end of stream orders
+    /// that release before the next pick.
+    async fn finish(self, content_type: &str, chunks: &[Vec<u8>]) -> String {
+        let Held { tx, mut responses } = self;
+        let headers = HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![raw(":status", "200"), raw("content-type", content_type)],
+            }),
+            ..HttpHeaders::default()
+        };
+        tx.send(ProcessingRequest { request: Some(In::ResponseHeaders(headers)), ..Default::default() })
+            .await
+            .unwrap();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let body =
+                HttpBody { body: chunk.clone(), end_of_stream: i + 1 == chunks.len(), ..Default::default() };
+            tx.send(ProcessingRequest { request: Some(In::ResponseBody(body)), ..Default::default() })
+                .await
+                .unwrap();
+        }
+        drop(tx);
+        let mut client = Vec::new();
+        while let Some(msg) = responses.message().await.unwrap() {
+            if let Some(Out::ResponseBody(b)) = msg.response {
+                if let Some(BodyMut::StreamedResponse(s)) = b.response.and_then(|c| c.body_mutation?.mutation)
+                {
+                    client.extend_from_slice(&s.body);
+                }
+            }
+        }
+        String::from_utf8(client).unwrap()
+    }
+}
+
+/// What a model server answers to a request it received as `upstream_body`: JSON or server-sent
+/// events naming the model it ran, with usage, cut into two chunks.
+fn upstream_answer(i: usize, upstream_body: &str) -> (&'static str, Vec<Vec<u8>>) {
+    let sent: serde_json::Value = serde_json::from_str(upstream_body).unwrap();
+    let model = sent["model"].as_str().unwrap();
+    let usage = format!(r#""usage":{{"prompt_tokens":{},"completion_tokens":{}}}"#, 10 + i, i % 7);
+    let (content_type, body) = if i.is_multiple_of(2) {
+        (
+            "application/json",
+            format!(r#"{{"id":"r{i}","model":"{model}","choices":[{{"text":"ok"}}],{usage}}}"#),
+        )
+    } else {
+        let delta = format!(r#"data: {{"model":"{model}","choices":[{{"delta":{{"content":"o"}}}}]}}"#);
+        let last = format!(r#"data: {{"model":"{model}","choices":[],{usage}}}"#);
+        ("text/event-stream", format!("{delta}\n\n{last}\n\ndata: [DONE]\n\n"))
+    };
+    let (a, b) = body.as_bytes().split_at(37);
+    (content_type, vec![a.to_vec(), b.to_vec()])
+}
+
+fn shim_headers(r: &Req) -> HttpHeaders {
+    let mut h = vec![
+        raw(":method", "POST"),
+        raw(":path", r.path),
+        raw(":authority", "gateway"),
+        raw("content-type", "application/json"),
+        raw("x-request-id", &r.id),
+    ];
+    if let Some(o) = r.objective {
+        h.push(raw("x-gateway-inference-objective", o));
+    }
+    if let Some(s) = &r.session {
+        h.push(raw("x-session-token", s));
+    }
+    HttpHeaders { headers: Some(HeaderMap { headers: h }), ..HttpHeaders::default() }
+}
+
+async fn shim_send(channel: Channel, r: &Req) -> (Decided, Option<Held>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ProcessingRequest { request: Some(In::RequestHeaders(shim_headers(r))), ..Default::default() })
+        .await
+        .unwrap();
+    tx.send(ProcessingRequest {
+        request: Some(In::RequestBody(HttpBody {
+            body: r.body.as_bytes().to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses =
+        ExternalProcessorClient::new(channel).process(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    let destination = match first.response {
+        Some(Out::ImmediateResponse(ir)) => {
+            return (Decided::Reply(ir.status.map_or(0, |s| s.code as u32)), None);
+        }
+        Some(Out::RequestHeaders(h)) => destination_of(h),
+        other => panic!("unexpected first response {other:?}"),
+    };
+    // The body follows as streamed mutations (rewritten when the model changed).
+    let mut upstream = Vec::new();
+    loop {
+        let msg = responses.message().await.unwrap().unwrap();
+        let Some(Out::RequestBody(b)) = msg.response else { panic!("expected a body mutation: {msg:?}") };
+        let Some(BodyMut::StreamedResponse(s)) = b.response.unwrap().body_mutation.unwrap().mutation else {
+            panic!("expected a streamed body mutation")
+        };
+        upstream.extend_from_slice(&s.body);
+        if s.end_of_stream {
+            break;
+        }
+    }
+    let decided = Decided::Route { destination, upstream_body: String::from_utf8(upstream).unwrap() };
+    (decided, Some(Held { tx, responses }))
+}
+
+fn filter_send(host: &mut Host, vm: test_harness::VmId, r: &Req) -> (Decided, Option<StreamId>) {
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", r.path),
+        (":authority", "gateway"),
+        ("content-type", "application/json"),
+        ("x-request-id", r.id.as_str()),
+    ];
+    if let Some(o) = r.objective {
+        headers.push(("x-gateway-inference-objective", o));
+    }
+    if let Some(s) = &r.session {
+        headers.push(("x-session-token", s.as_str()));
+    }
+    let id = host.request(vm, &headers, r.body.as_bytes()).unwrap();
+    let s = host.stream(id);
+    if let Some(reply) = &s.local_reply {
+        return (Decided::Reply(reply.status), None);
+    }
+    let up = s.upstream_request.as_ref().expect("the filter neither replied nor forwarded");
+    let destination = up.header("x-gateway-destination-endpoint").expect("no destination header").to_string();
+    (Decided::Route { destination, upstream_body: String::from_utf8(up.body.clone()).unwrap() }, Some(id))
+}
+
+/// Publishes round `round` of the pool in the shim and copies the very same encoded snapshot into the
+/// filter's shared data (where its collector would have written it).
+fn publish_both(pool: &Pool, host: &mut Host, endpoints: &[PoolEndpoint], round: usize, now_ms: u64) {
+    for (i, e) in endpoints.iter().enumerate() {
+        pool.record_scrape(&e.address, Some(metrics_of(i + 1, round, now_ms)));
+    }
+    let published = pool.publish(now_ms).unwrap();
+    host.set_shared_data("epp", "epp/parity/snapshot", &published.encoded);
+    host.set_shared_data("epp", "epp/parity/generation", &published.snapshot.generation.to_le_bytes());
+}
+
+/// Runs the same 60 requests through the shim (over gRPC) and the filter (in the host emulator), with
+/// the same snapshots, clock and ids, keeping a few requests in flight at a time, and returns both
+/// decision lists.
+async fn run_both(picker_config: &str) -> (Run, Run) {
+    let text = parity_config(picker_config);
+    let config = GatewayConfig::from_json(&text).unwrap();
+
+    let mut host = Host::builder().build();
+    let vm = host
+        .start_vm(
+            Plugin::new(filter_wasm())
+                .root_id("picker")
+                .vm_id("epp")
+                .configuration(text.as_str())
+                .allow_on_headers_stop_iteration(true),
+        )
+        .unwrap();
+    let clock = Arc::new(AtomicU64::new(host_now_ms(&host)));
+
+    let pool = Pool::new("parity");
+    let endpoints: Vec<PoolEndpoint> =
+        (1..=6).map(|i| PoolEndpoint::new(format!("10.9.0.{i}:8000"))).collect();
+    pool.set_endpoints(&endpoints);
+    let metrics = Arc::new(Metrics::default());
+    let read = Arc::clone(&clock);
+    let shim_picker = PickerHandle::spawn_with_clock(
+        config.clone(),
+        Arc::clone(&pool),
+        Arc::clone(&metrics),
+        Arc::new(move || read.load(Ordering::SeqCst)),
+    )
+    .unwrap();
+    let channel = serve(&config, shim_picker, metrics).await;
+
+    let mut shim_out = Run::default();
+    let mut filter_out = Run::default();
+    let mut open: std::collections::VecDeque<Open> = Default::default();
+    for (i, r) in requests(60).iter().enumerate() {
+        if i % 10 == 0 {
+            host.advance(std::time::Duration::from_millis(40));
+            let now = host_now_ms(&host);
+            publish_both(&pool, &mut host, &endpoints, i / 10, now);
+        }
+        host.advance(std::time::Duration::from_millis(3));
+        clock.store(host_now_ms(&host), Ordering::SeqCst);
+        // Up to four requests stay in flight, so in-flight counts (not only metrics) steer the picks.
+        if open.len() == 4 {
+            let o = open.pop_front().unwrap();
+            o.answer(&mut host, &mut shim_out, &mut filter_out).await;
+        }
+        let (s, held) = shim_send(channel.clone(), r).await;
+        let (f, stream) = filter_send(&mut host, vm, r);
+        let upstream_body = match &f {
+            Decided::Route { upstream_body, .. } => Some(upstream_body.clone()),
+            Decided::Reply(_) => None,
+        };
+        shim_out.decisions.push(s);
+        filter_out.decisions.push(f);
+        open.push_back(Open { index: i, held, stream, upstream_body });
+    }
+    while let Some(o) = open.pop_front() {
+        o.answer(&mut host, &mut shim_out, &mut filter_out).await;
+    }
+    assert!(host.traps().is_empty(), "traps: {:?}", host.traps());
+    (shim_out, filter_out)
+}
+
+/// What one product did with the sequence: its decisions, then what the clients of the routed
+/// requests received from the upstream's answers (model names put back where they were rewritten).
+#[derive(Debug, Default)]
+struct Run {
+    decisions: Vec<Decided>,
+    /// (request index, body the client received).
+    answers: Vec<(usize, String)>,
+}
+
+/// A request routed by both products and not yet answered.
+struct Open {
+    index: usize,
+    held: Option<Held>,
+    stream: Option<StreamId>,
+    upstream_body: Option<String>,
+}
+
+impl Open {
+    async fn answer(self, host: &mut Host, shim: &mut Run, filter: &mut Run) {
+        let Some(upstream_body) = &self.upstream_body else {
+            // Replied locally by the filter; the shim's stream (if any) just ends.
+            if let Some(h) = self.held {
+                h.finish("application/json", &[]).await;
+            }
+            return;
+        };
+        let (content_type, chunks) = upstream_answer(self.index, upstream_body);
+        if let Some(h) = self.held {
+            shim.answers.push((self.index, h.finish(content_type, &chunks).await));
+        }
+        if let Some(f) = self.stream {
+            host.response_headers(f, &[(":status", "200"), ("content-type", content_type)], false).unwrap();
+            for (i, chunk) in chunks.iter().enumerate() {
+                host.response_body(f, chunk, i + 1 == chunks.len()).unwrap();
+            }
+            let body = host.stream(f).response.unwrap().body;
+            filter.answers.push((self.index, String::from_utf8(body).unwrap()));
+        }
+    }
+}
+
+fn assert_same(shim: &Run, filter: &Run) {
+    assert_eq!(shim.decisions.len(), filter.decisions.len());
+    for (i, (s, f)) in shim.decisions.iter().zip(&filter.decisions).enumerate() {
+        assert_eq!(s, f, "request parity-{i:03}: the shim and the Wasm filter decided differently");
+    }
+    assert_eq!(shim.answers.len(), filter.answers.len());
+    for (s, f) in shim.answers.iter().zip(&filter.answers) {
+        assert_eq!(s, f, "parity-{:03}: the clients received different response bodies", s.0);
+    }
+    let destinations: std::collections::BTreeSet<&str> = shim
+        .decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decided::Route { destination, .. } => Some(destination.as_str()),
+            Decided::Reply(_) => None,
+        })
+        .collect();
+    assert!(destinations.len() >= 3, "the sequence must exercise several endpoints: {destinations:?}");
+    assert!(shim.decisions.contains(&Decided::Reply(429)), "the saturated round sheds batch requests");
+    // Clients that asked for `llama` never see the name it was rewritten to.
+    let requests = requests(60);
+    let asked_llama: Vec<&String> = shim
+        .answers
+        .iter()
+        .filter(|(i, _)| requests[*i].body.replace(' ', "").contains(r#""model":"llama","#))
+        .map(|(_, a)| a)
+        .collect();
+    assert!(asked_llama.len() >= 5, "{asked_llama:?}");
+    assert!(
+        asked_llama.iter().all(|a| a.contains(r#""model":"llama""#) && !a.contains("llama-v2")),
+        "{asked_llama:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_and_the_wasm_filter_pick_alike_with_gie_default_scorers() {
+    let (shim, filter) = run_both("").await;
+    assert_same(&shim, &filter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_and_the_wasm_filter_pick_alike_with_random_and_clock_driven_plugins() {
+    let (shim, filter) = run_both(RICH).await;
+    assert_same(&shim, &filter);
+    // The model split is drawn from the seed too: requests for `llama` went both ways.
+    let mut split = std::collections::BTreeSet::new();
+    for (r, d) in requests(60).iter().zip(&shim.decisions) {
+        if let (true, Decided::Route { upstream_body, .. }) = (r.body.contains(r#""model":"llama","#), d) {
+            split.insert(upstream_body.contains(r#""model":"llama-v2""#));
+        }
+    }
+    assert_eq!(split.len(), 2, "the 50/50 rewrite of llama must have gone both ways");
 }

@@ -10,6 +10,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use scheduler_core::endpoint_picker::{Outcome, Reply, RequestInfo, Route};
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::request::rewrite_model;
+use scheduler_core::response::{finish_json, is_event_stream, usage_of, SseFilter};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -18,6 +19,27 @@ const OBJECTIVE: &str = "x-gateway-inference-objective";
 const MODEL_REWRITE: &str = "x-gateway-model-name-rewrite";
 const SESSION_TOKEN: &str = "x-session-token";
 const REQUEST_ID: &str = "x-request-id";
+
+/// Largest response body copied (for usage) or held (to put the client's model name back). Copies live in
+/// the VM's memory for every open stream, and held bodies count against Envoy's buffer limit; an OpenAI
+/// JSON answer is a few KiB, so larger ones simply pass through unread.
+const MAX_RESPONSE_COPY: usize = 256 * 1024;
+
+/// What the response path does with the upstream body.
+#[derive(Debug, Default)]
+enum ResponseBody {
+    /// Not ours to read (local reply, fail open without a route, or grown past the copy limit).
+    #[default]
+    Ignored,
+    /// JSON passed on chunk by chunk; a copy is kept to read `usage` at the end.
+    Copied(Vec<u8>),
+    /// JSON whose `model` must be put back: Envoy buffers it until the end.
+    Held,
+    /// Server-sent events, filtered line by line. An incomplete last line is held back until its newline
+    /// or the end of the body; a stream ending in trailers instead would lose it, which OpenAI-style
+    /// streams (always ending `data: [DONE]\n\n`) never do.
+    Events(SseFilter),
+}
 
 /// The header facts of one request, owned (header maps are gone once the request continues).
 #[derive(Default)]
@@ -54,6 +76,9 @@ pub struct Stream {
     routed: Option<Routed>,
     /// Body bytes buffered so far (for a request that ends with trailers).
     buffered: usize,
+    /// The model the client asked for, when the body was rewritten to another one.
+    client_model: Option<String>,
+    response: ResponseBody,
 }
 
 fn request_header(name: &str) -> Option<String> {
@@ -80,6 +105,8 @@ impl Stream {
             replied: false,
             routed: None,
             buffered: 0,
+            client_model: None,
+            response: ResponseBody::Ignored,
         }
     }
 
@@ -116,11 +143,15 @@ impl Stream {
         }
         if let (Some(model), Some((bytes, size))) = (&route.rewritten_model, body) {
             match rewrite_model(bytes, model) {
-                Ok(new) => {
+                Ok(rewritten) => {
+                    let new = rewritten.body;
                     if let Err(s) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new) {
                         log::warn!("request body not rewritten: {s:?}");
-                    } else if request_header("content-length").is_some() {
-                        set_request_header("content-length", &new.len().to_string());
+                    } else {
+                        self.client_model = Some(rewritten.previous_model);
+                        if request_header("content-length").is_some() {
+                            set_request_header("content-length", &new.len().to_string());
+                        }
                     }
                 }
                 Err(e) => {
@@ -233,7 +264,7 @@ impl HttpContext for Stream {
         self.decide_on_body(&mut w)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if self.replied {
             return Action::Continue;
         }
@@ -256,6 +287,76 @@ impl HttpContext for Stream {
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
         if status.and_then(|s| s.parse::<u16>().ok()).is_some_and(|s| s >= 500) {
             w.stats().upstream_5xx(&*self.host, &served);
+        }
+        if end_of_stream {
+            return Action::Continue;
+        }
+        let content_type =
+            hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type").ok().flatten();
+        let events = content_type.as_deref().is_some_and(is_event_stream);
+        self.response = match (&self.client_model, events) {
+            (client_model, true) => ResponseBody::Events(SseFilter::new(client_model.clone())),
+            (Some(_), false) => ResponseBody::Held,
+            (None, false) => ResponseBody::Copied(Vec::new()),
+        };
+        if self.client_model.is_some() {
+            // The body changes length; headers leave before it does, so no length rather than a wrong one.
+            if let Err(s) = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None) {
+                log::warn!("response content-length not removed: {s:?}");
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if matches!(self.response, ResponseBody::Ignored) {
+            return Action::Continue;
+        }
+        if matches!(self.response, ResponseBody::Held) && !end_of_stream {
+            if body_size > MAX_RESPONSE_COPY {
+                log::debug!("response over {MAX_RESPONSE_COPY} bytes: model name not put back");
+                self.response = ResponseBody::Ignored;
+                return Action::Continue;
+            }
+            return Action::Pause;
+        }
+        let chunk = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(s) => {
+                log::debug!("response body not readable: {s:?}");
+                self.response = ResponseBody::Ignored;
+                return Action::Continue;
+            }
+        };
+        let (replacement, usage) = match &mut self.response {
+            ResponseBody::Ignored => (None, None),
+            ResponseBody::Held => finish_json(&chunk, self.client_model.as_deref()),
+            ResponseBody::Copied(copy) => {
+                if copy.len().saturating_add(chunk.len()) > MAX_RESPONSE_COPY {
+                    self.response = ResponseBody::Ignored;
+                    return Action::Continue;
+                }
+                copy.extend_from_slice(&chunk);
+                (None, end_of_stream.then(|| usage_of(copy)).flatten())
+            }
+            ResponseBody::Events(filter) => {
+                let out = filter.push(&chunk, end_of_stream);
+                let usage = if end_of_stream { filter.usage() } else { None };
+                (self.client_model.is_some().then_some(out), usage)
+            }
+        };
+        if let Some(new) = replacement {
+            if let Err(s) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new) {
+                log::warn!("response body not rewritten: {s:?}");
+            }
+        }
+        if let (Some(u), Some(worker)) = (usage, &self.worker) {
+            if let Ok(mut w) = worker.try_borrow_mut() {
+                w.stats().usage(&*self.host, u);
+            }
+        }
+        if end_of_stream {
+            self.response = ResponseBody::Ignored;
         }
         Action::Continue
     }

@@ -11,7 +11,9 @@ use crate::stats::{self, Stats};
 use crate::workers;
 use scheduler_core::config::gateway::{GatewayConfig, RoutingConfig};
 use scheduler_core::config::ConfigError;
-use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, PoolView, Reply, RequestInfo, Route};
+use scheduler_core::endpoint_picker::{
+    request_seed, EndpointPicker, Outcome, PoolView, Reply, RequestInfo, Route,
+};
 use scheduler_core::model::PoolSnapshot;
 use std::string::String;
 use std::vec::Vec;
@@ -41,7 +43,7 @@ pub struct Worker {
     inflight: InFlightState,
     prefix: PrefixSync,
     stats: Stats,
-    /// Mixed into each decision's seed so equal request ids still draw differently.
+    /// Decisions made by this VM; varies the seed of requests that arrive without an id.
     decisions: u64,
     strip: Vec<String>,
 }
@@ -233,13 +235,17 @@ pub fn client_routing_headers(routing: &RoutingConfig) -> Vec<String> {
     names
 }
 
-/// FNV-1a of the request id, mixed with a per-VM counter.
+/// The core's [`request_seed`], so this filter, other replicas and the ext_proc shim decide a request
+/// alike. Envoy always sets `x-request-id`; a request without one (a host that strips it) would otherwise
+/// draw the same coins as every other id-less request, so those mix in this VM's decision counter and are
+/// deliberately not reproducible.
 fn seed_for(request_id: &str, n: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in request_id.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    let seed = request_seed(request_id);
+    if request_id.is_empty() {
+        seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    } else {
+        seed
     }
-    h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[cfg(test)]

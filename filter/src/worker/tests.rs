@@ -187,3 +187,12 @@ fn heartbeat_relists_a_pruned_worker() {
     w.on_tick(&host);
     assert_eq!(crate::workers::read(&host, w.keys()).unwrap(), vec![id]);
 }
+
+#[test]
+fn seeds_follow_the_request_id_alone_unless_it_is_missing() {
+    // Same id on two VMs (or in the shim) after different numbers of decisions: same seed.
+    assert_eq!(seed_for("abc", 1), request_seed("abc"));
+    assert_eq!(seed_for("abc", 1), seed_for("abc", 977));
+    // Without an id, consecutive decisions still draw differently.
+    assert_ne!(seed_for("", 1), seed_for("", 2));
+}

@@ -204,3 +204,30 @@ fn configuration_errors_name_the_path() {
     let e = EndpointPicker::from_json(r#"{"collector": {"timeoutMs": 0}}"#).err().unwrap();
     assert_eq!(e.to_string(), "collector.timeoutMs: expected a timeout in ms > 0, got 0");
 }
+
+#[test]
+fn request_seed_is_xxh64_of_the_id_with_seed_zero() {
+    // Pinned: a change here makes the filter and the shim of different releases disagree.
+    assert_eq!(request_seed(""), 0xef46_db37_51d8_e999);
+    assert_eq!(request_seed("r1"), request_seed("r1"));
+    assert_ne!(request_seed("r1"), request_seed("r2"));
+}
+
+#[test]
+fn separate_pickers_break_ties_alike_for_the_same_request_id() {
+    // Four equal endpoints: only the seed decides. Two pickers stand for two gateway replicas.
+    let snap = pool(&[0, 0, 0, 0]);
+    let mut a = EndpointPicker::from_json("").unwrap();
+    let mut b = EndpointPicker::from_json("").unwrap();
+    let mut seen = alloc::collections::BTreeSet::new();
+    for i in 0..32 {
+        let id = format!("req-{i}");
+        let info = RequestInfo { path: "/v1/chat/completions", request_id: &id, ..RequestInfo::default() };
+        let seed = request_seed(&id);
+        let ra = route(a.pick(&info, None, PoolView::Fresh(&snap), 1_000, seed));
+        let rb = route(b.pick(&info, None, PoolView::Fresh(&snap), 1_000, seed));
+        assert_eq!(ra.destination, rb.destination, "request {id}");
+        seen.insert(ra.destination);
+    }
+    assert!(seen.len() > 1, "ties must spread over the pool, all went to {seen:?}");
+}

@@ -15,7 +15,7 @@ mod seeds;
 mod tests;
 
 pub use error::{Found, Problem, RequestError};
-pub use rewrite::rewrite_model;
+pub use rewrite::{rewrite_model, RewrittenBody};
 
 use crate::scheduling::SchedulingRequest;
 use alloc::borrow::Cow;

@@ -1,5 +1,6 @@
-//! Replaces the top-level `model` of a request body, for model rewrites: the server must run the model the
-//! gateway chose, while every other byte of the body (prompt, whitespace, key order) stays as sent.
+//! Replaces the top-level `model` of a JSON body, for model rewrites: the server must run the model the
+//! gateway chose, while every other byte of the body (prompt, whitespace, key order) stays as sent. The
+//! response path uses it too, to put the client's model name back (`crate::response`).
 
 use super::error::{Found, Path, Problem, RequestError};
 use super::seeds::{drive, found_raw, Ctx};
@@ -12,20 +13,29 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::de::SliceRead;
 use serde_json::value::RawValue;
 
+/// A body after [`rewrite_model`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RewrittenBody {
+    /// The whole body, identical to the input except for the `model` value.
+    pub body: Vec<u8>,
+    /// The model the body named before (decoded), which responses should name again.
+    pub previous_model: String,
+}
+
 /// Returns `body` with its top-level `model` value replaced by the JSON string `model`.
 ///
 /// The body must be a JSON object with a string `model` (what `parse_request` already checked); anything
 /// else is refused with the same located errors, never patched blindly.
-pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError> {
+pub fn rewrite_model(body: &[u8], model: &str) -> Result<RewrittenBody, RequestError> {
     let ctx = Ctx::default();
     let raw = drive(&ctx, SliceRead::new(body), TopLevelModel { ctx: &ctx })?;
     let field = Path::ROOT.key("model");
     let Some(raw) = raw else {
         return Err(field.error(Problem::Missing));
     };
-    if !raw.get().starts_with('"') {
+    let Ok(previous_model) = serde_json::from_str::<String>(raw.get()) else {
         return Err(field.error(Problem::Unexpected { expected: "a string", found: found_raw(raw) }));
-    }
+    };
     // The raw value borrows from `body`, so its position is a pointer difference; checked, not assumed.
     let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
     let end = start.saturating_add(raw.get().len());
@@ -41,7 +51,7 @@ pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError> 
     out.extend_from_slice(body.get(..start).unwrap_or_default());
     out.extend_from_slice(literal.as_bytes());
     out.extend_from_slice(body.get(end..).unwrap_or_default());
-    Ok(out)
+    Ok(RewrittenBody { body: out, previous_model })
 }
 
 /// Walks the top-level object, keeping only the raw `model` value (a duplicate is refused, as in parsing).
@@ -114,7 +124,9 @@ mod tests {
     use crate::request::parse_request;
 
     fn rewrite(body: &str, model: &str) -> Result<String, String> {
-        rewrite_model(body.as_bytes(), model).map(|b| String::from_utf8(b).unwrap()).map_err(|e| e.message())
+        rewrite_model(body.as_bytes(), model)
+            .map(|r| String::from_utf8(r.body).unwrap())
+            .map_err(|e| e.message())
     }
 
     #[test]
@@ -132,6 +144,13 @@ mod tests {
         // `\u006dodel` is the key "model" written with an escape; the new name needs escaping itself.
         let out = rewrite(r#"{"\u006dodel":"a\"b","prompt":"x"}"#, "q\"uote\\d").unwrap();
         assert_eq!(out, r#"{"\u006dodel":"q\"uote\\d","prompt":"x"}"#);
+    }
+
+    #[test]
+    fn the_previous_model_is_returned_decoded() {
+        let r = rewrite_model(br#"{"model": "llama\"3", "prompt": "x"}"#, "m").unwrap();
+        assert_eq!(r.previous_model, "llama\"3");
+        assert_eq!(r.body, br#"{"model": "m", "prompt": "x"}"#);
     }
 
     #[test]

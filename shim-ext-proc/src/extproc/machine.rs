@@ -6,9 +6,8 @@
 //! headers response is held until the body ends, then headers response (clear_route_cache, destination,
 //! corrected Content-Length), then the body as streamed mutations of at most 62,000 bytes, then trailers.
 
-use super::body::{chunks, model_field, replace_model};
+use super::body::chunks;
 use super::proto::{dynamic_metadata, header, immediate, served_endpoint, subset_hint, Mutation};
-use super::response::{finish_json, usage_of, SseFilter, Usage};
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation as BodyMut;
@@ -20,6 +19,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use scheduler_core::endpoint_picker::{Outcome, Route};
 use scheduler_core::openai_error::OpenAiError;
+use scheduler_core::request::rewrite_model;
+use scheduler_core::response::{finish_json, is_event_stream, usage_of, SseFilter, Usage};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -340,9 +341,9 @@ impl Machine {
         }
         let body = std::mem::take(&mut self.body);
         let (body, client_model) = match route.as_ref().and_then(|r| r.rewritten_model.as_deref()) {
-            Some(target) if at != PickAt::Headers => match replace_model(&body, target) {
-                Some(new) => (new, model_field(&body).map(|f| f.value)),
-                None => (body, None),
+            Some(target) if at != PickAt::Headers => match rewrite_model(&body, target) {
+                Ok(r) => (r.body, Some(r.previous_model)),
+                Err(_) => (body, None),
             },
             _ => (body, None),
         };
@@ -403,7 +404,7 @@ impl Machine {
             client_model = r.client_model.clone();
         }
         let map = h.headers.as_ref();
-        let sse = header(map, "content-type").is_some_and(|c| c.starts_with("text/event-stream"));
+        let sse = header(map, "content-type").is_some_and(is_event_stream);
         if sse {
             if client_model.is_some() {
                 mutation.remove("content-length");

@@ -22,8 +22,13 @@ impl Params {
 }
 
 /// Scores adapter affinity. Room is checked before "waiting" (as in GIE): a server that can load the
-/// adapter now beats one where it sits in a queue. Without metrics an endpoint scores 0.0. A base-model
-/// request matches no adapter list, so it scores 0.8 where there is room and 0 elsewhere, as in GIE.
+/// adapter now beats one where it sits in a queue. Without metrics an endpoint scores 0.0.
+///
+/// Base-model requests get no special case, exactly as in GIE and llm-d-router (whose scorer only asks
+/// whether the target model is in the active or waiting adapter sets): the base model is in neither
+/// list, so it scores 0.8 where adapter slots are free and 0 where they are full, although it needs no
+/// slot. Kept for parity under GIE's type name; on multi-LoRA pools this steers base-model traffic away
+/// from adapter-saturated servers, which costs quality when those are the least loaded.
 #[derive(Clone, Debug, Default)]
 pub struct LoraAffinityScorer;
 
@@ -89,6 +94,19 @@ mod tests {
             &scores(&LoraAffinityScorer::new(Params::default()), &p, &req),
             &[1.0, 0.8, 0.6, 0.0, 0.0, 0.0],
         );
+    }
+
+    #[test]
+    fn base_model_requests_score_by_free_adapter_slots_as_in_gie() {
+        // "llama" is the base model: in no adapter list anywhere. Free slots 0.8, full 0, no LoRA 0.
+        let p = pool(vec![
+            lora(ep(1, 0, 0, 0.0), &["sql"], &[], Some(2)),
+            lora(ep(2, 0, 0, 0.0), &["sql", "chat"], &[], Some(2)),
+            lora(ep(3, 0, 0, 0.0), &["sql"], &["chat"], Some(2)),
+            bare(4),
+        ]);
+        let req = SchedulingRequest { model: "llama", ..SchedulingRequest::default() };
+        assert_close(&scores(&LoraAffinityScorer::new(Params::default()), &p, &req), &[0.8, 0.0, 0.0, 0.0]);
     }
 
     #[test]

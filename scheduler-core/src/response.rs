@@ -1,10 +1,12 @@
-//! The response path of one request: token usage read from an OpenAI JSON body or SSE stream, and the
-//! model name put back to the one the client asked for when the gateway rewrote it.
+//! The response path of one request, shared by the Wasm filter and the ext_proc shim: token usage read
+//! from an OpenAI JSON body or SSE stream, and the client's model name put back after a model rewrite.
 //!
 //! SSE is handled line by line as chunks arrive, so a streamed answer is never held back longer than
 //! one incomplete line.
 
-use super::body::replace_model;
+use crate::request::rewrite_model;
+use alloc::string::String;
+use alloc::vec::Vec;
 use serde::Deserialize;
 
 /// Tokens the model server reports for one request.
@@ -22,10 +24,16 @@ struct WithUsage {
 
 #[derive(Deserialize)]
 struct UsageJson {
-    #[serde(default)]
+    // The Responses API names them input/output.
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: u64,
+}
+
+/// True for a `content-type` announcing server-sent events (a streamed completion).
+pub fn is_event_stream(content_type: &str) -> bool {
+    content_type.trim_start().get(..17).is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// The top-level `usage` of one JSON document, when it has a non-null one.
@@ -35,9 +43,9 @@ pub fn usage_of(json: &[u8]) -> Option<Usage> {
 }
 
 /// A whole (non-streamed) JSON response: the body to send instead (when the model was put back) and its
-/// usage.
+/// usage. A body whose model cannot be replaced (not JSON, no string `model`) is left as it is.
 pub fn finish_json(body: &[u8], client_model: Option<&str>) -> (Option<Vec<u8>>, Option<Usage>) {
-    let replaced = client_model.and_then(|m| replace_model(body, m));
+    let replaced = client_model.and_then(|m| rewrite_model(body, m).ok()).map(|r| r.body);
     (replaced, usage_of(body))
 }
 
@@ -67,10 +75,10 @@ impl SseFilter {
         let complete = if end_of_stream {
             self.pending.len()
         } else {
-            self.pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+            self.pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i.saturating_add(1))
         };
         let rest = self.pending.split_off(complete);
-        let lines = std::mem::replace(&mut self.pending, rest);
+        let lines = core::mem::replace(&mut self.pending, rest);
         if self.client_model.is_none() {
             // Pass-through: forward the chunk as it came, and only read the complete lines for usage.
             for line in lines.split_inclusive(|&b| b == b'\n') {
@@ -78,7 +86,7 @@ impl SseFilter {
             }
             return chunk.to_vec();
         }
-        let mut out = Vec::with_capacity(lines.len() + 64);
+        let mut out = Vec::with_capacity(lines.len().saturating_add(64));
         for line in lines.split_inclusive(|&b| b == b'\n') {
             match self.read_line(line) {
                 Some(rewritten) => out.extend_from_slice(&rewritten),
@@ -90,7 +98,7 @@ impl SseFilter {
 
     /// Reads one line's usage; returns the line with the model put back when it changed.
     fn read_line(&mut self, line: &[u8]) -> Option<Vec<u8>> {
-        let body_end = line.len() - trailing_newline_len(line);
+        let body_end = line.len().saturating_sub(trailing_newline_len(line));
         let content = line.get(..body_end)?;
         let payload = content.strip_prefix(b"data:")?;
         let payload = payload.strip_prefix(b" ").unwrap_or(payload);
@@ -100,9 +108,9 @@ impl SseFilter {
         if let Some(u) = usage_of(payload) {
             self.usage = Some(u);
         }
-        let replaced = replace_model(payload, self.client_model.as_deref()?)?;
-        let prefix_len = content.len() - payload.len();
-        let mut out = Vec::with_capacity(line.len() + 32);
+        let replaced = rewrite_model(payload, self.client_model.as_deref()?).ok()?.body;
+        let prefix_len = content.len().saturating_sub(payload.len());
+        let mut out = Vec::with_capacity(line.len().saturating_add(32));
         out.extend_from_slice(line.get(..prefix_len)?);
         out.extend_from_slice(&replaced);
         out.extend_from_slice(line.get(body_end..)?);
@@ -121,6 +129,7 @@ fn trailing_newline_len(line: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
 
     const STREAM: &str = "data: {\"id\":\"1\",\"model\":\"llama-8b-v2\",\"choices\":[{\"text\":\"a\"}]}\n\n\
         data: {\"id\":\"1\",\"model\":\"llama-8b-v2\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\r\n\r\n\
@@ -136,10 +145,30 @@ mod tests {
     }
 
     #[test]
+    fn event_streams_are_recognised_by_content_type() {
+        assert!(is_event_stream("text/event-stream"));
+        assert!(is_event_stream("Text/Event-Stream; charset=utf-8"));
+        assert!(!is_event_stream("application/json"));
+        assert!(!is_event_stream("text/event"));
+    }
+
+    #[test]
+    fn responses_api_usage_is_read_as_prompt_and_completion() {
+        let body = br#"{"model":"m","usage":{"input_tokens":9,"output_tokens":4,"total_tokens":13}}"#;
+        assert_eq!(usage_of(body), Some(Usage { prompt_tokens: 9, completion_tokens: 4 }));
+    }
+
+    #[test]
+    fn bodies_without_a_string_model_are_forwarded_unchanged() {
+        assert_eq!(finish_json(b"upstream error page", Some("llama")), (None, None));
+        assert_eq!(finish_json(br#"{"model":7}"#, Some("llama")).0, None);
+    }
+
+    #[test]
     fn sse_split_anywhere_gives_the_same_bytes_and_usage() {
         let expected = STREAM.replace("llama-8b-v2", "llama");
         for cut in [1, 7, 30, 64, 100, STREAM.len() - 3] {
-            let mut f = SseFilter::new(Some("llama".into()));
+            let mut f = SseFilter::new(Some("llama".to_string()));
             let (a, b) = STREAM.as_bytes().split_at(cut);
             let mut out = f.push(a, false);
             out.extend(f.push(b, true));
