@@ -64,7 +64,9 @@ fn replica_args(i: usize, time_scale: f64) -> Vec<String> {
     .map(|s| s.to_string())
     .collect();
     let extra: &[&str] = match i {
-        1 => &["--lora", ADAPTER],
+        // Room for a second adapter, so base-model requests still pass the LoRA filter (GIE keeps only
+        // replicas with a free adapter slot for a model no replica runs, and the base model is one).
+        1 => &["--lora", ADAPTER, "--max-lora", "2"],
         // Already saturated by other tenants: a full batch and more waiting.
         2 => &["--max-num-seqs", "16", "--busy", "24", "--busy-output-tokens", "400"],
         _ => &[],
@@ -241,28 +243,34 @@ fn one_request(gateway: &str, body: &str, time_scale: f64) -> Outcome {
     outcome
 }
 
-/// A one-line progress bar on stderr, redrawn at most ten times a second.
+/// A one-line progress bar on stderr, redrawn ten times a second; when stderr is not a terminal (CI
+/// logs), a plain line every five seconds instead.
 struct Progress {
     label: &'static str,
     total: usize,
     started: Instant,
     drawn: Option<Instant>,
+    terminal: bool,
 }
 
 impl Progress {
     fn new(label: &'static str, total: usize) -> Progress {
-        Progress { label, total, started: Instant::now(), drawn: None }
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        Progress { label, total, started: Instant::now(), drawn: None, terminal }
     }
 
     fn draw(&mut self, sent: usize, done: usize, failed: usize) {
-        if self.drawn.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) && done < self.total {
+        let every = Duration::from_millis(if self.terminal { 100 } else { 5000 });
+        if self.drawn.is_some_and(|t| t.elapsed() < every) && done < self.total {
             return;
         }
         self.drawn = Some(Instant::now());
         const WIDTH: usize = 40;
         let filled = (done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
         eprint!(
-            "\r[{}] [{}{}] {done}/{} done, {} in flight, {failed} failed, {:.0} s ",
+            "{}[{}] [{}{}] {done}/{} done, {} in flight, {failed} failed, {:.0} s ",
+            if self.terminal { "\r" } else { "" },
             self.label,
             "#".repeat(filled),
             "-".repeat(WIDTH - filled.min(WIDTH)),
@@ -270,9 +278,14 @@ impl Progress {
             sent - done,
             self.started.elapsed().as_secs_f64()
         );
+        if !self.terminal {
+            eprintln!();
+        }
     }
 
     fn finish(&mut self) {
-        eprintln!();
+        if self.terminal {
+            eprintln!();
+        }
     }
 }

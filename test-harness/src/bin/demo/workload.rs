@@ -10,7 +10,7 @@ pub const BASE_MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 pub const ADAPTER: &str = "sql-lora";
 
 /// Distinct system prompts of the base model, and their length range in tokens.
-const SYSTEM_PROMPTS: u64 = 8;
+const SYSTEM_PROMPTS: u64 = 16;
 const SYSTEM_TOKENS: (usize, usize) = (1500, 2500);
 /// Share of requests for the adapter (they share one system prompt of their own).
 const LORA_SHARE: f64 = 0.12;
