@@ -48,11 +48,8 @@ fn the_openai_python_client_works_through_the_picker() {
     std::thread::sleep(Duration::from_millis(500));
 
     let script = workspace_root().join("test-harness/tests/python/openai_client.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{}/v1", envoy.listener()))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(&python).arg(&script).arg(format!("http://{}/v1", envoy.listener())).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{} failed:\n{stdout}\n{stderr}", script.display());
     assert!(stdout.contains("chat, streaming chat and completion OK"), "{stdout}");

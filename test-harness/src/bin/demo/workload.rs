@@ -31,9 +31,9 @@ pub struct Item {
 pub fn generate(n: usize, rate: f64, seed: u64) -> Vec<Item> {
     let mut rng = Rng::new(seed);
     let systems: Vec<String> = (0..=SYSTEM_PROMPTS)
-        .map(|k| {
-            let tokens = between(&mut Rng::new(seed ^ (k + 1) * 0x9E37), SYSTEM_TOKENS);
-            text(seed ^ (k + 1).wrapping_mul(0x5851_F42D_4C95_7F2D), tokens)
+        .map(|_| {
+            let tokens = between(&mut rng, SYSTEM_TOKENS);
+            text(rng.next_u64(), tokens)
         })
         .collect();
     let mut t = 0.0;
