@@ -15,7 +15,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         cargo()
             .args(["run", "--quiet", "-p", "test-harness", "--bin", "demo", "--", "--wasm"])
             .arg(&wasm)
-            .args(args)
+            .args(args.iter().filter(|a| a.as_str() != "--"))
             .env("ENVOY_BIN", &envoy),
     )
 }

@@ -44,9 +44,6 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_string());
-        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
         let bad = |what: &str| format!("{flag} {value:?}: expected {what}");
         match flag.as_str() {
@@ -85,6 +82,10 @@ fn handle_signals() {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     handle_signals();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
