@@ -116,36 +116,41 @@ fn validate_one(envoy: &Path, wasm: &Path, file: &Path, rel: &Path, out_dir: &Pa
 /// filter accepts the configuration each file embeds. Before `filter/` exists, a stand-in that accepts
 /// anything is used (the harness fixture cannot be: it imports an unknown host call on purpose).
 pub fn wasm_for_validation() -> Result<PathBuf, String> {
-    let root = workspace_root();
-    let manifest = root.join("filter/Cargo.toml");
-    if manifest.exists() {
-        // Same command and target dir as `test_harness::e2e::filter_wasm`, so the tests reuse this build.
-        step(
-            "build the filter for validation",
-            cargo()
-                .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
-                .arg(&manifest)
-                .arg("--target-dir")
-                .arg(root.join(FILTER_TARGET_DIR))
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS"),
-        )?;
-        let wasm = root.join(FILTER_TARGET_DIR).join(WASM_TARGET).join("release/epp_filter.wasm");
-        return if wasm.exists() {
-            Ok(wasm)
-        } else {
-            Err(format!("the filter built but {} is missing", wasm.display()))
-        };
+    if workspace_root().join("filter/Cargo.toml").exists() {
+        return build_filter();
     }
     eprintln!(
         "    filter/ does not exist yet: validating with a stand-in module that accepts any configuration"
     );
-    let path = root.join("target/envoy-config-validate/stand-in.wasm");
+    let path = workspace_root().join("target/envoy-config-validate/stand-in.wasm");
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     std::fs::write(&path, STAND_IN_WASM).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// Builds the picker filter (`filter/`) for Proxy-Wasm and returns the `.wasm` path.
+pub fn build_filter() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let manifest = root.join("filter/Cargo.toml");
+    // Same command and target dir as `test_harness::e2e::filter_wasm`, so the tests reuse this build.
+    step(
+        "build the filter",
+        cargo()
+            .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(root.join(FILTER_TARGET_DIR))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )?;
+    let wasm = root.join(FILTER_TARGET_DIR).join(WASM_TARGET).join("release/epp_filter.wasm");
+    if wasm.exists() {
+        Ok(wasm)
+    } else {
+        Err(format!("the filter built but {} is missing", wasm.display()))
+    }
 }
 
 /// Where the filter's `.wasm` is built (relative to the workspace root).

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod envoy;
 mod test;
 mod tools;
@@ -16,6 +17,8 @@ commands:
   test          fmt check, clippy (-D warnings), every test in the workspace, the core's tests as Wasm,
                 and every Envoy config under envoy-config/ through `envoy --mode validate`
   envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
+  demo          picker vs round-robin Envoy on 4 simulated vLLM replicas: installs what is missing, replays
+                a seeded shared-prefix chat workload through both and prints a table (target/demo/ttft.png)
   bench quality [--quick] [--validate]
                 scheduling quality of the routing policies on simulated replicas (BENCHMARKS.md)
 ";
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("envoy-check") => test::envoy_check(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

@@ -189,6 +189,8 @@ fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 fn label(v: f64) -> String {
+    // A tick computed as -0.0 would print as "-0".
+    let v = v + 0.0;
     if v >= 1000.0 && (v / 1000.0).fract() == 0.0 {
         format!("{}k", v / 1000.0)
     } else if v.fract() == 0.0 {

@@ -70,6 +70,7 @@ impl Request {
         let mut raw = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         let mut timed_out = false;
+        let mut first_body = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -79,7 +80,12 @@ impl Request {
             let _ = stream.set_read_timeout(Some(left));
             match stream.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                Ok(n) => {
+                    raw.extend_from_slice(buf.get(..n).unwrap_or_default());
+                    if first_body.is_none() && body_started(&raw) {
+                        first_body = Some(started.elapsed());
+                    }
+                }
                 Err(e)
                     if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
                 {
@@ -90,7 +96,11 @@ impl Request {
                 Err(_) => break,
             }
         }
-        Response::parse(&raw, started.elapsed(), timed_out).ok_or_else(|| {
+        let mut response = Response::parse(&raw, started.elapsed(), timed_out);
+        if let Some(r) = response.as_mut() {
+            r.first_body = first_body;
+        }
+        response.ok_or_else(|| {
             format!(
                 "{} {} to {addr}: no HTTP reply ({} bytes{})",
                 self.method,
@@ -114,6 +124,9 @@ pub struct Response {
     /// chunk.
     pub truncated: bool,
     pub elapsed: Duration,
+    /// When the first byte after the header block arrived (for SSE: the first event, i.e. the time to
+    /// first token as a client sees it); `None` for an empty body.
+    pub first_body: Option<Duration>,
 }
 
 impl Response {
@@ -154,8 +167,13 @@ impl Response {
         } else {
             (rest.to_vec(), !timed_out)
         };
-        Some(Response { status, headers, body, truncated: !complete, elapsed })
+        Some(Response { status, headers, body, truncated: !complete, elapsed, first_body: None })
     }
+}
+
+/// True once `raw` holds the whole header block and at least one byte after it.
+fn body_started(raw: &[u8]) -> bool {
+    raw.windows(4).position(|w| w == b"\r\n\r\n").is_some_and(|end| raw.len() > end + 4)
 }
 
 /// Decodes a chunked body; the flag says whether the terminating zero-size chunk arrived.
