@@ -216,6 +216,32 @@ fn a_client_set_destination_header_cannot_steer_a_request() {
     assert!(!counts.contains_key(outsider.replica()), "the client's header routed requests: {counts:?}");
 }
 
+fn chat(system: &str, question: &str) -> Request {
+    Request::post_json(
+        "/v1/chat/completions",
+        json!({"model": MODEL, "max_tokens": 4, "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": question}]})
+        .to_string(),
+    )
+}
+
+#[test]
+fn requests_sharing_a_long_system_prompt_stick_to_one_replica_while_load_allows() {
+    let wasm = require!(filter);
+    let sims = start_sims(&[sim_args(&[]), sim_args(&[]), sim_args(&[])]);
+    let pool: Vec<&ModelSim> = sims.iter().collect();
+    let envoy = start_picker("wasm-picker", &wasm, &gateway_config(&pool, json!({})), &pool, 1);
+    // Control: with nothing cached, equally idle replicas tie and the picker spreads distinct prompts.
+    let spread_out = spread(&envoy, 15, |i| chat(&format!("system prompt {i} ").repeat(2), "hello"));
+    assert!(spread_out.len() >= 2, "distinct prompts should spread over idle replicas: {spread_out:?}");
+    // A ~6 KB system prompt shared by every request: after the first, its blocks are cached on one replica
+    // and the prefix scorer keeps the conversation there.
+    let system =
+        "You are the support assistant of an airline. Answer with care and cite the policy. ".repeat(75);
+    let stuck = spread(&envoy, 15, |i| chat(&system, &format!("question number {i}")));
+    assert_eq!(stuck.len(), 1, "a shared system prompt should stay on one replica: {stuck:?}");
+}
+
 #[test]
 fn requests_avoid_a_saturated_replica() {
     let wasm = require!(filter);
