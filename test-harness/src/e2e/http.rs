@@ -61,11 +61,14 @@ impl Request {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        stream
+        // A server may answer before reading the whole body (Envoy's 413 past its buffer limit) and close
+        // the connection, failing the rest of the write: read the reply anyway, as HTTP clients do.
+        let write_error = stream
             .set_write_timeout(Some(self.timeout))
             .and_then(|()| stream.write_all(head.as_bytes()))
             .and_then(|()| stream.write_all(&self.body))
-            .map_err(|e| format!("{} {} to {addr}: send: {e}", self.method, self.path))?;
+            .err()
+            .map(|e| format!("{} {} to {addr}: send: {e}", self.method, self.path));
 
         let mut raw = Vec::new();
         let mut buf = [0u8; 16 * 1024];
@@ -101,13 +104,15 @@ impl Request {
             r.first_body = first_body;
         }
         response.ok_or_else(|| {
-            format!(
-                "{} {} to {addr}: no HTTP reply ({} bytes{})",
-                self.method,
-                self.path,
-                raw.len(),
-                if timed_out { format!(", timed out after {:?}", self.timeout) } else { String::new() }
-            )
+            write_error.unwrap_or_else(|| {
+                format!(
+                    "{} {} to {addr}: no HTTP reply ({} bytes{})",
+                    self.method,
+                    self.path,
+                    raw.len(),
+                    if timed_out { format!(", timed out after {:?}", self.timeout) } else { String::new() }
+                )
+            })
         })
     }
 }
