@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod envoy;
+mod overhead;
 mod test;
 mod tools;
 
@@ -18,6 +19,9 @@ commands:
   envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
   bench quality [--quick] [--validate]
                 scheduling quality of the routing policies on simulated replicas (BENCHMARKS.md)
+  bench overhead [--quick]
+                the picker's cost in real Envoy against plain Envoy, a do-nothing Wasm filter and the
+                ext_proc shim (installs nginx and wrk with apt-get when missing; BENCHMARKS.md)
 ";
 
 fn main() -> ExitCode {
