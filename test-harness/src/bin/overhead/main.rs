@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connections N]
 
-  --quick          4 KiB and 220 KiB bodies, 64 endpoints, 1 worker, 4 s per cell (a few minutes)
+  --quick          4 KiB and 220 KiB bodies, 64 endpoints, 1 worker, 2 rounds of 3 s (a few minutes)
   --out DIR        where overhead.md and overhead.csv go [default: target/overhead-bench]
   --shim PATH      the epp-shim binary (build it with --release) [default: target/release/epp-shim]
-  --duration SECS  measured seconds per cell [default: 8, quick 4]
+  --duration SECS  measured seconds per round [default: 4, quick 3]
   --connections N  wrk connections [default: 8]
+  --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
 ";
 
 struct Options {
@@ -29,6 +30,7 @@ struct Options {
     shim: PathBuf,
     duration: Duration,
     connections: usize,
+    rounds: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -39,6 +41,7 @@ fn parse_args() -> Result<Options, String> {
         shim: root.join("target/release/epp-shim"),
         duration: Duration::ZERO,
         connections: 8,
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -57,12 +60,19 @@ fn parse_args() -> Result<Options, String> {
                 let v = value("--connections")?;
                 o.connections = v.parse().map_err(|_| format!("--connections {v:?}: expected a count"))?;
             }
+            "--rounds" => {
+                let v = value("--rounds")?;
+                o.rounds = v.parse().map_err(|_| format!("--rounds {v:?}: expected a count"))?;
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     if o.duration.is_zero() {
-        o.duration = Duration::from_secs(if o.quick { 4 } else { 8 });
+        o.duration = Duration::from_secs(if o.quick { 3 } else { 4 });
+    }
+    if o.quick {
+        o.rounds = o.rounds.min(2);
     }
     Ok(o)
 }
@@ -105,17 +115,33 @@ fn run() -> Result<(), String> {
     eprintln!("nginx serving {} loopback ports (pid {})", pool.len(), backend.pid());
 
     let mut runs = Vec::new();
+    let mut gateways = vec![Gateway::Plain, Gateway::Floor];
+    gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
+    gateways.push(Gateway::ExtProc { endpoints: 64 });
     for &w in &workers {
+        // Every configuration runs side by side and the rounds alternate between them, so a burst of
+        // background load on this shared machine hits all of them alike instead of one cell.
+        let running: Vec<gateway::Running> =
+            gateways.iter().map(|g| gateway::start(g, w, &pool, &art)).collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_millis(1500));
         for &kib in &bodies_kib {
             let body = work.join(format!("body-{kib}k.json"));
             std::fs::write(&body, load::chat_body(kib * 1024))
                 .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
             let script = load::write_script(&body)?;
-            let mut gateways = vec![Gateway::Plain, Gateway::Floor];
-            gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
-            gateways.push(Gateway::ExtProc { endpoints: 64 });
-            for g in &gateways {
-                let run = measure(g, w, kib, &pool, &art, &script, &o, backend.pid())?;
+            // Warm-up: connections open, the prefix index holds the body's blocks, V8 has tiered up.
+            for r in &running {
+                load::wrk(r.envoy.listener(), &script, o.connections, Duration::from_secs(2))?;
+            }
+            let mut cells: Vec<Vec<Round>> = gateways.iter().map(|_| Vec::new()).collect();
+            for _ in 0..o.rounds {
+                for ((g, r), cell) in gateways.iter().zip(&running).zip(cells.iter_mut()) {
+                    cell.push(measure(g, r, &script, &o, backend.pid())?);
+                }
+            }
+            for ((g, r), cell) in gateways.iter().zip(&running).zip(cells) {
+                check_picker(g, r)?;
+                let run = aggregate(g, w, kib, cell);
                 eprintln!(
                     "  {w} worker(s) {kib:>3} KiB {:<34} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  Envoy {:>6.1} µs CPU/req",
                     g.label(),
@@ -172,9 +198,10 @@ fn run() -> Result<(), String> {
 
 fn o_summary(o: &Options) -> String {
     format!(
-        "wrk -t 2 -c {} -d {}s per cell after a 2 s warm-up{}",
+        "wrk -t 2 -c {} -d {}s, {} rounds per cell alternating between configurations, after a 2 s warm-up{}",
         o.connections,
         o.duration.as_secs(),
+        o.rounds,
         if o.quick { " (--quick)" } else { "" }
     )
 }
@@ -194,52 +221,84 @@ fn settle(g: &Gateway) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One wrk run against one gateway and the CPU time each process spent meanwhile.
+struct Round {
+    wrk: load::WrkResult,
+    cpu: [f64; 3],
+}
+
 fn measure(
     g: &Gateway,
-    workers: usize,
-    kib: usize,
-    pool: &[String],
-    art: &Artifacts,
+    running: &gateway::Running,
     script: &std::path::Path,
     o: &Options,
     nginx_pid: u32,
-) -> Result<Run, String> {
-    let running = gateway::start(g, workers, pool, art)?;
-    settle(g);
-    // Warm-up: connections open, the prefix index holds the body's blocks, V8 has tiered up.
-    load::wrk(running.envoy.listener(), script, o.connections, Duration::from_secs(2))?;
+) -> Result<Round, String> {
     let pids = [Some(running.envoy_pid()), running.shim.as_ref().map(|s| s.id()), Some(nginx_pid)];
-    let before: Vec<f64> =
-        pids.iter().map(|p| p.map_or(Ok(0.0), load::cpu_seconds)).collect::<Result<_, _>>()?;
+    let cpu_now = || -> Result<Vec<f64>, String> {
+        pids.iter().map(|p| p.map_or(Ok(0.0), load::cpu_seconds)).collect()
+    };
+    let before = cpu_now()?;
     let wrk = load::wrk(running.envoy.listener(), script, o.connections, o.duration)?;
-    let after: Vec<f64> =
-        pids.iter().map(|p| p.map_or(Ok(0.0), load::cpu_seconds)).collect::<Result<_, _>>()?;
-    let cpu: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let after = cpu_now()?;
     if wrk.non_2xx > 0 || wrk.requests == 0 {
         return Err(format!(
-            "{} ({workers} workers, {kib} KiB): {} of {} responses were not 2xx; Envoy log:\n{}",
+            "{}: {} of {} responses were not 2xx; Envoy log:\n{}",
             g.label(),
             wrk.non_2xx,
             wrk.requests,
             running.envoy.process().log_tail(20)
         ));
     }
+    let mut cpu = [0.0; 3];
+    for ((c, a), b) in cpu.iter_mut().zip(&after).zip(&before) {
+        *c = a - b;
+    }
+    Ok(Round { wrk, cpu })
+}
+
+/// The picker must have decided every request itself: a fail-open would measure a cheaper path.
+fn check_picker(g: &Gateway, running: &gateway::Running) -> Result<(), String> {
+    if !matches!(g, Gateway::Picker { .. }) {
+        return Ok(());
+    }
     let routed = running.envoy.stat_sum("epp_decisions_routed").unwrap_or(0);
     let fail_open = running.envoy.stat_sum("epp_decisions_fail_open").unwrap_or(0);
-    if matches!(g, Gateway::Picker { .. }) && (routed == 0 || fail_open > 0) {
+    if routed == 0 || fail_open > 0 {
         return Err(format!(
             "{}: the picker did not decide every request (routed {routed}, failed open {fail_open})",
             g.label()
         ));
     }
-    Ok(Run {
+    Ok(())
+}
+
+/// Rounds into one cell: medians for rate and latency (robust to one disturbed round), totals for CPU.
+fn aggregate(g: &Gateway, workers: usize, kib: usize, rounds: Vec<Round>) -> Run {
+    let median = |f: &dyn Fn(&load::WrkResult) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| f(&r.wrk)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let requests: u64 = rounds.iter().map(|r| r.wrk.requests).sum();
+    let rps = median(&|w| w.rps());
+    let wrk = load::WrkResult {
+        requests,
+        // Scaled so that rps() is the median round's while CPU per request uses every request.
+        seconds: if rps > 0.0 { requests as f64 / rps } else { 0.0 },
+        p50_us: median(&|w| w.p50_us),
+        p99_us: median(&|w| w.p99_us),
+        non_2xx: rounds.iter().map(|r| r.wrk.non_2xx).sum(),
+        socket_errors: rounds.iter().map(|r| r.wrk.socket_errors).sum(),
+    };
+    let cpu = |i: usize| rounds.iter().map(|r| r.cpu.get(i).copied().unwrap_or(0.0)).sum();
+    Run {
         gateway: g.clone(),
         workers,
         body_kib: kib,
         wrk,
-        envoy_cpu_s: cpu.first().copied().unwrap_or(0.0),
-        shim_cpu_s: cpu.get(1).copied().unwrap_or(0.0),
-        nginx_cpu_s: cpu.get(2).copied().unwrap_or(0.0),
-    })
+        envoy_cpu_s: cpu(0),
+        shim_cpu_s: cpu(1),
+        nginx_cpu_s: cpu(2),
+    }
 }
