@@ -142,9 +142,7 @@ fn start_shim(pool: &[String], endpoints: usize, art: &Artifacts) -> Result<(Pro
         .args(["--body-mode", "full-duplex", "--log-level", "warn"]);
     let mut process = Process::spawn("epp-shim", cmd)?;
     let addr = process.wait_for("the ext_proc listening line", Duration::from_secs(20), |p| {
-        p.log()
-            .lines()
-            .find_map(|l| l.strip_prefix("epp-shim ext_proc listening on https://").map(str::to_string))
+        p.log().lines().find_map(|l| l.strip_prefix("epp-shim ext_proc listening on ").map(str::to_string))
     })?;
     let port = addr
         .rsplit_once(':')
