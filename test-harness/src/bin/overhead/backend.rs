@@ -12,7 +12,7 @@ use test_harness::e2e::Process;
 const COMPLETION: &str = r#"{"id":"cmpl-bench","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog again and again."},"finish_reason":"length"}],"usage":{"prompt_tokens":1024,"completion_tokens":16,"total_tokens":1040}}"#;
 
 /// What a lightly loaded vLLM replica exposes: the gauges the scheduling core reads, and its cache layout.
-const METRICS: &str = "# TYPE vllm:num_requests_waiting gauge\n\
+pub const METRICS: &str = "# TYPE vllm:num_requests_waiting gauge\n\
 vllm:num_requests_waiting{model_name=\"m\"} 0.0\n\
 # TYPE vllm:num_requests_running gauge\n\
 vllm:num_requests_running{model_name=\"m\"} 3.0\n\

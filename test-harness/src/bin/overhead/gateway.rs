@@ -121,7 +121,7 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
 }
 
 /// The picker's configuration: the GIE default scheduler over the first `endpoints` addresses.
-fn picker_config(pool: &[String], endpoints: usize, interval_ms: u64) -> String {
+pub fn picker_config(pool: &[String], endpoints: usize, interval_ms: u64) -> String {
     let list: Vec<String> = pool.iter().take(endpoints).map(|a| format!("\"{a}\"")).collect();
     format!(
         "{{\"pool\":{{\"name\":\"bench\",\"endpoints\":[{}]}},\"collector\":{{\"intervalMs\":{interval_ms},\"timeoutMs\":500}}}}",

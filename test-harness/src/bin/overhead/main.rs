@@ -5,6 +5,7 @@
 
 mod backend;
 mod gateway;
+mod host_calls;
 mod load;
 mod report;
 
@@ -21,6 +22,7 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
   --shim PATH      the epp-shim binary (build it with --release) [default: target/release/epp-shim]
   --duration SECS  measured seconds per round [default: 4, quick 3]
   --connections N  wrk connections [default: 8]
+  --host-calls-only  only count the filters' host calls per request (emulated, no Envoy)
   --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
 ";
 
@@ -31,6 +33,7 @@ struct Options {
     duration: Duration,
     connections: usize,
     rounds: usize,
+    host_calls_only: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -42,12 +45,14 @@ fn parse_args() -> Result<Options, String> {
         duration: Duration::ZERO,
         connections: 8,
         rounds: 3,
+        host_calls_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--host-calls-only" => o.host_calls_only = true,
             "--out" => o.out = root.join(value("--out")?),
             "--shim" => o.shim = root.join(value("--shim")?),
             "--duration" => {
@@ -101,10 +106,19 @@ fn run() -> Result<(), String> {
         "floor_filter",
         &root.join("target/fixtures"),
     )?;
-    if !o.shim.exists() {
+    if !o.shim.exists() && !o.host_calls_only {
         return Err(format!("{} is missing: cargo build --release -p epp-shim", o.shim.display()));
     }
     let art = Artifacts { picker_wasm, floor_wasm, shim: o.shim.clone(), scrape_interval_ms: 1000 };
+    if o.host_calls_only {
+        let pool: Vec<String> = (0..64).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
+        let mut calls = Vec::new();
+        for kib in [4, 220] {
+            calls.extend(host_calls::count(&art.picker_wasm, &art.floor_wasm, &pool, &load::chat_body(kib * 1024), kib)?);
+        }
+        print!("{}", report::host_calls_table(&calls));
+        return Ok(());
+    }
 
     let bodies_kib: Vec<usize> = if o.quick { vec![4, 220] } else { vec![4, 128, 220] };
     let workers: Vec<usize> = if o.quick { vec![1] } else { vec![1, 2] };
@@ -178,6 +192,10 @@ fn run() -> Result<(), String> {
             Ok((n.to_string(), std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len()))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let mut calls = Vec::new();
+    for kib in [4, 220] {
+        calls.extend(host_calls::count(&art.picker_wasm, &art.floor_wasm, &pool, &load::chat_body(kib * 1024), kib)?);
+    }
     let elapsed = started.elapsed();
     let load = format!(
         "{}; load average (1 min) {} at the start, {} at the end",
@@ -185,7 +203,7 @@ fn run() -> Result<(), String> {
         load_before,
         loadavg()
     );
-    let text = report::markdown(&runs, &memory, &sizes, &load, elapsed);
+    let text = report::markdown(&runs, &memory, &sizes, &calls, &load, elapsed);
     std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
     let md = o.out.join("overhead.md");
     let csv = o.out.join("overhead.csv");

@@ -171,9 +171,22 @@ pub fn markdown(
             (m.rss_kib as f64 - plain as f64) / 1024.0
         );
     }
+    s.push_str(&host_calls_table(calls));
     let _ = writeln!(s, "\n| Module | Size |\n|---|---:|");
     for (name, bytes) in sizes {
         let _ = writeln!(s, "| {name} | {bytes} B ({:.0} KiB) |", *bytes as f64 / 1024.0);
+    }
+    s
+}
+
+pub fn host_calls_table(calls: &[crate::host_calls::Count]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n#### Proxy-Wasm host calls per request (harness emulation of the same filters)\n");
+    let _ = writeln!(s, "| Filter | Body | host calls / request | most frequent |");
+    let _ = writeln!(s, "|---|---:|---:|---|");
+    for c in calls {
+        let top: Vec<String> = c.top.iter().map(|(n, k)| format!("{n} {k:.1}")).collect();
+        let _ = writeln!(s, "| {} | {} KiB | {:.1} | {} |", c.filter, c.body_kib, c.per_request, top.join(", "));
     }
     s
 }
