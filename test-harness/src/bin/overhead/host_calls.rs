@@ -18,7 +18,13 @@ pub struct Count {
 
 const REQUESTS: usize = 20;
 
-pub fn count(picker: &Path, floor: &Path, pool: &[String], body: &str, kib: usize) -> Result<Vec<Count>, String> {
+pub fn count(
+    picker: &Path,
+    floor: &Path,
+    pool: &[String],
+    body: &str,
+    kib: usize,
+) -> Result<Vec<Count>, String> {
     let fixed = pool.first().cloned().unwrap_or_default();
     let mut out = Vec::new();
 
@@ -28,7 +34,11 @@ pub fn count(picker: &Path, floor: &Path, pool: &[String], body: &str, kib: usiz
         .map_err(|e| format!("collector VM: {e}"))?;
     let worker = host
         .start_vm(
-            Plugin::new(picker).root_id("picker").vm_id("epp").configuration(config.as_str()).allow_on_headers_stop_iteration(true),
+            Plugin::new(picker)
+                .root_id("picker")
+                .vm_id("epp")
+                .configuration(config.as_str())
+                .allow_on_headers_stop_iteration(true),
         )
         .map_err(|e| format!("picker VM: {e}"))?;
     for _ in 0..3 {
@@ -42,7 +52,12 @@ pub fn count(picker: &Path, floor: &Path, pool: &[String], body: &str, kib: usiz
 
     let mut host = Host::builder().buffer_limit(4 << 20).build();
     let worker = host
-        .start_vm(Plugin::new(floor).vm_id("floor").configuration(fixed.as_str()).allow_on_headers_stop_iteration(true))
+        .start_vm(
+            Plugin::new(floor)
+                .vm_id("floor")
+                .configuration(fixed.as_str())
+                .allow_on_headers_stop_iteration(true),
+        )
         .map_err(|e| format!("floor VM: {e}"))?;
     out.push(measure(&mut host, worker, body, "floor (do-nothing Wasm)", kib)?);
     Ok(out)
@@ -55,7 +70,7 @@ fn measure(host: &mut Host, vm: VmId, body: &str, name: &str, kib: usize) -> Res
         (":authority", "gateway"),
         ("content-type", "application/json"),
     ];
-    let mut send = |host: &mut Host| -> Result<(), String> {
+    let send = |host: &mut Host| -> Result<(), String> {
         let id = host.request(vm, &headers, body.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
         host.respond(id, 200, b"{}").map_err(|e| format!("{name}: {e}"))?;
         let stream = host.stream(id);
@@ -81,7 +96,8 @@ fn measure(host: &mut Host, vm: VmId, body: &str, name: &str, kib: usize) -> Res
         }
     }
     let total: usize = by_name.values().sum();
-    let mut top: Vec<(String, f64)> = by_name.into_iter().map(|(n, c)| (n, c as f64 / REQUESTS as f64)).collect();
+    let mut top: Vec<(String, f64)> =
+        by_name.into_iter().map(|(n, c)| (n, c as f64 / REQUESTS as f64)).collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.truncate(8);
     Ok(Count { filter: name.to_string(), body_kib: kib, per_request: total as f64 / REQUESTS as f64, top })

@@ -114,7 +114,13 @@ fn run() -> Result<(), String> {
         let pool: Vec<String> = (0..64).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
         let mut calls = Vec::new();
         for kib in [4, 220] {
-            calls.extend(host_calls::count(&art.picker_wasm, &art.floor_wasm, &pool, &load::chat_body(kib * 1024), kib)?);
+            calls.extend(host_calls::count(
+                &art.picker_wasm,
+                &art.floor_wasm,
+                &pool,
+                &load::chat_body(kib * 1024),
+                kib,
+            )?);
         }
         print!("{}", report::host_calls_table(&calls));
         return Ok(());
@@ -194,7 +200,13 @@ fn run() -> Result<(), String> {
         .collect::<Result<Vec<_>, String>>()?;
     let mut calls = Vec::new();
     for kib in [4, 220] {
-        calls.extend(host_calls::count(&art.picker_wasm, &art.floor_wasm, &pool, &load::chat_body(kib * 1024), kib)?);
+        calls.extend(host_calls::count(
+            &art.picker_wasm,
+            &art.floor_wasm,
+            &pool,
+            &load::chat_body(kib * 1024),
+            kib,
+        )?);
     }
     let elapsed = started.elapsed();
     let load = format!(

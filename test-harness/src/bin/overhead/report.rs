@@ -59,6 +59,7 @@ pub fn markdown(
     runs: &[Run],
     memory: &[Memory],
     sizes: &[(String, u64)],
+    calls: &[crate::host_calls::Count],
     load: &str,
     elapsed: Duration,
 ) -> String {
@@ -186,7 +187,8 @@ pub fn host_calls_table(calls: &[crate::host_calls::Count]) -> String {
     let _ = writeln!(s, "|---|---:|---:|---|");
     for c in calls {
         let top: Vec<String> = c.top.iter().map(|(n, k)| format!("{n} {k:.1}")).collect();
-        let _ = writeln!(s, "| {} | {} KiB | {:.1} | {} |", c.filter, c.body_kib, c.per_request, top.join(", "));
+        let _ =
+            writeln!(s, "| {} | {} KiB | {:.1} | {} |", c.filter, c.body_kib, c.per_request, top.join(", "));
     }
     s
 }
