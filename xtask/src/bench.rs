@@ -3,18 +3,20 @@
 //!
 //! Full mode writes into `docs/bench/` (what BENCHMARKS.md shows); `--quick` into
 //! `target/quality-bench/` so CI smoke runs leave the committed results alone.
+//!
+//! `cargo xtask bench overhead [--quick]`: the picker's cost in real Envoy (nginx backend, wrk load), via
+//! the `overhead` binary of test-harness; full mode writes `docs/bench/overhead.{md,csv}`.
 
 use crate::cmd::{cargo, step};
 
 const USAGE: &str =
-    "usage: cargo xtask bench quality [--quick] [--validate] [-- more quality-bench arguments]";
+    "usage: cargo xtask bench quality [--quick] [--validate] [-- more quality-bench arguments]
+       cargo xtask bench overhead [--quick] [-- more overhead arguments]";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("quality") => quality(&args[1..]),
-        Some("overhead") => {
-            Err(String::from("`bench overhead` is not available yet (issue 7, overhead suite)"))
-        }
+        Some("overhead") => crate::overhead::run(&args[1..]),
         _ => Err(String::from(USAGE)),
     }
 }

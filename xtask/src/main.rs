@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod envoy;
+mod overhead;
 mod test;
 mod tools;
 
@@ -21,6 +22,9 @@ commands:
                 a seeded shared-prefix chat workload through both and prints a table (target/demo/ttft.png)
   bench quality [--quick] [--validate]
                 scheduling quality of the routing policies on simulated replicas (BENCHMARKS.md)
+  bench overhead [--quick]
+                the picker's cost in real Envoy against plain Envoy, a do-nothing Wasm filter and the
+                ext_proc shim (installs nginx and wrk with apt-get when missing; BENCHMARKS.md)
 ";
 
 fn main() -> ExitCode {

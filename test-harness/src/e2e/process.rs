@@ -33,6 +33,11 @@ impl Process {
         &self.name
     }
 
+    /// The OS process id (for `/proc/<pid>/…` readings such as CPU time and RSS).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }

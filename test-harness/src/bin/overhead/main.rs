@@ -1,0 +1,334 @@
+//! `overhead`: what routing in the proxy costs, measured in real Envoy on loopback. Plain Envoy, the
+//! do-nothing body-buffering Wasm filter (the floor for any in-proxy picker), our picker and the ext_proc
+//! shim are driven by the same wrk load in one run, against one nginx standing in for the model servers.
+//! `cargo xtask bench overhead [--quick]` builds what it needs and runs this; results go to BENCHMARKS.md.
+
+mod backend;
+mod gateway;
+mod host_calls;
+mod load;
+mod report;
+
+use gateway::{Artifacts, Gateway};
+use report::{Memory, Run};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connections N]
+
+  --quick          4 KiB and 220 KiB bodies, 64 endpoints, 1 worker, 2 rounds of 3 s (a few minutes)
+  --out DIR        where overhead.md and overhead.csv go [default: target/overhead-bench]
+  --shim PATH      the epp-shim binary (build it with --release) [default: target/release/epp-shim]
+  --duration SECS  measured seconds per round [default: 4, quick 3]
+  --connections N  wrk connections [default: 8]
+  --host-calls-only  only count the filters' host calls per request (emulated, no Envoy)
+  --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
+";
+
+struct Options {
+    quick: bool,
+    out: PathBuf,
+    shim: PathBuf,
+    duration: Duration,
+    connections: usize,
+    rounds: usize,
+    host_calls_only: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let root = test_harness::workspace_root();
+    let mut o = Options {
+        quick: false,
+        out: root.join("target/overhead-bench"),
+        shim: root.join("target/release/epp-shim"),
+        duration: Duration::ZERO,
+        connections: 8,
+        rounds: 3,
+        host_calls_only: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--host-calls-only" => o.host_calls_only = true,
+            "--out" => o.out = root.join(value("--out")?),
+            "--shim" => o.shim = root.join(value("--shim")?),
+            "--duration" => {
+                let v = value("--duration")?;
+                o.duration = Duration::from_secs(
+                    v.parse().map_err(|_| format!("--duration {v:?}: expected whole seconds"))?,
+                );
+            }
+            "--connections" => {
+                let v = value("--connections")?;
+                o.connections = v.parse().map_err(|_| format!("--connections {v:?}: expected a count"))?;
+            }
+            "--rounds" => {
+                let v = value("--rounds")?;
+                o.rounds = v.parse().map_err(|_| format!("--rounds {v:?}: expected a count"))?;
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if o.duration.is_zero() {
+        o.duration = Duration::from_secs(if o.quick { 3 } else { 4 });
+    }
+    if o.quick {
+        o.rounds = o.rounds.min(2);
+    }
+    Ok(o)
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("overhead: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let o = parse_args()?;
+    let started = Instant::now();
+    let load_before = loadavg();
+    let root = test_harness::workspace_root();
+    let work = root.join("target/overhead-bench");
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+
+    let picker_wasm = test_harness::e2e::filter_wasm()?.ok_or("filter/ does not exist")?;
+    let floor_wasm = test_harness::build_wasm_crate(
+        &root.join("test-harness/fixtures/floor-filter/Cargo.toml"),
+        "floor_filter",
+        &root.join("target/fixtures"),
+    )?;
+    if !o.shim.exists() && !o.host_calls_only {
+        return Err(format!("{} is missing: cargo build --release -p epp-shim", o.shim.display()));
+    }
+    let art = Artifacts { picker_wasm, floor_wasm, shim: o.shim.clone(), scrape_interval_ms: 1000 };
+    if o.host_calls_only {
+        let pool: Vec<String> = (0..64).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
+        let mut calls = Vec::new();
+        for kib in [4, 220] {
+            calls.extend(host_calls::count(
+                &art.picker_wasm,
+                &art.floor_wasm,
+                &pool,
+                &load::chat_body(kib * 1024),
+                kib,
+            )?);
+        }
+        print!("{}", report::host_calls_table(&calls));
+        return Ok(());
+    }
+
+    let bodies_kib: Vec<usize> = if o.quick { vec![4, 220] } else { vec![4, 128, 220] };
+    let workers: Vec<usize> = if o.quick { vec![1] } else { vec![1, 2] };
+    let picker_sizes: Vec<usize> = if o.quick { vec![64] } else { vec![8, 64, 256] };
+    let memory_endpoints = 1024;
+    let backend = backend::Backend::start(memory_endpoints, &work.join("nginx"))?;
+    let pool = backend.addrs(memory_endpoints);
+    eprintln!("nginx serving {} loopback ports (pid {})", pool.len(), backend.pid());
+
+    let mut runs = Vec::new();
+    let mut gateways = vec![Gateway::Plain, Gateway::Floor];
+    gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
+    gateways.push(Gateway::ExtProc { endpoints: 64 });
+    for &w in &workers {
+        // Every configuration runs side by side and the rounds alternate between them, so a burst of
+        // background load on this shared machine hits all of them alike instead of one cell.
+        let running: Vec<gateway::Running> =
+            gateways.iter().map(|g| gateway::start(g, w, &pool, &art)).collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_millis(1500));
+        for &kib in &bodies_kib {
+            let body = work.join(format!("body-{kib}k.json"));
+            std::fs::write(&body, load::chat_body(kib * 1024))
+                .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
+            let script = load::write_script(&body)?;
+            // Warm-up: connections open, the prefix index holds the body's blocks, V8 has tiered up.
+            for r in &running {
+                load::wrk(r.envoy.listener(), &script, o.connections, Duration::from_secs(2))?;
+            }
+            let mut cells: Vec<Vec<Round>> = gateways.iter().map(|_| Vec::new()).collect();
+            for _ in 0..o.rounds {
+                for ((g, r), cell) in gateways.iter().zip(&running).zip(cells.iter_mut()) {
+                    cell.push(measure(g, r, &script, &o, backend.pid())?);
+                }
+            }
+            for ((g, r), cell) in gateways.iter().zip(&running).zip(cells) {
+                check_picker(g, r)?;
+                let run = aggregate(g, w, kib, cell);
+                eprintln!(
+                    "  {w} worker(s) {kib:>3} KiB {:<34} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  Envoy {:>6.1} µs CPU/req",
+                    g.label(),
+                    run.wrk.rps(),
+                    run.wrk.p50_us / 1e3,
+                    run.wrk.p99_us / 1e3,
+                    run.envoy_cpu_us()
+                );
+                runs.push(run);
+            }
+        }
+    }
+
+    let mut memory = Vec::new();
+    let body = work.join("body-4k.json");
+    std::fs::write(&body, load::chat_body(4096))
+        .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
+    let script = load::write_script(&body)?;
+    for &w in &workers {
+        for g in [Gateway::Plain, Gateway::Floor, Gateway::Picker { endpoints: memory_endpoints }] {
+            let running = gateway::start(&g, w, &pool, &art)?;
+            settle(&g);
+            load::wrk(running.envoy.listener(), &script, o.connections, Duration::from_secs(3))?;
+            let rss = load::rss_kib(running.envoy_pid())?;
+            eprintln!("  memory: {w} worker(s) {:<34} VmRSS {:.1} MiB", g.label(), rss as f64 / 1024.0);
+            memory.push(Memory { gateway: g.clone(), workers: w, rss_kib: rss });
+        }
+    }
+    drop(backend);
+
+    let sizes = [("epp_filter.wasm (the picker)", &art.picker_wasm), ("floor_filter.wasm", &art.floor_wasm)]
+        .iter()
+        .map(|(n, p)| {
+            Ok((n.to_string(), std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut calls = Vec::new();
+    for kib in [4, 220] {
+        calls.extend(host_calls::count(
+            &art.picker_wasm,
+            &art.floor_wasm,
+            &pool,
+            &load::chat_body(kib * 1024),
+            kib,
+        )?);
+    }
+    let elapsed = started.elapsed();
+    let load = format!(
+        "{}; load average (1 min) {} at the start, {} at the end",
+        o_summary(&o),
+        load_before,
+        loadavg()
+    );
+    let text = report::markdown(&runs, &memory, &sizes, &calls, &load, elapsed);
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
+    let md = o.out.join("overhead.md");
+    let csv = o.out.join("overhead.csv");
+    std::fs::write(&md, &text).map_err(|e| format!("cannot write {}: {e}", md.display()))?;
+    std::fs::write(&csv, report::csv(&runs)).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+    println!("{text}");
+    eprintln!("wrote {} and {} in {:.0} s", md.display(), csv.display(), elapsed.as_secs_f64());
+    Ok(())
+}
+
+fn o_summary(o: &Options) -> String {
+    format!(
+        "wrk -t 2 -c {} -d {}s, {} rounds per cell alternating between configurations, after a 2 s warm-up{}",
+        o.connections,
+        o.duration.as_secs(),
+        o.rounds,
+        if o.quick { " (--quick)" } else { "" }
+    )
+}
+
+/// The 1-minute load average: the machine is shared, so the report says how busy it was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| String::from("?"))
+}
+
+/// Waits for what a gateway needs before traffic: the picker's first scrape round.
+fn settle(g: &Gateway) {
+    if matches!(g, Gateway::Picker { .. } | Gateway::ExtProc { .. }) {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
+/// One wrk run against one gateway and the CPU time each process spent meanwhile.
+struct Round {
+    wrk: load::WrkResult,
+    cpu: [f64; 3],
+}
+
+fn measure(
+    g: &Gateway,
+    running: &gateway::Running,
+    script: &std::path::Path,
+    o: &Options,
+    nginx_pid: u32,
+) -> Result<Round, String> {
+    let pids = [Some(running.envoy_pid()), running.shim.as_ref().map(|s| s.id()), Some(nginx_pid)];
+    let cpu_now = || -> Result<Vec<f64>, String> {
+        pids.iter().map(|p| p.map_or(Ok(0.0), load::cpu_seconds)).collect()
+    };
+    let before = cpu_now()?;
+    let wrk = load::wrk(running.envoy.listener(), script, o.connections, o.duration)?;
+    let after = cpu_now()?;
+    if wrk.non_2xx > 0 || wrk.requests == 0 {
+        return Err(format!(
+            "{}: {} of {} responses were not 2xx; Envoy log:\n{}",
+            g.label(),
+            wrk.non_2xx,
+            wrk.requests,
+            running.envoy.process().log_tail(20)
+        ));
+    }
+    let mut cpu = [0.0; 3];
+    for ((c, a), b) in cpu.iter_mut().zip(&after).zip(&before) {
+        *c = a - b;
+    }
+    Ok(Round { wrk, cpu })
+}
+
+/// The picker must have decided every request itself: a fail-open would measure a cheaper path.
+fn check_picker(g: &Gateway, running: &gateway::Running) -> Result<(), String> {
+    if !matches!(g, Gateway::Picker { .. }) {
+        return Ok(());
+    }
+    let routed = running.envoy.stat_sum("epp_decisions_routed").unwrap_or(0);
+    let fail_open = running.envoy.stat_sum("epp_decisions_fail_open").unwrap_or(0);
+    if routed == 0 || fail_open > 0 {
+        return Err(format!(
+            "{}: the picker did not decide every request (routed {routed}, failed open {fail_open})",
+            g.label()
+        ));
+    }
+    Ok(())
+}
+
+/// Rounds into one cell: medians for rate and latency (robust to one disturbed round), totals for CPU.
+fn aggregate(g: &Gateway, workers: usize, kib: usize, rounds: Vec<Round>) -> Run {
+    let median = |f: &dyn Fn(&load::WrkResult) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| f(&r.wrk)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let requests: u64 = rounds.iter().map(|r| r.wrk.requests).sum();
+    let rps = median(&|w| w.rps());
+    let wrk = load::WrkResult {
+        requests,
+        // Scaled so that rps() is the median round's while CPU per request uses every request.
+        seconds: if rps > 0.0 { requests as f64 / rps } else { 0.0 },
+        p50_us: median(&|w| w.p50_us),
+        p99_us: median(&|w| w.p99_us),
+        non_2xx: rounds.iter().map(|r| r.wrk.non_2xx).sum(),
+        socket_errors: rounds.iter().map(|r| r.wrk.socket_errors).sum(),
+    };
+    let cpu = |i: usize| rounds.iter().map(|r| r.cpu.get(i).copied().unwrap_or(0.0)).sum();
+    Run {
+        gateway: g.clone(),
+        workers,
+        body_kib: kib,
+        wrk,
+        envoy_cpu_s: cpu(0),
+        shim_cpu_s: cpu(1),
+        nginx_cpu_s: cpu(2),
+    }
+}
