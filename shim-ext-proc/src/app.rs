@@ -140,7 +140,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     // One service per port, so no router is needed (and tonic's router feature stays out of the build).
     let health_server = tonic::transport::Server::builder().serve_with_incoming_shutdown(
         health_service,
-        TcpListenerStream::new(health_listener),
+        nodelay(health_listener),
         shutdown(),
     );
 
@@ -176,14 +176,27 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     };
     let ext_proc = bind("ext_proc", settings.host, settings.grpc_port).await?;
     announce("ext_proc", scheme, &ext_proc)?;
-    let ext_proc_server =
-        builder.serve_with_incoming_shutdown(service, TcpListenerStream::new(ext_proc), shutdown());
+    let ext_proc_server = builder.serve_with_incoming_shutdown(service, nodelay(ext_proc), shutdown());
     let r = tokio::select! {
         r = ext_proc_server => r.map_err(|error| AppError::Serve { what: "ext_proc", error }),
         r = health_server => r.map_err(|error| AppError::Serve { what: "health", error }),
     };
     drop(static_tx);
     r
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic ignores its own `tcp_nodelay` setting when
+/// given a listener (`serve_with_incoming*`), and with Nagle on, small ext_proc responses wait for the
+/// peer's delayed ACK (~40 ms per exchange: the 89 ms p99 the overhead benchmark measured at 4 KiB).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    })
 }
 
 async fn follow_readiness(mut discovered: watch::Receiver<Discovered>, ready: watch::Sender<bool>) {
