@@ -22,7 +22,9 @@
 //!   beyond the other thread's current callback; dead workers drop out after 3 s.
 //! - Prefix index: replicated; each routed request's block hashes go to every other worker's queue and
 //!   are learned in `on_queue_ready` ([`prefix_sync`]). Staleness: one event-loop turn of the other thread.
-//! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`).
+//! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`). A picker VM joins
+//!   the directory on its first HTTP stream, not at configuration: Envoy also configures the filter's root
+//!   context on its main thread, which serves no requests and must not receive prefix broadcasts.
 //!
 //! # Why `allow_on_headers_stop_iteration: true`
 //! The picker must see the body before the request leaves. Without that flag Envoy turns the headers'

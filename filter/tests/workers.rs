@@ -39,6 +39,15 @@ fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
     let a = host.start_vm(picker(&cfg)).unwrap();
     let b = host.start_vm(picker(&cfg)).unwrap();
     write_snapshot(&mut host, 1, &[0, 0, 0, 0]);
+    // Workers join the process on their first stream; these stand for traffic both already served.
+    for (vm, id) in [(a, "warm-a"), (b, "warm-b")] {
+        send(
+            &mut host,
+            vm,
+            r#"{"model": "llama", "messages": [{"content": "hi", "role": "user"}]}"#,
+            &[("x-request-id", id)],
+        );
+    }
     // The index varies in the first 16-byte block, so each prompt is its own prefix.
     let mut picks = Vec::new();
     for i in 0..8 {
@@ -56,5 +65,22 @@ fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
         let id = format!("b-{i}");
         assert_eq!(destination(&send(&mut host, b, body, &[("x-request-id", &id)])), Some(dest.as_str()));
     }
+    assert_no_traps(&host);
+}
+
+#[test]
+fn a_vm_that_serves_no_streams_stays_out_of_the_directory() {
+    // Envoy also configures the HTTP filter's root context on its main thread, which never serves a
+    // request: such a VM must not be in the directory, or every routed prefix would be queued to it.
+    let mut host = host();
+    let cfg = config(2, PREFIX);
+    let serving = host.start_vm(picker(&cfg)).unwrap();
+    let _main_thread = host.start_vm(picker(&cfg)).unwrap();
+    write_snapshot(&mut host, 1, &[0, 0]);
+    let body =
+        r#"{"model": "llama", "messages": [{"content": "a prompt long enough for blocks", "role": "user"}]}"#;
+    send(&mut host, serving, body, &[("x-request-id", "r1")]);
+    let (ids, _) = host.shared_data(VM_ID, "epp/pool/workers").expect("the serving worker registered");
+    assert_eq!(ids.len(), 4, "exactly one worker id (u32) in the directory, got {} bytes", ids.len());
     assert_no_traps(&host);
 }

@@ -87,14 +87,18 @@ impl Root {
             log::info!("collector for pool {:?} started", config.pool.name);
             return Ok(());
         }
-        let mut worker = Worker::new(config.clone()).map_err(|e| e.to_string())?;
-        worker.start(host);
-        let collecting = match (mode, worker.id()) {
-            (CollectorMode::LeaderElected, Some(id)) => Some(collecting(&config, Some(Leadership::new(id)))),
-            (CollectorMode::LeaderElected, None) => {
-                log::warn!("no worker id: this worker cannot take part in the collector election");
-                None
-            }
+        let worker = Worker::new(config.clone()).map_err(|e| e.to_string())?;
+        // The worker joins the process (directory, in-flight key, prefix queue) on its first HTTP stream,
+        // not here: Envoy also configures this root context on its main thread, which never serves
+        // requests, and a VM in the directory receives every other worker's prefix broadcasts.
+        let collecting = match mode {
+            CollectorMode::LeaderElected => match workers::claim_id(host, worker.keys()) {
+                Ok(id) => Some(collecting(&config, Some(Leadership::new(id)))),
+                Err(e) => {
+                    log::warn!("no id for the collector election, this VM will not collect: {e}");
+                    None
+                }
+            },
             _ => None,
         };
         set_tick(if collecting.is_some() {
@@ -226,7 +230,12 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK would panic. Without a picker the stream passes through.
         let worker = match &self.role {
-            Role::Picker { worker, .. } => Some(worker.clone()),
+            Role::Picker { worker, .. } => {
+                if let Ok(mut w) = worker.try_borrow_mut() {
+                    w.start_once(&*self.host);
+                }
+                Some(worker.clone())
+            }
             _ => None,
         };
         Some(Box::new(Stream::new(worker, self.host.clone())))

@@ -45,6 +45,8 @@ pub struct Worker {
     stats: Stats,
     /// Decisions made by this VM; varies the seed of requests that arrive without an id.
     decisions: u64,
+    /// Set by the first `start_once` (the first HTTP stream this VM sees).
+    started: bool,
     strip: Vec<String>,
 }
 
@@ -61,6 +63,7 @@ impl Worker {
             prefix: PrefixSync::default(),
             stats: Stats::default(),
             decisions: 0,
+            started: false,
             strip,
         })
     }
@@ -78,6 +81,14 @@ impl Worker {
                 log::info!("worker {id} joined pool {:?}", self.picker.config().pool.name);
             }
             Err(e) => log::warn!("no worker id (in-flight and prefixes stay local to this VM): {e}"),
+        }
+    }
+
+    /// [`Worker::start`] the first time only (called for every new HTTP stream).
+    pub fn start_once(&mut self, host: &dyn Host) {
+        if !self.started {
+            self.started = true;
+            self.start(host);
         }
     }
 
