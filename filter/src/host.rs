@@ -58,6 +58,10 @@ pub struct HttpGet<'a> {
 pub trait Host {
     /// Proxy wall clock, ms since the Unix epoch (0 if unreadable).
     fn now_ms(&self) -> u64;
+    /// The same clock in µs, for timing a decision (a ms clock would round nearly every one to 0).
+    fn now_us(&self) -> u64 {
+        self.now_ms().saturating_mul(1_000)
+    }
     /// `Ok(None)` when the key was never written.
     fn shared_get(&self, key: &str) -> Result<Option<Shared>, HostError>;
     /// `cas: None` writes unconditionally; `Some` fails with [`HostError::CasMismatch`] if the value

@@ -28,10 +28,14 @@ fn error(status: Status) -> HostError {
 
 impl Host for ProxyHost {
     fn now_ms(&self) -> u64 {
+        self.now_us() / 1_000
+    }
+
+    fn now_us(&self) -> u64 {
         hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 
     fn shared_get(&self, key: &str) -> Result<Option<Shared>, HostError> {

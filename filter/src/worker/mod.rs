@@ -132,7 +132,8 @@ impl Worker {
         info: &RequestInfo<'_>,
         body: Option<&[u8]>,
     ) -> (Outcome, Option<Routed>) {
-        let started_ms = host.now_ms();
+        let started_us = host.now_us();
+        let started_ms = started_us / 1_000;
         match self.cache.refresh(host, &self.keys) {
             Refresh::Undecodable(why) => log::warn!("published snapshot ignored: {why}"),
             Refresh::HostError(why) => log::warn!("snapshot not refreshed: {why}"),
@@ -183,7 +184,7 @@ impl Worker {
                 None
             }
         };
-        let elapsed_us = host.now_ms().saturating_sub(started_ms).saturating_mul(1_000);
+        let elapsed_us = host.now_us().saturating_sub(started_us);
         self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);
         (outcome, routed)
     }
