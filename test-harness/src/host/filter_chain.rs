@@ -178,15 +178,44 @@ impl Host {
         self.world().stream_mut(id).map(f)
     }
 
-    pub(super) fn filter_headers(&mut self, id: StreamId, dir: Dir) {
-        let Some((vm, ctx)) = self.filter_of(id) else {
+    /// The filter to call for `id`; `None` once the stream was passed through (the plugin is bypassed) or
+    /// failed (its VM is gone).
+    fn filter_or_settle(&mut self, id: StreamId, dir: Dir) -> Option<(VmId, u32)> {
+        let found = self.filter_of(id);
+        if found.is_none() {
             if self.stream_bypassed(id) {
                 self.pass_through(id, dir);
             } else {
                 self.stream_vm_failed(id);
             }
-            return;
+        }
+        found
+    }
+
+    /// Calls a stream callback with `(context, len, end_of_stream)`; `None` when the VM trapped (the
+    /// stream is failed) or the callback ended the stream (local reply, close).
+    fn stream_callback(
+        &mut self,
+        id: StreamId,
+        vm: VmId,
+        ctx: u32,
+        name: &'static str,
+        len: usize,
+        eos: bool,
+    ) -> Option<i64> {
+        let code = match self.call(vm, name, ctx, &[ctx as i32, len_i32(len), i32::from(eos)]) {
+            CallResult::Trapped => {
+                self.stream_vm_failed(id);
+                return None;
+            }
+            CallResult::Missing => 0,
+            CallResult::Returned(r) => r.unwrap_or(0),
         };
+        (!self.pending_ends_stream(id)).then_some(code)
+    }
+
+    pub(super) fn filter_headers(&mut self, id: StreamId, dir: Dir) {
+        let Some((vm, ctx)) = self.filter_or_settle(id, dir) else { return };
         let Some((n, eos)) = self.with_stream(id, |s| {
             let d = s.dir_mut(dir);
             d.headers_available = true;
@@ -194,15 +223,7 @@ impl Host {
         }) else {
             return;
         };
-        let code = match self.call(vm, dir.headers_callback(), ctx, &[ctx as i32, len_i32(n), i32::from(eos)])
-        {
-            CallResult::Trapped => return self.stream_vm_failed(id),
-            CallResult::Missing => 0,
-            CallResult::Returned(r) => r.unwrap_or(0),
-        };
-        if self.pending_ends_stream(id) {
-            return;
-        }
+        let Some(code) = self.stream_callback(id, vm, ctx, dir.headers_callback(), n, eos) else { return };
         let allow = self.vms.get(vm.0).is_some_and(|v| v.plugin.allow_on_headers_stop_iteration);
         match code {
             // Continue (and ContinueAndDontEndStream): the headers go on and Envoy forgets the map.
@@ -301,14 +322,7 @@ impl Host {
 
     /// Calls the body callback with what the filter sees now, then acts on its answer.
     fn filter_body(&mut self, id: StreamId, dir: Dir) {
-        let Some((vm, ctx)) = self.filter_of(id) else {
-            if self.stream_bypassed(id) {
-                self.pass_through(id, dir);
-            } else {
-                self.stream_vm_failed(id);
-            }
-            return;
-        };
+        let Some((vm, ctx)) = self.filter_or_settle(id, dir) else { return };
         let Some((len, eos)) = self.with_stream(id, |s| {
             let d = s.dir_mut(dir);
             d.body_available = true;
@@ -316,15 +330,7 @@ impl Host {
         }) else {
             return;
         };
-        let code = match self.call(vm, dir.body_callback(), ctx, &[ctx as i32, len_i32(len), i32::from(eos)])
-        {
-            CallResult::Trapped => return self.stream_vm_failed(id),
-            CallResult::Missing => 0,
-            CallResult::Returned(r) => r.unwrap_or(0),
-        };
-        if self.pending_ends_stream(id) {
-            return;
-        }
+        let Some(code) = self.stream_callback(id, vm, ctx, dir.body_callback(), len, eos) else { return };
         if code == 0 {
             self.release(id, dir);
             return;
