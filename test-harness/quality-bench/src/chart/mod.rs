@@ -1,23 +1,21 @@
-//! A small PNG line-chart renderer (latency vs QPS per policy), so the charts need no font or
-//! plotting stack on the machine: an RGB canvas, lines, a built-in 5×7 pixel font, and the `png` encoder.
+//! A small PNG chart renderer, so the benchmarks' charts need no font or plotting stack on the machine:
+//! an RGB canvas, lines, a built-in 5×7 pixel font, round axis ticks and the `png` encoder.
+//! `line_chart` serves the quality benchmark (latency vs QPS), `bar_chart` the overhead benchmark.
 
-/// One line of the chart.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Series {
-    pub name: String,
-    /// (x, y); non-finite or (on a log axis) non-positive values are skipped.
-    pub points: Vec<(f64, f64)>,
-}
+mod bar;
+mod line;
 
-const WIDTH: usize = 1050;
-const HEIGHT: usize = 600;
-const LEFT: usize = 90;
-const RIGHT: usize = 260;
-const TOP: usize = 64;
-const BOTTOM: usize = 60;
+pub use bar::{bar_chart, BarSeries};
+pub use line::{line_chart, Series};
+
+/// Pixel size of one font dot for axis text, titles and legends.
 const SCALE: usize = 2;
 
 type Rgb = [u8; 3];
+
+const GRID: Rgb = [225, 225, 225];
+const AXIS: Rgb = [60, 60, 60];
+const INK: Rgb = [20, 20, 20];
 
 /// Colours that stay distinguishable for eight series (Okabe–Ito-like, plus two darks).
 const PALETTE: [Rgb; 8] = [
@@ -31,20 +29,27 @@ const PALETTE: [Rgb; 8] = [
     [0, 0, 0],
 ];
 
+fn colour(series: usize) -> Rgb {
+    PALETTE.get(series % PALETTE.len()).copied().unwrap_or(INK)
+}
+
+/// A white RGB image, 3 bytes per pixel; drawing outside it is clipped.
 struct Canvas {
+    width: usize,
+    height: usize,
     px: Vec<u8>,
 }
 
 impl Canvas {
-    fn new() -> Canvas {
-        Canvas { px: vec![255; WIDTH * HEIGHT * 3] }
+    fn new(width: usize, height: usize) -> Canvas {
+        Canvas { width, height, px: vec![255; width * height * 3] }
     }
 
     fn set(&mut self, x: i64, y: i64, c: Rgb) {
-        if x < 0 || y < 0 || x >= WIDTH as i64 || y >= HEIGHT as i64 {
+        if x < 0 || y < 0 || x >= self.width as i64 || y >= self.height as i64 {
             return;
         }
-        let i = (y as usize * WIDTH + x as usize) * 3;
+        let i = (y as usize * self.width + x as usize) * 3;
         if let Some(p) = self.px.get_mut(i..i + 3) {
             p.copy_from_slice(&c);
         }
@@ -81,23 +86,44 @@ impl Canvas {
     }
 
     fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb) {
+        self.text_scaled(x, y, s, c, SCALE);
+    }
+
+    /// `s` with its top-left corner at (x, y), each font dot `scale`×`scale` pixels.
+    fn text_scaled(&mut self, x: i64, y: i64, s: &str, c: Rgb, scale: usize) {
         for (k, ch) in s.chars().enumerate() {
             let rows = glyph(ch);
             for (r, bits) in rows.iter().enumerate() {
                 for col in 0..5 {
                     if bits & (0x10 >> col) != 0 {
-                        let gx = x + (k * 6 * SCALE + col * SCALE) as i64;
-                        let gy = y + (r * SCALE) as i64;
-                        self.rect(gx, gy, SCALE as i64, SCALE as i64, c);
+                        let gx = x + (k * 6 * scale + col * scale) as i64;
+                        let gy = y + (r * scale) as i64;
+                        self.rect(gx, gy, scale as i64, scale as i64, c);
                     }
                 }
             }
         }
     }
+
+    fn png(&self, title: &str) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc.write_header().map_err(|e| format!("chart {title:?}: PNG header: {e}"))?;
+            w.write_image_data(&self.px).map_err(|e| format!("chart {title:?}: PNG data: {e}"))?;
+        }
+        Ok(out)
+    }
 }
 
 fn text_width(s: &str) -> i64 {
-    (s.chars().count() * 6 * SCALE) as i64
+    text_width_scaled(s, SCALE)
+}
+
+fn text_width_scaled(s: &str, scale: usize) -> i64 {
+    (s.chars().count() * 6 * scale) as i64
 }
 
 /// 5×7 glyphs, one byte per row (bit 4 = leftmost column). Lower case is drawn as upper case.
@@ -153,6 +179,7 @@ fn glyph(c: char) -> [u8; 7] {
         '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
         '[' => [0x0E, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0E],
         ']' => [0x0E, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0E],
+        'µ' => [0, 0x11, 0x11, 0x11, 0x13, 0x1D, 0x10],
         _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04],
     }
 }
@@ -202,97 +229,14 @@ fn label(v: f64) -> String {
     }
 }
 
-/// Renders the series as a PNG (`log_y`: logarithmic latency axis, so overload does not flatten the rest).
-pub fn line_chart(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-    log_y: bool,
-) -> Result<Vec<u8>, String> {
-    let usable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0);
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(usable).collect();
-    if all.is_empty() {
-        return Err(format!("chart {title:?}: no data points"));
-    }
-    let (mut x0, mut x1) =
-        all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) =
-        all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let pad = ((x1 - x0) * 0.05).max(0.5);
-    x0 -= pad;
-    x1 += pad;
-    if log_y {
-        y0 = 10f64.powf(y0.log10().floor());
-        y1 = 10f64.powf(y1.log10().ceil());
-        if y1 <= y0 {
-            y1 = y0 * 10.0;
-        }
-    } else {
-        y0 = y0.min(0.0);
-        y1 = if y1 > y0 { y1 * 1.05 } else { y0 + 1.0 };
-    }
-    let (pw, ph) = ((WIDTH - LEFT - RIGHT) as f64, (HEIGHT - TOP - BOTTOM) as f64);
-    let fy = |y: f64| {
-        if log_y {
-            (y.log10() - y0.log10()) / (y1.log10() - y0.log10())
-        } else {
-            (y - y0) / (y1 - y0)
-        }
-    };
-    let to_px = |(x, y): (f64, f64)| {
-        let px = LEFT as f64 + (x - x0) / (x1 - x0) * pw;
-        let py = (TOP as f64 + ph) - fy(y) * ph;
-        (px.round() as i64, py.round() as i64)
-    };
-    let mut c = Canvas::new();
-    let (grid, axis, ink) = ([225, 225, 225], [60, 60, 60], [20, 20, 20]);
-    let (left, right, top, bottom) =
-        (LEFT as i64, (WIDTH - RIGHT) as i64, TOP as i64, (HEIGHT - BOTTOM) as i64);
-    let y_ticks = if log_y { log_ticks(y0, y1) } else { linear_ticks(y0, y1) };
-    for v in y_ticks {
-        let (_, py) = to_px((x0, v));
-        c.line((left, py), (right, py), grid, 1);
-        let l = label(v);
-        c.text(left - 8 - text_width(&l), py - 7, &l, ink);
-    }
-    for v in linear_ticks(x0, x1) {
-        let (px, _) = to_px((v, y0));
-        c.line((px, top), (px, bottom), grid, 1);
-        let l = label(v);
-        c.text(px - text_width(&l) / 2, bottom + 8, &l, ink);
-    }
-    c.line((left, top), (left, bottom), axis, 2);
-    c.line((left, bottom), (right, bottom), axis, 2);
-    c.text(left, 8, title, ink);
-    c.text((left + right) / 2 - text_width(x_label) / 2, bottom + 34, x_label, ink);
-    c.text(8, top - 26, y_label, ink);
-    for (k, s) in series.iter().enumerate() {
-        let color = PALETTE.get(k % PALETTE.len()).copied().unwrap_or(ink);
-        let mut pts: Vec<(f64, f64)> = s.points.iter().copied().filter(usable).collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let px: Vec<(i64, i64)> = pts.into_iter().map(to_px).collect();
-        for w in px.windows(2) {
-            if let [a, b] = w {
-                c.line(*a, *b, color, 2);
-            }
-        }
-        for &(x, y) in &px {
-            c.rect(x - 3, y - 3, 7, 7, color);
-        }
-        let ly = top + 10 + k as i64 * 24;
-        c.rect(right + 16, ly + 2, 18, 10, color);
-        c.text(right + 40, ly, &s.name, ink);
-    }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, WIDTH as u32, HEIGHT as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| format!("chart {title:?}: PNG header: {e}"))?;
-        w.write_image_data(&c.px).map_err(|e| format!("chart {title:?}: PNG data: {e}"))?;
-    }
-    Ok(out)
+/// Decodes a PNG into (width, height, RGB bytes) for the tests.
+#[cfg(test)]
+fn decode(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let mut reader = png::Decoder::new(png_bytes).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
 }
 
 #[cfg(test)]
@@ -308,19 +252,8 @@ mod tests {
     }
 
     #[test]
-    fn renders_a_decodable_png_with_the_series_colours() {
-        let series = vec![
-            Series { name: "round-robin".into(), points: vec![(10.0, 20.0), (20.0, 40.0), (30.0, 400.0)] },
-            Series { name: "ours".into(), points: vec![(10.0, 18.0), (20.0, 25.0), (30.0, f64::NAN)] },
-        ];
-        let png_bytes = line_chart("test", "QPS", "p90 NTPOT (ms)", &series, true).unwrap();
-        let decoder = png::Decoder::new(png_bytes.as_slice());
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), (WIDTH as u32, HEIGHT as u32));
-        let has = |c: Rgb| buf.chunks(3).any(|p| p == c);
-        assert!(has(PALETTE[0]) && has(PALETTE[1]));
-        assert!(line_chart("empty", "x", "y", &[], true).is_err());
+    fn micro_sign_has_its_own_glyph() {
+        // Before it had one, "µs/req" axis labels came out as "?s/req".
+        assert_ne!(glyph('µ'), glyph('?'));
     }
 }
