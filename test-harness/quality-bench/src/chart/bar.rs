@@ -1,7 +1,9 @@
 //! Grouped bar charts, one group per category and one bar per series: the overhead benchmark compares
 //! configurations (categories, not points on a curve), so its figures are bars rather than lines.
 
-use super::{colour, label, linear_ticks, text_width, text_width_scaled, Canvas, AXIS, GRID, INK, SCALE};
+use super::{
+    colour, label, linear_ticks, text_width, text_width_scaled, Canvas, Rgb, AXIS, GRID, INK, SCALE,
+};
 
 /// One bar in every group, in the same colour throughout.
 #[derive(Clone, Debug, PartialEq)]
@@ -11,6 +13,9 @@ pub struct BarSeries {
     pub values: Vec<f64>,
     /// Drawn on top of the previous series' bar instead of beside it (a second share of one cost).
     pub stacked: bool,
+    /// `None`: the palette's colour for the series' position. Set it to keep one thing's colour across
+    /// charts that do not all show the same series.
+    pub colour: Option<Rgb>,
 }
 
 const HEIGHT: usize = 600;
@@ -31,7 +36,7 @@ struct Segment {
 }
 
 /// Renders `series` as bars grouped by `groups` (x-axis categories), with each bar's value (the stack's
-/// total for stacked bars) printed above it when it fits, and a legend on the right.
+/// total for stacked bars) printed above it when every value fits its bar, and a legend on the right.
 pub fn bar_chart(
     title: &str,
     x_label: &str,
@@ -88,6 +93,19 @@ pub fn bar_chart(
         left as f64 + group as f64 * group_w + group_w * (1.0 - GROUP_FILL) / 2.0 + slot as f64 * bar_w
     };
 
+    let series_colour = |k: usize| series.get(k).and_then(|s| s.colour).unwrap_or_else(|| colour(k));
+    // A 2-pixel gap keeps neighbouring bars of similar colour apart.
+    let w = (bar_w.round() as i64 - 2).max(1);
+    // Value labels: one font size for the whole chart, the largest at which every label fits its bar.
+    let stack_tops: Vec<(&Segment, String)> = segments
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| segments.get(i + 1).is_none_or(|n| n.group != s.group || n.slot != s.slot))
+        .map(|(_, s)| (s, value_label(s.top)))
+        .collect();
+    let value_scale =
+        [SCALE, 1].into_iter().find(|&k| stack_tops.iter().all(|(_, text)| text_width_scaled(text, k) <= w));
+
     let mut c = Canvas::new(width, HEIGHT);
     for v in linear_ticks(y0, y1) {
         let py = to_py(v);
@@ -95,22 +113,18 @@ pub fn bar_chart(
         let l = label(v);
         c.text(left - 8 - text_width(&l), py - 7, &l, INK);
     }
-    for (seg_index, s) in segments.iter().enumerate() {
+    for s in &segments {
         let x = bar_x(s.group, s.slot).round() as i64;
-        // A 2-pixel gap keeps neighbouring bars of similar colour apart.
-        let w = (bar_w.round() as i64 - 2).max(1);
         let (py_a, py_b) = (to_py(s.bottom), to_py(s.top));
-        c.rect(x, py_a.min(py_b), w, (py_a - py_b).abs(), colour(s.series));
-        let ends_stack = segments.get(seg_index + 1).is_none_or(|n| n.group != s.group || n.slot != s.slot);
-        if ends_stack {
-            let text = value_label(s.top);
-            let scale = [SCALE, 1].into_iter().find(|&k| text_width_scaled(&text, k) <= w + 4);
-            if let Some(scale) = scale {
-                let tx = x + w / 2 - text_width_scaled(&text, scale) / 2;
-                let ty = if s.top >= 0.0 { py_b - 4 - 7 * scale as i64 } else { py_b + 4 };
-                c.text_scaled(tx, ty, &text, INK, scale);
-            }
-        }
+        c.rect(x, py_a.min(py_b), w, (py_a - py_b).abs(), series_colour(s.series));
+    }
+    for (s, text) in stack_tops.iter().filter(|_| value_scale.is_some()) {
+        let scale = value_scale.unwrap_or(1);
+        let x = bar_x(s.group, s.slot).round() as i64;
+        let tx = x + w / 2 - text_width_scaled(text, scale) / 2;
+        let py = to_py(s.top);
+        let ty = if s.top >= 0.0 { py - 4 - 7 * scale as i64 } else { py + 4 };
+        c.text_scaled(tx, ty, text, INK, scale);
     }
     if y0 < 0.0 {
         c.line((left, to_py(0.0)), (right, to_py(0.0)), AXIS, 1);
@@ -126,7 +140,7 @@ pub fn bar_chart(
     c.text(8, top - 26, y_label, INK);
     for (k, s) in series.iter().enumerate() {
         let ly = top + 10 + k as i64 * 24;
-        c.rect(right + 16, ly + 2, 18, 10, colour(k));
+        c.rect(right + 16, ly + 2, 18, 10, series_colour(k));
         c.text(right + 40, ly, &s.name, INK);
     }
     c.png(title)
@@ -147,7 +161,7 @@ mod tests {
     use super::*;
 
     fn bars(name: &str, values: &[f64], stacked: bool) -> BarSeries {
-        BarSeries { name: name.into(), values: values.to_vec(), stacked }
+        BarSeries { name: name.into(), values: values.to_vec(), stacked, colour: None }
     }
 
     /// Per image column, the rows (top to bottom) painted in `colour`.

@@ -11,14 +11,15 @@ pub use line::{line_chart, Series};
 /// Pixel size of one font dot for axis text, titles and legends.
 const SCALE: usize = 2;
 
-type Rgb = [u8; 3];
+pub type Rgb = [u8; 3];
 
 const GRID: Rgb = [225, 225, 225];
 const AXIS: Rgb = [60, 60, 60];
 const INK: Rgb = [20, 20, 20];
 
-/// Colours that stay distinguishable for eight series (Okabe–Ito-like, plus two darks).
-const PALETTE: [Rgb; 8] = [
+/// Colours that stay distinguishable for eight series (Okabe–Ito-like, plus two darks); series `k` is
+/// drawn in `PALETTE[k % 8]`.
+pub const PALETTE: [Rgb; 8] = [
     [0, 114, 178],
     [230, 159, 0],
     [0, 158, 115],

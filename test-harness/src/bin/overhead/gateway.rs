@@ -35,6 +35,22 @@ impl Gateway {
             Gateway::ExtProc { endpoints } => format!("ext_proc-{endpoints}"),
         }
     }
+
+    /// The inverse of `key`, for reading a run back from its CSV.
+    pub fn from_key(key: &str) -> Option<Gateway> {
+        let endpoints = |rest: &str| rest.parse().ok();
+        match key {
+            "plain" => Some(Gateway::Plain),
+            "floor" => Some(Gateway::Floor),
+            _ => {
+                if let Some(n) = key.strip_prefix("picker-") {
+                    endpoints(n).map(|endpoints| Gateway::Picker { endpoints })
+                } else {
+                    endpoints(key.strip_prefix("ext_proc-")?).map(|endpoints| Gateway::ExtProc { endpoints })
+                }
+            }
+        }
+    }
 }
 
 /// The modules and binaries the gateways need.

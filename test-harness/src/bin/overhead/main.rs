@@ -16,9 +16,13 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connections N]
+       overhead --charts-from CSV [--out DIR]
 
   --quick          4 KiB and 220 KiB bodies, 64 endpoints, 1 worker, 2 rounds of 3 s (a few minutes)
-  --out DIR        where overhead.md and overhead.csv go [default: target/overhead-bench]
+  --out DIR        where overhead.md, overhead.csv and the charts overhead-throughput-w<workers>.png and
+                   overhead-added-cpu-w<workers>.png go [default: target/overhead-bench]
+  --charts-from CSV  only redraw the charts from an overhead.csv a run wrote (no Envoy); they go next to
+                   it unless --out is given
   --shim PATH      the epp-shim binary (build it with --release) [default: target/release/epp-shim]
   --duration SECS  measured seconds per round [default: 4, quick 3]
   --connections N  wrk connections [default: 8]
@@ -34,6 +38,8 @@ struct Options {
     connections: usize,
     rounds: usize,
     host_calls_only: bool,
+    charts_from: Option<PathBuf>,
+    out_given: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -46,6 +52,8 @@ fn parse_args() -> Result<Options, String> {
         connections: 8,
         rounds: 3,
         host_calls_only: false,
+        charts_from: None,
+        out_given: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,7 +61,11 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--host-calls-only" => o.host_calls_only = true,
-            "--out" => o.out = root.join(value("--out")?),
+            "--out" => {
+                o.out = root.join(value("--out")?);
+                o.out_given = true;
+            }
+            "--charts-from" => o.charts_from = Some(root.join(value("--charts-from")?)),
             "--shim" => o.shim = root.join(value("--shim")?),
             "--duration" => {
                 let v = value("--duration")?;
@@ -94,6 +106,18 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<(), String> {
     let o = parse_args()?;
+    if let Some(csv) = &o.charts_from {
+        let text = std::fs::read_to_string(csv).map_err(|e| format!("cannot read {}: {e}", csv.display()))?;
+        let runs = report::parse_csv(&text, &csv.display().to_string())?;
+        let dir = match csv.parent() {
+            Some(parent) if !o.out_given => parent.to_path_buf(),
+            _ => o.out.clone(),
+        };
+        for path in write_charts(&runs, &dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let started = Instant::now();
     let load_before = loadavg();
     let root = test_harness::workspace_root();
@@ -223,7 +247,22 @@ fn run() -> Result<(), String> {
     std::fs::write(&csv, report::csv(&runs)).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
     println!("{text}");
     eprintln!("wrote {} and {} in {:.0} s", md.display(), csv.display(), elapsed.as_secs_f64());
+    for path in write_charts(&runs, &o.out)? {
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// Renders the report's charts of `runs` into `dir`; returns the files written.
+fn write_charts(runs: &[Run], dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    for (name, png) in report::charts(runs)? {
+        let path = dir.join(name);
+        std::fs::write(&path, png).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 fn o_summary(o: &Options) -> String {

@@ -1,8 +1,10 @@
-//! Tables for BENCHMARKS.md and a CSV of every cell. Ratios are taken within one (workers, body) group of
-//! the same run, against plain Envoy, so drift between groups cancels out.
+//! Tables for BENCHMARKS.md, a CSV of every cell (written and read back) and PNG charts of the same cells.
+//! Ratios are taken within one (workers, body) group of the same run, against plain Envoy, so drift
+//! between groups cancels out.
 
 use crate::gateway::Gateway;
 use crate::load::WrkResult;
+use quality_bench::chart::{bar_chart, BarSeries, PALETTE};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -24,6 +26,11 @@ impl Run {
 
     fn shim_cpu_us(&self) -> f64 {
         per_request_us(self.shim_cpu_s, self.wrk.requests)
+    }
+
+    /// Envoy CPU µs per request above plain Envoy's (`plain`: the same workers and body).
+    fn added_envoy_cpu_us(&self, plain: &Run) -> f64 {
+        self.envoy_cpu_us() - plain.envoy_cpu_us()
     }
 
     /// 1/rps in µs: the wall-clock cost of one request at saturation.
@@ -94,7 +101,7 @@ pub fn markdown(
                 r.wrk.p99_us / p.wrk.p99_us,
                 r.inverse_rps_us() - p.inverse_rps_us(),
                 r.envoy_cpu_us(),
-                r.envoy_cpu_us() - p.envoy_cpu_us(),
+                r.added_envoy_cpu_us(p),
             );
         }
         s.push('\n');
@@ -121,8 +128,8 @@ pub fn markdown(
             };
             let fa = f.inverse_rps_us() - p.inverse_rps_us();
             let ka = k.inverse_rps_us() - p.inverse_rps_us();
-            let fc = f.envoy_cpu_us() - p.envoy_cpu_us();
-            let kc = k.envoy_cpu_us() - p.envoy_cpu_us();
+            let fc = f.added_envoy_cpu_us(p);
+            let kc = k.added_envoy_cpu_us(p);
             let met = if kc <= 2.0 * fc && ka <= 2.0 * fa {
                 "yes"
             } else if kc <= 2.0 * fc || ka <= 2.0 * fa {
@@ -193,8 +200,10 @@ pub fn host_calls_table(calls: &[crate::host_calls::Count]) -> String {
     s
 }
 
+const CSV_HEADER: &str = "workers,body_kib,configuration,requests,seconds,rps,p50_us,p99_us,envoy_cpu_s,shim_cpu_s,nginx_cpu_s,socket_errors";
+
 pub fn csv(runs: &[Run]) -> String {
-    let mut s = String::from("workers,body_kib,configuration,requests,seconds,rps,p50_us,p99_us,envoy_cpu_s,shim_cpu_s,nginx_cpu_s,socket_errors\n");
+    let mut s = format!("{CSV_HEADER}\n");
     for r in runs {
         let _ = writeln!(
             s,
@@ -214,4 +223,246 @@ pub fn csv(runs: &[Run]) -> String {
         );
     }
     s
+}
+
+/// Reads back what `csv` wrote (`source` names the file in errors), so the charts of a committed run can
+/// be redrawn without Envoy.
+pub fn parse_csv(text: &str, source: &str) -> Result<Vec<Run>, String> {
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, header)) if header.trim() == CSV_HEADER => {}
+        other => {
+            return Err(format!(
+                "{source} line 1: expected the header {CSV_HEADER:?}, found {:?}",
+                other.map_or("", |(_, l)| l)
+            ))
+        }
+    }
+    let columns: Vec<&str> = CSV_HEADER.split(',').collect();
+    let mut runs = Vec::new();
+    for (i, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+        let at = format!("{source} line {}", i + 1);
+        let fields: Vec<&str> = line.trim().split(',').collect();
+        if fields.len() != columns.len() {
+            return Err(format!(
+                "{at}: expected {} comma-separated fields, found {}",
+                columns.len(),
+                fields.len()
+            ));
+        }
+        let cell = |name: &str| -> &str {
+            columns.iter().position(|c| *c == name).and_then(|k| fields.get(k)).copied().unwrap_or("")
+        };
+        fn number<T: std::str::FromStr>(at: &str, name: &str, v: &str) -> Result<T, String> {
+            v.parse().map_err(|_| format!("{at}: {name} {v:?} is not a number"))
+        }
+        let num = |name: &str| number::<f64>(&at, name, cell(name));
+        let count = |name: &str| number::<u64>(&at, name, cell(name));
+        let (requests, rps) = (count("requests")?, num("rps")?);
+        let key = cell("configuration");
+        let gateway = Gateway::from_key(key).ok_or_else(|| {
+            format!("{at}: configuration {key:?} is none of plain, floor, picker-N, ext_proc-N")
+        })?;
+        runs.push(Run {
+            gateway,
+            workers: number(&at, "workers", cell("workers"))?,
+            body_kib: number(&at, "body_kib", cell("body_kib"))?,
+            wrk: WrkResult {
+                requests,
+                // From the rps column rather than the seconds one: the charts show rps, and this way they
+                // show the number the file states.
+                seconds: if rps > 0.0 { requests as f64 / rps } else { num("seconds")? },
+                p50_us: num("p50_us")?,
+                p99_us: num("p99_us")?,
+                // A run with non-2xx responses stops with an error, so a written cell had none.
+                non_2xx: 0,
+                socket_errors: count("socket_errors")?,
+            },
+            envoy_cpu_s: num("envoy_cpu_s")?,
+            shim_cpu_s: num("shim_cpu_s")?,
+            nginx_cpu_s: num("nginx_cpu_s")?,
+        });
+    }
+    Ok(runs)
+}
+
+/// PNG charts of the cells the tables show, two per worker count, as (file name, PNG): req/s, and the
+/// CPU per request each configuration adds over plain Envoy (for ext_proc, Envoy's plus the shim's).
+pub fn charts(runs: &[Run]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut workers: Vec<usize> = runs.iter().map(|r| r.workers).collect();
+    workers.sort_unstable();
+    workers.dedup();
+    let mut out = Vec::new();
+    for w in workers {
+        let cells: Vec<&Run> = runs.iter().filter(|r| r.workers == w).collect();
+        let mut bodies: Vec<usize> = cells.iter().map(|r| r.body_kib).collect();
+        bodies.sort_unstable();
+        bodies.dedup();
+        let mut gateways: Vec<&Gateway> = Vec::new();
+        for r in &cells {
+            if !gateways.iter().any(|g| g.key() == r.gateway.key()) {
+                gateways.push(&r.gateway);
+            }
+        }
+        let groups: Vec<String> = bodies.iter().map(|kib| format!("{kib} KiB")).collect();
+        // Each configuration keeps its colour in both charts, though the second has no plain Envoy bar.
+        let colour = |k: usize| PALETTE.get(k % PALETTE.len()).copied();
+        // One value per body for one configuration; NaN (no bar) where the run has no such cell.
+        let per_body = |g: &Gateway, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> {
+            bodies
+                .iter()
+                .map(|&kib| {
+                    find(runs, w, kib, &g.key())
+                        .and_then(|r| Some(f(r, plain_of(runs, r)?)))
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        };
+        let workers_label = format!("Envoy with {w} worker{}", if w == 1 { "" } else { "s" });
+
+        let throughput: Vec<BarSeries> = gateways
+            .iter()
+            .enumerate()
+            .map(|(k, g)| BarSeries {
+                name: g.label(),
+                values: per_body(g, &|r, _| r.wrk.rps()),
+                stacked: false,
+                colour: colour(k),
+            })
+            .collect();
+        let title = format!("Throughput, {workers_label} (higher is better)");
+        out.push((
+            format!("overhead-throughput-w{w}.png"),
+            bar_chart(&title, "request body", "req/s", &groups, &throughput)?,
+        ));
+
+        let mut added = Vec::new();
+        for (k, g) in gateways.iter().enumerate() {
+            let values = per_body(g, &|r, p| r.added_envoy_cpu_us(p));
+            match g {
+                Gateway::Plain => continue,
+                Gateway::ExtProc { endpoints } => {
+                    let name = format!("ext_proc, {endpoints} endpoints: Envoy");
+                    added.push(BarSeries { name, values, stacked: false, colour: colour(k) });
+                    added.push(BarSeries {
+                        name: String::from("+ epp-shim process (stacked)"),
+                        values: per_body(g, &|r, _| r.shim_cpu_us()),
+                        stacked: true,
+                        colour: colour(gateways.len()),
+                    });
+                }
+                _ => added.push(BarSeries { name: g.label(), values, stacked: false, colour: colour(k) }),
+            }
+        }
+        let title = format!("Added CPU per request over plain Envoy, {workers_label} (lower is better)");
+        out.push((
+            format!("overhead-added-cpu-w{w}.png"),
+            bar_chart(&title, "request body", "CPU µs/request", &groups, &added)?,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(gateway: Gateway, body_kib: usize, rps: f64, envoy_cpu_us: f64, shim_cpu_us: f64) -> Run {
+        let requests = 10_000;
+        Run {
+            gateway,
+            workers: 1,
+            body_kib,
+            wrk: WrkResult {
+                requests,
+                seconds: requests as f64 / rps,
+                p50_us: 1000.0,
+                p99_us: 3000.0,
+                non_2xx: 0,
+                socket_errors: 0,
+            },
+            envoy_cpu_s: envoy_cpu_us * requests as f64 / 1e6,
+            shim_cpu_s: shim_cpu_us * requests as f64 / 1e6,
+            nginx_cpu_s: 1.0,
+        }
+    }
+
+    /// Plain Envoy at 8000 and 4000 req/s, the floor adding 16 and 20 µs of Envoy CPU over plain's 60
+    /// and 100, the picker, and ext_proc with its shim's CPU.
+    fn runs() -> Vec<Run> {
+        let mut v = Vec::new();
+        for (kib, plain_rps, plain_cpu, floor_added) in [(4, 8000.0, 60.0, 16.0), (220, 4000.0, 100.0, 20.0)]
+        {
+            v.push(run(Gateway::Plain, kib, plain_rps, plain_cpu, 0.0));
+            v.push(run(Gateway::Floor, kib, plain_rps * 0.8, plain_cpu + floor_added, 0.0));
+            v.push(run(Gateway::Picker { endpoints: 64 }, kib, plain_rps * 0.5, plain_cpu + 150.0, 0.0));
+            v.push(run(Gateway::ExtProc { endpoints: 64 }, kib, plain_rps * 0.1, plain_cpu + 200.0, 100.0));
+        }
+        v
+    }
+
+    /// Per image column, how many pixels are `colour`; then the height of each separate bar, left to
+    /// right (the legend swatch, 10 pixels tall, comes last).
+    fn bar_heights(png_bytes: &[u8], colour: [u8; 3]) -> (u32, u32, Vec<usize>) {
+        let mut reader = png::Decoder::new(png_bytes).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let width = info.width as usize;
+        let mut columns = vec![0usize; width];
+        for (i, px) in buf[..info.buffer_size()].chunks(3).enumerate() {
+            if px == colour {
+                columns[i % width] += 1;
+            }
+        }
+        let mut heights = Vec::new();
+        let mut previous = 0;
+        for &n in &columns {
+            if n > 0 && previous == 0 {
+                heights.push(n);
+            }
+            previous = n;
+        }
+        (info.width, info.height, heights)
+    }
+
+    #[test]
+    fn charts_are_drawn_from_the_table_cells() {
+        let charts = charts(&runs()).unwrap();
+        let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["overhead-throughput-w1.png", "overhead-added-cpu-w1.png"]);
+
+        // Throughput: plain Envoy's bars (first colour) at 8000 and 4000 req/s, one twice the other.
+        let (width, height, plain) = bar_heights(&charts[0].1, PALETTE[0]);
+        assert_eq!(height, 600);
+        assert!(width > 1000, "room for the plot and the legend: {width}");
+        assert_eq!(plain.len(), 3, "two bars and the legend swatch: {plain:?}");
+        assert!(plain[0].abs_diff(2 * plain[1]) <= 1 && plain[0] > 300, "{plain:?}");
+
+        // Added CPU: no plain bar; the floor (second colour, as in the throughput chart) adds 16 µs
+        // at 4 KiB and 20 µs at 220 KiB over plain, not its absolute 76 and 120 µs.
+        let (_, _, plain) = bar_heights(&charts[1].1, PALETTE[0]);
+        assert_eq!(plain, Vec::<usize>::new());
+        let (_, _, floor) = bar_heights(&charts[1].1, PALETTE[1]);
+        assert_eq!(floor.len(), 3, "{floor:?}");
+        assert!((floor[1] as f64 / floor[0] as f64 - 20.0 / 16.0).abs() < 0.1, "{floor:?}");
+        // ext_proc's Envoy share (200 µs) and its shim's (100 µs, stacked, the colour after the last
+        // configuration's) are both drawn.
+        let (_, _, ext_proc) = bar_heights(&charts[1].1, PALETTE[3]);
+        let (_, _, shim) = bar_heights(&charts[1].1, PALETTE[4]);
+        assert_eq!((ext_proc.len(), shim.len()), (3, 3));
+        assert!(ext_proc[0].abs_diff(2 * shim[0]) <= 1, "{ext_proc:?} {shim:?}");
+    }
+
+    #[test]
+    fn the_csv_reads_back_into_the_same_cells() {
+        let written = csv(&runs());
+        let read = parse_csv(&written, "overhead.csv").unwrap();
+        assert_eq!(csv(&read), written);
+        assert_eq!(read[7].gateway.key(), "ext_proc-64");
+
+        let bad = written.replacen("picker-64", "picker-many", 1);
+        let err = parse_csv(&bad, "overhead.csv").err().unwrap();
+        assert!(err.contains("overhead.csv line 4") && err.contains("picker-many"), "{err}");
+        assert!(parse_csv("workers,rps\n1,2\n", "x.csv").err().unwrap().contains("x.csv line 1"));
+    }
 }
