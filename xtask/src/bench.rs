@@ -5,7 +5,8 @@
 //! `target/quality-bench/` so CI smoke runs leave the committed results alone.
 //!
 //! `cargo xtask bench overhead [--quick]`: the picker's cost in real Envoy (nginx backend, wrk load), via
-//! the `overhead` binary of test-harness; full mode writes `docs/bench/overhead.{md,csv}`.
+//! the `overhead` binary of test-harness; full mode writes `docs/bench/overhead.{md,csv}` and its PNG charts
+//! `overhead-throughput-w<workers>.png` and `overhead-added-cpu-w<workers>.png`.
 
 use crate::cmd::{cargo, step};
 
