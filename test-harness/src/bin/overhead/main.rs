@@ -28,6 +28,10 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
   --connections N  wrk connections [default: 8]
   --host-calls-only  only count the filters' host calls per request (emulated, no Envoy)
   --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
+  --only KEYS      only these configurations, comma-separated keys: plain, floor, picker-<N>, ext_proc-64
+                   (for a focused comparison while working on the filter; skips the memory table)
+  --bodies KIBS    body sizes in KiB, comma-separated [default: 4,128,220, quick 4,220]
+  --workers LIST   Envoy worker counts, comma-separated [default: 1,2, quick 1]
 ";
 
 struct Options {
@@ -40,6 +44,15 @@ struct Options {
     host_calls_only: bool,
     charts_from: Option<PathBuf>,
     out_given: bool,
+    only: Option<Vec<String>>,
+    bodies_kib: Option<Vec<usize>>,
+    workers: Option<Vec<usize>>,
+}
+
+fn parse_list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|x| x.trim().parse().map_err(|_| format!("{flag} {v:?}: expected comma-separated counts")))
+        .collect()
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -54,6 +67,9 @@ fn parse_args() -> Result<Options, String> {
         host_calls_only: false,
         charts_from: None,
         out_given: false,
+        only: None,
+        bodies_kib: None,
+        workers: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -81,6 +97,9 @@ fn parse_args() -> Result<Options, String> {
                 let v = value("--rounds")?;
                 o.rounds = v.parse().map_err(|_| format!("--rounds {v:?}: expected a count"))?;
             }
+            "--only" => o.only = Some(value("--only")?.split(',').map(|k| k.trim().to_string()).collect()),
+            "--bodies" => o.bodies_kib = Some(parse_list("--bodies", &value("--bodies")?)?),
+            "--workers" => o.workers = Some(parse_list("--workers", &value("--workers")?)?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -130,7 +149,8 @@ fn run() -> Result<(), String> {
         "floor_filter",
         &root.join("target/fixtures"),
     )?;
-    if !o.shim.exists() && !o.host_calls_only {
+    let needs_shim = o.only.as_ref().is_none_or(|keys| keys.iter().any(|k| k.starts_with("ext_proc")));
+    if !o.shim.exists() && !o.host_calls_only && needs_shim {
         return Err(format!("{} is missing: cargo build --release -p epp-shim", o.shim.display()));
     }
     let art = Artifacts { picker_wasm, floor_wasm, shim: o.shim.clone(), scrape_interval_ms: 1000 };
@@ -150,8 +170,10 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    let bodies_kib: Vec<usize> = if o.quick { vec![4, 220] } else { vec![4, 128, 220] };
-    let workers: Vec<usize> = if o.quick { vec![1] } else { vec![1, 2] };
+    let default_bodies = if o.quick { vec![4, 220] } else { vec![4, 128, 220] };
+    let bodies_kib: Vec<usize> = o.bodies_kib.clone().unwrap_or(default_bodies);
+    let default_workers = if o.quick { vec![1] } else { vec![1, 2] };
+    let workers: Vec<usize> = o.workers.clone().unwrap_or(default_workers);
     let picker_sizes: Vec<usize> = if o.quick { vec![64] } else { vec![8, 64, 256] };
     let memory_endpoints = 1024;
     let backend = backend::Backend::start(memory_endpoints, &work.join("nginx"))?;
@@ -162,6 +184,15 @@ fn run() -> Result<(), String> {
     let mut gateways = vec![Gateway::Plain, Gateway::Floor];
     gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
     gateways.push(Gateway::ExtProc { endpoints: 64 });
+    if let Some(only) = &o.only {
+        gateways = only
+            .iter()
+            .map(|k| {
+                Gateway::from_key(k)
+                    .ok_or_else(|| format!("--only {k:?}: expected plain, floor, picker-<N> or ext_proc-<N>"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
     for &w in &workers {
         // Every configuration runs side by side and the rounds alternate between them, so a burst of
         // background load on this shared machine hits all of them alike instead of one cell.
@@ -200,11 +231,12 @@ fn run() -> Result<(), String> {
     }
 
     let mut memory = Vec::new();
+    let memory_workers = if o.only.is_some() { &[][..] } else { &workers[..] };
     let body = work.join("body-4k.json");
     std::fs::write(&body, load::chat_body(4096))
         .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
     let script = load::write_script(&body)?;
-    for &w in &workers {
+    for &w in memory_workers {
         for g in [Gateway::Plain, Gateway::Floor, Gateway::Picker { endpoints: memory_endpoints }] {
             let running = gateway::start(&g, w, &pool, &art)?;
             settle(&g);
