@@ -21,6 +21,7 @@ const CONFIGS: &[&str] = &[
                     {"type": "load-aware-scorer"}, {"type": "active-request-scorer"},
                     {"type": "session-affinity-scorer"}, {"type": "token-load-scorer"},
                     {"type": "lora-affinity-scorer"}, {"type": "running-requests-size-scorer"},
+                    {"type": "lora-slot-scorer"},
                     {"type": "weighted-random-picker", "parameters": {"maxNumOfEndpoints": 2}}]}"#,
     r#"{"plugins": [{"type": "prefill-filter"}, {"type": "decode-filter"}, {"type": "prefix-cache-scorer"},
                     {"type": "queue-scorer"}, {"type": "max-score-picker"},
@@ -32,11 +33,13 @@ const CONFIGS: &[&str] = &[
                                          {"pluginRef": "queue-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#,
     r#"{"plugins": [{"type": "utilization-detector", "parameters": {"headroom": 0.2}},
                     {"type": "concurrency-detector"}, {"type": "queue-scorer"},
-                    {"type": "kv-cache-utilization-scorer"}, {"type": "inflight-aware-queue-scorer"}],
+                    {"type": "kv-cache-utilization-scorer"}, {"type": "inflight-aware-queue-scorer"},
+                    {"type": "lora-slot-scorer", "parameters": {"baseModels": ["m"]}}],
         "saturationDetector": {"pluginRef": "concurrency-detector"},
         "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "utilization-detector"},
             {"pluginRef": "queue-scorer", "weight": 2.5}, {"pluginRef": "kv-cache-utilization-scorer"},
-            {"pluginRef": "inflight-aware-queue-scorer", "weight": 0.5}]}]}"#,
+            {"pluginRef": "inflight-aware-queue-scorer", "weight": 0.5},
+            {"pluginRef": "lora-slot-scorer", "weight": 4}]}]}"#,
 ];
 
 fn metrics_strategy() -> impl Strategy<Value = Option<Metrics>> {

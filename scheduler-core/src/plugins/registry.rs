@@ -18,8 +18,8 @@ use super::scorers::prefix_cache_scorer::{
 };
 use super::scorers::{
     active_request_scorer, inflight_aware_queue_scorer, kv_cache_utilization_scorer, load_aware_scorer,
-    lora_affinity_scorer, queue_scorer, running_requests_size_scorer, session_affinity_scorer,
-    token_load_scorer,
+    lora_affinity_scorer, lora_slot_scorer, queue_scorer, running_requests_size_scorer,
+    session_affinity_scorer, token_load_scorer,
 };
 use crate::scheduling::Plugin;
 use alloc::boxed::Box;
@@ -67,6 +67,7 @@ const BUILTIN: &[(&str, Constructor)] = &[
     validated!(load_aware_scorer::LoadAwareScorer),
     validated!(session_affinity_scorer::SessionAffinityScorer),
     validated!(inflight_aware_queue_scorer::InflightAwareQueueScorer),
+    validated!(lora_slot_scorer::LoraSlotScorer),
     // Filters and detectors
     (PREFIX_CACHE_AFFINITY_FILTER_TYPE, build_prefix_cache_affinity_filter),
     validated!(least_queue_filter::LeastQueueFilter),

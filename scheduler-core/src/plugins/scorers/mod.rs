@@ -5,6 +5,7 @@ pub mod inflight_aware_queue_scorer;
 pub mod kv_cache_utilization_scorer;
 pub mod load_aware_scorer;
 pub mod lora_affinity_scorer;
+pub mod lora_slot_scorer;
 pub mod prefix_cache_scorer;
 pub mod queue_scorer;
 pub mod running_requests_size_scorer;
