@@ -82,13 +82,14 @@ impl PickerHandle {
         std::thread::Builder::new()
             .name("epp-picker".into())
             .spawn(move || {
-                let picker = match EndpointPicker::new(config) {
+                let mut picker = match EndpointPicker::new(config) {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = ready_tx.send(Err(SpawnError::Config(e)));
                         return;
                     }
                 };
+                picker.scheduler_mut().set_prefix_table_seed(table_seed());
                 let _ = ready_tx.send(Ok(()));
                 let mut worker =
                     Worker { picker, pool, metrics, clock, table: InFlightTable::default(), working: None };
@@ -131,6 +132,13 @@ impl PickerHandle {
     pub fn moved(&self, from: &str, to: &str, tokens: u64) {
         let _ = self.tx.send(Command::Move { from: from.to_string(), to: to.to_string(), tokens });
     }
+}
+
+/// A secret seed for the prefix index's table, new for every process: std keys each `RandomState` from
+/// the OS random generator.
+fn table_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0u64)
 }
 
 struct Worker {

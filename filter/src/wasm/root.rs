@@ -22,6 +22,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// A secret seed for the prefix index's table, new for every VM. std keys each `RandomState` from
+/// WASI `random_get` on wasip1, which Envoy (proxy-wasm-cpp-host) serves from BoringSSL's `RAND_bytes`.
+fn table_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0u64)
+}
+
 /// The root id that selects the collector role.
 pub const COLLECTOR_ROOT_ID: &str = "collector";
 
@@ -87,7 +94,8 @@ impl Root {
             log::info!("collector for pool {:?} started", config.pool.name);
             return Ok(());
         }
-        let worker = Worker::new(config.clone()).map_err(|e| e.to_string())?;
+        let mut worker = Worker::new(config.clone()).map_err(|e| e.to_string())?;
+        worker.set_prefix_table_seed(table_seed());
         // The worker joins the process (directory, in-flight key, prefix queue) on its first HTTP stream,
         // not here: Envoy also configures this root context on its main thread, which never serves
         // requests, and a VM in the directory receives every other worker's prefix broadcasts.

@@ -84,6 +84,12 @@ impl Worker {
         }
     }
 
+    /// Lays the prefix index's table out by `seed`: a secret drawn once per VM, so clients cannot aim
+    /// block hashes at one bucket. Decisions do not depend on it.
+    pub fn set_prefix_table_seed(&mut self, seed: u64) {
+        self.picker.scheduler_mut().set_prefix_table_seed(seed);
+    }
+
     /// [`Worker::start`] the first time only (called for every new HTTP stream).
     pub fn start_once(&mut self, host: &dyn Host) {
         if !self.started {

@@ -12,7 +12,7 @@
 //!
 //! Endpoint addresses are interned to `u32` ids; a departed endpoint's id is reused, and the pool
 //! position of each id is cached per pool snapshot. Nothing here iterates a hash map where order could
-//! leak into a result, so matches are deterministic.
+//! leak into a result, so matches and evictions are deterministic and do not depend on the table seed.
 
 use crate::model::PoolSnapshot;
 use alloc::string::String;
@@ -33,47 +33,84 @@ type EndpointId = u32;
 /// "No slot" in the intrusive list, "not in the pool" in [`PoolPositions`].
 const NIL: u32 = u32::MAX;
 
-/// Builds [`PassThrough`] hashers: the tables keyed by block hash use the key itself as its hash.
+/// Table seed of an index built without one: fixed, so tests and benchmarks see one layout. Proxies
+/// replace it with a secret random seed ([`PrefixIndex::set_table_seed`]).
+pub const DEFAULT_TABLE_SEED: u64 = 0x243f_6a88_85a3_08d3;
+
+/// Builds the hashers of the tables keyed by block hash: a finalizer keyed by a per-process seed.
 ///
-/// Block hashes are xxh64 outputs, already spread over all 64 bits (hashbrown takes the bucket from the
-/// low bits and the tag from the top 7), so hashing them again only costs time on every lookup.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BlockHashState;
+/// Block hashes come from client prompts, so a client that grinds prompts can make many of them share
+/// the low bits hashbrown takes the bucket from and turn every lookup into a long probe (hash flooding).
+/// With a secret seed mixed in, bucket positions are unpredictable; the keys stored stay the block
+/// hashes (identical on every worker), so what the index answers does not depend on the seed.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockHashState {
+    seed: u64,
+}
 
-impl BuildHasher for BlockHashState {
-    type Hasher = PassThrough;
-
-    fn build_hasher(&self) -> PassThrough {
-        PassThrough(0)
+impl BlockHashState {
+    pub fn new(seed: u64) -> BlockHashState {
+        BlockHashState { seed }
     }
 }
 
-/// Returns a `u64` key unchanged. Other keys still hash deterministically (FNV-1a over their bytes),
-/// just not well: the type is meant for block hashes only.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PassThrough(u64);
+impl Default for BlockHashState {
+    fn default() -> BlockHashState {
+        BlockHashState::new(DEFAULT_TABLE_SEED)
+    }
+}
 
-impl Hasher for PassThrough {
+impl BuildHasher for BlockHashState {
+    type Hasher = BlockHasher;
+
+    fn build_hasher(&self) -> BlockHasher {
+        BlockHasher { seed: self.seed, state: 0 }
+    }
+}
+
+/// Hashes a `u64` key with [`mix`]. Other keys still hash deterministically (FNV-1a over their bytes,
+/// then mixed), just more slowly: the type is meant for block hashes.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockHasher {
+    seed: u64,
+    state: u64,
+}
+
+impl Hasher for BlockHasher {
     fn write(&mut self, bytes: &[u8]) {
         const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut h = self.0 ^ FNV_OFFSET;
+        let mut h = self.state ^ FNV_OFFSET;
         for &b in bytes {
             h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
         }
-        self.0 = h;
+        self.state = h;
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        self.state ^= n;
     }
 
+    #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        mix(self.state, self.seed)
     }
 }
 
-/// Block hash → value, with the key as its own hash.
+/// The keyed finalizer: `hash ^ seed`, then two xorshift-multiply rounds. A product's low bits only see
+/// its input's low bits, so each round first folds the high half down; after two, every output bit
+/// (the bucket's low bits, the tag's top 7) depends on every input bit and on the seed. A bijection, so
+/// distinct block hashes keep distinct table hashes. Costs two 64-bit multiplies per lookup.
+#[inline]
+fn mix(hash: u64, seed: u64) -> u64 {
+    const M: u64 = 0xd6e8_feb8_6659_fd93;
+    let mut x = hash ^ seed;
+    x = (x ^ (x >> 32)).wrapping_mul(M);
+    x = (x ^ (x >> 32)).wrapping_mul(M);
+    x ^ (x >> 32)
+}
+
+/// Block hash → value, laid out by a [`BlockHashState`].
 type BlockMap<V> = HashMap<u64, V, BlockHashState>;
 
 #[derive(Clone, Copy, Debug)]
@@ -373,8 +410,22 @@ pub struct PrefixIndex {
 }
 
 impl PrefixIndex {
+    /// An empty index with the block-hash table laid out by [`DEFAULT_TABLE_SEED`].
     pub fn new() -> PrefixIndex {
         PrefixIndex::default()
+    }
+
+    /// An empty index with the block-hash table laid out by `seed` (see [`BlockHashState`]).
+    pub fn with_table_seed(seed: u64) -> PrefixIndex {
+        PrefixIndex { holders: BlockMap::with_hasher(BlockHashState::new(seed)), ..PrefixIndex::default() }
+    }
+
+    /// Lays the block-hash table out by `seed` from now on, moving what it holds: the index answers
+    /// exactly as before. Proxies call it once per process with a secret random seed.
+    pub fn set_table_seed(&mut self, seed: u64) {
+        let mut holders = BlockMap::with_capacity_and_hasher(self.holders.len(), BlockHashState::new(seed));
+        holders.extend(self.holders.drain());
+        self.holders = holders;
     }
 
     /// Records that `endpoint_addr` now holds the blocks `hashes` (a request's chain, first block
@@ -709,6 +760,7 @@ mod tests {
     use super::*;
     use alloc::vec::Vec;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     const A: &str = "10.0.0.1:8000";
     const B: &str = "10.0.0.2:8000";
@@ -828,7 +880,7 @@ mod tests {
 
     #[test]
     fn block_hashes_that_share_their_low_bits_still_resolve() {
-        // The tables use a block hash as its own hash, so these all want the same bucket.
+        // Share their low 40 bits: the same bucket for any table that takes a block hash as its own hash.
         let hashes: Vec<u64> = (1..=600u64).map(|i| i << 40).collect();
         let mut ix = PrefixIndex::new();
         ix.record(A, &hashes, 1000);
@@ -851,6 +903,74 @@ mod tests {
         }
         assert_eq!(map.len(), 300);
         assert_eq!((map.get(&(2 << 40)), map.get(&(1 << 40)), map.get(&0)), (Some(&1), None, None));
+    }
+
+    /// How `seed` spreads `keys` over 4096 buckets (the low 12 bits, as hashbrown takes them): distinct
+    /// buckets, the fullest bucket's load, and distinct hashbrown tags (the top 7 bits).
+    fn spread(keys: &[u64], seed: u64) -> (usize, usize, usize) {
+        let mut load = vec![0usize; 4096];
+        let mut tags = [false; 128];
+        for &k in keys {
+            let h = BlockHashState::new(seed).hash_one(k);
+            load[(h & 0xfff) as usize] += 1;
+            tags[(h >> 57) as usize] = true;
+        }
+        let used = load.iter().filter(|&&n| n > 0).count();
+        (used, load.iter().copied().max().unwrap(), tags.iter().filter(|&&t| t).count())
+    }
+
+    #[test]
+    fn crafted_block_hashes_sharing_their_low_bits_still_spread_over_buckets() {
+        // What a client grinding prompts aims for: block hashes that all share their low 40 bits.
+        let crafted: Vec<u64> = (0..4096u64).map(|i| (i << 40) | 0x9e_3779_b97f).collect();
+        // Taken as their own hash they would all land in one bucket.
+        assert_eq!(crafted.iter().map(|k| k & 0xfff).collect::<HashSet<_>>().len(), 1);
+        // Thrown at random, 4096 keys fill 4096·(1 − 1/e) ≈ 2589 of 4096 buckets (±20), the fullest holding
+        // about 7; the crafted keys do as well under any seed.
+        for seed in [DEFAULT_TABLE_SEED, 0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let (used, max_load, tags) = spread(&crafted, seed);
+            assert!(used > 2450, "seed {seed:#x}: {used} buckets used");
+            assert!(max_load <= 12, "seed {seed:#x}: {max_load} keys in one bucket");
+            assert_eq!(tags, 128, "seed {seed:#x}");
+        }
+        // The seed decides the layout: the same key lands elsewhere under another seed.
+        let moved = crafted
+            .iter()
+            .filter(|&&k| {
+                BlockHashState::new(1).hash_one(k) & 0xfff != BlockHashState::new(2).hash_one(k) & 0xfff
+            })
+            .count();
+        assert!(moved > 4000, "{moved} of 4096 keys moved");
+        // A distinct block hash never shares its full table hash (the finalizer is a bijection).
+        let full: HashSet<u64> = crafted.iter().map(|&k| BlockHashState::default().hash_one(k)).collect();
+        assert_eq!(full.len(), crafted.len());
+    }
+
+    /// Everything a caller can observe of an index: per endpoint (in id order) its address, capacity and
+    /// hashes from most to least recent, and the distinct hash count.
+    fn visible(ix: &PrefixIndex) -> (Vec<(String, usize, Vec<u64>)>, usize) {
+        let lrus = ix
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|l| (l.address.clone(), l.capacity, l.hashes_mru_first().collect()))
+            .collect();
+        (lrus, ix.len())
+    }
+
+    #[test]
+    fn a_reseeded_index_answers_as_before() {
+        let mut ix = PrefixIndex::new();
+        let hashes: Vec<u64> = (1..=300u64).map(|i| i << 40).collect();
+        ix.record(A, &hashes, 200);
+        ix.record(B, &hashes[..50], 200);
+        let before = (visible(&ix), ix.match_counts(&hashes, &[A, B, C]));
+        ix.set_table_seed(0xfeed);
+        assert_eq!((visible(&ix), ix.match_counts(&hashes, &[A, B, C])), before);
+        assert_eq!(before.1, [200, 50, 0]);
+        ix.record(A, &[7, 8], 200); // and keeps working: evicts A's two least recent
+        assert!(!ix.contains(A, 199 << 40) && ix.contains(A, 198 << 40) && ix.contains(A, 7));
+        ix.check_invariants().unwrap();
     }
 
     fn pool_of(addrs: &[&str], generation: u64) -> PoolSnapshot {
@@ -907,6 +1027,45 @@ mod tests {
     }
 
     proptest! {
+        /// Workers draw different seeds but must decide alike: the same operations give the same
+        /// matches, LRU orders and evictions whatever the seeds, also when one index is reseeded midway.
+        #[test]
+        fn different_seeds_give_the_same_answers(
+            ops in proptest::collection::vec(op(), 1..60),
+            seeds in (any::<u64>(), any::<u64>(), any::<u64>()),
+            reseed_at in 0..60usize,
+            shift in prop_oneof![Just(0u32), Just(40)],
+        ) {
+            let addrs = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+            let mut x = PrefixIndex::with_table_seed(seeds.0);
+            let mut y = PrefixIndex::with_table_seed(seeds.1);
+            let pool = pool_of(&addrs, 0);
+            for (i, op) in ops.into_iter().enumerate() {
+                if i == reseed_at {
+                    y.set_table_seed(seeds.2);
+                }
+                match op {
+                    Op::Record(e, hashes, cap) => {
+                        let hashes: Vec<u64> = hashes.iter().map(|h| h << shift).collect();
+                        x.record(addrs[e], &hashes, cap);
+                        y.record(addrs[e], &hashes, cap);
+                    }
+                    Op::Match(hashes) => {
+                        let hashes: Vec<u64> = hashes.iter().map(|h| h << shift).collect();
+                        prop_assert_eq!(x.match_counts(&hashes, &addrs), y.match_counts(&hashes, &addrs));
+                        prop_assert_eq!(x.match_counts_in_pool(&hashes, &pool), y.match_counts_in_pool(&hashes, &pool));
+                    }
+                    Op::Retain(mask) => {
+                        let keep = |a: &str| mask & (1 << addrs.iter().position(|x| *x == a).unwrap()) != 0;
+                        x.retain_endpoints(keep);
+                        y.retain_endpoints(keep);
+                    }
+                    Op::Pool(..) => {}
+                }
+                prop_assert_eq!(visible(&x), visible(&y));
+            }
+        }
+
         #[test]
         fn random_sequences_keep_the_index_consistent(ops in proptest::collection::vec(op(), 1..60)) {
             let addrs = ["a:1", "b:1", "c:1", "d:1", "e:1"];

@@ -445,21 +445,11 @@ impl Scheduler {
     /// how a proxy worker learns the picks other workers made (see the filter's prefix sync). Unknown
     /// addresses are recorded too (the endpoint may be newer than this worker's snapshot).
     pub fn learn_prefix(&mut self, pool: &crate::model::PoolSnapshot, address: &str, hashes: &[u64]) {
-        use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
-        use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
         if hashes.is_empty() {
             return;
         }
         let endpoint = pool.find(address);
-        for p in self.plugins.iter_mut() {
-            let Some(any) = p.as_any_mut() else { continue };
-            let handle = if let Some(s) = any.downcast_ref::<PrefixCacheScorer>() {
-                s.handle().clone()
-            } else if let Some(f) = any.downcast_ref::<PrefixCacheAffinityFilter>() {
-                f.handle().clone()
-            } else {
-                continue;
-            };
+        for handle in self.prefix_handles() {
             let Some(config) = handle.config() else { continue };
             let capacity = match endpoint {
                 Some(e) => config.capacity_for(e),
@@ -470,6 +460,33 @@ impl Scheduler {
                 index.record(address, hashes, capacity);
             };
         }
+    }
+
+    /// Lays out every prefix index's block-hash table by `seed` (default: a fixed seed). Proxies pass a
+    /// secret random seed once per process or VM, so clients cannot craft prompts whose block hashes
+    /// collide in the table; decisions are the same whatever the seed.
+    pub fn set_prefix_table_seed(&mut self, seed: u64) {
+        for handle in self.prefix_handles() {
+            if let Some(mut index) = handle.index_mut() {
+                index.set_table_seed(seed);
+            }
+        }
+    }
+
+    /// The prefix index of every prefix plugin (a handle shared by a scorer and a filter comes twice).
+    fn prefix_handles(&mut self) -> Vec<crate::prefix::PrefixHandle> {
+        use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
+        use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
+        let mut handles = Vec::new();
+        for p in self.plugins.iter_mut() {
+            let Some(any) = p.as_any_mut() else { continue };
+            if let Some(s) = any.downcast_ref::<PrefixCacheScorer>() {
+                handles.push(s.handle().clone());
+            } else if let Some(f) = any.downcast_ref::<PrefixCacheAffinityFilter>() {
+                handles.push(f.handle().clone());
+            }
+        }
+        handles
     }
 }
 

@@ -209,3 +209,48 @@ fn affinity_filter_with_an_unknown_producer_is_a_config_error() {
         "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got \"nope\""
     );
 }
+
+/// Proxy workers lay their prefix tables out by different secret seeds, yet must pick alike: the
+/// seed moves buckets, never matches or evictions.
+#[test]
+fn prefix_table_seed_does_not_change_decisions() {
+    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
+    // A small LRU so that the run evicts; ties among equally warm endpoints go to the request's rng.
+    let config = r#"{"plugins": [{"type": "prefix-cache-scorer",
+                                  "parameters": {"autoTune": false, "lruCapacityPerServer": 40}},
+                                 {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "p", "plugins": [{"pluginRef": "prefix-cache-scorer"},
+                                                         {"pluginRef": "max-score-picker"}]}]}"#;
+    let mut fixed = Scheduler::from_json(config).unwrap();
+    let mut seeded = Scheduler::from_json(config).unwrap();
+    seeded.set_prefix_table_seed(0x5ec2_e7f0_0d15_ea5e);
+    let p = pool(6);
+    let mut rng = Rng::new(9);
+    let mut sent_to = vec![Vec::new(); 8];
+    for i in 0..300u64 {
+        // Eight system prompts of 3-10 blocks, each followed by a fresh user turn of two blocks.
+        let system = rng.below(8);
+        let mut prompt: Vec<u8> = (0..64 * (3 + system)).map(|j| (j * 31 + system * 7) as u8).collect();
+        prompt.extend((0..128).map(|j| (i * 13 + j) as u8));
+        let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..SchedulingRequest::default() };
+        let a = run(&mut fixed, &p, &req, i).unwrap();
+        assert_eq!(run(&mut seeded, &p, &req, i).unwrap(), a, "request {i}");
+        if !sent_to[system].contains(&a.targets[0]) {
+            sent_to[system].push(a.targets[0]);
+        }
+    }
+    // Not vacuous: prompts stuck to the endpoints that had them (random ties would use all six), and
+    // every endpoint that served filled its LRU, so both sides evicted.
+    assert!(sent_to.iter().all(|e| e.len() <= 2), "{sent_to:?}");
+    let scorer = fixed
+        .plugin_mut("prefix-cache-scorer")
+        .and_then(|p| p.as_any_mut())
+        .and_then(|a| a.downcast_mut::<PrefixCacheScorer>())
+        .unwrap()
+        .handle()
+        .clone();
+    let index = scorer.index().unwrap();
+    for &e in sent_to.iter().flatten() {
+        assert_eq!(index.endpoint_len(p.endpoints[e].address()), Some(40), "endpoint {e}");
+    }
+}
