@@ -22,11 +22,27 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// A secret seed for the prefix index's table, new for every VM. std keys each `RandomState` from
-/// WASI `random_get` on wasip1, which Envoy (proxy-wasm-cpp-host) serves from BoringSSL's `RAND_bytes`.
+/// A secret seed for the prefix index's table, new for every VM, from WASI `random_get` (Envoy's
+/// proxy-wasm-cpp-host serves it from BoringSSL's `RAND_bytes`). Called directly rather than through
+/// std's `RandomState`, which panics when the host refuses.
 fn table_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u64)
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        fn random_get(buf: *mut u8, len: usize) -> u16;
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: the host writes at most `len` bytes into the buffer we own.
+    let errno = unsafe { random_get(bytes.as_mut_ptr(), bytes.len()) };
+    if errno != 0 {
+        // std's RandomState would panic here and take the VM down; a seed from the clock is still
+        // unknown to a client, which is all the table needs.
+        log::warn!("random_get failed (errno {errno}): prefix table seeded from the clock");
+        return proxy_wasm::hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// The root id that selects the collector role.
