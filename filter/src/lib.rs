@@ -43,6 +43,7 @@
 )]
 
 pub mod collector;
+pub mod header_map;
 pub mod host;
 pub mod inflight;
 pub mod keys;

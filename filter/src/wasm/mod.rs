@@ -1,11 +1,13 @@
 //! The Proxy-Wasm glue: only what depends on the proxy's state machine. Compiled for `wasm32` only, so the
 //! logic modules build and test natively.
 
+mod headers;
 mod host_impl;
+mod logger;
 mod root;
 mod stream;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Debug);
+    logger::install();
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
 }}

@@ -202,10 +202,9 @@ impl Context for Root {
         let status = if num_headers == 0 {
             None
         } else {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            super::headers::read(MapType::HttpCallResponseHeaders)
                 .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|h| h.get_str(":status").and_then(|s| s.parse::<u16>().ok()))
         };
         let body = if status.is_some() && body_size > 0 {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
@@ -222,6 +221,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        super::logger::follow_proxy_level();
         match self.configure() {
             Ok(()) => true,
             Err(e) => {
@@ -232,6 +232,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        super::logger::follow_proxy_level();
         let host = self.host.clone();
         if let Role::Picker { worker, .. } = &self.role {
             if let Ok(mut w) = worker.try_borrow_mut() {

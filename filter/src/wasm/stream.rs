@@ -1,7 +1,9 @@
 //! The HTTP context: the proxy's state machine around one request (strip, pause, buffer, decide, apply,
 //! resume; then the response path and the end of the stream). Decisions are the worker's.
 
+use super::headers;
 use super::host_impl::ProxyHost;
+use crate::header_map::HeaderMap;
 use crate::host::Host;
 use crate::worker::{Routed, Worker};
 use proxy_wasm::hostcalls;
@@ -49,6 +51,21 @@ struct Facts {
     objective: Option<String>,
     model_rewrite: Option<String>,
     session_token: Option<String>,
+    content_length: bool,
+}
+
+impl Facts {
+    fn from_headers(h: &HeaderMap) -> Facts {
+        let text = |name: &str| h.get_str(name).map(|v| v.into_owned());
+        Facts {
+            path: text(":path").unwrap_or_default(),
+            request_id: text(REQUEST_ID).unwrap_or_default(),
+            objective: text(OBJECTIVE),
+            model_rewrite: text(MODEL_REWRITE),
+            session_token: text(SESSION_TOKEN),
+            content_length: h.contains("content-length"),
+        }
+    }
 }
 
 impl Facts {
@@ -79,10 +96,6 @@ pub struct Stream {
     /// The model the client asked for, when the body was rewritten to another one.
     client_model: Option<String>,
     response: ResponseBody,
-}
-
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 fn set_request_header(name: &str, value: &str) -> bool {
@@ -149,7 +162,7 @@ impl Stream {
                         log::warn!("request body not rewritten: {s:?}");
                     } else {
                         self.client_model = Some(rewritten.previous_model);
-                        if request_header("content-length").is_some() {
+                        if self.facts.content_length {
                             set_request_header("content-length", &new.len().to_string());
                         }
                     }
@@ -217,19 +230,21 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        // First, before anything can fail: a client-set routing header would route anywhere.
+        // One read of the whole map (one copy into the VM rather than one per header).
+        let headers = headers::read(MapType::HttpRequestHeaders).unwrap_or_else(|e| {
+            log::warn!("request headers not readable, removing every routing header blindly: {e}");
+            HeaderMap::default()
+        });
+        // First, before anything can fail: a client-set routing header would route anywhere. Only the
+        // ones present are removed (the usual case is none); an unreadable map removes them all.
         for name in w.headers_to_strip() {
-            if let Err(s) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
-                log::warn!("client header {name} not removed: {s:?}");
+            if headers.is_empty() || headers.contains(name) {
+                if let Err(s) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
+                    log::warn!("client header {name} not removed: {s:?}");
+                }
             }
         }
-        self.facts = Facts {
-            path: request_header(":path").unwrap_or_default(),
-            request_id: request_header(REQUEST_ID).unwrap_or_default(),
-            objective: request_header(OBJECTIVE),
-            model_rewrite: request_header(MODEL_REWRITE),
-            session_token: request_header(SESSION_TOKEN),
-        };
+        self.facts = Facts::from_headers(&headers);
         if end_of_stream {
             return self.decide(&mut w, None);
         }
@@ -284,16 +299,18 @@ impl HttpContext for Stream {
         {
             log::warn!("response header {served_header} not set: {s:?}");
         }
-        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
-        if status.and_then(|s| s.parse::<u16>().ok()).is_some_and(|s| s >= 500) {
+        let headers = headers::read(MapType::HttpResponseHeaders).unwrap_or_else(|e| {
+            log::debug!("response headers not readable: {e}");
+            HeaderMap::default()
+        });
+        let status = headers.get_str(":status").and_then(|s| s.parse::<u16>().ok());
+        if status.is_some_and(|s| s >= 500) {
             w.stats().upstream_5xx(&*self.host, &served);
         }
         if end_of_stream {
             return Action::Continue;
         }
-        let content_type =
-            hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type").ok().flatten();
-        let events = content_type.as_deref().is_some_and(is_event_stream);
+        let events = headers.get_str("content-type").is_some_and(|c| is_event_stream(&c));
         self.response = match (&self.client_model, events) {
             (client_model, true) => ResponseBody::Events(SseFilter::new(client_model.clone())),
             (Some(_), false) => ResponseBody::Held,

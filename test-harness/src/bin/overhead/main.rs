@@ -279,8 +279,11 @@ fn run() -> Result<(), String> {
     std::fs::write(&csv, report::csv(&runs)).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
     println!("{text}");
     eprintln!("wrote {} and {} in {:.0} s", md.display(), csv.display(), elapsed.as_secs_f64());
-    for path in write_charts(&runs, &o.out)? {
-        eprintln!("wrote {}", path.display());
+    // A focused run (--only) lacks the rows the charts compare against.
+    if o.only.is_none() {
+        for path in write_charts(&runs, &o.out)? {
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
