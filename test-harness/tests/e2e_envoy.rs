@@ -202,6 +202,19 @@ fn picker_answers_every_request_and_reports_where_it_went() {
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert_eq!(r.header(SERVED), Some(replica(&r).as_str()), "request {i}: served header vs the replica");
     }
+    // Header values that are not UTF-8 (obs-text, which Envoy passes on) are opaque bytes to the picker,
+    // not a crash of its VM: the request is routed and so is the next one.
+    for i in 0..3 {
+        let r = envoy
+            .send(
+                &completion("bytes")
+                    .header_bytes("x-session-token", b"caf\xe9\xff")
+                    .header_bytes("x-gateway-inference-objective", b"\xc3\x28"),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "non-UTF-8 headers, request {i}: {}", r.text());
+        assert_eq!(r.header(SERVED), Some(replica(&r).as_str()));
+    }
 }
 
 #[test]

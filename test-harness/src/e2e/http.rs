@@ -11,6 +11,8 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// Headers whose values are bytes, not text (obs-text a client may send), written after `headers`.
+    pub raw_headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
     /// Bound on the whole exchange (connect, send, read to the end).
     pub timeout: Duration,
@@ -22,6 +24,7 @@ impl Request {
             method: String::from("GET"),
             path: path.to_string(),
             headers: Vec::new(),
+            raw_headers: Vec::new(),
             body: Vec::new(),
             timeout: Duration::from_secs(30),
         }
@@ -34,6 +37,12 @@ impl Request {
 
     pub fn header(mut self, name: &str, value: &str) -> Request {
         self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// A header whose value is arbitrary bytes (e.g. not UTF-8).
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Request {
+        self.raw_headers.push((name.to_string(), value.to_vec()));
         self
     }
 
@@ -60,12 +69,19 @@ impl Request {
         for (k, v) in &self.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        head.push_str("\r\n");
+        let mut head = head.into_bytes();
+        for (k, v) in &self.raw_headers {
+            head.extend_from_slice(k.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
         // A server may answer before reading the whole body (Envoy's 413 past its buffer limit) and close
         // the connection, failing the rest of the write: read the reply anyway, as HTTP clients do.
         let write_error = stream
             .set_write_timeout(Some(self.timeout))
-            .and_then(|()| stream.write_all(head.as_bytes()))
+            .and_then(|()| stream.write_all(&head))
             .and_then(|()| stream.write_all(&self.body))
             .err()
             .map(|e| format!("{} {} to {addr}: send: {e}", self.method, self.path));
