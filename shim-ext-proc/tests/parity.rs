@@ -267,13 +267,15 @@ fn parity_config(picker: &str) -> String {
 }
 
 /// GIE's default scorers plus seed- and clock-sensitive plugins: a weighted random pick, the prefix
-/// affinity filter (its exploration roll hashes the clock), LoRA and session affinity.
+/// affinity filter (its exploration roll hashes the clock), LoRA (GIE's scorer and ours) and session
+/// affinity.
 const RICH: &str = r#""plugins": [
     {"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 8}},
     {"type": "prefix-cache-affinity-filter", "parameters": {"affinityThreshold": 0.5, "maxTTFTPenaltyMs": 1000}},
     {"type": "inflight-aware-queue-scorer"},
     {"type": "kv-cache-utilization-scorer"},
     {"type": "lora-affinity-scorer"},
+    {"type": "lora-slot-scorer", "parameters": {"baseModels": ["llama"]}},
     {"type": "session-affinity-scorer"},
     {"type": "weighted-random-picker"}
   ],
@@ -283,6 +285,7 @@ const RICH: &str = r#""plugins": [
     {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
     {"pluginRef": "prefix-cache-scorer", "weight": 3},
     {"pluginRef": "lora-affinity-scorer", "weight": 1},
+    {"pluginRef": "lora-slot-scorer", "weight": 2},
     {"pluginRef": "session-affinity-scorer", "weight": 1},
     {"pluginRef": "weighted-random-picker"}
   ]}]"#;
