@@ -72,6 +72,23 @@ fn chat_body(rng: &mut Rng, prompt_len: usize) -> String {
     format!(r#"{{"model":"{MODEL}","messages":[{messages}],"max_completion_tokens":256,"stream":true}}"#)
 }
 
+/// A chat body of exactly `size` bytes shaped like the overhead benchmark's (`test-harness` overhead
+/// `load.rs`): one system and one user message of plain words, no escapes, so the two big strings dominate.
+fn two_message_chat_body(rng: &mut Rng, size: usize) -> String {
+    let head = r#"{"model":"m","max_tokens":16,"stream":false,"messages":[{"role":"system","content":""#;
+    let mid = r#""},{"role":"user","content":""#;
+    let tail = r#""}]}"#;
+    let text_len = size - head.len() - mid.len() - tail.len();
+    let mut words = String::with_capacity(text_len + 16);
+    while words.len() < text_len {
+        words.push_str(WORDS.get(rng.below(WORDS.len())).copied().unwrap_or("x"));
+        words.push(' ');
+    }
+    words.truncate(text_len);
+    let (system, user) = words.split_at(text_len * 3 / 4);
+    format!("{head}{system}{mid}{user}{tail}")
+}
+
 fn completions_body(rng: &mut Rng, prompt_len: usize) -> String {
     let prompt = text(rng, prompt_len);
     format!(r#"{{"model":"{MODEL}","prompt":"{prompt}","max_tokens":256,"temperature":0.7}}"#)
@@ -284,27 +301,43 @@ fn parse_and_hash(c: &mut Criterion) {
             ("completions", COMPLETIONS, completions_body(&mut rng, size - 110)),
         ];
         for (api, path, body) in &bodies {
-            let body = body.as_bytes();
-            group.throughput(Throughput::Bytes(body.len() as u64));
-            let mut hashes = Vec::with_capacity(DEFAULT_MAX_PREFIX_BLOCKS);
-            group.bench_with_input(BenchmarkId::new(*api, label), body, |b, body| {
-                b.iter(|| {
-                    let req = parse_request(path, black_box(body)).unwrap();
-                    hash_blocks(
-                        &req.model,
-                        req.cache_salt.as_deref(),
-                        &req.prefix_input,
-                        block_bytes,
-                        DEFAULT_MAX_PREFIX_BLOCKS,
-                        &mut hashes,
-                    );
-                    black_box(&hashes);
-                    req.prompt_bytes
-                })
-            });
+            bench_parse_and_hash(&mut group, api, label, path, body.as_bytes(), block_bytes);
         }
     }
+    // The overhead benchmark's 4 KiB and 220 KiB chat bodies (two big messages), where the Wasm filter's
+    // per-request time is mostly this parse.
+    for (label, size) in [("4KiB", 4 * 1024), ("220KiB", 220 * 1024)] {
+        let body = two_message_chat_body(&mut rng, size);
+        bench_parse_and_hash(&mut group, "chat_2msg", label, CHAT, body.as_bytes(), block_bytes);
+    }
     group.finish();
+}
+
+fn bench_parse_and_hash(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    api: &str,
+    label: &str,
+    path: &str,
+    body: &[u8],
+    block_bytes: usize,
+) {
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let mut hashes = Vec::with_capacity(DEFAULT_MAX_PREFIX_BLOCKS);
+    group.bench_with_input(BenchmarkId::new(api, label), body, |b, body| {
+        b.iter(|| {
+            let req = parse_request(path, black_box(body)).unwrap();
+            hash_blocks(
+                &req.model,
+                req.cache_salt.as_deref(),
+                &req.prefix_input,
+                block_bytes,
+                DEFAULT_MAX_PREFIX_BLOCKS,
+                &mut hashes,
+            );
+            black_box(&hashes);
+            req.prompt_bytes
+        })
+    });
 }
 
 fn snapshot_codec(c: &mut Criterion) {

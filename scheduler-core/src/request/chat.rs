@@ -2,7 +2,7 @@
 //! raw JSON of `messages` itself (see `super::parse_request`), so nothing here is kept.
 
 use super::error::{Found, Path};
-use super::seeds::{reject, skip, At, Ctx, Key, Seen, Str, Text};
+use super::seeds::{reject, At, Ctx, Key, Seen, Str, Text};
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -82,7 +82,7 @@ impl<'de> Visitor<'de> for MessageVisitor<'_> {
                     let at = At { ctx, path: &path, expected: "a string or an array" };
                     map.next_value_seed(Content { at })?;
                 }
-                _ => skip(&mut map)?,
+                _ => ctx.skip(&mut map)?,
             }
         }
         // `content` may be absent or null: an assistant turn that only calls tools has none.
@@ -174,7 +174,7 @@ impl<'de> Visitor<'de> for Part<'_> {
         while let Some(key) = map.next_key_seed(Key)? {
             let Some(bit) = PART_FIELDS.iter().position(|k| *k == key) else {
                 other_keys.push(key);
-                skip(&mut map)?;
+                self.at.ctx.skip(&mut map)?;
                 continue;
             };
             let key: &str = &key;
@@ -246,7 +246,7 @@ impl<'de> Visitor<'de> for Fields<'_> {
         let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(Key)? {
             let Some(bit) = self.required.iter().position(|k| *k == key) else {
-                skip(&mut map)?;
+                self.at.ctx.skip(&mut map)?;
                 continue;
             };
             let key: &str = &key;

@@ -1,8 +1,9 @@
 //! OpenAI-style request bodies → what the scheduler needs (model, limits, the bytes hashed for prefix
 //! affinity, prompt size), validated with errors that name the offending field.
 //!
-//! Bodies can be megabytes: strings are borrowed from the body unless they contain escapes, `messages` and
-//! responses `input` are hashed as their raw JSON slice, and no `serde_json::Value` tree is ever built.
+//! Bodies can be megabytes: a valid chat or responses body is read once, strings are borrowed from the
+//! body unless they contain escapes, `messages` and responses `input` are hashed as their raw JSON slice,
+//! and no `serde_json::Value` tree is ever built.
 
 mod body;
 mod chat;
@@ -20,7 +21,7 @@ pub use rewrite::{rewrite_model, RewrittenBody};
 use crate::scheduling::SchedulingRequest;
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
-use body::{BodySeed, Fields};
+use body::{BodySeed, Fields, Validated};
 use error::Path;
 use seeds::{drive, found_raw, Ctx};
 use serde_json::de::{SliceRead, StrRead};
@@ -149,16 +150,64 @@ impl<'a> InferenceRequest<'a> {
 /// body (the caller should not call this for requests that carry no JSON body).
 pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<'a>, RequestError> {
     let api = ApiKind::from_path(path);
+    if matches!(api, ApiKind::ChatCompletions | ApiKind::Responses) {
+        if let Some(request) = single_pass(api, body) {
+            return Ok(request);
+        }
+    }
+    two_pass(api, body)
+}
+
+/// Chat and responses bodies read once: `messages` / `input` are validated and measured while serde_json
+/// reads the body, and their raw JSON is found from the keys around them. Any failure gives `None`, and
+/// `two_pass` then reports it: its error order (body fields before `messages` contents, positions relative
+/// to the body or to `messages`) is the contract, and refused bodies are rare enough to be read again.
+fn single_pass(api: ApiKind, body: &[u8]) -> Option<InferenceRequest<'_>> {
+    let ctx = Ctx::checking_skipped();
+    let seed = BodySeed { api, ctx: &ctx, single_pass: true };
+    let mut fields = drive(&ctx, SliceRead::new(body), seed).ok()?;
+    let tools_len = check_tools(fields.tools).ok()?;
+    let validated = fields.validated.take();
+    let raw = |key: &str| fields.span.and_then(|span| span.value(body, key)).map(Cow::Borrowed);
+    let (prefix_input, prompt_bytes) = match (api, validated) {
+        (ApiKind::ChatCompletions, Some(Validated::Array)) => {
+            (raw("messages")?, ctx.text_bytes().saturating_add(tools_len))
+        }
+        (ApiKind::Responses, validated) => {
+            let input = match validated {
+                None => None,
+                Some(Validated::Text(text)) => Some(text_bytes(text)),
+                Some(Validated::Array) => Some(raw("input")?),
+            };
+            responses_hashed(&mut fields, input, ctx.text_bytes(), tools_len)
+        }
+        _ => return None,
+    };
+    Some(finish(api, fields, prefix_input, prompt_bytes))
+}
+
+/// The reference parse: the body with `messages` / `input` captured as raw JSON, then those validated on
+/// their own.
+fn two_pass(api: ApiKind, body: &[u8]) -> Result<InferenceRequest<'_>, RequestError> {
     let ctx = Ctx::default();
-    let mut fields = drive(&ctx, SliceRead::new(body), BodySeed { api, ctx: &ctx })?;
+    let mut fields = drive(&ctx, SliceRead::new(body), BodySeed { api, ctx: &ctx, single_pass: false })?;
     let (prefix_input, prompt_bytes) = match api {
         ApiKind::Completions => completions_input(&mut fields)?,
         ApiKind::ChatCompletions => chat_input(&fields)?,
         ApiKind::Responses => responses_input(&mut fields)?,
         ApiKind::Other => (Cow::Borrowed(&[][..]), body.len()),
     };
+    Ok(finish(api, fields, prefix_input, prompt_bytes))
+}
+
+fn finish<'a>(
+    api: ApiKind,
+    fields: Fields<'a>,
+    prefix_input: Cow<'a, [u8]>,
+    prompt_bytes: usize,
+) -> InferenceRequest<'a> {
     let Fields { model, stream, limits, cache_salt, user, .. } = fields;
-    Ok(InferenceRequest {
+    InferenceRequest {
         api,
         // `BodySeed` refuses a body without a model, so the default is never used.
         model: model.unwrap_or_default(),
@@ -168,7 +217,7 @@ pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<
         user,
         prefix_input,
         prompt_bytes,
-    })
+    }
 }
 
 type Hashed<'a> = (Cow<'a, [u8]>, usize);
@@ -202,23 +251,34 @@ fn responses_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestErr
             let path = Path::ROOT.key("input");
             let text = drive(&ctx, StrRead::new(raw.get()), responses::Input { ctx: &ctx, path: &path })?;
             Some(match text {
-                Some(Cow::Borrowed(text)) => Cow::Borrowed(text.as_bytes()),
-                Some(Cow::Owned(text)) => Cow::Owned(text.into_bytes()),
+                Some(text) => text_bytes(text),
                 None => Cow::Borrowed(raw.get().as_bytes()),
             })
         }
     };
+    Ok(responses_hashed(fields, input, ctx.text_bytes(), tools_len))
+}
+
+/// Responses: `instructions`, `tools` and `input` (already validated, its text counted in `input_text`)
+/// concatenated for hashing, and the prompt size.
+fn responses_hashed<'a>(
+    fields: &mut Fields<'a>,
+    input: Option<Cow<'a, [u8]>>,
+    input_text: usize,
+    tools_len: usize,
+) -> Hashed<'a> {
     let instructions = fields.instructions.take();
-    let prompt_bytes = ctx
-        .text_bytes()
-        .saturating_add(tools_len)
-        .saturating_add(instructions.as_ref().map_or(0, |i| i.len()));
-    let instructions = instructions.map(|i| match i {
-        Cow::Borrowed(i) => Cow::Borrowed(i.as_bytes()),
-        Cow::Owned(i) => Cow::Owned(i.into_bytes()),
-    });
+    let prompt_bytes =
+        input_text.saturating_add(tools_len).saturating_add(instructions.as_ref().map_or(0, |i| i.len()));
     let tools = fields.tools.map(|t| Cow::Borrowed(t.get().as_bytes()));
-    Ok((concat([instructions, tools, input]), prompt_bytes))
+    (concat([instructions.map(text_bytes), tools, input]), prompt_bytes)
+}
+
+fn text_bytes(text: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+    }
 }
 
 /// `tools` must be an array when present; returns its raw size.

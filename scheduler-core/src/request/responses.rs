@@ -2,7 +2,7 @@
 //! their outputs, reasoning, ...). Messages are checked for shape; other item kinds only need a `type`.
 
 use super::error::Path;
-use super::seeds::{reject, skip, At, CountIfText, Ctx, Key, Seen, Str, Text};
+use super::seeds::{reject, At, CountIfText, Ctx, Key, Seen, Str, Text};
 use alloc::borrow::Cow;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
@@ -80,7 +80,7 @@ impl<'de> Visitor<'de> for Item<'_> {
         let mut item_type: Option<Cow<'de, str>> = None;
         while let Some(key) = map.next_key_seed(Key)? {
             let Some(bit) = ITEM_FIELDS.iter().position(|k| *k == key) else {
-                skip(&mut map)?;
+                self.at.ctx.skip(&mut map)?;
                 continue;
             };
             let key: &str = &key;
@@ -182,7 +182,7 @@ impl<'de> Visitor<'de> for Part<'_> {
         let mut part_type: Option<Cow<'de, str>> = None;
         while let Some(key) = map.next_key_seed(Key)? {
             let Some(bit) = PART_FIELDS.iter().position(|k| *k == key) else {
-                skip(&mut map)?;
+                self.at.ctx.skip(&mut map)?;
                 continue;
             };
             let key: &str = &key;

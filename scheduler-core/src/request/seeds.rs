@@ -17,9 +17,27 @@ use serde_json::value::RawValue;
 pub(crate) struct Ctx {
     error: Cell<Option<RequestError>>,
     text_bytes: Cell<usize>,
+    /// Whether values skipped inside `messages` / `input` must have their strings checked for UTF-8.
+    /// Set by the single pass, which reads those arrays straight from the body instead of from a
+    /// `RawValue` serde_json has already checked whole.
+    check_skipped: bool,
 }
 
 impl Ctx {
+    /// The context of the single pass over a body (see `check_skipped`).
+    pub(crate) fn checking_skipped() -> Self {
+        Ctx { check_skipped: true, ..Ctx::default() }
+    }
+
+    /// Skips a value inside `messages` / `input` that the gateway does not read.
+    pub(crate) fn skip<'de, A: MapAccess<'de>>(&self, map: &mut A) -> Result<(), A::Error> {
+        if self.check_skipped {
+            map.next_value_seed(Checked)
+        } else {
+            skip(map)
+        }
+    }
+
     /// Records `problem` at `path` (the first one wins) and returns the error that aborts the parse.
     pub(crate) fn fail<T, E: de::Error>(&self, path: &Path<'_>, problem: Problem) -> Result<T, E> {
         let first = self.error.take().unwrap_or_else(|| path.error(problem));
@@ -232,6 +250,55 @@ pub(crate) fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> 
     map.next_value::<IgnoredAny>().map(|_| ())
 }
 
+/// Reads and drops any value. Unlike `IgnoredAny`, it makes serde_json decode every string (keys
+/// included), which checks it is UTF-8; its nesting counts against serde_json's depth limit, so a
+/// pathologically deep value fails here (and the single pass falls back to the two-pass parse).
+pub(crate) struct Checked;
+
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Checked)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Checked)?.is_some() {
+            map.next_value_seed(Checked)?;
+        }
+        Ok(())
+    }
+}
+
 /// A string, returned borrowed when it has no escapes.
 pub(crate) struct Text<'c> {
     pub at: At<'c>,
@@ -340,10 +407,16 @@ impl<'de> Visitor<'de> for CountIfText<'_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.0.check_skipped {
+            return Checked.visit_seq(seq);
+        }
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.0.check_skipped {
+            return Checked.visit_map(map);
+        }
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(())
     }

@@ -545,6 +545,146 @@ proptest! {
     }
 }
 
+// ---- one pass over the body, same answers as two ----
+
+/// A chat or responses body around `value` (as `messages` / `input`), with the members in the order
+/// given by `order` and `ws` as the whitespace around every top-level token.
+fn body_around(api: ApiKind, value: &str, order: usize, ws: &str, tools: Option<&str>) -> String {
+    let key = if api == ApiKind::Responses { "input" } else { "messages" };
+    let mut members = vec![
+        format!(r#""model"{ws}:{ws}"m""#),
+        format!(r#""{key}"{ws}:{ws}{value}"#),
+        format!(r#""zz"{ws}:{ws}{{"messages":[1]}}"#),
+    ];
+    if let Some(tools) = tools {
+        members.push(format!(r#""tools"{ws}:{ws}{tools}"#));
+    }
+    let len = members.len();
+    members.rotate_left(order % len);
+    format!("{ws}{{{ws}{}{ws}}}{ws}", members.join(&format!("{ws},{ws}")))
+}
+
+fn chat_message() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let text = "[a-z \"\\\n\u{e9}\u{1F600}]{0,12}";
+    prop_oneof![
+        (text, text).prop_map(|(role, content)| json!({"role": role, "content": content})),
+        text.prop_map(|t| json!({"role": "user", "content": [{"type": "text", "text": t}], "name": t})),
+        text.prop_map(
+            |t| json!({"content": null, "role": "assistant", "tool_calls": [{"id": t, "x": [1.5, -2]}]})
+        ),
+        text.prop_map(
+            |t| json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": t}}]})
+        ),
+        text.prop_map(
+            |t| json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": t}]})
+        ),
+        text.prop_map(|t| json!({"type": "function_call_output", "call_id": "c", "output": {"k": [t]}})),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn single_pass_agrees_with_two_passes(
+        value in prop_oneof![
+            prop::collection::vec(chat_message(), 0..4).prop_map(serde_json::Value::Array),
+            json_value(),
+        ],
+        pretty in any::<bool>(),
+        order in 0usize..4,
+        ws in prop_oneof![Just(""), Just(" "), Just("\n  "), Just("\t\r\n")],
+        tools in proptest::option::of(prop_oneof![Just("[]"), Just(r#"[{"type":"function"}]"#), Just("{}")]),
+    ) {
+        let value = if pretty {
+            serde_json::to_string_pretty(&value).unwrap()
+        } else {
+            serde_json::to_string(&value).unwrap()
+        };
+        for api in [ApiKind::ChatCompletions, ApiKind::Responses] {
+            let body = body_around(api, &value, order, ws, tools);
+            let two = two_pass(api, body.as_bytes());
+            // Without escaped keys, over-deep values or numbers out of range, the single pass never
+            // needs the fallback, and whatever it accepts the two passes accept identically.
+            prop_assert_eq!(single_pass(api, body.as_bytes()), two.clone().ok(), "{}", body);
+            prop_assert_eq!(parse_request(if api == ApiKind::Responses { RESPONSES } else { CHAT }, body.as_bytes()), two);
+        }
+    }
+}
+
+#[test]
+fn single_pass_hashes_the_same_raw_messages_wherever_they_sit() {
+    let messages = r#"[ {"role":"user","content":"a"} ]"#;
+    for body in [
+        format!(r#"{{"model":"m","messages":{messages}}}"#),
+        format!("{{ \"model\":\"m\" ,\n \"messages\" :\t{messages}\r\n}}\n"),
+        format!(r#"{{"messages"  :  {messages}  ,  "model":"m"}}"#),
+        // Escaped keys elsewhere do not matter.
+        format!(r#"{{"m\u006fdel":"m","messages":{messages},"n":1,"\u006e\u006e":2}}"#),
+    ] {
+        let req = single_pass(ApiKind::ChatCompletions, body.as_bytes());
+        let req = req.unwrap_or_else(|| panic!("{body} fell back to two passes"));
+        assert_eq!(&*req.prefix_input, messages.as_bytes(), "{body}");
+        assert_eq!(Ok(req), two_pass(ApiKind::ChatCompletions, body.as_bytes()));
+    }
+}
+
+#[test]
+fn bodies_the_single_pass_cannot_place_still_parse() {
+    // An escaped `messages` key, or an escaped key right after it, hides the value's position; the
+    // two-pass parse then answers, with the same result.
+    let plain = r#"[{"role":"user","content":"a"}]"#;
+    let big_number = r#"[{"role":"user","content":"a","x":1e999}]"#;
+    for (body, raw) in [
+        (format!(r#"{{"model":"m","m\u0065ssages":{plain}}}"#), plain),
+        (format!(r#"{{"model":"m","messages":{plain},"\u006e":1}}"#), plain),
+        // Numbers out of f64 range in unread message fields pass serde_json's skipping, not its parsing.
+        (format!(r#"{{"model":"m","messages":{big_number}}}"#), big_number),
+    ] {
+        assert!(single_pass(ApiKind::ChatCompletions, body.as_bytes()).is_none(), "{body}");
+        let req = ok(CHAT, &body);
+        assert_eq!((&*req.prefix_input, req.prompt_bytes), (raw.as_bytes(), 1), "{body}");
+    }
+}
+
+#[test]
+fn bad_utf8_anywhere_in_messages_is_refused_like_before() {
+    // Unread message fields are not decoded, yet the raw `messages` must be UTF-8 to be hashed as JSON.
+    let body = b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\",\"name\":\"\xff\"}]}";
+    let e = parse_request(CHAT, body).unwrap_err();
+    assert!(matches!(e.problem(), Problem::NotJson { .. }), "{e}");
+    let body = b"{\"model\":\"m\",\"input\":[{\"role\":\"user\",\"content\":\"a\",\"id\":\"\xff\"}]}";
+    let e = parse_request(RESPONSES, body).unwrap_err();
+    assert!(matches!(e.problem(), Problem::NotJson { .. }), "{e}");
+    // An unread top-level field is not checked, in either pass.
+    let body = b"{\"model\":\"m\",\"x\":\"\xff\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}";
+    assert!(single_pass(ApiKind::ChatCompletions, body).is_some());
+}
+
+#[test]
+fn body_field_errors_come_before_message_errors() {
+    let bad_message = r#"[{"role":"user","content":3}]"#;
+    assert_eq!(
+        err(CHAT, &format!(r#"{{"model":"m","messages":{bad_message},"tools":{{}}}}"#)),
+        "tools: expected an array, found an object"
+    );
+    assert_eq!(
+        err(CHAT, &format!(r#"{{"model":"m","messages":{bad_message},"model":"n"}}"#)),
+        "model: duplicate field"
+    );
+    assert_eq!(err(CHAT, &format!(r#"{{"messages":{bad_message}}}"#)), "model: missing");
+    assert_eq!(
+        err(CHAT, &format!(r#"{{"model":"m","messages":{bad_message},"stream":1}}"#)),
+        "stream: expected a boolean, found a number"
+    );
+    let e =
+        parse_request(CHAT, format!(r#"{{"model":"m","messages":{bad_message},"#).as_bytes()).unwrap_err();
+    assert!(matches!(e.problem(), Problem::NotJson { .. }), "{e}");
+    assert_eq!(
+        err(RESPONSES, r#"{"model":"m","input":[3],"max_output_tokens":-1}"#),
+        "max_output_tokens: expected a non-negative integer, found a negative number"
+    );
+}
+
 #[test]
 fn error_paths_render_for_every_shape() {
     // A body-level error keeps `param` empty; field errors give the path as `param`.
