@@ -318,10 +318,11 @@ pub fn dequeue_shared_queue(queue: u32) -> Result<Option<Vec<u8>>, Status> {
     }
 }
 
-/// Sends a callout. Still the SDK's call: its dispatcher routes `proxy_on_http_call_response` only for
-/// tokens its own `dispatch_http_call` registered, and panics on any other, so a raw call here would trade
-/// a panic on an unexpected status (Envoy answers only Ok, BadArgument or InternalFailure, which the SDK
-/// returns as errors) for a certain one on every response.
+/// Sends a callout: the one host call left to the SDK. Its dispatcher delivers
+/// `proxy_on_http_call_response` only for tokens its own `dispatch_http_call` registered and panics on any
+/// other, so a raw call would turn every answer into a panic. The SDK panics here only on statuses other
+/// than Ok, BadArgument and InternalFailure, which are the ones Envoy's `httpCall` gives for valid memory
+/// (unknown cluster or missing pseudo-header; request not started).
 pub fn dispatch_http_call(cluster: &str, headers: Vec<(&str, &str)>, timeout_ms: u64) -> Result<u32, Status> {
     let timeout = std::time::Duration::from_millis(timeout_ms);
     proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout)
