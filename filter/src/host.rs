@@ -1,5 +1,5 @@
 //! The few host services the filter's logic needs (clock, shared data with CAS, shared queues, HTTP
-//! callouts, metrics), behind one trait: the Wasm build implements it over `proxy_wasm::hostcalls`, native
+//! callouts, metrics), behind one trait: the Wasm build implements it over the raw host calls, native
 //! unit tests over [`fake::FakeHost`], so the logic is tested without a proxy.
 
 use core::fmt;

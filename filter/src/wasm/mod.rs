@@ -1,6 +1,7 @@
 //! The Proxy-Wasm glue: only what depends on the proxy's state machine. Compiled for `wasm32` only, so the
 //! logic modules build and test natively.
 
+mod abi;
 mod headers;
 mod host_impl;
 mod logger;

@@ -3,6 +3,7 @@
 //! HTTP contexts decide requests and whose root also collects when `collector.mode` is `leader-elected`
 //! and this worker holds the lease.
 
+use super::abi;
 use super::host_impl::ProxyHost;
 use super::stream::Stream;
 use crate::collector::leader::{Leadership, Step};
@@ -13,14 +14,12 @@ use crate::keys::Keys;
 use crate::stats::{self, Stats};
 use crate::worker::Worker;
 use crate::workers;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use scheduler_core::config::gateway::{CollectorMode, GatewayConfig};
 use scheduler_core::endpoint_picker::EndpointPicker;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 /// A secret seed for the prefix index's table, new for every VM, from WASI `random_get` (Envoy's
 /// proxy-wasm-cpp-host serves it from BoringSSL's `RAND_bytes`). Called directly rather than through
@@ -37,10 +36,7 @@ fn table_seed() -> u64 {
         // std's RandomState would panic here and take the VM down; a seed from the clock is still
         // unknown to a client, which is all the table needs.
         log::warn!("random_get failed (errno {errno}): prefix table seeded from the clock");
-        return proxy_wasm::hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
+        return abi::current_time_ns().unwrap_or(0x9e37_79b9_7f4a_7c15);
     }
     u64::from_le_bytes(bytes)
 }
@@ -77,9 +73,8 @@ impl Root {
     }
 
     fn configure(&mut self) -> Result<(), String> {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .map_err(|s| format!("configuration: not readable ({s:?})"))?
-            .unwrap_or_default();
+        let bytes = abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .map_err(|s| format!("configuration: not readable ({s})"))?;
         let text =
             String::from_utf8(bytes).map_err(|_| String::from("configuration: expected UTF-8 JSON"))?;
         let config = GatewayConfig::from_json(&text).map_err(|e| e.to_string())?;
@@ -153,15 +148,19 @@ fn collecting(config: &GatewayConfig, election: Option<Leadership>) -> Collectin
 }
 
 fn property(name: &str) -> String {
-    match hostcalls::get_property(vec![name]) {
+    match abi::get_property(&[name]) {
         Ok(Some(bytes)) => String::from_utf8(bytes).unwrap_or_default(),
-        _ => String::new(),
+        Ok(None) => String::new(),
+        Err(s) => {
+            log::warn!("property {name} not readable ({s}): taken as empty");
+            String::new()
+        }
     }
 }
 
 fn set_tick(ms: u64) {
-    if let Err(s) = hostcalls::set_tick_period(Duration::from_millis(ms)) {
-        log::error!("tick period not set ({s:?}): nothing periodic will run");
+    if let Err(s) = abi::set_tick_period_ms(ms) {
+        log::error!("tick period not set ({s}): nothing periodic will run");
     }
 }
 
@@ -207,10 +206,10 @@ impl Context for Root {
                 .and_then(|h| h.get_str(":status").and_then(|s| s.parse::<u16>().ok()))
         };
         let body = if status.is_some() && body_size > 0 {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
+            abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).unwrap_or_else(|s| {
+                log::debug!("callout {token}: body not readable ({s})");
+                Vec::new()
+            })
         } else {
             Vec::new()
         };

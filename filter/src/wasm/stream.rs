@@ -1,12 +1,12 @@
 //! The HTTP context: the proxy's state machine around one request (strip, pause, buffer, decide, apply,
 //! resume; then the response path and the end of the stream). Decisions are the worker's.
 
+use super::abi;
 use super::headers;
 use super::host_impl::ProxyHost;
 use crate::header_map::HeaderMap;
 use crate::host::Host;
 use crate::worker::{Routed, Worker};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use scheduler_core::endpoint_picker::{Outcome, Reply, RequestInfo, Route};
@@ -99,10 +99,10 @@ pub struct Stream {
 }
 
 fn set_request_header(name: &str, value: &str) -> bool {
-    match hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+    match abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()) {
         Ok(()) => true,
         Err(s) => {
-            log::warn!("request header {name} not set: {s:?}");
+            log::warn!("request header {name} not set: {s}");
             false
         }
     }
@@ -158,8 +158,8 @@ impl Stream {
             match rewrite_model(bytes, model) {
                 Ok(rewritten) => {
                     let new = rewritten.body;
-                    if let Err(s) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, &new) {
-                        log::warn!("request body not rewritten: {s:?}");
+                    if let Err(s) = abi::set_buffer(BufferType::HttpRequestBody, 0, size, &new) {
+                        log::warn!("request body not rewritten: {s}");
                     } else {
                         self.client_model = Some(rewritten.previous_model);
                         if self.facts.content_length {
@@ -183,11 +183,9 @@ impl Stream {
 
     fn reply(&mut self, reply: &Reply) -> Action {
         self.replied = true;
-        let headers = vec![("content-type", "application/json")];
-        if let Err(s) =
-            hostcalls::send_http_response(u32::from(reply.status), headers, Some(reply.body.as_bytes()))
-        {
-            log::warn!("local reply {} not sent: {s:?}", reply.status);
+        let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
+        if let Err(s) = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes()) {
+            log::warn!("local reply {} not sent: {s}", reply.status);
         }
         Action::Pause
     }
@@ -198,10 +196,10 @@ impl Stream {
             return self.decide(w, None);
         }
         let size = self.buffered;
-        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
-            Ok(b) => b.unwrap_or_default(),
+        let body = match abi::get_buffer(BufferType::HttpRequestBody, 0, size) {
+            Ok(b) => b,
             Err(s) => {
-                log::warn!("request body not readable ({s:?}): picking from headers alone");
+                log::warn!("request body not readable ({s}): picking from headers alone");
                 return self.decide(w, None);
             }
         };
@@ -239,8 +237,8 @@ impl HttpContext for Stream {
         // ones present are removed (the usual case is none); an unreadable map removes them all.
         for name in w.headers_to_strip() {
             if headers.is_empty() || headers.contains(name) {
-                if let Err(s) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
-                    log::warn!("client header {name} not removed: {s:?}");
+                if let Err(s) = abi::remove_header(MapType::HttpRequestHeaders, name) {
+                    log::warn!("client header {name} not removed: {s}");
                 }
             }
         }
@@ -288,16 +286,15 @@ impl HttpContext for Stream {
         };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
         // Where the request really went (after retries), when the proxy says; else where we sent it.
-        let served = match hostcalls::get_property(vec!["upstream", "address"]) {
+        let served = match abi::get_property(&["upstream", "address"]) {
             Ok(Some(bytes)) if !bytes.is_empty() => {
                 String::from_utf8(bytes).unwrap_or_else(|_| routed.destination.clone())
             }
             _ => routed.destination.clone(),
         };
         let served_header = w.routing().served_header.clone();
-        if let Err(s) = hostcalls::set_map_value(MapType::HttpResponseHeaders, &served_header, Some(&served))
-        {
-            log::warn!("response header {served_header} not set: {s:?}");
+        if let Err(s) = abi::replace_header(MapType::HttpResponseHeaders, &served_header, served.as_bytes()) {
+            log::warn!("response header {served_header} not set: {s}");
         }
         let headers = headers::read(MapType::HttpResponseHeaders).unwrap_or_else(|e| {
             log::debug!("response headers not readable: {e}");
@@ -318,8 +315,8 @@ impl HttpContext for Stream {
         };
         if self.client_model.is_some() {
             // The body changes length; headers leave before it does, so no length rather than a wrong one.
-            if let Err(s) = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None) {
-                log::warn!("response content-length not removed: {s:?}");
+            if let Err(s) = abi::remove_header(MapType::HttpResponseHeaders, "content-length") {
+                log::warn!("response content-length not removed: {s}");
             }
         }
         Action::Continue
@@ -337,10 +334,10 @@ impl HttpContext for Stream {
             }
             return Action::Pause;
         }
-        let chunk = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
-            Ok(b) => b.unwrap_or_default(),
+        let chunk = match abi::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+            Ok(b) => b,
             Err(s) => {
-                log::debug!("response body not readable: {s:?}");
+                log::debug!("response body not readable: {s}");
                 self.response = ResponseBody::Ignored;
                 return Action::Continue;
             }
@@ -363,8 +360,8 @@ impl HttpContext for Stream {
             }
         };
         if let Some(new) = replacement {
-            if let Err(s) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new) {
-                log::warn!("response body not rewritten: {s:?}");
+            if let Err(s) = abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new) {
+                log::warn!("response body not rewritten: {s}");
             }
         }
         if let (Some(u), Some(worker)) = (usage, &self.worker) {
