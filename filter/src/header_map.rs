@@ -32,6 +32,27 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(v).ok()
 }
 
+/// A header map in the same serialization (for local replies and callouts); `None` if a length does not
+/// fit the format's `u32`.
+pub fn serialize(pairs: &[(&str, &[u8])]) -> Option<Vec<u8>> {
+    let size = pairs
+        .iter()
+        .try_fold(4usize, |n, (k, v)| n.checked_add(k.len())?.checked_add(v.len())?.checked_add(10))?;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&u32::try_from(pairs.len()).ok()?.to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&u32::try_from(k.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(v.len()).ok()?.to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    Some(out)
+}
+
 impl HeaderMap {
     /// Reads the proxy's serialization; an empty buffer is an empty map.
     pub fn parse(bytes: Vec<u8>) -> Result<HeaderMap, MalformedMap> {
@@ -99,32 +120,23 @@ impl HeaderMap {
 mod tests {
     use super::*;
 
-    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (n, v) in pairs {
-            out.extend((n.len() as u32).to_le_bytes());
-            out.extend((v.len() as u32).to_le_bytes());
-        }
-        for (n, v) in pairs {
-            out.extend_from_slice(n);
-            out.push(0);
-            out.extend_from_slice(v);
-            out.push(0);
-        }
-        out
+    fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        super::serialize(pairs).unwrap()
     }
 
     #[test]
     fn reads_pairs_in_order_including_empty_and_binary_values() {
         let m = HeaderMap::parse(serialize(&[
-            (b":path", b"/v1/chat/completions"),
-            (b"x-empty", b""),
-            (b"x-session-token", b"caf\xe9\xff"),
-            (b"x-dup", b"1"),
-            (b"x-dup", b"2"),
+            (":path", b"/v1/chat/completions"),
+            ("x-empty", b""),
+            ("x-session-token", b"caf\xe9\xff"),
+            ("x-dup", b"1"),
+            ("x-dup", b"2"),
         ]))
         .unwrap();
         assert_eq!(m.len(), 5);
+        let pairs: Vec<(&[u8], &[u8])> = m.iter().collect();
+        assert_eq!(pairs[2], (&b"x-session-token"[..], &b"caf\xe9\xff"[..]), "round trip keeps bytes");
         assert_eq!(m.get(":path"), Some(&b"/v1/chat/completions"[..]));
         assert_eq!(m.get("X-Empty"), Some(&b""[..]));
         assert_eq!(m.get("x-dup"), Some(&b"1"[..]), "first value wins");
@@ -141,7 +153,7 @@ mod tests {
 
     #[test]
     fn corrupt_serializations_are_errors_not_panics() {
-        let good = serialize(&[(b"a", b"bc"), (b"de", b"f")]);
+        let good = serialize(&[("a", b"bc"), ("de", b"f")]);
         for cut in 0..good.len() {
             let r = HeaderMap::parse(good[..cut].to_vec());
             assert!(cut == 0 || r.is_err(), "truncated at {cut} parsed as {r:?}");

@@ -136,27 +136,6 @@ unsafe fn take(data: *mut u8, size: usize) -> Option<Vec<u8>> {
     Some(unsafe { Vec::from_raw_parts(data, size, size) })
 }
 
-/// A header map in the ABI's serialization (what `headers::read` parses); `None` if a length does not fit
-/// the format's `u32`.
-fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Option<Vec<u8>> {
-    let size = pairs
-        .iter()
-        .try_fold(4usize, |n, (k, v)| n.checked_add(k.len())?.checked_add(v.len())?.checked_add(10))?;
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&u32::try_from(pairs.len()).ok()?.to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&u32::try_from(k.len()).ok()?.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(v.len()).ok()?.to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v);
-        out.push(0);
-    }
-    Some(out)
-}
-
 /// The proxy's wall clock, in nanoseconds since the Unix epoch.
 pub fn current_time_ns() -> Result<u64, Status> {
     let mut ns: u64 = 0;
@@ -218,7 +197,7 @@ pub fn get_header_map_pairs(map: MapType) -> Result<Vec<u8>, Status> {
 
 /// Answers the stream locally with `status_code`, `headers` and `body` (not a gRPC reply).
 pub fn send_local_response(status_code: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Status> {
-    let headers = serialize_pairs(headers).ok_or(Status::BAD_ARGUMENT)?;
+    let headers = crate::header_map::serialize(headers).ok_or(Status::BAD_ARGUMENT)?;
     // SAFETY: the proxy reads the body and header slices, which outlive the call; no details string.
     check(unsafe {
         proxy_send_local_response(
