@@ -35,7 +35,9 @@
 //! # Layout
 //! Logic lives in host-independent modules behind the small [`host::Host`] trait (unit-tested natively
 //! with a fake); `wasm/` (only for `wasm32`) is the glue: `root.rs` (the RootContext, roles, ticks,
-//! callouts, queues), `stream.rs` (the HttpContext), `host_impl.rs` (`Host` over `abi.rs`, the raw host calls).
+//! callouts, queues), `stream.rs` (the HttpContext), `host_impl.rs` (`Host` over `abi.rs`, the raw host calls,
+//! none of which can panic), `headers.rs` (a header map in one call, parsed by [`header_map`]) and `logger.rs`
+//! (follows the proxy's log level).
 //! Debug logs carry request ids, endpoints and statuses, never prompt text.
 #![cfg_attr(
     not(test),
