@@ -2,7 +2,7 @@
 //! their outputs, reasoning, ...). Messages are checked for shape; other item kinds only need a `type`.
 
 use super::error::Path;
-use super::seeds::{reject, At, CountIfText, Ctx, Key, Seen, Str, Text};
+use super::seeds::{reject, AnyValue, At, Ctx, Key, Seen, Str, Text};
 use alloc::borrow::Cow;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
@@ -96,7 +96,7 @@ impl<'de> Visitor<'de> for Item<'_> {
                     map.next_value_seed(Content { at })?;
                 }
                 // Tool calls and their outputs reach the model as text: count them, whatever their shape.
-                _ => map.next_value_seed(CountIfText(ctx))?,
+                _ => map.next_value_seed(AnyValue::count_if_text(ctx))?,
             }
         }
         // An item without `type` is an "easy input message" (`{"role":"user","content":"hi"}`).

@@ -32,7 +32,7 @@ impl Ctx {
     /// Skips a value inside `messages` / `input` that the gateway does not read.
     pub(crate) fn skip<'de, A: MapAccess<'de>>(&self, map: &mut A) -> Result<(), A::Error> {
         if self.check_skipped {
-            map.next_value_seed(Checked)
+            map.next_value_seed(AnyValue::CHECKED)
         } else {
             skip(map)
         }
@@ -250,55 +250,6 @@ pub(crate) fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> 
     map.next_value::<IgnoredAny>().map(|_| ())
 }
 
-/// Reads and drops any value. Unlike `IgnoredAny`, it makes serde_json decode every string (keys
-/// included), which checks it is UTF-8; its nesting counts against serde_json's depth limit, so a
-/// pathologically deep value fails here (and the single pass falls back to the two-pass parse).
-pub(crate) struct Checked;
-
-impl<'de> DeserializeSeed<'de> for Checked {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Checked {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any value")
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Checked)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(Checked)?.is_some() {
-            map.next_value_seed(Checked)?;
-        }
-        Ok(())
-    }
-}
-
 /// A string, returned borrowed when it has no escapes.
 pub(crate) struct Text<'c> {
     pub at: At<'c>,
@@ -369,26 +320,45 @@ impl<'de> Visitor<'de> for Str<'_> {
     }
 }
 
-/// Counts a string's length into the prompt size and accepts any other value silently: for fields whose
-/// shape the gateway does not police but whose text still reaches the model (tool outputs).
-pub(crate) struct CountIfText<'c>(pub &'c Ctx);
+/// Accepts any value. With `count_text`, a string's length counts into the prompt size (fields whose
+/// shape the gateway does not police but whose text still reaches the model: tool outputs). With `check`,
+/// nested values are decoded rather than skipped: unlike `IgnoredAny` that makes serde_json decode every
+/// string (keys included), which checks it is UTF-8, and their nesting counts against serde_json's depth
+/// limit, so a pathologically deep value fails here (and the single pass falls back to the two-pass parse).
+#[derive(Clone, Copy)]
+pub(crate) struct AnyValue<'c> {
+    count_text: Option<&'c Ctx>,
+    check: bool,
+}
 
-impl<'de> DeserializeSeed<'de> for CountIfText<'_> {
+impl<'c> AnyValue<'c> {
+    /// Reads and drops any value, checking what it contains.
+    pub(crate) const CHECKED: AnyValue<'static> = AnyValue { count_text: None, check: true };
+
+    /// Counts a string; checks a nested value when `ctx` is the single pass's.
+    pub(crate) fn count_if_text(ctx: &'c Ctx) -> Self {
+        AnyValue { count_text: Some(ctx), check: ctx.check_skipped }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for AnyValue<'_> {
     type Value = ();
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for CountIfText<'_> {
+impl<'de> Visitor<'de> for AnyValue<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any value")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.0.add_text(v.len());
+        if let Some(ctx) = self.count_text {
+            ctx.add_text(v.len());
+        }
         Ok(())
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
@@ -406,18 +376,23 @@ impl<'de> Visitor<'de> for CountIfText<'_> {
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
         Ok(())
     }
+    // Text nested inside a value is not counted (only a field's own string is).
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.0.check_skipped {
-            return Checked.visit_seq(seq);
+        if self.check {
+            while seq.next_element_seed(AnyValue::CHECKED)?.is_some() {}
+        } else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
         }
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        if self.0.check_skipped {
-            return Checked.visit_map(map);
+        if self.check {
+            while map.next_key_seed(AnyValue::CHECKED)?.is_some() {
+                map.next_value_seed(AnyValue::CHECKED)?;
+            }
+        } else {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         }
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(())
     }
 }
