@@ -66,9 +66,7 @@ impl Facts {
             content_length: h.contains("content-length"),
         }
     }
-}
 
-impl Facts {
     fn info(&self) -> RequestInfo<'_> {
         RequestInfo {
             path: &self.path,
@@ -229,20 +227,21 @@ impl HttpContext for Stream {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
         // One read of the whole map (one copy into the VM rather than one per header).
-        let headers = headers::read(MapType::HttpRequestHeaders).unwrap_or_else(|e| {
-            log::warn!("request headers not readable, removing every routing header blindly: {e}");
-            HeaderMap::default()
-        });
+        let request_headers = headers::read(MapType::HttpRequestHeaders)
+            .map_err(|e| {
+                log::warn!("request headers not readable, removing every routing header blindly: {e}")
+            })
+            .ok();
         // First, before anything can fail: a client-set routing header would route anywhere. Only the
         // ones present are removed (the usual case is none); an unreadable map removes them all.
         for name in w.headers_to_strip() {
-            if headers.is_empty() || headers.contains(name) {
+            if request_headers.as_ref().is_none_or(|h| h.contains(name)) {
                 if let Err(s) = abi::remove_header(MapType::HttpRequestHeaders, name) {
                     log::warn!("client header {name} not removed: {s}");
                 }
             }
         }
-        self.facts = Facts::from_headers(&headers);
+        self.facts = Facts::from_headers(&request_headers.unwrap_or_default());
         if end_of_stream {
             return self.decide(&mut w, None);
         }
