@@ -105,6 +105,8 @@ pub mod fake {
         metric_names: Vec<String>,
         /// Fail the next N shared writes with this error.
         pub fail_sets: Option<(HostError, u32)>,
+        /// Fail the next N shared reads with this error.
+        pub fail_gets: Option<(HostError, u32)>,
     }
 
     #[derive(Clone, Default)]
@@ -138,6 +140,12 @@ pub mod fake {
             self.world.borrow().now_ms
         }
         fn shared_get(&self, key: &str) -> Result<Option<Shared>, HostError> {
+            let mut w = self.world.borrow_mut();
+            if let Some((err, n)) = w.fail_gets {
+                w.fail_gets = (n > 1).then_some((err, n - 1));
+                return Err(err);
+            }
+            drop(w);
             Ok(self.world.borrow().shared.get(key).map(|(v, c)| Shared { value: v.clone(), cas: Some(*c) }))
         }
         fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {

@@ -14,15 +14,18 @@
 //!
 //! # Process-wide state (shared data, per `vm_id`; names in [`keys`])
 //! - Snapshot: the collector writes `snapshot` then bumps `generation`. A worker reads the 8-byte
-//!   generation per request and re-reads and decodes the snapshot only when it moved ([`snapshot_cache`]).
-//!   Staleness: one scrape interval (50 ms by default) plus scrape latency; a snapshot older than
-//!   `limits.snapshotMaxAgeMs` is not used (fail open or closed, counted by reason).
+//!   generation at most once per millisecond and re-reads and decodes the snapshot only when it moved
+//!   ([`snapshot_cache`]). Staleness: one scrape interval (50 ms by default) plus scrape latency and at
+//!   most 1 ms; a snapshot older than `limits.snapshotMaxAgeMs` is not used (fail open or closed,
+//!   counted by reason).
 //! - In-flight: each worker owns `inflight/<id>` and rewrites it on every start/finish and on a 1 s
 //!   heartbeat; readers sum every live worker's table before scheduling ([`inflight`]). Staleness: none
 //!   beyond the other thread's current callback; dead workers drop out after 3 s.
 //! - Prefix index: replicated; each routed request's block hashes go to every other worker's queue and
 //!   are learned in `on_queue_ready` ([`prefix_sync`]). Staleness: one event-loop turn of the other thread.
-//! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`). A picker VM joins
+//! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`). Each worker keeps
+//!   a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
+//!   on the prefix queues, so a request reads only the other workers' in-flight tables. A picker VM joins
 //!   the directory on its first HTTP stream, not at configuration: Envoy also configures the filter's root
 //!   context on its main thread, which serves no requests and must not receive prefix broadcasts.
 //!

@@ -157,6 +157,7 @@ fn a_corrupt_snapshot_is_ignored_and_the_last_good_one_kept() {
     assert_eq!(destination(&send(&mut host, worker, CHAT, &[])), Some(addr(2).as_str()));
     host.set_shared_data(VM_ID, "epp/pool/snapshot", b"WEPS\x01\x00truncated");
     host.set_shared_data(VM_ID, "epp/pool/generation", &2u64.to_le_bytes());
+    host.advance(Duration::from_millis(1));
     let s = send(&mut host, worker, CHAT, &[]);
     assert_eq!(s.response_status(), Some(503), "fail closed on an undecodable snapshot");
     assert_eq!(host.metric_value("epp_fallback_undecodable_snapshot"), Some(1));

@@ -3,7 +3,7 @@
 //! reports when a routed stream ends; everything here runs natively against the fake host in tests.
 
 use crate::host::Host;
-use crate::inflight::InFlightState;
+use crate::inflight::{InFlightState, HEARTBEAT_MS};
 use crate::keys::Keys;
 use crate::prefix_sync::PrefixSync;
 use crate::snapshot_cache::{Refresh, SnapshotCache};
@@ -48,6 +48,10 @@ pub struct Worker {
     /// Set by the first `start_once` (the first HTTP stream this VM sees).
     started: bool,
     strip: Vec<String>,
+    /// The worker directory as last read, and when: re-read once per heartbeat period rather than per
+    /// request (workers join and leave rarely; a newcomer's counts start at zero).
+    directory: Vec<u32>,
+    directory_read_ms: Option<u64>,
 }
 
 impl Worker {
@@ -65,6 +69,8 @@ impl Worker {
             decisions: 0,
             started: false,
             strip,
+            directory: Vec::new(),
+            directory_read_ms: None,
         })
     }
 
@@ -77,6 +83,11 @@ impl Worker {
                 self.inflight.heartbeat(host, &self.keys, self.id);
                 if let Err(e) = self.prefix.register(host, &self.keys, id) {
                     log::warn!("worker {id}: prefix queue not registered, prefixes stay local: {e}");
+                }
+                // The workers already listed re-read the directory once per heartbeat: tell them now, so
+                // they count this worker's requests and send it their prefixes from its first request.
+                if self.read_directory(host, host.now_ms()) {
+                    self.prefix.announce(host, &self.keys, &self.directory, id);
                 }
                 log::info!("worker {id} joined pool {:?}", self.picker.config().pool.name);
             }
@@ -140,19 +151,23 @@ impl Worker {
     ) -> (Outcome, Option<Routed>) {
         let started_us = host.now_us();
         let started_ms = started_us / 1_000;
-        match self.cache.refresh(host, &self.keys) {
+        match self.cache.refresh(host, &self.keys, started_ms) {
             Refresh::Undecodable(why) => log::warn!("published snapshot ignored: {why}"),
             Refresh::HostError(why) => log::warn!("snapshot not refreshed: {why}"),
             Refresh::Reloaded | Refresh::Unchanged | Refresh::Missing => {}
         }
-        let directory = workers::read(host, &self.keys).unwrap_or_default();
+        if self.directory_read_ms.is_none_or(|t| started_ms.saturating_sub(t) >= HEARTBEAT_MS) {
+            self.read_directory(host, started_ms);
+        }
         let mut live_others: Vec<u32> = Vec::new();
         if let Some(pool) = self.cache.snapshot_mut() {
-            match self.inflight.merge_into(host, &self.keys, self.id, &directory, pool) {
+            match self.inflight.merge_into(host, &self.keys, self.id, &self.directory, pool) {
                 Ok(others) => {
                     live_others = others.live;
-                    if !others.long_dead.is_empty() {
-                        let _ = workers::prune(host, &self.keys, &others.long_dead);
+                    if !others.long_dead.is_empty()
+                        && workers::prune(host, &self.keys, &others.long_dead).is_ok()
+                    {
+                        self.directory.retain(|id| !others.long_dead.contains(id));
                     }
                 }
                 Err(e) => log::debug!("other workers' in-flight counts not read: {e}"),
@@ -160,9 +175,6 @@ impl Worker {
         }
         let undecodable = self.cache.undecodable();
         let view = self.picker.view(self.cache.snapshot(), undecodable, started_ms);
-        if let Some(s) = self.cache.snapshot() {
-            self.stats.gauge(host, stats::SNAPSHOT_AGE_MS, started_ms.saturating_sub(s.published_at_ms));
-        }
         self.decisions = self.decisions.wrapping_add(1);
         let seed = seed_for(info.request_id, self.decisions);
         let outcome = self.picker.pick(info, body, view, started_ms, seed);
@@ -206,15 +218,35 @@ impl Worker {
         self.inflight.finish(host, &self.keys, self.id, &routed.destination, routed.tokens);
     }
 
-    /// Heartbeat: keeps this worker's table alive and its directory entry present.
+    /// Heartbeat: keeps this worker's table alive, its directory entry present and its copy of the
+    /// directory fresh; reports how old the snapshot in use is.
     pub fn on_tick(&mut self, host: &dyn Host) {
         let Some(id) = self.id else { return };
         // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
         if !self.inflight.heartbeat(host, &self.keys, self.id) {
             return;
         }
-        if workers::read(host, &self.keys).is_ok_and(|ids| !ids.contains(&id)) {
+        let now_ms = host.now_ms();
+        if let Some(s) = self.cache.snapshot() {
+            self.stats.gauge(host, stats::SNAPSHOT_AGE_MS, now_ms.saturating_sub(s.published_at_ms));
+        }
+        if self.read_directory(host, now_ms) && !self.directory.contains(&id) {
             let _ = workers::ensure_listed(host, &self.keys, id);
+        }
+    }
+
+    /// Re-reads the worker directory; on a refused read the last copy stays in use. True if read.
+    fn read_directory(&mut self, host: &dyn Host, now_ms: u64) -> bool {
+        match workers::read(host, &self.keys) {
+            Ok(ids) => {
+                self.directory = ids;
+                self.directory_read_ms = Some(now_ms);
+                true
+            }
+            Err(e) => {
+                log::debug!("worker directory not read, the last copy stays in use: {e}");
+                false
+            }
         }
     }
 
@@ -226,10 +258,13 @@ impl Worker {
         let empty = PoolSnapshot::default();
         let pool = self.cache.snapshot().unwrap_or(&empty);
         let scheduler = self.picker.scheduler_mut();
-        let (_, bad) =
-            self.prefix.drain(host, queue, |u| scheduler.learn_prefix(pool, &u.address, &u.hashes));
-        if bad > 0 {
-            log::warn!("{bad} unreadable prefix updates dropped");
+        let drained = self.prefix.drain(host, queue, |u| scheduler.learn_prefix(pool, &u.address, &u.hashes));
+        if drained.unreadable > 0 {
+            log::warn!("{} unreadable prefix updates dropped", drained.unreadable);
+        }
+        if !drained.joined.is_empty() {
+            // Re-read the directory at the next decision.
+            self.directory_read_ms = None;
         }
         true
     }

@@ -57,8 +57,9 @@ fn routes_on_published_metrics_and_counts_in_flight_until_finish() {
     assert!(w.local_in_flight().is_empty());
     assert!(InFlightTable::decode(&host.get(&key).unwrap()).unwrap().is_empty());
     assert_eq!(host.metric(stats::DECISIONS_ROUTED), 1);
-    // New metrics: routing follows them.
+    // New metrics: routing follows them (the generation is read at most once per millisecond).
     publish(&host, w.keys(), 2, &[0, 9, 9]);
+    host.advance(1);
     assert_eq!(destination(&w.decide(&host, &info("b"), Some(CHAT)).0), "10.0.0.1:8000");
 }
 
@@ -90,6 +91,9 @@ fn prefixes_routed_by_one_worker_are_learned_by_the_other() {
     let mut a = worker(&host, config);
     let mut b = worker(&host, config);
     publish(&host, a.keys(), 1, &[0, 0, 0, 0]);
+    // b announced itself when it joined; a's thread hears it on its queue.
+    let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
+    assert!(a.on_queue_ready(&host, queue_a));
     a.decide(&host, &info("warm"), Some(CHAT)); // learns who is alive
     let queue = host.queue_resolve(&b.keys().prefix_queue(b.id().unwrap())).unwrap().unwrap();
     b.on_queue_ready(&host, queue);
@@ -195,4 +199,72 @@ fn seeds_follow_the_request_id_alone_unless_it_is_missing() {
     assert_eq!(seed_for("abc", 1), seed_for("abc", 977));
     // Without an id, consecutive decisions still draw differently.
     assert_ne!(seed_for("", 1), seed_for("", 2));
+}
+
+#[test]
+fn a_worker_that_joins_later_is_counted_after_one_heartbeat_period() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let config = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
+    let mut a = worker(&host, config);
+    publish(&host, a.keys(), 1, &[0, 0]);
+    let (o, routed) = a.decide(&host, &info("first"), Some(CHAT));
+    a.finish(&host, &routed.unwrap());
+    assert!(matches!(o, Outcome::Route(_)));
+    // b joins and keeps a request in flight on 10.0.0.1.
+    let mut b = worker(&host, config);
+    host.advance(1);
+    let (first, _) = b.decide(&host, &info("b"), Some(CHAT));
+    let busy = destination(&first).to_string();
+    // a read the directory before b joined: b's counts are not visible yet...
+    let seen_now: Vec<String> = (0..8)
+        .map(|i| {
+            let (o, r) = a.decide(&host, &info(&format!("early{i}")), Some(CHAT));
+            a.finish(&host, &r.unwrap());
+            destination(&o).to_string()
+        })
+        .collect();
+    assert!(seen_now.contains(&busy), "ties alternate over both endpoints: {seen_now:?}");
+    // ...and are once the directory is due again (the heartbeat period).
+    host.advance(HEARTBEAT_MS);
+    for i in 0..4 {
+        let (o, r) = a.decide(&host, &info(&format!("late{i}")), Some(CHAT));
+        a.finish(&host, &r.unwrap());
+        assert_ne!(destination(&o), busy);
+    }
+}
+
+#[test]
+fn the_heartbeat_reports_the_snapshot_age() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, "");
+    publish(&host, w.keys(), 1, &[0]);
+    w.decide(&host, &info("a"), Some(CHAT));
+    host.advance(HEARTBEAT_MS + 250);
+    w.on_tick(&host);
+    assert_eq!(host.metric(stats::SNAPSHOT_AGE_MS), i64::try_from(HEARTBEAT_MS + 250).unwrap());
+}
+
+#[test]
+fn a_worker_that_joins_later_is_counted_as_soon_as_its_announcement_arrives() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let config = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
+    let mut a = worker(&host, config);
+    publish(&host, a.keys(), 1, &[0, 0]);
+    let (_, routed) = a.decide(&host, &info("first"), Some(CHAT));
+    a.finish(&host, &routed.unwrap());
+    let mut b = worker(&host, config);
+    let (first, _) = b.decide(&host, &info("b"), Some(CHAT));
+    let busy = destination(&first).to_string();
+    let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
+    assert!(a.on_queue_ready(&host, queue_a));
+    for i in 0..8 {
+        let (o, r) = a.decide(&host, &info(&format!("after{i}")), Some(CHAT));
+        a.finish(&host, &r.unwrap());
+        assert_ne!(destination(&o), busy, "decision {i}");
+    }
 }
