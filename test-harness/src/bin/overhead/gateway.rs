@@ -1,6 +1,6 @@
-//! The four gateways compared, as Envoy bootstraps that differ only in their HTTP filter: plain Envoy to a
-//! fixed endpoint, the do-nothing body-buffering Wasm filter, our picker, and the ext_proc shim in
-//! FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones envoy-config/
+//! The gateways compared, as Envoy bootstraps that differ only in their HTTP filter: plain Envoy to a fixed
+//! endpoint, the do-nothing body-buffering Wasm filter (to one fixed endpoint, or round-robin over the
+//! picker's endpoints), our picker, and the ext_proc shim in FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones envoy-config/
 //! ships (minus the stdout access log, which would cost every configuration the same).
 
 use std::path::{Path, PathBuf};
@@ -13,8 +13,17 @@ use test_harness::e2e::{Envoy, EnvoyOptions, EnvoyTemplate, Process};
 pub enum Gateway {
     Plain,
     Floor,
-    Picker { endpoints: usize },
-    ExtProc { endpoints: usize },
+    /// The floor module setting each request's destination to the next of `endpoints` in turn: what
+    /// spreading requests over that many upstream hosts costs Envoy, with no decision at all.
+    FloorRoundRobin {
+        endpoints: usize,
+    },
+    Picker {
+        endpoints: usize,
+    },
+    ExtProc {
+        endpoints: usize,
+    },
 }
 
 impl Gateway {
@@ -22,6 +31,7 @@ impl Gateway {
         match self {
             Gateway::Plain => String::from("plain Envoy"),
             Gateway::Floor => String::from("floor (do-nothing Wasm)"),
+            Gateway::FloorRoundRobin { endpoints } => format!("floor, round-robin over {endpoints}"),
             Gateway::Picker { endpoints } => format!("picker, {endpoints} endpoints"),
             Gateway::ExtProc { endpoints } => format!("ext_proc shim, {endpoints} endpoints"),
         }
@@ -31,6 +41,7 @@ impl Gateway {
         match self {
             Gateway::Plain => String::from("plain"),
             Gateway::Floor => String::from("floor"),
+            Gateway::FloorRoundRobin { endpoints } => format!("floor-rr-{endpoints}"),
             Gateway::Picker { endpoints } => format!("picker-{endpoints}"),
             Gateway::ExtProc { endpoints } => format!("ext_proc-{endpoints}"),
         }
@@ -43,7 +54,9 @@ impl Gateway {
             "plain" => Some(Gateway::Plain),
             "floor" => Some(Gateway::Floor),
             _ => {
-                if let Some(n) = key.strip_prefix("picker-") {
+                if let Some(n) = key.strip_prefix("floor-rr-") {
+                    endpoints(n).map(|endpoints| Gateway::FloorRoundRobin { endpoints })
+                } else if let Some(n) = key.strip_prefix("picker-") {
                     endpoints(n).map(|endpoints| Gateway::Picker { endpoints })
                 } else {
                     endpoints(key.strip_prefix("ext_proc-")?).map(|endpoints| Gateway::ExtProc { endpoints })
@@ -90,6 +103,11 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
         }
         Gateway::Floor => {
             let filter = wasm_filter("floor", "", &art.floor_wasm, &yaml_quote(fixed));
+            (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
+        }
+        Gateway::FloorRoundRobin { endpoints } => {
+            let list: Vec<&str> = pool.iter().take(*endpoints).map(String::as_str).collect();
+            let filter = wasm_filter("floor", "", &art.floor_wasm, &yaml_quote(&list.join(",")));
             (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
         }
         Gateway::Picker { endpoints } => {

@@ -28,7 +28,8 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
   --connections N  wrk connections [default: 8]
   --host-calls-only  only count the filters' host calls per request (emulated, no Envoy)
   --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
-  --only KEYS      only these configurations, comma-separated keys: plain, floor, picker-<N>, ext_proc-64
+  --only KEYS      only these configurations, comma-separated keys: plain, floor, floor-rr-<N> (the floor
+                   round-robin over N endpoints), picker-<N>, ext_proc-64
                    (for a focused comparison while working on the filter; skips the memory table)
   --bodies KIBS    body sizes in KiB, comma-separated [default: 4,128,220, quick 4,220]
   --workers LIST   Envoy worker counts, comma-separated [default: 1,2, quick 1]
@@ -181,15 +182,16 @@ fn run() -> Result<(), String> {
     eprintln!("nginx serving {} loopback ports (pid {})", pool.len(), backend.pid());
 
     let mut runs = Vec::new();
-    let mut gateways = vec![Gateway::Plain, Gateway::Floor];
+    let mut gateways = vec![Gateway::Plain, Gateway::Floor, Gateway::FloorRoundRobin { endpoints: 64 }];
     gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
     gateways.push(Gateway::ExtProc { endpoints: 64 });
     if let Some(only) = &o.only {
         gateways = only
             .iter()
             .map(|k| {
-                Gateway::from_key(k)
-                    .ok_or_else(|| format!("--only {k:?}: expected plain, floor, picker-<N> or ext_proc-<N>"))
+                Gateway::from_key(k).ok_or_else(|| {
+                    format!("--only {k:?}: expected plain, floor, floor-rr-<N>, picker-<N> or ext_proc-<N>")
+                })
             })
             .collect::<Result<_, _>>()?;
     }
