@@ -21,8 +21,10 @@
 //! - In-flight: each worker owns `inflight/<id>` and rewrites it on every start/finish and on a 1 s
 //!   heartbeat; readers sum every live worker's table before scheduling ([`inflight`]). Staleness: none
 //!   beyond the other thread's current callback; dead workers drop out after 3 s.
-//! - Prefix index: replicated; each routed request's block hashes go to every other worker's queue and
-//!   are learned in `on_queue_ready` ([`prefix_sync`]). Staleness: one event-loop turn of the other thread.
+//! - Prefix index: replicated; each routed request's block hashes go to every other worker's queue, in
+//!   batches sent at most once per millisecond, and are learned in `on_queue_ready` ([`prefix_sync`]).
+//!   Staleness: under load ~1 ms plus one event-loop turn of the other thread; the last picks of a burst
+//!   go out with the next stream end or the heartbeat.
 //! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`). Each worker keeps
 //!   a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
 //!   on the prefix queues, so a request reads only the other workers' in-flight tables. A picker VM joins

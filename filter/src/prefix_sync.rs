@@ -1,17 +1,24 @@
 //! A process-wide prefix index without a shared index: every worker VM keeps its own replica (inside its
-//! scheduler), and after each routed request tells every other live worker `(address, block hashes)` through
+//! scheduler), and each routed request's `(address, block hashes)` goes to every other live worker through
 //! that worker's shared queue; `on_queue_ready` applies them with `Scheduler::learn_prefix`.
 //!
 //! Why replicas rather than one owner publishing a merged index: a lookup stays a local call on every
-//! request (no shared-data copy of a large index), and an update is a few hundred bytes. Staleness: a
-//! replica lags by the time until the other worker's thread runs `on_queue_ready` (one event-loop turn),
-//! and a worker that joined later starts with an empty replica.
+//! request (no shared-data copy of a large index), and an update is a few hundred bytes.
+//!
+//! Why batches: each enqueue wakes the other worker's thread (a cross-thread post and an eventfd write),
+//! which in Envoy costs more than learning the update. A worker sends at most once per millisecond:
+//! an update goes out at once if the last send was longer ago, else with the next send, which happens at
+//! the next decision or stream end after the millisecond, or at the heartbeat (at most 32 updates wait).
+//! Staleness: under load about 1 ms plus the other thread's next event-loop turn; when traffic stops,
+//! at most until a stream ends or the heartbeat. A worker that joined later starts with an empty replica.
 //!
 //! The same queues carry one other message: a worker that joins tells the workers already listed, so
 //! they re-read the directory (they otherwise do so once per heartbeat) and start sending to it.
 //!
-//! Message layouts: an update is magic `b"PX"`, version u8 (=1), address length u16 LE, address, count
-//! u32 LE, then `count` u64 LE hashes; a join is magic `b"PJ"`, version u8 (=1), worker id u32 LE.
+//! Message layouts (integers little-endian): an update is `address length u16, address, count u32,
+//! count u64 hashes`; a batch is magic `b"PB"`, version u8 (=1), number of updates u32, then the updates;
+//! a join is magic `b"PJ"`, version u8 (=1), worker id u32. (A single update with magic `b"PX"` and
+//! version 1 before it is still read.)
 
 use crate::host::{Host, HostError};
 use crate::keys::Keys;
@@ -20,8 +27,13 @@ use std::string::String;
 use std::vec::Vec;
 
 const MAGIC: &[u8; 2] = b"PX";
+const BATCH_MAGIC: &[u8; 2] = b"PB";
 const JOIN_MAGIC: &[u8; 2] = b"PJ";
 const VERSION: u8 = 1;
+/// A worker sends its pending updates at most this often.
+pub const SEND_EVERY_MS: u64 = 1;
+/// Updates that may wait for the next send.
+pub const MAX_BATCH: usize = 32;
 /// Queue items handled per `on_queue_ready`, so a flood cannot stall a worker thread.
 pub const MAX_DRAIN: usize = 1_024;
 
@@ -32,33 +44,58 @@ pub struct Update {
     pub hashes: Vec<u64>,
 }
 
+/// One update as sent on its own (`b"PX"`).
 pub fn encode(address: &str, hashes: &[u64]) -> Vec<u8> {
-    let addr = address.as_bytes().get(..usize::from(u16::MAX)).unwrap_or(address.as_bytes());
-    let mut out = Vec::with_capacity(9 + addr.len() + hashes.len() * 8);
+    let mut out = Vec::with_capacity(9 + address.len() + hashes.len() * 8);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
+    push_update(&mut out, address, hashes);
+    out
+}
+
+fn push_update(out: &mut Vec<u8>, address: &str, hashes: &[u64]) {
+    let addr = address.as_bytes().get(..usize::from(u16::MAX)).unwrap_or(address.as_bytes());
     out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
     out.extend_from_slice(addr);
     out.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
     for h in hashes {
         out.extend_from_slice(&h.to_le_bytes());
     }
-    out
 }
 
 /// `None` for anything that is not exactly one update of this version.
 pub fn decode(bytes: &[u8]) -> Option<Update> {
     let rest = bytes.strip_prefix(MAGIC.as_slice())?.strip_prefix(&[VERSION])?;
-    let (len, rest) = rest.split_at_checked(2)?;
+    match take_update(rest)? {
+        (update, []) => Some(update),
+        _ => None,
+    }
+}
+
+/// A batch of updates (`b"PB"`); `None` unless the bytes are exactly a batch of this version.
+pub fn decode_batch(bytes: &[u8]) -> Option<Vec<Update>> {
+    let rest = bytes.strip_prefix(BATCH_MAGIC.as_slice())?.strip_prefix(&[VERSION])?;
+    let (count, mut rest) = rest.split_at_checked(4)?;
+    let count = u32::from_le_bytes(count.try_into().ok()?) as usize;
+    // Each update takes at least 6 bytes: a count beyond that is a lie, not an allocation to make.
+    let mut updates = Vec::with_capacity(count.min(rest.len() / 6));
+    for _ in 0..count {
+        let (update, tail) = take_update(rest)?;
+        updates.push(update);
+        rest = tail;
+    }
+    rest.is_empty().then_some(updates)
+}
+
+fn take_update(bytes: &[u8]) -> Option<(Update, &[u8])> {
+    let (len, rest) = bytes.split_at_checked(2)?;
     let len = usize::from(u16::from_le_bytes(len.try_into().ok()?));
     let (addr, rest) = rest.split_at_checked(len)?;
     let (count, rest) = rest.split_at_checked(4)?;
     let count = u32::from_le_bytes(count.try_into().ok()?) as usize;
-    if rest.len() != count.checked_mul(8)? {
-        return None;
-    }
-    let hashes = rest.chunks_exact(8).filter_map(|c| c.try_into().ok().map(u64::from_le_bytes)).collect();
-    Some(Update { address: String::from(core::str::from_utf8(addr).ok()?), hashes })
+    let (hashes, rest) = rest.split_at_checked(count.checked_mul(8)?)?;
+    let hashes = hashes.chunks_exact(8).filter_map(|c| c.try_into().ok().map(u64::from_le_bytes)).collect();
+    Some((Update { address: String::from(core::str::from_utf8(addr).ok()?), hashes }, rest))
 }
 
 pub fn encode_join(worker: u32) -> Vec<u8> {
@@ -90,6 +127,12 @@ pub struct PrefixSync {
     own_queue: Option<u32>,
     /// Other workers' queue ids, resolved once.
     queues: BTreeMap<u32, u32>,
+    /// Updates not sent yet, encoded as they go into a batch, and how many.
+    pending: Vec<u8>,
+    pending_count: u32,
+    /// Who the pending updates go to: the live workers at the latest broadcast.
+    peers: Vec<u32>,
+    last_send_ms: Option<u64>,
 }
 
 impl PrefixSync {
@@ -104,7 +147,9 @@ impl PrefixSync {
         self.own_queue == Some(queue)
     }
 
-    /// Sends one routed prefix to each worker in `to`; returns how many received it.
+    /// Shares one routed prefix with the workers in `to`: sent at once if the last send was at least
+    /// [`SEND_EVERY_MS`] before `now_ms`, else kept for the next send. Returns how many workers a send
+    /// reached (0 when the update waits).
     pub fn broadcast(
         &mut self,
         host: &dyn Host,
@@ -112,11 +157,58 @@ impl PrefixSync {
         to: &[u32],
         address: &str,
         hashes: &[u64],
+        now_ms: u64,
     ) -> usize {
         if hashes.is_empty() || to.is_empty() {
             return 0;
         }
-        self.send(host, keys, to, &encode(address, hashes))
+        if self.peers != to {
+            self.peers = to.to_vec();
+        }
+        push_update(&mut self.pending, address, hashes);
+        self.pending_count = self.pending_count.saturating_add(1);
+        let full = self.pending_count as usize >= MAX_BATCH;
+        if full || self.due(now_ms) {
+            self.flush(host, keys, now_ms)
+        } else {
+            0
+        }
+    }
+
+    /// Updates waiting for the next send.
+    pub fn pending(&self) -> usize {
+        self.pending_count as usize
+    }
+
+    fn due(&self, now_ms: u64) -> bool {
+        self.last_send_ms.is_none_or(|t| now_ms.saturating_sub(t) >= SEND_EVERY_MS)
+    }
+
+    /// Sends the pending updates if the last send is [`SEND_EVERY_MS`] old (a decision or stream end).
+    pub fn flush_if_due(&mut self, host: &dyn Host, keys: &Keys, now_ms: u64) -> usize {
+        if self.pending_count == 0 || !self.due(now_ms) {
+            return 0;
+        }
+        self.flush(host, keys, now_ms)
+    }
+
+    /// Sends the pending updates now, as one batch per peer; returns how many peers received it.
+    pub fn flush(&mut self, host: &dyn Host, keys: &Keys, now_ms: u64) -> usize {
+        if self.pending_count == 0 {
+            return 0;
+        }
+        let mut message = Vec::with_capacity(7 + self.pending.len());
+        message.extend_from_slice(BATCH_MAGIC);
+        message.push(VERSION);
+        message.extend_from_slice(&self.pending_count.to_le_bytes());
+        message.extend_from_slice(&self.pending);
+        self.pending.clear();
+        self.pending_count = 0;
+        self.last_send_ms = Some(now_ms);
+        let peers = core::mem::take(&mut self.peers);
+        let sent = self.send(host, keys, &peers, &message);
+        self.peers = peers;
+        sent
     }
 
     /// Tells each worker in `to` that worker `me` joined; returns how many received it.
@@ -152,10 +244,16 @@ impl PrefixSync {
     /// Applies the updates other workers sent and collects their join announcements.
     pub fn drain(&self, host: &dyn Host, queue: u32, mut apply: impl FnMut(&Update)) -> Drained {
         let mut out = Drained::default();
-        for _ in 0..MAX_DRAIN {
+        // Bounded per call (a batch may overshoot by less than MAX_BATCH): the rest waits for the next.
+        while out.applied + out.unreadable + out.joined.len() < MAX_DRAIN {
             match host.queue_dequeue(queue) {
                 Ok(Some(bytes)) => {
-                    if let Some(u) = decode(&bytes) {
+                    if let Some(batch) = decode_batch(&bytes) {
+                        for u in &batch {
+                            apply(u);
+                        }
+                        out.applied += batch.len();
+                    } else if let Some(u) = decode(&bytes) {
                         apply(&u);
                         out.applied += 1;
                     } else if let Some(worker) = decode_join(&bytes) {
@@ -200,8 +298,9 @@ mod tests {
         let qb = b.register(&host, &keys, 2).unwrap();
         let qc = c.register(&host, &keys, 3).unwrap();
         // Worker 4 is listed but never registered a queue: skipped, not an error.
-        assert_eq!(a.broadcast(&host, &keys, &[2, 3, 4], "10.0.0.1:80", &[7, 8]), 2);
-        assert_eq!(a.broadcast(&host, &keys, &[2, 3], "10.0.0.1:80", &[]), 0, "nothing to share");
+        assert_eq!(a.broadcast(&host, &keys, &[2, 3, 4], "10.0.0.1:80", &[7, 8], 100), 2);
+        assert_eq!(a.broadcast(&host, &keys, &[2, 3], "10.0.0.1:80", &[], 200), 0, "nothing to share");
+        assert_eq!(a.pending(), 0);
         let mut seen = Vec::new();
         assert_eq!(
             b.drain(&host, qb, |u| seen.push(u.clone())),
@@ -233,10 +332,78 @@ mod tests {
         assert_eq!(decode_join(&encode("10.0.0.1:80", &[1])), None);
     }
 
+    #[test]
+    fn updates_within_a_millisecond_go_out_together_with_the_next_send() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
+        a.register(&host, &keys, 1).unwrap();
+        let qb = b.register(&host, &keys, 2).unwrap();
+        let update = |i: u64| Update { address: format!("10.0.0.{i}:80"), hashes: vec![i, i + 100] };
+        let send = |a: &mut PrefixSync, i: u64, now: u64| {
+            let u = update(i);
+            a.broadcast(&host, &keys, &[2], &u.address, &u.hashes, now)
+        };
+        assert_eq!(send(&mut a, 1, 1_000), 1, "the first goes out at once");
+        assert_eq!(send(&mut a, 2, 1_000), 0);
+        assert_eq!(send(&mut a, 3, 1_000), 0);
+        assert_eq!(a.pending(), 2);
+        assert_eq!(a.flush_if_due(&host, &keys, 1_000), 0, "not yet: same millisecond");
+        assert_eq!(a.flush_if_due(&host, &keys, 1_001), 1);
+        assert_eq!(send(&mut a, 4, 5_000), 1, "a quiet worker sends at once");
+        let mut seen = Vec::new();
+        let drained = b.drain(&host, qb, |u| seen.push(u.clone()));
+        assert_eq!(drained.applied, 4);
+        assert_eq!(seen, (1..=4).map(update).collect::<Vec<_>>(), "in order, none twice");
+    }
+
+    #[test]
+    fn a_full_batch_goes_out_without_waiting() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
+        a.register(&host, &keys, 1).unwrap();
+        let qb = b.register(&host, &keys, 2).unwrap();
+        a.broadcast(&host, &keys, &[2], "10.0.0.1:80", &[1], 7);
+        let sent: Vec<usize> =
+            (0..MAX_BATCH).map(|i| a.broadcast(&host, &keys, &[2], "10.0.0.1:80", &[i as u64], 7)).collect();
+        assert_eq!(sent.iter().filter(|&&n| n == 1).count(), 1, "one batch of {MAX_BATCH}: {sent:?}");
+        assert_eq!(*sent.last().unwrap(), 1);
+        assert_eq!(b.drain(&host, qb, |_| {}).applied, 1 + MAX_BATCH);
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_any_damage_rejects_it_whole() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
+        a.register(&host, &keys, 1).unwrap();
+        let qb = b.register(&host, &keys, 2).unwrap();
+        a.broadcast(&host, &keys, &[2], "10.0.0.1:80", &[1], 0);
+        a.broadcast(&host, &keys, &[2], "10.0.0.2:80", &[2, 3], 0);
+        a.broadcast(&host, &keys, &[2], "", &[4], 0);
+        a.flush(&host, &keys, 0);
+        host.queue_dequeue(qb).unwrap().unwrap(); // the first update, sent alone
+        let batch = host.queue_dequeue(qb).unwrap().unwrap();
+        let updates = decode_batch(&batch).unwrap();
+        assert_eq!(updates.iter().map(|u| u.hashes.len()).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(updates[1].address, "");
+        for cut in 0..batch.len() {
+            assert_eq!(decode_batch(&batch[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = batch.clone();
+        longer.push(0);
+        assert_eq!(decode_batch(&longer), None);
+        assert_eq!(decode(&batch), None);
+        assert_eq!(decode_batch(&encode("10.0.0.1:80", &[1])), None);
+        // A count that promises more updates than there are bytes is refused, not allocated for.
+        let mut liar = batch[..3].to_vec();
+        liar.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_batch(&liar), None);
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = decode(&bytes);
+            let _ = decode_batch(&bytes);
             let _ = decode_join(&bytes);
         }
     }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 const ACTIVE: &str = r#""plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
     "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]"#;
@@ -56,6 +57,8 @@ fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
         );
         // Distinct request ids: the seeds differ, so b cannot agree with a by drawing the same ties.
         let id = format!("a-{i}");
+        // A worker shares its picks at most once per millisecond; spaced so, each goes out at once.
+        host.advance(Duration::from_millis(1));
         let dest = destination(&send(&mut host, a, &body, &[("x-request-id", &id)])).unwrap().to_string();
         picks.push((body, dest));
     }
@@ -64,6 +67,45 @@ fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
     for (i, (body, dest)) in picks.iter().enumerate() {
         let id = format!("b-{i}");
         assert_eq!(destination(&send(&mut host, b, body, &[("x-request-id", &id)])), Some(dest.as_str()));
+    }
+    assert_no_traps(&host);
+}
+
+#[test]
+fn prefixes_routed_in_a_burst_reach_the_other_worker_by_the_heartbeat() {
+    let mut host = host();
+    let cfg = config(4, PREFIX);
+    let a = host.start_vm(picker(&cfg)).unwrap();
+    let b = host.start_vm(picker(&cfg)).unwrap();
+    write_snapshot(&mut host, 1, &[0, 0, 0, 0]);
+    for (vm, id) in [(a, "warm-a"), (b, "warm-b")] {
+        send(
+            &mut host,
+            vm,
+            r#"{"model": "llama", "messages": [{"content": "hi", "role": "user"}]}"#,
+            &[("x-request-id", id)],
+        );
+    }
+    host.advance(Duration::from_millis(5));
+    // Eight picks within one millisecond: the first is shared at once, the others wait for a's next send.
+    let mut picks = Vec::new();
+    for i in 0..8 {
+        let body = format!(
+            r#"{{"model": "llama", "messages": [{{"content": "{i} opens a burst of long prompts", "role": "user"}}]}}"#
+        );
+        let id = format!("a-{i}");
+        let dest = destination(&send(&mut host, a, &body, &[("x-request-id", &id)])).unwrap().to_string();
+        picks.push((body, dest));
+    }
+    // The heartbeat sends them (the snapshot stays fresh enough: its limit is the default 5 s).
+    host.advance(Duration::from_millis(1_000));
+    for (i, (body, dest)) in picks.iter().enumerate() {
+        let id = format!("b-{i}");
+        assert_eq!(
+            destination(&send(&mut host, b, body, &[("x-request-id", &id)])),
+            Some(dest.as_str()),
+            "prompt {i}"
+        );
     }
     assert_no_traps(&host);
 }

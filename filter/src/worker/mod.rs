@@ -182,12 +182,12 @@ impl Worker {
         let routed = match &outcome {
             Outcome::Route(route) => {
                 self.stats.count(host, stats::DECISIONS_ROUTED);
-                Some(self.after_route(host, route, &live_others))
+                Some(self.after_route(host, route, &live_others, started_ms))
             }
             Outcome::FailOpen { reason, route } => {
                 self.stats.count(host, stats::DECISIONS_FAIL_OPEN);
                 self.stats.fallback(host, *reason);
-                route.as_ref().map(|r| self.after_route(host, r, &[]))
+                route.as_ref().map(|r| self.after_route(host, r, &[], started_ms))
             }
             Outcome::Reply(reply) => {
                 self.stats.count(host, stats::DECISIONS_REPLIED);
@@ -207,21 +207,26 @@ impl Worker {
         (outcome, routed)
     }
 
-    fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32]) -> Routed {
+    fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> Routed {
         self.inflight.start(host, &self.keys, self.id, &route.destination, route.estimated_tokens);
-        self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes);
+        self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes, now_ms);
         Routed { destination: route.destination.clone(), tokens: route.estimated_tokens }
     }
 
     /// The routed stream ended (completed, reset or answered locally).
     pub fn finish(&mut self, host: &dyn Host, routed: &Routed) {
         self.inflight.finish(host, &self.keys, self.id, &routed.destination, routed.tokens);
+        if self.prefix.pending() > 0 {
+            self.prefix.flush_if_due(host, &self.keys, host.now_ms());
+        }
     }
 
-    /// Heartbeat: keeps this worker's table alive, its directory entry present and its copy of the
-    /// directory fresh; reports how old the snapshot in use is.
+    /// Heartbeat: sends prefixes still waiting, keeps this worker's table alive, its directory entry
+    /// present and its copy of the directory fresh; reports how old the snapshot in use is.
     pub fn on_tick(&mut self, host: &dyn Host) {
         let Some(id) = self.id else { return };
+        // Prefixes routed at the end of a burst, when no decision or stream end came after them.
+        self.prefix.flush(host, &self.keys, host.now_ms());
         // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
         if !self.inflight.heartbeat(host, &self.keys, self.id) {
             return;

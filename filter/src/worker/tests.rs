@@ -107,6 +107,9 @@ fn prefixes_routed_by_one_worker_are_learned_by_the_other() {
     }
     let spread: std::collections::BTreeSet<&String> = picks.iter().map(|(_, d)| d).collect();
     assert!(spread.len() > 1, "distinct prompts spread over the tied endpoints: {picks:?}");
+    // Eight decisions in one millisecond: the first went out at once, the rest wait for the next send,
+    // here the heartbeat (a later decision or stream end would do too).
+    a.on_tick(&host);
     assert!(b.on_queue_ready(&host, queue));
     assert!(!b.on_queue_ready(&host, queue + 100), "not b's queue");
     for (i, (body, dest)) in picks.iter().enumerate() {
