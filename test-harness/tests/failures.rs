@@ -90,3 +90,20 @@ fn start_failures_say_what_went_wrong() {
     let missing = host.start_vm(test_harness::Plugin::new("/nonexistent/filter.wasm")).err().unwrap();
     assert!(missing.to_string().contains("/nonexistent/filter.wasm"), "{missing}");
 }
+
+#[test]
+fn a_host_call_during_initialize_fails_the_vm_as_in_envoy() {
+    let mut host = Host::builder().env("FIXTURE_HOST_CALL_AT_INITIALIZE", "1").build();
+    let err = host.start_vm(plugin("router")).expect_err("Envoy refuses the VM");
+    let text = err.to_string();
+    assert!(
+        text.contains("restricted_callback") && text.contains("proxy_get_current_time_nanoseconds"),
+        "{text}"
+    );
+    // WASI environ (how the fixture read its variable) is allowed there; without the variable the same
+    // module starts, and the call it skipped works once the VM runs.
+    let mut host = Host::new();
+    let vm = host.start_vm(plugin("router")).unwrap();
+    host.start_request(vm, &post_with(&[]), true).unwrap();
+    assert!(host.traps().is_empty());
+}

@@ -134,12 +134,30 @@ fn split_name(full: &str) -> (String, String) {
 
 // ---- plumbing -----------------------------------------------------------------------------------------
 
-/// A status forced by an injected fault, recorded as such.
-fn fault(c: &mut C<'_>, name: &'static str) -> Option<i32> {
+/// Every host call's entry: a trap if Envoy would refuse the call here (during `_initialize`), else
+/// the status forced by an injected fault, recorded as such.
+fn fault(c: &mut C<'_>, name: &'static str) -> wasmtime::Result<Option<i32>> {
+    if name != "proxy_log" {
+        restricted(c, name)?;
+    }
     let vm = c.data().vm;
-    let forced = c.data().world().faults.take(vm, name)?;
+    let Some(forced) = c.data().world().faults.take(vm, name) else { return Ok(None) };
     record_call(c, name.to_string(), "fault injected".to_string(), Some(forced), true);
-    Some(forced.code())
+    Ok(Some(forced.code()))
+}
+
+/// Envoy's rule for `_initialize` / `_start`: only `proxy_log` and the WASI calls for output, args,
+/// environment, preopens, clocks and randomness may run; any other host call fails the VM with
+/// `restricted_callback`. Callers check their own name against that list.
+pub(crate) fn restricted(c: &mut C<'_>, name: &str) -> wasmtime::Result<()> {
+    if !c.data().restricted {
+        return Ok(());
+    }
+    record_call(c, name.to_string(), "refused during _initialize".to_string(), None, false);
+    Err(wasmtime::Error::msg(format!(
+        "restricted_callback: {name} called during _initialize, where Envoy allows only proxy_log and \
+         WASI output, args, environment, preopens, clocks and randomness"
+    )))
 }
 
 fn record_call(c: &mut C<'_>, name: String, detail: String, status: Option<Status>, injected: bool) {
@@ -281,7 +299,7 @@ fn map_modify(c: &mut C<'_>, map_type: i32, f: impl FnOnce(&mut Headers)) -> Sta
 // ---- logging, time ------------------------------------------------------------------------------------
 
 fn proxy_log(mut c: C<'_>, level: i32, ptr: i32, len: i32) -> R {
-    if let Some(s) = fault(&mut c, "proxy_log") {
+    if let Some(s) = fault(&mut c, "proxy_log")? {
         return Ok(s);
     }
     let Some(level) = LogLevel::from_code(level) else {
@@ -301,7 +319,7 @@ fn proxy_log(mut c: C<'_>, level: i32, ptr: i32, len: i32) -> R {
 }
 
 fn proxy_get_log_level(mut c: C<'_>, ptr: i32) -> R {
-    if let Some(s) = fault(&mut c, "proxy_get_log_level") {
+    if let Some(s) = fault(&mut c, "proxy_get_log_level")? {
         return Ok(s);
     }
     let level = c.data().world().log_level.code();
@@ -310,7 +328,7 @@ fn proxy_get_log_level(mut c: C<'_>, ptr: i32) -> R {
 }
 
 fn proxy_get_current_time_nanoseconds(mut c: C<'_>, ptr: i32) -> R {
-    if let Some(s) = fault(&mut c, "proxy_get_current_time_nanoseconds") {
+    if let Some(s) = fault(&mut c, "proxy_get_current_time_nanoseconds")? {
         return Ok(s);
     }
     let now = c.data().world().clock.unix_ns();
@@ -320,7 +338,7 @@ fn proxy_get_current_time_nanoseconds(mut c: C<'_>, ptr: i32) -> R {
 }
 
 fn proxy_set_tick_period_milliseconds(mut c: C<'_>, period: i32) -> R {
-    if let Some(s) = fault(&mut c, "proxy_set_tick_period_milliseconds") {
+    if let Some(s) = fault(&mut c, "proxy_set_tick_period_milliseconds")? {
         return Ok(s);
     }
     let period_ms = u64::from(period as u32);
@@ -368,7 +386,7 @@ fn buffer_bytes(c: &C<'_>, t: BufferType) -> Result<Vec<u8>, Status> {
 
 fn proxy_get_buffer_bytes(mut c: C<'_>, t: i32, start: i32, len: i32, ptr_ptr: i32, size_ptr: i32) -> R {
     const NAME: &str = "proxy_get_buffer_bytes";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let detail = format!("type {t} start {} len {}", start as u32, len as u32);
@@ -392,7 +410,7 @@ fn proxy_get_buffer_bytes(mut c: C<'_>, t: i32, start: i32, len: i32, ptr_ptr: i
 
 fn proxy_set_buffer_bytes(mut c: C<'_>, t: i32, start: i32, len: i32, ptr: i32, size: i32) -> R {
     const NAME: &str = "proxy_set_buffer_bytes";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let detail = format!("type {t} start {} len {} ({} new bytes)", start as u32, len as u32, size as u32);
@@ -432,7 +450,7 @@ fn proxy_set_buffer_bytes(mut c: C<'_>, t: i32, start: i32, len: i32, ptr: i32, 
 
 fn proxy_get_header_map_pairs(mut c: C<'_>, t: i32, ptr_ptr: i32, size_ptr: i32) -> R {
     const NAME: &str = "proxy_get_header_map_pairs";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let detail = map_name(t).to_string();
@@ -447,7 +465,7 @@ fn proxy_get_header_map_pairs(mut c: C<'_>, t: i32, ptr_ptr: i32, size_ptr: i32)
 
 fn proxy_set_header_map_pairs(mut c: C<'_>, t: i32, ptr: i32, size: i32) -> R {
     const NAME: &str = "proxy_set_header_map_pairs";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(bytes) = read(&c, ptr, size) else {
@@ -464,7 +482,7 @@ fn proxy_set_header_map_pairs(mut c: C<'_>, t: i32, ptr: i32, size: i32) -> R {
 
 fn proxy_get_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32) -> R {
     const NAME: &str = "proxy_get_header_map_value";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(key) = read_str(&c, kp, kl) else {
@@ -484,7 +502,7 @@ fn proxy_get_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32, ptr_ptr: i
 
 fn proxy_replace_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> R {
     const NAME: &str = "proxy_replace_header_map_value";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(key), Some(value)) = (read_str(&c, kp, kl), read_str(&c, vp, vl)) else {
@@ -501,7 +519,7 @@ fn proxy_replace_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i3
 
 fn proxy_remove_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32) -> R {
     const NAME: &str = "proxy_remove_header_map_value";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(key) = read_str(&c, kp, kl) else {
@@ -515,7 +533,7 @@ fn proxy_remove_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32) -> R {
 
 fn proxy_add_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> R {
     const NAME: &str = "proxy_add_header_map_value";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(key), Some(value)) = (read_str(&c, kp, kl), read_str(&c, vp, vl)) else {
@@ -531,7 +549,7 @@ fn proxy_add_header_map_value(mut c: C<'_>, t: i32, kp: i32, kl: i32, vp: i32, v
 
 fn proxy_get_property(mut c: C<'_>, pp: i32, pl: i32, ptr_ptr: i32, size_ptr: i32) -> R {
     const NAME: &str = "proxy_get_property";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(path) = read(&c, pp, pl) else {
@@ -551,7 +569,7 @@ fn proxy_get_property(mut c: C<'_>, pp: i32, pl: i32, ptr_ptr: i32, size_ptr: i3
 
 fn proxy_set_property(mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32) -> R {
     const NAME: &str = "proxy_set_property";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(path), Some(value)) = (read(&c, pp, pl), read(&c, vp, vl)) else {
@@ -577,7 +595,7 @@ fn proxy_set_property(mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32) -> R {
 
 fn proxy_get_shared_data(mut c: C<'_>, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32) -> R {
     const NAME: &str = "proxy_get_shared_data";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(key) = read_str(&c, kp, kl) else {
@@ -598,7 +616,7 @@ fn proxy_get_shared_data(mut c: C<'_>, kp: i32, kl: i32, ptr_ptr: i32, size_ptr:
 
 fn proxy_set_shared_data(mut c: C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> R {
     const NAME: &str = "proxy_set_shared_data";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(key), Some(value)) = (read_str(&c, kp, kl), read(&c, vp, vl)) else {
@@ -614,7 +632,7 @@ fn proxy_set_shared_data(mut c: C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: 
 
 fn proxy_register_shared_queue(mut c: C<'_>, np: i32, nl: i32, id_ptr: i32) -> R {
     const NAME: &str = "proxy_register_shared_queue";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(name) = read_str(&c, np, nl) else {
@@ -632,7 +650,7 @@ fn proxy_register_shared_queue(mut c: C<'_>, np: i32, nl: i32, id_ptr: i32) -> R
 
 fn proxy_resolve_shared_queue(mut c: C<'_>, vp: i32, vl: i32, np: i32, nl: i32, id_ptr: i32) -> R {
     const NAME: &str = "proxy_resolve_shared_queue";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(vm_id), Some(name)) = (read_str(&c, vp, vl), read_str(&c, np, nl)) else {
@@ -648,7 +666,7 @@ fn proxy_resolve_shared_queue(mut c: C<'_>, vp: i32, vl: i32, np: i32, nl: i32, 
 
 fn proxy_dequeue_shared_queue(mut c: C<'_>, token: i32, ptr_ptr: i32, size_ptr: i32) -> R {
     const NAME: &str = "proxy_dequeue_shared_queue";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let item = c.data().world().queues.dequeue(token as u32);
@@ -664,7 +682,7 @@ fn proxy_dequeue_shared_queue(mut c: C<'_>, token: i32, ptr_ptr: i32, size_ptr: 
 
 fn proxy_enqueue_shared_queue(mut c: C<'_>, token: i32, vp: i32, vl: i32) -> R {
     const NAME: &str = "proxy_enqueue_shared_queue";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(value) = read(&c, vp, vl) else {
@@ -687,7 +705,7 @@ fn proxy_enqueue_shared_queue(mut c: C<'_>, token: i32, vp: i32, vl: i32) -> R {
 
 fn proxy_continue_stream(mut c: C<'_>, t: i32) -> R {
     const NAME: &str = "proxy_continue_stream";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let dir = match t {
@@ -718,7 +736,7 @@ fn proxy_continue_stream(mut c: C<'_>, t: i32) -> R {
 
 fn proxy_close_stream(mut c: C<'_>, t: i32) -> R {
     const NAME: &str = "proxy_close_stream";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     if !(0..=3).contains(&t) {
@@ -745,7 +763,7 @@ fn proxy_send_local_response(
     grpc_status: i32,
 ) -> R {
     const NAME: &str = "proxy_send_local_response";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(details), Some(body), Some(headers)) =
@@ -787,7 +805,7 @@ fn proxy_http_call(
     token_ptr: i32,
 ) -> R {
     const NAME: &str = "proxy_http_call";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let (Some(cluster), Some(headers), Some(body), Some(trailers)) =
@@ -841,7 +859,7 @@ fn proxy_http_call(
 
 fn proxy_get_status(mut c: C<'_>, code_ptr: i32, msg_ptr_ptr: i32, msg_size_ptr: i32) -> R {
     const NAME: &str = "proxy_get_status";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     // Only meaningful for gRPC, which the harness does not emulate: report OK with no message.
@@ -853,7 +871,7 @@ fn proxy_get_status(mut c: C<'_>, code_ptr: i32, msg_ptr_ptr: i32, msg_size_ptr:
 
 fn proxy_set_effective_context(mut c: C<'_>, context_id: i32) -> R {
     const NAME: &str = "proxy_set_effective_context";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let ctx = context_id as u32;
@@ -869,7 +887,7 @@ fn proxy_set_effective_context(mut c: C<'_>, context_id: i32) -> R {
 }
 
 fn proxy_done(mut c: C<'_>) -> R {
-    if let Some(s) = fault(&mut c, "proxy_done") {
+    if let Some(s) = fault(&mut c, "proxy_done")? {
         return Ok(s);
     }
     done(&mut c, "proxy_done", String::new(), Status::Ok)
@@ -878,7 +896,7 @@ fn proxy_done(mut c: C<'_>) -> R {
 #[allow(clippy::too_many_arguments)]
 fn proxy_call_foreign_function(mut c: C<'_>, np: i32, nl: i32, _ap: i32, _al: i32, _rp: i32, _rs: i32) -> R {
     const NAME: &str = "proxy_call_foreign_function";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let name = read_str(&c, np, nl).unwrap_or_default();
@@ -890,7 +908,7 @@ fn proxy_call_foreign_function(mut c: C<'_>, np: i32, nl: i32, _ap: i32, _al: i3
 
 fn proxy_define_metric(mut c: C<'_>, kind: i32, np: i32, nl: i32, id_ptr: i32) -> R {
     const NAME: &str = "proxy_define_metric";
-    if let Some(s) = fault(&mut c, NAME) {
+    if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
     let Some(name) = read_str(&c, np, nl) else {
@@ -909,7 +927,7 @@ fn proxy_define_metric(mut c: C<'_>, kind: i32, np: i32, nl: i32, id_ptr: i32) -
 }
 
 fn proxy_increment_metric(mut c: C<'_>, id: i32, offset: i64) -> R {
-    if let Some(s) = fault(&mut c, "proxy_increment_metric") {
+    if let Some(s) = fault(&mut c, "proxy_increment_metric")? {
         return Ok(s);
     }
     let vm = c.data().vm;
@@ -918,7 +936,7 @@ fn proxy_increment_metric(mut c: C<'_>, id: i32, offset: i64) -> R {
 }
 
 fn proxy_record_metric(mut c: C<'_>, id: i32, value: i64) -> R {
-    if let Some(s) = fault(&mut c, "proxy_record_metric") {
+    if let Some(s) = fault(&mut c, "proxy_record_metric")? {
         return Ok(s);
     }
     let vm = c.data().vm;
@@ -927,7 +945,7 @@ fn proxy_record_metric(mut c: C<'_>, id: i32, value: i64) -> R {
 }
 
 fn proxy_get_metric(mut c: C<'_>, id: i32, ptr: i32) -> R {
-    if let Some(s) = fault(&mut c, "proxy_get_metric") {
+    if let Some(s) = fault(&mut c, "proxy_get_metric")? {
         return Ok(s);
     }
     let vm = c.data().vm;

@@ -38,6 +38,9 @@ pub(crate) struct VmState {
     /// The response visible during `proxy_on_http_call_response` (None for a failed call).
     pub call_response: Option<CalloutResponse>,
     pub in_configure: bool,
+    /// Inside `_initialize` / `_start`, where Envoy lets through only logging, args, environment, clocks
+    /// and randomness (anything else traps with `restricted_callback`).
+    pub restricted: bool,
     pub deferred: Vec<Deferred>,
     pub next_call_token: u32,
     pub memory: Option<Memory>,
@@ -95,6 +98,7 @@ impl LiveVm {
             stream_of_context: BTreeMap::new(),
             call_response: None,
             in_configure: false,
+            restricted: false,
             deferred: Vec::new(),
             next_call_token: 1,
             memory: None,
@@ -128,6 +132,7 @@ impl LiveVm {
         let start_trap =
             |live: &mut LiveVm, callback| StartError::Trap(live.take_trap(callback, 1, "".into()));
         // A reactor (what cdylib builds for wasm32-wasip1 are) runs `_initialize`; a command runs `_start`.
+        live.store.data_mut().restricted = true;
         for init in ["_initialize", "_start"] {
             match live.raw_call(init, 0, &[]) {
                 Ok(None) => continue,
@@ -138,6 +143,7 @@ impl LiveVm {
                 }
             }
         }
+        live.store.data_mut().restricted = false;
         match live.call("proxy_on_context_create", 1, &[1, 0]) {
             CallResult::Trapped => return Err(start_trap(&mut live, "proxy_on_context_create")),
             CallResult::Missing => {

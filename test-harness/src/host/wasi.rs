@@ -5,7 +5,7 @@
 use wasmtime::{Caller, Linker};
 
 use super::abi::LogLevel;
-use super::imports::{write, write_u32};
+use super::imports::{restricted, write, write_u32};
 use super::transcript::LogEntry;
 use super::vm::VmState;
 
@@ -46,15 +46,15 @@ pub(crate) fn define(l: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     l.func_wrap(MODULE, "args_get", |_c: C<'_>, _argv: i32, _buf: i32| -> i32 { SUCCESS })?;
     l.func_wrap(MODULE, "clock_time_get", clock_time_get)?;
-    l.func_wrap(MODULE, "clock_res_get", |mut c: C<'_>, _id: i32, ptr: i32| -> i32 {
-        if write(&mut c, ptr, &1u64.to_le_bytes()) {
-            SUCCESS
-        } else {
-            EFAULT
-        }
+    l.func_wrap(MODULE, "clock_res_get", |mut c: C<'_>, _id: i32, ptr: i32| -> wasmtime::Result<i32> {
+        restricted(&mut c, "wasi_snapshot_preview1::clock_res_get")?;
+        Ok(if write(&mut c, ptr, &1u64.to_le_bytes()) { SUCCESS } else { EFAULT })
     })?;
     l.func_wrap(MODULE, "random_get", random_get)?;
-    l.func_wrap(MODULE, "sched_yield", |_c: C<'_>| -> i32 { SUCCESS })?;
+    l.func_wrap(MODULE, "sched_yield", |mut c: C<'_>| -> wasmtime::Result<i32> {
+        restricted(&mut c, "wasi_snapshot_preview1::sched_yield")?;
+        Ok(SUCCESS)
+    })?;
     // No preopened directories: libc stops looking at the first EBADF.
     l.func_wrap(MODULE, "fd_prestat_get", |_c: C<'_>, _fd: i32, _ptr: i32| -> i32 { EBADF })?;
     l.func_wrap(MODULE, "proc_exit", |_c: C<'_>, code: i32| -> wasmtime::Result<()> {
