@@ -1,5 +1,6 @@
 //! `cargo xtask bench overhead [--quick]`: installs what the suite runs on (Envoy 1.40 in .venv/, nginx
-//! and wrk from apt), builds the shim in release, then runs test-harness's `overhead` binary.
+//! and wrk from apt, and perf for `-- --attribute`), builds the shim in release, then runs test-harness's
+//! `overhead` binary.
 
 use crate::cmd::{cargo, step};
 use crate::tools::{ensure_envoy, ensure_wasm_target};
@@ -13,7 +14,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let envoy = ensure_envoy()?;
     ensure_wasm_target()?;
-    ensure_packages()?;
+    ensure_packages(args.iter().any(|a| a == "--attribute"))?;
     step("build the ext_proc shim (release)", cargo().args(["build", "--release", "-p", "epp-shim"]))?;
     step(
         "overhead benchmark",
@@ -24,10 +25,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     )
 }
 
-/// nginx (the backend) and wrk (the load) from the distribution, installed with apt-get when missing.
-fn ensure_packages() -> Result<(), String> {
+/// nginx (the backend) and wrk (the load) from the distribution, and perf when sampling, installed with
+/// apt-get when missing.
+fn ensure_packages(perf: bool) -> Result<(), String> {
+    let perf = perf.then_some(("perf", "linux-perf"));
     let missing: Vec<&str> = [("nginx", "nginx-light"), ("wrk", "wrk")]
         .into_iter()
+        .chain(perf)
         .filter(|(program, _)| !on_path(program))
         .map(|(_, package)| package)
         .collect();

@@ -3,6 +3,7 @@
 //! shim are driven by the same wrk load in one run, against one nginx standing in for the model servers.
 //! `cargo xtask bench overhead [--quick]` builds what it needs and runs this; results go to BENCHMARKS.md.
 
+mod attribute;
 mod backend;
 mod gateway;
 mod host_calls;
@@ -33,6 +34,10 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
                    (for a focused comparison while working on the filter; skips the memory table)
   --bodies KIBS    body sizes in KiB, comma-separated [default: 4,128,220, quick 4,220]
   --workers LIST   Envoy worker counts, comma-separated [default: 1,2, quick 1]
+  --attribute      instead of the tables: sample each configuration's Envoy with perf while wrk drives
+                   it, and say where its CPU per request goes (module code, host functions, the rest of
+                   Envoy, kernel) [default configurations floor-rr-64,picker-64, body 4 KiB, 1 worker,
+                   20 s each]; writes attribution.md
 ";
 
 struct Options {
@@ -48,6 +53,9 @@ struct Options {
     only: Option<Vec<String>>,
     bodies_kib: Option<Vec<usize>>,
     workers: Option<Vec<usize>>,
+    attribute: bool,
+    /// `--duration` as given (`duration` falls back to a default per mode).
+    duration_given: Option<Duration>,
 }
 
 fn parse_list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>, String> {
@@ -71,6 +79,8 @@ fn parse_args() -> Result<Options, String> {
         only: None,
         bodies_kib: None,
         workers: None,
+        attribute: false,
+        duration_given: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -78,6 +88,7 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--host-calls-only" => o.host_calls_only = true,
+            "--attribute" => o.attribute = true,
             "--out" => {
                 o.out = root.join(value("--out")?);
                 o.out_given = true;
@@ -105,6 +116,7 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
+    o.duration_given = (!o.duration.is_zero()).then_some(o.duration);
     if o.duration.is_zero() {
         o.duration = Duration::from_secs(if o.quick { 3 } else { 4 });
     }
@@ -169,6 +181,10 @@ fn run() -> Result<(), String> {
         }
         print!("{}", report::host_calls_table(&calls));
         return Ok(());
+    }
+
+    if o.attribute {
+        return attribute_run(&o, &art, &work);
     }
 
     let default_bodies = if o.quick { vec![4, 220] } else { vec![4, 128, 220] };
@@ -287,6 +303,47 @@ fn run() -> Result<(), String> {
             eprintln!("wrote {}", path.display());
         }
     }
+    Ok(())
+}
+
+/// `--attribute`: each configuration in turn under perf, then the table of where its CPU went.
+fn attribute_run(o: &Options, art: &Artifacts, work: &std::path::Path) -> Result<(), String> {
+    attribute::check_perf()?;
+    let keys = o.only.clone().unwrap_or_else(|| vec![String::from("floor-rr-64"), String::from("picker-64")]);
+    let gateways: Vec<Gateway> = keys
+        .iter()
+        .map(|k| Gateway::from_key(k).ok_or_else(|| format!("--only {k:?}: not a configuration")))
+        .collect::<Result<_, _>>()?;
+    let duration = o.duration_given.unwrap_or(Duration::from_secs(20));
+    let backend = backend::Backend::start(256, &work.join("nginx"))?;
+    let pool = backend.addrs(256);
+    let mut text = String::new();
+    for &w in o.workers.as_deref().unwrap_or(&[1]) {
+        let running: Vec<gateway::Running> =
+            gateways.iter().map(|g| gateway::start(g, w, &pool, art)).collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_millis(1500));
+        for &kib in o.bodies_kib.as_deref().unwrap_or(&[4]) {
+            let body = work.join(format!("body-{kib}k.json"));
+            std::fs::write(&body, load::chat_body(kib * 1024))
+                .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
+            let script = load::write_script(&body)?;
+            let mut runs = Vec::new();
+            for (g, r) in gateways.iter().zip(&running) {
+                load::wrk(r.envoy.listener(), &script, o.connections, Duration::from_secs(2))?;
+                let a = attribute::measure(g, r, &script, o.connections, duration, work)?;
+                check_picker(g, r)?;
+                eprintln!("  {w} worker(s) {kib:>3} KiB {:<34} {} requests sampled", g.label(), a.requests);
+                runs.push(a);
+            }
+            text.push_str(&attribute::markdown(&runs, kib, w));
+        }
+    }
+    drop(backend);
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
+    let path = o.out.join("attribution.md");
+    std::fs::write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("{text}");
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
