@@ -169,17 +169,7 @@ fn run() -> Result<(), String> {
     let art = Artifacts { picker_wasm, floor_wasm, shim: o.shim.clone(), scrape_interval_ms: 1000 };
     if o.host_calls_only {
         let pool: Vec<String> = (0..64).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
-        let mut calls = Vec::new();
-        for kib in [4, 220] {
-            calls.extend(host_calls::count(
-                &art.picker_wasm,
-                &art.floor_wasm,
-                &pool,
-                &load::chat_body(kib * 1024),
-                kib,
-            )?);
-        }
-        print!("{}", report::host_calls_table(&calls));
+        print!("{}", report::host_calls_table(&count_host_calls(&art, &pool)?));
         return Ok(());
     }
 
@@ -202,14 +192,7 @@ fn run() -> Result<(), String> {
     gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
     gateways.push(Gateway::ExtProc { endpoints: 64 });
     if let Some(only) = &o.only {
-        gateways = only
-            .iter()
-            .map(|k| {
-                Gateway::from_key(k).ok_or_else(|| {
-                    format!("--only {k:?}: expected plain, floor, floor-rr-<N>, picker-<N> or ext_proc-<N>")
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        gateways = parse_only(only)?;
     }
     for &w in &workers {
         // Every configuration runs side by side and the rounds alternate between them, so a burst of
@@ -218,10 +201,7 @@ fn run() -> Result<(), String> {
             gateways.iter().map(|g| gateway::start(g, w, &pool, &art)).collect::<Result<_, _>>()?;
         std::thread::sleep(Duration::from_millis(1500));
         for &kib in &bodies_kib {
-            let body = work.join(format!("body-{kib}k.json"));
-            std::fs::write(&body, load::chat_body(kib * 1024))
-                .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
-            let script = load::write_script(&body)?;
+            let script = body_script(&work, kib)?;
             // Warm-up: connections open, the prefix index holds the body's blocks, V8 has tiered up.
             for r in &running {
                 load::wrk(r.envoy.listener(), &script, o.connections, Duration::from_secs(2))?;
@@ -250,10 +230,7 @@ fn run() -> Result<(), String> {
 
     let mut memory = Vec::new();
     let memory_workers = if o.only.is_some() { &[][..] } else { &workers[..] };
-    let body = work.join("body-4k.json");
-    std::fs::write(&body, load::chat_body(4096))
-        .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
-    let script = load::write_script(&body)?;
+    let script = body_script(&work, 4)?;
     for &w in memory_workers {
         for g in [Gateway::Plain, Gateway::Floor, Gateway::Picker { endpoints: memory_endpoints }] {
             let running = gateway::start(&g, w, &pool, &art)?;
@@ -272,16 +249,7 @@ fn run() -> Result<(), String> {
             Ok((n.to_string(), std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len()))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let mut calls = Vec::new();
-    for kib in [4, 220] {
-        calls.extend(host_calls::count(
-            &art.picker_wasm,
-            &art.floor_wasm,
-            &pool,
-            &load::chat_body(kib * 1024),
-            kib,
-        )?);
-    }
+    let calls = count_host_calls(&art, &pool)?;
     let elapsed = started.elapsed();
     let load = format!(
         "{}; load average (1 min) {} at the start, {} at the end",
@@ -306,14 +274,45 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// The configurations `--only` names.
+fn parse_only(keys: &[String]) -> Result<Vec<Gateway>, String> {
+    keys.iter()
+        .map(|k| {
+            Gateway::from_key(k).ok_or_else(|| {
+                format!("--only {k:?}: expected plain, floor, floor-rr-<N>, picker-<N> or ext_proc-<N>")
+            })
+        })
+        .collect()
+}
+
+/// Writes the chat body of `kib` KiB and the wrk script that posts it.
+fn body_script(work: &std::path::Path, kib: usize) -> Result<PathBuf, String> {
+    let body = work.join(format!("body-{kib}k.json"));
+    std::fs::write(&body, load::chat_body(kib * 1024))
+        .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
+    load::write_script(&body)
+}
+
+/// Host calls per request of both filters at 4 and 220 KiB, in the harness's emulation.
+fn count_host_calls(art: &Artifacts, pool: &[String]) -> Result<Vec<host_calls::Count>, String> {
+    let mut calls = Vec::new();
+    for kib in [4, 220] {
+        calls.extend(host_calls::count(
+            &art.picker_wasm,
+            &art.floor_wasm,
+            pool,
+            &load::chat_body(kib * 1024),
+            kib,
+        )?);
+    }
+    Ok(calls)
+}
+
 /// `--attribute`: each configuration in turn under perf, then the table of where its CPU went.
 fn attribute_run(o: &Options, art: &Artifacts, work: &std::path::Path) -> Result<(), String> {
     attribute::check_perf()?;
     let keys = o.only.clone().unwrap_or_else(|| vec![String::from("floor-rr-64"), String::from("picker-64")]);
-    let gateways: Vec<Gateway> = keys
-        .iter()
-        .map(|k| Gateway::from_key(k).ok_or_else(|| format!("--only {k:?}: not a configuration")))
-        .collect::<Result<_, _>>()?;
+    let gateways = parse_only(&keys)?;
     let duration = o.duration_given.unwrap_or(Duration::from_secs(20));
     let backend = backend::Backend::start(256, &work.join("nginx"))?;
     let pool = backend.addrs(256);
@@ -323,10 +322,7 @@ fn attribute_run(o: &Options, art: &Artifacts, work: &std::path::Path) -> Result
             gateways.iter().map(|g| gateway::start(g, w, &pool, art)).collect::<Result<_, _>>()?;
         std::thread::sleep(Duration::from_millis(1500));
         for &kib in o.bodies_kib.as_deref().unwrap_or(&[4]) {
-            let body = work.join(format!("body-{kib}k.json"));
-            std::fs::write(&body, load::chat_body(kib * 1024))
-                .map_err(|e| format!("cannot write {}: {e}", body.display()))?;
-            let script = load::write_script(&body)?;
+            let script = body_script(work, kib)?;
             let mut runs = Vec::new();
             for (g, r) in gateways.iter().zip(&running) {
                 load::wrk(r.envoy.listener(), &script, o.connections, Duration::from_secs(2))?;
