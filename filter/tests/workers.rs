@@ -33,22 +33,24 @@ fn in_flight_counts_are_process_wide() {
     assert_no_traps(&host);
 }
 
-#[test]
-fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
+/// Two picker VMs with the prefix scorer over 4 endpoints, both past their first stream (workers join the
+/// process on it; these stand for traffic both already served).
+fn two_prefix_workers() -> (test_harness::Host, test_harness::VmId, test_harness::VmId) {
     let mut host = host();
     let cfg = config(4, PREFIX);
     let a = host.start_vm(picker(&cfg)).unwrap();
     let b = host.start_vm(picker(&cfg)).unwrap();
     write_snapshot(&mut host, 1, &[0, 0, 0, 0]);
-    // Workers join the process on their first stream; these stand for traffic both already served.
     for (vm, id) in [(a, "warm-a"), (b, "warm-b")] {
-        send(
-            &mut host,
-            vm,
-            r#"{"model": "llama", "messages": [{"content": "hi", "role": "user"}]}"#,
-            &[("x-request-id", id)],
-        );
+        let hi = r#"{"model": "llama", "messages": [{"content": "hi", "role": "user"}]}"#;
+        send(&mut host, vm, hi, &[("x-request-id", id)]);
     }
+    (host, a, b)
+}
+
+#[test]
+fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
+    let (mut host, a, b) = two_prefix_workers();
     // The index varies in the first 16-byte block, so each prompt is its own prefix.
     let mut picks = Vec::new();
     for i in 0..8 {
@@ -73,19 +75,7 @@ fn a_prefix_routed_by_one_worker_is_known_to_the_other() {
 
 #[test]
 fn prefixes_routed_in_a_burst_reach_the_other_worker_by_the_heartbeat() {
-    let mut host = host();
-    let cfg = config(4, PREFIX);
-    let a = host.start_vm(picker(&cfg)).unwrap();
-    let b = host.start_vm(picker(&cfg)).unwrap();
-    write_snapshot(&mut host, 1, &[0, 0, 0, 0]);
-    for (vm, id) in [(a, "warm-a"), (b, "warm-b")] {
-        send(
-            &mut host,
-            vm,
-            r#"{"model": "llama", "messages": [{"content": "hi", "role": "user"}]}"#,
-            &[("x-request-id", id)],
-        );
-    }
+    let (mut host, a, b) = two_prefix_workers();
     host.advance(Duration::from_millis(5));
     // Eight picks within one millisecond: the first is shared at once, the others wait for a's next send.
     let mut picks = Vec::new();

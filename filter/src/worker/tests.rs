@@ -5,6 +5,9 @@ use scheduler_core::shared_state::InFlightTable;
 use scheduler_core::snapshot_codec;
 
 const NOW: u64 = 1_000_000;
+/// Only the in-flight (gateway-counted) requests decide.
+const ACTIVE: &str = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
+    "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
 const CHAT: &[u8] = br#"{"model": "m", "messages": [{"role": "user", "content": "hello"}]}"#;
 
 fn info(request_id: &str) -> RequestInfo<'_> {
@@ -67,8 +70,7 @@ fn routes_on_published_metrics_and_counts_in_flight_until_finish() {
 fn another_workers_in_flight_steers_the_pick() {
     let host = FakeHost::default();
     host.set_now(NOW);
-    let config = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
-        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
+    let config = ACTIVE;
     let mut a = worker(&host, config);
     let mut b = worker(&host, config);
     publish(&host, a.keys(), 1, &[0, 0]);
@@ -204,22 +206,25 @@ fn seeds_follow_the_request_id_alone_unless_it_is_missing() {
     assert_ne!(seed_for("", 1), seed_for("", 2));
 }
 
-#[test]
-fn a_worker_that_joins_later_is_counted_after_one_heartbeat_period() {
+/// Worker a routes once (reading the directory then), then worker b joins and keeps a request in flight:
+/// the host, a, and the address b's request is on.
+fn late_joiner_with_a_request_in_flight() -> (FakeHost, Worker, String) {
     let host = FakeHost::default();
     host.set_now(NOW);
-    let config = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
-        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
-    let mut a = worker(&host, config);
+    let mut a = worker(&host, ACTIVE);
     publish(&host, a.keys(), 1, &[0, 0]);
     let (o, routed) = a.decide(&host, &info("first"), Some(CHAT));
-    a.finish(&host, &routed.unwrap());
     assert!(matches!(o, Outcome::Route(_)));
-    // b joins and keeps a request in flight on 10.0.0.1.
-    let mut b = worker(&host, config);
+    a.finish(&host, &routed.unwrap());
+    let mut b = worker(&host, ACTIVE);
     host.advance(1);
     let (first, _) = b.decide(&host, &info("b"), Some(CHAT));
-    let busy = destination(&first).to_string();
+    (host, a, destination(&first).to_string())
+}
+
+#[test]
+fn a_worker_that_joins_later_is_counted_after_one_heartbeat_period() {
+    let (host, mut a, busy) = late_joiner_with_a_request_in_flight();
     // a read the directory before b joined: b's counts are not visible yet...
     let seen_now: Vec<String> = (0..8)
         .map(|i| {
@@ -252,17 +257,7 @@ fn the_heartbeat_reports_the_snapshot_age() {
 
 #[test]
 fn a_worker_that_joins_later_is_counted_as_soon_as_its_announcement_arrives() {
-    let host = FakeHost::default();
-    host.set_now(NOW);
-    let config = r#"{"plugins": [{"type": "active-request-scorer"}, {"type": "max-score-picker"}],
-        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "active-request-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#;
-    let mut a = worker(&host, config);
-    publish(&host, a.keys(), 1, &[0, 0]);
-    let (_, routed) = a.decide(&host, &info("first"), Some(CHAT));
-    a.finish(&host, &routed.unwrap());
-    let mut b = worker(&host, config);
-    let (first, _) = b.decide(&host, &info("b"), Some(CHAT));
-    let busy = destination(&first).to_string();
+    let (host, mut a, busy) = late_joiner_with_a_request_in_flight();
     let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
     assert!(a.on_queue_ready(&host, queue_a));
     for i in 0..8 {
