@@ -42,32 +42,46 @@ impl InFlightState {
         &self.table
     }
 
-    /// Counts a routed request and publishes the table.
-    pub fn start(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, address: &str, tokens: u64) {
+    /// Counts a routed request and publishes the table, stamped `now_ms`.
+    pub fn start(
+        &mut self,
+        host: &dyn Host,
+        keys: &Keys,
+        me: Option<u32>,
+        address: &str,
+        tokens: u64,
+        now_ms: u64,
+    ) {
         self.table.start(address, tokens);
-        self.write(host, keys, me);
+        self.write(host, keys, me, now_ms);
     }
 
-    /// Ends a request counted by [`InFlightState::start`] and publishes the table.
-    pub fn finish(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, address: &str, tokens: u64) {
+    /// Ends a request counted by [`InFlightState::start`] and publishes the table, stamped `now_ms`.
+    pub fn finish(
+        &mut self,
+        host: &dyn Host,
+        keys: &Keys,
+        me: Option<u32>,
+        address: &str,
+        tokens: u64,
+        now_ms: u64,
+    ) {
         self.table.finish(address, tokens);
-        self.write(host, keys, me);
+        self.write(host, keys, me, now_ms);
     }
 
-    /// Rewrites the table if the last write is older than the heartbeat period; true if it did.
-    pub fn heartbeat(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) -> bool {
-        let now = host.now_ms();
+    /// Rewrites the table if the last write is older than the heartbeat period at `now`; true if it did.
+    pub fn heartbeat(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, now: u64) -> bool {
         let due = self.last_write_ms.is_none_or(|t| now.saturating_sub(t) >= HEARTBEAT_MS);
         if due {
-            self.write(host, keys, me);
+            self.write(host, keys, me, now);
         }
         due
     }
 
-    fn write(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>) {
+    fn write(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, now: u64) {
         // Without a worker id (registration failed) the counts stay local to this VM.
         let Some(me) = me else { return };
-        let now = host.now_ms();
         self.table.heartbeat_ms = now;
         match host.shared_set(&keys.inflight(me), &self.table.encode(), None) {
             Ok(()) => self.last_write_ms = Some(now),
@@ -75,7 +89,8 @@ impl InFlightState {
         }
     }
 
-    /// Replaces the pool's in-flight counts by this worker's plus every live other worker's.
+    /// Replaces the pool's in-flight counts by this worker's plus every live other worker's (alive at
+    /// `now`).
     pub fn merge_into(
         &self,
         host: &dyn Host,
@@ -83,12 +98,12 @@ impl InFlightState {
         me: Option<u32>,
         workers: &[u32],
         pool: &mut PoolSnapshot,
+        now: u64,
     ) -> Result<Others, HostError> {
         for e in pool.endpoints.iter_mut() {
             e.in_flight = InFlight::default();
         }
         add(pool, &self.table);
-        let now = host.now_ms();
         let mut others = Others::default();
         for &id in workers.iter().filter(|id| Some(**id) != me) {
             let Some(bytes) = host.shared_get(&keys.inflight(id))? else { continue };
@@ -138,17 +153,17 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(10_000);
         let (mut a, mut b) = (InFlightState::default(), InFlightState::default());
-        a.start(&host, &keys, Some(1), "10.0.0.1:80", 100);
-        b.start(&host, &keys, Some(2), "10.0.0.1:80", 50);
-        b.start(&host, &keys, Some(2), "10.0.0.2:80", 7);
+        a.start(&host, &keys, Some(1), "10.0.0.1:80", 100, host.now_ms());
+        b.start(&host, &keys, Some(2), "10.0.0.1:80", 50, host.now_ms());
+        b.start(&host, &keys, Some(2), "10.0.0.2:80", 7, host.now_ms());
         let mut p = pool();
-        let others = a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p).unwrap();
+        let others = a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(others.live, vec![2]);
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150 });
         assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7 });
         // Merging again replaces, never accumulates.
-        b.finish(&host, &keys, Some(2), "10.0.0.1:80", 50);
-        a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p).unwrap();
+        b.finish(&host, &keys, Some(2), "10.0.0.1:80", 50, host.now_ms());
+        a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100 });
     }
 
@@ -157,16 +172,16 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(1_000);
         let mut dead = InFlightState::default();
-        dead.start(&host, &keys, Some(2), "10.0.0.1:80", 5);
+        dead.start(&host, &keys, Some(2), "10.0.0.1:80", 5, host.now_ms());
         host.put(&keys.inflight(3), b"junk");
         let me = InFlightState::default();
         host.advance(LIVE_MS + 1);
         let mut p = pool();
-        let o = me.merge_into(&host, &keys, Some(1), &[1, 2, 3, 4], &mut p).unwrap();
+        let o = me.merge_into(&host, &keys, Some(1), &[1, 2, 3, 4], &mut p, host.now_ms()).unwrap();
         assert_eq!(o, Others { live: vec![], long_dead: vec![], unreadable: 1 });
         assert_eq!(p.endpoints[0].in_flight, InFlight::default());
         host.advance(PRUNE_MS);
-        let o = me.merge_into(&host, &keys, Some(1), &[1, 2], &mut p).unwrap();
+        let o = me.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(o.long_dead, vec![2]);
     }
 
@@ -175,13 +190,13 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(5_000);
         let mut s = InFlightState::default();
-        s.heartbeat(&host, &keys, Some(1));
+        s.heartbeat(&host, &keys, Some(1), host.now_ms());
         let first = host.world.borrow().shared.get(&keys.inflight(1)).unwrap().1;
         host.advance(HEARTBEAT_MS - 1);
-        s.heartbeat(&host, &keys, Some(1));
+        s.heartbeat(&host, &keys, Some(1), host.now_ms());
         assert_eq!(host.world.borrow().shared.get(&keys.inflight(1)).unwrap().1, first);
         host.advance(1);
-        s.heartbeat(&host, &keys, Some(1));
+        s.heartbeat(&host, &keys, Some(1), host.now_ms());
         let t = InFlightTable::decode(&host.get(&keys.inflight(1)).unwrap()).unwrap();
         assert_eq!(t.heartbeat_ms, 5_000 + HEARTBEAT_MS);
     }

@@ -80,13 +80,14 @@ impl Worker {
         match workers::register(host, &self.keys) {
             Ok(id) => {
                 self.id = Some(id);
-                self.inflight.heartbeat(host, &self.keys, self.id);
+                let now_ms = host.now_ms();
+                self.inflight.heartbeat(host, &self.keys, self.id, now_ms);
                 if let Err(e) = self.prefix.register(host, &self.keys, id) {
                     log::warn!("worker {id}: prefix queue not registered, prefixes stay local: {e}");
                 }
                 // The workers already listed re-read the directory once per heartbeat: tell them now, so
                 // they count this worker's requests and send it their prefixes from its first request.
-                if self.read_directory(host, host.now_ms()) {
+                if self.read_directory(host, now_ms) {
                     self.prefix.announce(host, &self.keys, &self.directory, id);
                 }
                 log::info!("worker {id} joined pool {:?}", self.picker.config().pool.name);
@@ -161,7 +162,7 @@ impl Worker {
         }
         let mut live_others: Vec<u32> = Vec::new();
         if let Some(pool) = self.cache.snapshot_mut() {
-            match self.inflight.merge_into(host, &self.keys, self.id, &self.directory, pool) {
+            match self.inflight.merge_into(host, &self.keys, self.id, &self.directory, pool, started_ms) {
                 Ok(others) => {
                     live_others = others.live;
                     if !others.long_dead.is_empty()
@@ -208,30 +209,29 @@ impl Worker {
     }
 
     fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> Routed {
-        self.inflight.start(host, &self.keys, self.id, &route.destination, route.estimated_tokens);
+        self.inflight.start(host, &self.keys, self.id, &route.destination, route.estimated_tokens, now_ms);
         self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes, now_ms);
         Routed { destination: route.destination.clone(), tokens: route.estimated_tokens }
     }
 
     /// The routed stream ended (completed, reset or answered locally).
     pub fn finish(&mut self, host: &dyn Host, routed: &Routed) {
-        self.inflight.finish(host, &self.keys, self.id, &routed.destination, routed.tokens);
-        if self.prefix.pending() > 0 {
-            self.prefix.flush_if_due(host, &self.keys, host.now_ms());
-        }
+        let now_ms = host.now_ms();
+        self.inflight.finish(host, &self.keys, self.id, &routed.destination, routed.tokens, now_ms);
+        self.prefix.flush_if_due(host, &self.keys, now_ms);
     }
 
     /// Heartbeat: sends prefixes still waiting, keeps this worker's table alive, its directory entry
     /// present and its copy of the directory fresh; reports how old the snapshot in use is.
     pub fn on_tick(&mut self, host: &dyn Host) {
         let Some(id) = self.id else { return };
+        let now_ms = host.now_ms();
         // Prefixes routed at the end of a burst, when no decision or stream end came after them.
-        self.prefix.flush(host, &self.keys, host.now_ms());
+        self.prefix.flush(host, &self.keys, now_ms);
         // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
-        if !self.inflight.heartbeat(host, &self.keys, self.id) {
+        if !self.inflight.heartbeat(host, &self.keys, self.id, now_ms) {
             return;
         }
-        let now_ms = host.now_ms();
         if let Some(s) = self.cache.snapshot() {
             self.stats.gauge(host, stats::SNAPSHOT_AGE_MS, now_ms.saturating_sub(s.published_at_ms));
         }
