@@ -127,7 +127,7 @@ pub struct PrefixSync {
     own_queue: Option<u32>,
     /// Other workers' queue ids, resolved once.
     queues: BTreeMap<u32, u32>,
-    /// Updates not sent yet, encoded as they go into a batch, and how many.
+    /// The batch being filled: its header (count patched in at the send), then the updates.
     pending: Vec<u8>,
     pending_count: u32,
     /// Who the pending updates go to: the live workers at the latest broadcast.
@@ -165,6 +165,11 @@ impl PrefixSync {
         if self.peers != to {
             self.peers = to.to_vec();
         }
+        if self.pending.is_empty() {
+            self.pending.extend_from_slice(BATCH_MAGIC);
+            self.pending.push(VERSION);
+            self.pending.extend_from_slice(&0u32.to_le_bytes());
+        }
         push_update(&mut self.pending, address, hashes);
         self.pending_count = self.pending_count.saturating_add(1);
         let full = self.pending_count as usize >= MAX_BATCH;
@@ -197,17 +202,18 @@ impl PrefixSync {
         if self.pending_count == 0 {
             return 0;
         }
-        let mut message = Vec::with_capacity(7 + self.pending.len());
-        message.extend_from_slice(BATCH_MAGIC);
-        message.push(VERSION);
-        message.extend_from_slice(&self.pending_count.to_le_bytes());
-        message.extend_from_slice(&self.pending);
-        self.pending.clear();
+        let mut message = core::mem::take(&mut self.pending);
+        if let Some(count) = message.get_mut(3..7) {
+            count.copy_from_slice(&self.pending_count.to_le_bytes());
+        }
         self.pending_count = 0;
         self.last_send_ms = Some(now_ms);
         let peers = core::mem::take(&mut self.peers);
         let sent = self.send(host, keys, &peers, &message);
         self.peers = peers;
+        // The buffer (and its capacity) serves the next batch.
+        message.clear();
+        self.pending = message;
         sent
     }
 
