@@ -48,6 +48,20 @@ pub fn lora(
     s
 }
 
+/// Six servers, each in one state for the adapter "sql": 1 runs it (and is full), 2 has a free slot,
+/// 3 has it waiting (and is full), 4 is full without it, 5 has LoRA off (no `max_lora`), 6 was never
+/// scraped.
+pub fn lora_tiers_pool() -> PoolSnapshot {
+    pool(vec![
+        lora(ep(1, 0, 0, 0.0), &["sql", "chat"], &[], Some(2)),
+        lora(ep(2, 0, 0, 0.0), &["chat"], &[], Some(4)),
+        lora(ep(3, 0, 0, 0.0), &["chat"], &["sql"], Some(2)),
+        lora(ep(4, 0, 0, 0.0), &["a", "b"], &[], Some(2)),
+        lora(ep(5, 0, 0, 0.0), &[], &[], None),
+        bare(6),
+    ])
+}
+
 /// Same endpoint with gateway in-flight work.
 pub fn inflight(mut s: EndpointState, requests: u32, tokens: u64) -> EndpointState {
     s.in_flight = InFlight { requests, tokens };

@@ -76,19 +76,7 @@ mod tests {
 
     #[test]
     fn tiers_active_room_waiting_none() {
-        let p = pool(vec![
-            // Active (even though the server is full).
-            lora(ep(1, 0, 0, 0.0), &["sql", "chat"], &[], Some(2)),
-            // Room: 1 loaded < 4.
-            lora(ep(2, 0, 0, 0.0), &["chat"], &[], Some(4)),
-            // Waiting, and full (2 loaded = max 2).
-            lora(ep(3, 0, 0, 0.0), &["chat"], &["sql"], Some(2)),
-            // Full, adapter nowhere.
-            lora(ep(4, 0, 0, 0.0), &["a", "b"], &[], Some(2)),
-            // No max_lora reported: no room.
-            lora(ep(5, 0, 0, 0.0), &[], &[], None),
-            bare(6),
-        ]);
+        let p = lora_tiers_pool();
         let req = SchedulingRequest { model: "sql", ..SchedulingRequest::default() };
         assert_close(
             &scores(&LoraAffinityScorer::new(Params::default()), &p, &req),

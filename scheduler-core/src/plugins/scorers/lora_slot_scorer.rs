@@ -142,27 +142,9 @@ mod tests {
         SchedulingRequest { model, ..SchedulingRequest::default() }
     }
 
-    /// Six servers, each showing one tier for the adapter "sql".
-    fn tiers_pool() -> crate::model::PoolSnapshot {
-        pool(vec![
-            // Active, although the server is full: joining a running adapter needs no new slot.
-            lora(ep(1, 0, 0, 0.0), &["sql", "chat"], &[], Some(2)),
-            // Room: 1 loaded < 4.
-            lora(ep(2, 0, 0, 0.0), &["chat"], &[], Some(4)),
-            // Waiting, and full (2 loaded = max 2).
-            lora(ep(3, 0, 0, 0.0), &["chat"], &["sql"], Some(2)),
-            // Full, adapter nowhere here.
-            lora(ep(4, 0, 0, 0.0), &["a", "b"], &[], Some(2)),
-            // LoRA not enabled (no max_lora reported): cannot load it.
-            lora(ep(5, 0, 0, 0.0), &[], &[], None),
-            // Never scraped.
-            bare(6),
-        ])
-    }
-
     #[test]
     fn adapter_tiers_active_room_waiting_none() {
-        let p = tiers_pool();
+        let p = lora_tiers_pool();
         assert_close(&scores(&scorer(&[]), &p, &req("sql")), &[1.0, 0.8, 0.6, 0.0, 0.0, 0.0]);
         // Naming the base model changes nothing for adapters.
         assert_close(&scores(&scorer(&["llama"]), &p, &req("sql")), &[1.0, 0.8, 0.6, 0.0, 0.0, 0.0]);

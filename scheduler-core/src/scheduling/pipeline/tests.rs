@@ -1,5 +1,7 @@
 use super::*;
 use crate::model::{PoolSnapshot, Role};
+use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
+use crate::prefix::PrefixHandle;
 use crate::scheduling::test_support::{pool, pool_with_roles, registry, PRE_REQUEST_CALLS};
 use crate::scheduling::SchedulingRequest;
 use alloc::string::ToString;
@@ -9,6 +11,16 @@ use core::sync::atomic::Ordering;
 fn build(json: &str) -> Scheduler {
     let cfg = EndpointPickerConfig::from_json(json).unwrap();
     Scheduler::from_config_with(&cfg, &registry()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The index handle of the scheduler's `prefix-cache-scorer`.
+fn prefix_scorer_handle(s: &mut Scheduler) -> PrefixHandle {
+    s.plugin_mut("prefix-cache-scorer")
+        .and_then(|p| p.as_any_mut())
+        .and_then(|a| a.downcast_mut::<PrefixCacheScorer>())
+        .unwrap()
+        .handle()
+        .clone()
 }
 
 fn run(
@@ -171,7 +183,6 @@ fn same_seed_same_decision() {
 #[test]
 fn affinity_filter_shares_the_prefix_scorers_index() {
     use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
-    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
     let mut s = Scheduler::from_json(
         r#"{"plugins": [{"type": "prefix-cache-affinity-filter"}, {"type": "prefix-cache-scorer"},
                         {"type": "max-score-picker"}],
@@ -179,13 +190,7 @@ fn affinity_filter_shares_the_prefix_scorers_index() {
                 {"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#,
     )
     .unwrap();
-    let scorer = s
-        .plugin_mut("prefix-cache-scorer")
-        .and_then(|p| p.as_any_mut())
-        .and_then(|a| a.downcast_mut::<PrefixCacheScorer>())
-        .unwrap()
-        .handle()
-        .clone();
+    let scorer = prefix_scorer_handle(&mut s);
     let filter = s
         .plugin_mut("prefix-cache-affinity-filter")
         .and_then(|p| p.as_any_mut())
@@ -214,7 +219,6 @@ fn affinity_filter_with_an_unknown_producer_is_a_config_error() {
 /// seed moves buckets, never matches or evictions.
 #[test]
 fn prefix_table_seed_does_not_change_decisions() {
-    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
     // A small LRU so that the run evicts; ties among equally warm endpoints go to the request's rng.
     let config = r#"{"plugins": [{"type": "prefix-cache-scorer",
                                   "parameters": {"autoTune": false, "lruCapacityPerServer": 40}},
@@ -242,13 +246,7 @@ fn prefix_table_seed_does_not_change_decisions() {
     // Not vacuous: prompts stuck to the endpoints that had them (random ties would use all six), and
     // every endpoint that served filled its LRU, so both sides evicted.
     assert!(sent_to.iter().all(|e| e.len() <= 2), "{sent_to:?}");
-    let scorer = fixed
-        .plugin_mut("prefix-cache-scorer")
-        .and_then(|p| p.as_any_mut())
-        .and_then(|a| a.downcast_mut::<PrefixCacheScorer>())
-        .unwrap()
-        .handle()
-        .clone();
+    let scorer = prefix_scorer_handle(&mut fixed);
     let index = scorer.index().unwrap();
     for &e in sent_to.iter().flatten() {
         assert_eq!(index.endpoint_len(p.endpoints[e].address()), Some(40), "endpoint {e}");
