@@ -49,7 +49,7 @@ impl Attribution {
     }
 }
 
-/// `perf` is on the PATH and allowed to sample (it says so on `perf --version`).
+/// `perf` is on the PATH (whether it may sample this process shows when `perf record` starts).
 pub fn check_perf() -> Result<(), String> {
     match Command::new("perf").arg("--version").output() {
         Ok(o) if o.status.success() => Ok(()),
@@ -73,7 +73,7 @@ pub fn measure(
     const REQUESTS: &str = "http.gateway.downstream_rq_total";
     let data = work.join(format!("perf-{}.data", gateway.key()));
     let before = running.envoy.stat(REQUESTS).ok_or("Envoy's admin did not answer")?;
-    let mut perf = Command::new("perf")
+    let perf = Command::new("perf")
         .args(["record", "-q", "-e", "cpu-clock", "-F", &HZ.to_string(), "--call-graph", "dwarf,16384", "-p"])
         .arg(running.envoy_pid().to_string())
         .arg("-o")
@@ -88,10 +88,14 @@ pub fn measure(
     let after = running.envoy.stat(REQUESTS);
     // SIGINT makes perf write its file and exit.
     let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
-    let status = perf.wait().map_err(|e| format!("perf: {e}"))?;
+    let out = perf.wait_with_output().map_err(|e| format!("perf: {e}"))?;
     wrk?;
-    if !status.success() && !data.exists() {
-        return Err(format!("perf record failed ({status})"));
+    if !out.status.success() && !data.exists() {
+        return Err(format!(
+            "perf record failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let requests = after.ok_or("Envoy's admin did not answer")?.saturating_sub(before);
     let samples = classify_perf_script(&data)?;
