@@ -4,7 +4,7 @@
 use epp_shim::endpoints::kubernetes::{self, KubeSettings};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,16 +30,25 @@ fn list(kind: &str, api_version: &str, items: &[String]) -> String {
     )
 }
 
+/// What the fake API server shares between its connections: how many pod watches were opened, and
+/// whether the test has seen the listed pods (the watch event waits for it, or the discovery could
+/// publish both states before the test reads the first).
+#[derive(Default)]
+struct Server {
+    pod_watches: AtomicUsize,
+    first_list_seen: AtomicBool,
+}
+
 /// Answers one request per connection: lists with a body, watches with chunked events then silence.
-fn serve(listener: TcpListener, pod_watches: Arc<AtomicUsize>) {
+fn serve(listener: TcpListener, server: Arc<Server>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let watches = Arc::clone(&pod_watches);
-        std::thread::spawn(move || answer(stream, &watches));
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || answer(stream, &server));
     }
 }
 
-fn answer(mut stream: TcpStream, pod_watches: &AtomicUsize) {
+fn answer(mut stream: TcpStream, server: &Server) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
     reader.read_line(&mut request_line).unwrap();
@@ -87,7 +96,13 @@ fn answer(mut stream: TcpStream, pod_watches: &AtomicUsize) {
     let _ = stream.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
     );
-    if is_pods && pod_watches.fetch_add(1, Ordering::SeqCst) == 0 {
+    if is_pods && server.pod_watches.fetch_add(1, Ordering::SeqCst) == 0 {
+        for _ in 0..1000 {
+            if server.first_list_seen.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         // Pod b becomes Ready.
         let event = format!(
             "{{\"type\":\"MODIFIED\",\"object\":{}}}\n",
@@ -113,7 +128,9 @@ async fn next_list(rx: &mut watch::Receiver<epp_shim::endpoints::Discovered>) ->
 async fn ready_pods_times_target_ports_and_updates_from_the_watch() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || serve(listener, Arc::new(AtomicUsize::new(0))));
+    let server = Arc::new(Server::default());
+    let shared = Arc::clone(&server);
+    std::thread::spawn(move || serve(listener, shared));
     let (tx, mut rx) = watch::channel(None);
     let settings = KubeSettings {
         api_url: Some(format!("http://{addr}")),
@@ -134,6 +151,7 @@ async fn ready_pods_times_target_ports_and_updates_from_the_watch() {
         v.into_iter().map(|(a, e)| (a.to_string(), e.to_string())).collect::<Vec<_>>()
     };
     assert_eq!(first, expected(false));
+    server.first_list_seen.store(true, Ordering::SeqCst);
     // The watch then reports pod b Ready.
     let second = next_list(&mut rx).await;
     assert_eq!(second, expected(true));
