@@ -279,10 +279,12 @@ fn lora_requests_go_where_the_adapter_is_loaded() {
             {"pluginRef": "lora-affinity-filter"}, {"pluginRef": "queue-scorer"}, {"pluginRef": "max-score-picker"}]}],
     });
     let envoy = start_picker("wasm-picker", &wasm, &gateway_config(&pool, plugins), &pool, 1);
-    // A long request keeps the adapter running (and so listed in the replica's metrics).
+    // A long request keeps the adapter running (and so listed in the replica's metrics) for the whole
+    // test: ~14 s of wall time here, as an idle adapter is not listed (4000 tokens, ~1.4 s, ran out on
+    // a loaded machine before the tenth request).
     let warm = Request::post_json(
         "/v1/completions",
-        json!({"model": "sql-lora", "prompt": "warm", "max_tokens": 4000}).to_string(),
+        json!({"model": "sql-lora", "prompt": "warm", "max_tokens": 40000}).to_string(),
     )
     .timeout(Duration::from_secs(60));
     let addr = sims[1].addr().to_string();

@@ -53,6 +53,14 @@ impl Ctx {
         self.text_bytes.get()
     }
 
+    /// Whether a validator has recorded an error (the fast reader's caller checks; `drive` takes it).
+    pub(crate) fn has_error(&self) -> bool {
+        let error = self.error.take();
+        let has = error.is_some();
+        self.error.set(error);
+        has
+    }
+
     fn take_error(&self) -> Option<RequestError> {
         self.error.take()
     }

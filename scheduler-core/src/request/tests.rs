@@ -695,3 +695,42 @@ fn error_paths_render_for_every_shape() {
     assert_eq!(e.param(), Some("messages[0].content[0].text"));
     assert_eq!(vec![e.to_string()], vec![e.message()]);
 }
+
+fn completions_prompt() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let text = "[a-z \"\\\n\u{e9}\u{1F600}]{0,40}";
+    prop_oneof![
+        text.prop_map(serde_json::Value::String),
+        prop::collection::vec(text, 0..3).prop_map(|t| json!(t)),
+        prop::collection::vec(any::<u32>(), 0..5).prop_map(|t| json!(t)),
+        prop::collection::vec(prop::collection::vec(any::<u32>(), 0..3), 0..3).prop_map(|t| json!(t)),
+    ]
+}
+
+proptest! {
+    /// Every API goes through the fast reader first: whatever it accepts, the serde_json parse accepts
+    /// identically, and a well-formed body never needs the fallback.
+    #[test]
+    fn the_fast_reader_agrees_with_serde_json_for_every_api(
+        prompt in completions_prompt(),
+        other in json_value(),
+        max_tokens in prop_oneof![Just(serde_json::json!(16)), Just(serde_json::json!(16.0)), Just(serde_json::json!(null))],
+    ) {
+        let body = serde_json::json!({
+            "model": "m", "prompt": prompt, "max_tokens": max_tokens, "stream": true, "zz": other,
+        });
+        let body = serde_json::to_vec(&body).unwrap();
+        for api in [ApiKind::Completions, ApiKind::Other] {
+            let two = two_pass(api, &body);
+            prop_assert!(two.is_ok());
+            prop_assert_eq!(single_pass(api, &body), two.ok());
+        }
+        // Anything at all: the fast reader never accepts differently.
+        let body = serde_json::to_vec(&other).unwrap();
+        for api in [ApiKind::Completions, ApiKind::ChatCompletions, ApiKind::Responses, ApiKind::Other] {
+            if let Some(fast) = single_pass(api, &body) {
+                prop_assert_eq!(Ok(fast), two_pass(api, &body));
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The reader against serde_json: whatever it accepts, serde_json accepts with the same values, and on
+//! plain valid JSON it never gives up.
+
+use super::*;
+use alloc::borrow::Cow;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use proptest::prelude::*;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+fn fast(body: &[u8]) -> Option<Value> {
+    read(body, core::marker::PhantomData::<Value>)
+}
+
+fn reference(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+/// String contents that exercise every escape and multi-byte UTF-8.
+fn text() -> impl Strategy<Value = String> {
+    "[a-z \"\\\\/\n\t\u{1}\u{7f}\u{e9}\u{20ac}\u{1F600}]{0,24}"
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        text().prop_map(Value::String),
+        // Long strings cross the scanner's 16-byte steps at every offset.
+        (0usize..70, text()).prop_map(|(n, t)| Value::String("x".repeat(n) + &t)),
+    ];
+    leaf.prop_recursive(6, 96, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(text(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// The same value written with `\u` escapes for every non-ASCII character (surrogate pairs above the BMP).
+fn ascii_escaped(value: &Value) -> String {
+    let mut out = String::new();
+    for ch in serde_json::to_string(value).unwrap().chars() {
+        if ch.is_ascii() {
+            out.push(ch);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04X}"));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn valid_json_reads_as_serde_json_reads_it(value in json_value(), pretty in any::<bool>()) {
+        let body = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) };
+        let body = body.unwrap();
+        // Against serde_json's reading, not `value`: serde_json's float parse does not always round-trip.
+        let expected = reference(body.as_bytes());
+        prop_assert!(expected.is_some());
+        prop_assert_eq!(fast(body.as_bytes()), expected.clone(), "{}", body);
+        let escaped = ascii_escaped(&value);
+        prop_assert_eq!(fast(escaped.as_bytes()), expected, "{}", escaped);
+    }
+
+    #[test]
+    fn damaged_json_is_never_accepted_where_serde_json_refuses_it(
+        value in json_value(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4),
+    ) {
+        let mut body = serde_json::to_vec(&value).unwrap();
+        for (at, byte, how) in edits {
+            if body.is_empty() {
+                break;
+            }
+            let at = at.index(body.len());
+            match how {
+                0 => body[at] = byte,
+                1 => body.insert(at, byte),
+                _ => body.truncate(at),
+            }
+        }
+        if let Some(read) = fast(&body) {
+            prop_assert_eq!(Some(read), reference(&body), "{}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    #[test]
+    fn json_alphabet_soup_is_never_accepted_where_serde_json_refuses_it(
+        body in prop::collection::vec(
+            prop::sample::select(b"{}[],:\"\\ \n0123456789-+.eEtrufalsn\xc3\xa9\xff\x01abu".to_vec()),
+            0..40,
+        )
+    ) {
+        if let Some(read) = fast(&body) {
+            prop_assert_eq!(Some(read), reference(&body), "{}", String::from_utf8_lossy(&body));
+        }
+    }
+}
+
+#[test]
+fn numbers_get_serde_jsons_kinds_and_values() {
+    for text in [
+        "0",
+        "-0",
+        "7",
+        "-7",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "-18446744073709551616",
+        "1.5",
+        "-0.0",
+        "1e2",
+        "1E+2",
+        "2.5e-3",
+        "100.0",
+        "123456789012345678901234567890",
+        "0.1000000000000000055511151231257827",
+        "1.7976931348623157e308",
+        "5e-324",
+    ] {
+        assert_eq!(fast(text.as_bytes()), reference(text.as_bytes()), "{text}");
+        let fast = fast(text.as_bytes()).unwrap();
+        let reference = reference(text.as_bytes()).unwrap();
+        // `Value` equality treats 0.0 and -0.0 alike; the kind and the sign must match too.
+        assert_eq!(fast.as_u64(), reference.as_u64(), "{text}");
+        assert_eq!(fast.as_i64(), reference.as_i64(), "{text}");
+        assert_eq!(fast.as_f64().map(f64::to_bits), reference.as_f64().map(f64::to_bits), "{text}");
+    }
+}
+
+#[test]
+fn what_it_refuses() {
+    for text in [
+        "",
+        " ",
+        "01",
+        "-",
+        "1.",
+        ".5",
+        "1e",
+        "+1",
+        "1e400",
+        "nul",
+        "True",
+        "[1,]",
+        "[,1]",
+        "{\"a\":1,}",
+        "{,}",
+        "{\"a\" 1}",
+        "{1:2}",
+        "[1] x",
+        "\"a",
+        "\"\\x\"",
+        "\"\\u12\"",
+        "\"\\uD800\"",
+        "\"\\uDC00\"",
+        "\"\\uD800\\u0041\"",
+        "\"tab\there\"",
+        "\"\u{0}\"",
+    ] {
+        assert_eq!(fast(text.as_bytes()), None, "{text:?}");
+    }
+    assert_eq!(fast(b"\"\xff\""), None);
+    assert_eq!(fast(b"\"\xc3\""), None);
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert!(fast(deep(127).as_bytes()).is_some());
+    assert_eq!(fast(deep(128).as_bytes()), None);
+    assert_eq!(reference(deep(128).as_bytes()), None, "serde_json's limit moved");
+}
+
+/// Records whether a string came borrowed from the body.
+struct Borrowing;
+
+impl<'de> DeserializeSeed<'de> for Borrowing {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> core::result::Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Borrowing {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> core::result::Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> core::result::Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
+#[test]
+fn strings_are_borrowed_unless_escaped() {
+    let long = format!("\"{}\u{e9}\"", "a".repeat(100));
+    assert!(matches!(read(long.as_bytes(), Borrowing), Some(Cow::Borrowed(s)) if s.len() == 102));
+    let escaped = read(br#""a\"b\u00e9\uD83D\uDE00""#, Borrowing);
+    assert_eq!(escaped, Some(Cow::Owned("a\"b\u{e9}\u{1F600}".to_string())));
+    assert!(matches!(escaped, Some(Cow::Owned(_))));
+}
+
+#[test]
+fn skipped_strings_are_not_decoded_as_serde_json_skips_them() {
+    // serde_json does not check the UTF-8 of a value it skips; neither does the reader.
+    let body = b"{\"keep\":1,\"skip\":\"\xff\"}";
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Keep {
+        keep: u8,
+    }
+    assert_eq!(read(body, core::marker::PhantomData::<Keep>), Some(Keep { keep: 1 }));
+    assert_eq!(serde_json::from_slice::<Keep>(body).ok(), Some(Keep { keep: 1 }));
+}
+
+#[test]
+fn raw_values_are_the_exact_json_text() {
+    let body = br#"{ "a" : [ 1, {"b": "\u00e9"} ] , "b":"x" ,"c":  null }"#;
+    let fast: BTreeMap<String, &RawValue> = read(body, core::marker::PhantomData).unwrap();
+    let reference: BTreeMap<String, &RawValue> = serde_json::from_slice(body).unwrap();
+    let text = |m: &BTreeMap<String, &RawValue>| -> Vec<(String, String)> {
+        m.iter().map(|(k, v)| (k.clone(), v.get().to_string())).collect()
+    };
+    assert_eq!(text(&fast), text(&reference));
+    assert_eq!(text(&fast)[0].1, r#"[ 1, {"b": "\u00e9"} ]"#);
+    let optional: Option<BTreeMap<String, Option<&RawValue>>> =
+        read(br#"{"t":null,"u":[]}"#, core::marker::PhantomData);
+    let optional = optional.unwrap();
+    assert!(optional["t"].is_none());
+    assert_eq!(optional["u"].map(RawValue::get), Some("[]"));
+}
+
+#[test]
+fn refusal_is_an_ordinary_serde_error() {
+    use serde::de::Error as _;
+    assert_eq!(Refused::custom("x"), Refused);
+    assert!(!Refused.to_string().is_empty());
+    assert_eq!(read(b"[1, 2]", core::marker::PhantomData::<(u8, u8)>), Some((1, 2)));
+    assert_eq!(read(b"[1, 2, 3]", core::marker::PhantomData::<(u8, u8)>), None);
+    assert_eq!(read(b"[1] ", core::marker::PhantomData::<Vec<u8>>), Some(vec![1]));
+}
