@@ -66,6 +66,12 @@ impl RequestError {
         RequestError { path, problem }
     }
 
+    /// A body that is not JSON (or not JSON serde_json would decode), at serde_json's line and column.
+    pub(crate) fn not_json(line: usize, column: usize, detail: &str) -> Self {
+        let problem = Problem::NotJson { line, column, detail: String::from(detail) };
+        RequestError { path: String::new(), problem }
+    }
+
     /// Maps a `serde_json` error that is not ours (syntax, truncation, bad UTF-8) to a body-level error.
     pub(crate) fn from_json(err: &serde_json::Error) -> Self {
         let (line, column) = (err.line(), err.column());

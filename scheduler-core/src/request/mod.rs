@@ -27,7 +27,6 @@ use alloc::vec::Vec;
 use body::{BodySeed, Fields, Validated};
 use error::Path;
 use seeds::{drive, found_raw, Ctx};
-use serde_json::de::{SliceRead, StrRead};
 use serde_json::value::RawValue;
 
 /// Which OpenAI API a request targets, from its path.
@@ -167,10 +166,7 @@ pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<
 fn single_pass(api: ApiKind, body: &[u8]) -> Option<InferenceRequest<'_>> {
     let ctx = Ctx::checking_skipped();
     let seed = BodySeed { api, ctx: &ctx, single_pass: true };
-    let mut fields = json::read(body, seed)?;
-    if ctx.has_error() {
-        return None;
-    }
+    let mut fields = drive(&ctx, body, seed).ok()?;
     let tools_len = check_tools(fields.tools).ok()?;
     let validated = fields.validated.take();
     let raw = |key: &str| fields.span.and_then(|span| span.value(body, key)).map(Cow::Borrowed);
@@ -197,7 +193,7 @@ fn single_pass(api: ApiKind, body: &[u8]) -> Option<InferenceRequest<'_>> {
 /// their own.
 fn two_pass(api: ApiKind, body: &[u8]) -> Result<InferenceRequest<'_>, RequestError> {
     let ctx = Ctx::default();
-    let mut fields = drive(&ctx, SliceRead::new(body), BodySeed { api, ctx: &ctx, single_pass: false })?;
+    let mut fields = drive(&ctx, body, BodySeed { api, ctx: &ctx, single_pass: false })?;
     let (prefix_input, prompt_bytes) = match api {
         ApiKind::Completions => completions_input(&mut fields)?,
         ApiKind::ChatCompletions => chat_input(&fields)?,
@@ -245,7 +241,7 @@ fn chat_input<'a>(fields: &Fields<'a>) -> Result<Hashed<'a>, RequestError> {
     let tools_len = check_tools(fields.tools)?;
     let ctx = Ctx::default();
     let path = Path::ROOT.key("messages");
-    drive(&ctx, StrRead::new(messages.get()), chat::Messages { ctx: &ctx, path: &path })?;
+    drive(&ctx, messages.get().as_bytes(), chat::Messages { ctx: &ctx, path: &path })?;
     Ok((Cow::Borrowed(messages.get().as_bytes()), ctx.text_bytes().saturating_add(tools_len)))
 }
 
@@ -256,7 +252,7 @@ fn responses_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestErr
         None => None,
         Some(raw) => {
             let path = Path::ROOT.key("input");
-            let text = drive(&ctx, StrRead::new(raw.get()), responses::Input { ctx: &ctx, path: &path })?;
+            let text = drive(&ctx, raw.get().as_bytes(), responses::Input { ctx: &ctx, path: &path })?;
             Some(match text {
                 Some(text) => text_bytes(text),
                 None => Cow::Borrowed(raw.get().as_bytes()),

@@ -10,7 +10,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::de::SliceRead;
 use serde_json::value::RawValue;
 
 /// A body after [`rewrite_model`].
@@ -28,7 +27,7 @@ pub struct RewrittenBody {
 /// else is refused with the same located errors, never patched blindly.
 pub fn rewrite_model(body: &[u8], model: &str) -> Result<RewrittenBody, RequestError> {
     let ctx = Ctx::default();
-    let raw = drive(&ctx, SliceRead::new(body), TopLevelModel { ctx: &ctx })?;
+    let raw = drive(&ctx, body, TopLevelModel { ctx: &ctx })?;
     let field = Path::ROOT.key("model");
     let Some(raw) = raw else {
         return Err(field.error(Problem::Missing));

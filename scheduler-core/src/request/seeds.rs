@@ -53,34 +53,24 @@ impl Ctx {
         self.text_bytes.get()
     }
 
-    /// Whether a validator has recorded an error (the fast reader's caller checks; `drive` takes it).
-    pub(crate) fn has_error(&self) -> bool {
-        let error = self.error.take();
-        let has = error.is_some();
-        self.error.set(error);
-        has
-    }
-
     fn take_error(&self) -> Option<RequestError> {
         self.error.take()
     }
 }
 
 /// Runs `seed` over a whole JSON document (rejecting trailing data) and turns failures into a
-/// `RequestError`: our own recorded error if there is one, else serde_json's syntax error.
-pub(crate) fn drive<'de, R, S>(ctx: &Ctx, read: R, seed: S) -> Result<S::Value, RequestError>
-where
-    R: serde_json::de::Read<'de>,
-    S: DeserializeSeed<'de>,
-{
-    let mut de = serde_json::Deserializer::new(read);
-    let result = seed.deserialize(&mut de).and_then(|value| de.end().map(|()| value));
-    match result {
+/// `RequestError`: our own recorded error if there is one, else the JSON error, located in `input`.
+pub(crate) fn drive<'de, S: DeserializeSeed<'de>>(
+    ctx: &Ctx,
+    input: &'de [u8],
+    seed: S,
+) -> Result<S::Value, RequestError> {
+    match super::json::read(input, seed) {
         Ok(value) => match ctx.take_error() {
             None => Ok(value),
             Some(err) => Err(err),
         },
-        Err(json) => Err(ctx.take_error().unwrap_or_else(|| RequestError::from_json(&json))),
+        Err(refused) => Err(ctx.take_error().unwrap_or_else(|| refused.to_request_error(input))),
     }
 }
 

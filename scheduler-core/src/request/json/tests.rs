@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 fn fast(body: &[u8]) -> Option<Value> {
-    read(body, core::marker::PhantomData::<Value>)
+    read(body, core::marker::PhantomData::<Value>).ok()
 }
 
 fn reference(body: &[u8]) -> Option<Value> {
@@ -91,8 +91,14 @@ proptest! {
                 _ => body.truncate(at),
             }
         }
-        if let Some(read) = fast(&body) {
-            prop_assert_eq!(Some(read), reference(&body), "{}", String::from_utf8_lossy(&body));
+        match fast(&body) {
+            Some(read) => prop_assert_eq!(Some(read), reference(&body), "{}", String::from_utf8_lossy(&body)),
+            // Refused where serde_json refuses, with its words and position (a body that is not UTF-8
+            // outside its strings is worded by serde_json's skipping parse instead).
+            None if core::str::from_utf8(&body).is_ok() => {
+                prop_assert_eq!(our_error(&body), serde_json_error(&body, true), "{}", String::from_utf8_lossy(&body));
+            }
+            None => prop_assert!(reference(&body).is_none()),
         }
     }
 
@@ -103,8 +109,12 @@ proptest! {
             0..40,
         )
     ) {
-        if let Some(read) = fast(&body) {
-            prop_assert_eq!(Some(read), reference(&body), "{}", String::from_utf8_lossy(&body));
+        match fast(&body) {
+            Some(read) => prop_assert_eq!(Some(read), reference(&body), "{}", String::from_utf8_lossy(&body)),
+            None if core::str::from_utf8(&body).is_ok() => {
+                prop_assert_eq!(our_error(&body), serde_json_error(&body, true), "{}", String::from_utf8_lossy(&body));
+            }
+            None => prop_assert!(reference(&body).is_none()),
         }
     }
 }
@@ -208,8 +218,8 @@ impl<'de> Visitor<'de> for Borrowing {
 #[test]
 fn strings_are_borrowed_unless_escaped() {
     let long = format!("\"{}\u{e9}\"", "a".repeat(100));
-    assert!(matches!(read(long.as_bytes(), Borrowing), Some(Cow::Borrowed(s)) if s.len() == 102));
-    let escaped = read(br#""a\"b\u00e9\uD83D\uDE00""#, Borrowing);
+    assert!(matches!(read(long.as_bytes(), Borrowing).ok(), Some(Cow::Borrowed(s)) if s.len() == 102));
+    let escaped = read(br#""a\"b\u00e9\uD83D\uDE00""#, Borrowing).ok();
     assert_eq!(escaped, Some(Cow::Owned("a\"b\u{e9}\u{1F600}".to_string())));
     assert!(matches!(escaped, Some(Cow::Owned(_))));
 }
@@ -222,7 +232,7 @@ fn skipped_strings_are_not_decoded_as_serde_json_skips_them() {
     struct Keep {
         keep: u8,
     }
-    assert_eq!(read(body, core::marker::PhantomData::<Keep>), Some(Keep { keep: 1 }));
+    assert_eq!(read(body, core::marker::PhantomData::<Keep>).ok(), Some(Keep { keep: 1 }));
     assert_eq!(serde_json::from_slice::<Keep>(body).ok(), Some(Keep { keep: 1 }));
 }
 
@@ -237,7 +247,7 @@ fn raw_values_are_the_exact_json_text() {
     assert_eq!(text(&fast), text(&reference));
     assert_eq!(text(&fast)[0].1, r#"[ 1, {"b": "\u00e9"} ]"#);
     let optional: Option<BTreeMap<String, Option<&RawValue>>> =
-        read(br#"{"t":null,"u":[]}"#, core::marker::PhantomData);
+        read(br#"{"t":null,"u":[]}"#, core::marker::PhantomData).ok();
     let optional = optional.unwrap();
     assert!(optional["t"].is_none());
     assert_eq!(optional["u"].map(RawValue::get), Some("[]"));
@@ -246,9 +256,106 @@ fn raw_values_are_the_exact_json_text() {
 #[test]
 fn refusal_is_an_ordinary_serde_error() {
     use serde::de::Error as _;
-    assert_eq!(Refused::custom("x"), Refused);
-    assert!(!Refused.to_string().is_empty());
-    assert_eq!(read(b"[1, 2]", core::marker::PhantomData::<(u8, u8)>), Some((1, 2)));
-    assert_eq!(read(b"[1, 2, 3]", core::marker::PhantomData::<(u8, u8)>), None);
-    assert_eq!(read(b"[1] ", core::marker::PhantomData::<Vec<u8>>), Some(vec![1]));
+    assert_eq!(Refused::custom("x").to_string(), "x");
+    assert_eq!(read(b"[1, 2]", core::marker::PhantomData::<(u8, u8)>).ok(), Some((1, 2)));
+    assert!(read(b"[1, 2, 3]", core::marker::PhantomData::<(u8, u8)>).is_err());
+    assert_eq!(read(b"[1] ", core::marker::PhantomData::<Vec<u8>>).ok(), Some(vec![1]));
+}
+
+/// The error serde_json gives when it decodes all of `body` into a `Value` (`decode`) or skips it.
+fn serde_json_error(body: &[u8], decode: bool) -> (usize, usize, String) {
+    let err = if decode {
+        serde_json::from_slice::<Value>(body).unwrap_err()
+    } else {
+        serde_json::from_slice::<de::IgnoredAny>(body).unwrap_err()
+    };
+    let detail = err.to_string();
+    let detail = detail.split(" at line ").next().unwrap().to_string();
+    (err.line(), err.column(), detail)
+}
+
+fn our_error(body: &[u8]) -> (usize, usize, String) {
+    our_error_as::<Value>(body)
+}
+
+/// The error for `body` read as a `T`.
+fn our_error_as<T: serde::de::DeserializeOwned + fmt::Debug>(body: &[u8]) -> (usize, usize, String) {
+    let refused = read(body, core::marker::PhantomData::<T>).unwrap_err();
+    match refused.to_request_error(body).problem() {
+        crate::request::Problem::NotJson { line, column, detail } => (*line, *column, detail.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn errors_are_placed_and_worded_as_serde_json_does() {
+    // Syntax errors are worded by serde_json's decoding parse.
+    for body in [
+        &b"{"[..],
+        b"{\"a\" 1}",
+        b"[1,]",
+        b"[1 2]",
+        b"{\"a\":1,}",
+        b"\"abc",
+        b"\"a\\x\"",
+        b"\"a\\u12\"",
+        b"\"tab\there\"",
+        b"[1] x",
+        b"\n\n  [tru]",
+        b"01",
+        b"-",
+        b"1.",
+        b"1e+",
+        b"",
+    ] {
+        assert_eq!(our_error(body), serde_json_error(body, true), "{}", String::from_utf8_lossy(body));
+    }
+    // Errors found only when decoding are placed and worded by the reader as serde_json's decoding does.
+    let deep = format!("{{\"a\":\n{}{}", "[".repeat(130), "]".repeat(130));
+    for body in [
+        &b"[1e400]"[..],
+        b"\n [ -1.5e999 , 2]",
+        b"[123456789012345678901234567890e400]",
+        b"[\"\xff\"]",
+        b"\n\"ab\xc3\"",
+        b"[\"a\\n\xff\"]",
+        b"\"\\uDC00\"",
+        b"\"\\uD800\"",
+        b"\"\\uD800x\"",
+        b"\"\\uD800\\n\"",
+        b"\"\\uD800\\u0041\"",
+        b"\"\\uD800\\uD800\"",
+        deep.as_bytes(),
+    ] {
+        assert_eq!(our_error(body), serde_json_error(body, true), "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn skipped_values_are_checked_as_serde_json_checks_them() {
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Keep {
+        keep: u8,
+    }
+    // Beyond decoding's depth limit, lone surrogates, out-of-range numbers: all fine when skipped.
+    let deep = format!("{{\"keep\":1,\"skip\":{}{}}}", "[".repeat(300), "]".repeat(300));
+    for body in [
+        deep.as_bytes(),
+        br#"{"keep":1,"skip":"\uD800\uDC00\uDC00x"}"#,
+        br#"{"skip":[1e999,{"a":-0.5e-999}],"keep":1}"#,
+    ] {
+        assert_eq!(serde_json::from_slice::<Keep>(body).ok(), Some(Keep { keep: 1 }));
+        assert_eq!(read(body, core::marker::PhantomData::<Keep>).ok(), Some(Keep { keep: 1 }));
+    }
+    for body in
+        [&br#"{"keep":1,"skip":"\x"}"#[..], br#"{"keep":1,"skip":[1,]}"#, b"{\"keep\":1,\"skip\":\"\x01\"}"]
+    {
+        assert!(serde_json::from_slice::<Keep>(body).is_err());
+        assert_eq!(our_error(body), serde_json_error(body, true), "{}", String::from_utf8_lossy(body));
+    }
+    // A syntax error after something only decoding refuses, in a skipped value: worded by the skipping
+    // parse, which gets as far as the syntax error.
+    let body = br#"{"skip":1e999,"keep":1,}"#;
+    assert_eq!(our_error_as::<Keep>(body), serde_json_error(body, false));
+    assert_eq!(our_error_as::<Keep>(body).2, "key must be a string");
 }
