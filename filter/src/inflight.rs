@@ -5,6 +5,11 @@
 //! Staleness: another worker's counts are as old as its last start/finish (writes are synchronous on its
 //! thread), i.e. practically current. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its
 //! streams died with it) and its table is ignored.
+//!
+//! A worker that knows of no other worker (a one-worker proxy) writes its table only with the heartbeat:
+//! nobody reads it per request, and two shared-data writes per request are saved. A worker that joins
+//! later sees those counts up to one heartbeat old until the first one learns of it (its announcement
+//! on the prefix queue, or the next directory read) and writes per request again.
 
 use crate::host::{Host, HostError};
 use crate::keys::Keys;
@@ -26,6 +31,15 @@ pub struct InFlightState {
     last_write_ms: Option<u64>,
 }
 
+/// Where a change to the table goes: this worker's key, and whether any other worker is listed (else
+/// the change waits for the heartbeat).
+#[derive(Clone, Copy)]
+pub struct Publish<'k> {
+    pub keys: &'k Keys,
+    pub me: Option<u32>,
+    pub others: bool,
+}
+
 /// What reading the other workers' tables found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Others {
@@ -42,32 +56,28 @@ impl InFlightState {
         &self.table
     }
 
-    /// Counts a routed request and publishes the table, stamped `now_ms`.
-    pub fn start(
-        &mut self,
-        host: &dyn Host,
-        keys: &Keys,
-        me: Option<u32>,
-        address: &str,
-        tokens: u64,
-        now_ms: u64,
-    ) {
+    /// Counts a routed request; publishes the table, stamped `now_ms`, if other workers read it.
+    pub fn start(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
         self.table.start(address, tokens);
-        self.write(host, keys, me, now_ms);
+        if to.others {
+            self.write(host, to.keys, to.me, now_ms);
+        }
     }
 
-    /// Ends a request counted by [`InFlightState::start`] and publishes the table, stamped `now_ms`.
-    pub fn finish(
-        &mut self,
-        host: &dyn Host,
-        keys: &Keys,
-        me: Option<u32>,
-        address: &str,
-        tokens: u64,
-        now_ms: u64,
-    ) {
+    /// Ends a request counted by [`InFlightState::start`]; publishes the table, stamped `now_ms`, if
+    /// other workers read it.
+    pub fn finish(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
         self.table.finish(address, tokens);
-        self.write(host, keys, me, now_ms);
+        if to.others {
+            self.write(host, to.keys, to.me, now_ms);
+        }
+    }
+
+    /// Writes the table now, if other workers read it.
+    pub fn publish_now(&mut self, host: &dyn Host, to: Publish<'_>, now_ms: u64) {
+        if to.others {
+            self.write(host, to.keys, to.me, now_ms);
+        }
     }
 
     /// Rewrites the table if the last write is older than the heartbeat period at `now`; true if it did.
@@ -148,21 +158,26 @@ mod tests {
         }
     }
 
+    /// Worker `me`'s key, with other workers listed.
+    fn to(keys: &Keys, me: u32) -> Publish<'_> {
+        Publish { keys, me: Some(me), others: true }
+    }
+
     #[test]
     fn two_workers_see_each_others_counts() {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(10_000);
         let (mut a, mut b) = (InFlightState::default(), InFlightState::default());
-        a.start(&host, &keys, Some(1), "10.0.0.1:80", 100, host.now_ms());
-        b.start(&host, &keys, Some(2), "10.0.0.1:80", 50, host.now_ms());
-        b.start(&host, &keys, Some(2), "10.0.0.2:80", 7, host.now_ms());
+        a.start(&host, to(&keys, 1), "10.0.0.1:80", 100, host.now_ms());
+        b.start(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
+        b.start(&host, to(&keys, 2), "10.0.0.2:80", 7, host.now_ms());
         let mut p = pool();
         let others = a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(others.live, vec![2]);
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150 });
         assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7 });
         // Merging again replaces, never accumulates.
-        b.finish(&host, &keys, Some(2), "10.0.0.1:80", 50, host.now_ms());
+        b.finish(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
         a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100 });
     }
@@ -172,7 +187,7 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(1_000);
         let mut dead = InFlightState::default();
-        dead.start(&host, &keys, Some(2), "10.0.0.1:80", 5, host.now_ms());
+        dead.start(&host, to(&keys, 2), "10.0.0.1:80", 5, host.now_ms());
         host.put(&keys.inflight(3), b"junk");
         let me = InFlightState::default();
         host.advance(LIVE_MS + 1);
@@ -183,6 +198,25 @@ mod tests {
         host.advance(PRUNE_MS);
         let o = me.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(o.long_dead, vec![2]);
+    }
+
+    #[test]
+    fn a_worker_alone_publishes_only_with_the_heartbeat() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        host.set_now(5_000);
+        let mut s = InFlightState::default();
+        assert!(s.heartbeat(&host, &keys, Some(1), host.now_ms()));
+        let alone = Publish { keys: &keys, me: Some(1), others: false };
+        s.start(&host, alone, "10.0.0.1:80", 9, host.now_ms());
+        let published = || InFlightTable::decode(&host.get(&keys.inflight(1)).unwrap()).unwrap();
+        assert!(published().is_empty(), "not written per request");
+        assert_eq!(s.table().iter().count(), 1, "but counted");
+        host.advance(HEARTBEAT_MS);
+        assert!(s.heartbeat(&host, &keys, Some(1), host.now_ms()));
+        assert_eq!(published().iter().count(), 1);
+        // Once another worker is listed, every change is written at once.
+        s.finish(&host, to(&keys, 1), "10.0.0.1:80", 9, host.now_ms());
+        assert!(published().is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! reports when a routed stream ends; everything here runs natively against the fake host in tests.
 
 use crate::host::Host;
-use crate::inflight::{InFlightState, HEARTBEAT_MS};
+use crate::inflight::{InFlightState, Publish, HEARTBEAT_MS};
 use crate::keys::Keys;
 use crate::prefix_sync::PrefixSync;
 use crate::snapshot_cache::{Refresh, SnapshotCache};
@@ -209,7 +209,8 @@ impl Worker {
     }
 
     fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> Routed {
-        self.inflight.start(host, &self.keys, self.id, &route.destination, route.estimated_tokens, now_ms);
+        let to = publish(&self.keys, self.id, &self.directory);
+        self.inflight.start(host, to, &route.destination, route.estimated_tokens, now_ms);
         self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes, now_ms);
         Routed { destination: route.destination.clone(), tokens: route.estimated_tokens }
     }
@@ -217,7 +218,8 @@ impl Worker {
     /// The routed stream ended (completed, reset or answered locally).
     pub fn finish(&mut self, host: &dyn Host, routed: &Routed) {
         let now_ms = host.now_ms();
-        self.inflight.finish(host, &self.keys, self.id, &routed.destination, routed.tokens, now_ms);
+        let to = publish(&self.keys, self.id, &self.directory);
+        self.inflight.finish(host, to, &routed.destination, routed.tokens, now_ms);
         self.prefix.flush_if_due(host, &self.keys, now_ms);
     }
 
@@ -268,8 +270,13 @@ impl Worker {
             log::warn!("{} unreadable prefix updates dropped", drained.unreadable);
         }
         if !drained.joined.is_empty() {
-            // Re-read the directory at the next decision.
+            // Re-read the directory at the next decision, and show the newcomer this worker's requests
+            // now (alone, it wrote its table only with the heartbeat).
             self.directory_read_ms = None;
+            let now_ms = host.now_ms();
+            self.read_directory(host, now_ms);
+            let to = publish(&self.keys, self.id, &self.directory);
+            self.inflight.publish_now(host, to, now_ms);
         }
         true
     }
@@ -304,6 +311,12 @@ fn seed_for(request_id: &str, n: u64) -> u64 {
     } else {
         seed
     }
+}
+
+/// Where worker `me`'s in-flight changes go: written at once only if another worker is listed in its
+/// copy of the directory.
+fn publish<'k>(keys: &'k Keys, me: Option<u32>, directory: &[u32]) -> Publish<'k> {
+    Publish { keys, me, others: directory.iter().any(|id| Some(*id) != me) }
 }
 
 #[cfg(test)]

@@ -53,12 +53,12 @@ fn routes_on_published_metrics_and_counts_in_flight_until_finish() {
     assert_eq!(destination(&o), "10.0.0.2:8000");
     let routed = routed.unwrap();
     assert_eq!(w.local_in_flight(), vec![("10.0.0.2:8000".to_string(), 1)]);
-    // The table is in shared data for the other workers.
+    // Alone, the worker leaves its table in shared data to the heartbeat.
     let key = w.keys().inflight(w.id().unwrap());
-    assert!(!InFlightTable::decode(&host.get(&key).unwrap()).unwrap().is_empty());
+    let published = || InFlightTable::decode(&host.get(&key).unwrap()).unwrap();
+    assert!(published().is_empty());
     w.finish(&host, &routed);
     assert!(w.local_in_flight().is_empty());
-    assert!(InFlightTable::decode(&host.get(&key).unwrap()).unwrap().is_empty());
     assert_eq!(host.metric(stats::DECISIONS_ROUTED), 1);
     // New metrics: routing follows them (the generation is read at most once per millisecond).
     publish(&host, w.keys(), 2, &[0, 9, 9]);
@@ -74,8 +74,14 @@ fn another_workers_in_flight_steers_the_pick() {
     let mut a = worker(&host, config);
     let mut b = worker(&host, config);
     publish(&host, a.keys(), 1, &[0, 0]);
+    // b announced itself when it joined; a hears it on its queue before routing.
+    let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
+    assert!(a.on_queue_ready(&host, queue_a));
     let (first, _) = a.decide(&host, &info("x"), Some(CHAT));
     let busy = destination(&first).to_string();
+    // With another worker listed, the table is written as the request starts.
+    let published = InFlightTable::decode(&host.get(&a.keys().inflight(a.id().unwrap())).unwrap()).unwrap();
+    assert_eq!(published.iter().count(), 1);
     // Worker b has routed nothing itself, yet avoids the endpoint a has a request in flight on.
     for id in ["y", "z", "w"] {
         let (o, routed) = b.decide(&host, &info(id), Some(CHAT));
