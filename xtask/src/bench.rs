@@ -8,16 +8,24 @@
 //! the `overhead` binary of test-harness; full mode writes `docs/bench/overhead.{md,csv}` and its PNG charts
 //! `overhead-throughput-w<workers>.png` and `overhead-added-cpu-w<workers>.png`.
 
-use crate::cmd::{cargo, step};
+//!
+//! `cargo xtask bench core-wasm [-- criterion filter and options]`: the core's Criterion benchmarks
+//! compiled to `wasm32-wasip1` (with SIMD, as the filter ships) and run under Node's V8, the engine
+//! Envoy runs the filter on; results in `target/criterion-wasm/`.
+
+use crate::cmd::{cargo, step, workspace_root};
+use crate::tools::{ensure_wasm_target, require_node, WASM_TARGET};
 
 const USAGE: &str =
     "usage: cargo xtask bench quality [--quick] [--validate] [-- more quality-bench arguments]
-       cargo xtask bench overhead [--quick] [-- more overhead arguments]";
+       cargo xtask bench overhead [--quick] [-- more overhead arguments]
+       cargo xtask bench core-wasm [-- criterion filter and options]";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("quality") => quality(&args[1..]),
         Some("overhead") => crate::overhead::run(&args[1..]),
+        Some("core-wasm") => core_wasm(&args[1..]),
         _ => Err(String::from(USAGE)),
     }
 }
@@ -34,5 +42,24 @@ fn quality(args: &[String]) -> Result<(), String> {
         cargo()
             .args(["run", "--release", "-p", "quality-bench", "--bin", "quality-bench", "--"])
             .args(&extra),
+    )
+}
+
+fn core_wasm(args: &[String]) -> Result<(), String> {
+    ensure_wasm_target()?;
+    require_node()?;
+    let root = workspace_root();
+    let runner = root.join("xtask/wasi/run.mjs");
+    let out = root.join("target/criterion-wasm");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let extra: Vec<&String> = args.iter().filter(|a| a.as_str() != "--").collect();
+    step(
+        "core benchmarks as Wasm under Node",
+        cargo()
+            .args(["bench", "-p", "scheduler-core", "--bench", "core", "--target", WASM_TARGET, "--"])
+            .args(extra)
+            .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", format!("node --no-warnings {}", runner.display()))
+            // run.mjs lends the benchmark this directory (as /criterion) for Criterion's reports.
+            .env("WASI_CRITERION_DIR", &out),
     )
 }

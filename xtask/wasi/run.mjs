@@ -9,12 +9,14 @@ if (!file) {
   console.error("usage: node run.mjs <file.wasm> [args...]");
   process.exit(2);
 }
+// No preopened directories for tests: the core does no I/O, and tests must not depend on the file system.
+// Benchmarks (`cargo xtask bench core-wasm`) get one directory, for Criterion's reports.
+const criterionDir = process.env.WASI_CRITERION_DIR;
 const wasi = new WASI({
   version: "preview1",
   args: [file, ...args],
-  env: { RUST_BACKTRACE: "0" },
-  // No preopened directories: the core does no I/O, and tests must not depend on the file system.
-  preopens: {},
+  env: criterionDir ? { RUST_BACKTRACE: "0", CRITERION_HOME: "/criterion" } : { RUST_BACKTRACE: "0" },
+  preopens: criterionDir ? { "/criterion": criterionDir } : {},
   returnOnExit: true,
 });
 const module = await WebAssembly.compile(await readFile(file));
