@@ -39,9 +39,9 @@ pub(crate) enum Validated<'de> {
 }
 
 /// Where a value of the body object lies, as the addresses of the unescaped key text before it and of the
-/// key after it (`None` when it is the last member). serde_json gives no offsets inside an object, but it
-/// borrows unescaped keys from the body, and only JSON punctuation and whitespace lie between a value
-/// and the keys around it.
+/// key after it (`None` when it is the last member). A serde `MapAccess` gives no offsets inside an
+/// object, but the reader borrows unescaped keys from the body, and only JSON punctuation and whitespace
+/// lie between a value and the keys around it.
 #[derive(Clone, Copy)]
 pub(crate) struct KeySpan {
     key: usize,
@@ -50,7 +50,7 @@ pub(crate) struct KeySpan {
 
 impl KeySpan {
     /// The raw JSON of the value of `key` in `body`, exactly as a `RawValue` would capture it. `None` if
-    /// the bytes around it are not what a body serde_json accepted has there (never expected).
+    /// the bytes around it are not what an accepted body has there (never expected).
     pub(crate) fn value<'a>(self, body: &'a [u8], key: &str) -> Option<&'a [u8]> {
         let base = body.as_ptr().addr();
         let key_at = self.key.checked_sub(base)?;

@@ -2,10 +2,10 @@
 //! affinity, prompt size), validated with errors that name the offending field.
 //!
 //! Bodies can be megabytes: a valid body is read once, by our own JSON reader (`json`: one read of every
-//! byte, 16 at a time with Wasm SIMD), strings are borrowed from the body unless they contain escapes,
-//! `messages` and responses `input` are hashed as their raw JSON slice, and no `serde_json::Value` tree
-//! is ever built. A body that reader refuses is read again with serde_json, whose verdict and error
-//! message are the ones reported.
+//! byte, 16 at a time with Wasm SIMD or SSE2, accepting exactly what serde_json accepts), strings are
+//! borrowed from the body unless they contain escapes, `messages` and responses `input` are hashed as
+//! their raw JSON slice, and no `serde_json::Value` tree is ever built. A refused body is read again in
+//! two passes for the error to report.
 
 mod body;
 mod chat;
@@ -158,11 +158,10 @@ pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<
     two_pass(api, body)
 }
 
-/// A valid body read once by the fast reader: `messages` / `input` are validated and measured as they
-/// are read, and their raw JSON is found from the keys around them. Any failure gives `None`, and
-/// `two_pass` then reports it: its error order (body fields before `messages` contents, positions relative
-/// to the body or to `messages`) and serde_json's messages are the contract, and refused bodies are rare
-/// enough to be read again.
+/// A valid body read once: `messages` / `input` are validated and measured as they are read, and their
+/// raw JSON is found from the keys around them. Any failure gives `None`, and `two_pass` then reports it:
+/// its error order (body fields before `messages` contents, positions relative to the body or to
+/// `messages`) is the contract, and refused bodies are rare enough to be read again.
 fn single_pass(api: ApiKind, body: &[u8]) -> Option<InferenceRequest<'_>> {
     let ctx = Ctx::checking_skipped();
     let seed = BodySeed { api, ctx: &ctx, single_pass: true };
