@@ -29,6 +29,16 @@ pub const PRUNE_MS: u64 = 10 * HEARTBEAT_MS;
 pub struct InFlightState {
     table: InFlightTable,
     last_write_ms: Option<u64>,
+    /// The other workers' tables as last read; read again at most once per millisecond.
+    read: Option<OthersRead>,
+}
+
+#[derive(Debug)]
+struct OthersRead {
+    at_ms: u64,
+    workers: Vec<u32>,
+    live_tables: Vec<InFlightTable>,
+    others: Others,
 }
 
 /// Where a change to the table goes: this worker's key, and whether any other worker is listed (else
@@ -41,7 +51,7 @@ pub struct Publish<'k> {
 }
 
 /// What reading the other workers' tables found.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Others {
     /// Workers with a fresh table (prefix updates go to them).
     pub live: Vec<u32>,
@@ -100,9 +110,10 @@ impl InFlightState {
     }
 
     /// Replaces the pool's in-flight counts by this worker's plus every live other worker's (alive at
-    /// `now`).
+    /// `now`). The other workers' tables are read at most once per millisecond (a busy worker decides
+    /// several times per millisecond; their counts are then at most a millisecond old).
     pub fn merge_into(
-        &self,
+        &mut self,
         host: &dyn Host,
         keys: &Keys,
         me: Option<u32>,
@@ -114,24 +125,47 @@ impl InFlightState {
             e.in_flight = InFlight::default();
         }
         add(pool, &self.table);
-        let mut others = Others::default();
-        for &id in workers.iter().filter(|id| Some(**id) != me) {
-            let Some(bytes) = host.shared_get(&keys.inflight(id))? else { continue };
-            match InFlightTable::decode(&bytes.value) {
-                Ok(t) => {
-                    let age = now.saturating_sub(t.heartbeat_ms);
-                    if age <= LIVE_MS {
-                        add(pool, &t);
-                        others.live.push(id);
-                    } else if age > PRUNE_MS {
-                        others.long_dead.push(id);
-                    }
-                }
-                Err(_) => others.unreadable += 1,
-            }
+        let fresh = self.read.as_ref().is_some_and(|r| r.at_ms == now && r.workers == workers);
+        if !fresh {
+            self.read = Some(read_others(host, keys, me, workers, now)?);
         }
-        Ok(others)
+        let Some(read) = &self.read else { return Ok(Others::default()) };
+        for t in &read.live_tables {
+            add(pool, t);
+        }
+        Ok(read.others.clone())
     }
+}
+
+fn read_others(
+    host: &dyn Host,
+    keys: &Keys,
+    me: Option<u32>,
+    workers: &[u32],
+    now: u64,
+) -> Result<OthersRead, HostError> {
+    let mut read = OthersRead {
+        at_ms: now,
+        workers: workers.to_vec(),
+        live_tables: Vec::new(),
+        others: Others::default(),
+    };
+    for &id in workers.iter().filter(|id| Some(**id) != me) {
+        let Some(bytes) = host.shared_get(&keys.inflight(id))? else { continue };
+        match InFlightTable::decode(&bytes.value) {
+            Ok(t) => {
+                let age = now.saturating_sub(t.heartbeat_ms);
+                if age <= LIVE_MS {
+                    read.live_tables.push(t);
+                    read.others.live.push(id);
+                } else if age > PRUNE_MS {
+                    read.others.long_dead.push(id);
+                }
+            }
+            Err(_) => read.others.unreadable += 1,
+        }
+    }
+    Ok(read)
 }
 
 fn add(pool: &mut PoolSnapshot, table: &InFlightTable) {
@@ -176,8 +210,9 @@ mod tests {
         assert_eq!(others.live, vec![2]);
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150 });
         assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7 });
-        // Merging again replaces, never accumulates.
+        // Merging again (a millisecond later: reads are reused within one) replaces, never accumulates.
         b.finish(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
+        host.advance(1);
         a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100 });
     }
@@ -189,7 +224,7 @@ mod tests {
         let mut dead = InFlightState::default();
         dead.start(&host, to(&keys, 2), "10.0.0.1:80", 5, host.now_ms());
         host.put(&keys.inflight(3), b"junk");
-        let me = InFlightState::default();
+        let mut me = InFlightState::default();
         host.advance(LIVE_MS + 1);
         let mut p = pool();
         let o = me.merge_into(&host, &keys, Some(1), &[1, 2, 3, 4], &mut p, host.now_ms()).unwrap();
@@ -198,6 +233,31 @@ mod tests {
         host.advance(PRUNE_MS);
         let o = me.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(o.long_dead, vec![2]);
+    }
+
+    #[test]
+    fn other_workers_tables_are_read_at_most_once_per_millisecond() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        host.set_now(10_000);
+        let (mut a, mut b) = (InFlightState::default(), InFlightState::default());
+        a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        let mut p = pool();
+        let seen = |b: &mut InFlightState, p: &mut PoolSnapshot| {
+            b.merge_into(&host, &keys, Some(2), &[1, 2], p, host.now_ms()).unwrap();
+            p.endpoints[0].in_flight.requests
+        };
+        assert_eq!(seen(&mut b, &mut p), 1);
+        a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        assert_eq!(seen(&mut b, &mut p), 1, "same millisecond: the read is reused");
+        // b's own counts are always current.
+        b.start(&host, to(&keys, 2), "10.0.0.1:80", 1, host.now_ms());
+        assert_eq!(seen(&mut b, &mut p), 2);
+        host.advance(1);
+        assert_eq!(seen(&mut b, &mut p), 3);
+        // A changed directory is read at once.
+        a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        b.merge_into(&host, &keys, Some(2), &[2, 1], &mut p, host.now_ms()).unwrap();
+        assert_eq!(p.endpoints[0].in_flight.requests, 4);
     }
 
     #[test]
