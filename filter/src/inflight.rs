@@ -3,7 +3,8 @@
 //! every other live worker's table into the pool. No key has two writers, so no write can conflict.
 //!
 //! Staleness: another worker's counts are as old as its last start/finish (writes are synchronous on its
-//! thread), i.e. practically current. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its
+//! thread) plus at most a millisecond (a worker reads the others' tables at most once per millisecond),
+//! i.e. practically current. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its
 //! streams died with it) and its table is ignored.
 //!
 //! A worker that knows of no other worker (a one-worker proxy) writes its table only with the heartbeat:
