@@ -70,18 +70,14 @@ impl InFlightState {
     /// Counts a routed request; publishes the table, stamped `now_ms`, if other workers read it.
     pub fn start(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
         self.table.start(address, tokens);
-        if to.others {
-            self.write(host, to.keys, to.me, now_ms);
-        }
+        self.publish_now(host, to, now_ms);
     }
 
     /// Ends a request counted by [`InFlightState::start`]; publishes the table, stamped `now_ms`, if
     /// other workers read it.
     pub fn finish(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
         self.table.finish(address, tokens);
-        if to.others {
-            self.write(host, to.keys, to.me, now_ms);
-        }
+        self.publish_now(host, to, now_ms);
     }
 
     /// Writes the table now, if other workers read it.
