@@ -270,8 +270,8 @@ impl Worker {
             log::warn!("{} unreadable prefix updates dropped", drained.unreadable);
         }
         if !drained.joined.is_empty() {
-            // Re-read the directory at the next decision, and show the newcomer this worker's requests
-            // now (alone, it wrote its table only with the heartbeat).
+            // Re-read the directory now (and at the next decision, should this read be refused), and
+            // show the newcomer this worker's requests (alone, it wrote its table only with the heartbeat).
             self.directory_read_ms = None;
             let now_ms = host.now_ms();
             self.read_directory(host, now_ms);

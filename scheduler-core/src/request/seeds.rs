@@ -1,5 +1,5 @@
-//! Streaming validators shared by the per-API parsers: each one checks one JSON shape while serde_json
-//! reads it, so a body is validated in the same pass that borrows its strings, with no `Value` tree.
+//! Streaming validators shared by the per-API parsers: each one checks one JSON shape while the reader
+//! (`super::json`) reads it, so a body is validated in the same pass that borrows its strings, with no `Value` tree.
 //!
 //! A validator that meets the wrong shape records a located `RequestError` in the `Ctx` and stops the
 //! parse with a placeholder serde error; `drive` then reports the recorded error instead.
@@ -19,7 +19,7 @@ pub(crate) struct Ctx {
     text_bytes: Cell<usize>,
     /// Whether values skipped inside `messages` / `input` must have their strings checked for UTF-8.
     /// Set by the single pass, which reads those arrays straight from the body instead of from a
-    /// `RawValue` serde_json has already checked whole.
+    /// `RawValue` the reader has already checked whole.
     check_skipped: bool,
 }
 
@@ -92,7 +92,7 @@ impl At<'_> {
     }
 }
 
-/// Classifies a JSON number serde_json reported as a float.
+/// Classifies a JSON number the reader reported as a float.
 pub(crate) fn found_f64(v: f64) -> Found {
     if v < 0.0 {
         Found::NegativeNumber
@@ -320,9 +320,9 @@ impl<'de> Visitor<'de> for Str<'_> {
 
 /// Accepts any value. With `count_text`, a string's length counts into the prompt size (fields whose
 /// shape the gateway does not police but whose text still reaches the model: tool outputs). With `check`,
-/// nested values are decoded rather than skipped: unlike `IgnoredAny` that makes serde_json decode every
-/// string (keys included), which checks it is UTF-8, and their nesting counts against serde_json's depth
-/// limit, so a pathologically deep value fails here (and the single pass falls back to the two-pass parse).
+/// nested values are decoded rather than skipped: unlike `IgnoredAny` that makes the reader decode every
+/// string (keys included), which checks it is UTF-8, and their nesting counts against its depth limit
+/// (serde_json's), so a pathologically deep value fails here (and the single pass falls back to the two-pass parse).
 #[derive(Clone, Copy)]
 pub(crate) struct AnyValue<'c> {
     count_text: Option<&'c Ctx>,

@@ -290,8 +290,9 @@ fn our_error_as<T: serde::de::DeserializeOwned + fmt::Debug>(body: &[u8]) -> (us
 
 #[test]
 fn errors_are_placed_and_worded_as_serde_json_does() {
-    // Syntax errors are worded by serde_json's decoding parse.
+    let deep = format!("{{\"a\":\n{}{}", "[".repeat(130), "]".repeat(130));
     for body in [
+        // Syntax errors, worded by serde_json's decoding parse.
         &b"{"[..],
         b"{\"a\" 1}",
         b"[1,]",
@@ -308,13 +309,8 @@ fn errors_are_placed_and_worded_as_serde_json_does() {
         b"1.",
         b"1e+",
         b"",
-    ] {
-        assert_eq!(our_error(body), serde_json_error(body, true), "{}", String::from_utf8_lossy(body));
-    }
-    // Errors found only when decoding are placed and worded by the reader as serde_json's decoding does.
-    let deep = format!("{{\"a\":\n{}{}", "[".repeat(130), "]".repeat(130));
-    for body in [
-        &b"[1e400]"[..],
+        // Errors found only when decoding, placed and worded by the reader as serde_json's decoding does.
+        b"[1e400]",
         b"\n [ -1.5e999 , 2]",
         b"[123456789012345678901234567890e400]",
         b"[\"\xff\"]",
