@@ -53,12 +53,27 @@ fn wide(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
     let backslash = u8x16_splat(b'\\');
     let control = u8x16_splat(0x20);
     let mut seen = u8x16_splat(0);
+    let special =
+        |v: v128| v128_or(v128_or(u8x16_eq(v, quote), u8x16_eq(v, backslash)), u8x16_lt(v, control));
+    // 64 bytes per step while nothing special shows up (long prompts): one branch for four vectors. The
+    // step that sees something leaves it to the 16-byte loop below, which finds where.
+    while let Some(block) = at.checked_add(64).and_then(|end| input.get(at..end)) {
+        let p = block.as_ptr().cast::<v128>();
+        // SAFETY: `block` is 64 readable bytes, four unaligned 16-byte loads within it.
+        let (a, b, c, d) =
+            unsafe { (v128_load(p), v128_load(p.add(1)), v128_load(p.add(2)), v128_load(p.add(3))) };
+        if v128_any_true(v128_or(v128_or(special(a), special(b)), v128_or(special(c), special(d)))) {
+            break;
+        }
+        seen = v128_or(seen, v128_or(v128_or(a, b), v128_or(c, d)));
+        at = at.saturating_add(64);
+    }
     while let Some(chunk) = at.checked_add(16).and_then(|end| input.get(at..end)) {
         // SAFETY: `chunk` is 16 readable bytes; `v128_load` has no alignment requirement.
         let v = unsafe { v128_load(chunk.as_ptr().cast::<v128>()) };
-        let special = v128_or(v128_or(u8x16_eq(v, quote), u8x16_eq(v, backslash)), u8x16_lt(v, control));
-        if v128_any_true(special) {
-            let first = u8x16_bitmask(special).trailing_zeros();
+        let found = special(v);
+        if v128_any_true(found) {
+            let first = u8x16_bitmask(found).trailing_zeros();
             let before = 1u16.checked_shl(first).map_or(u16::MAX, |bit| bit.wrapping_sub(1));
             let non_ascii = u8x16_bitmask(seen) != 0 || u8x16_bitmask(v) & before != 0;
             return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
@@ -88,12 +103,33 @@ fn sse2(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
     let splat = |b: u8| _mm_set1_epi8(b as i8);
     let (quote, backslash, control) = (splat(b'"'), splat(b'\\'), splat(0x1f));
     let mut seen = _mm_setzero_si128();
+    let special = |v: __m128i| {
+        let low = _mm_cmpeq_epi8(_mm_max_epu8(v, control), control);
+        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), low)
+    };
+    // As in the Wasm loop: 64 bytes per step until one holds something special.
+    while let Some(block) = at.checked_add(64).and_then(|end| input.get(at..end)) {
+        let p = block.as_ptr().cast::<__m128i>();
+        // SAFETY: `block` is 64 readable bytes, four unaligned 16-byte loads within it.
+        let (a, b, c, d) = unsafe {
+            (
+                _mm_loadu_si128(p),
+                _mm_loadu_si128(p.add(1)),
+                _mm_loadu_si128(p.add(2)),
+                _mm_loadu_si128(p.add(3)),
+            )
+        };
+        let found = _mm_or_si128(_mm_or_si128(special(a), special(b)), _mm_or_si128(special(c), special(d)));
+        if _mm_movemask_epi8(found) != 0 {
+            break;
+        }
+        seen = _mm_or_si128(seen, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d)));
+        at = at.saturating_add(64);
+    }
     while let Some(chunk) = at.checked_add(16).and_then(|end| input.get(at..end)) {
         // SAFETY: `chunk` is 16 readable bytes; `_mm_loadu_si128` has no alignment requirement.
         let v = unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) };
-        let low = _mm_cmpeq_epi8(_mm_max_epu8(v, control), control);
-        let special = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), low);
-        let mask = _mm_movemask_epi8(special);
+        let mask = _mm_movemask_epi8(special(v));
         if mask != 0 {
             let first = mask.trailing_zeros();
             let before = 1i32.checked_shl(first).map_or(-1, |bit| bit.wrapping_sub(1));
