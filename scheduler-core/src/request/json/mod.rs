@@ -256,9 +256,9 @@ impl<'de> Reader<'de> {
                 Some(b'"') => {
                     self.scratch.extend_from_slice(plain);
                     let len = self.scratch.len();
-                    return core::str::from_utf8(&self.scratch)
+                    return ascii_or_utf8(&self.scratch, non_ascii)
                         .map(Text::Decoded)
-                        .map_err(|e| bad_utf8(self.at.saturating_sub(len.saturating_sub(e.valid_up_to()))));
+                        .map_err(|valid| bad_utf8(self.at.saturating_sub(len.saturating_sub(valid))));
                 }
                 Some(b'\\') => {
                     escaped = true;
@@ -266,6 +266,9 @@ impl<'de> Reader<'de> {
                         self.scratch.extend_from_slice(plain);
                     }
                     self.escape(decode)?;
+                    // A decoded `\u` escape above U+007F ends in a UTF-8 continuation byte; every other
+                    // escape decodes to one ASCII byte.
+                    non_ascii |= decode && self.scratch.last().is_some_and(|&b| b >= 0x80);
                     from = self.at;
                 }
                 // A control byte, which JSON strings may not hold raw.
@@ -502,14 +505,15 @@ impl<'de> Reader<'de> {
     }
 }
 
-/// `text` as a `str`: checked as UTF-8 only if the scan saw a non-ASCII byte in it. The error is the
-/// length of the valid head.
+/// `text` as a `str`: checked as UTF-8 only if the scan (or an escape decoded into it) put a non-ASCII
+/// byte in it. The error is the length of the valid head.
 fn ascii_or_utf8(text: &[u8], non_ascii: bool) -> core::result::Result<&str, usize> {
     if non_ascii {
         return core::str::from_utf8(text).map_err(|e| e.valid_up_to());
     }
     debug_assert!(text.is_ascii());
-    // SAFETY: the scan that delimited `text` saw no byte ≥ 0x80 in it, so it is ASCII, which is UTF-8.
+    // SAFETY: no byte ≥ 0x80 went into `text` (the scan saw none, and no escape decoded to one), so it is
+    // ASCII, which is UTF-8.
     Ok(unsafe { core::str::from_utf8_unchecked(text) })
 }
 
