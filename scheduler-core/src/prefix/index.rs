@@ -191,6 +191,19 @@ impl EndpointLru {
         }
     }
 
+    /// Whether the list begins with `hashes`, most recent first: then touching them from the last to the
+    /// first would leave every link as it is.
+    fn starts_with(&self, hashes: &[u64]) -> bool {
+        let mut cur = self.head;
+        for &hash in hashes {
+            match self.slots.get(cur as usize) {
+                Some(s) if s.hash == hash => cur = s.next,
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Hashes from most to least recently used.
     fn hashes_mru_first(&self) -> impl Iterator<Item = u64> + '_ {
         let mut cur = self.head;
@@ -440,6 +453,11 @@ impl PrefixIndex {
         let Some(id) = self.intern(endpoint_addr, capacity) else { return };
         self.set_capacity(id, capacity);
         let Some(Some(lru)) = self.endpoints.get_mut(id as usize) else { return };
+        // The same chain sent to the same endpoint again (a repeated or shared prompt, or another
+        // worker's record of a request this one also saw) is already where the walk below would put it.
+        if lru.starts_with(hashes) {
+            return;
+        }
         // Where the next hash (going backwards) probably is: the slot before the one just touched. A
         // chain recorded before sits in the list in order, so this finds it without a table lookup.
         let mut guess = NIL;
@@ -1063,6 +1081,55 @@ mod tests {
                     Op::Pool(..) => {}
                 }
                 prop_assert_eq!(visible(&x), visible(&y));
+            }
+        }
+
+        /// LRU order and evictions match a plain list model of the per-server cache: recording touches
+        /// the chain last block first (a hash present moves to the front; a new one takes the front and,
+        /// when full, evicts the least recent). Chains are often recorded twice in a row, as repeated
+        /// prompts are, so the unchanged-chain shortcut is exercised against the model too.
+        #[test]
+        fn recording_follows_a_plain_lru_model(
+            ops in proptest::collection::vec(
+                (0..3usize, proptest::collection::vec(0..24u64, 0..10), 1..8usize, any::<bool>()),
+                1..80,
+            ),
+        ) {
+            let addrs = ["a:1", "b:1", "c:1"];
+            let mut ix = PrefixIndex::new();
+            let mut model: Vec<Vec<u64>> = vec![Vec::new(); addrs.len()];
+            let mut last: Option<(usize, Vec<u64>)> = None;
+            for (e, hashes, cap, again) in ops {
+                let (e, hashes) = match (&last, again) {
+                    (Some(prev), true) => prev.clone(),
+                    _ => (e, hashes),
+                };
+                ix.record(addrs[e], &hashes, cap);
+                let lru = &mut model[e];
+                lru.truncate(cap);
+                for &h in hashes.iter().rev() {
+                    match lru.iter().position(|&x| x == h) {
+                        Some(i) => {
+                            lru.remove(i);
+                        }
+                        None if lru.len() >= cap => {
+                            lru.pop();
+                        }
+                        None => {}
+                    }
+                    lru.insert(0, h);
+                }
+                for (i, a) in addrs.iter().enumerate() {
+                    let got: Vec<u64> = ix.lru(a).map(|l| l.hashes_mru_first().collect()).unwrap_or_default();
+                    prop_assert_eq!(&got, &model[i], "{}", a);
+                    for &h in &model[i] {
+                        prop_assert!(ix.contains(a, h));
+                    }
+                }
+                if let Err(e) = ix.check_invariants() {
+                    return Err(TestCaseError::fail(e));
+                }
+                last = Some((e, hashes));
             }
         }
 
