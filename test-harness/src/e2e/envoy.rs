@@ -233,6 +233,22 @@ impl Envoy {
         Some(text.lines().filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok()).sum())
     }
 
+    /// Requests each host of `cluster` has served (admin `/clusters`, `rq_total`), hosts in the order
+    /// Envoy lists them; `None` when the admin does not answer.
+    pub fn host_requests(&self, cluster: &str) -> Option<Vec<(String, u64)>> {
+        let r = Request::get("/clusters").timeout(Duration::from_secs(5)).send(&self.admin);
+        let text = r.ok()?.text();
+        let prefix = format!("{cluster}::");
+        let hosts = text
+            .lines()
+            .filter_map(|l| {
+                let (host, count) = l.strip_prefix(&prefix)?.split_once("::rq_total::")?;
+                Some((host.to_string(), count.trim().parse().ok()?))
+            })
+            .collect();
+        Some(hosts)
+    }
+
     pub fn stat(&self, name: &str) -> Option<u64> {
         let r = Request::get(&format!("/stats?filter=^{name}$"))
             .timeout(Duration::from_secs(5))

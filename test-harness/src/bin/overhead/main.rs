@@ -429,7 +429,45 @@ fn check_picker(g: &Gateway, running: &gateway::Running) -> Result<(), String> {
             g.label()
         ));
     }
+    eprintln!("    {}", picker_facts(running));
     Ok(())
+}
+
+/// How long the picker's decisions took (Envoy's `epp_decision_time_us` histogram, cumulative, wall
+/// time inside the module) and how many upstream hosts its requests went to, for the run's log.
+fn picker_facts(running: &gateway::Running) -> String {
+    let quantile = |text: &str, q: &str| -> Option<f64> {
+        let (_, rest) = text.split_once(&format!(" {q}("))?;
+        let (_, cumulative) = rest.split_once(')')?.0.split_once(',')?;
+        cumulative.parse().ok()
+    };
+    let decisions =
+        test_harness::e2e::Request::get("/stats?filter=epp_decision_time_us&histogram_buckets=none")
+            .send(running.envoy.admin())
+            .ok()
+            .map(|r| r.text())
+            .and_then(|t| {
+                Some(format!(
+                    "decisions P50 {:.1} µs, P99 {:.1} µs",
+                    quantile(&t, "P50")?,
+                    quantile(&t, "P99")?
+                ))
+            })
+            .unwrap_or_else(|| String::from("decision times not available"));
+    let hosts = running.envoy.host_requests("pool").map_or_else(
+        || String::from("upstream hosts not available"),
+        |hosts| {
+            let mut served: Vec<u64> = hosts.iter().map(|h| h.1).filter(|&n| n > 0).collect();
+            served.sort_unstable_by(|a, b| b.cmp(a));
+            let total: u64 = served.iter().sum();
+            format!(
+                "{} upstream hosts served {total} requests, busiest {:?}",
+                served.len(),
+                &served[..served.len().min(4)]
+            )
+        },
+    );
+    format!("{decisions}; {hosts}")
 }
 
 /// Rounds into one cell: medians for rate and latency (robust to one disturbed round), totals for CPU.
