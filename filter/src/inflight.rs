@@ -1,16 +1,22 @@
 //! Process-wide gateway in-flight counts. Each worker VM owns one key holding its `InFlightTable`, rewritten
-//! whenever a request starts or ends and on a heartbeat; before scheduling, a worker adds its own table and
-//! every other live worker's table into the pool. No key has two writers, so no write can conflict.
+//! when requests start or end and on a heartbeat; before scheduling, a worker adds its own table and every
+//! other live worker's table into the pool. No key has two writers, so no write can conflict.
 //!
-//! Staleness: another worker's counts are as old as its last start/finish (writes are synchronous on its
-//! thread) plus at most a millisecond (a worker reads the others' tables at most once per millisecond),
-//! i.e. practically current. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its
-//! streams died with it) and its table is ignored.
+//! Writes are coalesced: a change is written at once if the table was last written in an earlier
+//! millisecond, else it waits for the next change after that millisecond or the next tick
+//! ([`FLUSH_TICK_MS`]), whichever comes first. Readers read the others' tables at most once per
+//! millisecond, so writing more often would only cost (two shared-data writes per request at a few
+//! thousand requests per second and worker).
+//!
+//! Staleness: under load another worker's counts are about a millisecond old (its last write plus at
+//! most a millisecond until the next read); when its traffic stops, its last changes are written within
+//! one tick. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its streams died with it) and
+//! its table is ignored.
 //!
 //! A worker that knows of no other worker (a one-worker proxy) writes its table only with the heartbeat:
-//! nobody reads it per request, and two shared-data writes per request are saved. A worker that joins
-//! later sees those counts up to one heartbeat old until the first one learns of it (its announcement
-//! on the prefix queue, or the next directory read) and writes per request again.
+//! nobody reads it per request. A worker that joins later sees those counts up to one heartbeat old
+//! until the first one learns of it (its announcement on the prefix queue, or the next directory read)
+//! and writes on changes again.
 
 use crate::host::{Host, HostError};
 use crate::keys::Keys;
@@ -24,12 +30,20 @@ pub const HEARTBEAT_MS: u64 = 1_000;
 pub const LIVE_MS: u64 = 3 * HEARTBEAT_MS;
 /// A worker dead this long is removed from the directory.
 pub const PRUNE_MS: u64 = 10 * HEARTBEAT_MS;
+/// The tick of a worker VM that does not collect (one that collects ticks with its scrape interval, 50 ms
+/// by default): changes held back by coalescing, and prefix updates waiting for their batch, go out by
+/// the next tick at the latest.
+pub const FLUSH_TICK_MS: u64 = 50;
+/// A worker writes its table at most once per this many milliseconds while requests come and go.
+pub const WRITE_EVERY_MS: u64 = 1;
 
 /// This worker's counts.
 #[derive(Debug, Default)]
 pub struct InFlightState {
     table: InFlightTable,
     last_write_ms: Option<u64>,
+    /// Changes made since the last write, held back by coalescing (only with other workers listed).
+    unwritten: bool,
     /// The other workers' tables as last read; read again at most once per millisecond.
     read: Option<OthersRead>,
 }
@@ -67,17 +81,29 @@ impl InFlightState {
         &self.table
     }
 
-    /// Counts a routed request; publishes the table, stamped `now_ms`, if other workers read it.
+    /// Counts a routed request; publishes the table, stamped `now_ms`, if other workers read it (at once,
+    /// or coalesced: see the module documentation).
     pub fn start(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
         self.table.start(address, tokens);
-        self.publish_now(host, to, now_ms);
+        self.changed(host, to, now_ms);
     }
 
-    /// Ends a request counted by [`InFlightState::start`]; publishes the table, stamped `now_ms`, if
-    /// other workers read it.
+    /// Ends a request counted by [`InFlightState::start`]; publishes the table as [`InFlightState::start`]
+    /// does.
     pub fn finish(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
         self.table.finish(address, tokens);
-        self.publish_now(host, to, now_ms);
+        self.changed(host, to, now_ms);
+    }
+
+    fn changed(&mut self, host: &dyn Host, to: Publish<'_>, now_ms: u64) {
+        if !to.others {
+            return;
+        }
+        if self.last_write_ms.is_some_and(|t| now_ms.saturating_sub(t) < WRITE_EVERY_MS) {
+            self.unwritten = true;
+        } else {
+            self.write(host, to.keys, to.me, now_ms);
+        }
     }
 
     /// Writes the table now, if other workers read it.
@@ -87,10 +113,11 @@ impl InFlightState {
         }
     }
 
-    /// Rewrites the table if the last write is older than the heartbeat period at `now`; true if it did.
+    /// On a tick: writes changes held back by coalescing, and rewrites the table if the last write is
+    /// older than the heartbeat period at `now`. True if the heartbeat was due.
     pub fn heartbeat(&mut self, host: &dyn Host, keys: &Keys, me: Option<u32>, now: u64) -> bool {
         let due = self.last_write_ms.is_none_or(|t| now.saturating_sub(t) >= HEARTBEAT_MS);
-        if due {
+        if due || self.unwritten {
             self.write(host, keys, me, now);
         }
         due
@@ -101,7 +128,10 @@ impl InFlightState {
         let Some(me) = me else { return };
         self.table.heartbeat_ms = now;
         match host.shared_set(&keys.inflight(me), &self.table.encode(), None) {
-            Ok(()) => self.last_write_ms = Some(now),
+            Ok(()) => {
+                self.last_write_ms = Some(now);
+                self.unwritten = false;
+            }
             Err(e) => log::warn!("in-flight table of worker {me} not published: {e}"),
         }
     }
@@ -202,14 +232,16 @@ mod tests {
         a.start(&host, to(&keys, 1), "10.0.0.1:80", 100, host.now_ms());
         b.start(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
         b.start(&host, to(&keys, 2), "10.0.0.2:80", 7, host.now_ms());
+        // b's second start came in the millisecond of its first write: its tick writes it.
+        b.heartbeat(&host, &keys, Some(2), host.now_ms());
         let mut p = pool();
         let others = a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(others.live, vec![2]);
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150 });
         assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7 });
         // Merging again (a millisecond later: reads are reused within one) replaces, never accumulates.
-        b.finish(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
         host.advance(1);
+        b.finish(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
         a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100 });
     }
@@ -245,6 +277,7 @@ mod tests {
         };
         assert_eq!(seen(&mut b, &mut p), 1);
         a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        a.publish_now(&host, to(&keys, 1), host.now_ms());
         assert_eq!(seen(&mut b, &mut p), 1, "same millisecond: the read is reused");
         // b's own counts are always current.
         b.start(&host, to(&keys, 2), "10.0.0.1:80", 1, host.now_ms());
@@ -271,9 +304,46 @@ mod tests {
         host.advance(HEARTBEAT_MS);
         assert!(s.heartbeat(&host, &keys, Some(1), host.now_ms()));
         assert_eq!(published().iter().count(), 1);
-        // Once another worker is listed, every change is written at once.
+        // Once another worker is listed, changes are written (at most once per millisecond).
+        host.advance(1);
         s.finish(&host, to(&keys, 1), "10.0.0.1:80", 9, host.now_ms());
         assert!(published().is_empty());
+    }
+
+    #[test]
+    fn changes_within_a_millisecond_are_written_once_then_by_the_next_change_or_tick() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        host.set_now(10_000);
+        let mut s = InFlightState::default();
+        let writes = || host.world.borrow().shared.get(&keys.inflight(1)).map_or(0, |v| v.1);
+        let published = || {
+            let t = InFlightTable::decode(&host.get(&keys.inflight(1)).unwrap()).unwrap();
+            t.iter().map(|(a, f)| (a.to_string(), f.requests)).collect::<Vec<_>>()
+        };
+        let one = |n| vec![("10.0.0.1:80".to_string(), n)];
+        s.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        let first = writes();
+        assert_eq!(published(), one(1));
+        // Two more changes in the same millisecond: counted, not written.
+        s.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        s.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        assert_eq!(writes(), first);
+        assert_eq!(published(), one(1));
+        // The first change in a later millisecond writes them all.
+        host.advance(1);
+        s.finish(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        assert_eq!(writes(), first + 1);
+        assert_eq!(published(), one(2));
+        // A change held back when traffic stops goes out with the next tick, even within the millisecond.
+        s.finish(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        assert_eq!(published(), one(2));
+        assert!(!s.heartbeat(&host, &keys, Some(1), host.now_ms()), "no heartbeat due");
+        assert_eq!(published(), one(1));
+        // With nothing held back, a tick before the heartbeat is due writes nothing.
+        let settled = writes();
+        host.advance(FLUSH_TICK_MS);
+        s.heartbeat(&host, &keys, Some(1), host.now_ms());
+        assert_eq!(writes(), settled);
     }
 
     #[test]

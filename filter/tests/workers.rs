@@ -29,6 +29,8 @@ fn in_flight_counts_are_process_wide() {
     }
     assert_eq!(in_flight_total(&host), 1);
     host.respond(held, 200, b"{}").unwrap();
+    // Writes are coalesced to one per millisecond: a's last change goes out with its next tick.
+    host.advance(Duration::from_millis(60));
     assert_eq!(in_flight_total(&host), 0);
     assert_no_traps(&host);
 }

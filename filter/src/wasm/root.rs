@@ -9,7 +9,7 @@ use super::stream::Stream;
 use crate::collector::leader::{Leadership, Step};
 use crate::collector::{CallResponse, Collector};
 use crate::host::Host;
-use crate::inflight::HEARTBEAT_MS;
+use crate::inflight::{FLUSH_TICK_MS, HEARTBEAT_MS};
 use crate::keys::Keys;
 use crate::stats::{self, Stats};
 use crate::worker::Worker;
@@ -120,10 +120,12 @@ impl Root {
             },
             _ => None,
         };
+        // A collecting VM scrapes on every tick, so it ticks with the scrape interval; the others tick
+        // often enough to write what coalescing held back soon after a burst ends.
         set_tick(if collecting.is_some() {
             config.collector.interval_ms.min(HEARTBEAT_MS)
         } else {
-            HEARTBEAT_MS
+            FLUSH_TICK_MS
         });
         self.role = Role::Picker { worker: Rc::new(RefCell::new(worker)), collecting };
         Ok(())

@@ -77,6 +77,8 @@ fn another_workers_in_flight_steers_the_pick() {
     // b announced itself when it joined; a hears it on its queue before routing.
     let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
     assert!(a.on_queue_ready(&host, queue_a));
+    // (Hearing of b, a wrote its table; writes are at most one per millisecond.)
+    host.advance(1);
     let (first, _) = a.decide(&host, &info("x"), Some(CHAT));
     let busy = destination(&first).to_string();
     // With another worker listed, the table is written as the request starts.
