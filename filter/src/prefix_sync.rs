@@ -8,9 +8,9 @@
 //! Why batches: each enqueue wakes the other worker's thread (a cross-thread post and an eventfd write),
 //! which in Envoy costs more than learning the update. A worker sends at most once per millisecond:
 //! an update goes out at once if the last send was longer ago, else with the next send, which happens at
-//! the next decision or stream end after the millisecond, or at the heartbeat (at most 32 updates wait).
+//! the next decision or stream end after the millisecond, or at the worker's next tick (at most 32 updates wait).
 //! Staleness: under load about 1 ms plus the other thread's next event-loop turn; when traffic stops,
-//! at most until a stream ends or the heartbeat. A worker that joined later starts with an empty replica.
+//! at most until a stream ends or the next tick. A worker that joined later starts with an empty replica.
 //!
 //! The same queues carry one other message: a worker that joins tells the workers already listed, so
 //! they re-read the directory (they otherwise do so once per heartbeat) and start sending to it.
@@ -130,6 +130,8 @@ pub struct PrefixSync {
     /// The batch being filled: its header (count patched in at the send), then the updates.
     pending: Vec<u8>,
     pending_count: u32,
+    /// Where each update of the pending batch lies in `pending`.
+    pending_updates: Vec<core::ops::Range<usize>>,
     /// Who the pending updates go to: the live workers at the latest broadcast.
     peers: Vec<u32>,
     last_send_ms: Option<u64>,
@@ -170,14 +172,40 @@ impl PrefixSync {
             self.pending.push(VERSION);
             self.pending.extend_from_slice(&0u32.to_le_bytes());
         }
+        let start = self.pending.len();
         push_update(&mut self.pending, address, hashes);
-        self.pending_count = self.pending_count.saturating_add(1);
+        if self.repeats_pending(start) {
+            // The receiver would touch the same blocks of the same endpoint twice in a row: a no-op.
+            self.pending.truncate(start);
+        } else {
+            self.pending_updates.push(start..self.pending.len());
+            self.pending_count = self.pending_count.saturating_add(1);
+        }
         let full = self.pending_count as usize >= MAX_BATCH;
         if full || self.due(now_ms) {
             self.flush(host, keys, now_ms)
         } else {
             0
         }
+    }
+
+    /// Whether the update encoded at `start` (the end of the pending batch) is the same as the batch's
+    /// latest update for its endpoint (identical prompts routed to one endpoint within a millisecond).
+    fn repeats_pending(&self, start: usize) -> bool {
+        let Some(new) = self.pending.get(start..) else { return false };
+        // An encoded update begins with its address length and address.
+        fn head(u: &[u8]) -> Option<&[u8]> {
+            let len = u.get(..2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)?;
+            u.get(..2 + usize::from(len))
+        }
+        let address = head(new);
+        for range in self.pending_updates.iter().rev() {
+            let Some(old) = self.pending.get(range.clone()) else { continue };
+            if head(old) == address {
+                return old == new;
+            }
+        }
+        false
     }
 
     /// Updates waiting for the next send.
@@ -207,6 +235,7 @@ impl PrefixSync {
             count.copy_from_slice(&self.pending_count.to_le_bytes());
         }
         self.pending_count = 0;
+        self.pending_updates.clear();
         self.last_send_ms = Some(now_ms);
         let peers = core::mem::take(&mut self.peers);
         let sent = self.send(host, keys, &peers, &message);
@@ -360,6 +389,45 @@ mod tests {
         let drained = b.drain(&host, qb, |u| seen.push(u.clone()));
         assert_eq!(drained.applied, 4);
         assert_eq!(seen, (1..=4).map(update).collect::<Vec<_>>(), "in order, none twice");
+    }
+
+    #[test]
+    fn an_update_repeating_the_batchs_last_one_for_its_endpoint_is_not_sent_again() {
+        let (host, keys) = (FakeHost::default(), Keys::new("p"));
+        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
+        a.register(&host, &keys, 1).unwrap();
+        let qb = b.register(&host, &keys, 2).unwrap();
+        let (one, two) = ("10.0.0.1:80", "10.0.0.2:80");
+        let send = |a: &mut PrefixSync, address: &str, hashes: &[u64], now: u64| {
+            a.broadcast(&host, &keys, &[2], address, hashes, now)
+        };
+        assert_eq!(send(&mut a, one, &[1, 2], 1_000), 1, "sent at once");
+        // Within the next millisecond: the same prompt to the same endpoint is kept once per batch,
+        // also with another endpoint's update in between; a different prompt is kept.
+        send(&mut a, one, &[1, 2], 1_000);
+        send(&mut a, one, &[1, 2], 1_000);
+        send(&mut a, two, &[1, 2], 1_000);
+        send(&mut a, one, &[1, 2], 1_000);
+        send(&mut a, one, &[1, 2, 3], 1_000);
+        send(&mut a, one, &[1, 2], 1_000);
+        assert_eq!(a.pending(), 4);
+        assert_eq!(a.flush_if_due(&host, &keys, 1_001), 1);
+        // A new batch starts afresh: the same update goes out again.
+        assert_eq!(send(&mut a, one, &[1, 2], 2_000), 1);
+        let mut seen = Vec::new();
+        b.drain(&host, qb, |u| seen.push((u.address.clone(), u.hashes.clone())));
+        let u = |a: &str, h: &[u64]| (a.to_string(), h.to_vec());
+        assert_eq!(
+            seen,
+            vec![
+                u(one, &[1, 2]),
+                u(one, &[1, 2]),
+                u(two, &[1, 2]),
+                u(one, &[1, 2, 3]),
+                u(one, &[1, 2]),
+                u(one, &[1, 2])
+            ]
+        );
     }
 
     #[test]
