@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use test_harness::LocalReplySource;
+use test_harness::{Event, LocalReplySource};
 
 /// A worker and a singleton collector over `n` endpoints, with one scrape round published.
 fn deployment(n: usize, extra: &str, queues: &[u32]) -> (test_harness::Host, test_harness::VmId) {
@@ -255,9 +255,33 @@ fn served_header_and_upstream_failures_on_the_response() {
     );
     assert_eq!(host.metric_value("epp_upstream_5xx"), Some(1));
     assert_eq!(host.metric_value("epp_upstream_5xx.10_0_0_1_8000"), Some(1));
+    assert_eq!(upstream_address_reads(&host), 1, "asked the proxy where it went");
     // Local replies carry no served header: nothing was served upstream.
     let s = send(&mut host, worker, "nope", &[]);
     assert_eq!(s.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"), None);
+}
+
+/// How many times the module asked for `upstream.address`.
+fn upstream_address_reads(host: &test_harness::Host) -> usize {
+    let calls = host.host_calls("proxy_get_property");
+    calls
+        .iter()
+        .filter(|e| matches!(e, Event::HostCall { detail, .. } if detail == "upstream.address"))
+        .count()
+}
+
+#[test]
+fn served_from_the_destination_takes_the_picked_endpoint_without_asking() {
+    let (mut host, worker) = deployment(2, r#""routing": {"servedFrom": "destination"}"#, &[0, 9]);
+    let s = chat(&mut host, worker, CHAT, &[]);
+    host.respond(s, 503, b"overloaded").unwrap();
+    let st = host.stream(s);
+    assert_eq!(
+        st.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"),
+        Some(addr(1).as_str())
+    );
+    assert_eq!(host.metric_value("epp_upstream_5xx.10_0_0_1_8000"), Some(1));
+    assert_eq!(upstream_address_reads(&host), 0);
 }
 
 /// The worker's published in-flight total after a heartbeat: a worker alone writes its table only then

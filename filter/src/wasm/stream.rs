@@ -9,6 +9,7 @@ use crate::host::Host;
 use crate::worker::{Routed, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
+use scheduler_core::config::gateway::ServedFrom;
 use scheduler_core::endpoint_picker::{Outcome, Reply, RequestInfo, Route};
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::request::rewrite_model;
@@ -285,11 +286,14 @@ impl HttpContext for Stream {
         };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
         // Where the request really went (after retries), when the proxy says; else where we sent it.
-        let served = match abi::get_property(&["upstream", "address"]) {
-            Ok(Some(bytes)) if !bytes.is_empty() => {
-                String::from_utf8(bytes).unwrap_or_else(|_| routed.destination.clone())
-            }
-            _ => routed.destination.clone(),
+        let served = match w.routing().served_from {
+            ServedFrom::Destination => routed.destination.clone(),
+            ServedFrom::Proxy => match abi::get_property(&["upstream", "address"]) {
+                Ok(Some(bytes)) if !bytes.is_empty() => {
+                    String::from_utf8(bytes).unwrap_or_else(|_| routed.destination.clone())
+                }
+                _ => routed.destination.clone(),
+            },
         };
         let served_header = w.routing().served_header.clone();
         if let Err(s) = abi::replace_header(MapType::HttpResponseHeaders, &served_header, served.as_bytes()) {

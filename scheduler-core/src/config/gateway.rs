@@ -41,6 +41,21 @@ pub enum FailOpenStrategy {
     LeaveUnset,
 }
 
+/// Where the filter learns which endpoint served a request (its response header and per-endpoint 5xx
+/// counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServedFrom {
+    /// Ask the proxy on every response (Envoy's `upstream.address`): right whatever the cluster does,
+    /// e.g. when override_host's fallback policy sends the request to another host.
+    #[default]
+    Proxy,
+    /// The endpoint the picker chose: right for clusters that cannot send a request anywhere else (an
+    /// ORIGINAL_DST cluster with `use_http_header`, `routing.maxEndpoints` 1), and one host call per
+    /// response cheaper (~3 µs in Envoy's V8).
+    Destination,
+}
+
 /// Who scrapes the model servers inside the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -150,6 +165,7 @@ pub struct RoutingConfig {
     pub prefill_header: String,
     /// Response header telling the client (and tests) which endpoint served the request.
     pub served_header: String,
+    pub served_from: ServedFrom,
 }
 
 impl Default for RoutingConfig {
@@ -159,6 +175,7 @@ impl Default for RoutingConfig {
             max_endpoints: 1,
             prefill_header: String::from("x-prefiller-host-port"),
             served_header: String::from("x-gateway-destination-endpoint-served"),
+            served_from: ServedFrom::Proxy,
         }
     }
 }
@@ -246,6 +263,13 @@ impl GatewayConfig {
         let routing: RoutingConfig = parse_params(section("routing")).map_err(located("routing"))?;
         if routing.max_endpoints == 0 {
             return Err(ConfigError::new("routing.maxEndpoints", "an integer >= 1", Some(String::from("0"))));
+        }
+        if routing.served_from == ServedFrom::Destination && routing.max_endpoints > 1 {
+            return Err(ConfigError::new(
+                "routing.servedFrom",
+                "\"proxy\" with routing.maxEndpoints > 1 (the cluster may serve any listed endpoint)",
+                Some(String::from("\"destination\"")),
+            ));
         }
         for (field, name) in [
             ("routing.destinationHeader", &routing.destination_header),
@@ -466,6 +490,9 @@ mod tests {
         assert_eq!(c.routing.max_endpoints, 3);
         assert_eq!(c.failure_mode, FailureMode::FailClose);
         assert_eq!(c.fail_open.strategy, FailOpenStrategy::LeaveUnset);
+        assert_eq!(c.routing.served_from, ServedFrom::Proxy);
+        let trusting = GatewayConfig::from_json(r#"{"routing": {"servedFrom": "destination"}}"#).unwrap();
+        assert_eq!(trusting.routing.served_from, ServedFrom::Destination);
         assert_eq!(c.limits.max_body_bytes, 1_048_576);
         assert_eq!(c.objectives.priority(Some("batch")), -1);
         assert!(!c.rewrites.is_empty());
@@ -518,6 +545,12 @@ mod tests {
         assert_eq!(
             err(r#"{"routing": {"maxEndpoints": 0}}"#),
             "routing.maxEndpoints: expected an integer >= 1, got 0"
+        );
+        assert!(err(r#"{"routing": {"servedFrom": "upstream"}}"#).starts_with("routing.servedFrom: expected"));
+        assert_eq!(
+            err(r#"{"routing": {"servedFrom": "destination", "maxEndpoints": 2}}"#),
+            "routing.servedFrom: expected \"proxy\" with routing.maxEndpoints > 1 (the cluster may serve any \
+             listed endpoint), got \"destination\""
         );
         assert!(err("[1]").starts_with("configuration: expected a JSON object"));
         assert!(err("{").starts_with("configuration: expected a JSON object, got invalid JSON"));

@@ -154,11 +154,13 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
     Ok(Running { envoy, shim })
 }
 
-/// The picker's configuration: the GIE default scheduler over the first `endpoints` addresses.
+/// The picker's configuration: the GIE default scheduler over the first `endpoints` addresses. The `pool`
+/// cluster is ORIGINAL_DST, which serves a request only where the header says, so the served endpoint is
+/// the chosen one (`servedFrom: destination`, as envoy-config/README.md recommends for it).
 pub fn picker_config(pool: &[String], endpoints: usize, interval_ms: u64) -> String {
     let list: Vec<String> = pool.iter().take(endpoints).map(|a| format!("\"{a}\"")).collect();
     format!(
-        "{{\"pool\":{{\"name\":\"bench\",\"endpoints\":[{}]}},\"collector\":{{\"intervalMs\":{interval_ms},\"timeoutMs\":500}}}}",
+        "{{\"pool\":{{\"name\":\"bench\",\"endpoints\":[{}]}},\"collector\":{{\"intervalMs\":{interval_ms},\"timeoutMs\":500}},\"routing\":{{\"servedFrom\":\"destination\"}}}}",
         list.join(",")
     )
 }
