@@ -241,6 +241,20 @@ fn without_a_rewrite_responses_pass_unchanged_and_usage_is_still_counted() {
     assert_eq!(got.header("content-length"), Some(len.as_str()));
     assert_eq!(host.metric_value("epp_usage_prompt_tokens"), Some(3));
     assert_eq!(host.metric_value("epp_usage_completion_tokens"), Some(9));
+    // The same answer in two chunks and an empty last one (as Envoy often ends a body): still counted,
+    // and the empty chunk is not read.
+    let s = chat(&mut host, worker, CHAT, &[]);
+    host.response_headers(s, &[(":status", "200"), ("content-type", "application/json")], false).unwrap();
+    let reads = |host: &test_harness::Host| host.host_calls("proxy_get_buffer_bytes").len();
+    let before = reads(&host);
+    let (head, tail) = answer.split_at(20);
+    host.response_body(s, head, false).unwrap();
+    host.response_body(s, tail, false).unwrap();
+    host.response_body(s, b"", true).unwrap();
+    assert_eq!(host.stream(s).response.unwrap().body, answer);
+    assert_eq!(host.metric_value("epp_usage_prompt_tokens"), Some(6));
+    assert_eq!(host.metric_value("epp_usage_completion_tokens"), Some(18));
+    assert_eq!(reads(&host) - before, 2, "one read per non-empty chunk");
 }
 
 #[test]

@@ -337,7 +337,13 @@ impl HttpContext for Stream {
             }
             return Action::Pause;
         }
-        let chunk = match abi::get_buffer(BufferType::HttpResponseBody, 0, body_size) {
+        // The end of a body often comes as an empty last chunk: nothing to copy out of the proxy.
+        let read = if body_size == 0 {
+            Ok(Vec::new())
+        } else {
+            abi::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+        };
+        let chunk = match read {
             Ok(b) => b,
             Err(s) => {
                 log::debug!("response body not readable: {s}");
