@@ -1,7 +1,8 @@
 //! `max-score-picker`: the highest total score wins; ties break at random.
 //!
-//! Shuffling before a stable sort makes equal scores come out in random (but seed-determined) order,
-//! so a pool of idle endpoints shares load instead of always feeding the first one.
+//! The winner is drawn uniformly among the endpoints tied for the highest score (one pass, a coin only per
+//! tie), so a pool of idle endpoints shares load instead of always feeding the first one. Fallbacks, when
+//! asked for, follow in score order, their ties shuffled.
 
 use super::PickerParams;
 use crate::plugins::params::{parse_params, ParamError};
@@ -30,19 +31,42 @@ impl MaxScorePicker {
 
 impl Picker for MaxScorePicker {
     fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize> {
-        rng.shuffle(scored);
+        let Some(best) = uniform_best(scored, rng) else { return Vec::new() };
         let n = self.params.max_num_of_endpoints.min(max);
         if n == 1 {
-            // The head of the stable sort below (the first highest score in shuffled order) in one pass:
-            // a single destination is the default, and sorting a 4096-endpoint pool to take its head
-            // cost ~200 µs of a decision (BENCHMARKS.md).
-            let best =
-                scored.iter().reduce(|best, s| if s.score.total_cmp(&best.score).is_gt() { s } else { best });
-            return best.map(|s| s.index).into_iter().collect();
+            // A single destination is the default: no sort (sorting a 4096-endpoint pool to take its head
+            // cost ~200 µs of a decision, BENCHMARKS.md).
+            return scored.get(best).map(|s| s.index).into_iter().collect();
         }
-        scored.sort_by(|a, b| b.score.total_cmp(&a.score));
-        scored.iter().take(n).map(|s| s.index).collect()
+        scored.swap(0, best);
+        let Some((first, rest)) = scored.split_first_mut() else { return Vec::new() };
+        rng.shuffle(rest);
+        rest.sort_by(|a, b| b.score.total_cmp(&a.score));
+        core::iter::once(first.index).chain(rest.iter().take(n - 1).map(|s| s.index)).collect()
     }
+}
+
+/// Position in `scored` of a highest score, each of the tied ones equally likely (reservoir sampling: the
+/// k-th tie seen replaces the choice with probability 1/k). `None` when `scored` is empty.
+fn uniform_best(scored: &[ScoredEndpoint], rng: &mut Rng) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    let mut ties = 0usize;
+    for (i, s) in scored.iter().enumerate() {
+        match best.map(|(_, b)| s.score.total_cmp(&b)) {
+            None | Some(core::cmp::Ordering::Greater) => {
+                best = Some((i, s.score));
+                ties = 1;
+            }
+            Some(core::cmp::Ordering::Equal) => {
+                ties += 1;
+                if rng.below(ties) == 0 {
+                    best = Some((i, s.score));
+                }
+            }
+            Some(core::cmp::Ordering::Less) => {}
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 impl Plugin for MaxScorePicker {
@@ -90,8 +114,27 @@ mod tests {
     }
 
     #[test]
+    fn fallbacks_are_distinct_and_ranked_whatever_the_ties() {
+        let p = MaxScorePicker::new(3);
+        let mut gen = Rng::new(5);
+        for seed in 0..300 {
+            let scores: Vec<f64> = (0..gen.below(8)).map(|_| gen.below(3) as f64).collect();
+            let got = p.pick(&mut scored(&scores), usize::MAX, &mut Rng::new(seed));
+            assert_eq!(got.len(), scores.len().min(3), "{scores:?}");
+            let mut seen = got.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), got.len(), "{scores:?} -> {got:?}");
+            let ranked: Vec<f64> = got.iter().map(|&i| scores[i]).collect();
+            assert!(ranked.windows(2).all(|w| w[0] >= w[1]), "{scores:?} -> {got:?}");
+            let top = scores.iter().copied().fold(f64::MIN, f64::max);
+            assert!(ranked.first().is_none_or(|&s| s == top));
+        }
+    }
+
+    #[test]
     fn a_single_pick_is_the_head_of_the_ranked_list() {
-        // Same seed, same scores: the one-pass path for one endpoint must agree with the sort.
+        // Same seed, same scores: the primary does not depend on how many fallbacks are asked for.
         let one = MaxScorePicker::new(1);
         let many = MaxScorePicker::new(3);
         let mut gen = Rng::new(99);
