@@ -8,7 +8,8 @@
 //! Why batches: each enqueue wakes the other worker's thread (a cross-thread post and an eventfd write),
 //! which in Envoy costs more than learning the update. A worker sends at most once per millisecond:
 //! an update goes out at once if the last send was longer ago, else with the next send, which happens at
-//! the next decision or stream end after the millisecond, or at the worker's next tick (at most 32 updates wait).
+//! the next decision or stream end after the millisecond, or at the worker's next tick (at most 32
+//! updates wait; one repeating the batch's latest update for the same endpoint is dropped).
 //! Staleness: under load about 1 ms plus the other thread's next event-loop turn; when traffic stops,
 //! at most until a stream ends or the next tick. A worker that joined later starts with an empty replica.
 //!
@@ -129,7 +130,6 @@ pub struct PrefixSync {
     queues: BTreeMap<u32, u32>,
     /// The batch being filled: its header (count patched in at the send), then the updates.
     pending: Vec<u8>,
-    pending_count: u32,
     /// Where each update of the pending batch lies in `pending`.
     pending_updates: Vec<core::ops::Range<usize>>,
     /// Who the pending updates go to: the live workers at the latest broadcast.
@@ -179,9 +179,8 @@ impl PrefixSync {
             self.pending.truncate(start);
         } else {
             self.pending_updates.push(start..self.pending.len());
-            self.pending_count = self.pending_count.saturating_add(1);
         }
-        let full = self.pending_count as usize >= MAX_BATCH;
+        let full = self.pending_updates.len() >= MAX_BATCH;
         if full || self.due(now_ms) {
             self.flush(host, keys, now_ms)
         } else {
@@ -210,7 +209,7 @@ impl PrefixSync {
 
     /// Updates waiting for the next send.
     pub fn pending(&self) -> usize {
-        self.pending_count as usize
+        self.pending_updates.len()
     }
 
     fn due(&self, now_ms: u64) -> bool {
@@ -219,7 +218,7 @@ impl PrefixSync {
 
     /// Sends the pending updates if the last send is [`SEND_EVERY_MS`] old (a decision or stream end).
     pub fn flush_if_due(&mut self, host: &dyn Host, keys: &Keys, now_ms: u64) -> usize {
-        if self.pending_count == 0 || !self.due(now_ms) {
+        if self.pending_updates.is_empty() || !self.due(now_ms) {
             return 0;
         }
         self.flush(host, keys, now_ms)
@@ -227,14 +226,14 @@ impl PrefixSync {
 
     /// Sends the pending updates now, as one batch per peer; returns how many peers received it.
     pub fn flush(&mut self, host: &dyn Host, keys: &Keys, now_ms: u64) -> usize {
-        if self.pending_count == 0 {
+        if self.pending_updates.is_empty() {
             return 0;
         }
         let mut message = core::mem::take(&mut self.pending);
         if let Some(count) = message.get_mut(3..7) {
-            count.copy_from_slice(&self.pending_count.to_le_bytes());
+            let n = u32::try_from(self.pending_updates.len()).unwrap_or(u32::MAX);
+            count.copy_from_slice(&n.to_le_bytes());
         }
-        self.pending_count = 0;
         self.pending_updates.clear();
         self.last_send_ms = Some(now_ms);
         let peers = core::mem::take(&mut self.peers);

@@ -259,20 +259,24 @@ fn without_a_rewrite_responses_pass_unchanged_and_usage_is_still_counted() {
 
 #[test]
 fn served_header_and_upstream_failures_on_the_response() {
-    let (mut host, worker) = deployment(2, "", &[0, 9]);
-    let s = chat(&mut host, worker, CHAT, &[]);
-    host.respond(s, 503, b"overloaded").unwrap();
-    let st = host.stream(s);
-    assert_eq!(
-        st.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"),
-        Some(addr(1).as_str())
-    );
-    assert_eq!(host.metric_value("epp_upstream_5xx"), Some(1));
-    assert_eq!(host.metric_value("epp_upstream_5xx.10_0_0_1_8000"), Some(1));
-    assert_eq!(upstream_address_reads(&host), 1, "asked the proxy where it went");
-    // Local replies carry no served header: nothing was served upstream.
-    let s = send(&mut host, worker, "nope", &[]);
-    assert_eq!(s.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"), None);
+    // By default the module asks the proxy where the request went (`upstream.address`); with
+    // `servedFrom: destination` it takes the endpoint it picked, without asking.
+    for (extra, asks) in [("", 1), (r#""routing": {"servedFrom": "destination"}"#, 0)] {
+        let (mut host, worker) = deployment(2, extra, &[0, 9]);
+        let s = chat(&mut host, worker, CHAT, &[]);
+        host.respond(s, 503, b"overloaded").unwrap();
+        let st = host.stream(s);
+        assert_eq!(
+            st.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"),
+            Some(addr(1).as_str())
+        );
+        assert_eq!(host.metric_value("epp_upstream_5xx"), Some(1));
+        assert_eq!(host.metric_value("epp_upstream_5xx.10_0_0_1_8000"), Some(1));
+        assert_eq!(upstream_address_reads(&host), asks, "{extra}");
+        // Local replies carry no served header: nothing was served upstream.
+        let s = send(&mut host, worker, "nope", &[]);
+        assert_eq!(s.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"), None);
+    }
 }
 
 /// How many times the module asked for `upstream.address`.
@@ -282,20 +286,6 @@ fn upstream_address_reads(host: &test_harness::Host) -> usize {
         .iter()
         .filter(|e| matches!(e, Event::HostCall { detail, .. } if detail == "upstream.address"))
         .count()
-}
-
-#[test]
-fn served_from_the_destination_takes_the_picked_endpoint_without_asking() {
-    let (mut host, worker) = deployment(2, r#""routing": {"servedFrom": "destination"}"#, &[0, 9]);
-    let s = chat(&mut host, worker, CHAT, &[]);
-    host.respond(s, 503, b"overloaded").unwrap();
-    let st = host.stream(s);
-    assert_eq!(
-        st.response.as_ref().unwrap().header("x-gateway-destination-endpoint-served"),
-        Some(addr(1).as_str())
-    );
-    assert_eq!(host.metric_value("epp_upstream_5xx.10_0_0_1_8000"), Some(1));
-    assert_eq!(upstream_address_reads(&host), 0);
 }
 
 /// The worker's published in-flight total after a heartbeat: a worker alone writes its table only then
