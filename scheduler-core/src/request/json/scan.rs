@@ -55,15 +55,20 @@ fn wide(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
     let mut seen = u8x16_splat(0);
     let special =
         |v: v128| v128_or(v128_or(u8x16_eq(v, quote), u8x16_eq(v, backslash)), u8x16_lt(v, control));
-    // 64 bytes per step while nothing special shows up (long prompts): one branch for four vectors. The
-    // step that sees something leaves it to the 16-byte loop below, which finds where.
+    // 64 bytes per step (long prompts): one branch for four vectors; the step that sees something special
+    // finds where from the four vectors' masks.
+    let mask = |v: [v128; 4]| v.iter().rev().fold(0u64, |m, &x| (m << 16) | u64::from(u8x16_bitmask(x)));
     while let Some(block) = at.checked_add(64).and_then(|end| input.get(at..end)) {
         let p = block.as_ptr().cast::<v128>();
         // SAFETY: `block` is 64 readable bytes, four unaligned 16-byte loads within it.
         let (a, b, c, d) =
             unsafe { (v128_load(p), v128_load(p.add(1)), v128_load(p.add(2)), v128_load(p.add(3))) };
-        if v128_any_true(v128_or(v128_or(special(a), special(b)), v128_or(special(c), special(d)))) {
-            break;
+        let found = [special(a), special(b), special(c), special(d)];
+        if v128_any_true(v128_or(v128_or(found[0], found[1]), v128_or(found[2], found[3]))) {
+            let first = mask(found).trailing_zeros();
+            let before = 1u64.checked_shl(first).map_or(u64::MAX, |bit| bit.wrapping_sub(1));
+            let non_ascii = u8x16_bitmask(seen) != 0 || mask([a, b, c, d]) & before != 0;
+            return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
         }
         seen = v128_or(seen, v128_or(v128_or(a, b), v128_or(c, d)));
         at = at.saturating_add(64);
@@ -107,7 +112,11 @@ fn sse2(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
         let low = _mm_cmpeq_epi8(_mm_max_epu8(v, control), control);
         _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), low)
     };
-    // As in the Wasm loop: 64 bytes per step until one holds something special.
+    // As in the Wasm loop: 64 bytes per step; the step that holds something special finds it from the masks.
+    #[allow(clippy::cast_sign_loss)]
+    let mask = |v: [__m128i; 4]| {
+        v.iter().rev().fold(0u64, |m, &x| (m << 16) | u64::from(_mm_movemask_epi8(x) as u16))
+    };
     while let Some(block) = at.checked_add(64).and_then(|end| input.get(at..end)) {
         let p = block.as_ptr().cast::<__m128i>();
         // SAFETY: `block` is 64 readable bytes, four unaligned 16-byte loads within it.
@@ -119,9 +128,13 @@ fn sse2(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
                 _mm_loadu_si128(p.add(3)),
             )
         };
-        let found = _mm_or_si128(_mm_or_si128(special(a), special(b)), _mm_or_si128(special(c), special(d)));
-        if _mm_movemask_epi8(found) != 0 {
-            break;
+        let found = [special(a), special(b), special(c), special(d)];
+        let any = _mm_or_si128(_mm_or_si128(found[0], found[1]), _mm_or_si128(found[2], found[3]));
+        if _mm_movemask_epi8(any) != 0 {
+            let first = mask(found).trailing_zeros();
+            let before = 1u64.checked_shl(first).map_or(u64::MAX, |bit| bit.wrapping_sub(1));
+            let non_ascii = _mm_movemask_epi8(seen) != 0 || mask([a, b, c, d]) & before != 0;
+            return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
         }
         seen = _mm_or_si128(seen, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d)));
         at = at.saturating_add(64);
