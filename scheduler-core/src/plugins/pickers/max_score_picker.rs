@@ -31,8 +31,11 @@ impl MaxScorePicker {
 
 impl Picker for MaxScorePicker {
     fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize> {
-        let Some(best) = uniform_best(scored, rng) else { return Vec::new() };
         let n = self.params.max_num_of_endpoints.min(max);
+        if n == 0 {
+            return Vec::new();
+        }
+        let Some(best) = uniform_best(scored, rng) else { return Vec::new() };
         if n == 1 {
             // A single destination is the default: no sort (sorting a 4096-endpoint pool to take its head
             // cost ~200 µs of a decision, BENCHMARKS.md).
@@ -42,7 +45,7 @@ impl Picker for MaxScorePicker {
         let Some((first, rest)) = scored.split_first_mut() else { return Vec::new() };
         rng.shuffle(rest);
         rest.sort_by(|a, b| b.score.total_cmp(&a.score));
-        core::iter::once(first.index).chain(rest.iter().take(n - 1).map(|s| s.index)).collect()
+        core::iter::once(first.index).chain(rest.iter().take(n.saturating_sub(1)).map(|s| s.index)).collect()
     }
 }
 
@@ -92,9 +95,10 @@ mod tests {
         let p = MaxScorePicker::new(3);
         let mut s = scored(&[0.2, 0.9, 0.5, 0.7]);
         assert_eq!(p.pick(&mut s, usize::MAX, &mut Rng::new(1)), vec![1, 3, 2]);
-        // The caller's cap wins when smaller.
+        // The caller's cap wins when smaller, down to none at all.
         let mut s = scored(&[0.2, 0.9, 0.5, 0.7]);
         assert_eq!(p.pick(&mut s, 1, &mut Rng::new(1)), vec![1]);
+        assert_eq!(p.pick(&mut s, 0, &mut Rng::new(1)), Vec::<usize>::new());
     }
 
     #[test]
