@@ -42,6 +42,16 @@ fn tail(input: &[u8], at: usize, mut non_ascii: bool) -> Run {
     Run { stop: None, non_ascii }
 }
 
+/// The run from `at` that ends at the first set bit of `specials` (bit i: byte `at + i` is special; not
+/// zero), non-ASCII if `seen_non_ascii` or a set bit of `highs` (bytes ≥ 0x80) lies before that one.
+#[cfg(any(all(target_arch = "wasm32", target_feature = "simd128"), target_arch = "x86_64"))]
+#[inline]
+fn ends_at_first(at: usize, specials: u64, highs: u64, seen_non_ascii: bool) -> Run {
+    let first = specials.trailing_zeros();
+    let before = 1u64.checked_shl(first).map_or(u64::MAX, |bit| bit.wrapping_sub(1));
+    Run { stop: Some(at.saturating_add(first as usize)), non_ascii: seen_non_ascii || highs & before != 0 }
+}
+
 /// 64 bytes per step, then 16. `Ok` when a special byte was found; `Err((index, non_ascii))` where fewer
 /// than 16 bytes remain.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -65,10 +75,7 @@ fn wide(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
             unsafe { (v128_load(p), v128_load(p.add(1)), v128_load(p.add(2)), v128_load(p.add(3))) };
         let found = [special(a), special(b), special(c), special(d)];
         if v128_any_true(v128_or(v128_or(found[0], found[1]), v128_or(found[2], found[3]))) {
-            let first = mask(found).trailing_zeros();
-            let before = 1u64.checked_shl(first).map_or(u64::MAX, |bit| bit.wrapping_sub(1));
-            let non_ascii = u8x16_bitmask(seen) != 0 || mask([a, b, c, d]) & before != 0;
-            return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
+            return Ok(ends_at_first(at, mask(found), mask([a, b, c, d]), u8x16_bitmask(seen) != 0));
         }
         seen = v128_or(seen, v128_or(v128_or(a, b), v128_or(c, d)));
         at = at.saturating_add(64);
@@ -78,10 +85,8 @@ fn wide(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
         let v = unsafe { v128_load(chunk.as_ptr().cast::<v128>()) };
         let found = special(v);
         if v128_any_true(found) {
-            let first = u8x16_bitmask(found).trailing_zeros();
-            let before = 1u16.checked_shl(first).map_or(u16::MAX, |bit| bit.wrapping_sub(1));
-            let non_ascii = u8x16_bitmask(seen) != 0 || u8x16_bitmask(v) & before != 0;
-            return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
+            let (specials, highs) = (u64::from(u8x16_bitmask(found)), u64::from(u8x16_bitmask(v)));
+            return Ok(ends_at_first(at, specials, highs, u8x16_bitmask(seen) != 0));
         }
         seen = v128_or(seen, v);
         at = at.saturating_add(16);
@@ -114,9 +119,8 @@ fn sse2(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
     };
     // As in the Wasm loop: 64 bytes per step; the step that holds something special finds it from the masks.
     #[allow(clippy::cast_sign_loss)]
-    let mask = |v: [__m128i; 4]| {
-        v.iter().rev().fold(0u64, |m, &x| (m << 16) | u64::from(_mm_movemask_epi8(x) as u16))
-    };
+    let bits = |v: __m128i| u64::from(_mm_movemask_epi8(v) as u16);
+    let mask = |v: [__m128i; 4]| v.iter().rev().fold(0u64, |m, &x| (m << 16) | bits(x));
     while let Some(block) = at.checked_add(64).and_then(|end| input.get(at..end)) {
         let p = block.as_ptr().cast::<__m128i>();
         // SAFETY: `block` is 64 readable bytes, four unaligned 16-byte loads within it.
@@ -131,10 +135,7 @@ fn sse2(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
         let found = [special(a), special(b), special(c), special(d)];
         let any = _mm_or_si128(_mm_or_si128(found[0], found[1]), _mm_or_si128(found[2], found[3]));
         if _mm_movemask_epi8(any) != 0 {
-            let first = mask(found).trailing_zeros();
-            let before = 1u64.checked_shl(first).map_or(u64::MAX, |bit| bit.wrapping_sub(1));
-            let non_ascii = _mm_movemask_epi8(seen) != 0 || mask([a, b, c, d]) & before != 0;
-            return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
+            return Ok(ends_at_first(at, mask(found), mask([a, b, c, d]), bits(seen) != 0));
         }
         seen = _mm_or_si128(seen, _mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d)));
         at = at.saturating_add(64);
@@ -142,17 +143,14 @@ fn sse2(input: &[u8], mut at: usize) -> Result<Run, (usize, bool)> {
     while let Some(chunk) = at.checked_add(16).and_then(|end| input.get(at..end)) {
         // SAFETY: `chunk` is 16 readable bytes; `_mm_loadu_si128` has no alignment requirement.
         let v = unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) };
-        let mask = _mm_movemask_epi8(special(v));
-        if mask != 0 {
-            let first = mask.trailing_zeros();
-            let before = 1i32.checked_shl(first).map_or(-1, |bit| bit.wrapping_sub(1));
-            let non_ascii = _mm_movemask_epi8(seen) != 0 || _mm_movemask_epi8(v) & before != 0;
-            return Ok(Run { stop: Some(at.saturating_add(first as usize)), non_ascii });
+        let specials = bits(special(v));
+        if specials != 0 {
+            return Ok(ends_at_first(at, specials, bits(v), bits(seen) != 0));
         }
         seen = _mm_or_si128(seen, v);
         at = at.saturating_add(16);
     }
-    Err((at, _mm_movemask_epi8(seen) != 0))
+    Err((at, bits(seen) != 0))
 }
 
 #[cfg(not(any(all(target_arch = "wasm32", target_feature = "simd128"), target_arch = "x86_64")))]
