@@ -33,8 +33,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<u64>().prop_map(Value::from),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         text().prop_map(Value::String),
-        // Long strings cross the scanner's 16-byte steps at every offset.
-        (0usize..70, text()).prop_map(|(n, t)| Value::String("x".repeat(n) + &t)),
+        // Long strings cross the scanner's 64- and 16-byte steps at every offset.
+        (0usize..150, text()).prop_map(|(n, t)| Value::String("x".repeat(n) + &t)),
     ];
     leaf.prop_recursive(6, 96, 6, |inner| {
         prop_oneof![
