@@ -66,4 +66,4 @@ pub use host::metrics::{Metric, MetricKind};
 pub use host::properties::PropertyValue;
 pub use host::transcript::{Event, Fault, LogEntry, Trap};
 pub use host::{FailurePolicy, HarnessError, Host, HostBuilder, Plugin, StartError, VmId};
-pub use wasm_build::{build_wasm_crate, fixture_wasm, workspace_root, WASM_TARGET};
+pub use wasm_build::{build_wasm_crate, build_wasm_crate_with, fixture_wasm, workspace_root, WASM_TARGET};

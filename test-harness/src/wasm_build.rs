@@ -26,13 +26,28 @@ pub fn fixture_wasm() -> Result<PathBuf, String> {
 /// (once per process per manifest; cargo's own lock serialises concurrent processes) and returns the path
 /// of `<lib_name>.wasm`. Installs the target with rustup first if the toolchain lacks it.
 pub fn build_wasm_crate(manifest: &Path, lib_name: &str, target_dir: &Path) -> Result<PathBuf, String> {
-    static BUILT: OnceLock<Mutex<HashMap<PathBuf, Result<PathBuf, String>>>> = OnceLock::new();
+    build_wasm_crate_with(manifest, lib_name, target_dir, &[])
+}
+
+/// Each build this process made: (manifest, features) → the `.wasm` or why not.
+type Builds = HashMap<(PathBuf, String), Result<PathBuf, String>>;
+
+/// [`build_wasm_crate`] with cargo `features` enabled. A build with other features overwrites the same
+/// `.wasm`, so give each feature set its own `target_dir`.
+pub fn build_wasm_crate_with(
+    manifest: &Path,
+    lib_name: &str,
+    target_dir: &Path,
+    features: &[&str],
+) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Mutex<Builds>> = OnceLock::new();
     let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(result) = built.get(manifest) {
+    let key = (manifest.to_path_buf(), features.join(","));
+    if let Some(result) = built.get(&key) {
         return result.clone();
     }
-    let result = ensure_target().and_then(|()| cargo_build(manifest, lib_name, target_dir));
-    built.insert(manifest.to_path_buf(), result.clone());
+    let result = ensure_target().and_then(|()| cargo_build(manifest, lib_name, target_dir, &key.1));
+    built.insert(key, result.clone());
     result
 }
 
@@ -57,11 +72,19 @@ fn ensure_target() -> Result<(), String> {
     }
 }
 
-fn cargo_build(manifest: &Path, lib_name: &str, target_dir: &Path) -> Result<PathBuf, String> {
+fn cargo_build(
+    manifest: &Path,
+    lib_name: &str,
+    target_dir: &Path,
+    features: &str,
+) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
-        .arg(manifest)
+    let mut command = Command::new(cargo);
+    command.args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"]).arg(manifest);
+    if !features.is_empty() {
+        command.args(["--features", features]);
+    }
+    let output = command
         .arg("--target-dir")
         .arg(target_dir)
         // Settings meant for the test binary itself must not leak into the Wasm build.

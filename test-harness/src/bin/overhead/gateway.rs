@@ -1,6 +1,6 @@
 //! The gateways compared, as Envoy bootstraps that differ only in their HTTP filter: plain Envoy to a fixed
 //! endpoint, the do-nothing body-buffering Wasm filter (to one fixed endpoint, or round-robin over the
-//! picker's endpoints), our picker, and the ext_proc shim in FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones envoy-config/
+//! picker's endpoints), the same filter also reading the request as the picker does, our picker, and the ext_proc shim in FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones envoy-config/
 //! ships (minus the stdout access log, which would cost every configuration the same).
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,9 @@ pub enum Gateway {
     FloorRoundRobin {
         endpoints: usize,
     },
+    /// The floor module built to also read each request as the picker does (`:path`, the JSON reader,
+    /// the prefix hashes), to the one fixed endpoint: what reading the prompt costs, with no decision.
+    FloorRead,
     Picker {
         endpoints: usize,
     },
@@ -32,6 +35,7 @@ impl Gateway {
             Gateway::Plain => String::from("plain Envoy"),
             Gateway::Floor => String::from("floor (do-nothing Wasm)"),
             Gateway::FloorRoundRobin { endpoints } => format!("floor, round-robin over {endpoints}"),
+            Gateway::FloorRead => String::from("reading floor (floor + request read)"),
             Gateway::Picker { endpoints } => format!("picker, {endpoints} endpoints"),
             Gateway::ExtProc { endpoints } => format!("ext_proc shim, {endpoints} endpoints"),
         }
@@ -42,6 +46,7 @@ impl Gateway {
             Gateway::Plain => String::from("plain"),
             Gateway::Floor => String::from("floor"),
             Gateway::FloorRoundRobin { endpoints } => format!("floor-rr-{endpoints}"),
+            Gateway::FloorRead => String::from("floor-read"),
             Gateway::Picker { endpoints } => format!("picker-{endpoints}"),
             Gateway::ExtProc { endpoints } => format!("ext_proc-{endpoints}"),
         }
@@ -53,6 +58,7 @@ impl Gateway {
         match key {
             "plain" => Some(Gateway::Plain),
             "floor" => Some(Gateway::Floor),
+            "floor-read" => Some(Gateway::FloorRead),
             _ => {
                 if let Some(n) = key.strip_prefix("floor-rr-") {
                     endpoints(n).map(|endpoints| Gateway::FloorRoundRobin { endpoints })
@@ -70,6 +76,8 @@ impl Gateway {
 pub struct Artifacts {
     pub picker_wasm: PathBuf,
     pub floor_wasm: PathBuf,
+    /// The floor built with its `read` feature.
+    pub reading_floor_wasm: PathBuf,
     pub shim: PathBuf,
     /// Scrape period for the picker's collector and the shim (ms).
     pub scrape_interval_ms: u64,
@@ -103,6 +111,10 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
         }
         Gateway::Floor => {
             let filter = wasm_filter("floor", "", &art.floor_wasm, &yaml_quote(fixed));
+            (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
+        }
+        Gateway::FloorRead => {
+            let filter = wasm_filter("floor", "", &art.reading_floor_wasm, &yaml_quote(fixed));
             (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
         }
         Gateway::FloorRoundRobin { endpoints } => {

@@ -157,16 +157,26 @@ fn run() -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
 
     let picker_wasm = test_harness::e2e::filter_wasm()?.ok_or("filter/ does not exist")?;
-    let floor_wasm = test_harness::build_wasm_crate(
-        &root.join("test-harness/fixtures/floor-filter/Cargo.toml"),
+    let floor_manifest = root.join("test-harness/fixtures/floor-filter/Cargo.toml");
+    let floor_wasm =
+        test_harness::build_wasm_crate(&floor_manifest, "floor_filter", &root.join("target/fixtures"))?;
+    let reading_floor_wasm = test_harness::build_wasm_crate_with(
+        &floor_manifest,
         "floor_filter",
-        &root.join("target/fixtures"),
+        &root.join("target/fixtures-read"),
+        &["read"],
     )?;
     let needs_shim = o.only.as_ref().is_none_or(|keys| keys.iter().any(|k| k.starts_with("ext_proc")));
     if !o.shim.exists() && !o.host_calls_only && needs_shim {
         return Err(format!("{} is missing: cargo build --release -p epp-shim", o.shim.display()));
     }
-    let art = Artifacts { picker_wasm, floor_wasm, shim: o.shim.clone(), scrape_interval_ms: 1000 };
+    let art = Artifacts {
+        picker_wasm,
+        floor_wasm,
+        reading_floor_wasm,
+        shim: o.shim.clone(),
+        scrape_interval_ms: 1000,
+    };
     if o.host_calls_only {
         let pool: Vec<String> = (0..64).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
         print!("{}", report::host_calls_table(&count_host_calls(&art, &pool)?));
@@ -188,7 +198,8 @@ fn run() -> Result<(), String> {
     eprintln!("nginx serving {} loopback ports (pid {})", pool.len(), backend.pid());
 
     let mut runs = Vec::new();
-    let mut gateways = vec![Gateway::Plain, Gateway::Floor, Gateway::FloorRoundRobin { endpoints: 64 }];
+    let mut gateways =
+        vec![Gateway::Plain, Gateway::Floor, Gateway::FloorRoundRobin { endpoints: 64 }, Gateway::FloorRead];
     gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
     gateways.push(Gateway::ExtProc { endpoints: 64 });
     if let Some(only) = &o.only {
@@ -279,7 +290,7 @@ fn parse_only(keys: &[String]) -> Result<Vec<Gateway>, String> {
     keys.iter()
         .map(|k| {
             Gateway::from_key(k).ok_or_else(|| {
-                format!("--only {k:?}: expected plain, floor, floor-rr-<N>, picker-<N> or ext_proc-<N>")
+                format!("--only {k:?}: expected plain, floor, floor-rr-<N>, floor-read, picker-<N> or ext_proc-<N>")
             })
         })
         .collect()

@@ -110,12 +110,13 @@ pub fn markdown(
     let _ = writeln!(s, "#### Targets\n");
     let _ = writeln!(
         s,
-        "Picker (64 endpoints) added cost per request over the do-nothing floor's, target ≤ 2×. The floor \
-         sends every request to one endpoint; the round-robin floor (same module, no decision) spreads them \
-         over the picker's 64, which is what any picker's routing costs Envoy on top:\n"
+        "Picker (64 endpoints) added cost per request over the do-nothing floor's, target ≤ 2×. The reading \
+         floor is the same module also reading each request as the picker does (`:path`, the JSON reader, \
+         the prefix hashes) and deciding nothing: the share of the 2× budget that reading the prompt alone \
+         takes, and what the picker adds beyond it:\n"
     );
-    let _ = writeln!(s, "| Workers | Body | floor added µs/req (1/rps) | picker added µs/req (1/rps) | ratio | floor added Envoy CPU µs/req | picker added Envoy CPU µs/req | ratio | met? | round-robin floor added Envoy CPU µs/req | picker ÷ round-robin floor |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|");
+    let _ = writeln!(s, "| Workers | Body | floor added µs/req (1/rps) | picker added µs/req (1/rps) | ratio | floor added Envoy CPU µs/req | picker added Envoy CPU µs/req | ratio | met? | reading floor added Envoy CPU µs/req | reading floor ÷ floor | picker − reading floor µs/req |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|---:|");
     let mut bodies: Vec<usize> = runs.iter().map(|r| r.body_kib).collect();
     bodies.sort_unstable();
     bodies.dedup();
@@ -139,16 +140,16 @@ pub fn markdown(
             } else {
                 "**no**"
             };
-            let (rr, rr_ratio) = match find(runs, *w, *kib, "floor-rr-64") {
+            let reading = match find(runs, *w, *kib, "floor-read") {
                 Some(r) => {
                     let rc = r.added_envoy_cpu_us(p);
-                    (format!("{rc:.1}"), format!("{:.2}", kc / rc))
+                    format!("{rc:.1} | {:.2} | {:.1}", rc / fc, kc - rc)
                 }
-                None => (String::from("–"), String::from("–")),
+                None => String::from("– | – | –"),
             };
             let _ = writeln!(
                 s,
-                "| {w} | {kib} KiB | {fa:.1} | {ka:.1} | {:.2} | {fc:.1} | {kc:.1} | {:.2} | {met} | {rr} | {rr_ratio} |",
+                "| {w} | {kib} KiB | {fa:.1} | {ka:.1} | {:.2} | {fc:.1} | {kc:.1} | {:.2} | {met} | {reading} |",
                 ka / fa,
                 kc / fc
             );
@@ -483,15 +484,16 @@ mod tests {
     #[test]
     fn the_targets_compare_the_picker_with_both_floors_and_ext_proc_by_cpu_too() {
         let mut v = runs();
-        // The round-robin floor adds 50 µs over plain's 60 at 4 KiB: the picker's 150 is 3× that.
-        v.push(run(Gateway::FloorRoundRobin { endpoints: 64 }, 4, 5000.0, 110.0, 0.0));
+        // The reading floor adds 40 µs over plain's 60 at 4 KiB: 2.5× the floor's 16, and the picker's
+        // 150 is 110 more.
+        v.push(run(Gateway::FloorRead, 4, 5000.0, 100.0, 0.0));
         let md = markdown(&v, &[], &[], &[], "test", Duration::from_secs(1));
         let row = md.lines().find(|l| l.starts_with("| 1 | 4 KiB |")).unwrap();
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // floor 16 µs, picker 150: 9.4× on CPU; against the round-robin floor's 50: 3×.
-        assert_eq!(&cells[6..12], ["16.0", "150.0", "9.38", "**no**", "50.0", "3.00"], "{row}");
+        // floor 16 µs, picker 150: 9.4× on CPU.
+        assert_eq!(&cells[6..13], ["16.0", "150.0", "9.38", "**no**", "40.0", "2.50", "110.0"], "{row}");
         let row = md.lines().find(|l| l.starts_with("| 1 | 220 KiB |")).unwrap();
-        assert!(row.ends_with("| – | – |"), "no round-robin floor at 220 KiB: {row}");
+        assert!(row.ends_with("| – | – | – |"), "no reading floor at 220 KiB: {row}");
         // ext_proc at 220 KiB: 400 req/s vs the picker's 2000 (5×); CPU 300 + 100 vs 250.
         let row = md.lines().find(|l| l.starts_with("| 1 | 2000 |")).unwrap();
         assert_eq!(row, "| 1 | 2000 | 400 | 5.00 | yes | 250.0 | 400.0 | 1.60 |");
