@@ -30,7 +30,8 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
   --host-calls-only  only count the filters' host calls per request (emulated, no Envoy)
   --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
   --only KEYS      only these configurations, comma-separated keys: plain, floor, floor-rr-<N> (the floor
-                   round-robin over N endpoints), picker-<N>, ext_proc-64
+                   round-robin over N endpoints), floor-read (the floor also reading each request as the
+                   picker does), picker-<N>, ext_proc-64
                    (for a focused comparison while working on the filter; skips the memory table)
   --bodies KIBS    body sizes in KiB, comma-separated [default: 4,128,220, quick 4,220]
   --workers LIST   Envoy worker counts, comma-separated [default: 1,2, quick 1]
@@ -254,12 +255,16 @@ fn run() -> Result<(), String> {
     }
     drop(backend);
 
-    let sizes = [("epp_filter.wasm (the picker)", &art.picker_wasm), ("floor_filter.wasm", &art.floor_wasm)]
-        .iter()
-        .map(|(n, p)| {
-            Ok((n.to_string(), std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len()))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let sizes = [
+        ("epp_filter.wasm (the picker)", &art.picker_wasm),
+        ("floor_filter.wasm", &art.floor_wasm),
+        ("floor_filter.wasm with `read` (the reading floor)", &art.reading_floor_wasm),
+    ]
+    .iter()
+    .map(|(n, p)| {
+        Ok((n.to_string(), std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?.len()))
+    })
+    .collect::<Result<Vec<_>, String>>()?;
     let calls = count_host_calls(&art, &pool)?;
     let elapsed = started.elapsed();
     let load = format!(
