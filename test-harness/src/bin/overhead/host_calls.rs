@@ -18,9 +18,10 @@ pub struct Count {
 
 const REQUESTS: usize = 20;
 
+/// The picker's count, then each floor's (`floors`: module and label).
 pub fn count(
     picker: &Path,
-    floor: &Path,
+    floors: &[(&Path, &str)],
     pool: &[String],
     body: &str,
     kib: usize,
@@ -50,28 +51,34 @@ pub fn count(
     }
     out.push(measure(&mut host, worker, body, "picker, 64 endpoints", kib)?);
 
-    let mut host = Host::builder().buffer_limit(4 << 20).build();
-    let worker = host
-        .start_vm(
-            Plugin::new(floor)
-                .vm_id("floor")
-                .configuration(fixed.as_str())
-                .allow_on_headers_stop_iteration(true),
-        )
-        .map_err(|e| format!("floor VM: {e}"))?;
-    out.push(measure(&mut host, worker, body, "floor (do-nothing Wasm)", kib)?);
+    for (floor, label) in floors {
+        let (mut host, worker) = floor_host(floor, &fixed)?;
+        out.push(measure(&mut host, worker, body, label, kib)?);
+    }
     Ok(out)
 }
 
+/// An emulated proxy running a floor module that routes to `fixed`.
+fn floor_host(floor: &Path, fixed: &str) -> Result<(Host, VmId), String> {
+    let mut host = Host::builder().buffer_limit(4 << 20).build();
+    let worker = host
+        .start_vm(
+            Plugin::new(floor).vm_id("floor").configuration(fixed).allow_on_headers_stop_iteration(true),
+        )
+        .map_err(|e| format!("floor VM: {e}"))?;
+    Ok((host, worker))
+}
+
+const HEADERS: [(&str, &str); 4] = [
+    (":method", "POST"),
+    (":path", "/v1/chat/completions"),
+    (":authority", "gateway"),
+    ("content-type", "application/json"),
+];
+
 fn measure(host: &mut Host, vm: VmId, body: &str, name: &str, kib: usize) -> Result<Count, String> {
-    let headers = [
-        (":method", "POST"),
-        (":path", "/v1/chat/completions"),
-        (":authority", "gateway"),
-        ("content-type", "application/json"),
-    ];
     let send = |host: &mut Host| -> Result<(), String> {
-        let id = host.request(vm, &headers, body.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+        let id = host.request(vm, &HEADERS, body.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
         host.respond(id, 200, b"{}").map_err(|e| format!("{name}: {e}"))?;
         let stream = host.stream(id);
         if stream.upstream_header("x-gateway-destination-endpoint").is_none() {
@@ -101,4 +108,54 @@ fn measure(host: &mut Host, vm: VmId, body: &str, name: &str, kib: usize) -> Res
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.truncate(8);
     Ok(Count { filter: name.to_string(), body_kib: kib, per_request: total as f64 / REQUESTS as f64, top })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_harness::{build_wasm_crate, build_wasm_crate_with, workspace_root};
+
+    /// Both builds of the floor fixture route a valid request to the fixed address; the reading floor
+    /// reads the request as the picker does, so it also refuses a body that is not one, with the reader's
+    /// error, where the do-nothing floor passes it on unread.
+    #[test]
+    fn the_floors_route_to_the_fixed_address_and_only_the_reading_floor_reads_the_body() {
+        let root = workspace_root();
+        let manifest = root.join("test-harness/fixtures/floor-filter/Cargo.toml");
+        let floor = build_wasm_crate(&manifest, "floor_filter", &root.join("target/fixtures")).unwrap();
+        let reading =
+            build_wasm_crate_with(&manifest, "floor_filter", &root.join("target/fixtures-read"), &["read"])
+                .unwrap();
+        let fixed = "127.0.0.1:20000";
+        let valid = crate::load::chat_body(4 * 1024);
+        let invalid = r#"{"model":"m","messages":"not a list"}"#;
+        for (module, reads) in [(&floor, false), (&reading, true)] {
+            let (mut host, vm) = floor_host(module, fixed).unwrap();
+            let id = host.request(vm, &HEADERS, valid.as_bytes()).unwrap();
+            let stream = host.stream(id);
+            assert_eq!(stream.upstream_header("x-gateway-destination-endpoint"), Some(fixed), "{stream:?}");
+            assert!(stream.local_reply.is_none());
+
+            let id = host.request(vm, &HEADERS, invalid.as_bytes()).unwrap();
+            let stream = host.stream(id);
+            if reads {
+                let reply = stream.local_reply.as_ref().expect("the reading floor refuses an invalid body");
+                assert_eq!(reply.status, 400);
+                assert!(String::from_utf8_lossy(&reply.body).contains("messages"), "{reply:?}");
+                assert_eq!(stream.upstream_header("x-gateway-destination-endpoint"), None);
+            } else {
+                assert_eq!(stream.upstream_header("x-gateway-destination-endpoint"), Some(fixed));
+            }
+        }
+        // The reading floor's extra host call is the `:path` read; both copy the body once.
+        let body = crate::load::chat_body(4 * 1024);
+        let (mut host, vm) = floor_host(&reading, fixed).unwrap();
+        let read = measure(&mut host, vm, &body, "reading floor", 4).unwrap();
+        let (mut host, vm) = floor_host(&floor, fixed).unwrap();
+        let plain = measure(&mut host, vm, &body, "floor", 4).unwrap();
+        assert_eq!(read.per_request, plain.per_request + 1.0);
+        let calls = |c: &Count, name: &str| c.top.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
+        assert_eq!(calls(&read, "proxy_get_header_map_value"), Some(1.0), "{:?}", read.top);
+        assert_eq!(calls(&read, "proxy_get_buffer_bytes"), calls(&plain, "proxy_get_buffer_bytes"));
+    }
 }

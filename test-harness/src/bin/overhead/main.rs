@@ -315,7 +315,10 @@ fn count_host_calls(art: &Artifacts, pool: &[String]) -> Result<Vec<host_calls::
     for kib in [4, 220] {
         calls.extend(host_calls::count(
             &art.picker_wasm,
-            &art.floor_wasm,
+            &[
+                (&art.floor_wasm, "floor (do-nothing Wasm)"),
+                (&art.reading_floor_wasm, "reading floor (floor + request read)"),
+            ],
             pool,
             &load::chat_body(kib * 1024),
             kib,
