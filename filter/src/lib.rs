@@ -18,13 +18,14 @@
 //!   ([`snapshot_cache`]). Staleness: one scrape interval (50 ms by default) plus scrape latency and at
 //!   most 1 ms; a snapshot older than `limits.snapshotMaxAgeMs` is not used (fail open or closed,
 //!   counted by reason).
-//! - In-flight: each worker owns `inflight/<id>` and rewrites it on every start/finish and on a 1 s
-//!   heartbeat; readers sum every live worker's table before scheduling ([`inflight`]). Staleness: none
-//!   beyond the other thread's current callback; dead workers drop out after 3 s.
+//! - In-flight: each worker owns `inflight/<id>` and rewrites it when requests start or end (at most once
+//!   per millisecond while other workers read it) and on a 1 s heartbeat; readers sum every live
+//!   worker's table before scheduling, re-reading the others at most once per millisecond
+//!   ([`inflight`]). Staleness: about a millisecond under load; dead workers drop out after 3 s.
 //! - Prefix index: replicated; each routed request's block hashes go to every other worker's queue, in
-//!   batches sent at most once per millisecond, and are learned in `on_queue_ready` ([`prefix_sync`]).
-//!   Staleness: under load ~1 ms plus one event-loop turn of the other thread; the last picks of a burst
-//!   go out with the next stream end or the heartbeat.
+//!   batches sent at most once per 10 ms, and are learned in `on_queue_ready` ([`prefix_sync`]).
+//!   Staleness: under load up to 10 ms plus one event-loop turn of the other thread; the last picks of a
+//!   burst go out with the next stream end after the interval or the next tick.
 //! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`). Each worker keeps
 //!   a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
 //!   on the prefix queues, so a request reads only the other workers' in-flight tables. A picker VM joins
