@@ -313,6 +313,14 @@ mod tests {
     use crate::host::fake::FakeHost;
     use proptest::prelude::*;
 
+    /// Worker 1 (`a`, the sender) and worker 2 (`b`), registered, and b's queue.
+    fn sender_and_receiver(host: &FakeHost, keys: &Keys) -> (PrefixSync, PrefixSync, u32) {
+        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
+        a.register(host, keys, 1).unwrap();
+        let qb = b.register(host, keys, 2).unwrap();
+        (a, b, qb)
+    }
+
     #[test]
     fn round_trip_and_truncation() {
         let bytes = encode("10.0.0.1:8000", &[1, u64::MAX]);
@@ -373,9 +381,7 @@ mod tests {
     #[test]
     fn updates_within_the_send_interval_go_out_together_with_the_next_send() {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
-        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
-        a.register(&host, &keys, 1).unwrap();
-        let qb = b.register(&host, &keys, 2).unwrap();
+        let (mut a, b, qb) = sender_and_receiver(&host, &keys);
         let update = |i: u64| Update { address: format!("10.0.0.{i}:80"), hashes: vec![i, i + 100] };
         let send = |a: &mut PrefixSync, i: u64, now: u64| {
             let u = update(i);
@@ -402,9 +408,7 @@ mod tests {
     #[test]
     fn an_update_repeating_the_batchs_last_one_for_its_endpoint_is_not_sent_again() {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
-        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
-        a.register(&host, &keys, 1).unwrap();
-        let qb = b.register(&host, &keys, 2).unwrap();
+        let (mut a, b, qb) = sender_and_receiver(&host, &keys);
         let (one, two) = ("10.0.0.1:80", "10.0.0.2:80");
         let send = |a: &mut PrefixSync, address: &str, hashes: &[u64], now: u64| {
             a.broadcast(&host, &keys, &[2], address, hashes, now)
@@ -441,9 +445,7 @@ mod tests {
     #[test]
     fn a_full_batch_goes_out_without_waiting() {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
-        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
-        a.register(&host, &keys, 1).unwrap();
-        let qb = b.register(&host, &keys, 2).unwrap();
+        let (mut a, b, qb) = sender_and_receiver(&host, &keys);
         a.broadcast(&host, &keys, &[2], "10.0.0.1:80", &[1], 7);
         let sent: Vec<usize> =
             (0..MAX_BATCH).map(|i| a.broadcast(&host, &keys, &[2], "10.0.0.1:80", &[i as u64], 7)).collect();
@@ -455,9 +457,7 @@ mod tests {
     #[test]
     fn a_batch_round_trips_and_any_damage_rejects_it_whole() {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
-        let (mut a, mut b) = (PrefixSync::default(), PrefixSync::default());
-        a.register(&host, &keys, 1).unwrap();
-        let qb = b.register(&host, &keys, 2).unwrap();
+        let (mut a, _, qb) = sender_and_receiver(&host, &keys);
         a.broadcast(&host, &keys, &[2], "10.0.0.1:80", &[1], 0);
         a.broadcast(&host, &keys, &[2], "10.0.0.2:80", &[2, 3], 0);
         a.broadcast(&host, &keys, &[2], "", &[4], 0);
