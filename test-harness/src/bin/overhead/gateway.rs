@@ -1,7 +1,8 @@
 //! The gateways compared, as Envoy bootstraps that differ only in their HTTP filter: plain Envoy to a fixed
 //! endpoint, the do-nothing body-buffering Wasm filter (to one fixed endpoint, or round-robin over the
-//! picker's endpoints), the same filter also reading the request as the picker does, our picker, and the ext_proc shim in FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones envoy-config/
-//! ships (minus the stdout access log, which would cost every configuration the same).
+//! picker's endpoints), the same filter also reading the request as the picker does, our picker, and the
+//! ext_proc shim in FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones
+//! envoy-config/ ships (minus the stdout access log, which would cost every configuration the same).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +73,20 @@ impl Gateway {
     }
 }
 
+/// Builds the floor fixture twice: as is, and with its `read` feature (the reading floor), each into its
+/// own target directory.
+pub fn build_floors(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let manifest = root.join("test-harness/fixtures/floor-filter/Cargo.toml");
+    let floor = test_harness::build_wasm_crate(&manifest, "floor_filter", &root.join("target/fixtures"))?;
+    let reading = test_harness::build_wasm_crate_with(
+        &manifest,
+        "floor_filter",
+        &root.join("target/fixtures-read"),
+        &["read"],
+    )?;
+    Ok((floor, reading))
+}
+
 /// The modules and binaries the gateways need.
 pub struct Artifacts {
     pub picker_wasm: PathBuf,
@@ -109,12 +124,10 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
             );
             (String::new(), String::new(), cluster, PLAIN_ROUTE.to_string())
         }
-        Gateway::Floor => {
-            let filter = wasm_filter("floor", "", &art.floor_wasm, &yaml_quote(fixed));
-            (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
-        }
-        Gateway::FloorRead => {
-            let filter = wasm_filter("floor", "", &art.reading_floor_wasm, &yaml_quote(fixed));
+        Gateway::Floor | Gateway::FloorRead => {
+            let module =
+                if matches!(gateway, Gateway::FloorRead) { &art.reading_floor_wasm } else { &art.floor_wasm };
+            let filter = wasm_filter("floor", "", module, &yaml_quote(fixed));
             (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
         }
         Gateway::FloorRoundRobin { endpoints } => {

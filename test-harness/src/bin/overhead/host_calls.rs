@@ -113,19 +113,13 @@ fn measure(host: &mut Host, vm: VmId, body: &str, name: &str, kib: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use test_harness::{build_wasm_crate, build_wasm_crate_with, workspace_root};
 
     /// Both builds of the floor fixture route a valid request to the fixed address; the reading floor
     /// reads the request as the picker does, so it also refuses a body that is not one, with the reader's
     /// error, where the do-nothing floor passes it on unread.
     #[test]
     fn the_floors_route_to_the_fixed_address_and_only_the_reading_floor_reads_the_body() {
-        let root = workspace_root();
-        let manifest = root.join("test-harness/fixtures/floor-filter/Cargo.toml");
-        let floor = build_wasm_crate(&manifest, "floor_filter", &root.join("target/fixtures")).unwrap();
-        let reading =
-            build_wasm_crate_with(&manifest, "floor_filter", &root.join("target/fixtures-read"), &["read"])
-                .unwrap();
+        let (floor, reading) = crate::gateway::build_floors(&test_harness::workspace_root()).unwrap();
         let fixed = "127.0.0.1:20000";
         let valid = crate::load::chat_body(4 * 1024);
         let invalid = r#"{"model":"m","messages":"not a list"}"#;

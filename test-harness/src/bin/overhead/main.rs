@@ -158,15 +158,7 @@ fn run() -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
 
     let picker_wasm = test_harness::e2e::filter_wasm()?.ok_or("filter/ does not exist")?;
-    let floor_manifest = root.join("test-harness/fixtures/floor-filter/Cargo.toml");
-    let floor_wasm =
-        test_harness::build_wasm_crate(&floor_manifest, "floor_filter", &root.join("target/fixtures"))?;
-    let reading_floor_wasm = test_harness::build_wasm_crate_with(
-        &floor_manifest,
-        "floor_filter",
-        &root.join("target/fixtures-read"),
-        &["read"],
-    )?;
+    let (floor_wasm, reading_floor_wasm) = gateway::build_floors(&root)?;
     let needs_shim = o.only.as_ref().is_none_or(|keys| keys.iter().any(|k| k.starts_with("ext_proc")));
     if !o.shim.exists() && !o.host_calls_only && needs_shim {
         return Err(format!("{} is missing: cargo build --release -p epp-shim", o.shim.display()));
