@@ -97,10 +97,10 @@ fn check_routing(envoy: &Envoy, replicas: &[String]) {
 
 #[test]
 fn full_duplex_streamed_through_real_envoy() {
-    let Some(_) = envoy_binary() else {
+    if envoy_binary().is_none() {
         eprintln!("SKIPPED full_duplex_streamed_through_real_envoy: no Envoy (.venv/bin/envoy or ENVOY_BIN)");
         return;
-    };
+    }
     let (a, b, shim, _dir) = setup();
     let replicas = [a.addr("model-sim listening").to_string(), b.addr("model-sim listening").to_string()];
     let envoy = start_envoy("envoy.yaml", shim.addr("epp-shim ext_proc"));
@@ -118,10 +118,10 @@ fn full_duplex_streamed_through_real_envoy() {
 
 #[test]
 fn buffered_mode_through_real_envoy() {
-    let Some(_) = envoy_binary() else {
+    if envoy_binary().is_none() {
         eprintln!("SKIPPED buffered_mode_through_real_envoy: no Envoy (.venv/bin/envoy or ENVOY_BIN)");
         return;
-    };
+    }
     let (a, b, shim, _dir) = setup();
     let replicas = [a.addr("model-sim listening").to_string(), b.addr("model-sim listening").to_string()];
     let envoy = start_envoy("buffered/envoy.yaml", shim.addr("epp-shim ext_proc"));
