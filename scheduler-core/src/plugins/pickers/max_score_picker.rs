@@ -41,7 +41,9 @@ impl Picker for MaxScorePicker {
             // cost ~200 µs of a decision, BENCHMARKS.md).
             return scored.get(best).map(|s| s.index).into_iter().collect();
         }
-        scored.swap(0, best);
+        // The winner to the front (no index that could be out of range: `..=best` is checked).
+        let Some(head) = scored.get_mut(..=best) else { return Vec::new() };
+        head.rotate_right(1);
         let Some((first, rest)) = scored.split_first_mut() else { return Vec::new() };
         rng.shuffle(rest);
         rest.sort_by(|a, b| b.score.total_cmp(&a.score));
