@@ -411,7 +411,7 @@ fn pick_as_in_envoy(c: &mut Criterion) {
         let mut seed = 0u64;
         let mut pick = |picker: &mut EndpointPicker| {
             seed += 1;
-            picker.pick(&info, Some(body.as_bytes()), PoolView::Fresh(&snapshot), NOW_MS, seed)
+            picker.decide(&info, Some(body.as_bytes()), PoolView::Fresh(&snapshot), NOW_MS, seed)
         };
         for _ in 0..16 {
             assert!(matches!(pick(&mut picker), Outcome::Route(_)));

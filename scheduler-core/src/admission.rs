@@ -117,8 +117,9 @@ pub fn subset_candidates(pool: &PoolSnapshot, subset: &[&str]) -> Vec<usize> {
         .collect()
 }
 
-/// Decides one request. `subset` is the gateway's subset hint: `None` when the key is absent.
-pub fn decide(
+/// Admits one request and schedules it, or says why not (429 / 503). `subset` is the gateway's subset
+/// hint: `None` when the key is absent.
+pub fn admit(
     scheduler: &mut Scheduler,
     req: &SchedulingRequest<'_>,
     pool: &PoolSnapshot,

@@ -1,16 +1,18 @@
 //! One request, start to finish, as a gateway decides it: body limit, parsing, model rewrite, priority,
 //! fail-open policy, admission and scheduling, and the answer as headers or an OpenAI-shaped reply.
 //!
-//! The Wasm filter, the ext_proc shim and the simulator all call [`EndpointPicker::pick`], so given the
+//! The Wasm filter, the ext_proc shim and the simulator all call [`EndpointPicker::decide`], so given the
 //! same configuration, snapshot, clock and seed they make the same decision. What stays outside is I/O:
-//! reading headers and bodies, the snapshot, in-flight counts, and writing the result back.
+//! reading headers and bodies, the snapshot, in-flight counts, and writing the result back; the request's
+//! conversation around the decision (headers stripped, body buffered, response read) is
+//! [`crate::exchange`].
 
-use crate::admission::{decide, Decision, RejectReason};
+use crate::admission::{admit, Decision, RejectReason};
 use crate::config::gateway::{FailOpenStrategy, FailureMode, GatewayConfig};
 use crate::config::ConfigError;
 use crate::model::{EndpointState, PoolSnapshot};
 use crate::openai_error::OpenAiError;
-use crate::request::{parse_request, InferenceRequest, RequestMeta};
+use crate::request::{parse_request, rewrite_model, InferenceRequest, RequestMeta};
 use crate::rng::Rng;
 use crate::scheduling::pipeline::Scheduler;
 use crate::scheduling::SchedulingRequest;
@@ -76,8 +78,13 @@ pub struct Route {
     pub destination: String,
     /// `ip:port` for the prefill header (disaggregated serving).
     pub prefill: Option<String>,
-    /// The model the server should run, when it differs from the body's (the caller rewrites the body).
+    /// The model the server should run, when it differs from the body's.
     pub rewritten_model: Option<String>,
+    /// The body to send instead of the client's: the same bytes with `model` set to `rewritten_model`
+    /// (`None` when the model is unchanged or the request has no body).
+    pub body: Option<Vec<u8>>,
+    /// The model the client asked for, when the body was rewritten (responses name it again).
+    pub client_model: Option<String>,
     /// Estimated tokens this request will hold on the server (input + expected output), for in-flight.
     pub estimated_tokens: u64,
     /// Prefix block hashes recorded on the destination (for other workers' `learn_prefix`).
@@ -160,15 +167,11 @@ impl EndpointPicker {
     /// 413 as soon as the body is known to exceed the limit (call while buffering, to stop early).
     pub fn body_too_large(&self, body_len: usize) -> Option<Reply> {
         let limit = self.config.limits.max_body_bytes;
-        (body_len > limit).then(|| Reply {
-            status: 413,
-            body: OpenAiError::body_too_large(limit).body(),
-            reason: "body_too_large",
-        })
+        (body_len > limit).then(|| body_too_large(limit))
     }
 
     /// Decides for one request. `body` is `None` for requests without one (picked on load alone).
-    pub fn pick(
+    pub fn decide(
         &mut self,
         info: &RequestInfo<'_>,
         body: Option<&[u8]>,
@@ -199,6 +202,21 @@ impl EndpointPicker {
             None => self.config.rewrites.rewrite(body_model, &mut rng).map(String::from),
         }
         .filter(|m| m != body_model);
+        // The body must name the model the server runs; a body that cannot is refused before anything is
+        // counted, never forwarded with the wrong model.
+        let mut rewritten_body = None;
+        if let (Some(target), Some(b)) = (rewritten.as_deref(), body) {
+            match rewrite_model(b, target) {
+                Ok(r) => rewritten_body = Some((r.body, r.previous_model)),
+                Err(e) => {
+                    return Outcome::Reply(Reply {
+                        status: 400,
+                        body: OpenAiError::invalid_request(&e).body(),
+                        reason: "bad_request",
+                    })
+                }
+            }
+        }
         let meta = RequestMeta {
             request_id: info.request_id,
             priority: self.config.objectives.priority(info.objective),
@@ -220,10 +238,11 @@ impl EndpointPicker {
         let snapshot = match pool {
             PoolView::Fresh(s) => s,
             PoolView::Unusable { reason, known } => {
-                return self.fail_open_or_closed(reason, known, info.subset, rewritten, estimated_tokens);
+                let outcome = self.fail_open_or_closed(reason, known, info.subset, estimated_tokens);
+                return with_rewrite(outcome, rewritten, rewritten_body);
             }
         };
-        match decide(&mut self.scheduler, &req, snapshot, info.subset, now_ms, &mut rng) {
+        let outcome = match admit(&mut self.scheduler, &req, snapshot, info.subset, now_ms, &mut rng) {
             Decision::Route { destination, fallbacks, prefill, prefix_hashes } => {
                 let mut header_value = destination.clone();
                 for f in fallbacks.iter().take(self.config.routing.max_endpoints.saturating_sub(1)) {
@@ -234,13 +253,16 @@ impl EndpointPicker {
                     header_value,
                     destination,
                     prefill,
-                    rewritten_model: rewritten,
+                    rewritten_model: None,
+                    body: None,
+                    client_model: None,
                     estimated_tokens,
                     prefix_hashes,
                 })
             }
             Decision::Reject { reason, message, .. } => Outcome::Reply(reject_reply(reason, &message)),
-        }
+        };
+        with_rewrite(outcome, rewritten, rewritten_body)
     }
 
     fn fail_open_or_closed(
@@ -248,7 +270,6 @@ impl EndpointPicker {
         reason: Fallback,
         known: Option<&PoolSnapshot>,
         subset: Option<&[&str]>,
-        rewritten_model: Option<String>,
         estimated_tokens: u64,
     ) -> Outcome {
         if self.config.failure_mode == FailureMode::FailClose {
@@ -293,7 +314,9 @@ impl EndpointPicker {
                 header_value: destination.clone(),
                 destination,
                 prefill: None,
-                rewritten_model,
+                rewritten_model: None,
+                body: None,
+                client_model: None,
                 estimated_tokens,
                 prefix_hashes: Vec::new(),
             }),
@@ -301,7 +324,31 @@ impl EndpointPicker {
     }
 }
 
-/// The seed of one request's decision (the `seed` passed to [`EndpointPicker::pick`]).
+/// Puts the rewrite on a route (the model, the rewritten body, the client's model).
+fn with_rewrite(outcome: Outcome, model: Option<String>, body: Option<(Vec<u8>, String)>) -> Outcome {
+    let (body, client_model) = match body {
+        Some((b, m)) => (Some(b), Some(m)),
+        None => (None, None),
+    };
+    match outcome {
+        Outcome::Route(mut r) => {
+            (r.rewritten_model, r.body, r.client_model) = (model, body, client_model);
+            Outcome::Route(r)
+        }
+        Outcome::FailOpen { reason, route: Some(mut r) } => {
+            (r.rewritten_model, r.body, r.client_model) = (model, body, client_model);
+            Outcome::FailOpen { reason, route: Some(r) }
+        }
+        other => other,
+    }
+}
+
+/// The 413 answer to a body over `limit` bytes.
+pub fn body_too_large(limit: usize) -> Reply {
+    Reply { status: 413, body: OpenAiError::body_too_large(limit).body(), reason: "body_too_large" }
+}
+
+/// The seed of one request's decision (the `seed` passed to [`EndpointPicker::decide`]).
 ///
 /// A pure function of the request id, with no per-process state mixed in: every gateway replica, every
 /// proxy worker and both products (the Wasm filter and the ext_proc shim) draw the same coins for the

@@ -16,6 +16,7 @@ extern crate std;
 pub mod admission;
 pub mod config;
 pub mod endpoint_picker;
+pub mod exchange;
 pub mod metrics_text;
 pub mod model;
 pub mod model_rewrite;

@@ -64,6 +64,11 @@ impl SseFilter {
         SseFilter { pending: Vec::new(), client_model, usage: None }
     }
 
+    /// True when events are rewritten (a model is put back), false when chunks pass through as they came.
+    pub fn rewrites(&self) -> bool {
+        self.client_model.is_some()
+    }
+
     /// The last usage any event carried (vLLM sends it in the final chunk when asked to).
     pub fn usage(&self) -> Option<Usage> {
         self.usage

@@ -3,7 +3,7 @@
 //! decisions (what lets the Wasm filter, the shim and the simulator agree).
 
 use proptest::prelude::*;
-use scheduler_core::admission::{decide, Decision};
+use scheduler_core::admission::{admit, Decision};
 use scheduler_core::model::{Endpoint, EndpointState, InFlight, Metrics, PoolSnapshot, Role};
 use scheduler_core::request::{parse_request, RequestMeta};
 use scheduler_core::rng::Rng;
@@ -132,7 +132,7 @@ fn run_one(
     let meta = RequestMeta { request_id: "req-1", priority, session_token: None, model_override: None };
     let req: SchedulingRequest<'_> = parsed.scheduling_request(meta);
     let subset_refs: Option<Vec<&str>> = subset.map(|s| s.iter().map(String::as_str).collect());
-    Some(decide(scheduler, &req, pool, subset_refs.as_deref(), now_ms, &mut Rng::new(seed)))
+    Some(admit(scheduler, &req, pool, subset_refs.as_deref(), now_ms, &mut Rng::new(seed)))
 }
 
 fn allowed_by_subset(addr: &str, subset: Option<&[String]>) -> bool {

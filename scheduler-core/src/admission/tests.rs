@@ -20,16 +20,16 @@ fn status(d: &Decision) -> Option<(u16, RejectReason)> {
     }
 }
 
-fn decide_with(s: &mut Scheduler, priority: i32, pool: &PoolSnapshot, subset: Option<&[&str]>) -> Decision {
+fn admit_with(s: &mut Scheduler, priority: i32, pool: &PoolSnapshot, subset: Option<&[&str]>) -> Decision {
     let req = SchedulingRequest { priority, ..SchedulingRequest::default() };
-    decide(s, &req, pool, subset, 0, &mut Rng::new(7))
+    admit(s, &req, pool, subset, 0, &mut Rng::new(7))
 }
 
 #[test]
 fn routes_to_the_best_endpoint() {
     let mut s = scheduler(SATURATED);
     assert_eq!(
-        decide_with(&mut s, 0, &pool(3), None),
+        admit_with(&mut s, 0, &pool(3), None),
         Decision::Route {
             destination: String::from("10.0.0.1:8000"),
             fallbacks: vec![],
@@ -42,7 +42,7 @@ fn routes_to_the_best_endpoint() {
 #[test]
 fn no_endpoints_is_503() {
     let mut s = scheduler(SATURATED);
-    assert_eq!(status(&decide_with(&mut s, 0, &pool(0), None)), Some((503, RejectReason::NoEndpoints)));
+    assert_eq!(status(&admit_with(&mut s, 0, &pool(0), None)), Some((503, RejectReason::NoEndpoints)));
 }
 
 #[test]
@@ -50,12 +50,12 @@ fn subset_hint_restricts_candidates() {
     let mut s = scheduler(SATURATED);
     let p = pool(3);
     // The best endpoint (e1) is outside the subset: the best inside it wins.
-    let d = decide_with(&mut s, 0, &p, Some(&["10.0.0.0:8000", "10.0.0.2:8000"]));
+    let d = admit_with(&mut s, 0, &p, Some(&["10.0.0.0:8000", "10.0.0.2:8000"]));
     assert!(matches!(d, Decision::Route { ref destination, .. } if destination == "10.0.0.2:8000"), "{d:?}");
     // A bare IP matches every port of that pod; a comma list in one entry is split.
-    let d = decide_with(&mut s, 0, &p, Some(&["10.0.0.1"]));
+    let d = admit_with(&mut s, 0, &p, Some(&["10.0.0.1"]));
     assert!(matches!(d, Decision::Route { ref destination, .. } if destination == "10.0.0.1:8000"), "{d:?}");
-    let d = decide_with(&mut s, 0, &p, Some(&["10.0.0.9:1, 10.0.0.0:8000"]));
+    let d = admit_with(&mut s, 0, &p, Some(&["10.0.0.9:1, 10.0.0.0:8000"]));
     assert!(matches!(d, Decision::Route { ref destination, .. } if destination == "10.0.0.0:8000"), "{d:?}");
 }
 
@@ -63,10 +63,10 @@ fn subset_hint_restricts_candidates() {
 fn subset_empty_or_unmatched_is_503() {
     let mut s = scheduler(SATURATED);
     let p = pool(3);
-    assert_eq!(status(&decide_with(&mut s, 0, &p, Some(&[]))), Some((503, RejectReason::EmptySubset)));
-    assert_eq!(status(&decide_with(&mut s, 0, &p, Some(&[""]))), Some((503, RejectReason::EmptySubset)));
+    assert_eq!(status(&admit_with(&mut s, 0, &p, Some(&[]))), Some((503, RejectReason::EmptySubset)));
+    assert_eq!(status(&admit_with(&mut s, 0, &p, Some(&[""]))), Some((503, RejectReason::EmptySubset)));
     assert_eq!(
-        status(&decide_with(&mut s, 0, &p, Some(&["10.0.0.1:9000", "10.0.0.10"]))),
+        status(&admit_with(&mut s, 0, &p, Some(&["10.0.0.1:9000", "10.0.0.10"]))),
         Some((503, RejectReason::SubsetNotInPool)),
         "same IP on another port, or a longer IP, does not match"
     );
@@ -83,7 +83,7 @@ fn ipv6_subset_entries() {
         ..PoolSnapshot::default()
     };
     for entry in ["fd00::2", "[fd00::2]", "[fd00::2]:8000"] {
-        let d = decide_with(&mut s, 0, &p, Some(&[entry]));
+        let d = admit_with(&mut s, 0, &p, Some(&[entry]));
         assert!(
             matches!(d, Decision::Route { ref destination, .. } if destination == "[fd00::2]:8000"),
             "{entry}: {d:?}"
@@ -95,19 +95,19 @@ fn ipv6_subset_entries() {
 fn sheddable_requests_are_shed_at_saturation_with_429() {
     let mut s = scheduler(SATURATED);
     let p = pool(3);
-    let d = decide_with(&mut s, -1, &p, None);
+    let d = admit_with(&mut s, -1, &p, None);
     assert_eq!(status(&d), Some((429, RejectReason::Saturated)));
     // Priority 0 and above are never shed.
-    assert!(matches!(decide_with(&mut s, 0, &p, None), Decision::Route { .. }));
+    assert!(matches!(admit_with(&mut s, 0, &p, None), Decision::Route { .. }));
     // Below saturation, sheddable requests go through.
     let mut s = scheduler(&SATURATED.replace(r#""saturation": 1.0"#, r#""saturation": 0.99"#));
-    assert!(matches!(decide_with(&mut s, -1, &p, None), Decision::Route { .. }));
+    assert!(matches!(admit_with(&mut s, -1, &p, None), Decision::Route { .. }));
 }
 
 #[test]
 fn all_filtered_is_429() {
     let mut s = scheduler(r#"{"plugins": [{"type": "drop-all-filter"}]}"#);
-    let d = decide_with(&mut s, 0, &pool(3), None);
+    let d = admit_with(&mut s, 0, &pool(3), None);
     assert_eq!(status(&d), Some((429, RejectReason::AllFiltered)));
     if let Decision::Reject { message, .. } = d {
         assert_eq!(message, "every candidate endpoint was filtered out by profile \"default\"");
@@ -126,7 +126,7 @@ fn fallbacks_and_prefill_become_addresses() {
     );
     let p = pool_with_roles(&[Role::Prefill, Role::Decode, Role::Prefill, Role::Decode]);
     assert_eq!(
-        decide_with(&mut s, 0, &p, None),
+        admit_with(&mut s, 0, &p, None),
         Decision::Route {
             destination: String::from("10.0.0.1:8000"),
             fallbacks: vec![String::from("10.0.0.3:8000")],

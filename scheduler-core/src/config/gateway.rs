@@ -199,11 +199,20 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// A snapshot older than this is stale: the picker fails open (or closed).
     pub snapshot_max_age_ms: u64,
+    /// Response bodies are read (usage counted, the client's model name put back after a rewrite) up to
+    /// this size and pass through untouched past it. A JSON answer whose model is put back is held until
+    /// its end, in the proxy's buffer: keep this below the proxy's buffer limit (Envoy's default
+    /// per-connection limit is 1 MiB).
+    pub max_response_body_bytes: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
-        LimitsConfig { max_body_bytes: 4 * 1024 * 1024, snapshot_max_age_ms: 5_000 }
+        LimitsConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            snapshot_max_age_ms: 5_000,
+            max_response_body_bytes: 256 * 1024,
+        }
     }
 }
 

@@ -40,7 +40,7 @@ fn reply(o: Outcome) -> Reply {
 fn routes_to_the_shortest_queue() {
     let mut p = EndpointPicker::from_json("").unwrap();
     let pool = pool(&[9, 0, 9]);
-    let r = route(p.pick(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 7));
+    let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 7));
     assert_eq!(r.header_value, "10.0.0.2:8000");
     assert_eq!(r.destination, "10.0.0.2:8000");
     assert_eq!(r.prefill, None);
@@ -56,7 +56,7 @@ fn fallbacks_join_into_one_header_when_configured() {
     )
     .unwrap();
     let pool = pool(&[4, 0, 8, 2]);
-    let r = route(p.pick(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
     assert_eq!(r.header_value, "10.0.0.2:8000,10.0.0.4:8000,10.0.0.1:8000");
 }
 
@@ -65,13 +65,13 @@ fn bad_bodies_get_400_with_a_located_message() {
     let mut p = EndpointPicker::from_json("").unwrap();
     let pool = pool(&[0]);
     let body = br#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#;
-    let r = reply(p.pick(&info("/v1/chat/completions"), Some(body), PoolView::Fresh(&pool), 1_010, 1));
+    let r = reply(p.decide(&info("/v1/chat/completions"), Some(body), PoolView::Fresh(&pool), 1_010, 1));
     assert_eq!(r.status, 400);
     assert_eq!(r.reason, "bad_request");
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("messages[0].content"), "{}", r.body);
-    let r = reply(p.pick(&info("/v1/completions"), Some(b"not json"), PoolView::Fresh(&pool), 1_010, 1));
+    let r = reply(p.decide(&info("/v1/completions"), Some(b"not json"), PoolView::Fresh(&pool), 1_010, 1));
     assert_eq!(r.status, 400);
 }
 
@@ -81,8 +81,13 @@ fn oversized_bodies_get_413() {
     assert!(p.body_too_large(64).is_none());
     assert_eq!(p.body_too_large(65).unwrap().status, 413);
     let big = format!(r#"{{"model": "m", "prompt": "{}"}}"#, "x".repeat(100));
-    let r =
-        reply(p.pick(&info("/v1/completions"), Some(big.as_bytes()), PoolView::Fresh(&pool(&[0])), 1_010, 1));
+    let r = reply(p.decide(
+        &info("/v1/completions"),
+        Some(big.as_bytes()),
+        PoolView::Fresh(&pool(&[0])),
+        1_010,
+        1,
+    ));
     assert_eq!((r.status, r.reason), (413, "body_too_large"));
     assert!(r.body.contains("64 bytes"));
 }
@@ -93,13 +98,13 @@ fn sheddable_requests_get_429_when_saturated() {
     let saturated = pool(&[50, 60]);
     let mut i = info("/v1/chat/completions");
     i.objective = Some("batch");
-    let r = reply(p.pick(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
+    let r = reply(p.decide(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
     assert_eq!((r.status, r.reason), (429, "saturated"));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["code"], "saturated");
     // Critical traffic is never shed.
     i.objective = None;
-    route(p.pick(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
+    route(p.decide(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
 }
 
 #[test]
@@ -109,10 +114,13 @@ fn subset_hint_restricts_and_empty_subset_is_503() {
     let hint = ["10.0.0.3"];
     let mut i = info("/v1/chat/completions");
     i.subset = Some(&hint);
-    assert_eq!(route(p.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).destination, "10.0.0.3:8000");
+    assert_eq!(
+        route(p.decide(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).destination,
+        "10.0.0.3:8000"
+    );
     let empty: [&str; 0] = [];
     i.subset = Some(&empty);
-    assert_eq!(reply(p.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).status, 503);
+    assert_eq!(reply(p.decide(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).status, 503);
 }
 
 #[test]
@@ -123,23 +131,26 @@ fn model_rewrites_from_header_and_rules() {
     )
     .unwrap();
     let pool = pool(&[0]);
-    let r = route(p.pick(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
     assert_eq!(r.rewritten_model.as_deref(), Some("m-v2"));
     let mut i = info("/v1/chat/completions");
     i.model_rewrite = Some("forced");
-    let r = route(p.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    let r = route(p.decide(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
     assert_eq!(r.rewritten_model.as_deref(), Some("forced"));
+    let body = String::from_utf8(r.body.unwrap()).unwrap();
+    assert_eq!(body, String::from_utf8(CHAT.to_vec()).unwrap().replace("\"m\"", "\"forced\""));
+    assert_eq!(r.client_model.as_deref(), Some("m"));
     // A rewrite to the same name is no rewrite.
     i.model_rewrite = Some("m");
     let mut plain = EndpointPicker::from_json("").unwrap();
-    assert_eq!(route(plain.pick(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).rewritten_model, None);
+    assert_eq!(route(plain.decide(&i, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1)).rewritten_model, None);
 }
 
 #[test]
 fn requests_without_a_body_are_routed_on_load() {
     let mut p = EndpointPicker::from_json("").unwrap();
     let pool = pool(&[5, 0]);
-    let r = route(p.pick(&info("/v1/models"), None, PoolView::Fresh(&pool), 1_010, 3));
+    let r = route(p.decide(&info("/v1/models"), None, PoolView::Fresh(&pool), 1_010, 3));
     assert_eq!(r.destination, "10.0.0.2:8000");
 }
 
@@ -150,14 +161,14 @@ fn fail_open_round_robins_over_known_endpoints() {
     let view = p.view(None, false, 5_000);
     assert!(matches!(view, PoolView::Unusable { reason: Fallback::NoSnapshot, known: None }));
     let picks: Vec<String> = (0..4)
-        .map(|s| match p.pick(&info("/v1/chat/completions"), Some(CHAT), view, 5_000, s) {
+        .map(|s| match p.decide(&info("/v1/chat/completions"), Some(CHAT), view, 5_000, s) {
             Outcome::FailOpen { reason: Fallback::NoSnapshot, route: Some(r) } => r.destination,
             other => panic!("{other:?}"),
         })
         .collect();
     assert_eq!(picks, ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.1:8000", "10.0.0.2:8000"]);
     // Bad bodies are still refused while failing open.
-    assert_eq!(reply(p.pick(&info("/v1/completions"), Some(b"{"), view, 5_000, 1)).status, 400);
+    assert_eq!(reply(p.decide(&info("/v1/completions"), Some(b"{"), view, 5_000, 1)).status, 400);
 }
 
 #[test]
@@ -184,17 +195,17 @@ fn fail_closed_and_leave_unset() {
     let mut closed = EndpointPicker::from_json(r#"{"failureMode": "FailClose"}"#).unwrap();
     let s = pool(&[0]);
     let stale = closed.view(Some(&s), false, 60_000);
-    let r = reply(closed.pick(&info("/v1/chat/completions"), Some(CHAT), stale, 60_000, 1));
+    let r = reply(closed.decide(&info("/v1/chat/completions"), Some(CHAT), stale, 60_000, 1));
     assert_eq!((r.status, r.reason), (503, "stale_snapshot"));
     assert!(r.body.contains("metrics_unavailable"));
 
     let mut unset = EndpointPicker::from_json(r#"{"failOpen": {"strategy": "leave-unset"}}"#).unwrap();
-    let o = unset.pick(&info("/v1/chat/completions"), Some(CHAT), stale, 60_000, 1);
+    let o = unset.decide(&info("/v1/chat/completions"), Some(CHAT), stale, 60_000, 1);
     assert_eq!(o, Outcome::FailOpen { reason: Fallback::StaleSnapshot, route: None });
 
     let mut nobody = EndpointPicker::from_json("").unwrap();
     let none = nobody.view(None, false, 0);
-    assert_eq!(reply(nobody.pick(&info("/v1/chat/completions"), Some(CHAT), none, 0, 1)).status, 503);
+    assert_eq!(reply(nobody.decide(&info("/v1/chat/completions"), Some(CHAT), none, 0, 1)).status, 503);
 }
 
 #[test]
@@ -224,10 +235,24 @@ fn separate_pickers_break_ties_alike_for_the_same_request_id() {
         let id = format!("req-{i}");
         let info = RequestInfo { path: "/v1/chat/completions", request_id: &id, ..RequestInfo::default() };
         let seed = request_seed(&id);
-        let ra = route(a.pick(&info, None, PoolView::Fresh(&snap), 1_000, seed));
-        let rb = route(b.pick(&info, None, PoolView::Fresh(&snap), 1_000, seed));
+        let ra = route(a.decide(&info, None, PoolView::Fresh(&snap), 1_000, seed));
+        let rb = route(b.decide(&info, None, PoolView::Fresh(&snap), 1_000, seed));
         assert_eq!(ra.destination, rb.destination, "request {id}");
         seen.insert(ra.destination);
     }
     assert!(seen.len() > 1, "ties must spread over the pool, all went to {seen:?}");
+}
+
+#[test]
+fn a_rewrite_the_body_cannot_take_is_refused_400_not_forwarded_with_the_wrong_model() {
+    // A body with no `model` to replace: refused (the request-parsing step already requires one, and the
+    // rewrite would refuse it again), never forwarded without the model the gateway chose.
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[0]);
+    let mut i = info("/v1/something-else");
+    i.model_rewrite = Some("forced");
+    let body: &[u8] = br#"{"prompt": "hi"}"#;
+    let r = reply(p.decide(&i, Some(body), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!((r.status, r.reason), (400, "bad_request"));
+    assert!(r.body.contains("model"), "{}", r.body);
 }

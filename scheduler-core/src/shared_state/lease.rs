@@ -46,7 +46,7 @@ impl Lease {
 
     /// Decides for worker `me` at `now_ms`, given the stored value (if any). A holder renews its own lease;
     /// anyone claims a missing, unreadable or expired one.
-    pub fn decide(stored: Option<&[u8]>, me: u32, now_ms: u64, ttl_ms: u64) -> LeaseDecision {
+    pub fn arbitrate(stored: Option<&[u8]>, me: u32, now_ms: u64, ttl_ms: u64) -> LeaseDecision {
         let claim = LeaseDecision::Claim(Lease { holder: me, expires_at_ms: now_ms.saturating_add(ttl_ms) });
         match stored.and_then(Lease::decode) {
             Some(l) if l.holder == me => claim,
@@ -72,26 +72,26 @@ mod tests {
     #[test]
     fn first_worker_claims_then_others_follow_until_expiry() {
         let ttl = 500;
-        let LeaseDecision::Claim(l1) = Lease::decide(None, 1, 1_000, ttl) else {
+        let LeaseDecision::Claim(l1) = Lease::arbitrate(None, 1, 1_000, ttl) else {
             panic!("empty lease must be claimed")
         };
         assert_eq!(l1, Lease { holder: 1, expires_at_ms: 1_500 });
         let stored = l1.encode();
-        assert_eq!(Lease::decide(Some(&stored), 2, 1_200, ttl), LeaseDecision::Follow { holder: 1 });
+        assert_eq!(Lease::arbitrate(Some(&stored), 2, 1_200, ttl), LeaseDecision::Follow { holder: 1 });
         // The holder renews before expiry.
         assert_eq!(
-            Lease::decide(Some(&stored), 1, 1_400, ttl),
+            Lease::arbitrate(Some(&stored), 1, 1_400, ttl),
             LeaseDecision::Claim(Lease { holder: 1, expires_at_ms: 1_900 })
         );
         // A dead holder is replaced once its lease runs out.
         assert_eq!(
-            Lease::decide(Some(&stored), 2, 1_500, ttl),
+            Lease::arbitrate(Some(&stored), 2, 1_500, ttl),
             LeaseDecision::Claim(Lease { holder: 2, expires_at_ms: 2_000 })
         );
     }
 
     #[test]
     fn unreadable_lease_is_claimed() {
-        assert!(matches!(Lease::decide(Some(b"garbage"), 3, 10, 100), LeaseDecision::Claim(_)));
+        assert!(matches!(Lease::arbitrate(Some(b"garbage"), 3, 10, 100), LeaseDecision::Claim(_)));
     }
 }

@@ -1,0 +1,30 @@
+//! Header names of the Endpoint Picker protocol that the request lifecycle reads or writes. The routing
+//! headers' names are configurable (`routing.*Header`); these are the ones that are not, and the
+//! protocol defaults every client-set copy of which is removed.
+
+/// `:path`: selects the API (`/v1/chat/completions`, ...).
+pub const PATH: &str = ":path";
+/// Correlates logs and seeds the request's decision; set by the gateway when the client sent none.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The InferenceObjective the request belongs to (its priority).
+pub const OBJECTIVE: &str = "x-gateway-inference-objective";
+/// Forces the model the server runs.
+pub const MODEL_REWRITE: &str = "x-gateway-model-name-rewrite";
+/// Session affinity token.
+pub const SESSION_TOKEN: &str = "x-session-token";
+/// Request and response body length.
+pub const CONTENT_LENGTH: &str = "content-length";
+/// Response body type (server-sent events or not).
+pub const CONTENT_TYPE: &str = "content-type";
+/// Response status pseudo-header.
+pub const STATUS: &str = ":status";
+
+/// Routing headers a client must never set, whatever the configured names: a proxy configured with
+/// custom names may still sit in front of a cluster keyed by a default one.
+pub const DEFAULT_ROUTING_HEADERS: [&str; 4] = [
+    "x-gateway-destination-endpoint",
+    "x-prefiller-host-port",
+    "x-gateway-destination-endpoint-served",
+    // Protocol v0.3's fallback header: nothing should act on it, nothing should pass it on either.
+    "x-gateway-destination-endpoint-fallback",
+];

@@ -1,0 +1,428 @@
+//! One request's whole conversation with the gateway, as a state machine with no I/O: events in (request
+//! headers, body progress, the decision, response headers, response body chunks, trailers, the end of
+//! the stream), steps out (headers to remove or set, a body to send instead, a local reply, whether to
+//! hold the body, what to count).
+//!
+//! The Wasm filter's HTTP context and the ext_proc shim's stream both drive an [`Exchange`] and only
+//! translate its steps into host calls or protocol messages, so the two products behave alike: the same
+//! routing headers stripped, the same 413 at the same size, the same reply bodies, the same served
+//! header, the same response-body handling (usage counted, the client's model name put back after a
+//! rewrite) under the same size limit.
+//!
+//! The decision itself is not made here. When the request is complete, a step says
+//! [`RequestStep::Decide`]; the caller runs the core's [`EndpointPicker::decide`] (in the filter on the
+//! spot; in the shim on the picker thread) with [`Exchange::facts`] and the body, and feeds the
+//! [`Outcome`] back to [`Exchange::on_outcome`].
+//!
+//! [`EndpointPicker::decide`]: crate::endpoint_picker::EndpointPicker::decide
+//!
+//! # Choices both products share
+//! - Client-supplied routing headers (the configured names and the protocol defaults) are removed
+//!   before anything else; a request without `x-request-id` gets one, set on the request it forwards.
+//! - A body over `limits.maxBodyBytes` is answered 413 as soon as the buffered length passes it.
+//! - A model rewrite that cannot be applied to the body is answered 400 by the decision (never a
+//!   request forwarded with the wrong model), before anything is counted in flight.
+//! - The response body is read only up to `limits.maxResponseBodyBytes`: a JSON answer is held (to put
+//!   the client's model name back) or copied (for usage) up to that size, and passes through untouched
+//!   past it; server-sent events are filtered line by line whatever their length.
+
+pub mod headers;
+mod response;
+
+#[cfg(test)]
+mod tests;
+
+use crate::config::gateway::{GatewayConfig, ServedFrom};
+use crate::endpoint_picker::{Outcome, Reply, RequestInfo};
+use alloc::borrow::Cow;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+pub use response::{BodyOut, ResponseBodyStep, ResponseHead, ResponseHeadStep};
+
+/// Per-deployment settings every exchange reads (built once from the configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeSettings {
+    /// Where the chosen endpoint(s) go.
+    pub destination_header: String,
+    /// Where the prefill endpoint goes (disaggregated serving).
+    pub prefill_header: String,
+    /// Response header naming the endpoint that served the request.
+    pub served_header: String,
+    /// Trust the proxy's report of the upstream, or the picker's choice.
+    pub served_from: ServedFrom,
+    /// Lower-case names of every routing header a client could smuggle in (sorted, deduplicated).
+    pub strip: Vec<String>,
+    /// `limits.maxBodyBytes`.
+    pub max_body_bytes: usize,
+    /// `limits.maxResponseBodyBytes`.
+    pub max_response_body_bytes: usize,
+}
+
+impl ExchangeSettings {
+    pub fn new(config: &GatewayConfig) -> ExchangeSettings {
+        let routing = &config.routing;
+        let mut strip: Vec<String> =
+            [&routing.destination_header, &routing.prefill_header, &routing.served_header]
+                .into_iter()
+                .cloned()
+                .chain(headers::DEFAULT_ROUTING_HEADERS.iter().map(|s| String::from(*s)))
+                .collect();
+        strip.sort();
+        strip.dedup();
+        ExchangeSettings {
+            destination_header: routing.destination_header.clone(),
+            prefill_header: routing.prefill_header.clone(),
+            served_header: routing.served_header.clone(),
+            served_from: routing.served_from,
+            strip,
+            max_body_bytes: config.limits.max_body_bytes,
+            max_response_body_bytes: config.limits.max_response_body_bytes,
+        }
+    }
+}
+
+/// Read access to the request headers as the host holds them (names lower-case).
+pub trait HeaderLookup {
+    /// The value of `name`, if present and readable as text.
+    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+/// What the decision needs from the request headers, owned (the headers are gone once the request
+/// continues, and the shim sends these to its picker thread).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub path: String,
+    /// Never empty once the headers were seen (the exchange supplies one when the client sent none).
+    pub request_id: String,
+    pub objective: Option<String>,
+    pub model_rewrite: Option<String>,
+    pub session_token: Option<String>,
+    /// The gateway's subset hint (`ip:port` or bare `ip` entries), when it sent one.
+    pub subset: Option<Vec<String>>,
+    /// The request declared its body length (a changed body must declare the new one).
+    pub content_length: bool,
+}
+
+impl RequestFacts {
+    /// The borrowed form the decision takes. `subset` is the hint as string slices (see
+    /// [`RequestFacts::subset_refs`]).
+    pub fn info<'a>(&'a self, subset: Option<&'a [&'a str]>) -> RequestInfo<'a> {
+        RequestInfo {
+            path: &self.path,
+            request_id: &self.request_id,
+            objective: self.objective.as_deref(),
+            model_rewrite: self.model_rewrite.as_deref(),
+            session_token: self.session_token.as_deref(),
+            subset,
+        }
+    }
+
+    /// The subset hint as slices, for [`RequestFacts::info`].
+    pub fn subset_refs(&self) -> Option<Vec<&str>> {
+        self.subset.as_ref().map(|s| s.iter().map(String::as_str).collect())
+    }
+}
+
+/// What to do after the request headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHeadStep {
+    /// Client-supplied routing headers to remove, before anything else.
+    pub remove: Vec<String>,
+    /// Headers to set on the request (a generated `x-request-id`).
+    pub set: Vec<(String, String)>,
+    pub next: RequestStep,
+}
+
+/// What to do after a request event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestStep {
+    /// Keep buffering the body.
+    Wait,
+    /// The request is complete: decide (with the buffered body, or without one when `with_body` is
+    /// false) and call [`Exchange::on_outcome`].
+    Decide { with_body: bool },
+    /// Answer locally and count it as a decision answered with this status.
+    Reply(Reply),
+    /// Already decided: let the data pass.
+    Pass,
+}
+
+/// The request, once decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decided {
+    Forward(Forward),
+    /// Answer locally (already counted by whoever decided).
+    Reply(Reply),
+}
+
+/// How to forward the request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Forward {
+    /// Headers to set (destination, prefill, a new content-length), replacing any value.
+    pub set: Vec<(String, String)>,
+    /// The request body to send instead of the buffered one (the model rewritten).
+    pub body: Option<Vec<u8>>,
+    /// The destination header's value, when the request was routed (for dynamic metadata).
+    pub destination: Option<String>,
+}
+
+/// A routed request's in-flight count, to move or release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub address: String,
+    pub tokens: u64,
+}
+
+/// The gateway served the request on another endpoint than the one counted (a retry, a fallback).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub from: String,
+    pub to: String,
+    pub tokens: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    /// Before the request headers.
+    #[default]
+    Start,
+    /// Buffering the body.
+    Body,
+    /// A decision was asked for and not yet applied.
+    Deciding,
+    /// Forwarded upstream (routed or failing open).
+    Forwarded,
+    /// Answered locally.
+    Replied,
+}
+
+/// What a routed request carries to the response path.
+#[derive(Clone, Debug)]
+struct Routed {
+    /// Where the in-flight count sits now.
+    accounted: String,
+    tokens: u64,
+    /// The model the client asked for, when the server was sent another one.
+    client_model: Option<String>,
+}
+
+/// One request's lifecycle. Create one per stream; feed it every event in order.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    phase: Phase,
+    facts: RequestFacts,
+    /// Request body bytes buffered so far.
+    body_len: usize,
+    routed: Option<Routed>,
+    response: response::ResponseBody,
+}
+
+impl Exchange {
+    pub fn new() -> Exchange {
+        Exchange::default()
+    }
+
+    /// The request's facts (valid after [`Exchange::on_request_headers`]).
+    pub fn facts(&self) -> &RequestFacts {
+        &self.facts
+    }
+
+    /// True once the request was forwarded or answered.
+    pub fn decided(&self) -> bool {
+        matches!(self.phase, Phase::Forwarded | Phase::Replied)
+    }
+
+    /// True once the request was answered locally (the response is our own reply).
+    pub fn replied(&self) -> bool {
+        self.phase == Phase::Replied
+    }
+
+    /// The request headers arrived. `headers` is `None` when the host could not read them: every
+    /// routing header is then removed blindly. `subset` is the gateway's subset hint, if any.
+    /// `new_request_id` is called only when the request carries no id.
+    pub fn on_request_headers(
+        &mut self,
+        s: &ExchangeSettings,
+        headers: Option<&dyn HeaderLookup>,
+        subset: Option<Vec<String>>,
+        end_of_stream: bool,
+        new_request_id: &mut dyn FnMut() -> String,
+    ) -> RequestHeadStep {
+        let remove: Vec<String> = match headers {
+            Some(h) => s.strip.iter().filter(|name| h.get(name).is_some()).cloned().collect(),
+            None => s.strip.clone(),
+        };
+        let text =
+            |name: &str| headers.and_then(|h| h.get(name)).filter(|v| !v.is_empty()).map(|v| v.into_owned());
+        let mut set = Vec::new();
+        let request_id = match text(headers::REQUEST_ID) {
+            Some(id) => id,
+            None => {
+                let id = new_request_id();
+                set.push((String::from(headers::REQUEST_ID), id.clone()));
+                id
+            }
+        };
+        self.facts = RequestFacts {
+            path: text(headers::PATH).unwrap_or_default(),
+            request_id,
+            objective: text(headers::OBJECTIVE),
+            model_rewrite: text(headers::MODEL_REWRITE),
+            session_token: text(headers::SESSION_TOKEN),
+            subset,
+            content_length: headers.is_some_and(|h| h.get(headers::CONTENT_LENGTH).is_some()),
+        };
+        let next = if end_of_stream {
+            self.phase = Phase::Deciding;
+            RequestStep::Decide { with_body: false }
+        } else {
+            self.phase = Phase::Body;
+            RequestStep::Wait
+        };
+        RequestHeadStep { remove, set, next }
+    }
+
+    /// The request body grew to `buffered_len` bytes in all.
+    pub fn on_request_body(
+        &mut self,
+        s: &ExchangeSettings,
+        buffered_len: usize,
+        end_of_stream: bool,
+    ) -> RequestStep {
+        if self.phase != Phase::Body {
+            return RequestStep::Pass;
+        }
+        self.body_len = buffered_len;
+        if buffered_len > s.max_body_bytes {
+            self.phase = Phase::Replied;
+            return RequestStep::Reply(crate::endpoint_picker::body_too_large(s.max_body_bytes));
+        }
+        if !end_of_stream {
+            return RequestStep::Wait;
+        }
+        self.phase = Phase::Deciding;
+        RequestStep::Decide { with_body: buffered_len > 0 }
+    }
+
+    /// The request ended with trailers (its body never saw end of stream): decide now.
+    pub fn on_request_trailers(&mut self) -> RequestStep {
+        if self.phase != Phase::Body {
+            return RequestStep::Pass;
+        }
+        self.phase = Phase::Deciding;
+        RequestStep::Decide { with_body: self.body_len > 0 }
+    }
+
+    /// Applies the decision asked for by [`RequestStep::Decide`].
+    pub fn on_outcome(&mut self, s: &ExchangeSettings, outcome: Outcome) -> Decided {
+        if self.phase != Phase::Deciding {
+            // A decision nobody asked for: never route on it.
+            return Decided::Forward(Forward::default());
+        }
+        let route = match outcome {
+            Outcome::Reply(reply) => {
+                self.phase = Phase::Replied;
+                return Decided::Reply(reply);
+            }
+            Outcome::Route(route) | Outcome::FailOpen { route: Some(route), .. } => route,
+            Outcome::FailOpen { route: None, .. } => {
+                self.phase = Phase::Forwarded;
+                return Decided::Forward(Forward::default());
+            }
+        };
+        self.phase = Phase::Forwarded;
+        let mut set = Vec::with_capacity(3);
+        set.push((s.destination_header.clone(), route.header_value.clone()));
+        if let Some(prefill) = &route.prefill {
+            set.push((s.prefill_header.clone(), prefill.clone()));
+        }
+        if let (Some(body), true) = (&route.body, self.facts.content_length) {
+            set.push((String::from(headers::CONTENT_LENGTH), body.len().to_string()));
+        }
+        self.routed = Some(Routed {
+            accounted: route.destination,
+            tokens: route.estimated_tokens,
+            client_model: route.client_model,
+        });
+        Decided::Forward(Forward { set, body: route.body, destination: Some(route.header_value) })
+    }
+
+    /// Where this request's in-flight count sits and how many tokens it holds.
+    pub fn in_flight(&self) -> Option<InFlight> {
+        self.routed.as_ref().map(|r| InFlight { address: r.accounted.clone(), tokens: r.tokens })
+    }
+
+    /// True when the response path wants the proxy's report of the upstream address (it was routed and
+    /// `routing.servedFrom` is `proxy`): ask the host only then.
+    pub fn wants_upstream_address(&self, s: &ExchangeSettings) -> bool {
+        self.routed.is_some() && s.served_from == ServedFrom::Proxy && self.phase == Phase::Forwarded
+    }
+
+    /// The response headers arrived.
+    pub fn on_response_headers(&mut self, s: &ExchangeSettings, head: &ResponseHead<'_>) -> ResponseHeadStep {
+        let mut step = ResponseHeadStep::default();
+        if self.phase != Phase::Forwarded {
+            return step;
+        }
+        let client_model = match &mut self.routed {
+            Some(r) => {
+                let reported = match s.served_from {
+                    ServedFrom::Proxy => head.upstream.filter(|a| !a.is_empty()),
+                    ServedFrom::Destination => None,
+                };
+                let served = reported.map_or_else(|| r.accounted.clone(), String::from);
+                if served != r.accounted {
+                    step.moved =
+                        Some(Moved { from: r.accounted.clone(), to: served.clone(), tokens: r.tokens });
+                    r.accounted = served.clone();
+                }
+                if head.status.is_some_and(|code| code >= 500) {
+                    step.upstream_error = Some(served.clone());
+                }
+                step.served = Some((s.served_header.clone(), served));
+                r.client_model.clone()
+            }
+            // Failing open without a destination: the proxy chose; nothing to report or read.
+            None => return step,
+        };
+        if head.end_of_stream {
+            return step;
+        }
+        let changes = client_model.is_some();
+        self.response = response::ResponseBody::plan(head.content_type, client_model);
+        step.body_changes_length = changes;
+        step.holds_body = self.response.holds();
+        step
+    }
+
+    /// True while the response body is read (the caller may skip reading it otherwise).
+    pub fn reads_response_body(&self) -> bool {
+        self.response.reads()
+    }
+
+    /// One response body chunk (the bytes new since the last call) arrived.
+    pub fn on_response_body(
+        &mut self,
+        s: &ExchangeSettings,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> ResponseBodyStep {
+        self.response.push(chunk, end_of_stream, s.max_response_body_bytes)
+    }
+
+    /// The response body could not be read: stop reading it (a held body is released as it is).
+    pub fn response_body_unreadable(&mut self) -> ResponseBodyStep {
+        self.response.abandon()
+    }
+
+    /// The response ended with trailers: release what is held or pending.
+    pub fn on_response_trailers(&mut self) -> ResponseBodyStep {
+        self.response.trailers()
+    }
+
+    /// The stream ended (completed, reset or answered locally): the in-flight count to release, once.
+    pub fn on_stream_end(&mut self) -> Option<InFlight> {
+        self.response = response::ResponseBody::default();
+        self.routed.take().map(|r| InFlight { address: r.accounted, tokens: r.tokens })
+    }
+}
