@@ -116,6 +116,12 @@ impl HeaderMap {
     }
 }
 
+impl scheduler_core::exchange::HeaderLookup for HeaderMap {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.get_str(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

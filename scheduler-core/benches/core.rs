@@ -4,7 +4,7 @@
 //! runs measure the same work.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use scheduler_core::admission::{decide, Decision};
+use scheduler_core::admission::{admit, Decision};
 use scheduler_core::endpoint_picker::{EndpointPicker, Outcome, PoolView, RequestInfo};
 use scheduler_core::metrics_text::parse_metrics;
 use scheduler_core::model::{
@@ -207,7 +207,7 @@ fn format_tag(n: u64) -> [u8; 8] {
     tag
 }
 
-/// `admission::decide` with GIE's default profile on a warm prefix index. Requests are sheddable
+/// `admission::admit` with GIE's default profile on a warm prefix index. Requests are sheddable
 /// (priority −1) so the utilization detector runs too; the pool is never saturated, so all are routed.
 fn decision_time(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide_16KiB_chat");
@@ -233,7 +233,7 @@ fn decision_time(c: &mut Criterion) {
         // Warm the prefix index: a few hundred earlier decisions over the same system prompts.
         for i in 0..512 {
             let req = requests.get(i);
-            let d = decide(&mut scheduler, &req, &snapshot, None, NOW_MS, &mut rng);
+            let d = admit(&mut scheduler, &req, &snapshot, None, NOW_MS, &mut rng);
             assert!(matches!(d, Decision::Route { .. }), "{n} endpoints: {d:?}");
         }
         let mut i = 512u64;
@@ -241,7 +241,7 @@ fn decision_time(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 let req = requests.get(i);
-                black_box(decide(&mut scheduler, &req, snapshot, None, NOW_MS, &mut rng))
+                black_box(admit(&mut scheduler, &req, snapshot, None, NOW_MS, &mut rng))
             })
         });
     }
@@ -281,7 +281,7 @@ fn decision_breakdown(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 let req = requests.get(i);
-                black_box(decide(&mut scheduler, &req, snapshot, None, NOW_MS, &mut rng))
+                black_box(admit(&mut scheduler, &req, snapshot, None, NOW_MS, &mut rng))
             })
         });
     }

@@ -1,7 +1,7 @@
 //! Two schedulers stand in for two proxy worker threads: what one routes, the other learns through
 //! `learn_prefix`, so a shared-prefix request follows its cache whichever worker it lands on.
 
-use scheduler_core::admission::{decide, Decision};
+use scheduler_core::admission::{admit, Decision};
 use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
 use scheduler_core::request::{parse_request, RequestMeta};
 use scheduler_core::rng::Rng;
@@ -22,7 +22,7 @@ fn pool() -> PoolSnapshot {
 fn route(s: &mut Scheduler, pool: &PoolSnapshot, body: &[u8], seed: u64) -> (String, Vec<u64>) {
     let parsed = parse_request("/v1/chat/completions", body).unwrap();
     let meta = RequestMeta { request_id: "r", priority: 0, session_token: None, model_override: None };
-    match decide(s, &parsed.scheduling_request(meta), pool, None, 1_010, &mut Rng::new(seed)) {
+    match admit(s, &parsed.scheduling_request(meta), pool, None, 1_010, &mut Rng::new(seed)) {
         Decision::Route { destination, prefix_hashes, .. } => (destination, prefix_hashes),
         other => panic!("expected a route, got {other:?}"),
     }

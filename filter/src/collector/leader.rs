@@ -49,7 +49,7 @@ impl Leadership {
             Some(v) => (Some(v.value.as_slice()), v.cas),
             None => (None, None),
         };
-        match Lease::decide(value, self.me, host.now_ms(), ttl_ms) {
+        match Lease::arbitrate(value, self.me, host.now_ms(), ttl_ms) {
             LeaseDecision::Follow { .. } => Ok(false),
             LeaseDecision::Claim(lease) => match host.shared_set(&keys.lease, &lease.encode(), cas) {
                 Ok(()) => Ok(true),

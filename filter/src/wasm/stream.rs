@@ -1,218 +1,143 @@
-//! The HTTP context: the proxy's state machine around one request (strip, pause, buffer, decide, apply,
-//! resume; then the response path and the end of the stream). Decisions are the worker's.
+//! The HTTP context: translates the proxy's callbacks into events of the core's request lifecycle
+//! ([`Exchange`]) and its steps into host calls. Decisions are the worker's; what to strip, set, answer,
+//! hold and count is the exchange's. What stays here is how Envoy's Proxy-Wasm host works: a paused
+//! response body keeps growing in the proxy's buffer, so only its new bytes are read each time.
 
 use super::abi;
 use super::headers;
 use super::host_impl::ProxyHost;
 use crate::header_map::HeaderMap;
-use crate::host::Host;
-use crate::worker::{Routed, Worker};
+use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use scheduler_core::config::gateway::ServedFrom;
-use scheduler_core::endpoint_picker::{Outcome, Reply, RequestInfo, Route};
-use scheduler_core::openai_error::OpenAiError;
-use scheduler_core::request::rewrite_model;
-use scheduler_core::response::{finish_json, is_event_stream, usage_of, SseFilter};
+use scheduler_core::endpoint_picker::Reply;
+use scheduler_core::exchange::headers::{CONTENT_LENGTH, CONTENT_TYPE, STATUS};
+use scheduler_core::exchange::{
+    BodyOut, Decided, Exchange, ExchangeSettings, HeaderLookup, RequestStep, ResponseBodyStep, ResponseHead,
+};
 use std::cell::RefCell;
 use std::rc::Rc;
-
-/// Request headers the picker reads (GIE protocol).
-const OBJECTIVE: &str = "x-gateway-inference-objective";
-const MODEL_REWRITE: &str = "x-gateway-model-name-rewrite";
-const SESSION_TOKEN: &str = "x-session-token";
-const REQUEST_ID: &str = "x-request-id";
-
-/// Largest response body copied (for usage) or held (to put the client's model name back). Copies live in
-/// the VM's memory for every open stream, and held bodies count against Envoy's buffer limit; an OpenAI
-/// JSON answer is a few KiB, so larger ones simply pass through unread.
-const MAX_RESPONSE_COPY: usize = 256 * 1024;
-
-/// What the response path does with the upstream body.
-#[derive(Debug, Default)]
-enum ResponseBody {
-    /// Not ours to read (local reply, fail open without a route, or grown past the copy limit).
-    #[default]
-    Ignored,
-    /// JSON passed on chunk by chunk; a copy is kept to read `usage` at the end.
-    Copied(Vec<u8>),
-    /// JSON whose `model` must be put back: Envoy buffers it until the end.
-    Held,
-    /// Server-sent events, filtered line by line. An incomplete last line is held back until its newline
-    /// or the end of the body; a stream ending in trailers instead would lose it, which OpenAI-style
-    /// streams (always ending `data: [DONE]\n\n`) never do.
-    Events(SseFilter),
-}
-
-/// The header facts of one request, owned (header maps are gone once the request continues).
-#[derive(Default)]
-struct Facts {
-    path: String,
-    request_id: String,
-    objective: Option<String>,
-    model_rewrite: Option<String>,
-    session_token: Option<String>,
-    content_length: bool,
-}
-
-impl Facts {
-    fn from_headers(h: &HeaderMap) -> Facts {
-        let text = |name: &str| h.get_str(name).map(|v| v.into_owned());
-        Facts {
-            path: text(":path").unwrap_or_default(),
-            request_id: text(REQUEST_ID).unwrap_or_default(),
-            objective: text(OBJECTIVE),
-            model_rewrite: text(MODEL_REWRITE),
-            session_token: text(SESSION_TOKEN),
-            content_length: h.contains("content-length"),
-        }
-    }
-
-    fn info(&self) -> RequestInfo<'_> {
-        RequestInfo {
-            path: &self.path,
-            request_id: &self.request_id,
-            objective: self.objective.as_deref(),
-            model_rewrite: self.model_rewrite.as_deref(),
-            session_token: self.session_token.as_deref(),
-            subset: None,
-        }
-    }
-}
 
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
     host: Rc<ProxyHost>,
-    facts: Facts,
-    /// The decision was made (at headers or at end of body): later callbacks only pass data on.
-    decided: bool,
-    /// We answered locally: the response path is our own reply.
-    replied: bool,
-    /// In flight until the stream ends; taken exactly once.
-    routed: Option<Routed>,
-    /// Body bytes buffered so far (for a request that ends with trailers).
-    buffered: usize,
-    /// The model the client asked for, when the body was rewritten to another one.
-    client_model: Option<String>,
-    response: ResponseBody,
+    exchange: Exchange,
+    /// The worker's settings, from the request headers on.
+    settings: Rc<ExchangeSettings>,
+    /// Response body bytes the exchange already has while the body is held (the proxy's buffer then
+    /// holds them too, followed by the new ones).
+    response_seen: usize,
 }
 
-fn set_request_header(name: &str, value: &str) -> bool {
-    match abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()) {
-        Ok(()) => true,
-        Err(s) => {
-            log::warn!("request header {name} not set: {s}");
-            false
-        }
+/// Host calls that change the request or response: a refusal is logged, never fatal.
+fn log_err<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
+    if let Err(e) = r {
+        log::warn!("{what} not changed: {e}");
     }
 }
 
 impl Stream {
     pub fn new(worker: Option<Rc<RefCell<Worker>>>, host: Rc<ProxyHost>) -> Stream {
-        Stream {
-            worker,
-            host,
-            facts: Facts::default(),
-            decided: false,
-            replied: false,
-            routed: None,
-            buffered: 0,
-            client_model: None,
-            response: ResponseBody::Ignored,
+        let settings = match &worker {
+            Some(w) => w.try_borrow().map(|w| w.exchange_settings()).unwrap_or_default(),
+            None => Rc::default(),
+        };
+        Stream { worker, host, exchange: Exchange::new(), settings, response_seen: 0 }
+    }
+
+    fn worker(&self) -> Option<Rc<RefCell<Worker>>> {
+        self.worker.clone()
+    }
+
+    /// Carries out a request step: wait, decide, reply or pass.
+    fn request_step(&mut self, w: &mut Worker, step: RequestStep, body_size: usize) -> Action {
+        match step {
+            RequestStep::Wait => Action::Pause,
+            RequestStep::Pass => Action::Continue,
+            RequestStep::Reply(reply) => {
+                w.count_reply(&*self.host, &reply);
+                reply_locally(&reply)
+            }
+            RequestStep::Decide { with_body } => self.decide(w, with_body.then_some(body_size)),
         }
     }
 
-    /// Decides with `body` (None: the request has none) and applies the outcome.
-    fn decide(&mut self, w: &mut Worker, body: Option<(&[u8], usize)>) -> Action {
-        self.decided = true;
-        let host: &dyn Host = &*self.host;
-        let (outcome, routed) = w.decide(host, &self.facts.info(), body.map(|(b, _)| b));
-        self.routed = routed;
-        let id = &self.facts.request_id;
-        match outcome {
-            Outcome::Route(route) | Outcome::FailOpen { route: Some(route), .. } => {
-                log::debug!("request {id:?} routed to {}", route.header_value);
-                self.apply_route(w, &route, body)
+    /// Decides on the buffered body (`None`: from the headers alone) and applies the outcome.
+    fn decide(&mut self, w: &mut Worker, body_size: Option<usize>) -> Action {
+        let body = match body_size.map(|n| abi::get_buffer(BufferType::HttpRequestBody, 0, n)) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(s)) => {
+                log::warn!("request body not readable ({s}): deciding from the headers alone");
+                None
             }
-            Outcome::FailOpen { reason, route: None } => {
-                log::debug!("request {id:?}: {}, destination left to the cluster", reason.as_str());
+            None => None,
+        };
+        let facts = self.exchange.facts();
+        let subset = facts.subset_refs();
+        let (outcome, _) = w.decide(&*self.host, &facts.info(subset.as_deref()), body.as_deref());
+        log::debug!("request {:?}: {outcome:?}", facts.request_id);
+        match self.exchange.on_outcome(&self.settings, outcome) {
+            Decided::Reply(reply) => reply_locally(&reply),
+            Decided::Forward(forward) => {
+                // Before continuing: host calls on the request are refused once it continued.
+                for (name, value) in &forward.set {
+                    log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
+                }
+                if let (Some(new), Some(size)) = (&forward.body, body_size) {
+                    log_err("request body", abi::set_buffer(BufferType::HttpRequestBody, 0, size, new));
+                }
                 Action::Continue
             }
-            Outcome::Reply(reply) => {
-                log::debug!("request {id:?} answered {} ({})", reply.status, reply.reason);
-                self.reply(&reply)
-            }
         }
-    }
-
-    /// Sets the routing headers (and rewrites the body's model) before continuing: host calls on the
-    /// request are refused once it continued.
-    fn apply_route(&mut self, w: &mut Worker, route: &Route, body: Option<(&[u8], usize)>) -> Action {
-        let routing = w.routing();
-        set_request_header(&routing.destination_header, &route.header_value);
-        if let Some(prefill) = &route.prefill {
-            set_request_header(&routing.prefill_header, prefill);
-        }
-        if let (Some(model), Some((bytes, size))) = (&route.rewritten_model, body) {
-            match rewrite_model(bytes, model) {
-                Ok(rewritten) => {
-                    let new = rewritten.body;
-                    if let Err(s) = abi::set_buffer(BufferType::HttpRequestBody, 0, size, &new) {
-                        log::warn!("request body not rewritten: {s}");
-                    } else {
-                        self.client_model = Some(rewritten.previous_model);
-                        if self.facts.content_length {
-                            set_request_header("content-length", &new.len().to_string());
-                        }
-                    }
-                }
-                Err(e) => {
-                    let reply = Reply {
-                        status: 400,
-                        body: OpenAiError::invalid_request(&e).body(),
-                        reason: "bad_request",
-                    };
-                    w.stats().reply(&*self.host, 400);
-                    return self.reply(&reply);
-                }
-            }
-        }
-        Action::Continue
-    }
-
-    fn reply(&mut self, reply: &Reply) -> Action {
-        self.replied = true;
-        let headers: [(&str, &[u8]); 1] = [("content-type", b"application/json")];
-        if let Err(s) = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes()) {
-            log::warn!("local reply {} not sent: {s}", reply.status);
-        }
-        Action::Pause
-    }
-
-    /// Decides on the body buffered so far (none at all: from the headers alone).
-    fn decide_on_body(&mut self, w: &mut Worker) -> Action {
-        if self.buffered == 0 {
-            return self.decide(w, None);
-        }
-        let size = self.buffered;
-        let body = match abi::get_buffer(BufferType::HttpRequestBody, 0, size) {
-            Ok(b) => b,
-            Err(s) => {
-                log::warn!("request body not readable ({s}): picking from headers alone");
-                return self.decide(w, None);
-            }
-        };
-        self.decide(w, Some((&body, size)))
     }
 
     fn finish(&mut self) {
-        let Some(routed) = self.routed.take() else { return };
+        let Some(in_flight) = self.exchange.on_stream_end() else { return };
         let Some(worker) = &self.worker else { return };
         match worker.try_borrow_mut() {
-            Ok(mut w) => w.finish(&*self.host, &routed),
-            Err(_) => log::warn!("in-flight count for {} not released (worker busy)", routed.destination),
+            Ok(mut w) => w.finish(&*self.host, &in_flight),
+            Err(_) => log::warn!("in-flight count for {} not released (worker busy)", in_flight.address),
         }
     }
+
+    /// Applies a response body step; `body_size` is what the proxy holds now, `start` where this chunk
+    /// began in it.
+    fn response_step(&mut self, step: ResponseBodyStep, start: usize, body_size: usize) -> Action {
+        if let Some(u) = step.usage {
+            if let Some(Ok(mut w)) = self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+                w.stats().usage(&*self.host, u);
+            }
+        }
+        let buffer = BufferType::HttpResponseBody;
+        match step.out {
+            BodyOut::Pass => {}
+            BodyOut::Replace(bytes) => {
+                let len = body_size.saturating_sub(start);
+                log_err("response body", abi::set_buffer(buffer, start, len, &bytes));
+            }
+            BodyOut::Hold => {
+                self.response_seen = body_size;
+                return Action::Pause;
+            }
+            BodyOut::Release { body, changed } => {
+                if changed {
+                    log_err("response body", abi::set_buffer(buffer, 0, body_size, &body));
+                }
+            }
+        }
+        self.response_seen = 0;
+        Action::Continue
+    }
+}
+
+/// Sends `reply` as the answer; the request goes no further.
+fn reply_locally(reply: &Reply) -> Action {
+    log::debug!("answered {} ({})", reply.status, reply.reason);
+    let headers: [(&str, &[u8]); 1] = [(CONTENT_TYPE, b"application/json")];
+    if let Err(e) = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes()) {
+        log::warn!("local reply {} not sent: {e}", reply.status);
+    }
+    Action::Pause
 }
 
 impl Context for Stream {
@@ -225,163 +150,115 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
         // One read of the whole map (one copy into the VM rather than one per header).
-        let request_headers = headers::read(MapType::HttpRequestHeaders)
-            .map_err(|e| {
-                log::warn!("request headers not readable, removing every routing header blindly: {e}")
-            })
+        let map = headers::read(MapType::HttpRequestHeaders)
+            .map_err(|e| log::warn!("request headers not readable, removing every routing header: {e}"))
             .ok();
-        // First, before anything can fail: a client-set routing header would route anywhere. Only the
-        // ones present are removed (the usual case is none); an unreadable map removes them all.
-        for name in w.headers_to_strip() {
-            if request_headers.as_ref().is_none_or(|h| h.contains(name)) {
-                if let Err(s) = abi::remove_header(MapType::HttpRequestHeaders, name) {
-                    log::warn!("client header {name} not removed: {s}");
-                }
-            }
+        let host = Rc::clone(&self.host);
+        let mut new_id = || w.new_request_id(&*host);
+        let step = self.exchange.on_request_headers(
+            &self.settings,
+            map.as_ref().map(|m| m as &dyn HeaderLookup),
+            None,
+            end_of_stream,
+            &mut new_id,
+        );
+        for name in &step.remove {
+            log_err(name, abi::remove_header(MapType::HttpRequestHeaders, name));
         }
-        self.facts = Facts::from_headers(&request_headers.unwrap_or_default());
-        if end_of_stream {
-            return self.decide(&mut w, None);
+        for (name, value) in &step.set {
+            log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
         }
-        // Wait for the body. With `allow_on_headers_stop_iteration` Envoy keeps feeding it to us.
-        Action::Pause
+        // Waiting for the body: with `allow_on_headers_stop_iteration` Envoy keeps feeding it to us.
+        self.request_step(&mut w, step.next, 0)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.decided {
-            return Action::Continue;
-        }
-        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        if let Some(reply) = w.body_too_large(&*self.host, body_size) {
-            self.decided = true;
-            return self.reply(&reply);
-        }
-        self.buffered = body_size;
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        self.decide_on_body(&mut w)
+        let step = self.exchange.on_request_body(&self.settings, body_size, end_of_stream);
+        self.request_step(&mut w, step, body_size)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        // A body that ended with trailers never saw end_of_stream: decide now, or it would wait forever.
-        if self.decided {
-            return Action::Continue;
-        }
-        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        self.decide_on_body(&mut w)
+        let step = self.exchange.on_request_trailers();
+        let size = self.exchange.request_body_len();
+        self.request_step(&mut w, step, size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if self.replied {
+        if !self.exchange.follows_response() {
             return Action::Continue;
         }
-        let (Some(routed), Some(worker)) = (&self.routed, self.worker.clone()) else {
-            return Action::Continue;
-        };
+        let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        // Where the request really went (after retries), when the proxy says; else where we sent it.
-        let served = match w.routing().served_from {
-            ServedFrom::Destination => routed.destination.clone(),
-            ServedFrom::Proxy => match abi::get_property(&["upstream", "address"]) {
-                Ok(Some(bytes)) if !bytes.is_empty() => {
-                    String::from_utf8(bytes).unwrap_or_else(|_| routed.destination.clone())
-                }
-                _ => routed.destination.clone(),
-            },
+        let upstream = match self.exchange.wants_upstream_address(&self.settings) {
+            true => abi::get_property(&["upstream", "address"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok()),
+            false => None,
         };
-        let served_header = w.routing().served_header.clone();
-        if let Err(s) = abi::replace_header(MapType::HttpResponseHeaders, &served_header, served.as_bytes()) {
-            log::warn!("response header {served_header} not set: {s}");
-        }
-        let headers = headers::read(MapType::HttpResponseHeaders).unwrap_or_else(|e| {
+        let map = headers::read(MapType::HttpResponseHeaders).unwrap_or_else(|e| {
             log::debug!("response headers not readable: {e}");
             HeaderMap::default()
         });
-        let status = headers.get_str(":status").and_then(|s| s.parse::<u16>().ok());
-        if status.is_some_and(|s| s >= 500) {
-            w.stats().upstream_5xx(&*self.host, &served);
-        }
-        if end_of_stream {
-            return Action::Continue;
-        }
-        let events = headers.get_str("content-type").is_some_and(|c| is_event_stream(&c));
-        self.response = match (&self.client_model, events) {
-            (client_model, true) => ResponseBody::Events(SseFilter::new(client_model.clone())),
-            (Some(_), false) => ResponseBody::Held,
-            (None, false) => ResponseBody::Copied(Vec::new()),
+        let status = map.get_str(STATUS).and_then(|s| s.parse::<u16>().ok());
+        let content_type = map.get_str(CONTENT_TYPE);
+        let head = ResponseHead {
+            status,
+            content_type: content_type.as_deref(),
+            upstream: upstream.as_deref(),
+            end_of_stream,
         };
-        if self.client_model.is_some() {
-            // The body changes length; headers leave before it does, so no length rather than a wrong one.
-            if let Err(s) = abi::remove_header(MapType::HttpResponseHeaders, "content-length") {
-                log::warn!("response content-length not removed: {s}");
-            }
+        let step = self.exchange.on_response_headers(&self.settings, &head);
+        if let Some((name, value)) = &step.served {
+            log_err(name, abi::replace_header(MapType::HttpResponseHeaders, name, value.as_bytes()));
+        }
+        if let Some(m) = &step.moved {
+            w.moved(&*self.host, &m.from, &m.to, m.tokens);
+        }
+        if let Some(address) = &step.upstream_error {
+            w.stats().upstream_5xx(&*self.host, address);
+        }
+        if step.body_changes_length {
+            // The headers leave before the body does: no length rather than a wrong one.
+            log_err(CONTENT_LENGTH, abi::remove_header(MapType::HttpResponseHeaders, CONTENT_LENGTH));
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if matches!(self.response, ResponseBody::Ignored) {
+        if !self.exchange.reads_response_body() {
             return Action::Continue;
         }
-        if matches!(self.response, ResponseBody::Held) && !end_of_stream {
-            if body_size > MAX_RESPONSE_COPY {
-                log::debug!("response over {MAX_RESPONSE_COPY} bytes: model name not put back");
-                self.response = ResponseBody::Ignored;
-                return Action::Continue;
-            }
-            return Action::Pause;
-        }
+        let start = self.response_seen.min(body_size);
+        let len = body_size.saturating_sub(start);
         // The end of a body often comes as an empty last chunk: nothing to copy out of the proxy.
-        let read = if body_size == 0 {
-            Ok(Vec::new())
-        } else {
-            abi::get_buffer(BufferType::HttpResponseBody, 0, body_size)
-        };
-        let chunk = match read {
-            Ok(b) => b,
+        let chunk =
+            if len == 0 { Ok(Vec::new()) } else { abi::get_buffer(BufferType::HttpResponseBody, start, len) };
+        let step = match chunk {
+            Ok(chunk) => self.exchange.on_response_body(&self.settings, &chunk, end_of_stream),
             Err(s) => {
                 log::debug!("response body not readable: {s}");
-                self.response = ResponseBody::Ignored;
-                return Action::Continue;
+                self.exchange.response_body_unreadable()
             }
         };
-        let (replacement, usage) = match &mut self.response {
-            ResponseBody::Ignored => (None, None),
-            ResponseBody::Held => finish_json(&chunk, self.client_model.as_deref()),
-            ResponseBody::Copied(copy) => {
-                if copy.len().saturating_add(chunk.len()) > MAX_RESPONSE_COPY {
-                    self.response = ResponseBody::Ignored;
-                    return Action::Continue;
-                }
-                copy.extend_from_slice(&chunk);
-                (None, end_of_stream.then(|| usage_of(copy)).flatten())
-            }
-            ResponseBody::Events(filter) => {
-                let out = filter.push(&chunk, end_of_stream);
-                let usage = if end_of_stream { filter.usage() } else { None };
-                (self.client_model.is_some().then_some(out), usage)
-            }
-        };
-        if let Some(new) = replacement {
-            if let Err(s) = abi::set_buffer(BufferType::HttpResponseBody, 0, body_size, &new) {
-                log::warn!("response body not rewritten: {s}");
-            }
+        self.response_step(step, start, body_size)
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let step = self.exchange.on_response_trailers();
+        if let BodyOut::Replace(rest) = &step.out {
+            // The proxy offers no way to add body bytes with the trailers.
+            log::debug!("{} bytes of an unfinished event line dropped at the trailers", rest.len());
         }
-        if let (Some(u), Some(worker)) = (usage, &self.worker) {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                w.stats().usage(&*self.host, u);
-            }
-        }
-        if end_of_stream {
-            self.response = ResponseBody::Ignored;
-        }
-        Action::Continue
+        let usage_only = ResponseBodyStep { out: BodyOut::Pass, usage: step.usage };
+        self.response_step(usage_only, 0, 0)
     }
 
     fn on_log(&mut self) {

@@ -9,31 +9,16 @@ use crate::prefix_sync::PrefixSync;
 use crate::snapshot_cache::{Refresh, SnapshotCache};
 use crate::stats::{self, Stats};
 use crate::workers;
-use scheduler_core::config::gateway::{GatewayConfig, RoutingConfig};
+use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{
     request_seed, EndpointPicker, Outcome, PoolView, Reply, RequestInfo, Route,
 };
+use scheduler_core::exchange::{ExchangeSettings, InFlight};
 use scheduler_core::model::PoolSnapshot;
+use std::rc::Rc;
 use std::string::String;
 use std::vec::Vec;
-
-/// Routing headers a client must never set: the configured names and the protocol defaults (a proxy
-/// configured with custom names may still sit in front of a cluster keyed by a default one).
-pub const DEFAULT_ROUTING_HEADERS: [&str; 4] = [
-    "x-gateway-destination-endpoint",
-    "x-prefiller-host-port",
-    "x-gateway-destination-endpoint-served",
-    // Protocol v0.3's fallback header: nothing should act on it, nothing should pass it on either.
-    "x-gateway-destination-endpoint-fallback",
-];
-
-/// A request this worker routed and must account for until its stream ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Routed {
-    pub destination: String,
-    pub tokens: u64,
-}
 
 pub struct Worker {
     picker: EndpointPicker,
@@ -45,9 +30,11 @@ pub struct Worker {
     stats: Stats,
     /// Decisions made by this VM; varies the seed of requests that arrive without an id.
     decisions: u64,
+    /// Ids given to requests that arrived without one.
+    unnamed: u64,
     /// Set by the first `start_once` (the first HTTP stream this VM sees).
     started: bool,
-    strip: Vec<String>,
+    exchange: Rc<ExchangeSettings>,
     /// The worker directory as last read, and when: re-read once per heartbeat period rather than per
     /// request (workers join and leave rarely; a newcomer's counts start at zero).
     directory: Vec<u32>,
@@ -57,7 +44,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: GatewayConfig) -> Result<Worker, ConfigError> {
         let keys = Keys::new(&config.pool.name);
-        let strip = client_routing_headers(&config.routing);
+        let exchange = Rc::new(ExchangeSettings::new(&config));
         Ok(Worker {
             picker: EndpointPicker::new(config)?,
             keys,
@@ -67,8 +54,9 @@ impl Worker {
             prefix: PrefixSync::default(),
             stats: Stats::default(),
             decisions: 0,
+            unnamed: 0,
             started: false,
-            strip,
+            exchange,
             directory: Vec::new(),
             directory_read_ms: None,
         })
@@ -122,25 +110,27 @@ impl Worker {
         self.picker.config()
     }
 
-    pub fn routing(&self) -> &RoutingConfig {
-        &self.picker.config().routing
+    /// What every request's [`scheduler_core::exchange::Exchange`] reads.
+    pub fn exchange_settings(&self) -> Rc<ExchangeSettings> {
+        Rc::clone(&self.exchange)
     }
 
     pub fn stats(&mut self) -> &mut Stats {
         &mut self.stats
     }
 
-    /// Request headers to remove before anything else (lower-case, deduplicated).
-    pub fn headers_to_strip(&self) -> &[String] {
-        &self.strip
-    }
-
-    /// 413 once the buffered body is over the limit.
-    pub fn body_too_large(&mut self, host: &dyn Host, buffered: usize) -> Option<Reply> {
-        let reply = self.picker.body_too_large(buffered)?;
+    /// Counts a request answered before any decision was asked for (a 413 while buffering).
+    pub fn count_reply(&mut self, host: &dyn Host, reply: &Reply) {
         self.stats.count(host, stats::DECISIONS_REPLIED);
         self.stats.reply(host, reply.status);
-        Some(reply)
+    }
+
+    /// An id for a request that arrived without one: unique per VM (worker id, a counter) and across
+    /// restarts (the host's clock).
+    pub fn new_request_id(&mut self, host: &dyn Host) -> String {
+        self.unnamed = self.unnamed.wrapping_add(1);
+        let worker = self.id.unwrap_or(0);
+        std::format!("epp-{worker:x}-{:x}-{:x}", host.now_us(), self.unnamed)
     }
 
     /// Decides for one request; a route is counted in flight until [`Worker::finish`].
@@ -149,7 +139,7 @@ impl Worker {
         host: &dyn Host,
         info: &RequestInfo<'_>,
         body: Option<&[u8]>,
-    ) -> (Outcome, Option<Routed>) {
+    ) -> (Outcome, Option<InFlight>) {
         let started_us = host.now_us();
         let started_ms = started_us / 1_000;
         match self.cache.refresh(host, &self.keys, started_ms) {
@@ -178,7 +168,7 @@ impl Worker {
         let view = self.picker.view(self.cache.snapshot(), undecodable, started_ms);
         self.decisions = self.decisions.wrapping_add(1);
         let seed = seed_for(info.request_id, self.decisions);
-        let outcome = self.picker.pick(info, body, view, started_ms, seed);
+        let outcome = self.picker.decide(info, body, view, started_ms, seed);
 
         let routed = match &outcome {
             Outcome::Route(route) => {
@@ -208,19 +198,28 @@ impl Worker {
         (outcome, routed)
     }
 
-    fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> Routed {
+    fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> InFlight {
         let to = publish(&self.keys, self.id, &self.directory);
         self.inflight.start(host, to, &route.destination, route.estimated_tokens, now_ms);
         self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes, now_ms);
-        Routed { destination: route.destination.clone(), tokens: route.estimated_tokens }
+        InFlight { address: route.destination.clone(), tokens: route.estimated_tokens }
     }
 
     /// The routed stream ended (completed, reset or answered locally).
-    pub fn finish(&mut self, host: &dyn Host, routed: &Routed) {
+    pub fn finish(&mut self, host: &dyn Host, routed: &InFlight) {
         let now_ms = host.now_ms();
         let to = publish(&self.keys, self.id, &self.directory);
-        self.inflight.finish(host, to, &routed.destination, routed.tokens, now_ms);
+        self.inflight.finish(host, to, &routed.address, routed.tokens, now_ms);
         self.prefix.flush_if_due(host, &self.keys, now_ms);
+    }
+
+    /// The proxy served the request on `to` rather than where it was counted (a retry, a fallback).
+    pub fn moved(&mut self, host: &dyn Host, from: &str, to: &str, tokens: u64) {
+        let now_ms = host.now_ms();
+        let publish_to = publish(&self.keys, self.id, &self.directory);
+        self.inflight.finish(host, publish_to, from, tokens, now_ms);
+        let publish_to = publish(&self.keys, self.id, &self.directory);
+        self.inflight.start(host, publish_to, to, tokens, now_ms);
     }
 
     /// Heartbeat: sends prefixes still waiting, keeps this worker's table alive, its directory entry
@@ -285,19 +284,6 @@ impl Worker {
     pub fn local_in_flight(&self) -> Vec<(String, u32)> {
         self.inflight.table().iter().map(|(a, f)| (String::from(a), f.requests)).collect()
     }
-}
-
-/// Lower-case names of every routing header a client could smuggle in.
-pub fn client_routing_headers(routing: &RoutingConfig) -> Vec<String> {
-    let mut names: Vec<String> =
-        [&routing.destination_header, &routing.prefill_header, &routing.served_header]
-            .into_iter()
-            .cloned()
-            .chain(DEFAULT_ROUTING_HEADERS.iter().map(|s| String::from(*s)))
-            .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// The core's [`request_seed`], so this filter, other replicas and the ext_proc shim decide a request

@@ -169,26 +169,8 @@ fn replies_are_counted_by_kind() {
     publish(&host, w.keys(), 1, &[0]);
     let (o, _) = w.decide(&host, &info("a"), Some(b"not json"));
     assert!(matches!(o, Outcome::Reply(Reply { status: 400, .. })));
-    assert_eq!(w.body_too_large(&host, 101).unwrap().status, 413);
-    assert!(w.body_too_large(&host, 100).is_none());
+    w.count_reply(&host, &scheduler_core::endpoint_picker::body_too_large(100));
     assert_eq!((host.metric(stats::PARSE_ERRORS), host.metric(stats::BODY_TOO_LARGE)), (1, 1));
-}
-
-#[test]
-fn routing_headers_to_strip_include_configured_and_default_names() {
-    let w =
-        Worker::new(GatewayConfig::from_json(r#"{"routing": {"destinationHeader": "x-route"}}"#).unwrap())
-            .unwrap();
-    let names = w.headers_to_strip();
-    for n in [
-        "x-route",
-        "x-gateway-destination-endpoint",
-        "x-prefiller-host-port",
-        "x-gateway-destination-endpoint-served",
-    ] {
-        assert!(names.iter().any(|s| s == n), "{n} in {names:?}");
-    }
-    assert_eq!(client_routing_headers(&RoutingConfig::default()).len(), DEFAULT_ROUTING_HEADERS.len());
 }
 
 #[test]

@@ -40,7 +40,7 @@ use alloc::vec::Vec;
 pub use response::{BodyOut, ResponseBodyStep, ResponseHead, ResponseHeadStep};
 
 /// Per-deployment settings every exchange reads (built once from the configuration).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExchangeSettings {
     /// Where the chosen endpoint(s) go.
     pub destination_header: String,
@@ -230,6 +230,17 @@ impl Exchange {
     /// True once the request was forwarded or answered.
     pub fn decided(&self) -> bool {
         matches!(self.phase, Phase::Forwarded | Phase::Replied)
+    }
+
+    /// Request body bytes buffered so far.
+    pub fn request_body_len(&self) -> usize {
+        self.body_len
+    }
+
+    /// True when the response concerns the gateway: the request was routed (not answered locally, not
+    /// left to the proxy's own balancing). Otherwise the response events may be skipped.
+    pub fn follows_response(&self) -> bool {
+        self.phase == Phase::Forwarded && self.routed.is_some()
     }
 
     /// True once the request was answered locally (the response is our own reply).
