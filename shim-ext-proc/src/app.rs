@@ -152,14 +152,8 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
 
     let picker = PickerHandle::spawn(settings.config.clone(), Arc::clone(&pool), Arc::clone(&metrics))
         .map_err(AppError::Picker)?;
-    let stream_settings = StreamSettings {
-        destination_header: settings.config.routing.destination_header.clone(),
-        prefill_header: settings.config.routing.prefill_header.clone(),
-        served_header: settings.config.routing.served_header.clone(),
-        max_body_bytes: settings.config.limits.max_body_bytes,
-        default_mode: settings.default_body_mode,
-        forced_mode: settings.forced_body_mode,
-    };
+    let stream_settings =
+        StreamSettings::new(&settings.config, settings.default_body_mode, settings.forced_body_mode);
     let service = ExtProcService::new(picker, stream_settings, Arc::clone(&metrics)).into_server();
     let mut builder = tonic::transport::Server::builder();
     let scheme = match &settings.tls {

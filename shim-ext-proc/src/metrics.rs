@@ -27,6 +27,8 @@ pub struct Metrics {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     served_elsewhere: AtomicU64,
+    /// Responses with status >= 500, per endpoint that answered.
+    upstream_5xx: Mutex<BTreeMap<String, u64>>,
     active_streams: AtomicI64,
     /// Gateway-side in-flight work per endpoint, as the picker thread last left it.
     in_flight: Mutex<Vec<(String, InFlight)>>,
@@ -60,6 +62,20 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A request answered before any decision was asked for (a body over the limit).
+    pub fn record_early_reply(&self, reason: &'static str) {
+        if let Ok(mut d) = self.decisions.lock() {
+            *d.entry(("reply", reason)).or_default() += 1;
+        }
+    }
+
+    /// `endpoint` answered with a status >= 500.
+    pub fn record_upstream_5xx(&self, endpoint: &str) {
+        if let Ok(mut m) = self.upstream_5xx.lock() {
+            *m.entry(endpoint.to_string()).or_default() += 1;
+        }
     }
 
     pub fn record_scrape(&self, ok: bool) {
@@ -151,6 +167,13 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE epp_shim_served_elsewhere_total counter")?;
         writeln!(out, "epp_shim_served_elsewhere_total {}", self.served_elsewhere.load(Ordering::Relaxed))?;
+        writeln!(out, "# HELP epp_shim_upstream_5xx_total Responses with status >= 500, by endpoint.")?;
+        writeln!(out, "# TYPE epp_shim_upstream_5xx_total counter")?;
+        if let Ok(m) = self.upstream_5xx.lock() {
+            for (endpoint, n) in m.iter() {
+                writeln!(out, "epp_shim_upstream_5xx_total{{endpoint=\"{endpoint}\"}} {n}")?;
+            }
+        }
         writeln!(out, "# HELP epp_shim_active_streams Open ext_proc streams.")?;
         writeln!(out, "# TYPE epp_shim_active_streams gauge")?;
         writeln!(out, "epp_shim_active_streams {}", self.active_streams.load(Ordering::Relaxed))?;

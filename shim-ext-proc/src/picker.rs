@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
-use scheduler_core::endpoint_picker::{request_seed, EndpointPicker, Outcome, Reply, RequestInfo};
+use scheduler_core::endpoint_picker::{request_seed, EndpointPicker, Outcome, Reply};
 use scheduler_core::model::PoolSnapshot;
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::shared_state::inflight_table::InFlightTable;
@@ -108,7 +108,7 @@ impl PickerHandle {
     }
 
     /// Decides for one request. If the picker thread is gone the answer is a 503, never a hang.
-    pub async fn pick(&self, input: PickInput) -> Outcome {
+    pub async fn decide(&self, input: PickInput) -> Outcome {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Pick { input, reply }).is_ok() {
             if let Ok(outcome) = rx.await {
@@ -155,7 +155,7 @@ impl Worker {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Pick { input, reply } => {
-                let outcome = self.pick(&input);
+                let outcome = self.decide(&input);
                 let _ = reply.send(outcome);
             }
             Command::Finish { address, tokens } => self.table.finish(&address, tokens),
@@ -167,7 +167,7 @@ impl Worker {
         self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
     }
 
-    fn pick(&mut self, input: &PickInput) -> Outcome {
+    fn decide(&mut self, input: &PickInput) -> Outcome {
         let now = (self.clock)();
         let latest = self.pool.latest();
         let current = self.working.as_ref().map(|w| w.generation);
@@ -181,20 +181,13 @@ impl Worker {
                 e.in_flight = self.table.get(&e.endpoint.address);
             }
         }
-        let subset: Option<Vec<&str>> = input.subset.as_ref().map(|s| s.iter().map(String::as_str).collect());
-        let info = RequestInfo {
-            path: &input.path,
-            request_id: &input.request_id,
-            objective: input.objective.as_deref(),
-            model_rewrite: input.model_rewrite.as_deref(),
-            session_token: input.session_token.as_deref(),
-            subset: subset.as_deref(),
-        };
+        let subset = input.facts.subset_refs();
+        let info = input.facts.info(subset.as_deref());
         let started = Instant::now();
         // The id is never empty here: the stream generates one when the gateway sent none.
         let view = self.picker.view(self.working.as_ref(), false, now);
-        let outcome =
-            self.picker.pick(&info, input.body.as_deref(), view, now, request_seed(&input.request_id));
+        let seed = request_seed(&input.facts.request_id);
+        let outcome = self.picker.decide(&info, input.body.as_deref(), view, now, seed);
         self.metrics.record_decision(&outcome, started.elapsed());
         if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = &outcome {
             self.table.start(&r.destination, r.estimated_tokens);

@@ -89,14 +89,7 @@ async fn start(config: &GatewayConfig) -> (Channel, Arc<Metrics>, Arc<Pool>) {
 
 /// The shim's gRPC service around `picker` on a loopback port (FULL_DUPLEX_STREAMED unless told).
 async fn serve(config: &GatewayConfig, picker: PickerHandle, metrics: Arc<Metrics>) -> Channel {
-    let settings = StreamSettings {
-        destination_header: config.routing.destination_header.clone(),
-        prefill_header: config.routing.prefill_header.clone(),
-        served_header: config.routing.served_header.clone(),
-        max_body_bytes: config.limits.max_body_bytes,
-        default_mode: BodyMode::FullDuplex,
-        forced_mode: None,
-    };
+    let settings = StreamSettings::new(config, BodyMode::FullDuplex, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = ExtProcService::new(picker, settings, metrics).into_server();
@@ -125,7 +118,7 @@ async fn the_shim_picks_what_the_core_picks_for_the_same_snapshot_request_and_se
         let body = format!(r#"{{"model":"m","prompt":"{prompt}","max_tokens":8}}"#);
         let got = ask(channel.clone(), &id, &body).await;
         let info = RequestInfo { path: "/v1/completions", request_id: &id, ..RequestInfo::default() };
-        let expected = match reference.pick(
+        let expected = match reference.decide(
             &info,
             Some(body.as_bytes()),
             PoolView::Fresh(&snapshot),

@@ -1,6 +1,8 @@
-//! One ext_proc stream as a state machine: messages in, protocol steps out, no I/O. The decision
-//! itself is not made here: the machine asks for one ([`Step::Pick`]) and the caller feeds the core's
-//! [`Outcome`] back with [`Machine::on_outcome`].
+//! One ext_proc stream as a state machine: messages in, protocol steps out, no I/O. Only the ext_proc
+//! framing is here: what to strip, set, answer, hold and count is the core's request lifecycle
+//! ([`Exchange`]), shared with the Wasm filter. The decision itself is not made here either: the machine
+//! asks for one ([`Step::Pick`]) and the caller feeds the core's [`Outcome`] back with
+//! [`Machine::on_outcome`].
 //!
 //! Order rules it enforces (from the GIE picker protocol): in FULL_DUPLEX_STREAMED mode the request
 //! headers response is held until the body ends, then headers response (clear_route_cache, destination,
@@ -8,6 +10,7 @@
 
 use super::body::chunks;
 use super::proto::{dynamic_metadata, header, immediate, served_endpoint, subset_hint, Mutation};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation as BodyMut;
@@ -17,10 +20,15 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeadersResponse, HttpBody, HttpHeaders, HttpTrailers,
     ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
-use scheduler_core::endpoint_picker::{Outcome, Route};
-use scheduler_core::openai_error::OpenAiError;
-use scheduler_core::request::rewrite_model;
-use scheduler_core::response::{finish_json, is_event_stream, usage_of, SseFilter, Usage};
+use scheduler_core::config::gateway::GatewayConfig;
+use scheduler_core::endpoint_picker::Outcome;
+use scheduler_core::exchange::headers::{CONTENT_LENGTH, CONTENT_TYPE, STATUS};
+use scheduler_core::exchange::{
+    BodyOut, Decided, Exchange, ExchangeSettings, HeaderLookup, InFlight, RequestFacts, RequestStep,
+    ResponseHead,
+};
+use scheduler_core::response::Usage;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,30 +65,28 @@ impl BodyMode {
 /// Per-deployment settings every stream reads.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
-    pub destination_header: String,
-    pub prefill_header: String,
-    pub served_header: String,
-    /// The core's `limits.maxBodyBytes`: buffering stops past it and the core answers 413.
-    pub max_body_bytes: usize,
+    /// What the request lifecycle reads (routing header names, body limits).
+    pub exchange: ExchangeSettings,
     /// Used when the gateway does not say (`protocol_config` absent, e.g. older Envoy or NGINX's bridge).
     pub default_mode: BodyMode,
     /// Ignore `protocol_config` and use this mode.
     pub forced_mode: Option<BodyMode>,
 }
 
-/// Response bodies are copied (for usage) or held (to put the model name back) up to this size; past
-/// it they pass through untouched.
-const MAX_RESPONSE_COPY: usize = 8 * 1024 * 1024;
+impl StreamSettings {
+    pub fn new(
+        config: &GatewayConfig,
+        default_mode: BodyMode,
+        forced_mode: Option<BodyMode>,
+    ) -> StreamSettings {
+        StreamSettings { exchange: ExchangeSettings::new(config), default_mode, forced_mode }
+    }
+}
 
 /// What the core needs to decide, owned so it can travel to the picker thread.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PickInput {
-    pub path: String,
-    pub request_id: String,
-    pub objective: Option<String>,
-    pub model_rewrite: Option<String>,
-    pub session_token: Option<String>,
-    pub subset: Option<Vec<String>>,
+    pub facts: RequestFacts,
     pub body: Option<Vec<u8>>,
 }
 
@@ -97,6 +103,10 @@ pub enum Step {
         tokens: u64,
     },
     Usage(Usage),
+    /// The request was answered before any decision (count it as a reply with this reason).
+    EarlyReply(&'static str),
+    /// This endpoint answered with a status >= 500.
+    UpstreamError(String),
 }
 
 /// A message that breaks the protocol; the stream is ended with this as the gRPC status.
@@ -114,48 +124,37 @@ impl fmt::Display for ProtocolError {
 enum PickAt {
     /// Headers carried end-of-stream: no body.
     Headers,
-    /// The body ended (or passed the size limit).
+    /// The body ended.
     Body,
     /// Trailers ended the body (full duplex).
     Trailers,
 }
 
-/// What the routed request carries forward to the response path.
-#[derive(Clone, Debug)]
-struct Routed {
-    /// Where the in-flight count currently sits.
-    accounted: String,
-    tokens: u64,
-    /// The model the client asked for, when the gateway sent another one upstream.
-    client_model: Option<String>,
-}
+/// The request headers as the core reads them.
+struct ProtoHeaders<'m>(Option<&'m HeaderMap>);
 
-#[derive(Debug, Default)]
-enum ResponseBody {
-    /// Forward chunks as they come; keep a bounded copy to read usage at the end.
-    #[default]
-    PassThrough,
-    /// Server-sent events, line by line.
-    Sse(SseFilter),
-    /// JSON held until its end (full duplex) so the model name can be put back and Content-Length fixed.
-    Held(Mutation),
+impl HeaderLookup for ProtoHeaders<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        header(self.0, name).map(Cow::Borrowed)
+    }
 }
 
 pub struct Machine {
     settings: std::sync::Arc<StreamSettings>,
     request_mode: Option<BodyMode>,
     response_mode: BodyMode,
-    facts: Option<PickInput>,
-    generated_request_id: bool,
+    exchange: Exchange,
+    headers_seen: bool,
+    /// The request body buffered so far.
     body: Vec<u8>,
-    body_too_large: bool,
+    /// Header changes owed to the first request headers response (client routing headers removed, a
+    /// generated request id).
+    head: Mutation,
     pending: Option<PickAt>,
-    /// The request was answered (routed or refused); later request messages are protocol errors.
-    decided: bool,
+    /// A local reply ended the exchange.
     refused: bool,
-    routed: Option<Routed>,
-    response: ResponseBody,
-    response_copy: Vec<u8>,
+    /// The response headers response, held with a held body (full duplex) until the body is released.
+    response_head: Option<Mutation>,
 }
 
 impl Machine {
@@ -164,32 +163,19 @@ impl Machine {
             settings,
             request_mode: None,
             response_mode: BodyMode::FullDuplex,
-            facts: None,
-            generated_request_id: false,
+            exchange: Exchange::new(),
+            headers_seen: false,
             body: Vec::new(),
-            body_too_large: false,
+            head: Mutation::default(),
             pending: None,
-            decided: false,
             refused: false,
-            routed: None,
-            response: ResponseBody::PassThrough,
-            response_copy: Vec::new(),
+            response_head: None,
         }
     }
 
     /// Where this stream's in-flight count sits and how many tokens it holds (to release at the end).
-    pub fn in_flight(&self) -> Option<(&str, u64)> {
-        self.routed.as_ref().map(|r| (r.accounted.as_str(), r.tokens))
-    }
-
-    /// Records the start of in-flight work for a routed outcome (the picker counted it on the route's
-    /// primary).
-    fn route_taken(&mut self, route: &Route, client_model: Option<String>) {
-        self.routed = Some(Routed {
-            accounted: route.destination.clone(),
-            tokens: route.estimated_tokens,
-            client_model,
-        });
+    pub fn in_flight(&self) -> Option<InFlight> {
+        self.exchange.in_flight()
     }
 
     pub fn on_message(&mut self, msg: ProcessingRequest) -> Result<Vec<Step>, ProtocolError> {
@@ -224,83 +210,90 @@ impl Machine {
     }
 
     fn request_headers(&mut self, h: HttpHeaders, md: Option<&Metadata>) -> Result<Vec<Step>, ProtocolError> {
-        if self.facts.is_some() {
+        if self.headers_seen {
             return Err(ProtocolError("request headers arrived twice".into()));
         }
-        let map = h.headers.as_ref();
-        let owned = |name: &str| header(map, name).filter(|v| !v.is_empty()).map(String::from);
-        let request_id = match owned("x-request-id") {
-            Some(id) => id,
-            None => {
-                self.generated_request_id = true;
-                new_request_id()
-            }
-        };
-        self.facts = Some(PickInput {
-            path: owned(":path").unwrap_or_default(),
-            request_id,
-            objective: owned("x-gateway-inference-objective"),
-            model_rewrite: owned("x-gateway-model-name-rewrite"),
-            session_token: owned("x-session-token"),
-            subset: subset_hint(md),
-            body: None,
-        });
-        if h.end_of_stream {
-            return Ok(self.ask(PickAt::Headers));
+        self.headers_seen = true;
+        let step = self.exchange.on_request_headers(
+            &self.settings.exchange,
+            Some(&ProtoHeaders(h.headers.as_ref())),
+            subset_hint(md),
+            h.end_of_stream,
+            &mut new_request_id,
+        );
+        for name in &step.remove {
+            self.head.remove(name);
         }
-        if self.request_mode == Some(BodyMode::FullDuplex) {
+        for (name, value) in &step.set {
+            self.head.set(name, value);
+        }
+        match step.next {
+            RequestStep::Decide { .. } => Ok(self.ask(PickAt::Headers, false)),
             // Held: nothing may reach Envoy before the headers response, and that needs the body.
-            return Ok(Vec::new());
+            _ if self.request_mode == Some(BodyMode::FullDuplex) => Ok(Vec::new()),
+            _ => {
+                let mutation = std::mem::take(&mut self.head);
+                Ok(vec![Step::Send(response(Out::RequestHeaders(headers_response(mutation))))])
+            }
         }
-        Ok(vec![Step::Send(response(Out::RequestHeaders(HeadersResponse {
-            response: Some(CommonResponse { clear_route_cache: true, ..CommonResponse::default() }),
-        })))])
     }
 
     fn request_body(&mut self, b: HttpBody) -> Result<Vec<Step>, ProtocolError> {
-        if self.facts.is_none() {
+        if !self.headers_seen {
             return Err(ProtocolError("request body arrived before request headers".into()));
         }
-        if self.decided {
+        if self.exchange.decided() {
             return Err(ProtocolError("request body arrived after the request ended".into()));
         }
         self.body.extend_from_slice(&b.body);
-        if self.body.len() > self.settings.max_body_bytes {
-            // Stop buffering: the core answers an over-limit body with 413.
-            self.body_too_large = true;
-            return Ok(self.ask(PickAt::Body));
-        }
         // Buffered modes send one body message (without end-of-stream when trailers follow, or when
         // BUFFERED_PARTIAL cut it): that message is the body we decide on.
-        if b.end_of_stream || self.request_mode != Some(BodyMode::FullDuplex) {
-            return Ok(self.ask(PickAt::Body));
-        }
-        Ok(Vec::new())
+        let complete = b.end_of_stream || self.request_mode != Some(BodyMode::FullDuplex);
+        let step = self.exchange.on_request_body(&self.settings.exchange, self.body.len(), complete);
+        Ok(self.request_step(step, PickAt::Body))
     }
 
     fn request_trailers(&mut self, _t: HttpTrailers) -> Result<Vec<Step>, ProtocolError> {
-        if self.facts.is_none() {
+        if !self.headers_seen {
             return Err(ProtocolError("request trailers arrived before request headers".into()));
         }
-        if !self.decided {
-            return Ok(self.ask(PickAt::Trailers));
+        if !self.exchange.decided() {
+            let step = self.exchange.on_request_trailers();
+            return Ok(self.request_step(step, PickAt::Trailers));
         }
         Ok(vec![Step::Send(response(Out::RequestTrailers(TrailersResponse::default())))])
     }
 
-    fn ask(&mut self, at: PickAt) -> Vec<Step> {
+    fn request_step(&mut self, step: RequestStep, at: PickAt) -> Vec<Step> {
+        match step {
+            RequestStep::Wait | RequestStep::Pass => Vec::new(),
+            RequestStep::Decide { with_body } => self.ask(at, with_body),
+            RequestStep::Reply(reply) => {
+                self.refused = true;
+                vec![
+                    Step::EarlyReply(reply.reason),
+                    Step::Send(response(Out::ImmediateResponse(immediate(
+                        reply.status,
+                        &reply.body,
+                        reply.reason,
+                    )))),
+                ]
+            }
+        }
+    }
+
+    fn ask(&mut self, at: PickAt, with_body: bool) -> Vec<Step> {
         self.pending = Some(at);
-        let mut input = self.facts.clone().unwrap_or_default();
-        input.body = (at != PickAt::Headers).then(|| self.body.clone());
-        vec![Step::Pick(input)]
+        let facts = self.exchange.facts().clone();
+        vec![Step::Pick(PickInput { facts, body: with_body.then(|| self.body.clone()) })]
     }
 
     /// Applies the core's decision to the outstanding pick.
     pub fn on_outcome(&mut self, outcome: Outcome) -> Vec<ProcessingResponse> {
         let Some(at) = self.pending.take() else { return Vec::new() };
-        self.decided = true;
-        let route = match outcome {
-            Outcome::Reply(reply) => {
+        let s = std::sync::Arc::clone(&self.settings);
+        let forward = match self.exchange.on_outcome(&s.exchange, outcome) {
+            Decided::Reply(reply) => {
                 self.refused = true;
                 return vec![response(Out::ImmediateResponse(immediate(
                     reply.status,
@@ -308,48 +301,18 @@ impl Machine {
                     reply.reason,
                 )))];
             }
-            Outcome::Route(route) | Outcome::FailOpen { route: Some(route), .. } => Some(route),
-            Outcome::FailOpen { route: None, .. } => None,
+            Decided::Forward(f) => f,
         };
-        if self.body_too_large {
-            // The core refuses every over-limit body; never forward a truncated one if that changed.
-            self.refused = true;
-            let body = OpenAiError::body_too_large(self.settings.max_body_bytes).body();
-            return vec![response(Out::ImmediateResponse(immediate(413, &body, "body_too_large")))];
+        let mut mutation = std::mem::take(&mut self.head);
+        for (name, value) in &forward.set {
+            mutation.set(name, value);
         }
-        let s = std::sync::Arc::clone(&self.settings);
-        let mut mutation = Mutation::default();
-        let mut metadata = None;
-        match &route {
-            Some(r) => {
-                mutation.set(&s.destination_header, &r.header_value);
-                match &r.prefill {
-                    Some(p) => mutation.set(&s.prefill_header, p),
-                    None => mutation.remove(&s.prefill_header),
-                };
-                metadata = Some(dynamic_metadata("envoy.lb", &s.destination_header, &r.header_value));
-            }
-            // Failing open without a destination: drop any client-supplied one so the cluster decides.
-            None => {
-                mutation.remove(&s.destination_header).remove(&s.prefill_header);
-            }
-        }
-        if self.generated_request_id {
-            if let Some(f) = &self.facts {
-                mutation.set("x-request-id", &f.request_id);
-            }
-        }
-        let body = std::mem::take(&mut self.body);
-        let (body, client_model) = match route.as_ref().and_then(|r| r.rewritten_model.as_deref()) {
-            Some(target) if at != PickAt::Headers => match rewrite_model(&body, target) {
-                Ok(r) => (r.body, Some(r.previous_model)),
-                Err(_) => (body, None),
-            },
-            _ => (body, None),
-        };
-        if let Some(r) = &route {
-            self.route_taken(r, client_model);
-        }
+        let metadata = forward
+            .destination
+            .as_deref()
+            .map(|d| dynamic_metadata("envoy.lb", &s.exchange.destination_header, d));
+        let changed = forward.body.is_some();
+        let body = forward.body.unwrap_or_else(|| std::mem::take(&mut self.body));
         let mut out = Vec::new();
         match (at, self.request_mode) {
             (PickAt::Headers, _) => {
@@ -358,7 +321,8 @@ impl Machine {
                 out.push(first);
             }
             (PickAt::Body | PickAt::Trailers, Some(BodyMode::FullDuplex)) => {
-                mutation.set("content-length", &body.len().to_string());
+                // The body is sent again as streamed mutations: its length must be declared as sent.
+                mutation.set(CONTENT_LENGTH, &body.len().to_string());
                 let mut first = response(Out::RequestHeaders(headers_response(mutation)));
                 first.dynamic_metadata = metadata;
                 out.push(first);
@@ -369,11 +333,9 @@ impl Machine {
                 }
             }
             (PickAt::Body | PickAt::Trailers, _) => {
-                mutation.set("content-length", &body.len().to_string());
                 let common = CommonResponse {
                     header_mutation: mutation.into_option(),
-                    body_mutation: client_model_changed(&self.routed)
-                        .then_some(BodyMutation { mutation: Some(BodyMut::Body(body)) }),
+                    body_mutation: changed.then_some(BodyMutation { mutation: Some(BodyMut::Body(body)) }),
                     clear_route_cache: true,
                     ..CommonResponse::default()
                 };
@@ -387,32 +349,31 @@ impl Machine {
 
     fn response_headers(&mut self, h: HttpHeaders, md: Option<&Metadata>) -> Vec<Step> {
         let s = std::sync::Arc::clone(&self.settings);
-        let mut steps = Vec::new();
-        let mut mutation = Mutation::default();
-        let mut client_model = None;
-        if let Some(r) = &mut self.routed {
-            let served = served_endpoint(md, &s.served_header).unwrap_or_else(|| r.accounted.clone());
-            if served != r.accounted {
-                steps.push(Step::Served {
-                    routed: r.accounted.clone(),
-                    served: served.clone(),
-                    tokens: r.tokens,
-                });
-                r.accounted = served.clone();
-            }
-            mutation.set(&s.served_header, &served);
-            client_model = r.client_model.clone();
-        }
         let map = h.headers.as_ref();
-        let sse = header(map, "content-type").is_some_and(is_event_stream);
-        if sse {
-            if client_model.is_some() {
-                mutation.remove("content-length");
-            }
-            self.response = ResponseBody::Sse(SseFilter::new(client_model));
-        } else if client_model.is_some() && !h.end_of_stream && self.response_mode == BodyMode::FullDuplex {
-            self.response = ResponseBody::Held(mutation);
+        let upstream = served_endpoint(md, &s.exchange.served_header);
+        let head = ResponseHead {
+            status: header(map, STATUS).and_then(|v| v.parse().ok()),
+            content_type: header(map, CONTENT_TYPE),
+            upstream: upstream.as_deref(),
+            end_of_stream: h.end_of_stream,
+        };
+        let step = self.exchange.on_response_headers(&s.exchange, &head);
+        let mut steps = Vec::new();
+        if let Some(m) = step.moved {
+            steps.push(Step::Served { routed: m.from, served: m.to, tokens: m.tokens });
+        }
+        steps.extend(step.upstream_error.map(Step::UpstreamError));
+        let mut mutation = Mutation::default();
+        if let Some((name, value)) = &step.served {
+            mutation.set(name, value);
+        }
+        if step.holds_body && self.response_mode == BodyMode::FullDuplex {
+            // Sent with the body, once its length is known.
+            self.response_head = Some(mutation);
             return steps;
+        }
+        if step.body_changes_length && !step.holds_body {
+            mutation.remove(CONTENT_LENGTH);
         }
         steps.push(Step::Send(response(Out::ResponseHeaders(HeadersResponse {
             response: Some(CommonResponse {
@@ -424,106 +385,72 @@ impl Machine {
     }
 
     fn response_body(&mut self, b: HttpBody) -> Vec<Step> {
-        let client_model = self.routed.as_ref().and_then(|r| r.client_model.clone());
+        let s = std::sync::Arc::clone(&self.settings);
         if self.response_mode != BodyMode::FullDuplex {
-            return self.buffered_response_body(b, client_model.as_deref());
+            // One body message is the whole body (trailers, if any, come after it).
+            let step = self.exchange.on_response_body(&s.exchange, &b.body, true);
+            let mut steps: Vec<Step> = step.usage.map(Step::Usage).into_iter().collect();
+            let replaced = match step.out {
+                BodyOut::Replace(bytes) if bytes != b.body => Some(bytes),
+                BodyOut::Release { body, changed: true } => Some(body),
+                _ => None,
+            };
+            let mut common = CommonResponse::default();
+            if let Some(new) = replaced {
+                let mut m = Mutation::default();
+                m.set(CONTENT_LENGTH, &new.len().to_string());
+                common.header_mutation = m.into_option();
+                common.body_mutation = Some(BodyMutation { mutation: Some(BodyMut::Body(new)) });
+            }
+            steps.push(Step::Send(response(Out::ResponseBody(BodyResponse { response: Some(common) }))));
+            return steps;
         }
-        let mut steps = Vec::new();
-        match &mut self.response {
-            ResponseBody::Sse(filter) => {
-                let out = filter.push(&b.body, b.end_of_stream);
-                if b.end_of_stream {
-                    steps.extend(filter.usage().map(Step::Usage));
-                }
-                if !out.is_empty() || b.end_of_stream {
-                    steps.push(Step::Send(streamed(out, b.end_of_stream, false)));
+        let step = self.exchange.on_response_body(&s.exchange, &b.body, b.end_of_stream);
+        let mut steps: Vec<Step> = step.usage.map(Step::Usage).into_iter().collect();
+        match step.out {
+            BodyOut::Pass => steps.push(Step::Send(streamed(b.body, b.end_of_stream, false))),
+            BodyOut::Replace(bytes) => {
+                if !bytes.is_empty() || b.end_of_stream {
+                    steps.push(Step::Send(streamed(bytes, b.end_of_stream, false)));
                 }
             }
-            ResponseBody::Held(_) => {
-                self.response_copy.extend_from_slice(&b.body);
-                if b.end_of_stream || self.response_copy.len() > MAX_RESPONSE_COPY {
-                    steps.extend(self.flush_held(b.end_of_stream, client_model.as_deref()));
-                }
-            }
-            ResponseBody::PassThrough => {
-                if self.response_copy.len() < MAX_RESPONSE_COPY {
-                    self.response_copy.extend_from_slice(&b.body);
-                }
-                if b.end_of_stream {
-                    steps.extend(usage_of(&self.response_copy).map(Step::Usage));
-                }
-                steps.push(Step::Send(streamed(b.body, b.end_of_stream, false)));
-            }
+            BodyOut::Hold => {}
+            BodyOut::Release { body, changed } => steps.extend(self.release(body, changed, b.end_of_stream)),
         }
         steps
     }
 
-    /// Sends the held response headers and body (model put back when it all arrived).
-    fn flush_held(&mut self, end_of_stream: bool, client_model: Option<&str>) -> Vec<Step> {
-        let ResponseBody::Held(mut mutation) = std::mem::take(&mut self.response) else { return Vec::new() };
-        let held = std::mem::take(&mut self.response_copy);
+    /// Sends the held response headers, then the held body.
+    fn release(&mut self, body: Vec<u8>, changed: bool, end_of_stream: bool) -> Vec<Step> {
         let mut steps = Vec::new();
-        let body = if end_of_stream {
-            let (replaced, usage) = finish_json(&held, client_model);
-            steps.extend(usage.map(Step::Usage));
-            let body = replaced.unwrap_or(held);
-            mutation.set("content-length", &body.len().to_string());
-            body
-        } else {
-            // Too large or cut by trailers: give up on rewriting, forward as is from here on.
-            held
-        };
-        steps.push(Step::Send(response(Out::ResponseHeaders(HeadersResponse {
-            response: Some(CommonResponse {
-                header_mutation: mutation.into_option(),
-                ..CommonResponse::default()
-            }),
-        }))));
+        if let Some(mut mutation) = self.response_head.take() {
+            if changed {
+                mutation.set(CONTENT_LENGTH, &body.len().to_string());
+            }
+            steps.push(Step::Send(response(Out::ResponseHeaders(HeadersResponse {
+                response: Some(CommonResponse {
+                    header_mutation: mutation.into_option(),
+                    ..CommonResponse::default()
+                }),
+            }))));
+        }
         steps.extend(streamed_chunks(&body, end_of_stream, false).into_iter().map(Step::Send));
         steps
     }
 
-    fn buffered_response_body(&mut self, b: HttpBody, client_model: Option<&str>) -> Vec<Step> {
-        let mut steps = Vec::new();
-        let sse = matches!(self.response, ResponseBody::Sse(_));
-        let (replaced, usage) = if sse {
-            let mut f = SseFilter::new(client_model.map(String::from));
-            let out = f.push(&b.body, true);
-            let changed = out != b.body;
-            (changed.then_some(out), f.usage())
-        } else {
-            finish_json(&b.body, client_model)
-        };
-        steps.extend(usage.map(Step::Usage));
-        let mut common = CommonResponse::default();
-        if let Some(new) = replaced {
-            let mut m = Mutation::default();
-            m.set("content-length", &new.len().to_string());
-            common.header_mutation = m.into_option();
-            common.body_mutation = Some(BodyMutation { mutation: Some(BodyMut::Body(new)) });
-        }
-        steps.push(Step::Send(response(Out::ResponseBody(BodyResponse { response: Some(common) }))));
-        steps
-    }
-
     fn response_trailers(&mut self) -> Vec<Step> {
-        let mut steps = Vec::new();
-        if matches!(self.response, ResponseBody::Held(_)) {
-            steps.extend(self.flush_held(false, None));
-        } else if let ResponseBody::Sse(filter) = &mut self.response {
-            let rest = filter.push(&[], true);
-            steps.extend(filter.usage().map(Step::Usage));
-            if !rest.is_empty() {
+        let step = self.exchange.on_response_trailers();
+        let mut steps: Vec<Step> = step.usage.map(Step::Usage).into_iter().collect();
+        match step.out {
+            BodyOut::Release { body, changed } => steps.extend(self.release(body, changed, false)),
+            BodyOut::Replace(rest) if self.response_mode == BodyMode::FullDuplex && !rest.is_empty() => {
                 steps.push(Step::Send(streamed(rest, false, false)));
             }
+            _ => {}
         }
         steps.push(Step::Send(response(Out::ResponseTrailers(TrailersResponse::default()))));
         steps
     }
-}
-
-fn client_model_changed(routed: &Option<Routed>) -> bool {
-    routed.as_ref().is_some_and(|r| r.client_model.is_some())
 }
 
 fn response(r: Out) -> ProcessingResponse {

@@ -77,6 +77,8 @@ impl Mutation {
     /// Sets `name` to `value`, replacing whatever the client sent. Written as `raw_value`, which is what
     /// Envoy and the GIE reference picker use.
     pub fn set(&mut self, name: &str, value: &str) -> &mut Mutation {
+        // Set, not removed: which of the two lists the gateway applies first is not ours to rely on.
+        self.0.remove_headers.retain(|r| !r.eq_ignore_ascii_case(name));
         self.0.set_headers.push(HeaderValueOption {
             header: Some(HeaderValue {
                 key: name.to_string(),

@@ -27,7 +27,7 @@ impl ExtProcService {
 
     pub fn into_server(self) -> ExternalProcessorServer<ExtProcService> {
         // Bodies up to the core's limit travel in one buffered message; leave room for the envelope.
-        let limit = self.settings.max_body_bytes.saturating_mul(2).max(4 * 1024 * 1024);
+        let limit = self.settings.exchange.max_body_bytes.saturating_mul(2).max(4 * 1024 * 1024);
         ExternalProcessorServer::new(self).max_decoding_message_size(limit).max_encoding_message_size(limit)
     }
 }
@@ -91,9 +91,9 @@ async fn drive(
             let sent = match step {
                 Step::Send(r) => tx.send(Ok(r)).await.is_ok(),
                 Step::Pick(input) => {
-                    let outcome = guard.picker.pick(input).await;
+                    let outcome = guard.picker.decide(input).await;
                     let responses = machine.on_outcome(outcome);
-                    guard.in_flight = machine.in_flight().map(|(a, t)| (a.to_string(), t));
+                    guard.in_flight = machine.in_flight().map(|f| (f.address, f.tokens));
                     let mut ok = true;
                     for r in responses {
                         ok = ok && tx.send(Ok(r)).await.is_ok();
@@ -104,6 +104,14 @@ async fn drive(
                     guard.picker.moved(&routed, &served, tokens);
                     guard.metrics.record_served_elsewhere();
                     guard.in_flight = Some((served, tokens));
+                    true
+                }
+                Step::EarlyReply(reason) => {
+                    guard.metrics.record_early_reply(reason);
+                    true
+                }
+                Step::UpstreamError(endpoint) => {
+                    guard.metrics.record_upstream_5xx(&endpoint);
                     true
                 }
                 Step::Usage(u) => {

@@ -3,7 +3,7 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::{HeaderMutation, ProtocolConfiguration};
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
-use scheduler_core::endpoint_picker::{EndpointPicker, RequestInfo};
+use scheduler_core::endpoint_picker::EndpointPicker;
 use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
 use std::sync::Arc;
 
@@ -11,14 +11,9 @@ const NOW: u64 = 1_000_000;
 const CHAT: &str = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"max_tokens":10}"#;
 
 fn settings(max_body_bytes: usize) -> Arc<StreamSettings> {
-    Arc::new(StreamSettings {
-        destination_header: "x-gateway-destination-endpoint".into(),
-        prefill_header: "x-prefiller-host-port".into(),
-        served_header: "x-gateway-destination-endpoint-served".into(),
-        max_body_bytes,
-        default_mode: BodyMode::FullDuplex,
-        forced_mode: None,
-    })
+    let config =
+        GatewayConfig::from_json(&format!(r#"{{"limits": {{"maxBodyBytes": {max_body_bytes}}}}}"#)).unwrap();
+    Arc::new(StreamSettings::new(&config, BodyMode::FullDuplex, None))
 }
 
 /// Three fresh endpoints; endpoint 2 has the shortest queue.
@@ -63,18 +58,10 @@ impl Harness {
             match step {
                 Step::Send(r) => out.push(r),
                 Step::Pick(input) => {
-                    let subset: Option<Vec<&str>> =
-                        input.subset.as_ref().map(|s| s.iter().map(String::as_str).collect());
-                    let info = RequestInfo {
-                        path: &input.path,
-                        request_id: &input.request_id,
-                        objective: input.objective.as_deref(),
-                        model_rewrite: input.model_rewrite.as_deref(),
-                        session_token: input.session_token.as_deref(),
-                        subset: subset.as_deref(),
-                    };
+                    let subset = input.facts.subset_refs();
+                    let info = input.facts.info(subset.as_deref());
                     let view = self.picker.view(self.snapshot.as_ref(), false, NOW);
-                    let outcome = self.picker.pick(&info, input.body.as_deref(), view, NOW, 7);
+                    let outcome = self.picker.decide(&info, input.body.as_deref(), view, NOW, 7);
                     out.extend(self.machine.on_outcome(outcome));
                 }
                 other => self.steps.push(other),
@@ -219,7 +206,7 @@ fn full_duplex_holds_headers_until_the_body_ends_then_headers_body_in_order() {
     assert_eq!(set_header(m, "content-length"), Some(CHAT.len().to_string().as_str()));
     assert_eq!(lb_metadata(&out[0]).as_deref(), Some("10.0.0.2:8000"));
     assert_eq!(streamed_part(&out[1]), (CHAT.as_bytes().to_vec(), true));
-    assert_eq!(h.machine.in_flight(), Some(("10.0.0.2:8000", 11)), "1 prompt token + max_tokens 10");
+    assert_eq!(h.machine.in_flight(), Some(InFlight { address: "10.0.0.2:8000".into(), tokens: 11 }), "1 prompt token + max_tokens 10");
 }
 
 #[test]
@@ -429,7 +416,7 @@ fn model_rewrite_is_undone_in_a_json_response_with_usage_and_served_endpoint() {
         h.steps,
         vec![Step::Served { routed: "10.0.0.2:8000".into(), served: "10.0.0.3:8000".into(), tokens: 11 }]
     );
-    assert_eq!(h.machine.in_flight(), Some(("10.0.0.3:8000", 11)));
+    assert_eq!(h.machine.in_flight(), Some(InFlight { address: "10.0.0.3:8000".into(), tokens: 11 }));
     let reply =
         br#"{"id":"c1","model":"llama-v2","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}"#;
     assert!(h.send(response_body(&reply[..30], false)).is_empty());
