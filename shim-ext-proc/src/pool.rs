@@ -4,6 +4,7 @@
 //! Locks here are held for a copy or an insert, never across an await.
 
 use bytes::Bytes;
+use scheduler_core::metrics_text::ScrapeFailure;
 use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
 use scheduler_core::snapshot_codec;
 use std::collections::BTreeMap;
@@ -60,17 +61,12 @@ impl Pool {
         self.synced.store(true, Ordering::Release);
     }
 
-    /// Records one scrape: new metrics, or one more failure in a row (old metrics are kept, aging).
-    pub fn record_scrape(&self, address: &str, result: Option<Metrics>) {
+    /// Records one scrape (the core's fold: new metrics, or one more failure in a row with the old
+    /// metrics kept, aging).
+    pub fn record_scrape(&self, address: &str, result: Result<Metrics, ScrapeFailure>) {
         let Ok(mut st) = self.state.lock() else { return };
         let Some(e) = st.endpoints.get_mut(address) else { return };
-        match result {
-            Some(m) => {
-                e.metrics = Some(m);
-                e.consecutive_scrape_failures = 0;
-            }
-            None => e.consecutive_scrape_failures = e.consecutive_scrape_failures.saturating_add(1),
-        }
+        e.record_scrape(result);
     }
 
     /// Publishes the current state as a new generation stamped `now_ms`.
@@ -116,8 +112,8 @@ mod tests {
         let pool = Pool::new("p");
         assert!(!pool.is_synced());
         pool.set_endpoints(&[Endpoint::new("10.0.0.1:8000"), Endpoint::new("10.0.0.2:8000")]);
-        pool.record_scrape("10.0.0.1:8000", Some(Metrics { waiting: 3, ..Metrics::default() }));
-        pool.record_scrape("10.0.0.2:8000", None);
+        pool.record_scrape("10.0.0.1:8000", Ok(Metrics { waiting: 3, ..Metrics::default() }));
+        pool.record_scrape("10.0.0.2:8000", Err(ScrapeFailure::Status(503)));
         let first = pool.publish(1_000).unwrap();
         pool.set_endpoints(&[Endpoint::new("10.0.0.1:8000"), Endpoint::new("10.0.0.3:8000")]);
         let second = pool.publish(1_050).unwrap();

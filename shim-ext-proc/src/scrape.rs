@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use scheduler_core::metrics_text::parse_metrics_bytes;
+use scheduler_core::metrics_text::{read_scrape, ScrapeFailure};
 use scheduler_core::model::Endpoint;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,37 +117,37 @@ async fn scrape_one(
         let body = tokio::time::timeout(settings.timeout, fetch(&client, uri.clone())).await;
         drop(permit);
         let result = match body {
-            Ok(Ok(bytes)) => {
-                parse_metrics_bytes(ep.engine, &bytes, crate::unix_ms()).map_err(|e| e.to_string())
+            Ok(Ok((status, bytes))) => {
+                read_scrape(ep.engine, Some(status), &bytes, crate::unix_ms()).map(|p| p.metrics)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no answer within {} ms", settings.timeout.as_millis())),
+            Ok(Err(e)) => Err(ScrapeFailure::Unreachable(e)),
+            Err(_) => Err(ScrapeFailure::TimedOut { after_ms: settings.timeout.as_millis() as u64 }),
         };
         metrics.record_scrape(result.is_ok());
-        match result {
-            Ok(parsed) => {
-                pool.record_scrape(&ep.address, Some(parsed.metrics));
-                last_error.clear();
-            }
+        match &result {
+            Ok(_) => last_error.clear(),
             Err(e) => {
+                let e = e.to_string();
                 if e != last_error {
                     log::warn!("scraping {url}: {e}");
                     last_error = e;
                 }
-                pool.record_scrape(&ep.address, None);
             }
         }
+        pool.record_scrape(&ep.address, result);
     }
 }
 
-async fn fetch(client: &HttpClient, uri: hyper::Uri) -> Result<Bytes, String> {
+/// The status and body of `GET uri` (the body is not read unless the status is 200).
+async fn fetch(client: &HttpClient, uri: hyper::Uri) -> Result<(u16, Bytes), String> {
     let resp = client.get(uri).await.map_err(|e| format!("request failed: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return Ok((status, Bytes::new()));
     }
     let body = Limited::new(resp.into_body(), MAX_METRICS_BYTES)
         .collect()
         .await
         .map_err(|e| format!("reading the body: {e}"))?;
-    Ok(body.to_bytes())
+    Ok((status, body.to_bytes()))
 }

@@ -78,7 +78,7 @@ async fn start(config: &GatewayConfig) -> (Channel, Arc<Metrics>, Arc<Pool>) {
     let now = epp_shim::unix_ms();
     for e in &endpoints {
         let m = ServerMetrics { kv_usage: 0.2, updated_at_ms: now, ..ServerMetrics::default() };
-        pool.record_scrape(&e.address, Some(m));
+        pool.record_scrape(&e.address, Ok(m));
     }
     pool.publish(now).unwrap();
     let metrics = Arc::new(Metrics::default());
@@ -442,7 +442,7 @@ fn filter_send(host: &mut Host, vm: test_harness::VmId, r: &Req) -> (Decided, Op
 /// filter's shared data (where its collector would have written it).
 fn publish_both(pool: &Pool, host: &mut Host, endpoints: &[PoolEndpoint], round: usize, now_ms: u64) {
     for (i, e) in endpoints.iter().enumerate() {
-        pool.record_scrape(&e.address, Some(metrics_of(i + 1, round, now_ms)));
+        pool.record_scrape(&e.address, Ok(metrics_of(i + 1, round, now_ms)));
     }
     let published = pool.publish(now_ms).unwrap();
     host.set_shared_data("epp", "epp/parity/snapshot", &published.encoded);

@@ -6,8 +6,8 @@ use super::CallResponse;
 use crate::host::{Host, HttpGet};
 use crate::stats::{self, Stats};
 use scheduler_core::config::gateway::CollectorConfig;
-use scheduler_core::metrics_text::parse_metrics_bytes;
-use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+use scheduler_core::metrics_text::{read_scrape, ScrapeFailure};
+use scheduler_core::model::{Endpoint, EndpointState, PoolSnapshot};
 use std::collections::BTreeMap;
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -77,7 +77,7 @@ impl Scraper {
                         self.dispatch_warned = true;
                     }
                     stats.count(host, stats::SCRAPE_ERRORS);
-                    e.consecutive_scrape_failures = e.consecutive_scrape_failures.saturating_add(1);
+                    e.record_scrape(Err::<_, ScrapeFailure>(ScrapeFailure::Unreachable(err.to_string())));
                     self.dirty = true;
                 }
             }
@@ -95,7 +95,7 @@ impl Scraper {
             .collect();
         for token in lost {
             if let Some((i, _)) = self.pending.remove(&token) {
-                self.fail(i);
+                self.expired(i, deadline);
             }
         }
     }
@@ -111,31 +111,20 @@ impl Scraper {
         let Some((i, _)) = self.pending.remove(&token) else { return false };
         stats.count(host, stats::SCRAPES);
         let Some(e) = self.pool.endpoints.get_mut(i) else { return true };
-        let outcome: Result<Metrics, String> = match response.status {
-            Some(200) => parse_metrics_bytes(e.endpoint.engine, response.body, host.now_ms())
-                .map(|p| p.metrics)
-                .map_err(|err| err.to_string()),
-            Some(status) => Err(format!("HTTP {status}")),
-            None => Err(String::from("connection failed or reset")),
-        };
-        match outcome {
-            Ok(metrics) => {
-                e.metrics = Some(metrics);
-                e.consecutive_scrape_failures = 0;
-                self.dirty = true;
-            }
-            Err(why) => {
-                log::debug!("scrape of {}: {why}", e.endpoint.address);
-                stats.count(host, stats::SCRAPE_ERRORS);
-                self.fail(i);
-            }
+        let result =
+            read_scrape(e.endpoint.engine, response.status, response.body, host.now_ms()).map(|p| p.metrics);
+        if let Err(why) = &result {
+            log::debug!("scrape of {}: {why}", e.endpoint.address);
+            stats.count(host, stats::SCRAPE_ERRORS);
         }
+        e.record_scrape(result);
+        self.dirty = true;
         true
     }
 
-    fn fail(&mut self, i: usize) {
+    fn expired(&mut self, i: usize, after_ms: u64) {
         if let Some(e) = self.pool.endpoints.get_mut(i) {
-            e.consecutive_scrape_failures = e.consecutive_scrape_failures.saturating_add(1);
+            e.record_scrape(Err::<_, ScrapeFailure>(ScrapeFailure::TimedOut { after_ms }));
             self.dirty = true;
         }
     }

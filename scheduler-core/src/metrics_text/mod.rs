@@ -3,6 +3,8 @@
 
 mod engines;
 pub mod prometheus;
+mod scrape;
 
 pub use engines::{parse_metrics, parse_metrics_bytes, MetricsError, ParsedMetrics};
 pub use prometheus::ParseStats;
+pub use scrape::{read_scrape, ScrapeFailure};

@@ -181,7 +181,7 @@ impl Policy for Picker {
         let info =
             RequestInfo { path: "/v1/completions", request_id: req.request_id, ..RequestInfo::default() };
         let seed = self.seed ^ req.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        match self.picker.pick(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
+        match self.picker.decide(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
             Outcome::Route(r) => index_of(pool, &r.destination),
             Outcome::FailOpen { route: Some(r), .. } => index_of(pool, &r.destination),
             Outcome::FailOpen { route: None, .. } | Outcome::Reply(_) => None,

@@ -206,7 +206,11 @@ fn full_duplex_holds_headers_until_the_body_ends_then_headers_body_in_order() {
     assert_eq!(set_header(m, "content-length"), Some(CHAT.len().to_string().as_str()));
     assert_eq!(lb_metadata(&out[0]).as_deref(), Some("10.0.0.2:8000"));
     assert_eq!(streamed_part(&out[1]), (CHAT.as_bytes().to_vec(), true));
-    assert_eq!(h.machine.in_flight(), Some(InFlight { address: "10.0.0.2:8000".into(), tokens: 11 }), "1 prompt token + max_tokens 10");
+    assert_eq!(
+        h.machine.in_flight(),
+        Some(InFlight { address: "10.0.0.2:8000".into(), tokens: 11 }),
+        "1 prompt token + max_tokens 10"
+    );
 }
 
 #[test]
