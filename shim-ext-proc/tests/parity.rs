@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::Ex
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HeadersResponse, HttpBody, HttpHeaders, ProcessingRequest,
+    HeaderMutation, HeadersResponse, HttpBody, HttpHeaders, ProcessingRequest,
 };
 use epp_shim::extproc::machine::{BodyMode, StreamSettings};
 use epp_shim::extproc::service::ExtProcService;
@@ -185,6 +185,8 @@ struct Req {
     body: String,
     objective: Option<&'static str>,
     session: Option<String>,
+    /// Further request headers (a forced model, a routing header a client should not set).
+    headers: Vec<(&'static str, String)>,
 }
 
 fn requests(n: usize) -> Vec<Req> {
@@ -216,6 +218,7 @@ fn requests(n: usize) -> Vec<Req> {
                 body,
                 objective: [None, Some("batch"), Some("interactive"), None][i % 4],
                 session: (i % 5 == 0).then(|| format!("session-{}", i % 3)),
+                headers: Vec::new(),
             }
         })
         .collect()
@@ -369,6 +372,7 @@ fn shim_headers(r: &Req) -> HttpHeaders {
     if let Some(s) = &r.session {
         h.push(raw("x-session-token", s));
     }
+    h.extend(r.headers.iter().map(|(k, v)| raw(k, v)));
     HttpHeaders { headers: Some(HeaderMap { headers: h }), ..HttpHeaders::default() }
 }
 
@@ -428,6 +432,7 @@ fn filter_send(host: &mut Host, vm: test_harness::VmId, r: &Req) -> (Decided, Op
     if let Some(s) = &r.session {
         headers.push(("x-session-token", s.as_str()));
     }
+    headers.extend(r.headers.iter().map(|(k, v)| (*k, v.as_str())));
     let id = host.request(vm, &headers, r.body.as_bytes()).unwrap();
     let s = host.stream(id);
     if let Some(reply) = &s.local_reply {
@@ -609,4 +614,133 @@ async fn the_shim_and_the_wasm_filter_pick_alike_with_random_and_clock_driven_pl
         }
     }
     assert_eq!(split.len(), 2, "the 50/50 rewrite of llama must have gone both ways");
+}
+
+/// The cases where the two products once behaved differently, sent through both: a forced model the
+/// body cannot take, a rewritten JSON answer larger than `limits.maxResponseBodyBytes`, a rewritten
+/// event stream cut mid-line, and a client-set fallback header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn former_divergences_now_behave_alike() {
+    let text = parity_config(r#""limits": {"maxResponseBodyBytes": 65536}"#);
+    let config = GatewayConfig::from_json(&text).unwrap();
+    let mut host = Host::builder().build();
+    let plugin = Plugin::new(filter_wasm())
+        .root_id("picker")
+        .vm_id("epp")
+        .configuration(text.as_str())
+        .allow_on_headers_stop_iteration(true);
+    let vm = host.start_vm(plugin).unwrap();
+    let clock = Arc::new(AtomicU64::new(host_now_ms(&host)));
+    let pool = Pool::new("parity");
+    let endpoints: Vec<PoolEndpoint> =
+        (1..=3).map(|i| PoolEndpoint::new(format!("10.9.0.{i}:8000"))).collect();
+    pool.set_endpoints(&endpoints);
+    let metrics = Arc::new(Metrics::default());
+    let read = Arc::clone(&clock);
+    let picker = PickerHandle::spawn_with_clock(
+        config.clone(),
+        Arc::clone(&pool),
+        Arc::clone(&metrics),
+        Arc::new(move || read.load(Ordering::SeqCst)),
+    )
+    .unwrap();
+    let channel = serve(&config, picker, metrics).await;
+    let now = host_now_ms(&host);
+    publish_both(&pool, &mut host, &endpoints, 0, now);
+
+    let chat = |model: &str| {
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}],"max_tokens":8}}"#)
+    };
+    let req = |id: &str, body: String, headers: Vec<(&'static str, String)>| Req {
+        id: id.to_string(),
+        path: "/v1/chat/completions",
+        body,
+        objective: None,
+        session: None,
+        headers,
+    };
+    let forced = || vec![("x-gateway-model-name-rewrite", "llama-v2".to_string())];
+
+    // 1. A forced model on a body with no `model` to replace: 400 from both (the filter answered 400 and
+    //    the shim forwarded the body unchanged).
+    let r = req("div-1", r#"{"messages":[{"role":"user","content":"hi"}]}"#.into(), forced());
+    let (s, _) = shim_send(channel.clone(), &r).await;
+    let (f, _) = filter_send(&mut host, vm, &r);
+    assert_eq!((&s, &f), (&Decided::Reply(400), &Decided::Reply(400)));
+
+    // 2. A rewritten JSON answer over the response limit (64 KiB here; the filter once stopped at 256 KiB
+    //    and the shim at 8 MiB): both pass it through as the server sent it.
+    let r = req("div-2", chat("llama"), forced());
+    let (s, held) = shim_send(channel.clone(), &r).await;
+    let (f, stream) = filter_send(&mut host, vm, &r);
+    assert_eq!(s, f);
+    let filler = "x".repeat(100 * 1024);
+    let big =
+        format!(r#"{{"model":"llama-v2","choices":[{{"text":"{filler}"}}],"usage":{{"prompt_tokens":1}}}}"#);
+    let chunks: Vec<Vec<u8>> = big.as_bytes().chunks(40_000).map(<[u8]>::to_vec).collect();
+    let shim_body = held.unwrap().finish("application/json", &chunks).await;
+    let filter_body = filter_answer(&mut host, stream.unwrap(), "application/json", &chunks);
+    assert_eq!(shim_body, big, "the shim changed an answer over the limit");
+    assert_eq!(filter_body, big, "the filter changed an answer over the limit");
+    //    ... and under the limit, both put the client's model back.
+    let r = req("div-3", chat("llama"), forced());
+    let (s, held) = shim_send(channel.clone(), &r).await;
+    let (f, stream) = filter_send(&mut host, vm, &r);
+    assert_eq!(s, f);
+    let small = r#"{"model":"llama-v2","choices":[{"text":"ok"}]}"#;
+    let chunks = vec![small.as_bytes()[..10].to_vec(), small.as_bytes()[10..].to_vec()];
+    let shim_body = held.unwrap().finish("application/json", &chunks).await;
+    let filter_body = filter_answer(&mut host, stream.unwrap(), "application/json", &chunks);
+    assert_eq!(
+        (shim_body.as_str(), filter_body.as_str()),
+        (small.replace("llama-v2", "llama").as_str(), small.replace("llama-v2", "llama").as_str())
+    );
+
+    // 3. A rewritten event stream cut in the middle of a line: the same bytes reach both clients.
+    let r = req("div-4", chat("llama"), forced());
+    let (s, held) = shim_send(channel.clone(), &r).await;
+    let (f, stream) = filter_send(&mut host, vm, &r);
+    assert_eq!(s, f);
+    let events = "data: {\"model\":\"llama-v2\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"model\":\"llama-v2\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+    let chunks: Vec<Vec<u8>> = events.as_bytes().chunks(23).map(<[u8]>::to_vec).collect();
+    let shim_body = held.unwrap().finish("text/event-stream", &chunks).await;
+    let filter_body = filter_answer(&mut host, stream.unwrap(), "text/event-stream", &chunks);
+    assert_eq!(shim_body, events.replace("llama-v2", "llama"));
+    assert_eq!(filter_body, shim_body);
+
+    // 4. A client-set fallback header (protocol v0.3) never reaches the upstream through either.
+    let r =
+        req("div-5", chat("llama"), vec![("x-gateway-destination-endpoint-fallback", "6.6.6.6:80".into())]);
+    let (s, f) = (shim_first_mutation(channel.clone(), &r).await, filter_send(&mut host, vm, &r));
+    assert!(s.remove_headers.iter().any(|h| h == "x-gateway-destination-endpoint-fallback"), "{s:?}");
+    let Decided::Route { .. } = f.0 else { panic!("not routed: {:?}", f.0) };
+    let up = host.stream(f.1.unwrap()).upstream_request.clone().unwrap();
+    assert_eq!(up.header("x-gateway-destination-endpoint-fallback"), None);
+    assert!(host.traps().is_empty(), "traps: {:?}", host.traps());
+}
+
+/// The filter's client receives the upstream's answer in `chunks`: the body it gets.
+fn filter_answer(host: &mut Host, f: StreamId, content_type: &str, chunks: &[Vec<u8>]) -> String {
+    host.response_headers(f, &[(":status", "200"), ("content-type", content_type)], false).unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        host.response_body(f, chunk, i + 1 == chunks.len()).unwrap();
+    }
+    String::from_utf8(host.stream(f).response.unwrap().body).unwrap()
+}
+
+/// The header mutation of the shim's first answer to `r` (its routing headers response).
+async fn shim_first_mutation(channel: Channel, r: &Req) -> HeaderMutation {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let body = HttpBody { body: r.body.as_bytes().to_vec(), end_of_stream: true, ..Default::default() };
+    for msg in [In::RequestHeaders(shim_headers(r)), In::RequestBody(body)] {
+        tx.send(ProcessingRequest { request: Some(msg), ..Default::default() }).await.unwrap();
+    }
+    drop(tx);
+    let mut responses =
+        ExternalProcessorClient::new(channel).process(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    let Some(Out::RequestHeaders(h)) = first.response else {
+        panic!("expected a headers response: {first:?}")
+    };
+    h.response.unwrap().header_mutation.unwrap()
 }
