@@ -75,11 +75,14 @@ impl Stream {
         let facts = self.exchange.facts();
         let subset = facts.subset_refs();
         let (outcome, _) = w.decide(&*self.host, &facts.info(subset.as_deref()), body.as_deref());
-        let id = facts.request_id.clone();
         match self.exchange.on_outcome(&self.settings, outcome) {
             Decided::Reply(reply) => reply_locally(&reply),
             Decided::Forward(forward) => {
-                log::debug!("request {id:?} routed to {:?}", forward.destination);
+                log::debug!(
+                    "request {:?} routed to {:?}",
+                    self.exchange.facts().request_id,
+                    forward.destination
+                );
                 // Before continuing: host calls on the request are refused once it continued.
                 for (name, value) in &forward.set {
                     log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
