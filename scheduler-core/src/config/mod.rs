@@ -4,6 +4,8 @@
 //! and the system defaults (picker, profile handler, saturation detector) happen in `Scheduler`.
 
 pub mod gateway;
+pub mod objectives;
+pub mod params;
 mod parse;
 
 use alloc::string::String;

@@ -1,10 +1,10 @@
 //! Walks the JSON tree by hand so every error carries the exact path of the offending value.
 
+use super::params::json_repr;
 use super::{
     ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, API_VERSION,
     DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
 };
-use crate::plugins::params::json_repr;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

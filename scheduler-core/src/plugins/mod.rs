@@ -7,7 +7,6 @@
 pub mod candidates;
 pub mod detectors;
 pub mod filters;
-pub mod params;
 pub mod pickers;
 pub mod profile_handlers;
 pub mod registry;

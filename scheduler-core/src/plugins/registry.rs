@@ -10,7 +10,6 @@ use super::filters::{
     decode_filter, least_kv_cache_filter, least_queue_filter, lora_affinity_filter, low_queue_filter,
     prefill_filter,
 };
-use super::params::{parse_params, ParamError};
 use super::pickers::{max_score_picker, random_picker, weighted_random_picker};
 use super::profile_handlers::{pd_profile_handler, single_profile_handler};
 use super::scorers::prefix_cache_scorer::{
@@ -21,6 +20,7 @@ use super::scorers::{
     lora_affinity_scorer, lora_slot_scorer, queue_scorer, running_requests_size_scorer,
     session_affinity_scorer, token_load_scorer,
 };
+use crate::config::params::{parse_params, ParamError};
 use crate::scheduling::Plugin;
 use alloc::boxed::Box;
 use alloc::vec::Vec;

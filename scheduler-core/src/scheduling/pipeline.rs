@@ -8,7 +8,6 @@ use super::profile::{Profile, Scratch};
 use crate::config::{
     ConfigError, ConfigWarning, EndpointPickerConfig, DEFAULT_SATURATION_DETECTOR, DEFAULT_WEIGHT,
 };
-use crate::plugins::params::ParamError;
 use crate::plugins::pickers::max_score_picker;
 use crate::plugins::profile_handlers::single_profile_handler;
 use crate::plugins::registry::Registry;
@@ -94,15 +93,6 @@ impl fmt::Debug for Scheduler {
 /// A profile's plugin reference resolved to (plugin index, weight, config path of the reference).
 type ResolvedRef = (usize, Option<f64>, String);
 
-fn param_error(plugin: usize, e: ParamError) -> ConfigError {
-    let path = if e.field.is_empty() {
-        format!("plugins[{plugin}].parameters")
-    } else {
-        format!("plugins[{plugin}].parameters.{}", e.field)
-    };
-    ConfigError { path, expected: e.expected, got: e.got }
-}
-
 /// Human word for what a plugin is, for error messages.
 fn roles(p: &dyn Plugin) -> String {
     let mut r: Vec<&str> = Vec::new();
@@ -158,7 +148,7 @@ impl Scheduler {
                     Some(format!("{:?}", spec.type_name)),
                 ));
             };
-            plugins.push(ctor(&spec.parameters).map_err(|e| param_error(i, e))?);
+            plugins.push(ctor(&spec.parameters).map_err(|e| e.at(&format!("plugins[{i}].parameters")))?);
             plugin_names.push(spec.name.clone());
         }
         let index_of = |names: &[String], n: &str| names.iter().position(|x| x == n);

@@ -1,7 +1,7 @@
 //! Small stand-in plugins and pools for the pipeline and admission tests.
 
+use crate::config::params::{parse_params, ParamError};
 use crate::model::{Endpoint, EndpointState, PoolSnapshot, Role, ROLE_LABEL};
-use crate::plugins::params::{parse_params, ParamError};
 use crate::plugins::registry::Registry;
 use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::scheduling::{

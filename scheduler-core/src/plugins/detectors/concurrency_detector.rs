@@ -5,9 +5,9 @@
 //! It sees a burst the moment it is routed, where scraped metrics lag by a scrape interval, but it is
 //! blind to what the server actually holds. Also a filter, as in llm-d.
 
+use crate::config::params::ParamError;
 use crate::model::InFlight;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Filter, Plugin, SaturationDetector, SchedulingContext};
 use alloc::string::String;
 use alloc::vec::Vec;

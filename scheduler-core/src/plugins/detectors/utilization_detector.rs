@@ -4,9 +4,9 @@
 //! As a detector it reports the pool mean (drives shedding); as a filter it drops endpoints past the
 //! thresholds stretched by `headroom`, so affinity can still burst above the ideal load.
 
+use crate::config::params::{parse_duration_ms, ParamError};
 use crate::model::EndpointState;
 use crate::plugins::candidates::state;
-use crate::plugins::params::{parse_duration_ms, ParamError};
 use crate::scheduling::{CycleState, Filter, Plugin, SaturationDetector, SchedulingContext};
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -3,8 +3,8 @@
 //! Decode pods and aggregated pods (role `both`, or no role label at all), so the same profile works
 //! for a pool that is not disaggregated.
 
+use crate::config::params::{parse_params, NoParams, ParamError};
 use crate::model::Role;
-use crate::plugins::params::{parse_params, NoParams, ParamError};
 use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
 use alloc::boxed::Box;
 use alloc::vec::Vec;

@@ -3,8 +3,8 @@
 //!
 //! The band leaves later filters a choice among near-equal servers, as with `least-queue-filter`.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{metrics, none_measured};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
 use alloc::vec::Vec;
 use serde::Deserialize;

@@ -4,8 +4,8 @@
 //! A band rather than the single minimum leaves the next filter (or the picker) a choice among
 //! near-equal servers; GIE found that balanced better. The division is integer, as in GIE.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{metrics, none_measured};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
 use alloc::vec::Vec;
 use serde::Deserialize;

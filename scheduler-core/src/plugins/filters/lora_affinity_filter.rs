@@ -7,8 +7,8 @@
 //! (retries included), different request ids spread like a fair coin. Requests without an id share
 //! one coin per model.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{has_lora_room, metrics, none_measured};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext, SchedulingRequest};
 use alloc::vec::Vec;
 use serde::Deserialize;

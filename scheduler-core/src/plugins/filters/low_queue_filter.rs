@@ -3,8 +3,8 @@
 //! GIE's LoRA path used it (threshold 128) so adapter affinity never piles work onto a server that is
 //! already far behind.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{metrics, none_measured};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
 use alloc::vec::Vec;
 use serde::Deserialize;

@@ -3,8 +3,8 @@
 //! Prefill pods, plus pods explicitly labelled as serving both phases; an unlabelled pod is an
 //! aggregated server and must not be handed prefill-only work.
 
+use crate::config::params::{parse_params, NoParams, ParamError};
 use crate::model::{Role, ROLE_LABEL};
-use crate::plugins::params::{parse_params, NoParams, ParamError};
 use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
 use alloc::boxed::Box;
 use alloc::vec::Vec;

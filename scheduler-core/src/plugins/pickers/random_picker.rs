@@ -3,7 +3,7 @@
 //! Useful as a baseline and as the fallback of the weighted picker when no candidate scored above 0.
 
 use super::PickerParams;
-use crate::plugins::params::{parse_params, ParamError};
+use crate::config::params::{parse_params, ParamError};
 use crate::rng::Rng;
 use crate::scheduling::{Picker, Plugin, ScoredEndpoint};
 use alloc::boxed::Box;

@@ -5,7 +5,7 @@
 
 use super::random_picker::uniform;
 use super::PickerParams;
-use crate::plugins::params::{parse_params, ParamError};
+use crate::config::params::{parse_params, ParamError};
 use crate::rng::Rng;
 use crate::scheduling::{Picker, Plugin, ScoredEndpoint};
 use alloc::boxed::Box;

@@ -4,7 +4,7 @@
 //! the decode pod has not cached is long enough to be worth the KV transfer, and a prefill pod exists.
 //! Otherwise the request is served aggregated by the decode pod.
 
-use crate::plugins::params::{non_negative_count, parse_params, ParamError};
+use crate::config::params::{non_negative_count, parse_params, ParamError};
 use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::scheduling::{CycleState, Plugin, ProfileHandler, ProfileRunResult, SchedulingContext};
 use alloc::boxed::Box;

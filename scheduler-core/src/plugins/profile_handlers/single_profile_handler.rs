@@ -2,7 +2,7 @@
 //!
 //! The default when the configuration has exactly one profile and names no handler.
 
-use crate::plugins::params::{parse_params, NoParams, ParamError};
+use crate::config::params::{parse_params, NoParams, ParamError};
 use crate::scheduling::{CycleState, Plugin, ProfileHandler, ProfileRunResult, SchedulingContext};
 use alloc::boxed::Box;
 use alloc::format;

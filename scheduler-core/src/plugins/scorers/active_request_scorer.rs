@@ -3,8 +3,8 @@
 //!
 //! Reads the gateway's in-flight counts (llm-d's in-flight load producer), so it needs no metrics.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use alloc::string::String;
 use serde::Deserialize;

@@ -4,8 +4,8 @@
 //!
 //! Kept apart from `queue-scorer`, whose GIE formula stays exact for parity.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{score_lower_is_better, state};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use serde::Deserialize;
 

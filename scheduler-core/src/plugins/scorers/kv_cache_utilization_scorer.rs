@@ -3,8 +3,8 @@
 //! GIE's formula; an absolute score (not scaled over the candidates), so a nearly full pool scores
 //! low everywhere.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::metrics;
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use serde::Deserialize;
 

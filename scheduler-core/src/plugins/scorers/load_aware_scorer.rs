@@ -4,8 +4,8 @@
 //! The 0.5 ceiling is llm-d's: an empty queue does not prove spare capacity, so its pull under a
 //! weight is about half that of scorers that reach 1.0.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::metrics;
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use serde::Deserialize;
 

@@ -3,8 +3,8 @@
 //!
 //! GIE's tiers: active 1.0, room 0.8, waiting 0.6, otherwise 0. The adapter is `request.model`.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{has_lora_room, metrics};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use serde::Deserialize;
 

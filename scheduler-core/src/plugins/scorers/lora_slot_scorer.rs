@@ -5,8 +5,8 @@
 //! adapters: a base model scores 1.0 on every candidate, where GIE scores it 0.8 with free slots and 0
 //! without. Adapter requests get GIE's tiers: active 1.0 > room to load 0.8 > waiting 0.6 > 0.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{has_lora_room, metrics};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -3,8 +3,8 @@
 //! GIE's formula exactly (`(maxQ − q) / (maxQ − minQ)`, all equal → 1), so configurations written for
 //! GIE rank endpoints the same way here. Gateway in-flight counts are deliberately not added.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{metrics, score_lower_is_better};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use serde::Deserialize;
 

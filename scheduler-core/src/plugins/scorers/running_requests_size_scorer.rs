@@ -3,8 +3,8 @@
 //! Same min-max scaling as GIE's (and as `queue-scorer`), applied to running instead of waiting
 //! requests.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{metrics, score_lower_is_better};
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use serde::Deserialize;
 

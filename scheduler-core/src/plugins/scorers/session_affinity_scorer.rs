@@ -4,8 +4,8 @@
 //! the serving endpoint's address (llm-d's `encoded_endpoint_header` strategy); that endpoint scores
 //! 1, every other 0. Stateless, so every gateway replica honours every token.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -3,8 +3,8 @@
 //!
 //! Reads the gateway's own in-flight accounting, so it reacts between scrapes and needs no metrics.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
 use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
 use alloc::string::String;
 use serde::Deserialize;
