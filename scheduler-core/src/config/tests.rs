@@ -123,12 +123,9 @@ fn saturation_detector_shapes() {
     assert_eq!(Scheduler::from_config(&cfg).unwrap().detector_name(), Some("utilization-detector"));
     // Not configured and not registered: no detector, and a warning says shedding is off.
     let registry = crate::plugins::registry::Registry::empty()
-        .with("decode-filter", crate::plugins::filters::decode_filter::DecodeFilter::build)
-        .with("max-score-picker", crate::plugins::pickers::max_score_picker::MaxScorePicker::build)
-        .with(
-            "single-profile-handler",
-            crate::plugins::profile_handlers::single_profile_handler::SingleProfileHandler::build,
-        );
+        .with::<crate::plugins::filters::decode_filter::DecodeFilter>()
+        .with::<crate::plugins::pickers::max_score_picker::MaxScorePicker>()
+        .with::<crate::plugins::profile_handlers::single_profile_handler::SingleProfileHandler>();
     let s = Scheduler::from_config_with(&cfg, &registry).unwrap();
     assert!(s.detector.is_none());
     assert!(s.warnings().iter().any(|w| w.message.contains("never shed")));

@@ -3,13 +3,13 @@
 //! Building applies llm-d's system defaults (a picker in every profile, a single-profile handler for a
 //! single profile, the utilization detector) so that what runs is exactly what the config implies.
 
+use super::factory::{BuildContext, SharedState};
 use super::framework::{CycleState, Plugin, ProfileRunResult, SchedulingContext};
 use super::profile::{Profile, Scratch};
 use crate::config::{
-    ConfigError, ConfigWarning, EndpointPickerConfig, DEFAULT_SATURATION_DETECTOR, DEFAULT_WEIGHT,
+    ConfigError, ConfigWarning, EndpointPickerConfig, DEFAULT_PICKER, DEFAULT_PROFILE_HANDLER,
+    DEFAULT_SATURATION_DETECTOR, DEFAULT_WEIGHT,
 };
-use crate::plugins::pickers::max_score_picker;
-use crate::plugins::profile_handlers::single_profile_handler;
 use crate::plugins::registry::Registry;
 use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::rng::Rng;
@@ -69,6 +69,7 @@ impl SchedulingResult {
 pub struct Scheduler {
     plugins: Vec<Box<dyn Plugin>>,
     plugin_names: Vec<String>,
+    shared: SharedState,
     pub(crate) profiles: Vec<Profile>,
     profile_names: Vec<String>,
     handler: usize,
@@ -138,25 +139,35 @@ impl Scheduler {
         registry: &Registry,
     ) -> Result<Scheduler, ConfigError> {
         let mut warnings = cfg.warnings.clone();
-        let mut plugins: Vec<Box<dyn Plugin>> = Vec::with_capacity(cfg.plugins.len() + 3);
-        let mut plugin_names: Vec<String> = Vec::with_capacity(cfg.plugins.len() + 3);
+        let mut entries = Vec::with_capacity(cfg.plugins.len());
         for (i, spec) in cfg.plugins.iter().enumerate() {
-            let Some(ctor) = registry.get(&spec.type_name) else {
-                return Err(ConfigError::new(
-                    format!("plugins[{i}].type"),
-                    format!("a known plugin type ({})", registry.types().join(", ")),
-                    Some(format!("{:?}", spec.type_name)),
-                ));
-            };
-            plugins.push(ctor(&spec.parameters).map_err(|e| e.at(&format!("plugins[{i}].parameters")))?);
-            plugin_names.push(spec.name.clone());
+            entries.push(registry.entry_at(&format!("plugins[{i}].type"), &spec.type_name)?);
         }
+        // Producers of shared state first, so a consumer finds the producer it names wherever the two
+        // entries are; the list keeps configuration order.
+        let mut shared = SharedState::default();
+        let mut built: Vec<Option<Box<dyn Plugin>>> = cfg.plugins.iter().map(|_| None).collect();
+        for producers in [true, false] {
+            for (i, spec) in cfg.plugins.iter().enumerate() {
+                let (Some(entry), Some(slot)) = (entries.get(i), built.get_mut(i)) else { continue };
+                if entry.is_producer() != producers {
+                    continue;
+                }
+                let plugin = entry.build(&spec.parameters, &mut BuildContext::new(&spec.name, &mut shared));
+                *slot = Some(plugin.map_err(|e| e.at(&format!("plugins[{i}].parameters")))?);
+            }
+        }
+        let mut plugins: Vec<Box<dyn Plugin>> = Vec::with_capacity(cfg.plugins.len() + 3);
+        plugins.extend(built.into_iter().flatten());
+        let mut plugin_names: Vec<String> = Vec::with_capacity(cfg.plugins.len() + 3);
+        plugin_names.extend(cfg.plugins.iter().map(|spec| spec.name.clone()));
         let index_of = |names: &[String], n: &str| names.iter().position(|x| x == n);
-        let add_default = |plugins: &mut Vec<Box<dyn Plugin>>, names: &mut Vec<String>, t: &str| {
-            let ctor = registry.get(t).ok_or_else(|| {
+        let mut add_default = |plugins: &mut Vec<Box<dyn Plugin>>, names: &mut Vec<String>, t: &str| {
+            let entry = registry.get(t).ok_or_else(|| {
                 ConfigError::new("plugins", format!("the built-in plugin {t:?} to be registered"), None)
             })?;
-            let p = ctor(&Value::Null)
+            let p = entry
+                .build(&Value::Null, &mut BuildContext::new(t, &mut shared))
                 .map_err(|e| ConfigError::new("plugins", format!("{t} defaults: {e}"), None))?;
             plugins.push(p);
             names.push(String::from(t));
@@ -215,7 +226,7 @@ impl Scheduler {
         let handler = match handler {
             Some(h) => h,
             None if specs.len() == 1 => {
-                add_default(&mut plugins, &mut plugin_names, single_profile_handler::TYPE)?
+                add_default(&mut plugins, &mut plugin_names, DEFAULT_PROFILE_HANDLER)?
             }
             None => {
                 return Err(ConfigError::new(
@@ -274,7 +285,7 @@ impl Scheduler {
                 let picker = match default_picker {
                     Some(p) => p,
                     None => {
-                        let p = add_default(&mut plugins, &mut plugin_names, max_score_picker::TYPE)?;
+                        let p = add_default(&mut plugins, &mut plugin_names, DEFAULT_PICKER)?;
                         default_picker = Some(p);
                         p
                     }
@@ -320,11 +331,10 @@ impl Scheduler {
             }
         };
 
-        link_prefix_plugins(&mut plugins, &plugin_names)?;
-
         Ok(Scheduler {
             plugins,
             plugin_names,
+            shared,
             profiles,
             profile_names,
             handler,
@@ -364,9 +374,9 @@ impl Scheduler {
         self.plugins.get(i).map(|p| p.as_ref())
     }
 
-    pub fn plugin_mut(&mut self, name: &str) -> Option<&mut (dyn Plugin + 'static)> {
-        let i = self.plugin_names.iter().position(|n| n == name)?;
-        self.plugins.get_mut(i).map(|p| p.as_mut())
+    /// The state the plugins share (the prefix indexes), by the name of the plugin that owns it.
+    pub fn shared(&self) -> &SharedState {
+        &self.shared
     }
 
     /// Name of the saturation detector plugin in use, if any.
@@ -439,13 +449,12 @@ impl Scheduler {
             return;
         }
         let endpoint = pool.find(address);
-        for handle in self.prefix_handles() {
+        for handle in self.shared.prefix_indexes() {
             let Some(config) = handle.config() else { continue };
             let capacity = match endpoint {
                 Some(e) => config.capacity_for(e),
                 None => config.lru_capacity_per_server,
             };
-            // Idempotent: a handle shared by a scorer and a filter is simply recorded twice.
             if let Some(mut index) = handle.index_mut() {
                 index.record(address, hashes, capacity);
             };
@@ -456,76 +465,12 @@ impl Scheduler {
     /// secret random seed once per process or VM, so clients cannot craft prompts whose block hashes
     /// collide in the table; decisions are the same whatever the seed.
     pub fn set_prefix_table_seed(&mut self, seed: u64) {
-        for handle in self.prefix_handles() {
+        for handle in self.shared.prefix_indexes() {
             if let Some(mut index) = handle.index_mut() {
                 index.set_table_seed(seed);
             }
         }
     }
-
-    /// The prefix index of every prefix plugin (a handle shared by a scorer and a filter comes twice).
-    fn prefix_handles(&mut self) -> Vec<crate::prefix::PrefixHandle> {
-        use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
-        use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
-        let mut handles = Vec::new();
-        for p in self.plugins.iter_mut() {
-            let Some(any) = p.as_any_mut() else { continue };
-            if let Some(s) = any.downcast_ref::<PrefixCacheScorer>() {
-                handles.push(s.handle().clone());
-            } else if let Some(f) = any.downcast_ref::<PrefixCacheAffinityFilter>() {
-                handles.push(f.handle().clone());
-            }
-        }
-        handles
-    }
-}
-
-/// Gives every `prefix-cache-affinity-filter` the index of its prefix scorer (the one named by
-/// `prefixMatchInfoProducerName`, else the only `prefix-cache-scorer`), so the filter and the scorer
-/// agree on one index and one per-request match. With no scorer the filter keeps its own index.
-fn link_prefix_plugins(plugins: &mut [Box<dyn Plugin>], names: &[String]) -> Result<(), ConfigError> {
-    use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
-    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
-
-    let mut scorers: Vec<(usize, crate::prefix::PrefixHandle)> = Vec::new();
-    for (i, p) in plugins.iter_mut().enumerate() {
-        if let Some(s) = p.as_any_mut().and_then(|a| a.downcast_mut::<PrefixCacheScorer>()) {
-            scorers.push((i, s.handle().clone()));
-        }
-    }
-    for (i, p) in plugins.iter_mut().enumerate() {
-        let Some(filter) = p.as_any_mut().and_then(|a| a.downcast_mut::<PrefixCacheAffinityFilter>()) else {
-            continue;
-        };
-        let handle = match filter.params().prefix_match_info_producer_name.as_deref() {
-            Some(producer) => {
-                let found = scorers.iter().find(|(j, _)| names.get(*j).map(String::as_str) == Some(producer));
-                match found {
-                    Some((_, h)) => h.clone(),
-                    None => {
-                        return Err(ConfigError::new(
-                            format!("plugins[{i}].parameters.prefixMatchInfoProducerName"),
-                            "the name of a prefix-cache-scorer plugin",
-                            Some(format!("{producer:?}")),
-                        ))
-                    }
-                }
-            }
-            None => match scorers.as_slice() {
-                [(_, h)] => h.clone(),
-                [] => continue,
-                _ => {
-                    return Err(ConfigError::new(
-                        format!("plugins[{i}].parameters.prefixMatchInfoProducerName"),
-                        "the name of the prefix-cache-scorer to follow (there are several)",
-                        None,
-                    ))
-                }
-            },
-        };
-        filter.share_index(handle);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
