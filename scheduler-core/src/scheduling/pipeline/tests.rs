@@ -3,6 +3,7 @@ use crate::model::{PoolSnapshot, Role};
 use crate::prefix::PrefixHandle;
 use crate::scheduling::test_support::{pool, pool_with_roles, registry, PRE_REQUEST_CALLS};
 use crate::scheduling::SchedulingRequest;
+use alloc::format;
 use alloc::string::ToString;
 use alloc::vec;
 use core::sync::atomic::Ordering;
@@ -232,6 +233,26 @@ fn affinity_filter_with_an_unknown_producer_is_a_config_error() {
         err.to_string(),
         "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got \"nope\""
     );
+}
+
+#[test]
+fn with_several_prefix_scorers_the_affinity_filter_names_one() {
+    let two_scorers =
+        r#"{"name": "a", "type": "prefix-cache-scorer"}, {"name": "b", "type": "prefix-cache-scorer"}"#;
+    let err = Scheduler::from_json(&format!(
+        r#"{{"plugins": [{{"type": "prefix-cache-affinity-filter"}}, {two_scorers}]}}"#
+    ))
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of the prefix-cache-scorer to follow (there are several)"
+    );
+    let s = Scheduler::from_json(&format!(
+        r#"{{"plugins": [{{"type": "prefix-cache-affinity-filter", "parameters": {{"prefixMatchInfoProducerName": "b"}}}},
+                         {two_scorers}]}}"#
+    ))
+    .unwrap();
+    assert_eq!(s.shared().prefix_indexes().count(), 2, "the filter reads b's index, not one of its own");
 }
 
 /// Proxy workers lay their prefix tables out by different secret seeds, yet must pick alike: the
