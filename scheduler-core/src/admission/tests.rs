@@ -135,14 +135,3 @@ fn fallbacks_and_prefill_become_addresses() {
         }
     );
 }
-
-#[test]
-fn objective_priorities() {
-    let t = ObjectivePriorities::from_json(r#"[{"name": "batch", "priority": -1}, {"name": "chat", "priority": 10}, {"name": "batch", "priority": 5}]"#)
-        .unwrap();
-    assert_eq!(t.priority(Some("batch")), -1, "first definition wins");
-    assert_eq!(t.priority(Some("chat")), 10);
-    assert_eq!(t.priority(Some("unknown")), 0);
-    assert_eq!(t.priority(None), 0);
-    assert!(ObjectivePriorities::from_json(r#"[{"name": "x", "priority": "high"}]"#).is_err());
-}

@@ -5,11 +5,11 @@
 //! The Wasm filter reads it from the plugin configuration, the shim from a file; both get the same
 //! errors, each naming the field and what was expected.
 
+use super::objectives::{Objective, ObjectivePriorities};
+use super::params::{json_repr, parse_params};
 use super::{ConfigError, EndpointPickerConfig};
-use crate::admission::{Objective, ObjectivePriorities};
 use crate::model::{validate_address, Endpoint, Engine, Role};
 use crate::model_rewrite::{InferenceModelRewrite, ModelRewrites};
-use crate::plugins::params::{json_repr, parse_params, ParamError};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -250,11 +250,10 @@ impl GatewayConfig {
         };
         let null = Value::Null;
         let section = |name: &str| map.get(name).unwrap_or(&null);
-        let located = |name: &'static str| move |e: ParamError| located(name, e);
 
         let picker = EndpointPickerConfig::from_value(value, OWN_SECTIONS)?;
         let pool = parse_pool(section("pool"))?;
-        let collector: CollectorConfig = parse_params(section("collector")).map_err(located("collector"))?;
+        let collector: CollectorConfig = parse_params(section("collector")).map_err(|e| e.at("collector"))?;
         if collector.interval_ms == 0 {
             return Err(ConfigError::new(
                 "collector.intervalMs",
@@ -269,7 +268,7 @@ impl GatewayConfig {
                 Some(String::from("0")),
             ));
         }
-        let routing: RoutingConfig = parse_params(section("routing")).map_err(located("routing"))?;
+        let routing: RoutingConfig = parse_params(section("routing")).map_err(|e| e.at("routing"))?;
         if routing.max_endpoints == 0 {
             return Err(ConfigError::new("routing.maxEndpoints", "an integer >= 1", Some(String::from("0"))));
         }
@@ -299,8 +298,8 @@ impl GatewayConfig {
                 ConfigError::new("failureMode", "\"FailOpen\" or \"FailClose\"", Some(json_repr(v)))
             })?,
         };
-        let fail_open: FailOpenConfig = parse_params(section("failOpen")).map_err(located("failOpen"))?;
-        let limits: LimitsConfig = parse_params(section("limits")).map_err(located("limits"))?;
+        let fail_open: FailOpenConfig = parse_params(section("failOpen")).map_err(|e| e.at("failOpen"))?;
+        let limits: LimitsConfig = parse_params(section("limits")).map_err(|e| e.at("limits"))?;
         if limits.max_body_bytes == 0 {
             return Err(ConfigError::new(
                 "limits.maxBodyBytes",
@@ -346,24 +345,19 @@ impl GatewayConfig {
     }
 }
 
-fn located(section: &str, e: ParamError) -> ConfigError {
-    let path = if e.field.is_empty() { String::from(section) } else { format!("{section}.{}", e.field) };
-    ConfigError::new(path, e.expected, e.got)
-}
-
 fn is_header_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn parse_pool(v: &Value) -> Result<PoolConfig, ConfigError> {
-    let spec: PoolSpec = parse_params(v).map_err(|e| located("pool", e))?;
+    let spec: PoolSpec = parse_params(v).map_err(|e| e.at("pool"))?;
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(spec.endpoints.len());
     for (i, raw) in spec.endpoints.iter().enumerate() {
         let path = format!("pool.endpoints[{i}]");
         let e: EndpointSpec = match raw {
             // Shorthand: a bare "ip:port" string.
             Value::String(s) => EndpointSpec { address: s.clone(), engine: None, role: None, labels: None },
-            other => parse_params(other).map_err(|e| located_owned(&path, e))?,
+            other => parse_params(other).map_err(|e| e.at(&path))?,
         };
         validate_address(&e.address).map_err(|err| {
             ConfigError::new(
@@ -422,11 +416,6 @@ fn parse_pool(v: &Value) -> Result<PoolConfig, ConfigError> {
         }
     };
     Ok(PoolConfig { name: spec.name, endpoints, discovery })
-}
-
-fn located_owned(path: &str, e: ParamError) -> ConfigError {
-    let p = if e.field.is_empty() { String::from(path) } else { format!("{path}.{}", e.field) };
-    ConfigError::new(p, e.expected, e.got)
 }
 
 /// `http://authority/path` → callout parts; the cluster defaults to the authority's host.

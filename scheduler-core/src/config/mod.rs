@@ -4,6 +4,8 @@
 //! and the system defaults (picker, profile handler, saturation detector) happen in `Scheduler`.
 
 pub mod gateway;
+pub mod objectives;
+pub mod params;
 mod parse;
 
 use alloc::string::String;
@@ -18,6 +20,10 @@ pub const DEPRECATED_API_VERSION: &str = "inference.networking.x-k8s.io/v1alpha1
 pub const KIND: &str = "EndpointPickerConfig";
 /// The saturation detector used when the configuration names none.
 pub const DEFAULT_SATURATION_DETECTOR: &str = "utilization-detector";
+/// The picker of a profile that names none (llm-d's system default).
+pub const DEFAULT_PICKER: &str = "max-score-picker";
+/// The profile handler of a configuration with one profile and no handler (llm-d's system default).
+pub const DEFAULT_PROFILE_HANDLER: &str = "single-profile-handler";
 /// Weight of a scorer referenced without one.
 pub const DEFAULT_WEIGHT: f64 = 1.0;
 

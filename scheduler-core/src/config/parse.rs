@@ -1,10 +1,10 @@
 //! Walks the JSON tree by hand so every error carries the exact path of the offending value.
 
+use super::params::json_repr;
 use super::{
     ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, API_VERSION,
     DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
 };
-use crate::plugins::params::json_repr;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -23,8 +23,15 @@ const TOP_LEVEL: &[&str] = &[
     "parser",
 ];
 
-/// Feature gates this implementation acts on. Others are accepted (llm-d has many) with a warning.
-const KNOWN_FEATURE_GATES: &[&str] = &[];
+/// The feature gates of GIE and llm-d, each with why it changes nothing here. None is implemented, so
+/// each one configured gets a warning; a name not listed gets a warning that it is unknown (a typo, or a
+/// gate newer than this list), never an error, so configurations written for those pickers still load.
+const KNOWN_FEATURE_GATES: &[(&str, &str)] = &[
+    ("dataLayer", "metrics collection is configured by the pool and collector sections"),
+    ("dynamicPD", "prefill and decode roles come from endpoint labels and are not reassigned at run time"),
+    ("flowControl", "flow control queues are not implemented"),
+    ("prepareDataPlugins", "the prefix match is always computed, by the first prefix plugin that needs it"),
+];
 
 pub(super) fn from_json(text: &str, own: &[&str]) -> Result<EndpointPickerConfig, ConfigError> {
     if text.trim().is_empty() {
@@ -301,12 +308,14 @@ fn feature_gates(
             },
         };
         let name = name.trim();
-        if !KNOWN_FEATURE_GATES.contains(&name) {
-            warnings.push(ConfigWarning {
-                path,
-                message: format!("feature gate {name:?} is not implemented; ignored"),
-            });
-        }
+        let message = match KNOWN_FEATURE_GATES.iter().find(|(gate, _)| *gate == name) {
+            Some((_, why)) => format!("feature gate {name:?} has no effect here: {why}"),
+            None => {
+                let known: Vec<&str> = KNOWN_FEATURE_GATES.iter().map(|(gate, _)| *gate).collect();
+                format!("unknown feature gate {name:?} ignored (GIE/llm-d gates: {})", known.join(", "))
+            }
+        };
+        warnings.push(ConfigWarning { path, message });
         out.push((String::from(name), enabled));
     }
     Ok(out)

@@ -123,12 +123,9 @@ fn saturation_detector_shapes() {
     assert_eq!(Scheduler::from_config(&cfg).unwrap().detector_name(), Some("utilization-detector"));
     // Not configured and not registered: no detector, and a warning says shedding is off.
     let registry = crate::plugins::registry::Registry::empty()
-        .with("decode-filter", crate::plugins::filters::decode_filter::DecodeFilter::build)
-        .with("max-score-picker", crate::plugins::pickers::max_score_picker::MaxScorePicker::build)
-        .with(
-            "single-profile-handler",
-            crate::plugins::profile_handlers::single_profile_handler::SingleProfileHandler::build,
-        );
+        .with::<crate::plugins::filters::decode_filter::DecodeFilter>()
+        .with::<crate::plugins::pickers::max_score_picker::MaxScorePicker>()
+        .with::<crate::plugins::profile_handlers::single_profile_handler::SingleProfileHandler>();
     let s = Scheduler::from_config_with(&cfg, &registry).unwrap();
     assert!(s.detector.is_none());
     assert!(s.warnings().iter().any(|w| w.message.contains("never shed")));
@@ -143,7 +140,23 @@ fn feature_gates() {
         cfg.feature_gates,
         [(String::from("flowControl"), true), (String::from("prepareDataPlugins"), false)]
     );
-    assert_eq!(cfg.warnings.len(), 2, "unknown gates are accepted with a warning");
+    let warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "featureGates[0]: feature gate \"flowControl\" has no effect here: flow control queues are not implemented",
+            "featureGates[1]: feature gate \"prepareDataPlugins\" has no effect here: the prefix match is always computed, by the first prefix plugin that needs it",
+        ],
+        "known gates are accepted with a warning, enabled or not"
+    );
+    let cfg = EndpointPickerConfig::from_json(r#"{"featureGates": ["dataLayer", "flowControll"]}"#).unwrap();
+    assert_eq!(
+        cfg.warnings[1].to_string(),
+        "featureGates[1]: unknown feature gate \"flowControll\" ignored (GIE/llm-d gates: dataLayer, dynamicPD, flowControl, prepareDataPlugins)"
+    );
+    // The warnings reach the built scheduler, which embedders log.
+    let s = Scheduler::from_config(&cfg).unwrap();
+    assert_eq!(s.warnings().len(), 2, "{:?}", s.warnings());
     assert_eq!(
         parse_err(r#"{"featureGates": ["flowControl=maybe"]}"#),
         r#"featureGates[0]: expected "name", "name=true" or "name=false", got "flowControl=maybe""#

@@ -1,13 +1,13 @@
-//! The built-in plugins: one file per configuration `type`, grouped by the part they play, and mapped
-//! from type names to constructors in [`registry`].
+//! The built-in plugins: one file per configuration `type`, grouped by the part they play, and listed
+//! by type name in [`registry`].
 //!
-//! Each plugin has a `Params` struct (deserialized from the config entry's `parameters`), a
-//! `Params::validate` that returns a typed [`params::ParamError`], and `new(params)`.
+//! Each plugin implements [`PluginFactory`](crate::scheduling::PluginFactory): its `TYPE`, a `Params`
+//! struct deserialized from the entry's `parameters`, and `build`, which checks the parameters (errors
+//! name the field) and makes the plugin. CONTRIBUTING.md walks through adding one.
 
 pub mod candidates;
 pub mod detectors;
 pub mod filters;
-pub mod params;
 pub mod pickers;
 pub mod profile_handlers;
 pub mod registry;

@@ -1,95 +1,126 @@
-//! Configuration `type` name → plugin constructor. The one place a new plugin is made known.
+//! Configuration `type` name → plugin factory. The one place a built-in plugin is made known.
 //!
-//! Adding a plugin is one line in `BUILTIN`; tests and embedders can extend a `Registry` with their own.
+//! Adding a plugin is one line in `BUILTIN` (`Entry::of::<TheNewPlugin>()`, see
+//! [`PluginFactory`]); tests and embedders extend a `Registry` with their own types the same way.
 
-use super::detectors::{concurrency_detector, utilization_detector};
-use super::filters::prefix_cache_affinity_filter::{
-    PrefixCacheAffinityFilter, PrefixCacheAffinityFilterParams, PREFIX_CACHE_AFFINITY_FILTER_TYPE,
-};
-use super::filters::{
-    decode_filter, least_kv_cache_filter, least_queue_filter, lora_affinity_filter, low_queue_filter,
-    prefill_filter,
-};
-use super::params::{parse_params, ParamError};
-use super::pickers::{max_score_picker, random_picker, weighted_random_picker};
-use super::profile_handlers::{pd_profile_handler, single_profile_handler};
-use super::scorers::prefix_cache_scorer::{
-    PrefixCacheScorer, PrefixCacheScorerParams, PREFIX_CACHE_SCORER_TYPE,
-};
-use super::scorers::{
-    active_request_scorer, inflight_aware_queue_scorer, kv_cache_utilization_scorer, load_aware_scorer,
-    lora_affinity_scorer, lora_slot_scorer, queue_scorer, running_requests_size_scorer,
-    session_affinity_scorer, token_load_scorer,
-};
-use crate::scheduling::Plugin;
+use super::detectors::concurrency_detector::ConcurrencyDetector;
+use super::detectors::utilization_detector::UtilizationDetector;
+use super::filters::decode_filter::DecodeFilter;
+use super::filters::least_kv_cache_filter::LeastKvCacheFilter;
+use super::filters::least_queue_filter::LeastQueueFilter;
+use super::filters::lora_affinity_filter::LoraAffinityFilter;
+use super::filters::low_queue_filter::LowQueueFilter;
+use super::filters::prefill_filter::PrefillFilter;
+use super::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
+use super::pickers::max_score_picker::MaxScorePicker;
+use super::pickers::random_picker::RandomPicker;
+use super::pickers::weighted_random_picker::WeightedRandomPicker;
+use super::profile_handlers::pd_profile_handler::PdProfileHandler;
+use super::profile_handlers::single_profile_handler::SingleProfileHandler;
+use super::scorers::active_request_scorer::ActiveRequestScorer;
+use super::scorers::inflight_aware_queue_scorer::InflightAwareQueueScorer;
+use super::scorers::kv_cache_utilization_scorer::KvCacheUtilizationScorer;
+use super::scorers::load_aware_scorer::LoadAwareScorer;
+use super::scorers::lora_affinity_scorer::LoraAffinityScorer;
+use super::scorers::lora_slot_scorer::LoraSlotScorer;
+use super::scorers::prefix_cache_scorer::PrefixCacheScorer;
+use super::scorers::queue_scorer::QueueScorer;
+use super::scorers::running_requests_size_scorer::RunningRequestsSizeScorer;
+use super::scorers::session_affinity_scorer::SessionAffinityScorer;
+use super::scorers::token_load_scorer::TokenLoadScorer;
+use crate::config::params::{parse_params, ParamError};
+use crate::config::ConfigError;
+use crate::scheduling::{BuildContext, Plugin, PluginFactory, SharedState};
 use alloc::boxed::Box;
+use alloc::format;
 use alloc::vec::Vec;
 use serde_json::Value;
 
-/// Builds a plugin from its `parameters` (`Value::Null` when absent).
-pub type Constructor = fn(&Value) -> Result<Box<dyn Plugin>, ParamError>;
-
-/// `(TYPE, constructor)` for a plugin module following the convention: `Params` (serde) with
-/// `validate()`, and `new(Params)`.
-macro_rules! validated {
-    ($module:ident :: $plugin:ident) => {{
-        fn build(value: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-            let params: $module::Params = parse_params(value)?;
-            params.validate()?;
-            Ok(Box::new($module::$plugin::new(params)))
-        }
-        ($module::TYPE, build as Constructor)
-    }};
-}
-
-fn build_prefix_cache_scorer(value: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-    let params: PrefixCacheScorerParams = parse_params(value)?;
-    Ok(Box::new(PrefixCacheScorer::new(&params)))
-}
-
-/// Built with its own index; the scheduler's wiring step switches it to its prefix scorer's index.
-fn build_prefix_cache_affinity_filter(value: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-    let params: PrefixCacheAffinityFilterParams = parse_params(value)?;
-    let filter = PrefixCacheAffinityFilter::standalone(params)
-        .map_err(|e| ParamError::new(e.field, e.expected, Some(e.got)))?;
-    Ok(Box::new(filter))
-}
-
-const BUILTIN: &[(&str, Constructor)] = &[
+const BUILTIN: &[Entry] = &[
     // Scorers
-    validated!(queue_scorer::QueueScorer),
-    validated!(kv_cache_utilization_scorer::KvCacheUtilizationScorer),
-    validated!(lora_affinity_scorer::LoraAffinityScorer),
-    (PREFIX_CACHE_SCORER_TYPE, build_prefix_cache_scorer),
-    validated!(running_requests_size_scorer::RunningRequestsSizeScorer),
-    validated!(token_load_scorer::TokenLoadScorer),
-    validated!(active_request_scorer::ActiveRequestScorer),
-    validated!(load_aware_scorer::LoadAwareScorer),
-    validated!(session_affinity_scorer::SessionAffinityScorer),
-    validated!(inflight_aware_queue_scorer::InflightAwareQueueScorer),
-    validated!(lora_slot_scorer::LoraSlotScorer),
+    Entry::of::<QueueScorer>(),
+    Entry::of::<KvCacheUtilizationScorer>(),
+    Entry::of::<LoraAffinityScorer>(),
+    Entry::of::<PrefixCacheScorer>(),
+    Entry::of::<RunningRequestsSizeScorer>(),
+    Entry::of::<TokenLoadScorer>(),
+    Entry::of::<ActiveRequestScorer>(),
+    Entry::of::<LoadAwareScorer>(),
+    Entry::of::<SessionAffinityScorer>(),
+    Entry::of::<InflightAwareQueueScorer>(),
+    Entry::of::<LoraSlotScorer>(),
     // Filters and detectors
-    (PREFIX_CACHE_AFFINITY_FILTER_TYPE, build_prefix_cache_affinity_filter),
-    validated!(least_queue_filter::LeastQueueFilter),
-    validated!(least_kv_cache_filter::LeastKvCacheFilter),
-    validated!(low_queue_filter::LowQueueFilter),
-    validated!(lora_affinity_filter::LoraAffinityFilter),
-    validated!(utilization_detector::UtilizationDetector),
-    validated!(concurrency_detector::ConcurrencyDetector),
+    Entry::of::<PrefixCacheAffinityFilter>(),
+    Entry::of::<LeastQueueFilter>(),
+    Entry::of::<LeastKvCacheFilter>(),
+    Entry::of::<LowQueueFilter>(),
+    Entry::of::<LoraAffinityFilter>(),
+    Entry::of::<UtilizationDetector>(),
+    Entry::of::<ConcurrencyDetector>(),
     // Pickers, profile handlers, role filters
-    (max_score_picker::TYPE, max_score_picker::MaxScorePicker::build),
-    (random_picker::TYPE, random_picker::RandomPicker::build),
-    (weighted_random_picker::TYPE, weighted_random_picker::WeightedRandomPicker::build),
-    (single_profile_handler::TYPE, single_profile_handler::SingleProfileHandler::build),
-    (pd_profile_handler::TYPE, pd_profile_handler::PdProfileHandler::build),
-    (prefill_filter::TYPE, prefill_filter::PrefillFilter::build),
-    (decode_filter::TYPE, decode_filter::DecodeFilter::build),
+    Entry::of::<MaxScorePicker>(),
+    Entry::of::<RandomPicker>(),
+    Entry::of::<WeightedRandomPicker>(),
+    Entry::of::<SingleProfileHandler>(),
+    Entry::of::<PdProfileHandler>(),
+    Entry::of::<PrefillFilter>(),
+    Entry::of::<DecodeFilter>(),
 ];
+
+type BuildFn = fn(&Value, &mut BuildContext<'_>) -> Result<Box<dyn Plugin>, ParamError>;
+
+/// One plugin type a scheduler can be built from.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    type_name: &'static str,
+    producer: bool,
+    build: BuildFn,
+}
+
+impl Entry {
+    /// Plugin type `F`, under its own type name.
+    pub const fn of<F: PluginFactory>() -> Entry {
+        Entry::named::<F>(F::TYPE)
+    }
+
+    /// Plugin type `F` under another type name: a stand-in for a built-in type (tests, or an embedder's
+    /// replacement).
+    pub const fn named<F: PluginFactory>(type_name: &'static str) -> Entry {
+        Entry { type_name, producer: F::PRODUCER, build: parse_and_build::<F> }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// Whether plugins of this type publish shared state (and so are built first).
+    pub fn is_producer(&self) -> bool {
+        self.producer
+    }
+
+    /// Parses `parameters` (`Value::Null` when absent) and builds the plugin.
+    pub fn build(
+        &self,
+        parameters: &Value,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<Box<dyn Plugin>, ParamError> {
+        (self.build)(parameters, ctx)
+    }
+}
+
+/// Parameters are parsed here and checked by the factory's `build`, once, for every plugin type.
+fn parse_and_build<F: PluginFactory>(
+    parameters: &Value,
+    ctx: &mut BuildContext<'_>,
+) -> Result<Box<dyn Plugin>, ParamError> {
+    let params: F::Params = parse_params(parameters)?;
+    Ok(Box::new(F::build(params, ctx)?))
+}
 
 /// The plugin types a scheduler can be built from.
 #[derive(Clone)]
 pub struct Registry {
-    entries: Vec<(&'static str, Constructor)>,
+    entries: Vec<Entry>,
 }
 
 impl Default for Registry {
@@ -109,37 +140,80 @@ impl Registry {
         Registry { entries: Vec::new() }
     }
 
+    /// Adds plugin type `F` (replacing a type of the same name).
+    pub fn with<F: PluginFactory>(self) -> Registry {
+        self.with_entry(Entry::of::<F>())
+    }
+
     /// Adds (or replaces) a type.
-    pub fn with(mut self, type_name: &'static str, constructor: Constructor) -> Registry {
-        self.entries.retain(|(t, _)| *t != type_name);
-        self.entries.push((type_name, constructor));
+    pub fn with_entry(mut self, entry: Entry) -> Registry {
+        self.entries.retain(|e| e.type_name != entry.type_name);
+        self.entries.push(entry);
         self
     }
 
-    pub fn get(&self, type_name: &str) -> Option<Constructor> {
-        self.entries.iter().find(|(t, _)| *t == type_name).map(|(_, c)| *c)
+    pub fn get(&self, type_name: &str) -> Option<Entry> {
+        self.entries.iter().find(|e| e.type_name == type_name).copied()
     }
 
     /// Known type names, sorted (for error messages).
     pub fn types(&self) -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = self.entries.iter().map(|(t, _)| *t).collect();
+        let mut v: Vec<&'static str> = self.entries.iter().map(|e| e.type_name).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The entry for `type_name`, or the error for `path` (`plugins[2].type`) naming the known types.
+    pub fn entry_at(&self, path: &str, type_name: &str) -> Result<Entry, ConfigError> {
+        self.get(type_name).ok_or_else(|| {
+            ConfigError::new(
+                path,
+                format!("a known plugin type ({})", self.types().join(", ")),
+                Some(format!("{type_name:?}")),
+            )
+        })
+    }
+
+    /// Builds one plugin on its own, named after its type and sharing nothing: for tools that drive a
+    /// plugin directly. Errors name `type` or `parameters.<field>`.
+    pub fn build(&self, type_name: &str, parameters: &Value) -> Result<Box<dyn Plugin>, ConfigError> {
+        let entry = self.entry_at("type", type_name)?;
+        let mut shared = SharedState::default();
+        entry
+            .build(parameters, &mut BuildContext::new(type_name, &mut shared))
+            .map_err(|e| e.at("parameters"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_PICKER, DEFAULT_PROFILE_HANDLER, DEFAULT_SATURATION_DETECTOR};
+    use alloc::string::ToString;
 
     #[test]
     fn builtin_types_build_with_defaults() {
         let r = Registry::builtin();
         for t in r.types() {
-            let ctor = r.get(t).unwrap();
-            let plugin = ctor(&Value::Null).unwrap_or_else(|e| panic!("{t}: {e}"));
+            let plugin = r.build(t, &Value::Null).unwrap_or_else(|e| panic!("{t}: {e}"));
             assert_eq!(plugin.type_name(), t);
         }
+        assert_eq!(r.types().len(), BUILTIN.len(), "one entry per type");
+        for t in [DEFAULT_PICKER, DEFAULT_PROFILE_HANDLER, DEFAULT_SATURATION_DETECTOR] {
+            assert!(r.get(t).is_some(), "the system default {t} is built in");
+        }
         assert!(r.get("no-such-plugin").is_none());
+    }
+
+    #[test]
+    fn building_one_plugin_names_the_bad_field() {
+        let r = Registry::builtin();
+        let err = |t: &str, v: Value| r.build(t, &v).err().map(|e| e.to_string());
+        assert_eq!(
+            err("low-queue-filter", serde_json::json!({"threshold": -1})).as_deref(),
+            Some("parameters.threshold: expected an integer >= 0")
+        );
+        assert!(err("no-such-plugin", Value::Null)
+            .is_some_and(|e| e.starts_with("type: expected a known plugin type")));
     }
 }

@@ -1,7 +1,10 @@
 //! Small pools and one-call runners for plugin tests, so each test reads as a worked example.
 
+use crate::config::params::{parse_params, ParamError};
 use crate::model::{Endpoint, EndpointState, InFlight, Metrics, PoolSnapshot};
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, SchedulingRequest};
+use crate::scheduling::{
+    BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, SchedulingRequest, SharedState,
+};
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -125,39 +128,57 @@ pub fn assert_close(actual: &[f64], expected: &[f64]) {
     }
 }
 
-/// Parses `Params` from JSON the way the registry will.
+/// Parses `Params` from JSON (serde only, nothing checked: to read the defaults).
 pub fn params<T: serde::de::DeserializeOwned>(json: &str) -> T {
     serde_json::from_str(json).expect("valid params JSON")
 }
 
-/// Every plugin here, with default parameters, on arbitrary pools: no panic, scores in [0, 1], filters
+/// Builds plugin `F` from its `parameters` JSON as the scheduler does (parse, then the factory's
+/// `build`), with `shared` holding what the plugins built before it produced.
+pub fn try_build_with<F: PluginFactory>(json: &str, shared: &mut SharedState) -> Result<F, ParamError> {
+    let value: serde_json::Value = serde_json::from_str(json).expect("valid params JSON");
+    let params: F::Params = parse_params(&value)?;
+    F::build(params, &mut BuildContext::new(F::TYPE, shared))
+}
+
+/// [`try_build_with`] alone, with no other plugins.
+pub fn try_build<F: PluginFactory>(json: &str) -> Result<F, ParamError> {
+    try_build_with(json, &mut SharedState::default())
+}
+
+pub fn built_with<F: PluginFactory>(json: &str, shared: &mut SharedState) -> F {
+    try_build_with(json, shared).unwrap_or_else(|e| panic!("{}: {e}", F::TYPE))
+}
+
+pub fn built<F: PluginFactory>(json: &str) -> F {
+    built_with(json, &mut SharedState::default())
+}
+
+/// The error building `F` from `json` (panics if it builds).
+pub fn build_err<F: PluginFactory>(json: &str) -> ParamError {
+    match try_build::<F>(json) {
+        Ok(_) => panic!("{} built from {json}", F::TYPE),
+        Err(e) => e,
+    }
+}
+
+/// A picker returning at most `max` endpoints.
+pub fn picker<F: PluginFactory>(max: usize) -> F {
+    built(&alloc::format!(r#"{{"maxNumOfEndpoints": {max}}}"#))
+}
+
+/// Every built-in plugin, with default parameters, on arbitrary pools: no panic, scores in [0, 1], filters
 /// return an order-preserving subset, saturation finite and non-negative.
 mod robustness {
     use super::*;
-    use crate::plugins::{detectors, filters, scorers};
+    use crate::plugins::registry::Registry;
     use alloc::boxed::Box;
     use proptest::prelude::*;
 
+    /// Every built-in type, built with its defaults as a configuration entry without parameters is.
     fn all_plugins() -> Vec<Box<dyn Plugin>> {
-        vec![
-            Box::new(scorers::queue_scorer::QueueScorer::new(Default::default())),
-            Box::new(scorers::inflight_aware_queue_scorer::InflightAwareQueueScorer::new(Default::default())),
-            Box::new(scorers::kv_cache_utilization_scorer::KvCacheUtilizationScorer::new(Default::default())),
-            Box::new(scorers::lora_affinity_scorer::LoraAffinityScorer::new(Default::default())),
-            Box::new(scorers::running_requests_size_scorer::RunningRequestsSizeScorer::new(
-                Default::default(),
-            )),
-            Box::new(scorers::token_load_scorer::TokenLoadScorer::new(Default::default())),
-            Box::new(scorers::active_request_scorer::ActiveRequestScorer::new(Default::default())),
-            Box::new(scorers::load_aware_scorer::LoadAwareScorer::new(Default::default())),
-            Box::new(scorers::session_affinity_scorer::SessionAffinityScorer::new(Default::default())),
-            Box::new(filters::least_queue_filter::LeastQueueFilter::new(Default::default())),
-            Box::new(filters::least_kv_cache_filter::LeastKvCacheFilter::new(Default::default())),
-            Box::new(filters::low_queue_filter::LowQueueFilter::new(Default::default())),
-            Box::new(filters::lora_affinity_filter::LoraAffinityFilter::new(Default::default())),
-            Box::new(detectors::utilization_detector::UtilizationDetector::new(Default::default())),
-            Box::new(detectors::concurrency_detector::ConcurrencyDetector::new(Default::default())),
-        ]
+        let registry = Registry::builtin();
+        registry.types().into_iter().map(|t| registry.build(t, &serde_json::Value::Null).unwrap()).collect()
     }
 
     fn endpoint() -> impl Strategy<Value = EndpointState> {

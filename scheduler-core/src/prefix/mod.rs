@@ -4,17 +4,17 @@
 //! Sharing between plugins: `prefix-cache-scorer` and `prefix-cache-affinity-filter` are separate
 //! `Box<dyn Plugin>`s, and the filter runs before any scorer of its profile, yet both need the same
 //! index and the same per-request match. So the index lives in a [`PrefixHandle`] (`Rc<RefCell<_>>`:
-//! the core is single-threaded per VM) that the configuration loader gives to both plugins, and the
-//! per-request result lives in the [`CycleState`] under [`PREFIX_MATCH_STATE_KEY`]: whichever plugin
-//! runs first computes it with [`prefix_match`], the others read it, and `pre_request` (and the Wasm
-//! filter, which streams `(endpoint, hashes)` records to the other workers) read the hashes from it.
+//! the core is single-threaded per VM) that both plugins hold, and the per-request result lives in the
+//! [`CycleState`] under [`PREFIX_MATCH_STATE_KEY`]: whichever plugin runs first computes it with
+//! [`prefix_match`], the others read it, and `pre_request` (and the Wasm filter, which streams
+//! `(endpoint, hashes)` records to the other workers) read the hashes from it.
 //!
-//! Wiring recipe for the loader: build one handle per `prefix-cache-scorer` entry
-//! (`PrefixHandle::new(PrefixConfig::from(&params))`, then `PrefixCacheScorer::from_handle`); give each
-//! `prefix-cache-affinity-filter` the handle of the scorer named by its `prefixMatchInfoProducerName`
-//! (or of the only prefix scorer), or build it `standalone` when there is no scorer. The cycle state
-//! holds one match per request, so a scheduler is meant to have one prefix index (several scorers sharing
-//! a handle are fine; scorers with separate handles would read whichever match was computed first).
+//! How the handle reaches both: each `prefix-cache-scorer` produces one under its plugin name through
+//! the build context (`scheduling::factory`); each `prefix-cache-affinity-filter` asks the context for
+//! the one named by its `prefixMatchInfoProducerName` (or the only one), and keeps an index of its own
+//! when no scorer produces one. The cycle state holds one match per request, so a scheduler is meant
+//! to have one prefix index (scorers with separate indexes would read whichever match was computed
+//! first).
 
 pub mod hash;
 pub mod index;

@@ -157,7 +157,8 @@ pub trait SaturationDetector {
     fn saturation(&self, ctx: &SchedulingContext<'_>) -> f64;
 }
 
-/// A configured plugin instance. Implement the parts the plugin plays.
+/// A configured plugin instance. Implement the parts the plugin plays; a plugin type is made known to
+/// the configuration through [`PluginFactory`](super::factory::PluginFactory).
 pub trait Plugin {
     /// The configuration `type` this plugin was built from (e.g. `queue-scorer`).
     fn type_name(&self) -> &'static str;
@@ -175,12 +176,6 @@ pub trait Plugin {
         None
     }
     fn as_saturation_detector(&self) -> Option<&dyn SaturationDetector> {
-        None
-    }
-
-    /// The concrete plugin, for the loader's wiring step (plugins that share state with another
-    /// plugin, such as the prefix index, override this with `Some(self)`).
-    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
         None
     }
 

@@ -1,25 +1,19 @@
-//! The scheduler: plugins built from an `EndpointPickerConfig`, and the per-request profile loop.
-//!
-//! Building applies llm-d's system defaults (a picker in every profile, a single-profile handler for a
-//! single profile, the utilization detector) so that what runs is exactly what the config implies.
+//! The scheduler: the per-request profile loop over plugins built from an `EndpointPickerConfig`
+//! (built step by step in `pipeline/build.rs`, which applies llm-d's system defaults).
 
+mod build;
+
+use super::factory::SharedState;
 use super::framework::{CycleState, Plugin, ProfileRunResult, SchedulingContext};
 use super::profile::{Profile, Scratch};
-use crate::config::{
-    ConfigError, ConfigWarning, EndpointPickerConfig, DEFAULT_SATURATION_DETECTOR, DEFAULT_WEIGHT,
-};
-use crate::plugins::params::ParamError;
-use crate::plugins::pickers::max_score_picker;
-use crate::plugins::profile_handlers::single_profile_handler;
+use crate::config::{ConfigError, ConfigWarning, EndpointPickerConfig};
 use crate::plugins::registry::Registry;
 use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::rng::Rng;
 use alloc::boxed::Box;
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use serde_json::Value;
 
 /// Why no destination could be chosen (the caller answers 429, as GIE does).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +64,7 @@ impl SchedulingResult {
 pub struct Scheduler {
     plugins: Vec<Box<dyn Plugin>>,
     plugin_names: Vec<String>,
+    shared: SharedState,
     pub(crate) profiles: Vec<Profile>,
     profile_names: Vec<String>,
     handler: usize,
@@ -91,42 +86,6 @@ impl fmt::Debug for Scheduler {
     }
 }
 
-/// A profile's plugin reference resolved to (plugin index, weight, config path of the reference).
-type ResolvedRef = (usize, Option<f64>, String);
-
-fn param_error(plugin: usize, e: ParamError) -> ConfigError {
-    let path = if e.field.is_empty() {
-        format!("plugins[{plugin}].parameters")
-    } else {
-        format!("plugins[{plugin}].parameters.{}", e.field)
-    };
-    ConfigError { path, expected: e.expected, got: e.got }
-}
-
-/// Human word for what a plugin is, for error messages.
-fn roles(p: &dyn Plugin) -> String {
-    let mut r: Vec<&str> = Vec::new();
-    if p.as_filter().is_some() {
-        r.push("filter");
-    }
-    if p.as_scorer().is_some() {
-        r.push("scorer");
-    }
-    if p.as_picker().is_some() {
-        r.push("picker");
-    }
-    if p.as_profile_handler().is_some() {
-        r.push("profile handler");
-    }
-    if p.as_saturation_detector().is_some() {
-        r.push("saturation detector");
-    }
-    if r.is_empty() {
-        r.push("plugin with no scheduling role");
-    }
-    r.join(" and ")
-}
-
 impl Scheduler {
     /// Builds from a parsed configuration with the built-in plugins.
     pub fn from_config(cfg: &EndpointPickerConfig) -> Result<Scheduler, ConfigError> {
@@ -143,207 +102,13 @@ impl Scheduler {
         Scheduler::from_config(&EndpointPickerConfig::gie_default())
     }
 
+    /// Builds from a parsed configuration with the plugin types of `registry` (the steps are in
+    /// `pipeline/build.rs`).
     pub fn from_config_with(
         cfg: &EndpointPickerConfig,
         registry: &Registry,
     ) -> Result<Scheduler, ConfigError> {
-        let mut warnings = cfg.warnings.clone();
-        let mut plugins: Vec<Box<dyn Plugin>> = Vec::with_capacity(cfg.plugins.len() + 3);
-        let mut plugin_names: Vec<String> = Vec::with_capacity(cfg.plugins.len() + 3);
-        for (i, spec) in cfg.plugins.iter().enumerate() {
-            let Some(ctor) = registry.get(&spec.type_name) else {
-                return Err(ConfigError::new(
-                    format!("plugins[{i}].type"),
-                    format!("a known plugin type ({})", registry.types().join(", ")),
-                    Some(format!("{:?}", spec.type_name)),
-                ));
-            };
-            plugins.push(ctor(&spec.parameters).map_err(|e| param_error(i, e))?);
-            plugin_names.push(spec.name.clone());
-        }
-        let index_of = |names: &[String], n: &str| names.iter().position(|x| x == n);
-        let add_default = |plugins: &mut Vec<Box<dyn Plugin>>, names: &mut Vec<String>, t: &str| {
-            let ctor = registry.get(t).ok_or_else(|| {
-                ConfigError::new("plugins", format!("the built-in plugin {t:?} to be registered"), None)
-            })?;
-            let p = ctor(&Value::Null)
-                .map_err(|e| ConfigError::new("plugins", format!("{t} defaults: {e}"), None))?;
-            plugins.push(p);
-            names.push(String::from(t));
-            Ok::<usize, ConfigError>(plugins.len() - 1)
-        };
-
-        // Profiles as (name, [(plugin index, weight, path of the reference)]).
-        let mut specs: Vec<(String, Vec<ResolvedRef>)> = Vec::new();
-        if cfg.scheduling_profiles.is_empty() {
-            // llm-d: no profiles → one `default` profile with every filter, scorer and picker.
-            let refs = plugins
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| {
-                    p.as_filter().is_some() || p.as_scorer().is_some() || p.as_picker().is_some()
-                })
-                .map(|(i, _)| (i, None, format!("plugins[{i}]")))
-                .collect();
-            specs.push((String::from("default"), refs));
-        } else {
-            for (i, profile) in cfg.scheduling_profiles.iter().enumerate() {
-                let mut refs = Vec::with_capacity(profile.plugins.len());
-                for (j, r) in profile.plugins.iter().enumerate() {
-                    let path = format!("schedulingProfiles[{i}].plugins[{j}]");
-                    let Some(idx) = index_of(&plugin_names, &r.plugin_ref) else {
-                        return Err(ConfigError::new(
-                            format!("{path}.pluginRef"),
-                            "the name of an entry in plugins",
-                            Some(format!("{:?}", r.plugin_ref)),
-                        ));
-                    };
-                    refs.push((idx, r.weight, path));
-                }
-                specs.push((profile.name.clone(), refs));
-            }
-        }
-
-        // Exactly one profile handler; single-profile-handler when there is one profile and none given.
-        let mut handler = None;
-        for (i, p) in plugins.iter().enumerate() {
-            if p.as_profile_handler().is_some() {
-                if let Some(first) = handler {
-                    return Err(ConfigError::new(
-                        format!("plugins[{i}].type"),
-                        "at most one profile handler",
-                        Some(format!(
-                            "a second one ({:?} after {:?})",
-                            plugin_names.get(i).map_or("", |s| s.as_str()),
-                            plugin_names.get(first).map_or("", |s: &String| s.as_str())
-                        )),
-                    ));
-                }
-                handler = Some(i);
-            }
-        }
-        let handler = match handler {
-            Some(h) => h,
-            None if specs.len() == 1 => {
-                add_default(&mut plugins, &mut plugin_names, single_profile_handler::TYPE)?
-            }
-            None => {
-                return Err(ConfigError::new(
-                    "plugins",
-                    format!("a profile handler (such as pd-profile-handler) for {} profiles", specs.len()),
-                    Some(String::from("none")),
-                ))
-            }
-        };
-
-        // Profiles without a picker share the first configured picker, else a default max-score-picker.
-        let mut default_picker = plugins.iter().position(|p| p.as_picker().is_some());
-        let mut profiles = Vec::with_capacity(specs.len());
-        for (name, refs) in specs {
-            let mut profile = Profile { name, filters: Vec::new(), scorers: Vec::new(), picker: usize::MAX };
-            for (idx, weight, path) in refs {
-                let Some(p) = plugins.get(idx) else { continue };
-                let plugin_name = plugin_names.get(idx).map_or("", |s| s.as_str());
-                let (is_filter, is_scorer, is_picker) =
-                    (p.as_filter().is_some(), p.as_scorer().is_some(), p.as_picker().is_some());
-                if !is_filter && !is_scorer && !is_picker {
-                    return Err(ConfigError::new(
-                        format!("{path}.pluginRef"),
-                        "a filter, scorer or picker",
-                        Some(format!("{plugin_name:?}, a {}", roles(p.as_ref()))),
-                    ));
-                }
-                if let (Some(w), false) = (weight, is_scorer) {
-                    return Err(ConfigError::new(
-                        format!("{path}.weight"),
-                        format!(
-                            "no weight ({plugin_name:?} is a {}, only scorers take one)",
-                            roles(p.as_ref())
-                        ),
-                        Some(format!("{w}")),
-                    ));
-                }
-                if is_filter {
-                    profile.filters.push(idx);
-                }
-                if is_scorer {
-                    profile.scorers.push((idx, weight.unwrap_or(DEFAULT_WEIGHT)));
-                }
-                if is_picker {
-                    if profile.picker != usize::MAX {
-                        return Err(ConfigError::new(
-                            format!("{path}.pluginRef"),
-                            format!("at most one picker in profile {:?}", profile.name),
-                            Some(format!("a second picker {plugin_name:?}")),
-                        ));
-                    }
-                    profile.picker = idx;
-                }
-            }
-            if profile.picker == usize::MAX {
-                let picker = match default_picker {
-                    Some(p) => p,
-                    None => {
-                        let p = add_default(&mut plugins, &mut plugin_names, max_score_picker::TYPE)?;
-                        default_picker = Some(p);
-                        p
-                    }
-                };
-                profile.picker = picker;
-            }
-            profiles.push(profile);
-        }
-        let profile_names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
-        if let Some(h) = plugins.get(handler).and_then(|p| p.as_profile_handler()) {
-            h.validate_profiles(&profile_names).map_err(|expected| ConfigError {
-                path: String::from("schedulingProfiles"),
-                expected,
-                got: None,
-            })?;
-        }
-
-        // Saturation detector: the named plugin, else the default one created on demand.
-        let detector_name = cfg.saturation_detector.as_deref().unwrap_or(DEFAULT_SATURATION_DETECTOR);
-        let detector = match index_of(&plugin_names, detector_name) {
-            Some(i) => {
-                let p = plugins.get(i).map(|p| p.as_ref());
-                if p.and_then(|p| p.as_saturation_detector()).is_none() {
-                    return Err(ConfigError::new(
-                        "saturationDetector.pluginRef",
-                        "the name of a saturation detector plugin",
-                        Some(format!("{detector_name:?}, a {}", p.map(roles).unwrap_or_default())),
-                    ));
-                }
-                Some(i)
-            }
-            None if registry.get(DEFAULT_SATURATION_DETECTOR).is_some() => {
-                Some(add_default(&mut plugins, &mut plugin_names, DEFAULT_SATURATION_DETECTOR)?)
-            }
-            None => {
-                warnings.push(ConfigWarning {
-                    path: String::from("saturationDetector"),
-                    message: format!(
-                        "{DEFAULT_SATURATION_DETECTOR} is not available; sheddable requests are never shed"
-                    ),
-                });
-                None
-            }
-        };
-
-        link_prefix_plugins(&mut plugins, &plugin_names)?;
-
-        Ok(Scheduler {
-            plugins,
-            plugin_names,
-            profiles,
-            profile_names,
-            handler,
-            detector,
-            max_endpoints: usize::MAX,
-            feature_gates: cfg.feature_gates.clone(),
-            warnings,
-            scratch: Scratch::default(),
-        })
+        build::scheduler(cfg, registry)
     }
 
     /// Caps destination + fallbacks (e.g. 1 for gateways that accept a single address). Pickers'
@@ -374,9 +139,9 @@ impl Scheduler {
         self.plugins.get(i).map(|p| p.as_ref())
     }
 
-    pub fn plugin_mut(&mut self, name: &str) -> Option<&mut (dyn Plugin + 'static)> {
-        let i = self.plugin_names.iter().position(|n| n == name)?;
-        self.plugins.get_mut(i).map(|p| p.as_mut())
+    /// The state the plugins share (the prefix indexes), by the name of the plugin that owns it.
+    pub fn shared(&self) -> &SharedState {
+        &self.shared
     }
 
     /// Name of the saturation detector plugin in use, if any.
@@ -449,13 +214,12 @@ impl Scheduler {
             return;
         }
         let endpoint = pool.find(address);
-        for handle in self.prefix_handles() {
+        for handle in self.shared.prefix_indexes() {
             let Some(config) = handle.config() else { continue };
             let capacity = match endpoint {
                 Some(e) => config.capacity_for(e),
                 None => config.lru_capacity_per_server,
             };
-            // Idempotent: a handle shared by a scorer and a filter is simply recorded twice.
             if let Some(mut index) = handle.index_mut() {
                 index.record(address, hashes, capacity);
             };
@@ -466,76 +230,12 @@ impl Scheduler {
     /// secret random seed once per process or VM, so clients cannot craft prompts whose block hashes
     /// collide in the table; decisions are the same whatever the seed.
     pub fn set_prefix_table_seed(&mut self, seed: u64) {
-        for handle in self.prefix_handles() {
+        for handle in self.shared.prefix_indexes() {
             if let Some(mut index) = handle.index_mut() {
                 index.set_table_seed(seed);
             }
         }
     }
-
-    /// The prefix index of every prefix plugin (a handle shared by a scorer and a filter comes twice).
-    fn prefix_handles(&mut self) -> Vec<crate::prefix::PrefixHandle> {
-        use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
-        use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
-        let mut handles = Vec::new();
-        for p in self.plugins.iter_mut() {
-            let Some(any) = p.as_any_mut() else { continue };
-            if let Some(s) = any.downcast_ref::<PrefixCacheScorer>() {
-                handles.push(s.handle().clone());
-            } else if let Some(f) = any.downcast_ref::<PrefixCacheAffinityFilter>() {
-                handles.push(f.handle().clone());
-            }
-        }
-        handles
-    }
-}
-
-/// Gives every `prefix-cache-affinity-filter` the index of its prefix scorer (the one named by
-/// `prefixMatchInfoProducerName`, else the only `prefix-cache-scorer`), so the filter and the scorer
-/// agree on one index and one per-request match. With no scorer the filter keeps its own index.
-fn link_prefix_plugins(plugins: &mut [Box<dyn Plugin>], names: &[String]) -> Result<(), ConfigError> {
-    use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
-    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
-
-    let mut scorers: Vec<(usize, crate::prefix::PrefixHandle)> = Vec::new();
-    for (i, p) in plugins.iter_mut().enumerate() {
-        if let Some(s) = p.as_any_mut().and_then(|a| a.downcast_mut::<PrefixCacheScorer>()) {
-            scorers.push((i, s.handle().clone()));
-        }
-    }
-    for (i, p) in plugins.iter_mut().enumerate() {
-        let Some(filter) = p.as_any_mut().and_then(|a| a.downcast_mut::<PrefixCacheAffinityFilter>()) else {
-            continue;
-        };
-        let handle = match filter.params().prefix_match_info_producer_name.as_deref() {
-            Some(producer) => {
-                let found = scorers.iter().find(|(j, _)| names.get(*j).map(String::as_str) == Some(producer));
-                match found {
-                    Some((_, h)) => h.clone(),
-                    None => {
-                        return Err(ConfigError::new(
-                            format!("plugins[{i}].parameters.prefixMatchInfoProducerName"),
-                            "the name of a prefix-cache-scorer plugin",
-                            Some(format!("{producer:?}")),
-                        ))
-                    }
-                }
-            }
-            None => match scorers.as_slice() {
-                [(_, h)] => h.clone(),
-                [] => continue,
-                _ => {
-                    return Err(ConfigError::new(
-                        format!("plugins[{i}].parameters.prefixMatchInfoProducerName"),
-                        "the name of the prefix-cache-scorer to follow (there are several)",
-                        None,
-                    ))
-                }
-            },
-        };
-        filter.share_index(handle);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

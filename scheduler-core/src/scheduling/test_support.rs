@@ -1,19 +1,44 @@
 //! Small stand-in plugins and pools for the pipeline and admission tests.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::model::{Endpoint, EndpointState, PoolSnapshot, Role, ROLE_LABEL};
-use crate::plugins::params::{parse_params, ParamError};
-use crate::plugins::registry::Registry;
+use crate::plugins::registry::{Entry, Registry};
 use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::scheduling::{
-    CycleState, Filter, Plugin, ProfileRunResult, SaturationDetector, SchedulingContext, Scorer,
+    BuildContext, CycleState, Filter, Plugin, PluginFactory, ProfileRunResult, SaturationDetector,
+    SchedulingContext, Scorer,
 };
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use serde::Deserialize;
-use serde_json::Value;
+
+/// A stand-in whose parameters are the plugin itself.
+macro_rules! params_are_the_plugin {
+    ($plugin:ident, $type_name:literal) => {
+        impl PluginFactory for $plugin {
+            const TYPE: &'static str = $type_name;
+            type Params = $plugin;
+            fn build(params: $plugin, _: &mut BuildContext<'_>) -> Result<$plugin, ParamError> {
+                Ok(params)
+            }
+        }
+    };
+}
+
+/// A stand-in that takes no parameters.
+macro_rules! no_params {
+    ($plugin:ident, $type_name:literal) => {
+        impl PluginFactory for $plugin {
+            const TYPE: &'static str = $type_name;
+            type Params = NoParams;
+            fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<$plugin, ParamError> {
+                Ok($plugin)
+            }
+        }
+    };
+}
 
 /// Scores endpoint `i` with `scores[i]` (by pool index; missing → 0).
 #[derive(Deserialize, Default)]
@@ -39,9 +64,7 @@ impl Plugin for FixedScorer {
     }
 }
 
-fn fixed_scorer(v: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-    Ok(Box::new(parse_params::<FixedScorer>(v)?))
-}
+params_are_the_plugin!(FixedScorer, "fixed-scorer");
 
 /// Returns NaN for every candidate.
 pub struct NanScorer;
@@ -58,6 +81,7 @@ impl Plugin for NanScorer {
         Some(self)
     }
 }
+no_params!(NanScorer, "nan-scorer");
 
 /// Removes every candidate.
 pub struct DropAll;
@@ -74,6 +98,7 @@ impl Plugin for DropAll {
         Some(self)
     }
 }
+no_params!(DropAll, "drop-all-filter");
 
 /// Reports a fixed saturation.
 #[derive(Deserialize, Default)]
@@ -94,6 +119,7 @@ impl Plugin for FixedDetector {
         Some(self)
     }
 }
+params_are_the_plugin!(FixedDetector, "fixed-detector");
 
 /// Publishes a `PrefixMatch` (as the prefix plugin will) and scores nothing.
 #[derive(Deserialize, Default, Clone)]
@@ -123,6 +149,7 @@ impl Plugin for PrefixStub {
         Some(self)
     }
 }
+params_are_the_plugin!(PrefixStub, "prefix-stub");
 
 /// Counts `pre_request` calls and remembers the last destination profile's primary.
 pub static PRE_REQUEST_CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -143,20 +170,21 @@ impl Plugin for Recorder {
         }
     }
 }
+no_params!(Recorder, "recorder");
 
 /// The built-in registry plus the stand-ins above; the GIE default scorers are fixed scorers.
 pub fn registry() -> Registry {
     Registry::builtin()
-        .with("fixed-scorer", fixed_scorer)
-        .with("queue-scorer", fixed_scorer)
-        .with("kv-cache-utilization-scorer", fixed_scorer)
-        .with("prefix-cache-scorer", fixed_scorer)
-        .with("nan-scorer", |_| Ok(Box::new(NanScorer)))
-        .with("drop-all-filter", |_| Ok(Box::new(DropAll)))
-        .with("fixed-detector", |v| Ok(Box::new(parse_params::<FixedDetector>(v)?)))
-        .with("utilization-detector", |v| Ok(Box::new(parse_params::<FixedDetector>(v)?)))
-        .with("prefix-stub", |v| Ok(Box::new(parse_params::<PrefixStub>(v)?)))
-        .with("recorder", |_| Ok(Box::new(Recorder)))
+        .with::<FixedScorer>()
+        .with_entry(Entry::named::<FixedScorer>("queue-scorer"))
+        .with_entry(Entry::named::<FixedScorer>("kv-cache-utilization-scorer"))
+        .with_entry(Entry::named::<FixedScorer>("prefix-cache-scorer"))
+        .with::<NanScorer>()
+        .with::<DropAll>()
+        .with::<FixedDetector>()
+        .with_entry(Entry::named::<FixedDetector>("utilization-detector"))
+        .with::<PrefixStub>()
+        .with::<Recorder>()
 }
 
 /// `n` endpoints `10.0.0.{i}:8000`, aggregated.

@@ -205,8 +205,7 @@ impl GieV03 {
     fn new(seed: u64) -> Result<GieV03, String> {
         let registry = Registry::builtin();
         let build = |t: &str, params: Value| {
-            let ctor = registry.get(t).ok_or_else(|| format!("plugin {t} is not registered"))?;
-            let plugin = ctor(&params).map_err(|e| format!("{t}: {e}"))?;
+            let plugin = registry.build(t, &params).map_err(|e| format!("{t}: {e}"))?;
             if plugin.as_filter().is_none() {
                 return Err(format!("{t} is not a filter"));
             }

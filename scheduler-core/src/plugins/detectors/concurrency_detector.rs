@@ -5,10 +5,12 @@
 //! It sees a burst the moment it is routed, where scraped metrics lag by a scrape interval, but it is
 //! blind to what the server actually holds. Also a filter, as in llm-d.
 
+use crate::config::params::ParamError;
 use crate::model::InFlight;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Filter, Plugin, SaturationDetector, SchedulingContext};
+use crate::scheduling::{
+    BuildContext, CycleState, Filter, Plugin, PluginFactory, SaturationDetector, SchedulingContext,
+};
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Deserialize;
@@ -64,28 +66,6 @@ impl Mode {
     }
 }
 
-impl Params {
-    /// Same rules as llm-d's.
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if Mode::parse(&self.concurrency_mode).is_none() {
-            return Err(ParamError::invalid(
-                "concurrencyMode",
-                "one of \"requests\", \"tokens\", \"hybrid\"",
-            ));
-        }
-        if self.max_concurrency <= 0 {
-            return Err(ParamError::invalid("maxConcurrency", "an integer > 0"));
-        }
-        if self.max_token_concurrency <= 0 {
-            return Err(ParamError::invalid("maxTokenConcurrency", "an integer > 0"));
-        }
-        if !(0.0..).contains(&self.headroom) {
-            return Err(ParamError::invalid("headroom", "a number >= 0"));
-        }
-        Ok(())
-    }
-}
-
 /// Saturation detector and filter over `EndpointState::in_flight` (requests and estimated tokens the
 /// gateway routed and has not seen finish). Needs no metrics, so missing or stale scrapes change
 /// nothing here.
@@ -98,22 +78,42 @@ pub struct ConcurrencyDetector {
     token_limit: u64,
 }
 
-impl ConcurrencyDetector {
-    pub fn new(params: Params) -> ConcurrencyDetector {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        let max_requests = u64::try_from(params.max_concurrency).unwrap_or(1);
-        let max_tokens = u64::try_from(params.max_token_concurrency).unwrap_or(1);
+impl PluginFactory for ConcurrencyDetector {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    /// Same rules as llm-d's.
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<ConcurrencyDetector, ParamError> {
+        let Some(mode) = Mode::parse(&params.concurrency_mode) else {
+            return Err(ParamError::invalid(
+                "concurrencyMode",
+                "one of \"requests\", \"tokens\", \"hybrid\"",
+            ));
+        };
+        let positive = |value: i64, field: &str| {
+            u64::try_from(value)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| ParamError::invalid(field, "an integer > 0"))
+        };
+        let max_requests = positive(params.max_concurrency, "maxConcurrency")?;
+        let max_tokens = positive(params.max_token_concurrency, "maxTokenConcurrency")?;
+        if !(0.0..).contains(&params.headroom) {
+            return Err(ParamError::invalid("headroom", "a number >= 0"));
+        }
         // Truncated like llm-d's int64(float64(capacity) * (1 + headroom)); `as` saturates.
         let limit = |capacity: u64| (capacity as f64 * (1.0 + params.headroom)) as u64;
-        ConcurrencyDetector {
-            mode: Mode::parse(&params.concurrency_mode).unwrap_or(Mode::Requests),
+        Ok(ConcurrencyDetector {
+            mode,
             max_requests,
             max_tokens,
             request_limit: limit(max_requests),
             token_limit: limit(max_tokens),
-        }
+        })
     }
+}
 
+impl ConcurrencyDetector {
     fn admits(&self, load: InFlight) -> bool {
         let requests_ok = u64::from(load.requests) < self.request_limit;
         let tokens_ok = load.tokens < self.token_limit;
@@ -182,9 +182,7 @@ mod tests {
     use alloc::vec;
 
     fn detector(json: &str) -> ConcurrencyDetector {
-        let p: Params = params(json);
-        assert_eq!(p.validate(), Ok(()));
-        ConcurrencyDetector::new(p)
+        built::<ConcurrencyDetector>(json)
     }
 
     #[test]
@@ -248,7 +246,7 @@ mod tests {
             (r#"{"headroom": -1}"#, "headroom"),
         ] {
             assert_eq!(
-                params::<Params>(json).validate().map_err(|e| e.field),
+                try_build::<ConcurrencyDetector>(json).map(|_| ()).map_err(|e| e.field),
                 Err(String::from(field)),
                 "{json}"
             );

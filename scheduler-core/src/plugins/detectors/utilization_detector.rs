@@ -4,10 +4,12 @@
 //! As a detector it reports the pool mean (drives shedding); as a filter it drops endpoints past the
 //! thresholds stretched by `headroom`, so affinity can still burst above the ideal load.
 
+use crate::config::params::{parse_duration_ms, ParamError};
 use crate::model::EndpointState;
 use crate::plugins::candidates::state;
-use crate::plugins::params::{parse_duration_ms, ParamError};
-use crate::scheduling::{CycleState, Filter, Plugin, SaturationDetector, SchedulingContext};
+use crate::scheduling::{
+    BuildContext, CycleState, Filter, Plugin, PluginFactory, SaturationDetector, SchedulingContext,
+};
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Deserialize;
@@ -43,31 +45,6 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    /// Same rules as GIE's.
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if self.queue_depth_threshold <= 0 {
-            return Err(ParamError::invalid("queueDepthThreshold", "an integer > 0"));
-        }
-        if !(self.kv_cache_util_threshold > 0.0 && self.kv_cache_util_threshold <= 1.0) {
-            return Err(ParamError::invalid("kvCacheUtilThreshold", "a fraction in (0, 1]"));
-        }
-        match parse_duration_ms(&self.metrics_staleness_threshold) {
-            Some(ms) if ms > 0 => {}
-            _ => {
-                return Err(ParamError::invalid(
-                    "metricsStalenessThreshold",
-                    "a duration > 0 such as \"200ms\" or \"1s\"",
-                ))
-            }
-        }
-        if !(0.0..).contains(&self.headroom) {
-            return Err(ParamError::invalid("headroom", "a number >= 0"));
-        }
-        Ok(())
-    }
-}
-
 /// Saturation detector and filter over scraped metrics.
 ///
 /// Missing or stale metrics (older than `metricsStalenessThreshold` at the caller's clock) count as
@@ -82,17 +59,40 @@ pub struct UtilizationDetector {
     headroom: f64,
 }
 
-impl UtilizationDetector {
-    pub fn new(params: Params) -> UtilizationDetector {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        UtilizationDetector {
+impl PluginFactory for UtilizationDetector {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    /// Same rules as GIE's.
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<UtilizationDetector, ParamError> {
+        if params.queue_depth_threshold <= 0 {
+            return Err(ParamError::invalid("queueDepthThreshold", "an integer > 0"));
+        }
+        if !(params.kv_cache_util_threshold > 0.0 && params.kv_cache_util_threshold <= 1.0) {
+            return Err(ParamError::invalid("kvCacheUtilThreshold", "a fraction in (0, 1]"));
+        }
+        let staleness_ms = match parse_duration_ms(&params.metrics_staleness_threshold) {
+            Some(ms) if ms > 0 => ms,
+            _ => {
+                return Err(ParamError::invalid(
+                    "metricsStalenessThreshold",
+                    "a duration > 0 such as \"200ms\" or \"1s\"",
+                ))
+            }
+        };
+        if !(0.0..).contains(&params.headroom) {
+            return Err(ParamError::invalid("headroom", "a number >= 0"));
+        }
+        Ok(UtilizationDetector {
             queue_depth_threshold: params.queue_depth_threshold as f64,
             kv_cache_util_threshold: params.kv_cache_util_threshold,
-            staleness_ms: parse_duration_ms(&params.metrics_staleness_threshold).unwrap_or(200),
+            staleness_ms,
             headroom: params.headroom,
-        }
+        })
     }
+}
 
+impl UtilizationDetector {
     /// Saturation of one endpoint at `now_ms`; 1.0 when its metrics are missing or stale.
     pub fn endpoint_saturation(&self, endpoint: &EndpointState, now_ms: u64) -> f64 {
         match &endpoint.metrics {
@@ -161,9 +161,7 @@ mod tests {
     use alloc::vec;
 
     fn detector(json: &str) -> UtilizationDetector {
-        let p: Params = params(json);
-        assert_eq!(p.validate(), Ok(()));
-        UtilizationDetector::new(p)
+        built::<UtilizationDetector>(json)
     }
 
     #[test]
@@ -230,15 +228,15 @@ mod tests {
         ];
         for (json, field) in cases {
             assert_eq!(
-                params::<Params>(json).validate().map_err(|e| e.field),
+                try_build::<UtilizationDetector>(json).map(|_| ()).map_err(|e| e.field),
                 Err(String::from(field)),
                 "{json}"
             );
         }
         assert_eq!(
-            params::<Params>(r#"{"queueDepthThreshold": -3}"#).validate().unwrap_err().to_string(),
+            build_err::<UtilizationDetector>(r#"{"queueDepthThreshold": -3}"#).to_string(),
             "queueDepthThreshold: expected an integer > 0"
         );
-        assert!(serde_json::from_str::<Params>(r#"{"threshold": 1}"#).is_err());
+        assert!(try_build::<UtilizationDetector>(r#"{"threshold": 1}"#).is_err());
     }
 }

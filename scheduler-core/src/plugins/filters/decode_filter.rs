@@ -3,22 +3,22 @@
 //! Decode pods and aggregated pods (role `both`, or no role label at all), so the same profile works
 //! for a pool that is not disaggregated.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::model::Role;
-use crate::plugins::params::{parse_params, NoParams, ParamError};
-use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
-use alloc::boxed::Box;
+use crate::scheduling::{BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext};
 use alloc::vec::Vec;
-use serde_json::Value;
 
 pub const TYPE: &str = "decode-filter";
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DecodeFilter;
 
-impl DecodeFilter {
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        parse_params::<NoParams>(params)?;
-        Ok(Box::new(DecodeFilter))
+impl PluginFactory for DecodeFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<DecodeFilter, ParamError> {
+        Ok(DecodeFilter)
     }
 }
 

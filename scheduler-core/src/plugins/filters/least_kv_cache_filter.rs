@@ -3,33 +3,24 @@
 //!
 //! The band leaves later filters a choice among near-equal servers, as with `least-queue-filter`.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::{metrics, none_measured};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
+use crate::scheduling::{BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext};
 use alloc::vec::Vec;
-use serde::Deserialize;
 
 pub const TYPE: &str = "least-kv-cache-filter";
-
-/// `least-kv-cache-filter` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Band filter on KV-cache use. Endpoints without metrics are dropped (and do not count in `N`),
 /// unless no candidate has metrics, in which case every candidate is kept.
 #[derive(Clone, Debug, Default)]
 pub struct LeastKvCacheFilter;
 
-impl LeastKvCacheFilter {
-    pub fn new(_params: Params) -> LeastKvCacheFilter {
-        LeastKvCacheFilter
+impl PluginFactory for LeastKvCacheFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<LeastKvCacheFilter, ParamError> {
+        Ok(LeastKvCacheFilter)
     }
 }
 
@@ -68,10 +59,7 @@ mod tests {
     fn keeps_the_lowest_band() {
         // KV 0.1, 0.2, 0.5, 0.9: band = 0.1 + 0.8/4 = 0.3 → keeps 0.1 and 0.2.
         let p = pool(vec![ep(1, 0, 0, 0.5), ep(2, 0, 0, 0.1), ep(3, 0, 0, 0.9), ep(4, 0, 0, 0.2)]);
-        assert_eq!(
-            kept(&LeastKvCacheFilter::new(params("{}")), &p, &SchedulingRequest::default()),
-            vec![1, 3]
-        );
+        assert_eq!(kept(&built::<LeastKvCacheFilter>("{}"), &p, &SchedulingRequest::default()), vec![1, 3]);
     }
 
     #[test]

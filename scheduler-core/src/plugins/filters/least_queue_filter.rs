@@ -4,33 +4,24 @@
 //! A band rather than the single minimum leaves the next filter (or the picker) a choice among
 //! near-equal servers; GIE found that balanced better. The division is integer, as in GIE.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::{metrics, none_measured};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
+use crate::scheduling::{BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext};
 use alloc::vec::Vec;
-use serde::Deserialize;
 
 pub const TYPE: &str = "least-queue-filter";
-
-/// `least-queue-filter` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Band filter on waiting requests. Endpoints without metrics are dropped (and do not count in `N`),
 /// unless no candidate has metrics, in which case every candidate is kept.
 #[derive(Clone, Debug, Default)]
 pub struct LeastQueueFilter;
 
-impl LeastQueueFilter {
-    pub fn new(_params: Params) -> LeastQueueFilter {
-        LeastQueueFilter
+impl PluginFactory for LeastQueueFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<LeastQueueFilter, ParamError> {
+        Ok(LeastQueueFilter)
     }
 }
 
@@ -69,7 +60,7 @@ mod tests {
     fn keeps_the_lowest_band() {
         // Queues 0, 3, 4, 12: band = 0 + 12/4 = 3 → keeps 0 and 3.
         let p = pool(vec![ep(1, 0, 0, 0.0), ep(2, 3, 0, 0.0), ep(3, 4, 0, 0.0), ep(4, 12, 0, 0.0)]);
-        assert_eq!(kept(&LeastQueueFilter::new(params("{}")), &p, &SchedulingRequest::default()), vec![0, 1]);
+        assert_eq!(kept(&built::<LeastQueueFilter>("{}"), &p, &SchedulingRequest::default()), vec![0, 1]);
     }
 
     #[test]

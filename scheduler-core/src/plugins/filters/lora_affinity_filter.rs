@@ -7,9 +7,11 @@
 //! (retries included), different request ids spread like a fair coin. Requests without an id share
 //! one coin per model.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{has_lora_room, metrics, none_measured};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext, SchedulingRequest};
+use crate::scheduling::{
+    BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext, SchedulingRequest,
+};
 use alloc::vec::Vec;
 use serde::Deserialize;
 use xxhash_rust::xxh64::xxh64;
@@ -32,15 +34,6 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(ParamError::invalid("threshold", "a probability in [0, 1]"));
-        }
-        Ok(())
-    }
-}
-
 /// Splits candidates into "adapter active or waiting" and "room to load it" (`has_lora_room`); keeps
 /// the first group with probability `threshold` when both exist, else whichever exists, else nothing
 /// (as in GIE, e.g. a base-model request on servers that report no `max_lora`). Endpoints without
@@ -50,10 +43,15 @@ pub struct LoraAffinityFilter {
     threshold: f64,
 }
 
-impl LoraAffinityFilter {
-    pub fn new(params: Params) -> LoraAffinityFilter {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        LoraAffinityFilter { threshold: params.threshold }
+impl PluginFactory for LoraAffinityFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<LoraAffinityFilter, ParamError> {
+        if !(0.0..=1.0).contains(&params.threshold) {
+            return Err(ParamError::invalid("threshold", "a probability in [0, 1]"));
+        }
+        Ok(LoraAffinityFilter { threshold: params.threshold })
     }
 }
 
@@ -121,22 +119,22 @@ mod tests {
 
     #[test]
     fn affinity_group_is_active_or_waiting() {
-        let f = LoraAffinityFilter::new(Params { threshold: 1.0 });
+        let f = built::<LoraAffinityFilter>(r#"{"threshold": 1}"#);
         assert_eq!(kept(&f, &mixed_pool(), &request("r1", "sql")), vec![0, 2]);
     }
 
     #[test]
     fn room_group_when_the_coin_says_so_or_no_affinity_exists() {
-        let f = LoraAffinityFilter::new(Params { threshold: 0.0 });
+        let f = built::<LoraAffinityFilter>(r#"{"threshold": 0}"#);
         assert_eq!(kept(&f, &mixed_pool(), &request("r1", "sql")), vec![1]);
         // Nobody has "new": endpoints with room, whatever the threshold.
-        let f = LoraAffinityFilter::new(Params::default());
+        let f = built::<LoraAffinityFilter>("{}");
         assert_eq!(kept(&f, &mixed_pool(), &request("r1", "new")), vec![1]);
     }
 
     #[test]
     fn nothing_fits_nothing_kept_unless_nothing_is_measured() {
-        let f = LoraAffinityFilter::new(Params::default());
+        let f = built::<LoraAffinityFilter>("{}");
         let p = pool(vec![lora(ep(1, 0, 0, 0.0), &["x"], &[], Some(1)), bare(2)]);
         assert!(kept(&f, &p, &request("r", "sql")).is_empty());
         let p = pool(vec![bare(1), bare(2)]);
@@ -145,7 +143,7 @@ mod tests {
 
     #[test]
     fn coin_is_deterministic_and_roughly_fair() {
-        let f = LoraAffinityFilter::new(params(r#"{"threshold": 0.5}"#));
+        let f = built::<LoraAffinityFilter>(r#"{"threshold": 0.5}"#);
         let p = mixed_pool();
         let ids: Vec<String> = (0..2000).map(|n| format!("req-{n}")).collect();
         let affinity = ids.iter().filter(|id| kept(&f, &p, &request(id, "sql")) == vec![0, 2]).count();
@@ -154,15 +152,15 @@ mod tests {
             assert_eq!(kept(&f, &p, &request(id, "sql")), kept(&f, &p, &request(id, "sql")));
         }
         // At the default 0.999 almost every request keeps affinity.
-        let f = LoraAffinityFilter::new(Params::default());
+        let f = built::<LoraAffinityFilter>("{}");
         let affinity = ids.iter().filter(|id| kept(&f, &p, &request(id, "sql")) == vec![0, 2]).count();
         assert!(affinity >= 1990, "{affinity}");
     }
 
     #[test]
     fn threshold_must_be_a_probability() {
-        assert!(params::<Params>(r#"{"threshold": 1.01}"#).validate().is_err());
-        assert!(params::<Params>(r#"{"threshold": -0.1}"#).validate().is_err());
-        assert!(params::<Params>(r#"{"threshold": 0}"#).validate().is_ok());
+        assert_eq!(build_err::<LoraAffinityFilter>(r#"{"threshold": 1.01}"#).field, "threshold");
+        assert_eq!(build_err::<LoraAffinityFilter>(r#"{"threshold": -0.1}"#).field, "threshold");
+        assert!(try_build::<LoraAffinityFilter>(r#"{"threshold": 0}"#).is_ok());
     }
 }

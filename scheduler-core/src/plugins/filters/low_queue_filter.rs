@@ -3,9 +3,9 @@
 //! GIE's LoRA path used it (threshold 128) so adapter affinity never piles work onto a server that is
 //! already far behind.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{metrics, none_measured};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
+use crate::scheduling::{BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext};
 use alloc::vec::Vec;
 use serde::Deserialize;
 
@@ -27,15 +27,6 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if self.threshold < 0 {
-            return Err(ParamError::invalid("threshold", "an integer >= 0"));
-        }
-        Ok(())
-    }
-}
-
 /// Keeps `q ≤ threshold`; may leave nothing (as in GIE) when every measured queue is longer.
 /// Endpoints without metrics are dropped unless no candidate has metrics (then all are kept).
 #[derive(Clone, Debug)]
@@ -43,10 +34,14 @@ pub struct LowQueueFilter {
     threshold: u64,
 }
 
-impl LowQueueFilter {
-    pub fn new(params: Params) -> LowQueueFilter {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        LowQueueFilter { threshold: u64::try_from(params.threshold).unwrap_or(0) }
+impl PluginFactory for LowQueueFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<LowQueueFilter, ParamError> {
+        let threshold = u64::try_from(params.threshold)
+            .map_err(|_| ParamError::invalid("threshold", "an integer >= 0"))?;
+        Ok(LowQueueFilter { threshold })
     }
 }
 
@@ -78,18 +73,15 @@ mod tests {
     #[test]
     fn keeps_queues_at_or_below_the_threshold() {
         let p = pool(vec![ep(1, 5, 0, 0.0), ep(2, 6, 0, 0.0), ep(3, 0, 0, 0.0), bare(4)]);
-        let f = LowQueueFilter::new(params(r#"{"threshold": 5}"#));
+        let f = built::<LowQueueFilter>(r#"{"threshold": 5}"#);
         assert_eq!(kept(&f, &p, &SchedulingRequest::default()), vec![0, 2]);
         // Default 128 keeps every measured one.
-        assert_eq!(
-            kept(&LowQueueFilter::new(Params::default()), &p, &SchedulingRequest::default()),
-            vec![0, 1, 2]
-        );
+        assert_eq!(kept(&built::<LowQueueFilter>("{}"), &p, &SchedulingRequest::default()), vec![0, 1, 2]);
     }
 
     #[test]
     fn may_leave_nothing_but_not_when_nothing_is_measured() {
-        let f = LowQueueFilter::new(params(r#"{"threshold": 0}"#));
+        let f = built::<LowQueueFilter>(r#"{"threshold": 0}"#);
         let p = pool(vec![ep(1, 1, 0, 0.0), bare(2)]);
         assert!(kept(&f, &p, &SchedulingRequest::default()).is_empty());
         let p = pool(vec![bare(1), bare(2)]);
@@ -98,7 +90,7 @@ mod tests {
 
     #[test]
     fn negative_threshold_is_an_error() {
-        let err = params::<Params>(r#"{"threshold": -1}"#).validate().unwrap_err();
+        let err = build_err::<LowQueueFilter>(r#"{"threshold": -1}"#);
         assert_eq!(alloc::string::ToString::to_string(&err), "threshold: expected an integer >= 0");
     }
 }

@@ -3,22 +3,22 @@
 //! Prefill pods, plus pods explicitly labelled as serving both phases; an unlabelled pod is an
 //! aggregated server and must not be handed prefill-only work.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::model::{Role, ROLE_LABEL};
-use crate::plugins::params::{parse_params, NoParams, ParamError};
-use crate::scheduling::{CycleState, Filter, Plugin, SchedulingContext};
-use alloc::boxed::Box;
+use crate::scheduling::{BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext};
 use alloc::vec::Vec;
-use serde_json::Value;
 
 pub const TYPE: &str = "prefill-filter";
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PrefillFilter;
 
-impl PrefillFilter {
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        parse_params::<NoParams>(params)?;
-        Ok(Box::new(PrefillFilter))
+impl PluginFactory for PrefillFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<PrefillFilter, ParamError> {
+        Ok(PrefillFilter)
     }
 }
 

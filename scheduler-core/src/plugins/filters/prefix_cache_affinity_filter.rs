@@ -16,16 +16,18 @@
 //!   TTFT as `in-flight tokens / peakPrefillThroughput`; our in-flight tokens are the gateway's estimate
 //!   (input + expected output), so the estimate leans high for endpoints with long outputs in flight.
 
+use crate::config::params::ParamError;
 use crate::prefix::{prefix_match, record_destination, PrefixConfig, PrefixHandle};
-use crate::scheduling::{CycleState, Filter, Plugin, ProfileRunResult, SchedulingContext};
-use alloc::string::{String, ToString};
+use crate::scheduling::{
+    BuildContext, CycleState, Filter, LookupError, Plugin, PluginFactory, ProfileRunResult, SchedulingContext,
+};
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 use serde::Deserialize;
 use xxhash_rust::xxh64::Xxh64;
 
-/// Configuration `type` of this plugin.
-pub const PREFIX_CACHE_AFFINITY_FILTER_TYPE: &str = "prefix-cache-affinity-filter";
+pub const TYPE: &str = "prefix-cache-affinity-filter";
 
 /// The only TTFT source this build supports.
 const TTFT_SOURCE_PREFILL_THROUGHPUT: &str = "prefillThroughput";
@@ -48,7 +50,7 @@ pub struct PrefixCacheAffinityFilterParams {
     pub peak_prefill_throughput: f64,
     /// Only `prefillThroughput` is available.
     pub ttft_source: Option<String>,
-    /// Name of the `prefix-cache-scorer` whose index to use; the loader resolves it.
+    /// Name of the `prefix-cache-scorer` whose index to use; by default the only one configured.
     pub prefix_match_info_producer_name: Option<String>,
 }
 
@@ -65,51 +67,6 @@ impl Default for PrefixCacheAffinityFilterParams {
     }
 }
 
-/// A parameter of `prefix-cache-affinity-filter` out of range.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AffinityParamsError {
-    pub field: &'static str,
-    pub expected: &'static str,
-    pub got: String,
-}
-
-impl fmt::Display for AffinityParamsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{PREFIX_CACHE_AFFINITY_FILTER_TYPE}: parameter `{}` must be {}, got {}",
-            self.field, self.expected, self.got
-        )
-    }
-}
-
-impl PrefixCacheAffinityFilterParams {
-    pub fn validate(&self) -> Result<(), AffinityParamsError> {
-        let err =
-            |field, expected, got: f64| Err(AffinityParamsError { field, expected, got: got.to_string() });
-        if !(0.0..=1.0).contains(&self.affinity_threshold) {
-            return err("affinityThreshold", "in [0, 1]", self.affinity_threshold);
-        }
-        if !(0.0..=1.0).contains(&self.exploration_probability) {
-            return err("explorationProbability", "in [0, 1]", self.exploration_probability);
-        }
-        if !(self.max_ttft_penalty_ms >= 0.0 && self.max_ttft_penalty_ms.is_finite()) {
-            return err("maxTTFTPenaltyMs", "a finite number >= 0", self.max_ttft_penalty_ms);
-        }
-        if !(self.peak_prefill_throughput > 0.0 && self.peak_prefill_throughput.is_finite()) {
-            return err("peakPrefillThroughput", "a finite number > 0", self.peak_prefill_throughput);
-        }
-        match self.ttft_source.as_deref() {
-            None | Some(TTFT_SOURCE_PREFILL_THROUGHPUT) => Ok(()),
-            Some(other) => Err(AffinityParamsError {
-                field: "ttftSource",
-                expected: "\"prefillThroughput\" (no latency predictor in this build)",
-                got: alloc::format!("{other:?}"),
-            }),
-        }
-    }
-}
-
 /// Narrows candidates to the cache-warm ones (see the module documentation).
 pub struct PrefixCacheAffinityFilter {
     params: PrefixCacheAffinityFilterParams,
@@ -118,36 +75,73 @@ pub struct PrefixCacheAffinityFilter {
     records: bool,
 }
 
+impl PluginFactory for PrefixCacheAffinityFilter {
+    const TYPE: &'static str = TYPE;
+    type Params = PrefixCacheAffinityFilterParams;
+
+    /// Shares the index of the `prefix-cache-scorer` named by `prefixMatchInfoProducerName` (else of
+    /// the only one), which records the picks; without a prefix scorer it keeps an index of its own,
+    /// with GIE's default hashing, and records the picks itself.
+    fn build(
+        params: PrefixCacheAffinityFilterParams,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<PrefixCacheAffinityFilter, ParamError> {
+        check(&params)?;
+        let producer = params.prefix_match_info_producer_name.as_deref();
+        let (handle, records) = match ctx.prefix_index(producer) {
+            Ok(Some(shared)) => (shared, false),
+            Ok(None) => {
+                let own = PrefixHandle::new(PrefixConfig::default());
+                ctx.keep_prefix_index(own.clone());
+                (own, true)
+            }
+            Err(LookupError::NotProduced) => {
+                return Err(ParamError::new(
+                    "prefixMatchInfoProducerName",
+                    "the name of a prefix-cache-scorer plugin",
+                    Some(format!("{:?}", producer.unwrap_or_default())),
+                ))
+            }
+            Err(LookupError::Ambiguous) => {
+                return Err(ParamError::new(
+                    "prefixMatchInfoProducerName",
+                    "the name of the prefix-cache-scorer to follow (there are several)",
+                    None,
+                ))
+            }
+        };
+        Ok(PrefixCacheAffinityFilter { params, handle, records })
+    }
+}
+
+/// The ranges serde does not check.
+fn check(p: &PrefixCacheAffinityFilterParams) -> Result<(), ParamError> {
+    let err =
+        |field: &str, expected: &str, got: f64| Err(ParamError::new(field, expected, Some(format!("{got}"))));
+    if !(0.0..=1.0).contains(&p.affinity_threshold) {
+        return err("affinityThreshold", "a number in [0, 1]", p.affinity_threshold);
+    }
+    if !(0.0..=1.0).contains(&p.exploration_probability) {
+        return err("explorationProbability", "a number in [0, 1]", p.exploration_probability);
+    }
+    if !(p.max_ttft_penalty_ms >= 0.0 && p.max_ttft_penalty_ms.is_finite()) {
+        return err("maxTTFTPenaltyMs", "a finite number >= 0", p.max_ttft_penalty_ms);
+    }
+    if !(p.peak_prefill_throughput > 0.0 && p.peak_prefill_throughput.is_finite()) {
+        return err("peakPrefillThroughput", "a finite number > 0", p.peak_prefill_throughput);
+    }
+    match p.ttft_source.as_deref() {
+        None | Some(TTFT_SOURCE_PREFILL_THROUGHPUT) => Ok(()),
+        Some(other) => Err(ParamError::new(
+            "ttftSource",
+            "\"prefillThroughput\" (no latency predictor in this build)",
+            Some(format!("{other:?}")),
+        )),
+    }
+}
+
 impl PrefixCacheAffinityFilter {
-    /// A filter over the index of a `prefix-cache-scorer` (which records the picks).
-    pub fn new(
-        params: PrefixCacheAffinityFilterParams,
-        handle: PrefixHandle,
-    ) -> Result<PrefixCacheAffinityFilter, AffinityParamsError> {
-        params.validate()?;
-        Ok(PrefixCacheAffinityFilter { params, handle, records: false })
-    }
-
-    /// A filter with its own index and GIE's default hashing, for configurations without a prefix
-    /// scorer; it records the picks itself.
-    pub fn standalone(
-        params: PrefixCacheAffinityFilterParams,
-    ) -> Result<PrefixCacheAffinityFilter, AffinityParamsError> {
-        let mut f = PrefixCacheAffinityFilter::new(params, PrefixHandle::new(PrefixConfig::default()))?;
-        f.records = true;
-        Ok(f)
-    }
-
-    /// Switches to a prefix scorer's index (the loader's wiring step); the scorer then records picks.
-    pub fn share_index(&mut self, handle: PrefixHandle) {
-        self.handle = handle;
-        self.records = false;
-    }
-
-    pub fn params(&self) -> &PrefixCacheAffinityFilterParams {
-        &self.params
-    }
-
+    /// The index this filter reads: its producer's, or its own.
     pub fn handle(&self) -> &PrefixHandle {
         &self.handle
     }
@@ -200,14 +194,10 @@ impl Filter for PrefixCacheAffinityFilter {
 
 impl Plugin for PrefixCacheAffinityFilter {
     fn type_name(&self) -> &'static str {
-        PREFIX_CACHE_AFFINITY_FILTER_TYPE
+        TYPE
     }
 
     fn as_filter(&self) -> Option<&dyn Filter> {
-        Some(self)
-    }
-
-    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
         Some(self)
     }
 
@@ -227,13 +217,15 @@ impl Plugin for PrefixCacheAffinityFilter {
 mod tests {
     use super::*;
     use crate::model::{Endpoint, EndpointState, InFlight, PoolSnapshot};
-    use crate::plugins::scorers::prefix_cache_scorer::{PrefixCacheScorer, PrefixCacheScorerParams};
+    use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
+    use crate::plugins::test_support::{build_err, built, built_with};
     use crate::prefix::{block_hashes, PrefixMatch, PREFIX_MATCH_STATE_KEY};
-    use crate::scheduling::{SchedulingRequest, Scorer};
-    use alloc::format;
+    use crate::scheduling::{SchedulingRequest, Scorer, SharedState};
+    use alloc::string::ToString;
     use alloc::vec;
 
     const ADDRS: [&str; 3] = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"];
+    const NO_EXPLORATION: &str = r#"{"explorationProbability": 0}"#;
 
     fn pool(in_flight_tokens: [u64; 3]) -> PoolSnapshot {
         let endpoints = ADDRS
@@ -247,8 +239,9 @@ mod tests {
         PoolSnapshot { endpoints, ..PoolSnapshot::default() }
     }
 
-    fn no_exploration() -> PrefixCacheAffinityFilterParams {
-        PrefixCacheAffinityFilterParams { exploration_probability: 0.0, ..Default::default() }
+    /// A prefix scorer built into `shared`: every filter built from `shared` after it reads its index.
+    fn producer(shared: &mut SharedState) -> PrefixCacheScorer {
+        built_with::<PrefixCacheScorer>("{}", shared)
     }
 
     /// Prompt of 10 blocks; endpoint 0 holds all, 1 holds 9 (0.9), 2 holds 5 (0.5).
@@ -271,15 +264,19 @@ mod tests {
     fn keeps_endpoints_at_or_above_the_threshold() {
         let prompt = vec![b'x'; 640];
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
-        let f = PrefixCacheAffinityFilter::standalone(no_exploration()).unwrap();
+        let f = built::<PrefixCacheAffinityFilter>(NO_EXPLORATION);
         assert_eq!(run(&f, &pool([0; 3]), &req), [0, 1, 2]); // nothing cached: keep all
         warmed(f.handle(), &prompt);
         assert_eq!(run(&f, &pool([0; 3]), &req), [0, 1]);
-        let strict = PrefixCacheAffinityFilterParams { affinity_threshold: 1.0, ..no_exploration() };
-        let f2 = PrefixCacheAffinityFilter::new(strict, f.handle().clone()).unwrap();
+
+        let mut shared = SharedState::default();
+        let scorer = producer(&mut shared);
+        warmed(scorer.handle(), &prompt);
+        let strict = r#"{"affinityThreshold": 1, "explorationProbability": 0}"#;
+        let f2 = built_with::<PrefixCacheAffinityFilter>(strict, &mut shared);
         assert_eq!(run(&f2, &pool([0; 3]), &req), [0]);
-        let off = PrefixCacheAffinityFilterParams { affinity_threshold: 0.0, ..no_exploration() };
-        let f3 = PrefixCacheAffinityFilter::new(off, f.handle().clone()).unwrap();
+        let off = r#"{"affinityThreshold": 0, "explorationProbability": 0}"#;
+        let f3 = built_with::<PrefixCacheAffinityFilter>(off, &mut shared);
         assert_eq!(run(&f3, &pool([0; 3]), &req), [0, 1, 2]);
     }
 
@@ -287,7 +284,7 @@ mod tests {
     fn keeps_all_when_no_endpoint_passes() {
         let prompt = vec![b'x'; 640];
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
-        let f = PrefixCacheAffinityFilter::standalone(no_exploration()).unwrap();
+        let f = built::<PrefixCacheAffinityFilter>(NO_EXPLORATION);
         let hashes = block_hashes("m", None, &prompt, 64, 256);
         f.handle().index_mut().unwrap().record(ADDRS[1], &hashes[..7], 1000); // 0.7 < 0.8
         assert_eq!(run(&f, &pool([0; 3]), &req), [0, 1, 2]);
@@ -299,8 +296,10 @@ mod tests {
     #[test]
     fn exploration_skips_the_gate_for_about_one_request_in_a_hundred() {
         let prompt = vec![b'x'; 640];
-        let f = PrefixCacheAffinityFilter::standalone(PrefixCacheAffinityFilterParams::default()).unwrap();
-        warmed(f.handle(), &prompt);
+        let mut shared = SharedState::default();
+        let scorer = producer(&mut shared);
+        warmed(scorer.handle(), &prompt);
+        let f = built_with::<PrefixCacheAffinityFilter>("{}", &mut shared);
         let pool = pool([0; 3]);
         let mut skipped = 0;
         for i in 0..10_000 {
@@ -318,8 +317,7 @@ mod tests {
             }
         }
         assert!((60..=140).contains(&skipped), "{skipped} of 10000 explored");
-        let always = PrefixCacheAffinityFilterParams { exploration_probability: 1.0, ..Default::default() };
-        let f = PrefixCacheAffinityFilter::new(always, f.handle().clone()).unwrap();
+        let f = built_with::<PrefixCacheAffinityFilter>(r#"{"explorationProbability": 1}"#, &mut shared);
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
         assert_eq!(run(&f, &pool, &req), [0, 1, 2]);
     }
@@ -328,19 +326,18 @@ mod tests {
     fn ttft_gate_breaks_stickiness_only_when_enabled_and_exceeded() {
         let prompt = vec![b'x'; 640];
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
-        let gated = PrefixCacheAffinityFilterParams {
-            max_ttft_penalty_ms: 1000.0,
-            peak_prefill_throughput: 1000.0,
-            ..no_exploration()
-        };
-        let f = PrefixCacheAffinityFilter::standalone(gated).unwrap();
-        warmed(f.handle(), &prompt);
+        let mut shared = SharedState::default();
+        let scorer = producer(&mut shared);
+        warmed(scorer.handle(), &prompt);
+        let gated =
+            r#"{"maxTTFTPenaltyMs": 1000, "peakPrefillThroughput": 1000, "explorationProbability": 0}"#;
+        let f = built_with::<PrefixCacheAffinityFilter>(gated, &mut shared);
         // Best sticky endpoint: 1500 ms of queued prefill; the cold one: 0 ms → 1500 > 1000, keep all.
         assert_eq!(run(&f, &pool([3000, 1500, 0]), &req), [0, 1, 2]);
         // 900 ms penalty is tolerated.
         assert_eq!(run(&f, &pool([3000, 900, 0]), &req), [0, 1]);
         // The default (gate off) sticks whatever the load.
-        let f = PrefixCacheAffinityFilter::new(no_exploration(), f.handle().clone()).unwrap();
+        let f = built_with::<PrefixCacheAffinityFilter>(NO_EXPLORATION, &mut shared);
         assert_eq!(run(&f, &pool([3000, 1500, 0]), &req), [0, 1]);
     }
 
@@ -350,8 +347,11 @@ mod tests {
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
         let pool = pool([0; 3]);
         let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
-        let mut scorer = PrefixCacheScorer::new(&PrefixCacheScorerParams::default());
-        let mut filter = PrefixCacheAffinityFilter::new(no_exploration(), scorer.handle().clone()).unwrap();
+        let mut shared = SharedState::default();
+        let mut scorer = producer(&mut shared);
+        let mut filter = built_with::<PrefixCacheAffinityFilter>(NO_EXPLORATION, &mut shared);
+        assert!(filter.handle().same_index(scorer.handle()));
+        assert_eq!(shared.prefix_indexes().count(), 1, "one index, reached once");
         warmed(scorer.handle(), &prompt);
 
         let mut state = CycleState::default();
@@ -381,7 +381,12 @@ mod tests {
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
         let pool = pool([0; 3]);
         let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
-        let mut f = PrefixCacheAffinityFilter::standalone(no_exploration()).unwrap();
+        let mut shared = SharedState::default();
+        let mut f = built_with::<PrefixCacheAffinityFilter>(NO_EXPLORATION, &mut shared);
+        assert!(
+            shared.prefix_index(TYPE).is_some_and(|own| own.same_index(f.handle())),
+            "kept for the scheduler"
+        );
         let mut state = CycleState::default();
         let mut c = vec![0, 1, 2];
         f.filter(&ctx, &mut state, &mut c);
@@ -392,33 +397,48 @@ mod tests {
     }
 
     #[test]
-    fn params_are_checked_with_a_message_naming_the_field() {
-        let p: PrefixCacheAffinityFilterParams = serde_json::from_str(
-            r#"{"affinityThreshold": 0.9, "explorationProbability": 0, "maxTTFTPenaltyMs": 5000,
-                "peakPrefillThroughput": 20000, "ttftSource": "prefillThroughput",
-                "prefixMatchInfoProducerName": "prefix"}"#,
-        )
-        .unwrap();
-        assert!(p.validate().is_ok());
-        assert_eq!(p.max_ttft_penalty_ms, 5000.0);
+    fn producers_are_found_by_name_or_as_the_only_one() {
+        let mut shared = SharedState::default();
+        built_with::<PrefixCacheScorer>("{}", &mut shared);
+        let named = r#"{"prefixMatchInfoProducerName": "prefix-cache-scorer"}"#;
+        let f = built_with::<PrefixCacheAffinityFilter>(named, &mut shared);
+        assert!(shared.prefix_index("prefix-cache-scorer").is_some_and(|h| h.same_index(f.handle())));
+        let unknown = r#"{"prefixMatchInfoProducerName": "nope"}"#;
+        let err =
+            crate::plugins::test_support::try_build_with::<PrefixCacheAffinityFilter>(unknown, &mut shared);
         assert_eq!(
-            serde_json::from_str::<PrefixCacheAffinityFilterParams>("{}").unwrap(),
+            err.err().map(|e| e.to_string()).as_deref(),
+            Some(
+                r#"prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got "nope""#
+            )
+        );
+    }
+
+    #[test]
+    fn params_are_checked_with_a_message_naming_the_field() {
+        let f = built::<PrefixCacheAffinityFilter>(
+            r#"{"affinityThreshold": 0.9, "explorationProbability": 0, "maxTTFTPenaltyMs": 5000,
+                "peakPrefillThroughput": 20000, "ttftSource": "prefillThroughput"}"#,
+        );
+        assert_eq!(f.params.max_ttft_penalty_ms, 5000.0);
+        assert_eq!(
+            built::<PrefixCacheAffinityFilter>("{}").params,
             PrefixCacheAffinityFilterParams::default()
         );
-        let bad = PrefixCacheAffinityFilterParams { affinity_threshold: 1.5, ..Default::default() };
-        let msg = PrefixCacheAffinityFilter::standalone(bad).err().unwrap().to_string();
         assert_eq!(
-            msg,
-            "prefix-cache-affinity-filter: parameter `affinityThreshold` must be in [0, 1], got 1.5"
+            build_err::<PrefixCacheAffinityFilter>(r#"{"affinityThreshold": 1.5}"#).to_string(),
+            "affinityThreshold: expected a number in [0, 1], got 1.5"
         );
-        let bad = PrefixCacheAffinityFilterParams {
-            ttft_source: Some(String::from("latencyPredictor")),
-            ..Default::default()
-        };
-        assert!(bad.validate().unwrap_err().to_string().contains("ttftSource"));
-        let bad = PrefixCacheAffinityFilterParams { peak_prefill_throughput: 0.0, ..Default::default() };
-        assert_eq!(bad.validate().unwrap_err().field, "peakPrefillThroughput");
-        assert!(serde_json::from_str::<PrefixCacheAffinityFilterParams>(r#"{"threshold": 1}"#).is_err());
+        let err = build_err::<PrefixCacheAffinityFilter>(r#"{"ttftSource": "latencyPredictor"}"#);
+        assert_eq!(
+            err.to_string(),
+            r#"ttftSource: expected "prefillThroughput" (no latency predictor in this build), got "latencyPredictor""#
+        );
+        assert_eq!(
+            build_err::<PrefixCacheAffinityFilter>(r#"{"peakPrefillThroughput": 0}"#).field,
+            "peakPrefillThroughput"
+        );
+        assert_eq!(build_err::<PrefixCacheAffinityFilter>(r#"{"threshold": 1}"#).field, "threshold");
     }
 
     #[test]
@@ -427,7 +447,7 @@ mod tests {
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..Default::default() };
         let pool = pool([0; 3]);
         let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
-        let f = PrefixCacheAffinityFilter::standalone(no_exploration()).unwrap();
+        let f = built::<PrefixCacheAffinityFilter>(NO_EXPLORATION);
         let mut state = CycleState::default();
         let mut c = vec![2];
         f.filter(&ctx, &mut state, &mut c);

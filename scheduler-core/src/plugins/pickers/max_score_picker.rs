@@ -5,12 +5,10 @@
 //! asked for, follow in score order, their ties shuffled.
 
 use super::PickerParams;
-use crate::plugins::params::{parse_params, ParamError};
+use crate::config::params::ParamError;
 use crate::rng::Rng;
-use crate::scheduling::{Picker, Plugin, ScoredEndpoint};
-use alloc::boxed::Box;
+use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
 use alloc::vec::Vec;
-use serde_json::Value;
 
 pub const TYPE: &str = "max-score-picker";
 
@@ -19,13 +17,12 @@ pub struct MaxScorePicker {
     pub params: PickerParams,
 }
 
-impl MaxScorePicker {
-    pub fn new(max_num_of_endpoints: usize) -> MaxScorePicker {
-        MaxScorePicker { params: PickerParams { max_num_of_endpoints: max_num_of_endpoints.max(1) } }
-    }
+impl PluginFactory for MaxScorePicker {
+    const TYPE: &'static str = TYPE;
+    type Params = PickerParams;
 
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        Ok(Box::new(MaxScorePicker { params: parse_params(params)? }))
+    fn build(params: PickerParams, _: &mut BuildContext<'_>) -> Result<MaxScorePicker, ParamError> {
+        Ok(MaxScorePicker { params })
     }
 }
 
@@ -86,6 +83,7 @@ impl Plugin for MaxScorePicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::test_support::picker;
     use alloc::vec;
 
     fn scored(scores: &[f64]) -> Vec<ScoredEndpoint> {
@@ -94,7 +92,7 @@ mod tests {
 
     #[test]
     fn fallbacks_come_in_score_order() {
-        let p = MaxScorePicker::new(3);
+        let p = picker::<MaxScorePicker>(3);
         let mut s = scored(&[0.2, 0.9, 0.5, 0.7]);
         assert_eq!(p.pick(&mut s, usize::MAX, &mut Rng::new(1)), vec![1, 3, 2]);
         // The caller's cap wins when smaller, down to none at all.
@@ -105,7 +103,7 @@ mod tests {
 
     #[test]
     fn ties_break_randomly_but_reproducibly() {
-        let p = MaxScorePicker::new(1);
+        let p = picker::<MaxScorePicker>(1);
         let pick = |seed| p.pick(&mut scored(&[1.0, 1.0, 1.0, 1.0, 0.5]), 1, &mut Rng::new(seed))[0];
         let mut seen = [0u32; 5];
         for seed in 0..400 {
@@ -121,7 +119,7 @@ mod tests {
 
     #[test]
     fn fallbacks_are_distinct_and_ranked_whatever_the_ties() {
-        let p = MaxScorePicker::new(3);
+        let p = picker::<MaxScorePicker>(3);
         let mut gen = Rng::new(5);
         for seed in 0..300 {
             let scores: Vec<f64> = (0..gen.below(8)).map(|_| gen.below(3) as f64).collect();
@@ -141,8 +139,8 @@ mod tests {
     #[test]
     fn a_single_pick_is_the_head_of_the_ranked_list() {
         // Same seed, same scores: the primary does not depend on how many fallbacks are asked for.
-        let one = MaxScorePicker::new(1);
-        let many = MaxScorePicker::new(3);
+        let one = picker::<MaxScorePicker>(1);
+        let many = picker::<MaxScorePicker>(3);
         let mut gen = Rng::new(99);
         for seed in 0..300 {
             // Few distinct values, so most cases have ties at the top; includes NaN-free negatives.

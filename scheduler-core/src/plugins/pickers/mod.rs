@@ -6,7 +6,7 @@ pub mod max_score_picker;
 pub mod random_picker;
 pub mod weighted_random_picker;
 
-use super::params::positive_count;
+use crate::config::params::positive_count;
 use serde::Deserialize;
 
 /// Parameters shared by every picker (GIE's `PickerParameters`).

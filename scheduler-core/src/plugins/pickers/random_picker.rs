@@ -3,12 +3,10 @@
 //! Useful as a baseline and as the fallback of the weighted picker when no candidate scored above 0.
 
 use super::PickerParams;
-use crate::plugins::params::{parse_params, ParamError};
+use crate::config::params::ParamError;
 use crate::rng::Rng;
-use crate::scheduling::{Picker, Plugin, ScoredEndpoint};
-use alloc::boxed::Box;
+use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
 use alloc::vec::Vec;
-use serde_json::Value;
 
 pub const TYPE: &str = "random-picker";
 
@@ -17,13 +15,12 @@ pub struct RandomPicker {
     pub params: PickerParams,
 }
 
-impl RandomPicker {
-    pub fn new(max_num_of_endpoints: usize) -> RandomPicker {
-        RandomPicker { params: PickerParams { max_num_of_endpoints: max_num_of_endpoints.max(1) } }
-    }
+impl PluginFactory for RandomPicker {
+    const TYPE: &'static str = TYPE;
+    type Params = PickerParams;
 
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        Ok(Box::new(RandomPicker { params: parse_params(params)? }))
+    fn build(params: PickerParams, _: &mut BuildContext<'_>) -> Result<RandomPicker, ParamError> {
+        Ok(RandomPicker { params })
     }
 }
 
@@ -55,10 +52,11 @@ impl Plugin for RandomPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::test_support::picker;
 
     #[test]
     fn uniform_and_distinct() {
-        let p = RandomPicker::new(2);
+        let p = picker::<RandomPicker>(2);
         let mut counts = [0u32; 4];
         for seed in 0..2000 {
             let mut s: Vec<ScoredEndpoint> = [0.0, 1.0, 0.0, 0.5]

@@ -5,12 +5,10 @@
 
 use super::random_picker::uniform;
 use super::PickerParams;
-use crate::plugins::params::{parse_params, ParamError};
+use crate::config::params::ParamError;
 use crate::rng::Rng;
-use crate::scheduling::{Picker, Plugin, ScoredEndpoint};
-use alloc::boxed::Box;
+use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
 use alloc::vec::Vec;
-use serde_json::Value;
 
 pub const TYPE: &str = "weighted-random-picker";
 
@@ -19,13 +17,12 @@ pub struct WeightedRandomPicker {
     pub params: PickerParams,
 }
 
-impl WeightedRandomPicker {
-    pub fn new(max_num_of_endpoints: usize) -> WeightedRandomPicker {
-        WeightedRandomPicker { params: PickerParams { max_num_of_endpoints: max_num_of_endpoints.max(1) } }
-    }
+impl PluginFactory for WeightedRandomPicker {
+    const TYPE: &'static str = TYPE;
+    type Params = PickerParams;
 
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        Ok(Box::new(WeightedRandomPicker { params: parse_params(params)? }))
+    fn build(params: PickerParams, _: &mut BuildContext<'_>) -> Result<WeightedRandomPicker, ParamError> {
+        Ok(WeightedRandomPicker { params })
     }
 }
 
@@ -79,6 +76,7 @@ impl Plugin for WeightedRandomPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::test_support::picker;
 
     fn scored(scores: &[f64]) -> Vec<ScoredEndpoint> {
         scores.iter().enumerate().map(|(index, &score)| ScoredEndpoint { index, score }).collect()
@@ -95,7 +93,7 @@ mod tests {
     #[test]
     fn share_follows_score() {
         // Scores 1, 2, 3, 0: expected primary shares 1/6, 2/6, 3/6, 0.
-        let p = WeightedRandomPicker::new(1);
+        let p = picker::<WeightedRandomPicker>(1);
         let mut rng = Rng::new(42);
         let mut counts = [0u32; 4];
         let draws = 12_000;
@@ -111,7 +109,7 @@ mod tests {
 
     #[test]
     fn all_zero_scores_pick_uniformly() {
-        let p = WeightedRandomPicker::new(1);
+        let p = picker::<WeightedRandomPicker>(1);
         let mut rng = Rng::new(3);
         let mut counts = [0u32; 3];
         for _ in 0..3000 {

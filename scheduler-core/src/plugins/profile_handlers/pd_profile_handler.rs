@@ -4,10 +4,11 @@
 //! the decode pod has not cached is long enough to be worth the KV transfer, and a prefill pod exists.
 //! Otherwise the request is served aggregated by the decode pod.
 
-use crate::plugins::params::{non_negative_count, parse_params, ParamError};
+use crate::config::params::{non_negative_count, ParamError};
 use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
-use crate::scheduling::{CycleState, Plugin, ProfileHandler, ProfileRunResult, SchedulingContext};
-use alloc::boxed::Box;
+use crate::scheduling::{
+    BuildContext, CycleState, Plugin, PluginFactory, ProfileHandler, ProfileRunResult, SchedulingContext,
+};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -58,18 +59,22 @@ pub struct PdProfileHandler {
     pub params: PdParams,
 }
 
-impl PdProfileHandler {
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        let params: PdParams = parse_params(params)?;
+impl PluginFactory for PdProfileHandler {
+    const TYPE: &'static str = TYPE;
+    type Params = PdParams;
+
+    fn build(params: PdParams, _: &mut BuildContext<'_>) -> Result<PdProfileHandler, ParamError> {
         if params.decode_profile.is_empty() {
             return Err(ParamError::new("decodeProfile", "a profile name", Some(String::from("\"\""))));
         }
         if params.prefill_profile.is_empty() {
             return Err(ParamError::new("prefillProfile", "a profile name", Some(String::from("\"\""))));
         }
-        Ok(Box::new(PdProfileHandler { params }))
+        Ok(PdProfileHandler { params })
     }
+}
 
+impl PdProfileHandler {
     fn find<'r>(done: &'r [ProfileRunResult], name: &str) -> Option<&'r ProfileRunResult> {
         done.iter().find(|r| r.profile == name)
     }

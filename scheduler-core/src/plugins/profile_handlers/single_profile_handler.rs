@@ -2,23 +2,25 @@
 //!
 //! The default when the configuration has exactly one profile and names no handler.
 
-use crate::plugins::params::{parse_params, NoParams, ParamError};
-use crate::scheduling::{CycleState, Plugin, ProfileHandler, ProfileRunResult, SchedulingContext};
-use alloc::boxed::Box;
+use crate::config::params::{NoParams, ParamError};
+use crate::scheduling::{
+    BuildContext, CycleState, Plugin, PluginFactory, ProfileHandler, ProfileRunResult, SchedulingContext,
+};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use serde_json::Value;
 
 pub const TYPE: &str = "single-profile-handler";
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingleProfileHandler;
 
-impl SingleProfileHandler {
-    pub fn build(params: &Value) -> Result<Box<dyn Plugin>, ParamError> {
-        parse_params::<NoParams>(params)?;
-        Ok(Box::new(SingleProfileHandler))
+impl PluginFactory for SingleProfileHandler {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<SingleProfileHandler, ParamError> {
+        Ok(SingleProfileHandler)
     }
 }
 

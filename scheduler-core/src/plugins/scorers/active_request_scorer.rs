@@ -3,9 +3,9 @@
 //!
 //! Reads the gateway's in-flight counts (llm-d's in-flight load producer), so it needs no metrics.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 use alloc::string::String;
 use serde::Deserialize;
 
@@ -35,19 +35,6 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    /// llm-d silently falls back to the defaults for out-of-range values; here they are errors.
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if self.idle_threshold < 0 {
-            return Err(ParamError::invalid("idleThreshold", "an integer >= 0"));
-        }
-        if !(0.0..=1.0).contains(&self.max_busy_score) {
-            return Err(ParamError::invalid("maxBusyScore", "a number in [0, 1]"));
-        }
-        Ok(())
-    }
-}
-
 /// Scores by gateway in-flight requests (`EndpointState::in_flight.requests`); `max` is the largest
 /// count among the candidates, so the busiest busy endpoint scores 0.
 #[derive(Clone, Debug)]
@@ -56,13 +43,18 @@ pub struct ActiveRequestScorer {
     max_busy_score: f64,
 }
 
-impl ActiveRequestScorer {
-    pub fn new(params: Params) -> ActiveRequestScorer {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        ActiveRequestScorer {
-            idle_threshold: u64::try_from(params.idle_threshold).unwrap_or(0),
-            max_busy_score: params.max_busy_score,
+impl PluginFactory for ActiveRequestScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    /// llm-d silently falls back to the defaults for out-of-range values; here they are errors.
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<ActiveRequestScorer, ParamError> {
+        let idle_threshold = u64::try_from(params.idle_threshold)
+            .map_err(|_| ParamError::invalid("idleThreshold", "an integer >= 0"))?;
+        if !(0.0..=1.0).contains(&params.max_busy_score) {
+            return Err(ParamError::invalid("maxBusyScore", "a number in [0, 1]"));
         }
+        Ok(ActiveRequestScorer { idle_threshold, max_busy_score: params.max_busy_score })
     }
 }
 
@@ -109,7 +101,7 @@ mod tests {
     #[test]
     fn idle_scores_one_busy_scale_against_the_busiest() {
         // Counts 0, 2, 4, 8 with defaults: idle → 1; (8−2)/8 = 0.75; (8−4)/8 = 0.5; 0.
-        let s = ActiveRequestScorer::new(params("{}"));
+        let s = built::<ActiveRequestScorer>("{}");
         assert_close(
             &scores(&s, &pool_with(&[0, 2, 4, 8]), &SchedulingRequest::default()),
             &[1.0, 0.75, 0.5, 0.0],
@@ -119,7 +111,7 @@ mod tests {
     #[test]
     fn idle_threshold_and_max_busy_score_open_a_gap() {
         // idleThreshold 2: 0 and 2 are idle; busy ones scaled into [0, 0.5]: (8−4)/8·0.5 = 0.25.
-        let s = ActiveRequestScorer::new(params(r#"{"idleThreshold": 2, "maxBusyScore": 0.5}"#));
+        let s = built::<ActiveRequestScorer>(r#"{"idleThreshold": 2, "maxBusyScore": 0.5}"#);
         assert_close(
             &scores(&s, &pool_with(&[0, 2, 4, 8]), &SchedulingRequest::default()),
             &[1.0, 1.0, 0.25, 0.0],
@@ -128,7 +120,7 @@ mod tests {
 
     #[test]
     fn all_idle_and_equal_busy() {
-        let s = ActiveRequestScorer::new(Params::default());
+        let s = built::<ActiveRequestScorer>("{}");
         assert_close(&scores(&s, &pool_with(&[0, 0]), &SchedulingRequest::default()), &[1.0, 1.0]);
         // Equally busy endpoints are all "the busiest": 0 each, as in llm-d.
         assert_close(&scores(&s, &pool_with(&[3, 3]), &SchedulingRequest::default()), &[0.0, 0.0]);
@@ -138,9 +130,8 @@ mod tests {
     fn parameters() {
         let p: Params = params(r#"{"requestTimeout": "2m", "inFlightLoadProducerName": "x"}"#);
         assert_eq!(p.idle_threshold, 0);
-        assert!(params::<Params>(r#"{"idleThreshold": -1}"#).validate().is_err());
-        let err = params::<Params>(r#"{"maxBusyScore": 1.5}"#).validate().unwrap_err();
-        assert_eq!(err.field, "maxBusyScore");
-        assert!(serde_json::from_str::<Params>(r#"{"idle": 1}"#).is_err());
+        assert_eq!(build_err::<ActiveRequestScorer>(r#"{"idleThreshold": -1}"#).field, "idleThreshold");
+        assert_eq!(build_err::<ActiveRequestScorer>(r#"{"maxBusyScore": 1.5}"#).field, "maxBusyScore");
+        assert_eq!(build_err::<ActiveRequestScorer>(r#"{"idle": 1}"#).field, "idle");
     }
 }

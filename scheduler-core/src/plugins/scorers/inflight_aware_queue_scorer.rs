@@ -4,23 +4,11 @@
 //!
 //! Kept apart from `queue-scorer`, whose GIE formula stays exact for parity.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::{score_lower_is_better, state};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
-use serde::Deserialize;
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
 pub const TYPE: &str = "inflight-aware-queue-scorer";
-
-/// `inflight-aware-queue-scorer` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Min-max scores `q = waiting + max(0, in_flight − (running + waiting))`: gateway in-flight requests
 /// the server's last report cannot account for are assumed to be queued. With several gateways the
@@ -29,9 +17,12 @@ impl Params {
 #[derive(Clone, Debug, Default)]
 pub struct InflightAwareQueueScorer;
 
-impl InflightAwareQueueScorer {
-    pub fn new(_params: Params) -> InflightAwareQueueScorer {
-        InflightAwareQueueScorer
+impl PluginFactory for InflightAwareQueueScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<InflightAwareQueueScorer, ParamError> {
+        Ok(InflightAwareQueueScorer)
     }
 }
 
@@ -74,7 +65,7 @@ mod tests {
         // Scraped queues 0 and 2 (queue-scorer would prefer endpoint 0), but the gateway has sent
         // endpoint 0 eight requests its report (1 running) has not seen: q = 0 + (8 − 1) = 7 vs 2 + 0.
         let p = pool(vec![inflight(ep(1, 0, 1, 0.0), 8, 0), inflight(ep(2, 2, 3, 0.0), 4, 0), bare(3)]);
-        let s = InflightAwareQueueScorer::new(params("{}"));
+        let s = built::<InflightAwareQueueScorer>("{}");
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.0, 1.0, 0.0]);
     }
 
@@ -82,7 +73,7 @@ mod tests {
     fn without_surplus_it_is_the_queue_scorer() {
         // In-flight already covered by running + waiting: plain queues 3 and 5.
         let p = pool(vec![inflight(ep(1, 3, 4, 0.0), 7, 0), inflight(ep(2, 5, 0, 0.0), 2, 0)]);
-        let s = InflightAwareQueueScorer::new(Params::default());
+        let s = built::<InflightAwareQueueScorer>("{}");
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[1.0, 0.0]);
     }
 }

@@ -3,32 +3,23 @@
 //! GIE's formula; an absolute score (not scaled over the candidates), so a nearly full pool scores
 //! low everywhere.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::metrics;
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
-use serde::Deserialize;
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
 pub const TYPE: &str = "kv-cache-utilization-scorer";
-
-/// `kv-cache-utilization-scorer` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Scores `1 − kv_usage`. An endpoint without metrics scores 0.0: its memory is unknown, so it is
 /// treated as full rather than as the emptiest server in the pool.
 #[derive(Clone, Debug, Default)]
 pub struct KvCacheUtilizationScorer;
 
-impl KvCacheUtilizationScorer {
-    pub fn new(_params: Params) -> KvCacheUtilizationScorer {
-        KvCacheUtilizationScorer
+impl PluginFactory for KvCacheUtilizationScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<KvCacheUtilizationScorer, ParamError> {
+        Ok(KvCacheUtilizationScorer)
     }
 }
 
@@ -64,7 +55,7 @@ mod tests {
 
     #[test]
     fn free_memory_is_the_score() {
-        let s = KvCacheUtilizationScorer::new(params("{}"));
+        let s = built::<KvCacheUtilizationScorer>("{}");
         let p = pool(vec![ep(1, 0, 0, 0.25), ep(2, 0, 0, 0.9), ep(3, 0, 0, 0.0), bare(4)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.75, 0.1, 1.0, 0.0]);
     }

@@ -4,9 +4,9 @@
 //! The 0.5 ceiling is llm-d's: an empty queue does not prove spare capacity, so its pull under a
 //! weight is about half that of scorers that reach 1.0.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::metrics;
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 use serde::Deserialize;
 
 pub const TYPE: &str = "load-aware-scorer";
@@ -26,16 +26,6 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    /// llm-d replaces a non-positive threshold with 128; here it is an error.
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if self.threshold <= 0 {
-            return Err(ParamError::invalid("threshold", "an integer > 0"));
-        }
-        Ok(())
-    }
-}
-
 /// Scores `0.5 · (1 − min(q, threshold) / threshold)`. An endpoint without metrics scores 0.0, as if
 /// its queue were at the threshold: llm-d would read zeros and give it the best score, sending traffic
 /// to a server nobody has heard from.
@@ -44,10 +34,16 @@ pub struct LoadAwareScorer {
     threshold: f64,
 }
 
-impl LoadAwareScorer {
-    pub fn new(params: Params) -> LoadAwareScorer {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        LoadAwareScorer { threshold: params.threshold as f64 }
+impl PluginFactory for LoadAwareScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    /// llm-d replaces a non-positive threshold with 128; here it is an error.
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<LoadAwareScorer, ParamError> {
+        if params.threshold <= 0 {
+            return Err(ParamError::invalid("threshold", "an integer > 0"));
+        }
+        Ok(LoadAwareScorer { threshold: params.threshold as f64 })
     }
 }
 
@@ -87,7 +83,7 @@ mod tests {
     #[test]
     fn empty_queue_half_full_queue_quarter() {
         // Default threshold 128: 0 → 0.5, 64 → 0.25, 128 and beyond → 0.
-        let s = LoadAwareScorer::new(params("{}"));
+        let s = built::<LoadAwareScorer>("{}");
         let p =
             pool(vec![ep(1, 0, 0, 0.0), ep(2, 64, 0, 0.0), ep(3, 128, 0, 0.0), ep(4, 500, 0, 0.0), bare(5)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.5, 0.25, 0.0, 0.0, 0.0]);
@@ -95,10 +91,10 @@ mod tests {
 
     #[test]
     fn custom_threshold() {
-        let s = LoadAwareScorer::new(params(r#"{"threshold": 10}"#));
+        let s = built::<LoadAwareScorer>(r#"{"threshold": 10}"#);
         let p = pool(vec![ep(1, 1, 0, 0.0)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.45]);
-        assert!(params::<Params>(r#"{"threshold": 0}"#).validate().is_err());
-        assert!(params::<Params>(r#"{"threshold": -5}"#).validate().is_err());
+        assert_eq!(build_err::<LoadAwareScorer>(r#"{"threshold": 0}"#).field, "threshold");
+        assert_eq!(build_err::<LoadAwareScorer>(r#"{"threshold": -5}"#).field, "threshold");
     }
 }

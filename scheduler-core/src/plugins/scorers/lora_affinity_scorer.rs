@@ -3,23 +3,11 @@
 //!
 //! GIE's tiers: active 1.0, room 0.8, waiting 0.6, otherwise 0. The adapter is `request.model`.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::{has_lora_room, metrics};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
-use serde::Deserialize;
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
 pub const TYPE: &str = "lora-affinity-scorer";
-
-/// `lora-affinity-scorer` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Scores adapter affinity. Room is checked before "waiting" (as in GIE): a server that can load the
 /// adapter now beats one where it sits in a queue. Without metrics an endpoint scores 0.0.
@@ -32,9 +20,12 @@ impl Params {
 #[derive(Clone, Debug, Default)]
 pub struct LoraAffinityScorer;
 
-impl LoraAffinityScorer {
-    pub fn new(_params: Params) -> LoraAffinityScorer {
-        LoraAffinityScorer
+impl PluginFactory for LoraAffinityScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<LoraAffinityScorer, ParamError> {
+        Ok(LoraAffinityScorer)
     }
 }
 
@@ -78,10 +69,7 @@ mod tests {
     fn tiers_active_room_waiting_none() {
         let p = lora_tiers_pool();
         let req = SchedulingRequest { model: "sql", ..SchedulingRequest::default() };
-        assert_close(
-            &scores(&LoraAffinityScorer::new(Params::default()), &p, &req),
-            &[1.0, 0.8, 0.6, 0.0, 0.0, 0.0],
-        );
+        assert_close(&scores(&built::<LoraAffinityScorer>("{}"), &p, &req), &[1.0, 0.8, 0.6, 0.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -94,7 +82,7 @@ mod tests {
             bare(4),
         ]);
         let req = SchedulingRequest { model: "llama", ..SchedulingRequest::default() };
-        assert_close(&scores(&LoraAffinityScorer::new(Params::default()), &p, &req), &[0.8, 0.0, 0.0, 0.0]);
+        assert_close(&scores(&built::<LoraAffinityScorer>("{}"), &p, &req), &[0.8, 0.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -102,6 +90,6 @@ mod tests {
         // The adapter is queued on a server that still has room: room's 0.8 applies first.
         let p = pool(vec![lora(ep(1, 0, 0, 0.0), &[], &["sql"], Some(4))]);
         let req = SchedulingRequest { model: "sql", ..SchedulingRequest::default() };
-        assert_close(&scores(&LoraAffinityScorer::new(Params::default()), &p, &req), &[0.8]);
+        assert_close(&scores(&built::<LoraAffinityScorer>("{}"), &p, &req), &[0.8]);
     }
 }

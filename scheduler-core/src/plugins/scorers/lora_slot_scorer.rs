@@ -5,9 +5,9 @@
 //! adapters: a base model scores 1.0 on every candidate, where GIE scores it 0.8 with free slots and 0
 //! without. Adapter requests get GIE's tiers: active 1.0 > room to load 0.8 > waiting 0.6 > 0.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::{has_lora_room, metrics};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Deserialize;
@@ -20,15 +20,6 @@ pub struct Params {
     /// Served base-model names (vLLM's `--served-model-name`). When given, every other model is an
     /// adapter, including one no server reports yet; when empty, see `LoraSlotScorer`.
     pub base_models: Vec<String>,
-}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if self.base_models.iter().any(|m| m.trim().is_empty()) {
-            return Err(ParamError::invalid("baseModels", "a list of non-empty model names"));
-        }
-        Ok(())
-    }
 }
 
 /// Scores LoRA slot affinity; what the requested model is gets decided once per request, pool-wide.
@@ -60,11 +51,19 @@ enum ModelKind {
     Unknown,
 }
 
-impl LoraSlotScorer {
-    pub fn new(params: Params) -> LoraSlotScorer {
-        LoraSlotScorer { base_models: params.base_models }
-    }
+impl PluginFactory for LoraSlotScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
 
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<LoraSlotScorer, ParamError> {
+        if params.base_models.iter().any(|m| m.trim().is_empty()) {
+            return Err(ParamError::invalid("baseModels", "a list of non-empty model names"));
+        }
+        Ok(LoraSlotScorer { base_models: params.base_models })
+    }
+}
+
+impl LoraSlotScorer {
     fn kind(&self, ctx: &SchedulingContext<'_>, model: &str) -> ModelKind {
         if self.base_models.iter().any(|m| m == model) {
             return ModelKind::Base;
@@ -135,7 +134,7 @@ mod tests {
     use serde_json::json;
 
     fn scorer(base: &[&str]) -> LoraSlotScorer {
-        LoraSlotScorer::new(Params { base_models: base.iter().map(|s| String::from(*s)).collect() })
+        built::<LoraSlotScorer>(&json!({ "baseModels": base }).to_string())
     }
 
     fn req(model: &str) -> SchedulingRequest<'_> {
@@ -215,13 +214,18 @@ mod tests {
 
     #[test]
     fn registry_builds_it_and_rejects_bad_params() {
-        let build = Registry::builtin().get(TYPE).unwrap();
-        assert_eq!(build(&json!({"baseModels": ["llama"]})).unwrap().type_name(), TYPE);
+        let registry = Registry::builtin();
+        let build = |v| registry.build(TYPE, &v);
+        assert_eq!(build(json!({"baseModels": ["llama"]})).unwrap().type_name(), TYPE);
         assert_eq!(
-            build(&json!({"baseModels": ["llama", " "]})).err().unwrap().to_string(),
-            "baseModels: expected a list of non-empty model names"
+            build(json!({"baseModels": ["llama", " "]})).err().unwrap().to_string(),
+            "parameters.baseModels: expected a list of non-empty model names"
         );
-        assert!(build(&json!({"baseModels": "llama"})).err().unwrap().to_string().starts_with("baseModels"));
-        assert!(build(&json!({"baseModel": ["llama"]})).is_err());
+        assert!(build(json!({"baseModels": "llama"}))
+            .err()
+            .unwrap()
+            .to_string()
+            .starts_with("parameters.baseModels"));
+        assert!(build(json!({"baseModel": ["llama"]})).is_err());
     }
 }

@@ -1,20 +1,22 @@
 //! `prefix-cache-scorer`: prefers endpoints that probably hold the longest part of the prompt in their
 //! KV cache (GIE's approximate prefix scorer), and learns from every pick in `pre_request`.
 //!
-//! The index and the per-request match live in `crate::prefix`, shared with
-//! `prefix-cache-affinity-filter` through [`PrefixHandle`].
+//! The index and the per-request match live in `crate::prefix`. The scorer produces the index (under
+//! its plugin name, through the build context); `prefix-cache-affinity-filter` shares it.
 
+use crate::config::params::ParamError;
 use crate::prefix::{
     prefix_match, record_destination, PrefixConfig, PrefixHandle, PrefixIndex, BYTES_PER_TOKEN,
     DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_LRU_CAPACITY_PER_SERVER, DEFAULT_MAX_PREFIX_BLOCKS,
     MAX_LRU_CAPACITY_PER_SERVER,
 };
-use crate::scheduling::{CycleState, Plugin, ProfileRunResult, SchedulingContext, Scorer};
+use crate::scheduling::{
+    BuildContext, CycleState, Plugin, PluginFactory, ProfileRunResult, SchedulingContext, Scorer,
+};
 use core::cell::{Ref, RefMut};
 use serde::Deserialize;
 
-/// Configuration `type` of this plugin.
-pub const PREFIX_CACHE_SCORER_TYPE: &str = "prefix-cache-scorer";
+pub const TYPE: &str = "prefix-cache-scorer";
 
 /// `parameters` of a `prefix-cache-scorer` entry, GIE's names and defaults. As in GIE, a number ≤ 0
 /// means "use the default".
@@ -77,17 +79,26 @@ pub struct PrefixCacheScorer {
     handle: PrefixHandle,
 }
 
+impl PluginFactory for PrefixCacheScorer {
+    const TYPE: &'static str = TYPE;
+    /// Its index is offered to the affinity filters, which may come first in the configuration.
+    const PRODUCER: bool = true;
+    type Params = PrefixCacheScorerParams;
+
+    /// GIE's parameters need no check: a number ≤ 0 means "the default" (see [`PrefixConfig`]'s
+    /// conversion), as in GIE.
+    fn build(
+        params: PrefixCacheScorerParams,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<PrefixCacheScorer, ParamError> {
+        let handle = PrefixHandle::new(PrefixConfig::from(&params));
+        ctx.produce_prefix_index(handle.clone());
+        Ok(PrefixCacheScorer { handle })
+    }
+}
+
 impl PrefixCacheScorer {
-    pub fn new(params: &PrefixCacheScorerParams) -> PrefixCacheScorer {
-        PrefixCacheScorer::from_handle(PrefixHandle::new(PrefixConfig::from(params)))
-    }
-
-    /// A scorer over an index the loader also hands to an affinity filter.
-    pub fn from_handle(handle: PrefixHandle) -> PrefixCacheScorer {
-        PrefixCacheScorer { handle }
-    }
-
-    /// The shared index handle (clone it into a `prefix-cache-affinity-filter`).
+    /// The index this scorer produces.
     pub fn handle(&self) -> &PrefixHandle {
         &self.handle
     }
@@ -121,14 +132,10 @@ impl Scorer for PrefixCacheScorer {
 
 impl Plugin for PrefixCacheScorer {
     fn type_name(&self) -> &'static str {
-        PREFIX_CACHE_SCORER_TYPE
+        TYPE
     }
 
     fn as_scorer(&self) -> Option<&dyn Scorer> {
-        Some(self)
-    }
-
-    fn as_any_mut(&mut self) -> Option<&mut dyn core::any::Any> {
         Some(self)
     }
 
@@ -146,6 +153,7 @@ impl Plugin for PrefixCacheScorer {
 mod tests {
     use super::*;
     use crate::model::{Endpoint, EndpointState, PoolSnapshot};
+    use crate::plugins::test_support::built;
     use crate::prefix::block_hashes;
     use crate::scheduling::SchedulingRequest;
     use alloc::string::{String, ToString};
@@ -177,7 +185,7 @@ mod tests {
         let pool = pool();
         let prompt = vec![b'a'; 64 * 8 + 10]; // 8 whole blocks
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..SchedulingRequest::default() };
-        let scorer = PrefixCacheScorer::new(&PrefixCacheScorerParams::default());
+        let scorer = built::<PrefixCacheScorer>("{}");
         assert_eq!(scores(&scorer, &pool, &req), [0.0, 0.0, 0.0]);
 
         let hashes = block_hashes("m", None, &prompt, 64, 256);
@@ -202,7 +210,7 @@ mod tests {
         let prompt = vec![b'q'; 64 * 4];
         let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..SchedulingRequest::default() };
         let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
-        let mut scorer = PrefixCacheScorer::new(&PrefixCacheScorerParams::default());
+        let mut scorer = built::<PrefixCacheScorer>("{}");
         let mut state = CycleState::default();
         let mut out = [0.0; 3];
         scorer.score(&ctx, &mut state, &[0, 1, 2], &mut out);
@@ -257,7 +265,7 @@ mod tests {
 
     #[test]
     fn plays_the_scorer_part_only() {
-        let s = PrefixCacheScorer::new(&PrefixCacheScorerParams::default());
+        let s = built::<PrefixCacheScorer>("{}");
         assert_eq!(s.type_name(), "prefix-cache-scorer");
         assert!(s.as_scorer().is_some() && s.as_filter().is_none());
     }

@@ -3,32 +3,23 @@
 //! GIE's formula exactly (`(maxQ − q) / (maxQ − minQ)`, all equal → 1), so configurations written for
 //! GIE rank endpoints the same way here. Gateway in-flight counts are deliberately not added.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::{metrics, score_lower_is_better};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
-use serde::Deserialize;
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
 pub const TYPE: &str = "queue-scorer";
-
-/// `queue-scorer` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Scores by waiting-queue length. An endpoint without metrics scores 0.0 (as the worst queue, since
 /// nothing says it can take work) unless no candidate has metrics, in which case all tie at 1.0.
 #[derive(Clone, Debug, Default)]
 pub struct QueueScorer;
 
-impl QueueScorer {
-    pub fn new(_params: Params) -> QueueScorer {
-        QueueScorer
+impl PluginFactory for QueueScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<QueueScorer, ParamError> {
+        Ok(QueueScorer)
     }
 }
 
@@ -61,7 +52,7 @@ mod tests {
     use alloc::vec;
 
     fn scorer() -> QueueScorer {
-        QueueScorer::new(params("{}"))
+        built::<QueueScorer>("{}")
     }
 
     #[test]
@@ -102,6 +93,6 @@ mod tests {
 
     #[test]
     fn unknown_parameters_are_refused() {
-        assert!(serde_json::from_str::<Params>(r#"{"threshold": 1}"#).is_err());
+        assert!(try_build::<QueueScorer>(r#"{"threshold": 1}"#).is_err());
     }
 }

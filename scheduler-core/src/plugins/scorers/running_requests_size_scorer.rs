@@ -3,32 +3,23 @@
 //! Same min-max scaling as GIE's (and as `queue-scorer`), applied to running instead of waiting
 //! requests.
 
+use crate::config::params::{NoParams, ParamError};
 use crate::plugins::candidates::{metrics, score_lower_is_better};
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
-use serde::Deserialize;
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
 pub const TYPE: &str = "running-requests-size-scorer";
-
-/// `running-requests-size-scorer` takes no parameters.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Params {}
-
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        Ok(())
-    }
-}
 
 /// Scores by running-batch size. Without metrics an endpoint scores 0.0 (as the busiest) unless no
 /// candidate has metrics, in which case all tie at 1.0.
 #[derive(Clone, Debug, Default)]
 pub struct RunningRequestsSizeScorer;
 
-impl RunningRequestsSizeScorer {
-    pub fn new(_params: Params) -> RunningRequestsSizeScorer {
-        RunningRequestsSizeScorer
+impl PluginFactory for RunningRequestsSizeScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = NoParams;
+
+    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<RunningRequestsSizeScorer, ParamError> {
+        Ok(RunningRequestsSizeScorer)
     }
 }
 
@@ -63,14 +54,14 @@ mod tests {
     #[test]
     fn fewer_running_requests_score_higher_and_queues_are_ignored() {
         // Running 10, 20, 50: (50−10)/40 = 1, (50−20)/40 = 0.75, 0.
-        let s = RunningRequestsSizeScorer::new(params("{}"));
+        let s = built::<RunningRequestsSizeScorer>("{}");
         let p = pool(vec![ep(1, 99, 10, 0.0), ep(2, 0, 20, 0.0), ep(3, 0, 50, 0.0), bare(4)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[1.0, 0.75, 0.0, 0.0]);
     }
 
     #[test]
     fn ties_score_one() {
-        let s = RunningRequestsSizeScorer::new(Params::default());
+        let s = built::<RunningRequestsSizeScorer>("{}");
         let p = pool(vec![ep(1, 0, 3, 0.0), ep(2, 5, 3, 0.0)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[1.0, 1.0]);
         let p = pool(vec![bare(1), bare(2)]);

@@ -4,9 +4,9 @@
 //! the serving endpoint's address (llm-d's `encoded_endpoint_header` strategy); that endpoint scores
 //! 1, every other 0. Stateless, so every gateway replica honours every token.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::de::IgnoredAny;
@@ -55,9 +55,19 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        match self.strategy.as_str() {
+/// Scores 1.0 for the endpoint named by the request's session token, 0.0 for the others. A missing,
+/// malformed (not base64, not UTF-8) or unknown token scores every candidate 0: no preference.
+#[derive(Clone, Debug, Default)]
+pub struct SessionAffinityScorer {
+    profile_name: String,
+}
+
+impl PluginFactory for SessionAffinityScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<SessionAffinityScorer, ParamError> {
+        match params.strategy.as_str() {
             ENCODED_ENDPOINT_HEADER => {}
             "session_id" => {
                 return Err(ParamError::invalid(
@@ -69,30 +79,18 @@ impl Params {
         }
         // The request only carries `x-session-token` (`SchedulingRequest::session_token`), so another
         // header name would silently never match.
-        let header = self.encoded_endpoint_header_config.header.trim();
+        let header = params.encoded_endpoint_header_config.header.trim();
         if !(header.is_empty() || header.eq_ignore_ascii_case(SESSION_HEADER)) {
             return Err(ParamError::invalid(
                 "encodedEndpointHeaderConfig.header",
                 "\"x-session-token\" (the only session header passed to the scheduler)",
             ));
         }
-        Ok(())
+        Ok(SessionAffinityScorer { profile_name: params.profile_name })
     }
-}
-
-/// Scores 1.0 for the endpoint named by the request's session token, 0.0 for the others. A missing,
-/// malformed (not base64, not UTF-8) or unknown token scores every candidate 0: no preference.
-#[derive(Clone, Debug, Default)]
-pub struct SessionAffinityScorer {
-    profile_name: String,
 }
 
 impl SessionAffinityScorer {
-    pub fn new(params: Params) -> SessionAffinityScorer {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        SessionAffinityScorer { profile_name: params.profile_name }
-    }
-
     /// Profile whose primary target the response side should encode, `None` for the primary profile.
     pub fn profile_name(&self) -> Option<&str> {
         Some(self.profile_name.as_str()).filter(|p| !p.is_empty())
@@ -209,7 +207,7 @@ mod tests {
     #[test]
     fn the_session_endpoint_scores_one() {
         let p = pool(vec![ep(1, 0, 0, 0.0), ep(2, 0, 0, 0.0), bare(3)]);
-        let s = SessionAffinityScorer::new(params("{}"));
+        let s = built::<SessionAffinityScorer>("{}");
         // base64("10.0.0.2:8000")
         assert_eq!(encode_session_token("10.0.0.2:8000"), "MTAuMC4wLjI6ODAwMA==");
         assert_close(&scores(&s, &p, &with_token("MTAuMC4wLjI6ODAwMA==")), &[0.0, 1.0, 0.0]);
@@ -221,7 +219,7 @@ mod tests {
     #[test]
     fn no_invalid_or_unknown_token_means_no_preference() {
         let p = pool(vec![ep(1, 0, 0, 0.0), ep(2, 0, 0, 0.0)]);
-        let s = SessionAffinityScorer::new(Params::default());
+        let s = built::<SessionAffinityScorer>("{}");
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.0, 0.0]);
         for bad in ["", "%%%", "MTAuMC4wLjI6ODAwMA=", "M", "MTAuMC4wLjk6ODAwMA==", "/w=="] {
             assert_close(&scores(&s, &p, &with_token(bad)), &[0.0, 0.0]);
@@ -254,19 +252,18 @@ mod tests {
 
     #[test]
     fn parameters() {
-        let p: Params = params(
+        let s = built::<SessionAffinityScorer>(
             r#"{"encodedEndpointHeaderConfig": {"header": "X-Session-Token"}, "profileName": "prefill"}"#,
         );
-        assert!(p.validate().is_ok());
-        assert_eq!(SessionAffinityScorer::new(p).profile_name(), Some("prefill"));
-        assert_eq!(SessionAffinityScorer::new(Params::default()).profile_name(), None);
-        let err =
-            params::<Params>(r#"{"strategy": "session_id", "sessionIdConfig": {}}"#).validate().unwrap_err();
+        assert_eq!(s.profile_name(), Some("prefill"));
+        assert_eq!(built::<SessionAffinityScorer>("{}").profile_name(), None);
+        let err = build_err::<SessionAffinityScorer>(r#"{"strategy": "session_id", "sessionIdConfig": {}}"#);
         assert_eq!(err.field, "strategy");
-        let err = params::<Params>(r#"{"encodedEndpointHeaderConfig": {"header": "x-other"}}"#)
-            .validate()
-            .unwrap_err();
+        let err =
+            build_err::<SessionAffinityScorer>(r#"{"encodedEndpointHeaderConfig": {"header": "x-other"}}"#);
         assert_eq!(err.field, "encodedEndpointHeaderConfig.header");
-        assert!(serde_json::from_str::<Params>(r#"{"encodedEndpointHeaderConfig": {"name": "x"}}"#).is_err());
+        assert!(
+            try_build::<SessionAffinityScorer>(r#"{"encodedEndpointHeaderConfig": {"name": "x"}}"#).is_err()
+        );
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Reads the gateway's own in-flight accounting, so it reacts between scrapes and needs no metrics.
 
+use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
-use crate::plugins::params::ParamError;
-use crate::scheduling::{CycleState, Plugin, SchedulingContext, Scorer};
+use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 use alloc::string::String;
 use serde::Deserialize;
 
@@ -29,17 +29,6 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    /// llm-d silently replaces a non-positive threshold with the default; here it is an error so a
-    /// typo does not go unnoticed.
-    pub fn validate(&self) -> Result<(), ParamError> {
-        if self.queue_threshold_tokens <= 0 {
-            return Err(ParamError::invalid("queueThresholdTokens", "an integer > 0"));
-        }
-        Ok(())
-    }
-}
-
 /// Scores by gateway in-flight tokens (`EndpointState::in_flight.tokens`: input + expected output of
 /// requests routed there and not finished). llm-d also adds the current request's uncached tokens per
 /// endpoint; that needs per-endpoint prefix state, so it is left out here (it is the same for every
@@ -49,10 +38,17 @@ pub struct TokenLoadScorer {
     threshold: f64,
 }
 
-impl TokenLoadScorer {
-    pub fn new(params: Params) -> TokenLoadScorer {
-        let params = if params.validate().is_ok() { params } else { Params::default() };
-        TokenLoadScorer { threshold: params.queue_threshold_tokens as f64 }
+impl PluginFactory for TokenLoadScorer {
+    const TYPE: &'static str = TYPE;
+    type Params = Params;
+
+    /// llm-d silently replaces a non-positive threshold with the default; here it is an error so a
+    /// typo does not go unnoticed (and the formula never divides by zero).
+    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<TokenLoadScorer, ParamError> {
+        if params.queue_threshold_tokens <= 0 {
+            return Err(ParamError::invalid("queueThresholdTokens", "an integer > 0"));
+        }
+        Ok(TokenLoadScorer { threshold: params.queue_threshold_tokens as f64 })
     }
 }
 
@@ -91,7 +87,7 @@ mod tests {
 
     #[test]
     fn in_flight_tokens_scale_linearly_to_the_threshold() {
-        let s = TokenLoadScorer::new(params(r#"{"queueThresholdTokens": 1000}"#));
+        let s = built::<TokenLoadScorer>(r#"{"queueThresholdTokens": 1000}"#);
         let p = pool(vec![
             inflight(bare(1), 0, 0),
             inflight(bare(2), 3, 250),
@@ -103,7 +99,7 @@ mod tests {
 
     #[test]
     fn default_threshold_is_four_mebitokens() {
-        let s = TokenLoadScorer::new(Params::default());
+        let s = built::<TokenLoadScorer>("{}");
         let p = pool(vec![inflight(bare(1), 1, 1_048_576)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.75]);
     }
@@ -112,11 +108,7 @@ mod tests {
     fn parameters() {
         let p: Params = params(r#"{"inFlightLoadProducerName": "x"}"#);
         assert_eq!(p.queue_threshold_tokens, DEFAULT_QUEUE_THRESHOLD_TOKENS);
-        let err = params::<Params>(r#"{"queueThresholdTokens": 0}"#).validate().unwrap_err();
+        let err = build_err::<TokenLoadScorer>(r#"{"queueThresholdTokens": 0}"#);
         assert_eq!(alloc::string::ToString::to_string(&err), "queueThresholdTokens: expected an integer > 0");
-        // Invalid values never reach the formula through `new` (no division by zero).
-        let s = TokenLoadScorer::new(Params { queue_threshold_tokens: 0, ..Params::default() });
-        let p = pool(vec![inflight(bare(1), 1, 1_048_576)]);
-        assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.75]);
     }
 }

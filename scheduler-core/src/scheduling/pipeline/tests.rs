@@ -1,9 +1,9 @@
 use super::*;
 use crate::model::{PoolSnapshot, Role};
-use crate::plugins::scorers::prefix_cache_scorer::PrefixCacheScorer;
 use crate::prefix::PrefixHandle;
 use crate::scheduling::test_support::{pool, pool_with_roles, registry, PRE_REQUEST_CALLS};
 use crate::scheduling::SchedulingRequest;
+use alloc::format;
 use alloc::string::ToString;
 use alloc::vec;
 use core::sync::atomic::Ordering;
@@ -13,14 +13,9 @@ fn build(json: &str) -> Scheduler {
     Scheduler::from_config_with(&cfg, &registry()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The index handle of the scheduler's `prefix-cache-scorer`.
-fn prefix_scorer_handle(s: &mut Scheduler) -> PrefixHandle {
-    s.plugin_mut("prefix-cache-scorer")
-        .and_then(|p| p.as_any_mut())
-        .and_then(|a| a.downcast_mut::<PrefixCacheScorer>())
-        .unwrap()
-        .handle()
-        .clone()
+/// The index the scheduler's `prefix-cache-scorer` produces.
+fn prefix_scorer_handle(s: &Scheduler) -> PrefixHandle {
+    s.shared().prefix_index("prefix-cache-scorer").unwrap().clone()
 }
 
 fn run(
@@ -182,23 +177,48 @@ fn same_seed_same_decision() {
 
 #[test]
 fn affinity_filter_shares_the_prefix_scorers_index() {
-    use crate::plugins::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
+    // The filter comes first in the configuration; the scorer producing the index is built first. The
+    // profile leaves the scorer out, so only the filter can make the pick follow the index.
     let mut s = Scheduler::from_json(
-        r#"{"plugins": [{"type": "prefix-cache-affinity-filter"}, {"type": "prefix-cache-scorer"},
-                        {"type": "max-score-picker"}],
+        r#"{"plugins": [{"type": "prefix-cache-affinity-filter", "parameters": {"explorationProbability": 0}},
+                        {"type": "prefix-cache-scorer"}, {"type": "max-score-picker"}],
             "schedulingProfiles": [{"name": "p", "plugins": [{"pluginRef": "prefix-cache-affinity-filter"},
-                {"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#,
+                {"pluginRef": "max-score-picker"}]}]}"#,
     )
     .unwrap();
-    let scorer = prefix_scorer_handle(&mut s);
-    let filter = s
-        .plugin_mut("prefix-cache-affinity-filter")
-        .and_then(|p| p.as_any_mut())
-        .and_then(|a| a.downcast_mut::<PrefixCacheAffinityFilter>())
-        .unwrap()
-        .handle()
-        .clone();
-    assert!(scorer.same_index(&filter), "filter and scorer must read one index");
+    assert_eq!(
+        s.plugin_names(),
+        [
+            "prefix-cache-affinity-filter",
+            "prefix-cache-scorer",
+            "max-score-picker",
+            "single-profile-handler",
+            "utilization-detector"
+        ],
+        "configuration order is kept"
+    );
+    assert_eq!(s.shared().prefix_indexes().count(), 1, "filter and scorer read one index");
+    assert!(s.shared().prefix_index("prefix-cache-affinity-filter").is_none());
+
+    let p = pool(3);
+    let prompt = vec![b'w'; 64 * 10];
+    let hashes = crate::prefix::block_hashes("m", None, &prompt, 64, 256);
+    prefix_scorer_handle(&s).index_mut().unwrap().record(p.endpoints[2].address(), &hashes, 100);
+    let req = SchedulingRequest { model: "m", prefix_input: &prompt, ..SchedulingRequest::default() };
+    for seed in 0..20 {
+        assert_eq!(run(&mut s, &p, &req, seed).unwrap().targets, vec![2], "seed {seed}");
+    }
+}
+
+#[test]
+fn an_affinity_filter_without_a_prefix_scorer_keeps_its_own_index() {
+    let s = Scheduler::from_json(
+        r#"{"plugins": [{"type": "prefix-cache-affinity-filter"}, {"name": "f2", "type": "prefix-cache-affinity-filter"}]}"#,
+    )
+    .unwrap();
+    let own = |name| s.shared().prefix_index(name).unwrap().clone();
+    assert!(!own("prefix-cache-affinity-filter").same_index(&own("f2")));
+    assert_eq!(s.shared().prefix_indexes().count(), 2, "both reached by learn_prefix and the table seed");
 }
 
 #[test]
@@ -213,6 +233,26 @@ fn affinity_filter_with_an_unknown_producer_is_a_config_error() {
         err.to_string(),
         "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got \"nope\""
     );
+}
+
+#[test]
+fn with_several_prefix_scorers_the_affinity_filter_names_one() {
+    let two_scorers =
+        r#"{"name": "a", "type": "prefix-cache-scorer"}, {"name": "b", "type": "prefix-cache-scorer"}"#;
+    let err = Scheduler::from_json(&format!(
+        r#"{{"plugins": [{{"type": "prefix-cache-affinity-filter"}}, {two_scorers}]}}"#
+    ))
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of the prefix-cache-scorer to follow (there are several)"
+    );
+    let s = Scheduler::from_json(&format!(
+        r#"{{"plugins": [{{"type": "prefix-cache-affinity-filter", "parameters": {{"prefixMatchInfoProducerName": "b"}}}},
+                         {two_scorers}]}}"#
+    ))
+    .unwrap();
+    assert_eq!(s.shared().prefix_indexes().count(), 2, "the filter reads b's index, not one of its own");
 }
 
 /// Proxy workers lay their prefix tables out by different secret seeds, yet must pick alike: the
@@ -246,7 +286,7 @@ fn prefix_table_seed_does_not_change_decisions() {
     // Not vacuous: prompts stuck to the endpoints that had them (random ties would use all six), and
     // every endpoint that served filled its LRU, so both sides evicted.
     assert!(sent_to.iter().all(|e| e.len() <= 2), "{sent_to:?}");
-    let scorer = prefix_scorer_handle(&mut fixed);
+    let scorer = prefix_scorer_handle(&fixed);
     let index = scorer.index().unwrap();
     for &e in sent_to.iter().flatten() {
         assert_eq!(index.endpoint_len(p.endpoints[e].address()), Some(40), "endpoint {e}");

@@ -1,8 +1,11 @@
-//! Turning a plugin's `parameters` JSON into its typed `Params` struct, with errors that name the field.
+//! Turning a JSON object (a plugin's `parameters`, or one of our own configuration sections) into a
+//! typed struct, with errors that name the field.
 //!
 //! serde reports *what* was wrong but not *where*; this module finds the offending key so the operator
-//! sees `plugins[2].parameters.threshold: expected a number in [0, 1], got "high"`.
+//! sees `plugins[2].parameters.threshold: expected a number in [0, 1], got "high"`. It sits in `config`,
+//! below the plugins and the scheduler that use it.
 
+use super::ConfigError;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -23,9 +26,16 @@ impl ParamError {
         ParamError { field: field.into(), expected: expected.into(), got }
     }
 
-    /// A value that parsed but is out of range (the plugins' `Params::validate`).
+    /// A value that parsed but is out of range (checked when a plugin is built from its parameters).
     pub fn invalid(field: &str, expected: &str) -> ParamError {
         ParamError::new(field, expected, None)
+    }
+
+    /// The configuration error for this parameter of the object at `path` (e.g. `plugins[2].parameters`
+    /// or `collector`): `path.field`, or `path` itself when the whole object is wrong.
+    pub fn at(self, path: &str) -> ConfigError {
+        let path = if self.field.is_empty() { String::from(path) } else { format!("{path}.{}", self.field) };
+        ConfigError { path, expected: self.expected, got: self.got }
     }
 }
 

@@ -1,0 +1,249 @@
+//! How a plugin is made from its `plugins[]` entry: the [`PluginFactory`] every plugin type implements,
+//! and the [`BuildContext`] through which plugins share state by producer name (GIE's plugin handle), so
+//! neither the scheduler nor a plugin needs another plugin's concrete type.
+
+use super::framework::Plugin;
+use crate::config::params::ParamError;
+use crate::prefix::PrefixHandle;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::de::DeserializeOwned;
+
+/// A plugin type: its configuration `type`, its typed parameters, and how to build it from them.
+///
+/// The registry deserializes an entry's `parameters` into [`Params`](Self::Params) (absent means
+/// `Params::default()`; a wrong type or an unknown key is an error naming the key) and passes them to
+/// [`build`](Self::build), which checks what serde cannot (ranges, choices) while converting them into
+/// the plugin. That is the one place parameters are checked: an invalid value is an error naming its
+/// field, never replaced by a default.
+///
+/// # Adding a scorer: one file and one registry line
+///
+/// The file, `plugins/scorers/short_queue_scorer.rs`, holds the parameters, the plugin, its factory and
+/// its tests:
+///
+/// ```
+/// use scheduler_core::config::params::ParamError;
+/// use scheduler_core::plugins::candidates::metrics;
+/// use scheduler_core::scheduling::{
+///     BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer,
+/// };
+///
+/// pub const TYPE: &str = "short-queue-scorer";
+///
+/// /// `parameters`: serde reads them, so a typo or a wrong type is an error naming the key.
+/// #[derive(serde::Deserialize)]
+/// #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+/// pub struct Params {
+///     /// Waiting requests up to which an endpoint scores 1.
+///     pub max_waiting: i64,
+/// }
+///
+/// impl Default for Params {
+///     fn default() -> Params {
+///         Params { max_waiting: 4 }
+///     }
+/// }
+///
+/// /// 1 for endpoints with at most `maxWaiting` waiting requests, 0 for the others and the unscraped.
+/// pub struct ShortQueueScorer {
+///     max_waiting: u32,
+/// }
+///
+/// impl PluginFactory for ShortQueueScorer {
+///     const TYPE: &'static str = TYPE;
+///     type Params = Params;
+///
+///     fn build(params: Params, _: &mut BuildContext<'_>) -> Result<ShortQueueScorer, ParamError> {
+///         let max_waiting = u32::try_from(params.max_waiting)
+///             .map_err(|_| ParamError::invalid("maxWaiting", "an integer in [0, 4294967295]"))?;
+///         Ok(ShortQueueScorer { max_waiting })
+///     }
+/// }
+///
+/// impl Plugin for ShortQueueScorer {
+///     fn type_name(&self) -> &'static str {
+///         TYPE
+///     }
+///     fn as_scorer(&self) -> Option<&dyn Scorer> {
+///         Some(self)
+///     }
+/// }
+///
+/// impl Scorer for ShortQueueScorer {
+///     fn score(
+///         &self,
+///         ctx: &SchedulingContext<'_>,
+///         _: &mut CycleState,
+///         candidates: &[usize],
+///         scores: &mut [f64],
+///     ) {
+///         for (score, &i) in scores.iter_mut().zip(candidates) {
+///             let short = metrics(ctx, i).is_some_and(|m| m.waiting <= self.max_waiting);
+///             *score = if short { 1.0 } else { 0.0 };
+///         }
+///     }
+/// }
+///
+/// // The registry line: in `plugins/registry.rs` it is `Entry::of::<ShortQueueScorer>(),` in `BUILTIN`;
+/// // an embedder adds its own type to a registry the same way.
+/// use scheduler_core::config::EndpointPickerConfig;
+/// use scheduler_core::plugins::registry::Registry;
+/// use scheduler_core::scheduling::pipeline::Scheduler;
+///
+/// let registry = Registry::builtin().with::<ShortQueueScorer>();
+/// let build = |json: &str| {
+///     Scheduler::from_config_with(&EndpointPickerConfig::from_json(json).unwrap(), &registry)
+/// };
+/// let built = build(r#"{"plugins": [{"type": "short-queue-scorer", "parameters": {"maxWaiting": 8}}]}"#);
+/// assert_eq!(built.unwrap().plugin("short-queue-scorer").unwrap().type_name(), TYPE);
+/// let err = build(r#"{"plugins": [{"type": "short-queue-scorer", "parameters": {"maxWaiting": -1}}]}"#);
+/// let err = err.unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "plugins[0].parameters.maxWaiting: expected an integer in [0, 4294967295]"
+/// );
+/// ```
+///
+/// A plugin that reads state another plugin produces asks the [`BuildContext`] for it by the producer's
+/// name, as `prefix-cache-affinity-filter` does for the prefix index of its `prefix-cache-scorer`.
+pub trait PluginFactory: Plugin + Sized + 'static {
+    /// The configuration `type`, e.g. `queue-scorer`.
+    const TYPE: &'static str;
+
+    /// True for plugin types that publish shared state in `build`. They are built before the others, so
+    /// a consumer finds its producer wherever the two entries are in the configuration.
+    const PRODUCER: bool = false;
+
+    /// The entry's `parameters`; `#[serde(default, deny_unknown_fields, rename_all = "camelCase")]` (or
+    /// [`NoParams`](crate::config::params::NoParams) for a plugin that takes none).
+    type Params: DeserializeOwned;
+
+    /// Checks `params` and builds the plugin. Errors name the parameter (`ParamError::field`).
+    fn build(params: Self::Params, ctx: &mut BuildContext<'_>) -> Result<Self, ParamError>;
+}
+
+/// What a plugin's [`PluginFactory::build`] may use besides its parameters: its own name, and the state
+/// plugins share by the name of the plugin that produced it.
+pub struct BuildContext<'a> {
+    name: &'a str,
+    shared: &'a mut SharedState,
+}
+
+/// Why [`BuildContext::prefix_index`] found no index to share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupError {
+    /// No plugin of that name produces one.
+    NotProduced,
+    /// No producer was named and several plugins produce one.
+    Ambiguous,
+}
+
+impl<'a> BuildContext<'a> {
+    /// The context for building the plugin called `name`, sharing `shared` with the other plugins.
+    pub fn new(name: &'a str, shared: &'a mut SharedState) -> BuildContext<'a> {
+        BuildContext { name, shared }
+    }
+
+    /// The name of the entry being built (`plugins[].name`, which defaults to the type).
+    pub fn name(&self) -> &str {
+        self.name
+    }
+
+    /// Offers `index` to the other plugins under this plugin's name (consumers such as
+    /// `prefix-cache-affinity-filter` share it). The scheduler reaches it too: table seed, records of
+    /// other workers' picks.
+    pub fn produce_prefix_index(&mut self, index: PrefixHandle) {
+        self.shared.add_prefix_index(self.name, index, true);
+    }
+
+    /// Registers an index this plugin keeps for itself, so the scheduler reaches it like the others;
+    /// it is not offered to consumers.
+    pub fn keep_prefix_index(&mut self, index: PrefixHandle) {
+        self.shared.add_prefix_index(self.name, index, false);
+    }
+
+    /// The prefix index the plugin named `producer` produces; with no name, the only one produced
+    /// (`Ok(None)` when no plugin produces one).
+    pub fn prefix_index(&self, producer: Option<&str>) -> Result<Option<PrefixHandle>, LookupError> {
+        let mut offered = self.shared.prefix.iter().filter(|p| p.offered);
+        match producer {
+            Some(name) => match offered.find(|p| p.owner == name) {
+                Some(p) => Ok(Some(p.index.clone())),
+                None => Err(LookupError::NotProduced),
+            },
+            None => match (offered.next(), offered.next()) {
+                (None, _) => Ok(None),
+                (Some(p), None) => Ok(Some(p.index.clone())),
+                (Some(_), Some(_)) => Err(LookupError::Ambiguous),
+            },
+        }
+    }
+}
+
+/// The state plugins share, by the name of the plugin that owns it. Filled while the plugins are built;
+/// the scheduler keeps it to reach that state without knowing which plugins hold it. A new kind of
+/// shared state is a new field here, with its producer and consumer methods on [`BuildContext`].
+#[derive(Debug, Default)]
+pub struct SharedState {
+    prefix: Vec<OwnedPrefixIndex>,
+}
+
+#[derive(Debug)]
+struct OwnedPrefixIndex {
+    owner: String,
+    index: PrefixHandle,
+    /// Offered to consumers (a producer's), or kept by its plugin.
+    offered: bool,
+}
+
+impl SharedState {
+    fn add_prefix_index(&mut self, owner: &str, index: PrefixHandle, offered: bool) {
+        self.prefix.retain(|p| p.owner != owner);
+        self.prefix.push(OwnedPrefixIndex { owner: String::from(owner), index, offered });
+    }
+
+    /// Every prefix index of the scheduler, once each (consumers share their producer's), in the order
+    /// their plugins were built.
+    pub fn prefix_indexes(&self) -> impl Iterator<Item = &PrefixHandle> + '_ {
+        self.prefix.iter().map(|p| &p.index)
+    }
+
+    /// The prefix index owned by the plugin named `owner`.
+    pub fn prefix_index(&self, owner: &str) -> Option<&PrefixHandle> {
+        self.prefix.iter().find(|p| p.owner == owner).map(|p| &p.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prefix::PrefixConfig;
+
+    fn handle() -> PrefixHandle {
+        PrefixHandle::new(PrefixConfig::default())
+    }
+
+    #[test]
+    fn consumers_find_producers_by_name_or_as_the_only_one() {
+        let mut shared = SharedState::default();
+        let probe = BuildContext::new("filter", &mut shared);
+        assert_eq!(probe.prefix_index(None).map(|h| h.is_some()), Ok(false), "nothing produced yet");
+        assert_eq!(probe.prefix_index(Some("a")).err(), Some(LookupError::NotProduced));
+
+        let a = handle();
+        BuildContext::new("a", &mut shared).produce_prefix_index(a.clone());
+        BuildContext::new("own", &mut shared).keep_prefix_index(handle());
+        let ctx = BuildContext::new("filter", &mut shared);
+        assert!(ctx.prefix_index(None).unwrap().unwrap().same_index(&a), "kept indexes are not offered");
+        assert!(ctx.prefix_index(Some("a")).unwrap().unwrap().same_index(&a));
+        assert_eq!(ctx.prefix_index(Some("own")).err(), Some(LookupError::NotProduced));
+
+        BuildContext::new("b", &mut shared).produce_prefix_index(handle());
+        let ctx = BuildContext::new("filter", &mut shared);
+        assert_eq!(ctx.prefix_index(None).err(), Some(LookupError::Ambiguous));
+        assert!(ctx.prefix_index(Some("a")).unwrap().unwrap().same_index(&a));
+        assert_eq!(shared.prefix_indexes().count(), 3, "the scheduler reaches kept indexes too");
+        assert!(shared.prefix_index("own").is_some());
+    }
+}

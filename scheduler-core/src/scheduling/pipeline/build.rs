@@ -1,0 +1,313 @@
+//! Building a [`Scheduler`] from an `EndpointPickerConfig`, one step per function, in the order
+//! [`Scheduler::from_config_with`] runs them:
+//!
+//! 1. [`build_plugins`]: every `plugins[]` entry through the registry, producers of shared state first;
+//! 2. [`profile_refs`]: what each profile references (llm-d: no profiles → one `default` profile with
+//!    every filter, scorer and picker);
+//! 3. [`profile_handler`]: the one configured, else `single-profile-handler` for a single profile;
+//! 4. [`profiles`]: each profile's filters, weighted scorers and picker (the first configured picker
+//!    for a profile without one, else a default `max-score-picker`), checked by the handler;
+//! 5. [`saturation_detector`]: the one named, else the default created on demand.
+//!
+//! Steps 3–5 apply llm-d's system defaults, so that what runs is exactly what the config implies. Only
+//! the registry knows concrete plugin types; the defaults are named by type in `config`.
+
+use super::{Scheduler, Scratch};
+use crate::config::{
+    ConfigError, ConfigWarning, EndpointPickerConfig, DEFAULT_PICKER, DEFAULT_PROFILE_HANDLER,
+    DEFAULT_SATURATION_DETECTOR, DEFAULT_WEIGHT,
+};
+use crate::plugins::registry::Registry;
+use crate::scheduling::factory::{BuildContext, SharedState};
+use crate::scheduling::framework::Plugin;
+use crate::scheduling::profile::Profile;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde_json::Value;
+
+pub(super) fn scheduler(cfg: &EndpointPickerConfig, registry: &Registry) -> Result<Scheduler, ConfigError> {
+    let mut warnings = cfg.warnings.clone();
+    let mut plugins = build_plugins(cfg, registry)?;
+    let refs = profile_refs(cfg, &plugins)?;
+    let handler = profile_handler(&mut plugins, refs.len())?;
+    let profiles = profiles(refs, &mut plugins, handler)?;
+    let detector = saturation_detector(cfg, &mut plugins, &mut warnings)?;
+    let profile_names = profiles.iter().map(|p| p.name.clone()).collect();
+    let Plugins { list, names, shared, .. } = plugins;
+    Ok(Scheduler {
+        plugins: list,
+        plugin_names: names,
+        shared,
+        profiles,
+        profile_names,
+        handler,
+        detector,
+        max_endpoints: usize::MAX,
+        feature_gates: cfg.feature_gates.clone(),
+        warnings,
+        scratch: Scratch::default(),
+    })
+}
+
+/// The plugins built so far (configuration order, then the defaults added), their names, and the state
+/// they share.
+struct Plugins<'r> {
+    registry: &'r Registry,
+    list: Vec<Box<dyn Plugin>>,
+    names: Vec<String>,
+    shared: SharedState,
+}
+
+impl Plugins<'_> {
+    fn get(&self, i: usize) -> Option<&dyn Plugin> {
+        self.list.get(i).map(|p| p.as_ref())
+    }
+
+    fn name(&self, i: usize) -> &str {
+        self.names.get(i).map_or("", String::as_str)
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// Adds a system default with its default parameters, named after its type.
+    fn add_default(&mut self, type_name: &str) -> Result<usize, ConfigError> {
+        let entry = self.registry.get(type_name).ok_or_else(|| {
+            ConfigError::new("plugins", format!("the built-in plugin {type_name:?} to be registered"), None)
+        })?;
+        let plugin = entry
+            .build(&Value::Null, &mut BuildContext::new(type_name, &mut self.shared))
+            .map_err(|e| ConfigError::new("plugins", format!("{type_name} defaults: {e}"), None))?;
+        self.list.push(plugin);
+        self.names.push(String::from(type_name));
+        Ok(self.list.len() - 1)
+    }
+}
+
+/// Step 1. Producers of shared state are built first, so a consumer finds the producer it names
+/// wherever the two entries are; the list keeps configuration order.
+fn build_plugins<'r>(cfg: &EndpointPickerConfig, registry: &'r Registry) -> Result<Plugins<'r>, ConfigError> {
+    let mut entries = Vec::with_capacity(cfg.plugins.len());
+    for (i, spec) in cfg.plugins.iter().enumerate() {
+        entries.push(registry.entry_at(&format!("plugins[{i}].type"), &spec.type_name)?);
+    }
+    let mut shared = SharedState::default();
+    let mut built: Vec<Option<Box<dyn Plugin>>> = cfg.plugins.iter().map(|_| None).collect();
+    for producers in [true, false] {
+        for (i, spec) in cfg.plugins.iter().enumerate() {
+            let (Some(entry), Some(slot)) = (entries.get(i), built.get_mut(i)) else { continue };
+            if entry.is_producer() != producers {
+                continue;
+            }
+            let plugin = entry.build(&spec.parameters, &mut BuildContext::new(&spec.name, &mut shared));
+            *slot = Some(plugin.map_err(|e| e.at(&format!("plugins[{i}].parameters")))?);
+        }
+    }
+    let capacity = cfg.plugins.len() + 3;
+    let mut list = Vec::with_capacity(capacity);
+    list.extend(built.into_iter().flatten());
+    let mut names = Vec::with_capacity(capacity);
+    names.extend(cfg.plugins.iter().map(|spec| spec.name.clone()));
+    Ok(Plugins { registry, list, names, shared })
+}
+
+/// A profile's plugin reference: plugin index, configured weight, config path of the reference.
+type Ref = (usize, Option<f64>, String);
+
+/// Step 2. Each profile's name and references, resolved to plugin indices.
+fn profile_refs(
+    cfg: &EndpointPickerConfig,
+    plugins: &Plugins<'_>,
+) -> Result<Vec<(String, Vec<Ref>)>, ConfigError> {
+    if cfg.scheduling_profiles.is_empty() {
+        // llm-d: no profiles → one `default` profile with every filter, scorer and picker.
+        let refs = (0..plugins.list.len())
+            .filter(|&i| plugins.get(i).is_some_and(plays_in_profiles))
+            .map(|i| (i, None, format!("plugins[{i}]")))
+            .collect();
+        return Ok(alloc::vec![(String::from("default"), refs)]);
+    }
+    let mut specs = Vec::with_capacity(cfg.scheduling_profiles.len());
+    for (i, profile) in cfg.scheduling_profiles.iter().enumerate() {
+        let mut refs = Vec::with_capacity(profile.plugins.len());
+        for (j, r) in profile.plugins.iter().enumerate() {
+            let path = format!("schedulingProfiles[{i}].plugins[{j}]");
+            let Some(idx) = plugins.index_of(&r.plugin_ref) else {
+                return Err(ConfigError::new(
+                    format!("{path}.pluginRef"),
+                    "the name of an entry in plugins",
+                    Some(format!("{:?}", r.plugin_ref)),
+                ));
+            };
+            refs.push((idx, r.weight, path));
+        }
+        specs.push((profile.name.clone(), refs));
+    }
+    Ok(specs)
+}
+
+fn plays_in_profiles(p: &dyn Plugin) -> bool {
+    p.as_filter().is_some() || p.as_scorer().is_some() || p.as_picker().is_some()
+}
+
+/// Step 3. Exactly one profile handler; `single-profile-handler` when there is one profile and none is
+/// configured.
+fn profile_handler(plugins: &mut Plugins<'_>, profile_count: usize) -> Result<usize, ConfigError> {
+    let mut handler = None;
+    for (i, p) in plugins.list.iter().enumerate() {
+        if p.as_profile_handler().is_none() {
+            continue;
+        }
+        if let Some(first) = handler {
+            return Err(ConfigError::new(
+                format!("plugins[{i}].type"),
+                "at most one profile handler",
+                Some(format!("a second one ({:?} after {:?})", plugins.name(i), plugins.name(first))),
+            ));
+        }
+        handler = Some(i);
+    }
+    match handler {
+        Some(h) => Ok(h),
+        None if profile_count == 1 => plugins.add_default(DEFAULT_PROFILE_HANDLER),
+        None => Err(ConfigError::new(
+            "plugins",
+            format!("a profile handler (such as pd-profile-handler) for {profile_count} profiles"),
+            Some(String::from("none")),
+        )),
+    }
+}
+
+/// Step 4. Profiles without a picker share the first configured picker, else one default picker.
+fn profiles(
+    refs: Vec<(String, Vec<Ref>)>,
+    plugins: &mut Plugins<'_>,
+    handler: usize,
+) -> Result<Vec<Profile>, ConfigError> {
+    let mut default_picker = plugins.list.iter().position(|p| p.as_picker().is_some());
+    let mut profiles = Vec::with_capacity(refs.len());
+    for (name, refs) in refs {
+        let (mut profile, picker) = profile(name, refs, plugins)?;
+        profile.picker = match (picker, default_picker) {
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => {
+                let p = plugins.add_default(DEFAULT_PICKER)?;
+                default_picker = Some(p);
+                p
+            }
+        };
+        profiles.push(profile);
+    }
+    let names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
+    if let Some(h) = plugins.get(handler).and_then(|p| p.as_profile_handler()) {
+        h.validate_profiles(&names).map_err(|expected| ConfigError {
+            path: String::from("schedulingProfiles"),
+            expected,
+            got: None,
+        })?;
+    }
+    Ok(profiles)
+}
+
+/// One profile from its references, and its picker if it names one.
+fn profile(
+    name: String,
+    refs: Vec<Ref>,
+    plugins: &Plugins<'_>,
+) -> Result<(Profile, Option<usize>), ConfigError> {
+    let mut profile = Profile { name, filters: Vec::new(), scorers: Vec::new(), picker: usize::MAX };
+    let mut picker = None;
+    for (idx, weight, path) in refs {
+        let Some(p) = plugins.get(idx) else { continue };
+        let plugin_name = plugins.name(idx);
+        let (is_filter, is_scorer, is_picker) =
+            (p.as_filter().is_some(), p.as_scorer().is_some(), p.as_picker().is_some());
+        if !is_filter && !is_scorer && !is_picker {
+            return Err(ConfigError::new(
+                format!("{path}.pluginRef"),
+                "a filter, scorer or picker",
+                Some(format!("{plugin_name:?}, a {}", roles(p))),
+            ));
+        }
+        if let (Some(w), false) = (weight, is_scorer) {
+            return Err(ConfigError::new(
+                format!("{path}.weight"),
+                format!("no weight ({plugin_name:?} is a {}, only scorers take one)", roles(p)),
+                Some(format!("{w}")),
+            ));
+        }
+        if is_filter {
+            profile.filters.push(idx);
+        }
+        if is_scorer {
+            profile.scorers.push((idx, weight.unwrap_or(DEFAULT_WEIGHT)));
+        }
+        if is_picker {
+            if picker.is_some() {
+                return Err(ConfigError::new(
+                    format!("{path}.pluginRef"),
+                    format!("at most one picker in profile {:?}", profile.name),
+                    Some(format!("a second picker {plugin_name:?}")),
+                ));
+            }
+            picker = Some(idx);
+        }
+    }
+    Ok((profile, picker))
+}
+
+/// Step 5. The named saturation detector, else the default one created on demand; without it (not
+/// registered) nothing is ever shed, and a warning says so.
+fn saturation_detector(
+    cfg: &EndpointPickerConfig,
+    plugins: &mut Plugins<'_>,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Option<usize>, ConfigError> {
+    let name = cfg.saturation_detector.as_deref().unwrap_or(DEFAULT_SATURATION_DETECTOR);
+    if let Some(i) = plugins.index_of(name) {
+        let p = plugins.get(i);
+        if p.and_then(|p| p.as_saturation_detector()).is_none() {
+            return Err(ConfigError::new(
+                "saturationDetector.pluginRef",
+                "the name of a saturation detector plugin",
+                Some(format!("{name:?}, a {}", p.map(roles).unwrap_or_default())),
+            ));
+        }
+        return Ok(Some(i));
+    }
+    if plugins.registry.get(DEFAULT_SATURATION_DETECTOR).is_some() {
+        return plugins.add_default(DEFAULT_SATURATION_DETECTOR).map(Some);
+    }
+    warnings.push(ConfigWarning {
+        path: String::from("saturationDetector"),
+        message: format!("{DEFAULT_SATURATION_DETECTOR} is not available; sheddable requests are never shed"),
+    });
+    Ok(None)
+}
+
+/// Human word for what a plugin is, for error messages.
+fn roles(p: &dyn Plugin) -> String {
+    let mut r: Vec<&str> = Vec::new();
+    if p.as_filter().is_some() {
+        r.push("filter");
+    }
+    if p.as_scorer().is_some() {
+        r.push("scorer");
+    }
+    if p.as_picker().is_some() {
+        r.push("picker");
+    }
+    if p.as_profile_handler().is_some() {
+        r.push("profile handler");
+    }
+    if p.as_saturation_detector().is_some() {
+        r.push("saturation detector");
+    }
+    if r.is_empty() {
+        r.push("plugin with no scheduling role");
+    }
+    r.join(" and ")
+}
