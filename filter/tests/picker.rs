@@ -345,6 +345,19 @@ fn invalid_configuration_is_refused_naming_the_field() {
 }
 
 #[test]
+fn configuration_warnings_are_logged_naming_what_is_ignored() {
+    let mut host = host();
+    host.start_vm(picker(&config(1, r#""featureGates": ["flowControl", "noSuchGate"]"#))).unwrap();
+    let warnings = host.logs_at(test_harness::LogLevel::Warn);
+    for gate in ["flowControl", "noSuchGate"] {
+        assert!(
+            warnings.iter().any(|l| l.starts_with("configuration: ") && l.contains(gate)),
+            "{warnings:?}"
+        );
+    }
+}
+
+#[test]
 fn debug_logs_never_contain_the_prompt() {
     let (mut host, worker) = deployment(1, "", &[0]);
     let secret = r#"{"model": "llama", "messages": [{"role": "user", "content": "the secret is hunter2"}]}"#;

@@ -89,6 +89,9 @@ impl PickerHandle {
                         return;
                     }
                 };
+                for warning in picker.scheduler().warnings() {
+                    log::warn!("configuration: {warning}");
+                }
                 picker.scheduler_mut().set_prefix_table_seed(table_seed());
                 let _ = ready_tx.send(Ok(()));
                 let mut worker =

@@ -80,7 +80,10 @@ impl Root {
         let config = GatewayConfig::from_json(&text).map_err(|e| e.to_string())?;
         // Plugin references and parameters are checked here too, so a collector VM refuses a configuration
         // its pickers would refuse.
-        EndpointPicker::new(config.clone()).map_err(|e| e.to_string())?;
+        let picker = EndpointPicker::new(config.clone()).map_err(|e| e.to_string())?;
+        for warning in picker.scheduler().warnings() {
+            log::warn!("configuration: {warning}");
+        }
         let root_id = property("plugin_root_id");
         self.host = Rc::new(ProxyHost::new(property("plugin_vm_id")));
         let host: &dyn Host = &*self.host;
