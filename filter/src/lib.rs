@@ -26,7 +26,7 @@
 //!   batches sent at most once per 10 ms, and are learned in `on_queue_ready` ([`prefix_sync`]).
 //!   Staleness: under load up to 10 ms plus one event-loop turn of the other thread; the last picks of a
 //!   burst go out with the next stream end after the interval or the next tick.
-//! - Worker ids and directory ([`workers`]); the collector lease (`collector::leader`). Each worker keeps
+//! - Worker ids and directory ([`worker_directory`]); the collector lease (`collector::leader`). Each worker keeps
 //!   a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
 //!   on the prefix queues, so a request reads only the other workers' in-flight tables. A picker VM joins
 //!   the directory on its first HTTP stream, not at configuration: Envoy also configures the filter's root
@@ -59,7 +59,7 @@ pub mod prefix_sync;
 pub mod snapshot_cache;
 pub mod stats;
 pub mod worker;
-pub mod workers;
+pub mod worker_directory;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

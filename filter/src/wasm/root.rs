@@ -13,7 +13,7 @@ use crate::inflight::{FLUSH_TICK_MS, HEARTBEAT_MS};
 use crate::keys::Keys;
 use crate::stats::{self, Stats};
 use crate::worker::Worker;
-use crate::workers;
+use crate::worker_directory;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use scheduler_core::config::gateway::{CollectorMode, GatewayConfig};
@@ -91,7 +91,7 @@ impl Root {
         if root_id == COLLECTOR_ROOT_ID {
             let election = match mode {
                 CollectorMode::LeaderElected => Some(Leadership::new(
-                    workers::claim_id(host, &Keys::new(&config.pool.name))
+                    worker_directory::claim_id(host, &Keys::new(&config.pool.name))
                         .map_err(|e| format!("collector: no id for the lease: {e}"))?,
                 )),
                 CollectorMode::Off => {
@@ -114,7 +114,7 @@ impl Root {
         // not here: Envoy also configures this root context on its main thread, which never serves
         // requests, and a VM in the directory receives every other worker's prefix broadcasts.
         let collecting = match mode {
-            CollectorMode::LeaderElected => match workers::claim_id(host, worker.keys()) {
+            CollectorMode::LeaderElected => match worker_directory::claim_id(host, worker.keys()) {
                 Ok(id) => Some(collecting(&config, Some(Leadership::new(id)))),
                 Err(e) => {
                     log::warn!("no id for the collector election, this VM will not collect: {e}");

@@ -8,7 +8,7 @@ use crate::keys::Keys;
 use crate::prefix_sync::PrefixSync;
 use crate::snapshot_cache::{Refresh, SnapshotCache};
 use crate::stats::{self, Stats};
-use crate::workers;
+use crate::worker_directory;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{
@@ -65,7 +65,7 @@ impl Worker {
     /// Joins the process: a worker id, a directory entry, an in-flight key and a prefix queue. On failure
     /// the worker still picks, with counts and prefixes local to this VM.
     pub fn start(&mut self, host: &dyn Host) {
-        match workers::register(host, &self.keys) {
+        match worker_directory::register(host, &self.keys) {
             Ok(id) => {
                 self.id = Some(id);
                 let now_ms = host.now_ms();
@@ -156,7 +156,7 @@ impl Worker {
                 Ok(others) => {
                     live_others = others.live;
                     if !others.long_dead.is_empty()
-                        && workers::prune(host, &self.keys, &others.long_dead).is_ok()
+                        && worker_directory::prune(host, &self.keys, &others.long_dead).is_ok()
                     {
                         self.directory.retain(|id| !others.long_dead.contains(id));
                     }
@@ -237,13 +237,13 @@ impl Worker {
             self.stats.gauge(host, stats::SNAPSHOT_AGE_MS, now_ms.saturating_sub(s.published_at_ms));
         }
         if self.read_directory(host, now_ms) && !self.directory.contains(&id) {
-            let _ = workers::ensure_listed(host, &self.keys, id);
+            let _ = worker_directory::ensure_listed(host, &self.keys, id);
         }
     }
 
     /// Re-reads the worker directory; on a refused read the last copy stays in use. True if read.
     fn read_directory(&mut self, host: &dyn Host, now_ms: u64) -> bool {
-        match workers::read(host, &self.keys) {
+        match worker_directory::read(host, &self.keys) {
             Ok(ids) => {
                 self.directory = ids;
                 self.directory_read_ms = Some(now_ms);

@@ -179,12 +179,12 @@ fn heartbeat_relists_a_pruned_worker() {
     host.set_now(NOW);
     let mut w = worker(&host, "");
     let id = w.id().unwrap();
-    crate::workers::prune(&host, w.keys(), &[id]).unwrap();
+    crate::worker_directory::prune(&host, w.keys(), &[id]).unwrap();
     w.on_tick(&host);
-    assert!(crate::workers::read(&host, w.keys()).unwrap().is_empty(), "checked with the heartbeat only");
+    assert!(crate::worker_directory::read(&host, w.keys()).unwrap().is_empty(), "checked with the heartbeat only");
     host.advance(crate::inflight::HEARTBEAT_MS);
     w.on_tick(&host);
-    assert_eq!(crate::workers::read(&host, w.keys()).unwrap(), vec![id]);
+    assert_eq!(crate::worker_directory::read(&host, w.keys()).unwrap(), vec![id]);
 }
 
 #[test]
