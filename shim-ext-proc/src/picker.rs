@@ -2,7 +2,7 @@
 //! picker's prefix index is single-threaded by design (as in one proxy worker), so streams send it
 //! requests over a channel and await the answer: no lock is shared, none is held across an await.
 
-use crate::extproc::machine::PickInput;
+use crate::extproc::machine::DecisionInput;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use scheduler_core::config::gateway::GatewayConfig;
@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 enum Command {
-    Pick { input: PickInput, reply: oneshot::Sender<Outcome> },
+    Decide { input: DecisionInput, reply: oneshot::Sender<Outcome> },
     Finish { address: String, tokens: u64 },
     Move { from: String, to: String, tokens: u64 },
 }
@@ -51,7 +51,7 @@ pub struct PickerHandle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Command::Pick { .. } => "Pick",
+            Command::Decide { .. } => "Decide",
             Command::Finish { .. } => "Finish",
             Command::Move { .. } => "Move",
         })
@@ -111,9 +111,9 @@ impl PickerHandle {
     }
 
     /// Decides for one request. If the picker thread is gone the answer is a 503, never a hang.
-    pub async fn decide(&self, input: PickInput) -> Outcome {
+    pub async fn decide(&self, input: DecisionInput) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Pick { input, reply }).is_ok() {
+        if self.tx.send(Command::Decide { input, reply }).is_ok() {
             if let Ok(outcome) = rx.await {
                 return outcome;
             }
@@ -157,7 +157,7 @@ struct Worker {
 impl Worker {
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Pick { input, reply } => {
+            Command::Decide { input, reply } => {
                 let outcome = self.decide(&input);
                 let _ = reply.send(outcome);
             }
@@ -170,7 +170,7 @@ impl Worker {
         self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
     }
 
-    fn decide(&mut self, input: &PickInput) -> Outcome {
+    fn decide(&mut self, input: &DecisionInput) -> Outcome {
         let now = (self.clock)();
         let latest = self.pool.latest();
         let current = self.working.as_ref().map(|w| w.generation);

@@ -181,7 +181,10 @@ fn heartbeat_relists_a_pruned_worker() {
     let id = w.id().unwrap();
     crate::worker_directory::prune(&host, w.keys(), &[id]).unwrap();
     w.on_tick(&host);
-    assert!(crate::worker_directory::read(&host, w.keys()).unwrap().is_empty(), "checked with the heartbeat only");
+    assert!(
+        crate::worker_directory::read(&host, w.keys()).unwrap().is_empty(),
+        "checked with the heartbeat only"
+    );
     host.advance(crate::inflight::HEARTBEAT_MS);
     w.on_tick(&host);
     assert_eq!(crate::worker_directory::read(&host, w.keys()).unwrap(), vec![id]);

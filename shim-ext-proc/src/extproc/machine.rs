@@ -1,7 +1,7 @@
 //! One ext_proc stream as a state machine: messages in, protocol steps out, no I/O. Only the ext_proc
 //! framing is here: what to strip, set, answer, hold and count is the core's request lifecycle
 //! ([`Exchange`]), shared with the Wasm filter. The decision itself is not made here either: the machine
-//! asks for one ([`Step::Pick`]) and the caller feeds the core's [`Outcome`] back with
+//! asks for one ([`Step::Decide`]) and the caller feeds the core's [`Outcome`] back with
 //! [`Machine::on_outcome`].
 //!
 //! Order rules it enforces (from the GIE picker protocol): in FULL_DUPLEX_STREAMED mode the request
@@ -85,7 +85,7 @@ impl StreamSettings {
 
 /// What the core needs to decide, owned so it can travel to the picker thread.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct PickInput {
+pub struct DecisionInput {
     pub facts: RequestFacts,
     pub body: Option<Vec<u8>>,
 }
@@ -94,8 +94,8 @@ pub struct PickInput {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     Send(ProcessingResponse),
-    /// Ask the picker, then call [`Machine::on_outcome`] before handling the next message.
-    Pick(PickInput),
+    /// Ask the picker thread for a decision, then call [`Machine::on_outcome`] before handling the next message.
+    Decide(DecisionInput),
     /// The gateway served the request elsewhere (a retry): move the in-flight count.
     Served {
         routed: String,
@@ -119,9 +119,9 @@ impl fmt::Display for ProtocolError {
     }
 }
 
-/// Where the request was when the pick was asked for.
+/// Where the request was when the decision was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PickAt {
+enum DecideAt {
     /// Headers carried end-of-stream: no body.
     Headers,
     /// The body ended.
@@ -150,7 +150,7 @@ pub struct Machine {
     /// Header changes owed to the first request headers response (client routing headers removed, a
     /// generated request id).
     head: Mutation,
-    pending: Option<PickAt>,
+    pending: Option<DecideAt>,
     /// A local reply ended the exchange.
     refused: bool,
     /// The response headers response, held with a held body (full duplex) until the body is released.
@@ -180,7 +180,7 @@ impl Machine {
 
     pub fn on_message(&mut self, msg: ProcessingRequest) -> Result<Vec<Step>, ProtocolError> {
         if self.pending.is_some() {
-            return Err(ProtocolError("a message arrived while a pick was outstanding".into()));
+            return Err(ProtocolError("a message arrived while a decision was outstanding".into()));
         }
         if self.refused {
             // A local reply ends the exchange; Envoy may still flush what it had queued.
@@ -228,7 +228,7 @@ impl Machine {
             self.head.set(name, value);
         }
         match step.next {
-            RequestStep::Decide { .. } => Ok(self.ask(PickAt::Headers, false)),
+            RequestStep::Decide { .. } => Ok(self.ask(DecideAt::Headers, false)),
             // Held: nothing may reach Envoy before the headers response, and that needs the body.
             _ if self.request_mode == Some(BodyMode::FullDuplex) => Ok(Vec::new()),
             _ => {
@@ -250,7 +250,7 @@ impl Machine {
         // BUFFERED_PARTIAL cut it): that message is the body we decide on.
         let complete = b.end_of_stream || self.request_mode != Some(BodyMode::FullDuplex);
         let step = self.exchange.on_request_body(&self.settings.exchange, self.body.len(), complete);
-        Ok(self.request_step(step, PickAt::Body))
+        Ok(self.request_step(step, DecideAt::Body))
     }
 
     fn request_trailers(&mut self, _t: HttpTrailers) -> Result<Vec<Step>, ProtocolError> {
@@ -259,12 +259,12 @@ impl Machine {
         }
         if !self.exchange.decided() {
             let step = self.exchange.on_request_trailers();
-            return Ok(self.request_step(step, PickAt::Trailers));
+            return Ok(self.request_step(step, DecideAt::Trailers));
         }
         Ok(vec![Step::Send(response(Out::RequestTrailers(TrailersResponse::default())))])
     }
 
-    fn request_step(&mut self, step: RequestStep, at: PickAt) -> Vec<Step> {
+    fn request_step(&mut self, step: RequestStep, at: DecideAt) -> Vec<Step> {
         match step {
             RequestStep::Wait | RequestStep::Pass => Vec::new(),
             RequestStep::Decide { with_body } => self.ask(at, with_body),
@@ -282,13 +282,13 @@ impl Machine {
         }
     }
 
-    fn ask(&mut self, at: PickAt, with_body: bool) -> Vec<Step> {
+    fn ask(&mut self, at: DecideAt, with_body: bool) -> Vec<Step> {
         self.pending = Some(at);
         let facts = self.exchange.facts().clone();
-        vec![Step::Pick(PickInput { facts, body: with_body.then(|| self.body.clone()) })]
+        vec![Step::Decide(DecisionInput { facts, body: with_body.then(|| self.body.clone()) })]
     }
 
-    /// Applies the core's decision to the outstanding pick.
+    /// Applies the core's decision to the outstanding request for one.
     pub fn on_outcome(&mut self, outcome: Outcome) -> Vec<ProcessingResponse> {
         let Some(at) = self.pending.take() else { return Vec::new() };
         let s = std::sync::Arc::clone(&self.settings);
@@ -315,24 +315,24 @@ impl Machine {
         let body = forward.body.unwrap_or_else(|| std::mem::take(&mut self.body));
         let mut out = Vec::new();
         match (at, self.request_mode) {
-            (PickAt::Headers, _) => {
+            (DecideAt::Headers, _) => {
                 let mut first = response(Out::RequestHeaders(headers_response(mutation)));
                 first.dynamic_metadata = metadata;
                 out.push(first);
             }
-            (PickAt::Body | PickAt::Trailers, Some(BodyMode::FullDuplex)) => {
+            (DecideAt::Body | DecideAt::Trailers, Some(BodyMode::FullDuplex)) => {
                 // The body is sent again as streamed mutations: its length must be declared as sent.
                 mutation.set(CONTENT_LENGTH, &body.len().to_string());
                 let mut first = response(Out::RequestHeaders(headers_response(mutation)));
                 first.dynamic_metadata = metadata;
                 out.push(first);
-                let trailers_follow = at == PickAt::Trailers;
+                let trailers_follow = at == DecideAt::Trailers;
                 out.extend(streamed_chunks(&body, !trailers_follow, true));
                 if trailers_follow {
                     out.push(response(Out::RequestTrailers(TrailersResponse::default())));
                 }
             }
-            (PickAt::Body | PickAt::Trailers, _) => {
+            (DecideAt::Body | DecideAt::Trailers, _) => {
                 let common = CommonResponse {
                     header_mutation: mutation.into_option(),
                     body_mutation: changed.then_some(BodyMutation { mutation: Some(BodyMut::Body(body)) }),

@@ -90,7 +90,7 @@ async fn drive(
         for step in steps {
             let sent = match step {
                 Step::Send(r) => tx.send(Ok(r)).await.is_ok(),
-                Step::Pick(input) => {
+                Step::Decide(input) => {
                     let outcome = guard.picker.decide(input).await;
                     let responses = machine.on_outcome(outcome);
                     guard.in_flight = machine.in_flight().map(|f| (f.address, f.tokens));

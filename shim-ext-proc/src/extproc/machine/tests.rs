@@ -57,7 +57,7 @@ impl Harness {
         for step in self.machine.on_message(msg).unwrap() {
             match step {
                 Step::Send(r) => out.push(r),
-                Step::Pick(input) => {
+                Step::Decide(input) => {
                     let subset = input.facts.subset_refs();
                     let info = input.facts.info(subset.as_deref());
                     let view = self.picker.view(self.snapshot.as_ref(), false, NOW);
