@@ -37,7 +37,7 @@ fn in_flight_counts_are_process_wide() {
 
 /// Two picker VMs with the prefix scorer over 4 endpoints, both past their first stream (workers join the
 /// process on it; these stand for traffic both already served).
-fn two_prefix_workers() -> (test_harness::Host, test_harness::VmId, test_harness::VmId) {
+fn two_prefix_workers() -> (proxy_wasm_emulator::Host, proxy_wasm_emulator::VmId, proxy_wasm_emulator::VmId) {
     let mut host = host();
     let cfg = config(4, PREFIX);
     let a = host.start_vm(picker(&cfg)).unwrap();

@@ -72,5 +72,5 @@ pub fn envoy_check(args: &[String]) -> Result<(), String> {
 fn envoy_configs() -> Result<(), String> {
     let envoy = ensure_envoy()?;
     eprintln!("\n==> Envoy configs: {}", envoy.display());
-    crate::envoy::validate_all(&envoy, &crate::envoy::wasm_for_validation()?)
+    crate::envoy::validate_all(&envoy, &crate::envoy::build_filter()?)
 }
