@@ -1,7 +1,7 @@
 //! `cargo xtask test`: what CI runs. Each step is a function so later parts (Wasm builds, Envoy
 //! validation, end-to-end tests) slot in as further steps.
 
-use crate::cmd::{cargo, have, step, workspace_root};
+use crate::cmd::{cargo, have, step, target_dir, workspace_root};
 use crate::tools::{ensure_envoy, ensure_wasm_target, require_node, WASM_TARGET};
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -37,12 +37,29 @@ fn filter_clippy_wasm() -> Result<(), String> {
 }
 
 fn unit_and_integration_tests() -> Result<(), String> {
+    // The end-to-end tests start model-sim and epp-shim. This very build makes both executables (their
+    // packages have integration tests), so the tests get those instead of building them again with
+    // the features of one package alone (about a minute of tonic and kube on 2 cores).
+    let debug = target_dir().join("debug");
+    let (model_sim, epp_shim) = (debug.join("model-sim"), debug.join("epp-shim"));
     if have("cargo", Some("nextest")) {
-        step("tests", cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+        step(
+            "tests",
+            cargo()
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .env("MODEL_SIM_BIN", &model_sim)
+                .env("EPP_SHIM_BIN", &epp_shim),
+        )?;
         // nextest does not run doctests.
         step("doc tests", cargo().args(["test", "--workspace", "--doc"]))
     } else {
-        step("tests", cargo().args(["test", "--workspace", "--no-fail-fast"]))
+        step(
+            "tests",
+            cargo()
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .env("MODEL_SIM_BIN", &model_sim)
+                .env("EPP_SHIM_BIN", &epp_shim),
+        )
     }
 }
 
