@@ -19,6 +19,8 @@
 //!
 //! Without Envoy (`.venv/bin/envoy`, which `cargo xtask test` installs, or `$ENVOY_BIN`) the tests skip
 //! with a notice.
+// Test support: a failed expectation panics, as in the tests it serves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod binaries;
 mod envoy;

@@ -3,6 +3,8 @@
 //! routing mechanism the picker relies on); the rest run the picker filter (`filter/`) in the
 //! `envoy-config/` bootstraps. Without `.venv/bin/envoy` every test skips with a notice; `cargo xtask test`
 //! installs Envoy first, so in CI they all run.
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use e2e::{envoy_binary, filter_wasm, Envoy, EnvoyOptions, EnvoyTemplate, ModelSim, Request, Response};
 use serde_json::{json, Value};

@@ -3,6 +3,8 @@
 //!
 //! Uses the project venv that `cargo xtask` creates for Envoy (`.venv/`), installing `openai` into it
 //! when missing; skips with a notice without that venv or Envoy.
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use e2e::{envoy_binary, filter_wasm, workspace_root, Envoy, EnvoyOptions, EnvoyTemplate, ModelSim};
 use std::process::Command;

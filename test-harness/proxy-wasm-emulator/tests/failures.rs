@@ -1,5 +1,7 @@
 //! A trapping module (a Rust panic): the panic message is reported and Envoy's failure policy applies.
 //! Injected host-call faults prove a module copes with statuses Envoy can return.
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
