@@ -2,13 +2,14 @@
 //! validation, end-to-end tests) slot in as further steps.
 
 use crate::cmd::{cargo, have, step, target_dir, workspace_root};
-use crate::tools::{ensure_envoy, ensure_wasm_target, require_node, WASM_TARGET};
+use crate::tools::{ensure_cargo_deny, ensure_envoy, ensure_wasm_target, require_node, WASM_TARGET};
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("`cargo xtask test` takes no arguments, got {a:?}"));
     }
     fmt_check()?;
+    licenses_and_bans()?;
     clippy()?;
     filter_clippy_wasm()?;
     // Before the tests: the end-to-end tests use the Envoy this installs.
@@ -21,6 +22,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 fn fmt_check() -> Result<(), String> {
     step("format check", cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+/// cargo-deny over the dependency graph: every license is one `deny.toml` allows, and nothing it bans
+/// (wildcard versions, crates we keep out) crept in.
+fn licenses_and_bans() -> Result<(), String> {
+    ensure_cargo_deny()?;
+    step("licenses and bans", cargo().args(["deny", "check", "licenses", "bans"]))
 }
 
 fn clippy() -> Result<(), String> {
