@@ -39,7 +39,11 @@ fn quality(args: &[String]) -> Result<(), String> {
     }
     step(
         "quality benchmark",
-        cargo().args(["run", "--release", "-p", "benchmarks", "--bin", "quality-bench", "--"]).args(&extra),
+        cargo()
+            // Without the `envoy` feature (overhead and demo only): the release build skips wasmtime.
+            .args(["run", "--release", "-p", "benchmarks", "--no-default-features"])
+            .args(["--bin", "quality-bench", "--"])
+            .args(&extra),
     )
 }
 
