@@ -1,14 +1,20 @@
 //! The picker through the host emulator, against the built module: routing, local replies, failure
 //! modes, the response path and in-flight accounting.
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
 use common::*;
+use proxy_wasm_emulator::{Event, LocalReplySource};
 use std::time::Duration;
-use test_harness::{Event, LocalReplySource};
 
 /// A worker and a singleton collector over `n` endpoints, with one scrape round published.
-fn deployment(n: usize, extra: &str, queues: &[u32]) -> (test_harness::Host, test_harness::VmId) {
+fn deployment(
+    n: usize,
+    extra: &str,
+    queues: &[u32],
+) -> (proxy_wasm_emulator::Host, proxy_wasm_emulator::VmId) {
     let mut host = host();
     let cfg = config(n, extra);
     let worker = host.start_vm(picker(&cfg)).unwrap();
@@ -245,7 +251,7 @@ fn without_a_rewrite_responses_pass_unchanged_and_usage_is_still_counted() {
     // and the empty chunk is not read.
     let s = chat(&mut host, worker, CHAT, &[]);
     host.response_headers(s, &[(":status", "200"), ("content-type", "application/json")], false).unwrap();
-    let reads = |host: &test_harness::Host| host.host_calls("proxy_get_buffer_bytes").len();
+    let reads = |host: &proxy_wasm_emulator::Host| host.host_calls("proxy_get_buffer_bytes").len();
     let before = reads(&host);
     let (head, tail) = answer.split_at(20);
     host.response_body(s, head, false).unwrap();
@@ -280,7 +286,7 @@ fn served_header_and_upstream_failures_on_the_response() {
 }
 
 /// How many times the module asked for `upstream.address`.
-fn upstream_address_reads(host: &test_harness::Host) -> usize {
+fn upstream_address_reads(host: &proxy_wasm_emulator::Host) -> usize {
     let calls = host.host_calls("proxy_get_property");
     calls
         .iter()
@@ -290,7 +296,7 @@ fn upstream_address_reads(host: &test_harness::Host) -> usize {
 
 /// The worker's published in-flight total after a heartbeat: a worker alone writes its table only then
 /// (a heartbeat is due a second after the last write, at the next tick after that).
-fn in_flight_after_heartbeat(host: &mut test_harness::Host) -> u32 {
+fn in_flight_after_heartbeat(host: &mut proxy_wasm_emulator::Host) -> u32 {
     host.advance(std::time::Duration::from_millis(2001));
     in_flight_total(host)
 }
@@ -334,14 +340,14 @@ fn header_only_requests_are_decided_at_the_headers() {
 fn invalid_configuration_is_refused_naming_the_field() {
     let mut host = host();
     let err = host.start_vm(picker(r#"{"routing": {"maxEndpoints": 0}}"#)).unwrap_err();
-    assert_eq!(err, test_harness::StartError::ConfigurationRejected);
-    let errors = host.logs_at(test_harness::LogLevel::Error);
+    assert_eq!(err, proxy_wasm_emulator::StartError::ConfigurationRejected);
+    let errors = host.logs_at(proxy_wasm_emulator::LogLevel::Error);
     assert!(errors.iter().any(|l| l.contains("routing.maxEndpoints")), "{errors:?}");
     let err = host.start_vm(picker(r#"{"plugins": [{"type": "no-such-plugin"}]}"#)).unwrap_err();
-    assert_eq!(err, test_harness::StartError::ConfigurationRejected);
-    assert!(host.logs_at(test_harness::LogLevel::Error).iter().any(|l| l.contains("plugins[0]")));
+    assert_eq!(err, proxy_wasm_emulator::StartError::ConfigurationRejected);
+    assert!(host.logs_at(proxy_wasm_emulator::LogLevel::Error).iter().any(|l| l.contains("plugins[0]")));
     let err = host.start_vm(collector("{")).unwrap_err();
-    assert_eq!(err, test_harness::StartError::ConfigurationRejected);
+    assert_eq!(err, proxy_wasm_emulator::StartError::ConfigurationRejected);
 }
 
 #[test]
@@ -371,7 +377,8 @@ fn failing_shared_data_writes_degrade_to_local_state_without_trapping() {
     let (mut host, worker) = deployment(2, "", &[0, 9]);
     // Every write this worker tries is refused (the collector VM is unaffected).
     host.inject_fault(
-        test_harness::Fault::new("proxy_set_shared_data", test_harness::Status::CasMismatch).in_vm(worker),
+        proxy_wasm_emulator::Fault::new("proxy_set_shared_data", proxy_wasm_emulator::Status::CasMismatch)
+            .in_vm(worker),
     );
     for _ in 0..3 {
         let s = chat(&mut host, worker, CHAT, &[]);
@@ -381,7 +388,7 @@ fn failing_shared_data_writes_degrade_to_local_state_without_trapping() {
     host.advance(Duration::from_secs(2)); // heartbeats fail too
                                           // The worker joins on its first stream: with writes refused it cannot register, and says its state
                                           // stays local (or, had it registered, that the in-flight table cannot be written).
-    let warns = host.logs_at(test_harness::LogLevel::Warn);
+    let warns = host.logs_at(proxy_wasm_emulator::LogLevel::Warn);
     assert!(warns.iter().any(|l| l.contains("stay local") || l.contains("in-flight table")), "{warns:?}");
     assert!(!host.vm_failed(worker));
     assert_no_traps(&host);

@@ -1,5 +1,7 @@
 //! Two worker VMs of one proxy share in-flight counts and the prefix index through shared data and
 //! queues.
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -37,7 +39,7 @@ fn in_flight_counts_are_process_wide() {
 
 /// Two picker VMs with the prefix scorer over 4 endpoints, both past their first stream (workers join the
 /// process on it; these stand for traffic both already served).
-fn two_prefix_workers() -> (test_harness::Host, test_harness::VmId, test_harness::VmId) {
+fn two_prefix_workers() -> (proxy_wasm_emulator::Host, proxy_wasm_emulator::VmId, proxy_wasm_emulator::VmId) {
     let mut host = host();
     let cfg = config(4, PREFIX);
     let a = host.start_vm(picker(&cfg)).unwrap();

@@ -2,6 +2,8 @@
 //!
 //! The numbers and the command that made them are recorded in `BENCHMARKS.md`; inputs are seeded, so two
 //! runs measure the same work.
+// Benchmark code: the workspace denies these for code that runs in the proxy, not here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use scheduler_core::admission::{admit, Decision};
@@ -73,8 +75,9 @@ fn chat_body(rng: &mut Rng, prompt_len: usize) -> String {
     format!(r#"{{"model":"{MODEL}","messages":[{messages}],"max_completion_tokens":256,"stream":true}}"#)
 }
 
-/// A chat body of exactly `size` bytes shaped like the overhead benchmark's (`test-harness` overhead
-/// `load.rs`): one system and one user message of plain words, no escapes, so the two big strings dominate.
+/// A chat body of exactly `size` bytes shaped like the overhead benchmark's (its `load.rs` in
+/// `test-harness/benchmarks`): one system and one user message of plain words, no escapes, so the two big
+/// strings dominate.
 fn two_message_chat_body(rng: &mut Rng, size: usize) -> String {
     let head = r#"{"model":"m","max_tokens":16,"stream":false,"messages":[{"role":"system","content":""#;
     let mid = r#""},{"role":"user","content":""#;
@@ -370,7 +373,7 @@ fn metrics_parse(c: &mut Criterion) {
     group.finish();
 }
 
-/// `EndpointPicker::pick` as the overhead benchmark's picker runs it in Envoy (`test-harness` overhead):
+/// `EndpointPicker::pick` as the overhead benchmark's picker runs it in Envoy (`test-harness/benchmarks`):
 /// the same configuration (GIE default scheduler), 64 endpoints reporting what its nginx backend
 /// serves (waiting 0, running 3, KV 25 %, 16-token blocks), and the same two-message chat body every
 /// time, so the prefix index is warm and every decision goes to the endpoint holding the prompt.

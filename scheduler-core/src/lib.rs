@@ -4,13 +4,9 @@
 //! the simulator. Time and randomness are passed in, so a decision is a pure function of
 //! (snapshot, request, clock, seed).
 #![no_std]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
-)]
 
 extern crate alloc;
-#[cfg(any(test, feature = "std"))]
+#[cfg(test)]
 extern crate std;
 
 pub mod admission;

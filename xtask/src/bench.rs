@@ -1,13 +1,13 @@
-//! `cargo xtask bench quality [--quick]`: the scheduling-quality suite (release build of
-//! `quality-bench`), writing tables to stdout and `results.csv`, `tables.md` and PNG charts.
+//! `cargo xtask bench quality [--quick]`: the scheduling-quality suite (release build of the
+//! `quality-bench` binary of `test-harness/benchmarks`), writing tables to stdout and `results.csv`,
+//! `tables.md` and PNG charts.
 //!
 //! Full mode writes into `docs/bench/` (what BENCHMARKS.md shows); `--quick` into
 //! `target/quality-bench/` so CI smoke runs leave the committed results alone.
 //!
 //! `cargo xtask bench overhead [--quick]`: the picker's cost in real Envoy (nginx backend, wrk load), via
-//! the `overhead` binary of test-harness; full mode writes `docs/bench/overhead.{md,csv}` and its PNG charts
-//! `overhead-throughput-w<workers>.png` and `overhead-added-cpu-w<workers>.png`.
-
+//! the `overhead` binary of `test-harness/benchmarks`; full mode writes `docs/bench/overhead.{md,csv}`
+//! and its PNG charts `overhead-throughput-w<workers>.png` and `overhead-added-cpu-w<workers>.png`.
 //!
 //! `cargo xtask bench core-wasm [-- criterion filter and options]`: the core's Criterion benchmarks
 //! compiled to `wasm32-wasip1` (with SIMD, as the filter ships) and run under Node's V8, the engine
@@ -40,7 +40,9 @@ fn quality(args: &[String]) -> Result<(), String> {
     step(
         "quality benchmark",
         cargo()
-            .args(["run", "--release", "-p", "quality-bench", "--bin", "quality-bench", "--"])
+            // Without the `envoy` feature (overhead and demo only): the release build skips wasmtime.
+            .args(["run", "--release", "-p", "benchmarks", "--no-default-features"])
+            .args(["--bin", "quality-bench", "--"])
             .args(&extra),
     )
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: installs what a fresh machine lacks (Wasm target, Envoy), builds the filter and
-//! model-sim, then runs the demo binary (`test-harness/src/bin/demo`), which owns every process it starts.
+//! model-sim, then runs the demo binary (`test-harness/benchmarks/src/bin/demo`), which owns every
+//! process it starts.
 
 use crate::cmd::{cargo, step};
 use crate::tools::{ensure_envoy, ensure_wasm_target};
@@ -13,7 +14,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     step(
         "demo",
         cargo()
-            .args(["run", "--quiet", "-p", "test-harness", "--bin", "demo", "--", "--wasm"])
+            .args(["run", "--quiet", "-p", "benchmarks", "--bin", "demo", "--", "--wasm"])
             .arg(&wasm)
             .args(args.iter().filter(|a| a.as_str() != "--"))
             .env("ENVOY_BIN", &envoy),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-#[path = "../../test-harness/src/e2e/template.rs"]
+#[path = "../../test-harness/e2e/src/template.rs"]
 mod template;
 
 pub use template::render;
@@ -111,30 +111,14 @@ fn validate_one(envoy: &Path, wasm: &Path, file: &Path, rel: &Path, out_dir: &Pa
     }
 }
 
-/// The module the configs are validated with. Validate mode really loads it and calls `on_vm_start` and
-/// `on_configure` with the rendered configuration, so with the real filter this also checks that the
-/// filter accepts the configuration each file embeds. Before `filter/` exists, a stand-in that accepts
-/// anything is used (the harness fixture cannot be: it imports an unknown host call on purpose).
-pub fn wasm_for_validation() -> Result<PathBuf, String> {
-    if workspace_root().join("filter/Cargo.toml").exists() {
-        return build_filter();
-    }
-    eprintln!(
-        "    filter/ does not exist yet: validating with a stand-in module that accepts any configuration"
-    );
-    let path = workspace_root().join("target/envoy-config-validate/stand-in.wasm");
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    std::fs::write(&path, STAND_IN_WASM).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
-}
-
-/// Builds the picker filter (`filter/`) for Proxy-Wasm and returns the `.wasm` path.
+/// Builds the picker filter (`filter/`) for Proxy-Wasm and returns the `.wasm` path. The Envoy configs
+/// are validated with it: validate mode really loads the module and calls `on_vm_start` and
+/// `on_configure` with the rendered configuration, so this also checks that the filter accepts the
+/// configuration each file embeds.
 pub fn build_filter() -> Result<PathBuf, String> {
     let root = workspace_root();
     let manifest = root.join("filter/Cargo.toml");
-    // Same command and target dir as `test_harness::e2e::filter_wasm`, so the tests reuse this build.
+    // Same command and target dir as `e2e::filter_wasm`, so the tests reuse this build.
     step(
         "build the filter",
         cargo()
@@ -155,22 +139,3 @@ pub fn build_filter() -> Result<PathBuf, String> {
 
 /// Where the filter's `.wasm` is built (relative to the workspace root).
 const FILTER_TARGET_DIR: &str = "target/filter-wasm";
-
-/// The smallest module Envoy's Proxy-Wasm host loads: ABI 0.2.1 marker, an allocator, one page of memory,
-/// and no `proxy_on_configure` (so every configuration is accepted).
-#[rustfmt::skip]
-const STAND_IN_WASM: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
-    0x01, 0x09, 0x02, 0x60, 0x00, 0x00, 0x60, 0x01, 0x7f, 0x01, 0x7f, // types: () -> (), (i32) -> i32
-    0x03, 0x03, 0x02, 0x00, 0x01, // functions: type 0, type 1
-    0x05, 0x03, 0x01, 0x00, 0x01, // memory: min 1 page
-    0x07, 0x3f, 0x03, // exports (3)
-    0x06, b'm', b'e', b'm', b'o', b'r', b'y', 0x02, 0x00,
-    0x17, b'p', b'r', b'o', b'x', b'y', b'_', b'a', b'b', b'i', b'_', b'v', b'e', b'r', b's', b'i', b'o', b'n',
-    b'_', b'0', b'_', b'2', b'_', b'1', 0x00, 0x00,
-    0x18, b'p', b'r', b'o', b'x', b'y', b'_', b'o', b'n', b'_', b'm', b'e', b'm', b'o', b'r', b'y', b'_', b'a',
-    b'l', b'l', b'o', b'c', b'a', b't', b'e', 0x00, 0x01,
-    0x0a, 0x0a, 0x02, // code (2 bodies)
-    0x02, 0x00, 0x0b, // abi marker: nothing
-    0x05, 0x00, 0x41, 0x80, 0x08, 0x0b, // allocate: always address 1024
-];

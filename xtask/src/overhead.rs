@@ -1,6 +1,6 @@
 //! `cargo xtask bench overhead [--quick]`: installs what the suite runs on (Envoy 1.40 in .venv/, nginx
-//! and wrk from apt, and perf for `-- --attribute`), builds the shim in release, then runs test-harness's
-//! `overhead` binary.
+//! and wrk from apt, and perf for `-- --attribute`), builds the shim in release, then runs the
+//! `overhead` binary of `test-harness/benchmarks`.
 
 use crate::cmd::{cargo, step};
 use crate::tools::{ensure_envoy, ensure_wasm_target};
@@ -19,7 +19,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     step(
         "overhead benchmark",
         cargo()
-            .args(["run", "-p", "test-harness", "--bin", "overhead", "--"])
+            .args(["run", "-p", "benchmarks", "--bin", "overhead", "--"])
             .args(&extra)
             .env("ENVOY_BIN", envoy),
     )

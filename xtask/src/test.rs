@@ -1,14 +1,15 @@
 //! `cargo xtask test`: what CI runs. Each step is a function so later parts (Wasm builds, Envoy
 //! validation, end-to-end tests) slot in as further steps.
 
-use crate::cmd::{cargo, have, step, workspace_root};
-use crate::tools::{ensure_envoy, ensure_wasm_target, require_node, WASM_TARGET};
+use crate::cmd::{cargo, have, step, target_dir, workspace_root};
+use crate::tools::{ensure_cargo_deny, ensure_envoy, ensure_wasm_target, require_node, WASM_TARGET};
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("`cargo xtask test` takes no arguments, got {a:?}"));
     }
     fmt_check()?;
+    licenses_and_bans()?;
     clippy()?;
     filter_clippy_wasm()?;
     // Before the tests: the end-to-end tests use the Envoy this installs.
@@ -21,6 +22,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
 fn fmt_check() -> Result<(), String> {
     step("format check", cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+/// cargo-deny over the dependency graph: every license is one `deny.toml` allows, and nothing it bans
+/// (wildcard versions, crates we keep out) crept in.
+fn licenses_and_bans() -> Result<(), String> {
+    ensure_cargo_deny()?;
+    step("licenses and bans", cargo().args(["deny", "check", "licenses", "bans"]))
 }
 
 fn clippy() -> Result<(), String> {
@@ -37,12 +45,29 @@ fn filter_clippy_wasm() -> Result<(), String> {
 }
 
 fn unit_and_integration_tests() -> Result<(), String> {
+    // The end-to-end tests start model-sim and epp-shim. This very build makes both executables (their
+    // packages have integration tests), so the tests get those instead of building them again with
+    // the features of one package alone (about a minute of tonic and kube on 2 cores).
+    let debug = target_dir().join("debug");
+    let (model_sim, epp_shim) = (debug.join("model-sim"), debug.join("epp-shim"));
     if have("cargo", Some("nextest")) {
-        step("tests", cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+        step(
+            "tests",
+            cargo()
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .env("MODEL_SIM_BIN", &model_sim)
+                .env("EPP_SHIM_BIN", &epp_shim),
+        )?;
         // nextest does not run doctests.
         step("doc tests", cargo().args(["test", "--workspace", "--doc"]))
     } else {
-        step("tests", cargo().args(["test", "--workspace", "--no-fail-fast"]))
+        step(
+            "tests",
+            cargo()
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .env("MODEL_SIM_BIN", &model_sim)
+                .env("EPP_SHIM_BIN", &epp_shim),
+        )
     }
 }
 
@@ -72,5 +97,5 @@ pub fn envoy_check(args: &[String]) -> Result<(), String> {
 fn envoy_configs() -> Result<(), String> {
     let envoy = ensure_envoy()?;
     eprintln!("\n==> Envoy configs: {}", envoy.display());
-    crate::envoy::validate_all(&envoy, &crate::envoy::wasm_for_validation()?)
+    crate::envoy::validate_all(&envoy, &crate::envoy::build_filter()?)
 }

@@ -1,6 +1,6 @@
 //! Making sure the tools a step needs are present, installing what a fresh machine lacks.
 
-use crate::cmd::{have, step, workspace_root};
+use crate::cmd::{cargo, have, step, workspace_root};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,6 +16,27 @@ pub fn ensure_wasm_target() -> Result<(), String> {
         return Ok(());
     }
     step("install wasm target", Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// The cargo-deny release line `deny.toml` is written for.
+const CARGO_DENY_VERSION: &str = "0.20";
+
+/// Installs cargo-deny from crates.io (`cargo install --locked`, a few minutes once) when `cargo deny` is
+/// missing.
+pub fn ensure_cargo_deny() -> Result<(), String> {
+    if have("cargo", Some("deny")) {
+        return Ok(());
+    }
+    eprintln!("\nxtask: cargo-deny is missing; installing it from crates.io (a few minutes, once)");
+    step(
+        "install cargo-deny",
+        cargo()
+            .args(["install", "--locked", "cargo-deny", "--version"])
+            .arg(format!("~{CARGO_DENY_VERSION}"))
+            // Built in cargo's own temporary directory, not in the workspace's target/.
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR"),
+    )
 }
 
 /// Node.js runs the core's Wasm test binaries (its built-in WASI preview 1).

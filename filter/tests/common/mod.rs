@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
-use scheduler_core::snapshot_codec;
-use test_harness::{
+use proxy_wasm_emulator::{
     build_wasm_crate, workspace_root, CalloutResponse, Host, HttpStream, Plugin, StreamId, VmId,
 };
+use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+use scheduler_core::snapshot_codec;
 
 pub const VM_ID: &str = "epp";
 pub const SCRAPE_CLUSTER: &str = "epp-metrics";
@@ -104,7 +104,7 @@ pub fn write_snapshot(host: &mut Host, generation: u64, queues: &[u32]) {
 }
 
 pub fn now_ms(host: &Host) -> u64 {
-    test_harness::host::DEFAULT_START_UNIX_NS / 1_000_000 + host.now().as_millis() as u64
+    proxy_wasm_emulator::host::DEFAULT_START_UNIX_NS / 1_000_000 + host.now().as_millis() as u64
 }
 
 pub fn published(host: &Host) -> Option<PoolSnapshot> {

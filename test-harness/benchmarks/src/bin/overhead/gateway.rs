@@ -1,0 +1,306 @@
+//! The gateways compared, as Envoy bootstraps that differ only in their HTTP filter: plain Envoy to a fixed
+//! endpoint, the do-nothing body-buffering Wasm filter (to one fixed endpoint, or round-robin over the
+//! picker's endpoints), the same filter also reading the request as the picker does, our picker, and the
+//! ext_proc shim in FULL_DUPLEX_STREAMED. Listener, codec, buffer limits, routes and clusters are the ones
+//! envoy-config/ ships (minus the stdout access log, which would cost every configuration the same).
+
+use e2e::{Envoy, EnvoyOptions, EnvoyTemplate, Process};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// One configuration under test.
+#[derive(Clone, Debug)]
+pub enum Gateway {
+    Plain,
+    Floor,
+    /// The floor module setting each request's destination to the next of `endpoints` in turn: what
+    /// spreading requests over that many upstream hosts costs Envoy, with no decision at all.
+    FloorRoundRobin {
+        endpoints: usize,
+    },
+    /// The floor module built to also read each request as the picker does (`:path`, the JSON reader,
+    /// the prefix hashes), to the one fixed endpoint: what reading the prompt costs, with no decision.
+    FloorRead,
+    Picker {
+        endpoints: usize,
+    },
+    ExtProc {
+        endpoints: usize,
+    },
+}
+
+impl Gateway {
+    pub fn label(&self) -> String {
+        match self {
+            Gateway::Plain => String::from("plain Envoy"),
+            Gateway::Floor => String::from("floor (do-nothing Wasm)"),
+            Gateway::FloorRoundRobin { endpoints } => format!("floor, round-robin over {endpoints}"),
+            Gateway::FloorRead => String::from("reading floor (floor + request read)"),
+            Gateway::Picker { endpoints } => format!("picker, {endpoints} endpoints"),
+            Gateway::ExtProc { endpoints } => format!("ext_proc shim, {endpoints} endpoints"),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        match self {
+            Gateway::Plain => String::from("plain"),
+            Gateway::Floor => String::from("floor"),
+            Gateway::FloorRoundRobin { endpoints } => format!("floor-rr-{endpoints}"),
+            Gateway::FloorRead => String::from("floor-read"),
+            Gateway::Picker { endpoints } => format!("picker-{endpoints}"),
+            Gateway::ExtProc { endpoints } => format!("ext_proc-{endpoints}"),
+        }
+    }
+
+    /// The inverse of `key`, for reading a run back from its CSV.
+    pub fn from_key(key: &str) -> Option<Gateway> {
+        let endpoints = |rest: &str| rest.parse().ok();
+        match key {
+            "plain" => Some(Gateway::Plain),
+            "floor" => Some(Gateway::Floor),
+            "floor-read" => Some(Gateway::FloorRead),
+            _ => {
+                if let Some(n) = key.strip_prefix("floor-rr-") {
+                    endpoints(n).map(|endpoints| Gateway::FloorRoundRobin { endpoints })
+                } else if let Some(n) = key.strip_prefix("picker-") {
+                    endpoints(n).map(|endpoints| Gateway::Picker { endpoints })
+                } else {
+                    endpoints(key.strip_prefix("ext_proc-")?).map(|endpoints| Gateway::ExtProc { endpoints })
+                }
+            }
+        }
+    }
+}
+
+/// Builds the floor fixture twice: as is, and with its `read` feature (the reading floor), each into its
+/// own target directory.
+pub fn build_floors(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let manifest = root.join("test-harness/benchmarks/fixtures/floor-filter/Cargo.toml");
+    let floor = e2e::build_wasm_crate(&manifest, "floor_filter", &root.join("target/fixtures"))?;
+    let reading =
+        e2e::build_wasm_crate_with(&manifest, "floor_filter", &root.join("target/fixtures-read"), &["read"])?;
+    Ok((floor, reading))
+}
+
+/// The modules and binaries the gateways need.
+pub struct Artifacts {
+    pub picker_wasm: PathBuf,
+    pub floor_wasm: PathBuf,
+    /// The floor built with its `read` feature.
+    pub reading_floor_wasm: PathBuf,
+    pub shim: PathBuf,
+    /// Scrape period for the picker's collector and the shim (ms).
+    pub scrape_interval_ms: u64,
+}
+
+/// A running gateway: Envoy and, for ext_proc, the shim.
+pub struct Running {
+    pub envoy: Envoy,
+    pub shim: Option<Process>,
+}
+
+impl Running {
+    pub fn envoy_pid(&self) -> u32 {
+        self.envoy.process().id()
+    }
+}
+
+/// Starts `gateway` with `workers` Envoy workers in front of `pool` (the first address is the fixed one).
+pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts) -> Result<Running, String> {
+    let fixed = pool.first().ok_or("empty pool")?;
+    let (ip, port) = fixed.rsplit_once(':').ok_or("pool address without a port")?;
+    let mut shim = None;
+    let (bootstrap_extensions, filter, cluster, route) = match gateway {
+        Gateway::Plain => {
+            let cluster = format!(
+                "  - name: fixed\n    type: STATIC\n    connect_timeout: 2s\n{BREAKERS}    load_assignment:\n      \
+                 cluster_name: fixed\n      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: \
+                 {{address: {ip}, port_value: {port}}}}}}}}}]}}]\n"
+            );
+            (String::new(), String::new(), cluster, PLAIN_ROUTE.to_string())
+        }
+        Gateway::Floor | Gateway::FloorRead => {
+            let module =
+                if matches!(gateway, Gateway::FloorRead) { &art.reading_floor_wasm } else { &art.floor_wasm };
+            let filter = wasm_filter("floor", "", module, &yaml_quote(fixed));
+            (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
+        }
+        Gateway::FloorRoundRobin { endpoints } => {
+            let list: Vec<&str> = pool.iter().take(*endpoints).map(String::as_str).collect();
+            let filter = wasm_filter("floor", "", &art.floor_wasm, &yaml_quote(&list.join(",")));
+            (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
+        }
+        Gateway::Picker { endpoints } => {
+            let config = picker_config(pool, *endpoints, art.scrape_interval_ms);
+            let quoted = yaml_quote(&config);
+            let ext = format!(
+                "bootstrap_extensions:\n- name: envoy.bootstrap.wasm\n  typed_config:\n    \"@type\": \
+                 type.googleapis.com/envoy.extensions.wasm.v3.WasmService\n    singleton: true\n    config:\n      \
+                 name: collector\n      root_id: collector\n      configuration: {{\"@type\": \
+                 type.googleapis.com/google.protobuf.StringValue, value: {quoted}}}\n      vm_config: {{vm_id: epp, \
+                 runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: \"{}\"}}}}}}\n",
+                art.picker_wasm.display()
+            );
+            let filter = wasm_filter("epp", "picker", &art.picker_wasm, &quoted);
+            let cluster = String::from(
+                "  - name: epp-metrics\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    \
+                 connect_timeout: 1s\n    original_dst_lb_config: {use_http_header: true}\n",
+            );
+            (ext, filter, cluster, HEADER_ROUTE.to_string())
+        }
+        Gateway::ExtProc { endpoints } => {
+            let (process, grpc_port) = start_shim(pool, *endpoints, art)?;
+            shim = Some(process);
+            (
+                String::new(),
+                EXT_PROC_FILTER.to_string(),
+                ext_proc_cluster(grpc_port),
+                HEADER_ROUTE.to_string(),
+            )
+        }
+    };
+    let yaml = format!(
+        "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {{{{PORT_ADMIN}}}}}}}}}}\n\
+         {bootstrap_extensions}{LISTENER_HEAD}{route}{FILTERS_HEAD}{filter}{ROUTER}  clusters:\n{POOL_CLUSTER}{cluster}"
+    );
+    let template = EnvoyTemplate::inline(&format!("overhead-{}", gateway.key()), &yaml);
+    let options = EnvoyOptions {
+        concurrency: workers,
+        log_level: String::from("warn"),
+        ready_timeout: Duration::from_secs(90),
+        extra_args: Vec::new(),
+    };
+    let envoy = Envoy::start(&template, &options)?;
+    Ok(Running { envoy, shim })
+}
+
+/// The picker's configuration: the GIE default scheduler over the first `endpoints` addresses. The `pool`
+/// cluster is ORIGINAL_DST, which serves a request only where the header says, so the served endpoint is
+/// the chosen one (`servedFrom: destination`, as envoy-config/README.md recommends for it).
+pub fn picker_config(pool: &[String], endpoints: usize, interval_ms: u64) -> String {
+    let list: Vec<String> = pool.iter().take(endpoints).map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "{{\"pool\":{{\"name\":\"bench\",\"endpoints\":[{}]}},\"collector\":{{\"intervalMs\":{interval_ms},\"timeoutMs\":500}},\"routing\":{{\"servedFrom\":\"destination\"}}}}",
+        list.join(",")
+    )
+}
+
+fn start_shim(pool: &[String], endpoints: usize, art: &Artifacts) -> Result<(Process, u16), String> {
+    let dir = e2e::workspace_root().join("target/overhead-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let config_path = dir.join(format!("shim-{endpoints}.json"));
+    std::fs::write(&config_path, picker_config(pool, endpoints, art.scrape_interval_ms))
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let mut cmd = Command::new(&art.shim);
+    cmd.arg("--config")
+        .arg(&config_path)
+        .args(["--host", "127.0.0.1", "--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"])
+        .args(["--body-mode", "full-duplex", "--log-level", "warn"]);
+    let mut process = Process::spawn("epp-shim", cmd)?;
+    let addr = process.wait_for("the ext_proc listening line", Duration::from_secs(20), |p| {
+        p.log().lines().find_map(|l| l.strip_prefix("epp-shim ext_proc listening on ").map(str::to_string))
+    })?;
+    let port = addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.trim().parse().ok())
+        .ok_or_else(|| format!("cannot read the shim's port from {addr:?}"))?;
+    Ok((process, port))
+}
+
+/// A JSON string as a YAML double-quoted scalar.
+fn yaml_quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn wasm_filter(vm_id: &str, root_id: &str, wasm: &Path, quoted_config: &str) -> String {
+    format!(
+        "          - name: envoy.filters.http.wasm\n            typed_config:\n              \"@type\": \
+         type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                \
+         name: {vm_id}\n                root_id: \"{root_id}\"\n                \
+         allow_on_headers_stop_iteration: true\n                failure_policy: FAIL_CLOSED\n                \
+         configuration: {{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: {quoted_config}}}\n\
+         \x20               vm_config: {{vm_id: {vm_id}, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: \
+         \"{}\"}}}}}}\n",
+        wasm.display()
+    )
+}
+
+fn ext_proc_cluster(port: u16) -> String {
+    format!(
+        "  - name: epp\n    type: STATIC\n    connect_timeout: 2s\n    load_assignment:\n      cluster_name: epp\n      \
+         endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: \
+         {port}}}}}}}}}]}}]\n    typed_extension_protocol_options:\n      \
+         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": \
+         type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+         explicit_http_config: {{http2_protocol_options: {{}}}}\n    transport_socket:\n      \
+         name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": \
+         type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        \
+         common_tls_context: {{alpn_protocols: [h2]}}\n"
+    )
+}
+
+const LISTENER_HEAD: &str = "static_resources:
+  listeners:
+  - name: gateway
+    address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_LISTENER}}}}
+    per_connection_buffer_limit_bytes: 4194304
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          codec_type: AUTO
+          http2_protocol_options: {initial_stream_window_size: 4194304}
+          route_config:
+            name: gateway
+            virtual_hosts:
+            - name: inference
+              domains: [\"*\"]
+              routes:
+";
+
+const PLAIN_ROUTE: &str =
+    "              - {match: {prefix: \"/\"}, route: {cluster: fixed, timeout: 600s}}\n";
+
+const HEADER_ROUTE: &str = "              - match: {prefix: \"/\", headers: [{name: x-gateway-destination-endpoint, present_match: true}]}
+                route: {cluster: pool, timeout: 600s}
+              - match: {prefix: \"/\"}
+                direct_response: {status: 503, body: {inline_string: \"no endpoint was picked\"}}
+";
+
+const FILTERS_HEAD: &str = "          http_filters:\n";
+
+const ROUTER: &str = "          - name: envoy.filters.http.router
+            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+";
+
+const EXT_PROC_FILTER: &str = "          - name: envoy.filters.http.ext_proc
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {envoy_grpc: {cluster_name: epp}, timeout: 10s}
+              failure_mode_allow: false
+              message_timeout: 1000s
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SEND
+                request_body_mode: FULL_DUPLEX_STREAMED
+                response_body_mode: FULL_DUPLEX_STREAMED
+                request_trailer_mode: SEND
+                response_trailer_mode: SEND
+              metadata_options:
+                forwarding_namespaces: {untyped: [envoy.lb, envoy.lb.subset_hint]}
+                receiving_namespaces: {untyped: [envoy.lb]}
+";
+
+const BREAKERS: &str =
+    "    circuit_breakers: {thresholds: [{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}]}\n";
+
+const POOL_CLUSTER: &str = "  - name: pool
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+    original_dst_lb_config: {use_http_header: true, http_header_name: x-gateway-destination-endpoint}
+    circuit_breakers: {thresholds: [{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}]}
+";
