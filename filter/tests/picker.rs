@@ -354,7 +354,7 @@ fn invalid_configuration_is_refused_naming_the_field() {
 fn configuration_warnings_are_logged_naming_what_is_ignored() {
     let mut host = host();
     host.start_vm(picker(&config(1, r#""featureGates": ["flowControl", "noSuchGate"]"#))).unwrap();
-    let warnings = host.logs_at(test_harness::LogLevel::Warn);
+    let warnings = host.logs_at(proxy_wasm_emulator::LogLevel::Warn);
     for gate in ["flowControl", "noSuchGate"] {
         assert!(
             warnings.iter().any(|l| l.starts_with("configuration: ") && l.contains(gate)),

@@ -1,8 +1,4 @@
 //! `epp-shim`: command-line flags (hand-written to keep the build lean), then [`epp_shim::app::run`].
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
-)]
 
 use epp_shim::app::{self, Discovery, Settings, TlsMode};
 use epp_shim::endpoints::kubernetes::KubeSettings;

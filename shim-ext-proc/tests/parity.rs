@@ -3,6 +3,8 @@
 //! clients receive the same response bodies. The seed rule is the core's
 //! `endpoint_picker::request_seed(x-request-id)`; changing it in one product, giving the shim another
 //! clock, or dropping the model restore in one makes these tests fail (checked by mutation).
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
@@ -166,9 +168,9 @@ async fn hundreds_of_concurrent_streams_all_get_answers_and_release_their_in_fli
 
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation as BodyMut;
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
+use proxy_wasm_emulator::{build_wasm_crate, workspace_root, Host, Plugin, StreamId};
 use scheduler_core::model::Endpoint as PoolEndpoint;
 use std::sync::atomic::{AtomicU64, Ordering};
-use test_harness::{build_wasm_crate, workspace_root, Host, Plugin, StreamId};
 
 /// What a client would notice: where the request went and the body the server received, or the status
 /// of the local reply.
@@ -293,7 +295,7 @@ fn filter_wasm() -> std::path::PathBuf {
 }
 
 fn host_now_ms(host: &Host) -> u64 {
-    test_harness::host::DEFAULT_START_UNIX_NS / 1_000_000 + host.now().as_millis() as u64
+    proxy_wasm_emulator::host::DEFAULT_START_UNIX_NS / 1_000_000 + host.now().as_millis() as u64
 }
 
 /// A shim stream held open after its decision (the request is still being served).
@@ -418,7 +420,7 @@ async fn shim_send(channel: Channel, r: &Req) -> (Decided, Option<Held>) {
     (decided, Some(Held { tx, responses }))
 }
 
-fn filter_send(host: &mut Host, vm: test_harness::VmId, r: &Req) -> (Decided, Option<StreamId>) {
+fn filter_send(host: &mut Host, vm: proxy_wasm_emulator::VmId, r: &Req) -> (Decided, Option<StreamId>) {
     let mut headers = vec![
         (":method", "POST"),
         (":path", r.path),
