@@ -3,10 +3,12 @@
 //! bytes between the proxy and the core, and keeps state that several proxy threads share.
 //!
 //! # Roles (one module, chosen by `root_id`)
-//! - **picker** (any root id but `collector`), an HTTP filter on each worker thread: strips client-set
-//!   routing headers, buffers the body, asks `EndpointPicker::pick`, sets `x-gateway-destination-endpoint`
+//! - **picker** (any root id but `collector`), an HTTP filter on each worker thread, driving the core's
+//!   request lifecycle (`scheduler_core::exchange`, shared with the ext_proc shim): strips client-set
+//!   routing headers, buffers the body, asks `EndpointPicker::decide`, sets `x-gateway-destination-endpoint`
 //!   (or answers 400/413/429/503 with an OpenAI-shaped body), and on the way back adds the served header,
-//!   counts upstream 5xx per endpoint and ends the in-flight count (on_log/on_done, whatever the end).
+//!   counts upstream 5xx per endpoint, moves the in-flight count when the proxy served the request
+//!   elsewhere and ends it (on_log/on_done, whatever the end).
 //! - **collector** (`root_id: collector`, e.g. an `envoy.bootstrap.wasm` singleton with the same `vm_id`):
 //!   scrapes every endpoint's `/metrics` (or polls one discovery URL serving a ready snapshot) and
 //!   publishes the pool snapshot. With `collector.mode: leader-elected` (Istio: no singleton) every
@@ -26,8 +28,8 @@
 //!   batches sent at most once per 10 ms, and are learned in `on_queue_ready` ([`prefix_sync`]).
 //!   Staleness: under load up to 10 ms plus one event-loop turn of the other thread; the last picks of a
 //!   burst go out with the next stream end after the interval or the next tick.
-//! - Worker ids and directory ([`worker_directory`]); the collector lease (`collector::leader`). Each worker keeps
-//!   a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
+//! - Worker ids and directory ([`worker_directory`]); the collector lease (`collector::leader`). Each
+//!   worker keeps a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
 //!   on the prefix queues, so a request reads only the other workers' in-flight tables. A picker VM joins
 //!   the directory on its first HTTP stream, not at configuration: Envoy also configures the filter's root
 //!   context on its main thread, which serves no requests and must not receive prefix broadcasts.
@@ -41,7 +43,7 @@
 //! # Layout
 //! Logic lives in host-independent modules behind the small [`host::Host`] trait (unit-tested natively
 //! with a fake); `wasm/` (only for `wasm32`) is the glue: `root.rs` (the RootContext, roles, ticks,
-//! callouts, queues), `stream.rs` (the HttpContext), `host_impl.rs` (`Host` over `abi.rs`, the raw host calls,
+//! callouts, queues), `stream.rs` (the HttpContext: exchange steps to host calls), `host_impl.rs` (`Host` over `abi.rs`, the raw host calls,
 //! none of which can panic), `headers.rs` (a header map in one call, parsed by [`header_map`]) and `logger.rs`
 //! (follows the proxy's log level).
 //! Debug logs carry request ids, endpoints and statuses, never prompt text.
