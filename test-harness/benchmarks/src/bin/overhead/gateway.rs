@@ -25,6 +25,11 @@ pub enum Gateway {
     Picker {
         endpoints: usize,
     },
+    /// The picker built from another commit (`--baseline-wasm`), configured alike: an A/B of two builds
+    /// measured side by side in one run.
+    Baseline {
+        endpoints: usize,
+    },
     ExtProc {
         endpoints: usize,
     },
@@ -38,6 +43,7 @@ impl Gateway {
             Gateway::FloorRoundRobin { endpoints } => format!("floor, round-robin over {endpoints}"),
             Gateway::FloorRead => String::from("reading floor (floor + request read)"),
             Gateway::Picker { endpoints } => format!("picker, {endpoints} endpoints"),
+            Gateway::Baseline { endpoints } => format!("picker (baseline build), {endpoints} endpoints"),
             Gateway::ExtProc { endpoints } => format!("ext_proc shim, {endpoints} endpoints"),
         }
     }
@@ -49,6 +55,7 @@ impl Gateway {
             Gateway::FloorRoundRobin { endpoints } => format!("floor-rr-{endpoints}"),
             Gateway::FloorRead => String::from("floor-read"),
             Gateway::Picker { endpoints } => format!("picker-{endpoints}"),
+            Gateway::Baseline { endpoints } => format!("baseline-{endpoints}"),
             Gateway::ExtProc { endpoints } => format!("ext_proc-{endpoints}"),
         }
     }
@@ -65,6 +72,8 @@ impl Gateway {
                     endpoints(n).map(|endpoints| Gateway::FloorRoundRobin { endpoints })
                 } else if let Some(n) = key.strip_prefix("picker-") {
                     endpoints(n).map(|endpoints| Gateway::Picker { endpoints })
+                } else if let Some(n) = key.strip_prefix("baseline-") {
+                    endpoints(n).map(|endpoints| Gateway::Baseline { endpoints })
                 } else {
                     endpoints(key.strip_prefix("ext_proc-")?).map(|endpoints| Gateway::ExtProc { endpoints })
                 }
@@ -86,6 +95,8 @@ pub fn build_floors(root: &Path) -> Result<(PathBuf, PathBuf), String> {
 /// The modules and binaries the gateways need.
 pub struct Artifacts {
     pub picker_wasm: PathBuf,
+    /// Another build of the picker to compare with (`--baseline-wasm`).
+    pub baseline_wasm: Option<PathBuf>,
     pub floor_wasm: PathBuf,
     /// The floor built with its `read` feature.
     pub reading_floor_wasm: PathBuf,
@@ -131,7 +142,13 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
             let filter = wasm_filter("floor", "", &art.floor_wasm, &yaml_quote(&list.join(",")));
             (String::new(), filter, String::new(), HEADER_ROUTE.to_string())
         }
-        Gateway::Picker { endpoints } => {
+        Gateway::Picker { endpoints } | Gateway::Baseline { endpoints } => {
+            let module = match gateway {
+                Gateway::Baseline { .. } => {
+                    art.baseline_wasm.as_ref().ok_or("baseline-<N> needs --baseline-wasm PATH")?
+                }
+                _ => &art.picker_wasm,
+            };
             let config = picker_config(pool, *endpoints, art.scrape_interval_ms);
             let quoted = yaml_quote(&config);
             let ext = format!(
@@ -140,9 +157,9 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
                  name: collector\n      root_id: collector\n      configuration: {{\"@type\": \
                  type.googleapis.com/google.protobuf.StringValue, value: {quoted}}}\n      vm_config: {{vm_id: epp, \
                  runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: \"{}\"}}}}}}\n",
-                art.picker_wasm.display()
+                module.display()
             );
-            let filter = wasm_filter("epp", "picker", &art.picker_wasm, &quoted);
+            let filter = wasm_filter("epp", "picker", module, &quoted);
             let cluster = String::from(
                 "  - name: epp-metrics\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    \
                  connect_timeout: 1s\n    original_dst_lb_config: {use_http_header: true}\n",

@@ -37,6 +37,8 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
                    (for a focused comparison while working on the filter; skips the memory table)
   --bodies KIBS    body sizes in KiB, comma-separated [default: 4,128,220, quick 4,220]
   --workers LIST   Envoy worker counts, comma-separated [default: 1,2, quick 1]
+  --baseline-wasm PATH  another build of the picker's .wasm (e.g. from an earlier commit), measured
+                   side by side as the configuration baseline-64 (keys baseline-<N> with --only)
   --attribute      instead of the tables: sample each configuration's Envoy with perf while wrk drives
                    it, and say where its CPU per request goes (module code, host functions, the rest of
                    Envoy, kernel) [default configurations floor-rr-64,picker-64, body 4 KiB, 1 worker,
@@ -57,6 +59,7 @@ struct Options {
     bodies_kib: Option<Vec<usize>>,
     workers: Option<Vec<usize>>,
     attribute: bool,
+    baseline_wasm: Option<PathBuf>,
     /// `--duration` as given (`duration` falls back to a default per mode).
     duration_given: Option<Duration>,
 }
@@ -83,6 +86,7 @@ fn parse_args() -> Result<Options, String> {
         bodies_kib: None,
         workers: None,
         attribute: false,
+        baseline_wasm: None,
         duration_given: None,
     };
     let mut args = std::env::args().skip(1);
@@ -112,6 +116,7 @@ fn parse_args() -> Result<Options, String> {
                 let v = value("--rounds")?;
                 o.rounds = v.parse().map_err(|_| format!("--rounds {v:?}: expected a count"))?;
             }
+            "--baseline-wasm" => o.baseline_wasm = Some(root.join(value("--baseline-wasm")?)),
             "--only" => o.only = Some(value("--only")?.split(',').map(|k| k.trim().to_string()).collect()),
             "--bodies" => o.bodies_kib = Some(parse_list("--bodies", &value("--bodies")?)?),
             "--workers" => o.workers = Some(parse_list("--workers", &value("--workers")?)?),
@@ -165,8 +170,14 @@ fn run() -> Result<(), String> {
     if !o.shim.exists() && !o.host_calls_only && needs_shim {
         return Err(format!("{} is missing: cargo build --release -p epp-shim", o.shim.display()));
     }
+    if let Some(b) = &o.baseline_wasm {
+        if !b.is_file() {
+            return Err(format!("--baseline-wasm {}: no such file", b.display()));
+        }
+    }
     let art = Artifacts {
         picker_wasm,
+        baseline_wasm: o.baseline_wasm.clone(),
         floor_wasm,
         reading_floor_wasm,
         shim: o.shim.clone(),
@@ -196,6 +207,9 @@ fn run() -> Result<(), String> {
     let mut gateways =
         vec![Gateway::Plain, Gateway::Floor, Gateway::FloorRoundRobin { endpoints: 64 }, Gateway::FloorRead];
     gateways.extend(picker_sizes.iter().map(|&n| Gateway::Picker { endpoints: n }));
+    if o.baseline_wasm.is_some() {
+        gateways.push(Gateway::Baseline { endpoints: 64 });
+    }
     gateways.push(Gateway::ExtProc { endpoints: 64 });
     if let Some(only) = &o.only {
         gateways = parse_only(only)?;
@@ -388,7 +402,7 @@ fn loadavg() -> String {
 
 /// Waits for what a gateway needs before traffic: the picker's first scrape round.
 fn settle(g: &Gateway) {
-    if matches!(g, Gateway::Picker { .. } | Gateway::ExtProc { .. }) {
+    if matches!(g, Gateway::Picker { .. } | Gateway::Baseline { .. } | Gateway::ExtProc { .. }) {
         std::thread::sleep(Duration::from_millis(1500));
     }
 }
@@ -431,7 +445,7 @@ fn measure(
 
 /// The picker must have decided every request itself: a fail-open would measure a cheaper path.
 fn check_picker(g: &Gateway, running: &gateway::Running) -> Result<(), String> {
-    if !matches!(g, Gateway::Picker { .. }) {
+    if !matches!(g, Gateway::Picker { .. } | Gateway::Baseline { .. }) {
         return Ok(());
     }
     let routed = running.envoy.stat_sum("epp_decisions_routed").unwrap_or(0);
