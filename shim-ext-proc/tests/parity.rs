@@ -456,39 +456,51 @@ fn publish_both(pool: &Pool, host: &mut Host, endpoints: &[PoolEndpoint], round:
     host.set_shared_data("epp", "epp/parity/generation", &published.snapshot.generation.to_le_bytes());
 }
 
-/// Runs the same 60 requests through the shim (over gRPC) and the filter (in the host emulator), with
-/// the same snapshots, clock and ids, keeping a few requests in flight at a time, and returns both
-/// decision lists.
-async fn run_both(picker_config: &str) -> (Run, Run) {
-    let text = parity_config(picker_config);
-    let config = GatewayConfig::from_json(&text).unwrap();
+/// The two products side by side: the filter in the host emulator and the shim's gRPC service, with
+/// `n` endpoints, both reading the decision clock the test moves.
+struct Both {
+    host: Host,
+    vm: proxy_wasm_emulator::VmId,
+    clock: Arc<AtomicU64>,
+    pool: Arc<Pool>,
+    endpoints: Vec<PoolEndpoint>,
+    channel: Channel,
+}
 
+async fn both(config_text: &str, n: usize) -> Both {
+    let config = GatewayConfig::from_json(config_text).unwrap();
     let mut host = Host::builder().build();
-    let vm = host
-        .start_vm(
-            Plugin::new(filter_wasm())
-                .root_id("picker")
-                .vm_id("epp")
-                .configuration(text.as_str())
-                .allow_on_headers_stop_iteration(true),
-        )
-        .unwrap();
+    let plugin = Plugin::new(filter_wasm())
+        .root_id("picker")
+        .vm_id("epp")
+        .configuration(config_text)
+        .allow_on_headers_stop_iteration(true);
+    let vm = host.start_vm(plugin).unwrap();
     let clock = Arc::new(AtomicU64::new(host_now_ms(&host)));
-
     let pool = Pool::new("parity");
     let endpoints: Vec<PoolEndpoint> =
-        (1..=6).map(|i| PoolEndpoint::new(format!("10.9.0.{i}:8000"))).collect();
+        (1..=n).map(|i| PoolEndpoint::new(format!("10.9.0.{i}:8000"))).collect();
     pool.set_endpoints(&endpoints);
     let metrics = Arc::new(Metrics::default());
     let read = Arc::clone(&clock);
-    let shim_picker = PickerHandle::spawn_with_clock(
+    let picker = PickerHandle::spawn_with_clock(
         config.clone(),
         Arc::clone(&pool),
         Arc::clone(&metrics),
         Arc::new(move || read.load(Ordering::SeqCst)),
     )
     .unwrap();
-    let channel = serve(&config, shim_picker, metrics).await;
+    let channel = serve(&config, picker, metrics).await;
+    Both { host, vm, clock, pool, endpoints, channel }
+}
+
+/// Runs the same 60 requests through the shim (over gRPC) and the filter (in the host emulator), with
+/// the same snapshots, clock and ids, keeping a few requests in flight at a time, and returns both
+/// decision lists.
+async fn run_both(picker_config: &str) -> (Run, Run) {
+    let text = parity_config(picker_config);
+
+    let Both { mut host, vm, clock, pool, endpoints, channel } = both(&text, 6).await;
 
     let mut shim_out = Run::default();
     let mut filter_out = Run::default();
@@ -624,29 +636,7 @@ async fn the_shim_and_the_wasm_filter_pick_alike_with_random_and_clock_driven_pl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn former_divergences_now_behave_alike() {
     let text = parity_config(r#""limits": {"maxResponseBodyBytes": 65536}"#);
-    let config = GatewayConfig::from_json(&text).unwrap();
-    let mut host = Host::builder().build();
-    let plugin = Plugin::new(filter_wasm())
-        .root_id("picker")
-        .vm_id("epp")
-        .configuration(text.as_str())
-        .allow_on_headers_stop_iteration(true);
-    let vm = host.start_vm(plugin).unwrap();
-    let clock = Arc::new(AtomicU64::new(host_now_ms(&host)));
-    let pool = Pool::new("parity");
-    let endpoints: Vec<PoolEndpoint> =
-        (1..=3).map(|i| PoolEndpoint::new(format!("10.9.0.{i}:8000"))).collect();
-    pool.set_endpoints(&endpoints);
-    let metrics = Arc::new(Metrics::default());
-    let read = Arc::clone(&clock);
-    let picker = PickerHandle::spawn_with_clock(
-        config.clone(),
-        Arc::clone(&pool),
-        Arc::clone(&metrics),
-        Arc::new(move || read.load(Ordering::SeqCst)),
-    )
-    .unwrap();
-    let channel = serve(&config, picker, metrics).await;
+    let Both { mut host, vm, pool, endpoints, channel, .. } = both(&text, 3).await;
     let now = host_now_ms(&host);
     publish_both(&pool, &mut host, &endpoints, 0, now);
 
