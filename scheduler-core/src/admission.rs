@@ -3,6 +3,7 @@
 //! The filter and the shim call [`decide`] and turn the answer into headers or a local reply, so the
 //! status codes below are the ones clients see (they follow GIE's picker, not its docs).
 
+use crate::health::Exclusions;
 use crate::model::PoolSnapshot;
 use crate::rng::Rng;
 use crate::scheduling::pipeline::Scheduler;
@@ -126,6 +127,20 @@ pub fn admit(
     now_ms: u64,
     rng: &mut Rng,
 ) -> Decision {
+    admit_excluding(scheduler, req, pool, subset, &Exclusions::default(), now_ms, rng)
+}
+
+/// [`admit`] leaving out the endpoints health excludes. When the subset hint names only excluded
+/// endpoints, the exclusions give way: the gateway asked for those.
+pub fn admit_excluding(
+    scheduler: &mut Scheduler,
+    req: &SchedulingRequest<'_>,
+    pool: &PoolSnapshot,
+    subset: Option<&[&str]>,
+    exclusions: &Exclusions,
+    now_ms: u64,
+    rng: &mut Rng,
+) -> Decision {
     if pool.endpoints.is_empty() {
         return Decision::reject(
             RejectReason::NoEndpoints,
@@ -150,6 +165,17 @@ pub fn admit(
             }
             c
         }
+    };
+    let candidates = if exclusions.count > 0 {
+        let healthy: Vec<usize> =
+            candidates.iter().copied().filter(|&i| !exclusions.is_excluded(i)).collect();
+        if healthy.is_empty() {
+            candidates
+        } else {
+            healthy
+        }
+    } else {
+        candidates
     };
     let ctx = SchedulingContext { request: req, pool, now_ms };
     if req.priority < 0 {

@@ -7,9 +7,10 @@
 //! conversation around the decision (headers stripped, body buffered, response read) is
 //! [`crate::exchange`].
 
-use crate::admission::{admit, Decision, RejectReason};
+use crate::admission::{admit_excluding, Decision, RejectReason};
 use crate::config::gateway::{FailOpenStrategy, FailureMode, GatewayConfig};
 use crate::config::ConfigError;
+use crate::health::{HealthTracker, UpstreamResult};
 use crate::model::{EndpointState, PoolSnapshot};
 use crate::openai_error::OpenAiError;
 use crate::request::{parse_request, rewrite_model, InferenceRequest, RequestMeta};
@@ -45,6 +46,8 @@ pub enum Fallback {
     StaleSnapshot,
     /// The published bytes could not be decoded (corrupt, or a newer format).
     UndecodableSnapshot,
+    /// No endpoint is usable: scrapes failing, metrics missing or stale, or ejected for failures.
+    NoUsableEndpoint,
 }
 
 impl Fallback {
@@ -54,6 +57,7 @@ impl Fallback {
             Fallback::NoSnapshot => "no_snapshot",
             Fallback::StaleSnapshot => "stale_snapshot",
             Fallback::UndecodableSnapshot => "undecodable_snapshot",
+            Fallback::NoUsableEndpoint => "no_usable_endpoint",
         }
     }
 }
@@ -119,6 +123,9 @@ pub enum Outcome {
 pub struct EndpointPicker {
     scheduler: Scheduler,
     config: GatewayConfig,
+    health: HealthTracker,
+    /// The snapshot generation health last forgot departed endpoints for.
+    health_generation: u64,
     /// Cursor for fail-open round-robin.
     next_blind: usize,
 }
@@ -128,7 +135,8 @@ impl EndpointPicker {
     pub fn new(config: GatewayConfig) -> Result<EndpointPicker, ConfigError> {
         let mut scheduler = Scheduler::from_config(&config.picker)?;
         scheduler.set_max_endpoints(config.routing.max_endpoints);
-        Ok(EndpointPicker { scheduler, config, next_blind: 0 })
+        let health = HealthTracker::new(config.health.clone(), config.limits.snapshot_max_age_ms);
+        Ok(EndpointPicker { scheduler, config, health, health_generation: 0, next_blind: 0 })
     }
 
     pub fn from_json(text: &str) -> Result<EndpointPicker, ConfigError> {
@@ -145,6 +153,20 @@ impl EndpointPicker {
 
     pub fn scheduler_mut(&mut self) -> &mut Scheduler {
         &mut self.scheduler
+    }
+
+    pub fn health(&self) -> &HealthTracker {
+        &self.health
+    }
+
+    pub fn health_mut(&mut self) -> &mut HealthTracker {
+        &mut self.health
+    }
+
+    /// What the gateway saw of a request it sent to `address` (the response status; 502/503/504 also
+    /// stand for a refused connection, a reset or a timeout).
+    pub fn record_upstream(&mut self, address: &str, status: u16, now_ms: u64) {
+        self.health.record(address, UpstreamResult::of_status(status), now_ms);
     }
 
     /// How to treat `snapshot` at `now_ms`: fresh, or why not.
@@ -242,7 +264,22 @@ impl EndpointPicker {
                 return with_rewrite(outcome, rewritten, rewritten_body);
             }
         };
-        let outcome = match admit(&mut self.scheduler, &req, snapshot, info.subset, now_ms, &mut rng) {
+        if snapshot.generation != self.health_generation {
+            self.health_generation = snapshot.generation;
+            self.health.retain(snapshot);
+        }
+        let exclusions = self.health.exclusions(snapshot, now_ms);
+        if exclusions.all_unusable && self.config.failure_mode == FailureMode::FailClose {
+            let outcome =
+                self.fail_open_or_closed(Fallback::NoUsableEndpoint, Some(snapshot), info.subset, 0);
+            return with_rewrite(outcome, rewritten, rewritten_body);
+        }
+        let decision =
+            admit_excluding(&mut self.scheduler, &req, snapshot, info.subset, &exclusions, now_ms, &mut rng);
+        if let Decision::Route { destination, .. } = &decision {
+            self.health.routed(destination, now_ms);
+        }
+        let outcome = match decision {
             Decision::Route { destination, fallbacks, prefill, prefix_hashes } => {
                 let mut header_value = destination.clone();
                 for f in fallbacks.iter().take(self.config.routing.max_endpoints.saturating_sub(1)) {
@@ -262,6 +299,13 @@ impl EndpointPicker {
             }
             Decision::Reject { reason, message, .. } => Outcome::Reply(reject_reply(reason, &message)),
         };
+        // Every endpoint unusable and failing open: routed on what the metrics say, and counted as such.
+        let outcome = match outcome {
+            Outcome::Route(route) if exclusions.all_unusable => {
+                Outcome::FailOpen { reason: Fallback::NoUsableEndpoint, route: Some(route) }
+            }
+            other => other,
+        };
         with_rewrite(outcome, rewritten, rewritten_body)
     }
 
@@ -278,6 +322,9 @@ impl EndpointPicker {
                 Fallback::StaleSnapshot => "endpoint metrics are stale and the gateway fails closed",
                 Fallback::UndecodableSnapshot => {
                     "endpoint metrics are unreadable and the gateway fails closed"
+                }
+                Fallback::NoUsableEndpoint => {
+                    "no endpoint is usable (metrics missing or stale, or failing) and the gateway fails closed"
                 }
             };
             return Outcome::Reply(Reply {

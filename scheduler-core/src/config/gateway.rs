@@ -5,6 +5,7 @@
 //! The Wasm filter reads it from the plugin configuration, the shim from a file; both get the same
 //! errors, each naming the field and what was expected.
 
+use super::health::HealthConfig;
 use super::objectives::{Objective, ObjectivePriorities};
 use super::params::{json_repr, parse_params};
 use super::{ConfigError, EndpointPickerConfig};
@@ -17,8 +18,17 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// Our top-level sections; everything else belongs to the `EndpointPickerConfig`.
-pub const OWN_SECTIONS: &[&str] =
-    &["pool", "collector", "routing", "failureMode", "failOpen", "limits", "objectives", "modelRewrites"];
+pub const OWN_SECTIONS: &[&str] = &[
+    "pool",
+    "collector",
+    "routing",
+    "failureMode",
+    "failOpen",
+    "limits",
+    "objectives",
+    "modelRewrites",
+    "health",
+];
 
 /// What to do when the picker cannot decide from metrics (no snapshot, stale, undecodable).
 /// Mirrors InferencePool `endpointPickerRef.failureMode`.
@@ -228,6 +238,8 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     pub objectives: ObjectivePriorities,
     pub rewrites: ModelRewrites,
+    /// Which endpoints get no traffic (failing scrapes, stale metrics, the gateway's own failures).
+    pub health: HealthConfig,
 }
 
 impl GatewayConfig {
@@ -331,6 +343,7 @@ impl GatewayConfig {
                 ..e
             })?,
         };
+        let health = HealthConfig::from_value(section("health")).map_err(|e| e.at("health"))?;
         Ok(GatewayConfig {
             picker,
             pool,
@@ -341,6 +354,7 @@ impl GatewayConfig {
             limits,
             objectives,
             rewrites,
+            health,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! and the system defaults (picker, profile handler, saturation detector) happen in `Scheduler`.
 
 pub mod gateway;
+pub mod health;
 pub mod objectives;
 pub mod params;
 mod parse;

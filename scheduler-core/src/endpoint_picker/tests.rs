@@ -256,3 +256,64 @@ fn a_rewrite_the_body_cannot_take_is_refused_400_not_forwarded_with_the_wrong_mo
     assert_eq!((r.status, r.reason), (400, "bad_request"));
     assert!(r.body.contains("model"), "{}", r.body);
 }
+
+#[test]
+fn endpoints_whose_scrapes_fail_or_whose_metrics_are_stale_get_no_traffic() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    // Endpoint 1 has the shortest queue, but its scrapes fail (a killed pod): 2 is next best.
+    let mut snap = pool(&[0, 1, 5, 5]);
+    snap.endpoints[0].consecutive_scrape_failures = 2;
+    assert_eq!(
+        route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&snap), 1_010, 1))
+            .destination,
+        "10.0.0.2:8000"
+    );
+    // Frozen metrics: endpoint 2's last good scrape is older than limits.snapshotMaxAgeMs.
+    let mut frozen = pool(&[5, 0, 5, 5]);
+    frozen.published_at_ms = 20_000;
+    for e in &mut frozen.endpoints {
+        e.metrics.as_mut().unwrap().updated_at_ms = 20_000;
+    }
+    frozen.endpoints[1].metrics.as_mut().unwrap().updated_at_ms = 10_000;
+    let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&frozen), 20_010, 1));
+    assert_ne!(r.destination, "10.0.0.2:8000");
+}
+
+#[test]
+fn the_gateways_own_failures_eject_an_endpoint_and_a_trial_brings_it_back() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let snap = pool(&[0, 3, 3]);
+    let i = info("/v1/chat/completions");
+    let at = |p: &mut EndpointPicker, t: u64| {
+        route(p.decide(&i, Some(CHAT), PoolView::Fresh(&snap), t, 1)).destination
+    };
+    assert_eq!(at(&mut p, 1_010), "10.0.0.1:8000");
+    for _ in 0..3 {
+        p.record_upstream("10.0.0.1:8000", 503, 1_020);
+    }
+    assert_ne!(at(&mut p, 1_030), "10.0.0.1:8000");
+    // One second later one trial goes back; while it is out, nothing else does.
+    assert_eq!(at(&mut p, 2_030), "10.0.0.1:8000");
+    assert_ne!(at(&mut p, 2_031), "10.0.0.1:8000");
+    p.record_upstream("10.0.0.1:8000", 200, 2_040);
+    assert_eq!(at(&mut p, 2_050), "10.0.0.1:8000");
+}
+
+#[test]
+fn when_no_endpoint_is_usable_the_failure_mode_decides() {
+    // Published, but no scrape ever succeeded.
+    let mut never = pool(&[0, 0]);
+    for e in &mut never.endpoints {
+        e.metrics = None;
+        e.consecutive_scrape_failures = 7;
+    }
+    let i = info("/v1/chat/completions");
+    let mut closed = EndpointPicker::from_json(r#"{"failureMode": "FailClose"}"#).unwrap();
+    let r = reply(closed.decide(&i, Some(CHAT), PoolView::Fresh(&never), 1_010, 1));
+    assert_eq!((r.status, r.reason), (503, "no_usable_endpoint"));
+    let mut open = EndpointPicker::from_json("").unwrap();
+    match open.decide(&i, Some(CHAT), PoolView::Fresh(&never), 1_010, 1) {
+        Outcome::FailOpen { reason: Fallback::NoUsableEndpoint, route: Some(_) } => {}
+        other => panic!("expected a fail-open route, got {other:?}"),
+    }
+}

@@ -2,7 +2,7 @@ use super::*;
 use crate::model::{Endpoint, Metrics};
 use alloc::format;
 use alloc::string::ToString;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const NOW: u64 = 100_000;
 
