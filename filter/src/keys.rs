@@ -9,6 +9,7 @@
 //! | `epp/<pool>/worker-ids` | every worker at start | u32 LE counter handing out worker ids (CAS) |
 //! | `epp/<pool>/workers` | every worker | directory: u32 LE worker ids (CAS) |
 //! | `epp/<pool>/inflight/<id>` | worker `<id>` only | `InFlightTable` with heartbeat |
+//! | `epp/<pool>/ejections` | any worker (CAS) | endpoints ejected for the gateway's failures ([`crate::ejections`]) |
 //! | queue `epp/<pool>/prefix/<id>` | any worker → worker `<id>` | routed prefix hashes to learn |
 
 use std::format;
@@ -23,6 +24,7 @@ pub struct Keys {
     pub lease: String,
     pub worker_ids: String,
     pub workers: String,
+    pub ejections: String,
 }
 
 impl Keys {
@@ -34,6 +36,7 @@ impl Keys {
             lease: format!("{prefix}collector-lease"),
             worker_ids: format!("{prefix}worker-ids"),
             workers: format!("{prefix}workers"),
+            ejections: format!("{prefix}ejections"),
             prefix,
         }
     }

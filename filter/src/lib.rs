@@ -49,6 +49,7 @@
 //! Debug logs carry request ids, endpoints and statuses, never prompt text.
 
 pub mod collector;
+pub mod ejections;
 pub mod header_map;
 pub mod host;
 pub mod inflight;

@@ -14,6 +14,16 @@ pub const DECISIONS_REPLIED: &str = "epp_decisions_replied";
 pub const FALLBACK_NO_SNAPSHOT: &str = "epp_fallback_no_snapshot";
 pub const FALLBACK_STALE_SNAPSHOT: &str = "epp_fallback_stale_snapshot";
 pub const FALLBACK_UNDECODABLE_SNAPSHOT: &str = "epp_fallback_undecodable_snapshot";
+pub const FALLBACK_NO_USABLE_ENDPOINT: &str = "epp_fallback_no_usable_endpoint";
+/// Endpoints ejected for the gateway's own failures (5xx, refused, reset, timed out), and readmitted.
+pub const EJECTIONS: &str = "epp_endpoint_ejections";
+pub const READMISSIONS: &str = "epp_endpoint_readmissions";
+/// Per endpoint `epp_endpoint_health.<ip_port>`: 0 usable, else why not (1 scrapes failing, 2 ejected,
+/// 3 stale metrics, 4 no metrics yet); per reason `epp_endpoints_unusable.<reason>`: how many.
+pub const ENDPOINT_HEALTH: &str = "epp_endpoint_health";
+pub const ENDPOINTS_UNUSABLE: &str = "epp_endpoints_unusable";
+/// Scrapes whose page lacked a core gauge (counted as failed scrapes too).
+pub const SCRAPE_MISSING_GAUGES: &str = "epp_scrape_missing_gauges";
 /// Requests refused with 429 (sheddable while saturated, or nothing eligible).
 pub const SHED: &str = "epp_shed";
 /// Bodies refused with 400.
@@ -101,6 +111,14 @@ impl Stats {
         self.count(host, name);
     }
 
+    /// A gauge per endpoint (bounded like the per-endpoint counters).
+    pub fn endpoint_gauge(&mut self, host: &dyn Host, base: &str, address: &str, value: u64) {
+        let name = endpoint_metric(base, address);
+        if self.ids.contains_key(&name) || self.ids.len() < MAX_ENDPOINT_METRICS {
+            self.gauge(host, &name, value);
+        }
+    }
+
     /// Counts an upstream 5xx, in total and per endpoint.
     pub fn upstream_5xx(&mut self, host: &dyn Host, address: &str) {
         self.count(host, UPSTREAM_5XX);
@@ -116,6 +134,7 @@ pub fn fallback_metric(reason: Fallback) -> &'static str {
         Fallback::NoSnapshot => FALLBACK_NO_SNAPSHOT,
         Fallback::StaleSnapshot => FALLBACK_STALE_SNAPSHOT,
         Fallback::UndecodableSnapshot => FALLBACK_UNDECODABLE_SNAPSHOT,
+        Fallback::NoUsableEndpoint => FALLBACK_NO_USABLE_ENDPOINT,
     }
 }
 

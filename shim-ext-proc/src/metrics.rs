@@ -3,6 +3,7 @@
 
 use crate::pool::Pool;
 use scheduler_core::endpoint_picker::Outcome;
+use scheduler_core::health::Unusable;
 use scheduler_core::model::InFlight;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -29,6 +30,10 @@ pub struct Metrics {
     served_elsewhere: AtomicU64,
     /// Responses with status >= 500, per endpoint that answered.
     upstream_5xx: Mutex<BTreeMap<String, u64>>,
+    ejections: AtomicU64,
+    readmissions: AtomicU64,
+    /// Each endpoint's health as the picker thread last reported it (`None`: usable).
+    health: Mutex<Vec<(String, Option<Unusable>)>>,
     active_streams: AtomicI64,
     /// Gateway-side in-flight work per endpoint, as the picker thread last left it.
     in_flight: Mutex<Vec<(String, InFlight)>>,
@@ -68,6 +73,22 @@ impl Metrics {
     pub fn record_early_reply(&self, reason: &'static str) {
         if let Ok(mut d) = self.decisions.lock() {
             *d.entry(("reply", reason)).or_default() += 1;
+        }
+    }
+
+    pub fn record_ejection(&self) {
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_readmission(&self) {
+        self.readmissions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Replaces the per-endpoint health view (called by the picker thread).
+    pub fn set_health(&self, entries: impl Iterator<Item = (String, Option<Unusable>)>) {
+        if let Ok(mut h) = self.health.lock() {
+            h.clear();
+            h.extend(entries);
         }
     }
 
@@ -172,6 +193,34 @@ impl Metrics {
         if let Ok(m) = self.upstream_5xx.lock() {
             for (endpoint, n) in m.iter() {
                 writeln!(out, "epp_shim_upstream_5xx_total{{endpoint=\"{endpoint}\"}} {n}")?;
+            }
+        }
+        writeln!(out, "# HELP epp_shim_endpoint_ejections_total Endpoints ejected for failed requests.")?;
+        writeln!(out, "# TYPE epp_shim_endpoint_ejections_total counter")?;
+        writeln!(out, "epp_shim_endpoint_ejections_total {}", self.ejections.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "# HELP epp_shim_endpoint_readmissions_total Ejected endpoints readmitted by a trial."
+        )?;
+        writeln!(out, "# TYPE epp_shim_endpoint_readmissions_total counter")?;
+        writeln!(out, "epp_shim_endpoint_readmissions_total {}", self.readmissions.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "# HELP epp_shim_endpoint_usable 1 if the endpoint gets traffic, else 0 with the reason as a label."
+        )?;
+        writeln!(out, "# TYPE epp_shim_endpoint_usable gauge")?;
+        if let Ok(h) = self.health.lock() {
+            for (endpoint, verdict) in h.iter() {
+                match verdict {
+                    None => {
+                        writeln!(out, "epp_shim_endpoint_usable{{endpoint=\"{endpoint}\",reason=\"\"}} 1")?
+                    }
+                    Some(v) => writeln!(
+                        out,
+                        "epp_shim_endpoint_usable{{endpoint=\"{endpoint}\",reason=\"{}\"}} 0",
+                        v.as_str()
+                    )?,
+                }
             }
         }
         writeln!(out, "# HELP epp_shim_active_streams Open ext_proc streams.")?;

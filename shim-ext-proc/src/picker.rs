@@ -8,6 +8,7 @@ use crate::pool::Pool;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{request_seed, EndpointPicker, Outcome, Reply};
+use scheduler_core::health::HealthEvent;
 use scheduler_core::model::PoolSnapshot;
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::shared_state::inflight_table::InFlightTable;
@@ -19,6 +20,7 @@ enum Command {
     Decide { input: DecisionInput, reply: oneshot::Sender<Outcome> },
     Finish { address: String, tokens: u64 },
     Move { from: String, to: String, tokens: u64 },
+    Answered { address: String, status: u16 },
 }
 
 /// Why the picker could not start.
@@ -54,6 +56,7 @@ impl std::fmt::Debug for Command {
             Command::Decide { .. } => "Decide",
             Command::Finish { .. } => "Finish",
             Command::Move { .. } => "Move",
+            Command::Answered { .. } => "Answered",
         })
     }
 }
@@ -94,8 +97,15 @@ impl PickerHandle {
                 }
                 picker.scheduler_mut().set_prefix_table_seed(table_seed());
                 let _ = ready_tx.send(Ok(()));
-                let mut worker =
-                    Worker { picker, pool, metrics, clock, table: InFlightTable::default(), working: None };
+                let mut worker = Worker {
+                    picker,
+                    pool,
+                    metrics,
+                    clock,
+                    table: InFlightTable::default(),
+                    working: None,
+                    health_reported_ms: None,
+                };
                 while let Some(cmd) = rx.blocking_recv() {
                     worker.handle(cmd);
                 }
@@ -131,6 +141,11 @@ impl PickerHandle {
         let _ = self.tx.send(Command::Finish { address: address.to_string(), tokens });
     }
 
+    /// `address` answered with `status` (the gateway's own 502/503/504 included).
+    pub fn answered(&self, address: &str, status: u16) {
+        let _ = self.tx.send(Command::Answered { address: address.to_string(), status });
+    }
+
     /// The gateway served the request on `to` rather than `from`.
     pub fn moved(&self, from: &str, to: &str, tokens: u64) {
         let _ = self.tx.send(Command::Move { from: from.to_string(), to: to.to_string(), tokens });
@@ -152,9 +167,24 @@ struct Worker {
     table: InFlightTable,
     /// The published snapshot this thread last copied, with in-flight merged in on every pick.
     working: Option<PoolSnapshot>,
+    /// When the endpoints' health was last given to the metrics (at most once a second, and on changes).
+    health_reported_ms: Option<u64>,
 }
 
 impl Worker {
+    /// Gives the metrics each endpoint's health (its verdict now), at most once a second unless it changed.
+    fn report_health(&mut self) {
+        let now = (self.clock)();
+        if self.health_reported_ms.is_some_and(|t| now.saturating_sub(t) < 1_000) {
+            return;
+        }
+        let Some(w) = &self.working else { return };
+        self.health_reported_ms = Some(now);
+        let health = self.picker.health();
+        self.metrics
+            .set_health(w.endpoints.iter().map(|e| (e.address().to_string(), health.verdict(e, now))));
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Decide { input, reply } => {
@@ -166,7 +196,25 @@ impl Worker {
                 self.table.finish(&from, tokens);
                 self.table.start(&to, tokens);
             }
+            Command::Answered { address, status } => {
+                let now = (self.clock)();
+                self.picker.record_upstream(&address, status, now);
+                for event in self.picker.health_mut().take_events() {
+                    match event {
+                        HealthEvent::Ejected { address, for_ms } => {
+                            log::warn!("endpoint {address} ejected for {for_ms} ms after failed requests");
+                            self.metrics.record_ejection();
+                        }
+                        HealthEvent::Readmitted { address } => {
+                            log::info!("endpoint {address} readmitted: a trial request succeeded");
+                            self.metrics.record_readmission();
+                        }
+                    }
+                    self.health_reported_ms = None;
+                }
+            }
         }
+        self.report_health();
         self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
     }
 

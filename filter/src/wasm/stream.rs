@@ -226,8 +226,8 @@ impl HttpContext for Stream {
         if let Some(m) = &step.moved {
             w.moved(&*self.host, &m.from, &m.to, m.tokens);
         }
-        if let Some(address) = &step.upstream_error {
-            w.stats().upstream_5xx(&*self.host, address);
+        if let Some((address, status)) = &step.answered {
+            w.answered(&*self.host, address, *status);
         }
         if step.body_changes_length {
             // The headers leave before the body does: no length rather than a wrong one.

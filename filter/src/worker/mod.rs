@@ -2,6 +2,7 @@
 //! cache, in-flight tables, prefix exchange, worker directory). The HTTP glue asks it for a decision and
 //! reports when a routed stream ends; everything here runs natively against the fake host in tests.
 
+use crate::ejections::SharedEjections;
 use crate::host::Host;
 use crate::inflight::{InFlightState, Publish, HEARTBEAT_MS};
 use crate::keys::Keys;
@@ -15,6 +16,7 @@ use scheduler_core::endpoint_picker::{
     request_seed, EndpointPicker, Outcome, PoolView, Reply, RequestInfo, Route,
 };
 use scheduler_core::exchange::{ExchangeSettings, InFlight};
+use scheduler_core::health::{HealthEvent, Unusable};
 use scheduler_core::model::PoolSnapshot;
 use std::rc::Rc;
 use std::string::String;
@@ -27,6 +29,7 @@ pub struct Worker {
     cache: SnapshotCache,
     inflight: InFlightState,
     prefix: PrefixSync,
+    ejections: SharedEjections,
     stats: Stats,
     /// Decisions made by this VM; varies the seed of requests that arrive without an id.
     decisions: u64,
@@ -52,6 +55,7 @@ impl Worker {
             cache: SnapshotCache::default(),
             inflight: InFlightState::default(),
             prefix: PrefixSync::default(),
+            ejections: SharedEjections::default(),
             stats: Stats::default(),
             decisions: 0,
             unnamed: 0,
@@ -150,6 +154,7 @@ impl Worker {
         if self.directory_read_ms.is_none_or(|t| started_ms.saturating_sub(t) >= HEARTBEAT_MS) {
             self.read_directory(host, started_ms);
         }
+        self.ejections.read(host, &self.keys, self.picker.health_mut(), started_ms);
         let mut live_others: Vec<u32> = Vec::new();
         if let Some(pool) = self.cache.snapshot_mut() {
             match self.inflight.merge_into(host, &self.keys, self.id, &self.directory, pool, started_ms) {
@@ -213,6 +218,33 @@ impl Worker {
         self.prefix.flush_if_due(host, &self.keys, now_ms);
     }
 
+    /// `address` answered the request with `status` (the proxy's own 502/503/504 included: a refused
+    /// connection, a reset, a timeout). Health records it; an ejection is shared with the other workers.
+    pub fn answered(&mut self, host: &dyn Host, address: &str, status: u16) {
+        if status >= 500 {
+            self.stats.upstream_5xx(host, address);
+        }
+        let now_ms = host.now_ms();
+        self.picker.record_upstream(address, status, now_ms);
+        let mut ejected = false;
+        for event in self.picker.health_mut().take_events() {
+            match event {
+                HealthEvent::Ejected { address, for_ms } => {
+                    log::warn!("endpoint {address} ejected for {for_ms} ms after failed requests");
+                    self.stats.count(host, stats::EJECTIONS);
+                    ejected = true;
+                }
+                HealthEvent::Readmitted { address } => {
+                    log::info!("endpoint {address} readmitted: a trial request succeeded");
+                    self.stats.count(host, stats::READMISSIONS);
+                }
+            }
+        }
+        if ejected {
+            self.ejections.publish(host, &self.keys, self.picker.health(), now_ms);
+        }
+    }
+
     /// The proxy served the request on `to` rather than where it was counted (a retry, a fallback).
     pub fn moved(&mut self, host: &dyn Host, from: &str, to: &str, tokens: u64) {
         let now_ms = host.now_ms();
@@ -233,8 +265,33 @@ impl Worker {
         if !self.inflight.heartbeat(host, &self.keys, self.id, now_ms) {
             return;
         }
+        // Refreshed here too, so the age and health stats stay true while no request comes.
+        if let Refresh::Undecodable(why) = self.cache.refresh(host, &self.keys, now_ms) {
+            log::warn!("published snapshot ignored: {why}");
+        }
+        self.ejections.read(host, &self.keys, self.picker.health_mut(), now_ms);
         if let Some(s) = self.cache.snapshot() {
             self.stats.gauge(host, stats::SNAPSHOT_AGE_MS, now_ms.saturating_sub(s.published_at_ms));
+            let health = self.picker.health();
+            let mut unusable = [0u64; Unusable::ALL.len()];
+            let verdicts: Vec<(String, Option<Unusable>)> =
+                s.endpoints.iter().map(|e| (String::from(e.address()), health.verdict(e, now_ms))).collect();
+            for (address, verdict) in &verdicts {
+                let code =
+                    verdict.map_or(0, |v| Unusable::ALL.iter().position(|u| *u == v).map_or(0, |i| i + 1));
+                self.stats.endpoint_gauge(host, stats::ENDPOINT_HEALTH, address, code as u64);
+                if let Some(slot) = verdict.and_then(|v| Unusable::ALL.iter().position(|u| *u == v)) {
+                    if let Some(n) = unusable.get_mut(slot) {
+                        *n += 1;
+                    }
+                }
+            }
+            for (reason, n) in Unusable::ALL.iter().zip(unusable) {
+                if *reason != Unusable::AllUnhealthy {
+                    let name = std::format!("{}.{}", stats::ENDPOINTS_UNUSABLE, reason.as_str());
+                    self.stats.gauge(host, &name, n);
+                }
+            }
         }
         if self.read_directory(host, now_ms) && !self.directory.contains(&id) {
             let _ = worker_directory::ensure_listed(host, &self.keys, id);

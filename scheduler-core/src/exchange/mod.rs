@@ -387,8 +387,8 @@ impl Exchange {
                         Some(Moved { from: r.accounted.clone(), to: served.clone(), tokens: r.tokens });
                     r.accounted = served.clone();
                 }
-                if head.status.is_some_and(|code| code >= 500) {
-                    step.upstream_error = Some(served.clone());
+                if let Some(status) = head.status {
+                    step.answered = Some((served.clone(), status));
                 }
                 step.served = Some((s.served_header.clone(), served));
                 r.client_model.clone()

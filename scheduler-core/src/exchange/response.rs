@@ -24,8 +24,9 @@ pub struct ResponseHeadStep {
     pub served: Option<(String, String)>,
     /// Move the in-flight count: the request was served elsewhere.
     pub moved: Option<super::Moved>,
-    /// The endpoint answered 5xx: count it against that endpoint.
-    pub upstream_error: Option<String>,
+    /// The endpoint that answered and the status (health records it; a 5xx also counts against it).
+    /// Absent when the status could not be read.
+    pub answered: Option<(String, u16)>,
     /// The body will change length (the model name is put back): a `content-length` sent before the
     /// body cannot stay; a host that holds the headers sets the new length instead.
     pub body_changes_length: bool,

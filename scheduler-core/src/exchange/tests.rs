@@ -206,7 +206,7 @@ fn the_served_endpoint_is_the_proxys_report_and_moves_the_in_flight_count() {
     let served = "10.0.0.2:8000".to_owned();
     assert_eq!(step.served, Some(("x-gateway-destination-endpoint-served".to_owned(), served.clone())));
     assert_eq!(step.moved, Some(Moved { from: "10.0.0.1:8000".to_owned(), to: served.clone(), tokens: 40 }));
-    assert_eq!(step.upstream_error, Some(served.clone()));
+    assert_eq!(step.answered, Some((served.clone(), 503)));
     assert_eq!(x.on_stream_end().map(|f| f.address), Some(served));
 
     let trusting = settings(r#"{"routing": {"servedFrom": "destination"}}"#);
@@ -214,7 +214,7 @@ fn the_served_endpoint_is_the_proxys_report_and_moves_the_in_flight_count() {
     assert!(!y.wants_upstream_address(&trusting));
     let step = y.on_response_headers(&trusting, &head(200, "application/json", Some("10.0.0.2:8000")));
     assert_eq!(step.served.map(|(_, v)| v).as_deref(), Some("10.0.0.1:8000"));
-    assert_eq!((step.moved, step.upstream_error), (None, None));
+    assert_eq!((step.moved, step.answered), (None, Some(("10.0.0.1:8000".to_owned(), 200))));
 }
 
 #[test]

@@ -105,8 +105,11 @@ pub enum Step {
     Usage(Usage),
     /// The request was answered before any decision (count it as a reply with this reason).
     EarlyReply(&'static str),
-    /// This endpoint answered with a status >= 500.
-    UpstreamError(String),
+    /// This endpoint answered with this status (health records it; a 5xx also counts against it).
+    Answered {
+        endpoint: String,
+        status: u16,
+    },
 }
 
 /// A message that breaks the protocol; the stream is ended with this as the gRPC status.
@@ -362,7 +365,7 @@ impl Machine {
         if let Some(m) = step.moved {
             steps.push(Step::Served { routed: m.from, served: m.to, tokens: m.tokens });
         }
-        steps.extend(step.upstream_error.map(Step::UpstreamError));
+        steps.extend(step.answered.map(|(endpoint, status)| Step::Answered { endpoint, status }));
         let mut mutation = Mutation::default();
         if let Some((name, value)) = &step.served {
             mutation.set(name, value);

@@ -110,8 +110,11 @@ async fn drive(
                     guard.metrics.record_early_reply(reason);
                     true
                 }
-                Step::UpstreamError(endpoint) => {
-                    guard.metrics.record_upstream_5xx(&endpoint);
+                Step::Answered { endpoint, status } => {
+                    if status >= 500 {
+                        guard.metrics.record_upstream_5xx(&endpoint);
+                    }
+                    guard.picker.answered(&endpoint, status);
                     true
                 }
                 Step::Usage(u) => {

@@ -418,7 +418,10 @@ fn model_rewrite_is_undone_in_a_json_response_with_usage_and_served_endpoint() {
     assert!(h.send(served).is_empty(), "JSON response headers held until the body is rewritten");
     assert_eq!(
         h.steps,
-        vec![Step::Served { routed: "10.0.0.2:8000".into(), served: "10.0.0.3:8000".into(), tokens: 11 }]
+        vec![
+            Step::Served { routed: "10.0.0.2:8000".into(), served: "10.0.0.3:8000".into(), tokens: 11 },
+            Step::Answered { endpoint: "10.0.0.3:8000".into(), status: 200 },
+        ]
     );
     assert_eq!(h.machine.in_flight(), Some(InFlight { address: "10.0.0.3:8000".into(), tokens: 11 }));
     let reply =
