@@ -58,6 +58,34 @@ fn garbage_metrics_timeouts_and_resets_mark_endpoints_failing() {
 }
 
 #[test]
+fn a_page_without_a_core_gauge_is_a_failed_scrape_logged_once_never_an_idle_pod() {
+    let mut host = host();
+    host.start_vm(collector(&config(2, ""))).unwrap();
+    scrape_round(&mut host, &[4, 4]);
+    // Pod 1 drops vllm:kv_cache_usage_perc from its page, three rounds in a row.
+    for _ in 0..3 {
+        tick(&mut host);
+        answer_scrapes(&mut host, |authority| {
+            let page = if authority == addr(1) {
+                String::from("vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n")
+            } else {
+                vllm(4, 0.5)
+            };
+            Some(CalloutResponse::new(200).body(page))
+        });
+    }
+    tick(&mut host);
+    let s = published(&host).unwrap();
+    assert_eq!(s.endpoints[0].consecutive_scrape_failures, 3);
+    assert_eq!(s.endpoints[0].metrics.as_ref().unwrap().waiting, 4, "the last good metrics, not zeros");
+    assert_eq!(host.metric_value("epp_scrape_missing_gauges"), Some(3));
+    let warnings = host.logs_at(proxy_wasm_emulator::LogLevel::Warn);
+    let about: Vec<&String> = warnings.iter().filter(|l| l.contains("kv_cache_usage_perc")).collect();
+    assert_eq!(about.len(), 1, "logged once: {warnings:?}");
+    assert!(about[0].contains(&addr(1)) && about[0].contains("vllm"), "{about:?}");
+}
+
+#[test]
 fn an_unknown_scrape_cluster_is_counted_not_fatal() {
     let mut host = Host::new(); // no clusters at all
     let vm = host.start_vm(collector(&config(1, ""))).unwrap();

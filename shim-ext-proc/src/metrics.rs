@@ -31,6 +31,7 @@ pub struct Metrics {
     /// Responses with status >= 500, per endpoint that answered.
     upstream_5xx: Mutex<BTreeMap<String, u64>>,
     ejections: AtomicU64,
+    scrapes_missing_gauges: AtomicU64,
     readmissions: AtomicU64,
     /// Each endpoint's health as the picker thread last reported it (`None`: usable).
     health: Mutex<Vec<(String, Option<Unusable>)>>,
@@ -74,6 +75,11 @@ impl Metrics {
         if let Ok(mut d) = self.decisions.lock() {
             *d.entry(("reply", reason)).or_default() += 1;
         }
+    }
+
+    /// A scrape whose page lacked a core gauge (also counted as a failed scrape).
+    pub fn record_missing_gauges(&self) {
+        self.scrapes_missing_gauges.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_ejection(&self) {
@@ -173,6 +179,13 @@ impl Metrics {
             "epp_shim_scrapes_total{{result=\"error\"}} {}",
             self.scrapes_failed.load(Ordering::Relaxed)
         )?;
+        writeln!(
+            out,
+            "# HELP epp_shim_scrapes_missing_gauges_total Scrapes whose page lacked a core gauge (failed scrapes)."
+        )?;
+        writeln!(out, "# TYPE epp_shim_scrapes_missing_gauges_total counter")?;
+        let missing = self.scrapes_missing_gauges.load(Ordering::Relaxed);
+        writeln!(out, "epp_shim_scrapes_missing_gauges_total {missing}")?;
         writeln!(out, "# HELP epp_shim_usage_tokens_total Tokens reported in responses' usage.")?;
         writeln!(out, "# TYPE epp_shim_usage_tokens_total counter")?;
         writeln!(

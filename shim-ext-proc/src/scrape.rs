@@ -124,6 +124,9 @@ async fn scrape_one(
             Err(_) => Err(ScrapeFailure::TimedOut { after_ms: settings.timeout.as_millis() as u64 }),
         };
         metrics.record_scrape(result.is_ok());
+        if matches!(result, Err(ScrapeFailure::MissingGauges(_))) {
+            metrics.record_missing_gauges();
+        }
         match &result {
             Ok(_) => last_error.clear(),
             Err(e) => {

@@ -21,6 +21,8 @@ pub struct Scraper {
     dirty: bool,
     /// A dispatch failure is logged once, not every tick.
     dispatch_warned: bool,
+    /// Endpoints whose pages lacked a core gauge, logged once each (with their engine).
+    warned_missing: std::collections::BTreeSet<String>,
 }
 
 impl Scraper {
@@ -30,7 +32,13 @@ impl Scraper {
             endpoints: endpoints.iter().cloned().map(EndpointState::new).collect(),
             ..PoolSnapshot::default()
         };
-        Scraper { pool: snapshot, pending: BTreeMap::new(), dirty: false, dispatch_warned: false }
+        Scraper {
+            pool: snapshot,
+            pending: BTreeMap::new(),
+            dirty: false,
+            dispatch_warned: false,
+            warned_missing: std::collections::BTreeSet::new(),
+        }
     }
 
     pub fn snapshot_mut(&mut self) -> &mut PoolSnapshot {
@@ -114,8 +122,19 @@ impl Scraper {
         let result =
             read_scrape(e.endpoint.engine, response.status, response.body, host.now_ms()).map(|p| p.metrics);
         if let Err(why) = &result {
-            log::debug!("scrape of {}: {why}", e.endpoint.address);
             stats.count(host, stats::SCRAPE_ERRORS);
+            if matches!(why, ScrapeFailure::MissingGauges(_)) {
+                stats.count(host, stats::SCRAPE_MISSING_GAUGES);
+                if self.warned_missing.insert(e.endpoint.address.clone()) {
+                    let engine = e.endpoint.engine.as_str();
+                    log::warn!(
+                        "scrape of {} ({engine}): {why}; its metrics are not used",
+                        e.endpoint.address
+                    );
+                }
+            } else {
+                log::debug!("scrape of {}: {why}", e.endpoint.address);
+            }
         }
         e.record_scrape(result);
         self.dirty = true;

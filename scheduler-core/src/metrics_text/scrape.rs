@@ -6,6 +6,7 @@
 use super::{parse_metrics_bytes, MetricsError, ParsedMetrics};
 use crate::model::{EndpointState, Engine, Metrics};
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// Why a scrape gave no metrics.
@@ -19,6 +20,9 @@ pub enum ScrapeFailure {
     TimedOut { after_ms: u64 },
     /// A 200 whose body is not this engine's metrics.
     Unreadable(MetricsError),
+    /// A 200 lacking some of the engine's core gauges (waiting, running, KV cache): reading the missing
+    /// ones as 0 would make the endpoint look idle.
+    MissingGauges(Vec<&'static str>),
 }
 
 impl fmt::Display for ScrapeFailure {
@@ -28,6 +32,9 @@ impl fmt::Display for ScrapeFailure {
             ScrapeFailure::Unreachable(why) => write!(f, "no answer: {why}"),
             ScrapeFailure::TimedOut { after_ms } => write!(f, "no answer within {after_ms} ms"),
             ScrapeFailure::Unreadable(e) => write!(f, "{e}"),
+            ScrapeFailure::MissingGauges(names) => {
+                write!(f, "the page lacks the core gauge(s) {}", names.join(", "))
+            }
         }
     }
 }
@@ -41,7 +48,11 @@ pub fn read_scrape(
     now_ms: u64,
 ) -> Result<ParsedMetrics, ScrapeFailure> {
     match status {
-        Some(200) => parse_metrics_bytes(engine, body, now_ms).map_err(ScrapeFailure::Unreadable),
+        Some(200) => match parse_metrics_bytes(engine, body, now_ms) {
+            Ok(parsed) if !parsed.missing.is_empty() => Err(ScrapeFailure::MissingGauges(parsed.missing)),
+            Ok(parsed) => Ok(parsed),
+            Err(e) => Err(ScrapeFailure::Unreadable(e)),
+        },
         Some(s) => Err(ScrapeFailure::Status(s)),
         None => Err(ScrapeFailure::Unreachable(String::from("connection failed or reset"))),
     }
@@ -95,5 +106,12 @@ mod tests {
             s(Some(200), b"garbage")
         );
         assert_eq!(ScrapeFailure::TimedOut { after_ms: 250 }.to_string(), "no answer within 250 ms");
+        // A page without the KV gauge is a failed scrape, never an idle endpoint.
+        let no_kv = b"vllm:num_requests_waiting 3\nvllm:num_requests_running 1\n";
+        assert_eq!(s(Some(200), no_kv), "the page lacks the core gauge(s) vllm:kv_cache_usage_perc");
+        assert!(matches!(
+            read_scrape(Engine::Vllm, Some(200), no_kv, 0),
+            Err(ScrapeFailure::MissingGauges(_))
+        ));
     }
 }
