@@ -2,147 +2,15 @@
 // Test code: the workspace denies these for code that runs in the proxy, not for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{sample, Replica, Reply, FAST};
 use serde_json::{json, Value};
-
-/// A running replica; killed when the test ends, pass or fail.
-struct Replica {
-    child: Child,
-    port: u16,
-}
-
-impl Replica {
-    fn start(args: &[&str]) -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_model-sim"))
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn model-sim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Replica { child, port }
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
-        self.send(method, path, body, Duration::from_secs(20))
-    }
-
-    fn send(&self, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Reply {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(timeout)).unwrap();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nhost: sim\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        // A cut connection ends the read early; what arrived until then is the reply.
-        let _ = s.read_to_end(&mut raw);
-        Reply::parse(&raw)
-    }
-
-    fn metrics(&self) -> String {
-        let r = self.request("GET", "/metrics", None);
-        assert_eq!(r.status, 200);
-        String::from_utf8(r.body).unwrap()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// A chunked body ended without its terminating chunk (connection cut).
-    truncated: bool,
-}
-
-impl Reply {
-    fn parse(raw: &[u8]) -> Reply {
-        let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-            // Nothing (or not even a full header) came back: status 0.
-            return Reply { status: 0, headers: Vec::new(), body: raw.to_vec(), truncated: true };
-        };
-        let head = String::from_utf8_lossy(&raw[..split]).to_string();
-        let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let rest = &raw[split + 4..];
-        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-        if !chunked {
-            return Reply { status, headers, body: rest.to_vec(), truncated: false };
-        }
-        let (mut body, mut pos, mut truncated) = (Vec::new(), 0, true);
-        while let Some(eol) = rest[pos..].windows(2).position(|w| w == b"\r\n") {
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[pos..pos + eol]).unwrap(), 16).unwrap();
-            pos += eol + 2;
-            if size == 0 {
-                truncated = false;
-                break;
-            }
-            if pos + size > rest.len() {
-                break;
-            }
-            body.extend_from_slice(&rest[pos..pos + size]);
-            pos += size + 2;
-        }
-        Reply { status, headers, body, truncated }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-
-    /// The `data:` payloads of an SSE body, in order.
-    fn events(&self) -> Vec<String> {
-        let text = String::from_utf8(self.body.clone()).unwrap();
-        text.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}")).to_string()
-            })
-            .collect()
-    }
-}
-
-/// Value of the first sample of `name` in exposition text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-const FAST: [&str; 2] = ["--time-scale", "0.1"];
 
 #[test]
 fn completion_round_trip_reports_usage_and_identity() {
@@ -263,59 +131,6 @@ fn metrics_show_a_queued_request_while_the_replica_is_busy() {
         assert!(Instant::now() < deadline, "abandoned request still queued");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-#[test]
-fn garbage_metrics_knob_flips_at_runtime() {
-    let r = Replica::start(&FAST);
-    assert!(sample(&r.metrics(), "vllm:num_requests_waiting").is_some());
-    let set = r.request("POST", "/admin/faults", Some(&json!({"metrics_garbage": true})));
-    assert_eq!(set.status, 200);
-    assert_eq!(set.json()["metrics_garbage"], true);
-    let garbage = r.request("GET", "/metrics", None);
-    assert_eq!(garbage.status, 200);
-    assert!(std::str::from_utf8(&garbage.body).is_err(), "garbage must not even be UTF-8");
-    r.request("POST", "/admin/faults", Some(&json!({"metrics_garbage": false})));
-    assert!(sample(&r.metrics(), "vllm:num_requests_waiting").is_some());
-    let bad = r.request("POST", "/admin/faults", Some(&json!({"metrics_hung": true})));
-    assert_eq!(bad.status, 400);
-}
-
-#[test]
-fn error_rate_knob_answers_500_in_openai_shape() {
-    let r = Replica::start(&[&FAST[..], &["--error-rate", "1"]].concat());
-    let body = json!({"prompt": "x", "max_tokens": 1});
-    let reply = r.request("POST", "/v1/completions", Some(&body));
-    assert_eq!(reply.status, 500);
-    assert_eq!(reply.json()["error"]["type"], "InternalServerError");
-    r.request("POST", "/admin/faults", Some(&json!({"error_rate": 0.5})));
-    let statuses: Vec<u16> =
-        (0..30).map(|_| r.request("POST", "/v1/completions", Some(&body)).status).collect();
-    assert!(statuses.contains(&200) && statuses.contains(&500), "{statuses:?}");
-    r.request("POST", "/admin/faults", Some(&json!({"error_rate": 0.0})));
-    assert_eq!(r.request("POST", "/v1/completions", Some(&body)).status, 200);
-}
-
-#[test]
-fn drop_fault_cuts_the_stream_after_n_chunks() {
-    let r = Replica::start(&[&FAST[..], &["--drop-after-chunks", "2"]].concat());
-    let body = json!({"prompt": "x", "max_tokens": 10, "stream": true});
-    let reply = r.request("POST", "/v1/completions", Some(&body));
-    assert_eq!(reply.status, 200);
-    assert!(reply.truncated);
-    assert_eq!(reply.events().len(), 2);
-    assert!(!String::from_utf8_lossy(&reply.body).contains("[DONE]"));
-}
-
-#[test]
-fn slow_metrics_knob_delays_the_scrape() {
-    let r = Replica::start(&[&FAST[..], &["--metrics-delay-ms", "300"]].concat());
-    let t = Instant::now();
-    let _ = r.metrics();
-    assert!(t.elapsed() >= Duration::from_millis(300));
-    r.request("POST", "/admin/faults", Some(&json!({"metrics_delay_ms": 0, "metrics_hang": true})));
-    let hung = r.send("GET", "/metrics", None, Duration::from_millis(300));
-    assert_eq!(hung.status, 0, "a hanging /metrics must not answer");
 }
 
 #[test]
