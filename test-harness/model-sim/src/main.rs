@@ -5,15 +5,12 @@ mod server;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use model_sim::Engine;
 use tokio::net::TcpListener;
 
 use server::cli::{self, CliError};
+use server::listen;
 use server::sim::{self, Shared};
 
 fn main() -> ExitCode {
@@ -54,30 +51,36 @@ fn main() -> ExitCode {
 async fn serve(opts: cli::Options, engine: Engine) -> std::io::Result<()> {
     let listener = TcpListener::bind(SocketAddr::new(opts.host, opts.port)).await?;
     let local = listener.local_addr()?;
+    let control = match opts.control_port {
+        Some(port) => Some(TcpListener::bind(SocketAddr::new(opts.host, port)).await?),
+        None => None,
+    };
+    let control_addr = control.as_ref().map(TcpListener::local_addr).transpose()?;
     let replica = opts.replica_name.clone().unwrap_or_else(|| local.to_string());
+    // Starting with refused connections: the port closes before anyone is told about it.
+    let first = if opts.faults.refuse_connections {
+        drop(listener);
+        None
+    } else {
+        Some(listener)
+    };
     let shared = Shared::new(opts, replica, engine);
     shared.preload();
     tokio::spawn(sim::drive(shared.clone()));
+    if let Some(control) = control {
+        tokio::spawn(listen::serve_control(shared.clone(), control));
+    }
     // The first line is for whoever started us (tests, xtask): where we listen, once we really do.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "model-sim listening on http://{local} replica={}", shared.replica)?;
-    stdout.flush()?;
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            // Out of file descriptors and the like: keep serving the connections we have.
-            Err(e) => {
-                eprintln!("model-sim: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| server::http::handle(shared.clone(), req));
-            // Errors here are clients hanging up or the drop fault cutting a stream; nothing to report.
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
+    match control_addr {
+        Some(c) => writeln!(
+            stdout,
+            "model-sim listening on http://{local} replica={} control=http://{c}",
+            shared.replica
+        )?,
+        None => writeln!(stdout, "model-sim listening on http://{local} replica={}", shared.replica)?,
     }
+    stdout.flush()?;
+    listen::serve_main(shared, local, first).await;
+    Ok(())
 }

@@ -2,10 +2,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use model_sim::EngineConfig;
 
-use super::faults::Faults;
+use super::faults::{Env, Faults, FaultsPatch};
+use super::metrics;
 
 pub const HELP: &str = "\
 model-sim: one simulated vLLM (or SGLang) replica over HTTP, timed by a calibrated continuous-batching
@@ -17,6 +19,9 @@ USAGE: model-sim [FLAGS]
 Serving:
   --host <IP>                      address to bind [default: 127.0.0.1, loopback only]
   --port <PORT>                    port to bind; 0 picks a free one [default: 8000]
+  --control-port <PORT>            also serve /admin/faults (only) on this port, which keeps answering
+                                   while the main port refuses connections; 0 picks a free one. The
+                                   listening line then ends with control=http://HOST:PORT [default: none]
   --model <NAME>                   served model name [default: meta-llama/Llama-3.1-8B-Instruct]
   --lora <NAME[,NAME..]>           LoRA adapters this replica can serve (repeatable)
   --replica-name <NAME>            value of the x-model-sim-replica response header [default: HOST:PORT]
@@ -48,21 +53,32 @@ Load:
   --busy-prompt-tokens <N>         prompt length of each background request [default: 1000]
   --busy-output-tokens <N>         output length of each background request [default: 2000]
 
-Faults (all also settable at runtime with POST /admin/faults, same names with underscores):
-  --metrics-delay-ms <MS>          answer /metrics only after this many wall milliseconds [default: 0]
-  --metrics-hang                   never answer /metrics
-  --metrics-garbage                answer /metrics with a body that is not Prometheus text
-  --error-rate <F>                 fraction of completion requests answered with HTTP 500 [default: 0]
+Faults (all also settable at runtime with POST /admin/faults, same names with underscores; times are
+wall milliseconds, at most 86400000):
+  --refuse-connections             close the main port until the knob is cleared on the control port:
+                                   new connections are refused, open ones closed (needs --control-port)
+  --refuse-for-ms <MS>             the same for MS milliseconds, then the port re-opens by itself
+  --completions-hang               read completion requests and never answer them
+  --response-delay-ms <MS>         wait this long before answering a completion request [default: 0]
+  --error-rate <F>                 fraction of completion requests answered with an error [default: 0]
+  --error-status <500..599>        the status of those errors [default: 500]
   --drop-after-chunks <N>          cut the connection of every SSE stream after N data chunks
                                    [default: 0 = never]
+  --metrics-delay-ms <MS>          answer /metrics only after this many milliseconds [default: 0]
+  --metrics-hang                   never answer /metrics
+  --metrics-frozen                 serve the last /metrics page again and again, values never updated
+  --metrics-garbage                answer /metrics with a body that is not Prometheus text
+  --drop-gauges <NAME[,NAME..]>    leave these metric families off /metrics, e.g.
+                                   vllm:kv_cache_usage_perc (repeatable)
 
   -h, --help                       print this help
 ";
 
 /// Flags that take a value (the boolean ones are matched before these).
-const VALUE_FLAGS: [&str; 24] = [
+const VALUE_FLAGS: [&str; 29] = [
     "--host",
     "--port",
+    "--control-port",
     "--model",
     "--lora",
     "--replica-name",
@@ -84,7 +100,11 @@ const VALUE_FLAGS: [&str; 24] = [
     "--busy-output-tokens",
     "--metrics-delay-ms",
     "--error-rate",
+    "--error-status",
     "--drop-after-chunks",
+    "--refuse-for-ms",
+    "--response-delay-ms",
+    "--drop-gauges",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +117,7 @@ pub enum EngineKind {
 pub struct Options {
     pub host: IpAddr,
     pub port: u16,
+    pub control_port: Option<u16>,
     pub model: String,
     pub loras: Vec<String>,
     pub replica_name: Option<String>,
@@ -117,7 +138,16 @@ pub enum CliError {
     Help,
     UnknownFlag(String),
     MissingValue(String),
-    BadValue { flag: String, value: String, expected: &'static str },
+    BadValue {
+        flag: String,
+        value: String,
+        expected: &'static str,
+    },
+    /// A fault flag's value was refused by its knob.
+    BadFault {
+        flag: String,
+        message: String,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -129,6 +159,7 @@ impl fmt::Display for CliError {
             CliError::BadValue { flag, value, expected } => {
                 write!(f, "flag `{flag}`: `{value}` is not {expected}")
             }
+            CliError::BadFault { flag, message } => write!(f, "flag `{flag}`: {message}"),
         }
     }
 }
@@ -146,6 +177,7 @@ fn parse_value<T: std::str::FromStr>(flag: &str, value: &str, expected: &'static
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError> {
     let mut host: IpAddr = IpAddr::from([127, 0, 0, 1]);
     let mut port = 8000u16;
+    let mut control_port = None;
     let mut model = "meta-llama/Llama-3.1-8B-Instruct".to_string();
     let mut loras = Vec::new();
     let mut replica_name = None;
@@ -158,7 +190,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
     let mut busy = 0u32;
     let mut busy_prompt_tokens = 1000u32;
     let mut busy_output_tokens = 2000u32;
-    let mut faults = Faults::default();
+    let mut patch = FaultsPatch::default();
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -178,11 +210,23 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
                 continue;
             }
             "--metrics-hang" => {
-                faults.metrics_hang = true;
+                patch.metrics_hang = Some(true);
                 continue;
             }
             "--metrics-garbage" => {
-                faults.metrics_garbage = true;
+                patch.metrics_garbage = Some(true);
+                continue;
+            }
+            "--metrics-frozen" => {
+                patch.metrics_frozen = Some(true);
+                continue;
+            }
+            "--refuse-connections" => {
+                patch.refuse_connections = Some(true);
+                continue;
+            }
+            "--completions-hang" => {
+                patch.completions_hang = Some(true);
                 continue;
             }
             _ => {}
@@ -199,6 +243,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
         match f {
             "--host" => host = parse_value(f, v, "an IP address")?,
             "--port" => port = parse_value(f, v, "a port number")?,
+            "--control-port" => control_port = Some(parse_value(f, v, "a port number")?),
             "--model" => model = value,
             "--lora" => loras.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from)),
             "--replica-name" => replica_name = Some(value),
@@ -235,14 +280,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
             "--busy" => busy = parse_value(f, v, "a count")?,
             "--busy-prompt-tokens" => busy_prompt_tokens = positive(f, v)?,
             "--busy-output-tokens" => busy_output_tokens = positive(f, v)?,
-            "--metrics-delay-ms" => faults.metrics_delay_ms = parse_value(f, v, "milliseconds")?,
-            "--error-rate" => {
-                faults.error_rate = parse_value(f, v, "a fraction in [0, 1]")?;
-                if !(0.0..=1.0).contains(&faults.error_rate) {
-                    return Err(bad(f, v, "a fraction in [0, 1]"));
-                }
-            }
-            "--drop-after-chunks" => faults.drop_after_chunks = parse_value(f, v, "a count")?,
+            // Fault values are checked by their knob once the whole line is read.
+            "--metrics-delay-ms" => patch.metrics_delay_ms = Some(parse_value(f, v, "milliseconds")?),
+            "--error-rate" => patch.error_rate = Some(parse_value(f, v, "a fraction in [0, 1]")?),
+            "--error-status" => patch.error_status = Some(parse_value(f, v, "an HTTP 5xx status")?),
+            "--drop-after-chunks" => patch.drop_after_chunks = Some(parse_value(f, v, "a count")?),
+            "--refuse-for-ms" => patch.refuse_for_ms = Some(parse_value(f, v, "milliseconds")?),
+            "--response-delay-ms" => patch.response_delay_ms = Some(parse_value(f, v, "milliseconds")?),
+            "--drop-gauges" => patch
+                .drop_gauges
+                .get_or_insert_with(Vec::new)
+                .extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from)),
             _ => return Err(CliError::UnknownFlag(flag)),
         }
     }
@@ -270,9 +318,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
             _ => {}
         }
     }
+    let mut faults = Faults::default();
+    let families = metrics::families(engine_kind);
+    let env = Env { now: Instant::now(), control_port: control_port.is_some(), metric_families: &families };
+    faults.apply(patch, &env).map_err(|e| CliError::BadFault {
+        flag: format!("--{}", e.knob.replace('_', "-")),
+        message: e.message,
+    })?;
     Ok(Options {
         host,
         port,
+        control_port,
         model,
         loras,
         replica_name,
@@ -333,8 +389,54 @@ mod tests {
             parse(args("--error-rate 2")).unwrap_err().to_string(),
             "flag `--error-rate`: `2` is not a fraction in [0, 1]"
         );
+        assert_eq!(
+            parse(args("--error-status 404")).unwrap_err().to_string(),
+            "flag `--error-status`: `404` is not an HTTP 5xx status (500 to 599, e.g. 500 or 503)"
+        );
+        assert_eq!(
+            parse(args("--error-status x")).unwrap_err().to_string(),
+            "flag `--error-status`: `x` is not an HTTP 5xx status"
+        );
+        assert!(parse(args("--refuse-connections"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("flag `--refuse-connections`: needs --control-port"));
+        assert!(parse(args("--drop-gauges sglang:token_usage"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("flag `--drop-gauges`: `sglang:token_usage` is not a metric family"));
+        assert!(parse(args("--response-delay-ms 86400001"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("flag `--response-delay-ms`: `86400001` is not milliseconds"));
         assert_eq!(parse(args("--help")).unwrap_err(), CliError::Help);
         assert_eq!(parse(args("--bogus")).unwrap_err(), CliError::UnknownFlag("--bogus".into()));
+    }
+
+    #[test]
+    fn fault_flags_set_their_knobs() {
+        let o = parse(args(
+            "--control-port 0 --refuse-connections --completions-hang --response-delay-ms 250 \
+             --error-rate 0.5 --error-status 503 --drop-after-chunks 3 --metrics-delay-ms 7 --metrics-hang \
+             --metrics-frozen --metrics-garbage --drop-gauges vllm:kv_cache_usage_perc \
+             --engine vllm --drop-gauges=vllm:num_requests_waiting,vllm:num_requests_running",
+        ))
+        .unwrap();
+        assert_eq!(o.control_port, Some(0));
+        let f = o.faults;
+        assert!(f.refuse_connections && f.refuse_until.is_none());
+        assert!(f.completions_hang && f.metrics_hang && f.metrics_frozen && f.metrics_garbage);
+        assert_eq!((f.response_delay_ms, f.error_rate, f.error_status), (250, 0.5, 503));
+        assert_eq!((f.drop_after_chunks, f.metrics_delay_ms), (3, 7));
+        assert_eq!(
+            f.drop_gauges,
+            ["vllm:kv_cache_usage_perc", "vllm:num_requests_waiting", "vllm:num_requests_running"]
+        );
+        let timed = parse(args("--refuse-for-ms 500")).unwrap().faults;
+        assert!(timed.refuse_connections && timed.refuse_until.is_some());
+        assert_eq!(timed.refuse_for_ms, 500);
+        // The engine named later decides which families exist.
+        assert!(parse(args("--drop-gauges sglang:token_usage --engine sglang")).is_ok());
     }
 
     #[test]
@@ -342,6 +444,7 @@ mod tests {
         for flag in [
             "--host",
             "--port",
+            "--control-port",
             "--model",
             "--lora",
             "--replica-name",
@@ -370,6 +473,10 @@ mod tests {
             "--drop-after-chunks",
         ] {
             assert!(HELP.contains(flag), "{flag}");
+        }
+        for knob in super::super::faults::KNOBS {
+            let flag = format!("--{} ", knob.replace('_', "-"));
+            assert!(HELP.contains(&flag), "{flag}");
         }
     }
 }

@@ -18,8 +18,7 @@ use model_sim::engine::{Event, EventKind, SubmitError, Usage};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::cli::EngineKind;
-use super::faults::{FaultsPatch, GARBAGE_METRICS};
+use super::faults::{Faults, FaultsPatch, GARBAGE_METRICS};
 use super::metrics;
 use super::openai::{self, Api, ApiError, Envelope};
 use super::sim::Shared;
@@ -27,6 +26,8 @@ use super::sim::Shared;
 /// Larger bodies get 413 (vLLM itself has no limit; this only keeps a runaway client from eating memory).
 const MAX_BODY_BYTES: usize = 64 << 20;
 const REPLICA_HEADER: &str = "x-model-sim-replica";
+/// How long a fault patch that opens or closes the main port waits for the listener to have done it.
+const LISTENER_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a stream ended early (the connection-drop fault).
 #[derive(Debug)]
@@ -221,6 +222,26 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
     Ok(resp)
 }
 
+/// The `--control-port` listener: only the fault knobs, reachable while the main port refuses.
+pub async fn handle_control(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<SimBody>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/admin/faults") => faults_json(&shared),
+        (&Method::POST, "/admin/faults") => set_faults(&shared, req).await,
+        (_, "/admin/faults") => {
+            json_response(&shared, StatusCode::METHOD_NOT_ALLOWED, &json!({"detail": "Method Not Allowed"}))
+        }
+        _ => json_response(
+            &shared,
+            StatusCode::NOT_FOUND,
+            &json!({"detail": "Not Found: the control port serves /admin/faults only"}),
+        ),
+    };
+    Ok(resp)
+}
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -264,6 +285,14 @@ async fn generate_inner(
     req: Request<Incoming>,
 ) -> Result<Response<SimBody>, ApiError> {
     let body = read_body(req).await?;
+    let faults = shared.faults();
+    if faults.completions_hang {
+        // Read, never answered: the future ends only when hyper drops it because the client hung up.
+        std::future::pending::<()>().await;
+    }
+    if faults.response_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.response_delay_ms)).await;
+    }
     let opts = &shared.opts;
     let parsed = openai::parse(api, &body, opts.engine.block_size)?;
     let model = parsed.model.clone().unwrap_or_else(|| opts.model.clone());
@@ -278,16 +307,10 @@ async fn generate_inner(
         })?;
         Some(u32::try_from(pos + 1).unwrap_or(u32::MAX))
     };
-    let faults = shared.faults();
     let (max_tokens, finish_reason) = {
         let mut sim = shared.lock();
         if faults.error_rate > 0.0 && sim.rng.next_f64() < faults.error_rate {
-            return Err(ApiError {
-                status: 500,
-                kind: "InternalServerError",
-                message: "model-sim fault: injected server error".into(),
-                param: None,
-            });
+            return Err(injected_error(&faults));
         }
         match parsed.max_tokens {
             Some(n) => (n, "length"),
@@ -361,6 +384,24 @@ async fn generate_inner(
     Ok(json_response(shared, StatusCode::OK, &openai::full_response(api, &env, &text, finish_reason, &usage)))
 }
 
+/// The `error_rate` fault's answer, with the `error_status` status.
+fn injected_error(faults: &Faults) -> ApiError {
+    let kind = match faults.error_status {
+        500 => "InternalServerError",
+        501 => "NotImplementedError",
+        502 => "BadGatewayError",
+        503 => "ServiceUnavailableError",
+        504 => "GatewayTimeoutError",
+        _ => "ServerError",
+    };
+    ApiError {
+        status: faults.error_status,
+        kind,
+        message: format!("model-sim fault: injected server error ({})", faults.error_status),
+        param: None,
+    }
+}
+
 async fn metrics_response(shared: &Arc<Shared>) -> Response<SimBody> {
     let faults = shared.faults();
     if faults.metrics_hang {
@@ -378,22 +419,22 @@ async fn metrics_response(shared: &Arc<Shared>) -> Response<SimBody> {
             SimBody::Full(Some(Bytes::from_static(GARBAGE_METRICS))),
         );
     }
-    shared.pump();
-    let (m, ttft) = {
-        let sim = shared.lock();
-        (sim.engine.metrics(), sim.ttft.clone())
-    };
-    let ctx = metrics::Context {
-        model: &shared.opts.model,
-        lora_names: &shared.opts.loras,
-        enable_prefix_caching: shared.opts.engine.enable_prefix_caching,
-        started_unix: shared.started_unix(),
-        now_unix: shared.unix_now(),
-    };
-    let text = match shared.opts.engine_kind {
-        EngineKind::Vllm => metrics::render_vllm(&m, &ttft, &ctx),
-        EngineKind::Sglang => metrics::render_sglang(&m, &ttft, &ctx),
-    };
+    let page = shared.metrics_page(faults.metrics_frozen, || {
+        shared.pump();
+        let (m, ttft) = {
+            let sim = shared.lock();
+            (sim.engine.metrics(), sim.ttft.clone())
+        };
+        let ctx = metrics::Context {
+            model: &shared.opts.model,
+            lora_names: &shared.opts.loras,
+            enable_prefix_caching: shared.opts.engine.enable_prefix_caching,
+            started_unix: shared.started_unix(),
+            now_unix: shared.unix_now(),
+        };
+        metrics::render(shared.opts.engine_kind, &m, &ttft, &ctx)
+    });
+    let text = metrics::drop_families(&page, &faults.drop_gauges);
     response(
         shared,
         StatusCode::OK,
@@ -412,12 +453,43 @@ async fn set_faults(shared: &Shared, req: Request<Incoming>) -> Response<SimBody
         Ok(b) => b,
         Err(e) => return error_response(shared, &e),
     };
-    let patch: FaultsPatch = match serde_json::from_slice(&body) {
+    let patch = match FaultsPatch::from_json(&body) {
         Ok(p) => p,
-        Err(e) => return error_response(shared, &ApiError::bad_request(format!("fault patch: {e}"), None)),
+        Err(msg) => return error_response(shared, &ApiError::bad_request(msg, None)),
     };
-    match shared.update_faults(|f| f.apply(patch)) {
-        Ok(f) => json_response(shared, StatusCode::OK, &serde_json::to_value(f).unwrap_or(Value::Null)),
-        Err(msg) => error_response(shared, &ApiError::bad_request(msg, None)),
+    let touches_port = Faults::touches_refusal(&patch);
+    if let Err(e) = shared.apply_faults(patch) {
+        return error_response(shared, &ApiError::bad_request(e.to_string(), Some(e.knob)));
     }
+    if touches_port {
+        // Answer once the port is as asked: a driver that got this answer can connect (or be refused)
+        // right away. A timed refusal may already have ended; then the port is open again.
+        let mut listening = shared.watch_listening();
+        let ready = tokio::time::timeout(LISTENER_WAIT, async {
+            let mut faults_now = shared.watch_faults();
+            loop {
+                let want_open = !faults_now.borrow_and_update().refuse_connections;
+                if *listening.borrow_and_update() == want_open {
+                    return;
+                }
+                tokio::select! {
+                    r = listening.changed() => if r.is_err() { return },
+                    r = faults_now.changed() => if r.is_err() { return },
+                }
+            }
+        })
+        .await;
+        if ready.is_err() {
+            let e = ApiError {
+                status: 503,
+                kind: "ServiceUnavailableError",
+                message: "fault knobs applied, but the main port could not be re-opened yet (its address \
+                          is in use; see stderr); model-sim keeps trying"
+                    .into(),
+                param: None,
+            };
+            return error_response(shared, &e);
+        }
+    }
+    json_response(shared, StatusCode::OK, &serde_json::to_value(shared.faults()).unwrap_or(Value::Null))
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use model_sim::EngineMetrics;
 
+use super::cli::EngineKind;
 use super::sim::{Histogram, TTFT_BUCKETS};
 
 pub struct Context<'a> {
@@ -189,6 +190,69 @@ pub fn render_sglang(m: &EngineMetrics, ttft: &Histogram, ctx: &Context<'_>) -> 
     out
 }
 
+/// The page in the names of `kind`.
+pub fn render(kind: EngineKind, m: &EngineMetrics, ttft: &Histogram, ctx: &Context<'_>) -> String {
+    match kind {
+        EngineKind::Vllm => render_vllm(m, ttft, ctx),
+        EngineKind::Sglang => render_sglang(m, ttft, ctx),
+    }
+}
+
+/// The metric families a page of `kind` has, in page order.
+pub fn families(kind: EngineKind) -> Vec<String> {
+    let m = EngineMetrics {
+        num_requests_waiting: 0,
+        num_requests_running: 0,
+        kv_cache_usage: 0.0,
+        free_blocks: 0,
+        num_gpu_blocks: 0,
+        block_size: 0,
+        max_lora: 0,
+        running_lora_adapters: Vec::new(),
+        waiting_lora_adapters: Vec::new(),
+        prefix_cache_queries: 0,
+        prefix_cache_hits: 0,
+        num_preemptions: 0,
+        prompt_tokens: 0,
+        generation_tokens: 0,
+        finished_requests: 0,
+        steps: 0,
+    };
+    let ctx = Context {
+        model: "m",
+        lora_names: &[],
+        enable_prefix_caching: true,
+        started_unix: 0.0,
+        now_unix: 0.0,
+    };
+    render(kind, &m, &Histogram::default(), &ctx)
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+/// `text` without the families named in `drop` (their `# HELP`, `# TYPE` and every sample line).
+pub fn drop_families(text: &str, drop: &[String]) -> String {
+    if drop.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut skipping = false;
+    for line in text.split_inclusive('\n') {
+        // Each family starts with its `# HELP` (or `# TYPE`) line; samples follow until the next one.
+        let header = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE "));
+        if let Some(name) = header.and_then(|h| h.split_whitespace().next()) {
+            skipping = drop.iter().any(|d| d == name);
+        }
+        if !skipping {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +326,24 @@ mod tests {
             assert!(text.lines().any(|x| x == line), "missing {line}\n{text}");
         }
         assert!(!text.contains("vllm:"));
+    }
+
+    #[test]
+    fn families_are_listed_and_dropped_whole() {
+        let vllm = families(EngineKind::Vllm);
+        assert_eq!(vllm.first().map(String::as_str), Some("vllm:num_requests_running"));
+        assert!(vllm.iter().any(|f| f == "vllm:kv_cache_usage_perc"));
+        assert!(vllm.iter().any(|f| f == "vllm:prefix_cache_hits"));
+        assert!(families(EngineKind::Sglang).iter().all(|f| f.starts_with("sglang:")));
+
+        let text = render_vllm(&metrics(), &Histogram::default(), &ctx(&[]));
+        let drop = vec!["vllm:kv_cache_usage_perc".to_string(), "vllm:prefix_cache_hits".to_string()];
+        let out = drop_families(&text, &drop);
+        assert!(!out.contains("vllm:kv_cache_usage_perc"), "{out}");
+        assert!(!out.contains("vllm:prefix_cache_hits"), "{out}");
+        assert!(out.contains("vllm:prefix_cache_queries_total"));
+        assert!(out.contains("vllm:num_requests_waiting{"));
+        assert_eq!(out.lines().count() + 3 + 4, text.lines().count());
+        assert_eq!(drop_families(&text, &[]), text);
     }
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod faults;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod openai;
 pub mod sim;

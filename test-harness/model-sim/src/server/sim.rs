@@ -8,10 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use model_sim::engine::{Engine, Event, EventKind, Request, SubmitError};
 use model_sim::{Prompt, Segment};
 use scheduler_core::rng::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::cli::Options;
-use super::faults::Faults;
+use super::faults::{Env, Faults, FaultsPatch, KnobError};
+use super::metrics;
 
 /// vLLM's TTFT histogram buckets (seconds).
 pub const TTFT_BUCKETS: [f64; 22] = [
@@ -61,7 +62,14 @@ pub struct Shared {
     /// Unix time at start, for metrics that carry wall timestamps.
     started_unix: f64,
     sim: Mutex<Sim>,
-    faults: Mutex<Faults>,
+    /// The fault knobs; the listener and open connections watch them for `refuse_connections`.
+    faults: watch::Sender<Faults>,
+    /// Whether the main port is open (the listener publishes it; `/admin/faults` waits on it).
+    listening: watch::Sender<bool>,
+    /// The last /metrics page rendered, served again while `metrics_frozen` is set.
+    last_page: Mutex<Option<String>>,
+    /// The metric families of this replica's /metrics page (what `drop_gauges` may name).
+    pub metric_families: Vec<String>,
     wake: Notify,
 }
 
@@ -78,7 +86,9 @@ impl Shared {
             ttft: Histogram::default(),
             events: Vec::new(),
         };
-        let faults = Mutex::new(opts.faults.clone());
+        let (faults, _) = watch::channel(opts.faults.clone());
+        let (listening, _) = watch::channel(false);
+        let metric_families = metrics::families(opts.engine_kind);
         Arc::new(Shared {
             opts,
             replica,
@@ -86,6 +96,9 @@ impl Shared {
             started_unix,
             sim: Mutex::new(sim),
             faults,
+            listening,
+            last_page: Mutex::new(None),
+            metric_families,
             wake: Notify::new(),
         })
     }
@@ -115,13 +128,62 @@ impl Shared {
     }
 
     pub fn faults(&self) -> Faults {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults.borrow().clone()
     }
 
-    pub fn update_faults(&self, f: impl FnOnce(&mut Faults) -> Result<(), String>) -> Result<Faults, String> {
-        let mut guard = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)?;
-        Ok(guard.clone())
+    /// Follows the fault knobs as they change.
+    pub fn watch_faults(&self) -> watch::Receiver<Faults> {
+        self.faults.subscribe()
+    }
+
+    /// Applies a fault patch (all of it or, when a value is refused, nothing) and returns the knobs.
+    pub fn apply_faults(&self, patch: FaultsPatch) -> Result<Faults, KnobError> {
+        let env = Env {
+            now: Instant::now(),
+            control_port: self.opts.control_port.is_some(),
+            metric_families: &self.metric_families,
+        };
+        let mut result = Ok(());
+        self.faults.send_if_modified(|f| {
+            let before = f.clone();
+            result = f.apply(patch, &env);
+            *f != before
+        });
+        result.map(|()| self.faults())
+    }
+
+    /// A timed refusal ran out: accept again, unless the knob was set anew meanwhile.
+    pub fn end_timed_refusal(&self, until: Instant) {
+        self.faults.send_if_modified(|f| {
+            let due = f.refuse_until == Some(until);
+            if due {
+                f.end_refusal();
+            }
+            due
+        });
+    }
+
+    /// Whether the main port is open, as the listener last reported.
+    pub fn watch_listening(&self) -> watch::Receiver<bool> {
+        self.listening.subscribe()
+    }
+
+    pub fn set_listening(&self, open: bool) {
+        self.listening.send_if_modified(|l| std::mem::replace(l, open) != open);
+    }
+
+    /// The /metrics page last rendered; `render` makes a fresh one (and keeps it) unless `frozen` and
+    /// there is one already.
+    pub fn metrics_page(&self, frozen: bool, render: impl FnOnce() -> String) -> String {
+        let mut last = self.last_page.lock().unwrap_or_else(|e| e.into_inner());
+        match last.as_ref() {
+            Some(page) if frozen => page.clone(),
+            _ => {
+                let page = render();
+                *last = Some(page.clone());
+                page
+            }
+        }
     }
 
     /// Brings the engine up to now and delivers what happened. Returns the next time it has work.
