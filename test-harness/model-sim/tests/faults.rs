@@ -281,6 +281,7 @@ fn bad_knob_values_are_refused_naming_the_knob_and_change_nothing() {
             r.control("POST", "/admin/faults", Some(&patch)),
         ] {
             assert_eq!(reply.status, 400, "{patch}");
+            assert_eq!(reply.json()["error"]["param"], knob, "{patch}");
             let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
             assert!(message.starts_with(&format!("fault knob `{knob}`: ")), "{patch}: {message}");
         }

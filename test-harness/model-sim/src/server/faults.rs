@@ -129,9 +129,37 @@ impl fmt::Display for KnobError {
 
 impl std::error::Error for KnobError {}
 
-impl From<KnobError> for String {
-    fn from(e: KnobError) -> String {
-        e.to_string()
+/// Why a fault patch was refused before any value was checked against the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatchError {
+    /// Not JSON, not an object, or a knob nobody knows.
+    Shape(String),
+    /// A knob's value has the wrong type.
+    Knob(KnobError),
+}
+
+impl PatchError {
+    /// The knob at fault, if one is.
+    pub fn knob(&self) -> Option<&'static str> {
+        match self {
+            PatchError::Shape(_) => None,
+            PatchError::Knob(e) => Some(e.knob),
+        }
+    }
+}
+
+impl fmt::Display for PatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PatchError::Shape(msg) => f.write_str(msg),
+            PatchError::Knob(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<KnobError> for PatchError {
+    fn from(e: KnobError) -> PatchError {
+        PatchError::Knob(e)
     }
 }
 
@@ -146,14 +174,14 @@ pub struct Env<'a> {
 
 impl FaultsPatch {
     /// Reads the JSON object POSTed to `/admin/faults`; errors name the knob and what it takes.
-    pub fn from_json(body: &[u8]) -> Result<FaultsPatch, String> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| format!("fault patch is not valid JSON: {e}"))?;
+    pub fn from_json(body: &[u8]) -> Result<FaultsPatch, PatchError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| PatchError::Shape(format!("fault patch is not valid JSON: {e}")))?;
         let Value::Object(map) = value else {
-            return Err(format!(
+            return Err(PatchError::Shape(format!(
                 "fault patch must be a JSON object of knobs, e.g. {{\"error_rate\": 0.5}}; got {}",
                 kind(&value)
-            ));
+            )));
         };
         let mut p = FaultsPatch::default();
         for (key, v) in &map {
@@ -186,7 +214,8 @@ impl FaultsPatch {
                     p.drop_gauges = Some(names.ok_or_else(|| KnobError::not("drop_gauges", v, EXPECT_NAMES))?)
                 }
                 other => {
-                    return Err(format!("unknown fault knob `{other}` (known: {})", KNOBS.join(", ")));
+                    let known = KNOBS.join(", ");
+                    return Err(PatchError::Shape(format!("unknown fault knob `{other}` (known: {known})")));
                 }
             }
         }
@@ -338,7 +367,7 @@ mod tests {
     fn apply(f: &mut Faults, json: &str, control_port: bool) -> Result<(), String> {
         let fams = families();
         let env = Env { now: Instant::now(), control_port, metric_families: &fams };
-        let patch = FaultsPatch::from_json(json.as_bytes())?;
+        let patch = FaultsPatch::from_json(json.as_bytes()).map_err(|e| e.to_string())?;
         f.apply(patch, &env).map_err(|e| e.to_string())
     }
 

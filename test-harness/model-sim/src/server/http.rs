@@ -455,7 +455,7 @@ async fn set_faults(shared: &Shared, req: Request<Incoming>) -> Response<SimBody
     };
     let patch = match FaultsPatch::from_json(&body) {
         Ok(p) => p,
-        Err(msg) => return error_response(shared, &ApiError::bad_request(msg, None)),
+        Err(e) => return error_response(shared, &ApiError::bad_request(e.to_string(), e.knob())),
     };
     let touches_port = Faults::touches_refusal(&patch);
     if let Err(e) = shared.apply_faults(patch) {
