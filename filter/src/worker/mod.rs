@@ -13,7 +13,7 @@ use crate::worker_directory;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{
-    request_seed, EndpointPicker, Outcome, PoolView, Reply, RequestInfo, Route,
+    request_seed, EndpointPicker, Fallback, Outcome, PoolView, Reply, RequestInfo, Route,
 };
 use scheduler_core::exchange::{ExchangeSettings, InFlight};
 use scheduler_core::health::{HealthEvent, Unusable};
@@ -192,6 +192,10 @@ impl Worker {
                     // Failing closed is a fallback too (a 400 while metrics are missing is not).
                     PoolView::Unusable { reason, .. } if reply.reason == reason.as_str() => {
                         self.stats.fallback(host, reason)
+                    }
+                    // Failing closed because no endpoint is usable.
+                    PoolView::Fresh(_) if reply.reason == Fallback::NoUsableEndpoint.as_str() => {
+                        self.stats.fallback(host, Fallback::NoUsableEndpoint)
                     }
                     _ => {}
                 }

