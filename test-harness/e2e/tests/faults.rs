@@ -29,12 +29,15 @@ fn sims(n: usize) -> Vec<ModelSim> {
     .unwrap()
 }
 
+/// How long a client waits for an answer (a request to a hung pod is given up after this).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn completion(i: usize) -> Request {
     Request::post_json(
         "/v1/completions",
         json!({"model": MODEL, "prompt": format!("q{i}"), "max_tokens": 4}).to_string(),
     )
-    .timeout(Duration::from_secs(10))
+    .timeout(CLIENT_TIMEOUT)
 }
 
 /// Our sections for a pool of `sims` (scrapes every 50 ms, 300 ms timeout).
@@ -75,9 +78,11 @@ fn shim_gateway(sims: &[ModelSim]) -> (Envoy, EppShim) {
     (envoy, shim)
 }
 
-/// One answered request: when (since `start`), its status and the replica that served it.
+/// One answered request: when it was sent and answered (since `start`), its status and the replica that
+/// served it.
 #[derive(Debug)]
 struct Sent {
+    sent: Duration,
     at: Duration,
     status: u16,
     replica: Option<String>,
@@ -93,13 +98,15 @@ fn drive(envoy: &Envoy, length: Duration, fault_at: Duration, fault: impl FnOnce
             s.spawn(move || {
                 let mut i = t;
                 while start.elapsed() < length {
+                    let sent = start.elapsed();
                     let sent = match envoy.send(&completion(i)) {
                         Ok(r) => Sent {
+                            sent,
                             at: start.elapsed(),
                             status: r.status,
                             replica: r.header("x-model-sim-replica").map(String::from),
                         },
-                        Err(_) => Sent { at: start.elapsed(), status: 0, replica: None },
+                        Err(_) => Sent { sent, at: start.elapsed(), status: 0, replica: None },
                     };
                     results.lock().unwrap().push(sent);
                     i += 3;
@@ -130,10 +137,14 @@ fn summary(sent: &[Sent]) -> String {
     format!("{} requests: {per:?}", sent.len())
 }
 
-fn kill9(sim: &ModelSim) {
+fn signal(sim: &ModelSim, signal: &str) {
     let pid = sim.process().id().to_string();
-    let ok = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success();
-    assert!(ok, "kill -9 {pid}");
+    let ok = std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+fn kill9(sim: &ModelSim) {
+    signal(sim, "-KILL");
 }
 
 /// A replica killed with SIGKILL under load: requests already on their way to it fail, none after a
@@ -231,5 +242,40 @@ fn filter_fail_close_answers_503_when_no_scrape_ever_succeeded() {
     let r = envoy.send(&completion(0)).unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("no endpoint is usable"), "{}", r.text());
+    assert_eq!(envoy.stat_sum("epp_fallback_no_usable_endpoint"), Some(1));
+}
+
+#[test]
+fn filter_a_hung_process_gets_no_new_request_after_its_scrapes_time_out() {
+    require_envoy!();
+    let sims = sims(3);
+    let envoy = filter_gateway(&sims, json!({}));
+    // SIGSTOP: the pod accepts connections (the kernel does) and answers nothing, /metrics included.
+    let stop_at = Duration::from_millis(1000);
+    let sent = drive(&envoy, Duration::from_millis(5000), stop_at, || signal(&sims[0], "-STOP"));
+    signal(&sims[0], "-CONT");
+    // Requests sent to it before the scrapes timed out (2 × 300 ms here) hang until the client gives up;
+    // nothing sent after that goes there.
+    let caught = stop_at + Duration::from_millis(1000);
+    let hung: Vec<&Sent> = sent.iter().filter(|s| s.status != 200).collect();
+    eprintln!("{} ; {} hung", summary(&sent), hung.len());
+    assert!(hung.iter().all(|s| s.sent < caught), "a request sent after the pod was caught hung: {hung:?}");
+    let after: Vec<&Sent> = sent.iter().filter(|s| s.sent >= caught).collect();
+    assert!(after.len() > 50, "the clients kept sending after the pod was caught: {}", after.len());
+    assert!(after.iter().all(|s| s.status == 200 && s.replica.as_deref() != Some(sims[0].replica())));
+}
+
+#[test]
+fn filter_fail_open_routes_when_every_pod_is_down_and_counts_it() {
+    require_envoy!();
+    let sims = sims(2);
+    for s in &sims {
+        s.set_faults(r#"{"refuse_for_ms": 20000}"#).unwrap();
+    }
+    let envoy = filter_gateway(&sims, json!({}));
+    // Routed anyway (the pods refuse, so Envoy answers 503 itself), and counted as a fallback.
+    let r = envoy.send(&completion(0)).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(!r.text().contains("no endpoint is usable"), "{}", r.text());
     assert_eq!(envoy.stat_sum("epp_fallback_no_usable_endpoint"), Some(1));
 }
