@@ -9,7 +9,9 @@
 //!   and other 5xx, in a row. Past `health.consecutiveGatewayFailure` / `health.consecutive5xx` the
 //!   endpoint is ejected for `baseEjectionTimeMs` × 2^(ejections − 1), at most `maxEjectionTimeMs`; when the
 //!   time is up one trial request may go there (half-open): a good answer readmits it, a failure ejects it
-//!   again for longer. No trial goes to an endpoint whose scrapes are failing, so a dead pod's back-off does
+//!   again for longer. The back-off is remembered after a readmission and forgotten only after
+//!   `maxEjectionTimeMs` without an ejection, so a flapping endpoint is ejected for longer each time
+//!   instead of oscillating at the base period. No trial goes to an endpoint whose scrapes are failing, so a dead pod's back-off does
 //!   not grow while it is down: once it is back, its first good scrape lets the trial through.
 //!
 //! Never more than `health.maxEjectionPercent` of the pool is excluded (at least one endpoint may always
@@ -91,8 +93,10 @@ impl UpstreamResult {
 pub struct Record {
     consecutive_gateway: u32,
     consecutive_5xx: u32,
-    /// Ejections in a row (for the back-off); reset by a good answer.
+    /// Ejections in a row (for the back-off); forgotten `maxEjectionTimeMs` after the last readmission.
     pub ejections: u32,
+    /// When a trial request last readmitted the endpoint.
+    readmitted_at_ms: Option<u64>,
     /// Ejected until this time (ms), if ejected.
     pub ejected_until_ms: Option<u64>,
     /// When the ejection began.
@@ -218,8 +222,17 @@ impl HealthTracker {
         match result {
             UpstreamResult::Answered => {
                 let was_ejected = r.ejected_until_ms.is_some();
-                *r = Record::default();
-                self.records.remove(address);
+                let remembered = r.ejections > 0
+                    && (was_ejected
+                        || r.readmitted_at_ms
+                            .is_some_and(|t| now_ms.saturating_sub(t) < config.max_ejection_time_ms));
+                if remembered {
+                    // Readmitted, keeping the back-off for a while.
+                    let readmitted_at_ms = if was_ejected { Some(now_ms) } else { r.readmitted_at_ms };
+                    *r = Record { ejections: r.ejections, readmitted_at_ms, ..Record::default() };
+                } else {
+                    self.records.remove(address);
+                }
                 if was_ejected {
                     self.events.push(HealthEvent::Readmitted { address: String::from(address) });
                 }
@@ -239,6 +252,9 @@ impl HealthTracker {
             || r.consecutive_5xx >= config.consecutive_5xx;
         let currently_ejected = r.ejected_until_ms.is_some_and(|until| now_ms < until);
         if (trips || trial_failed) && !currently_ejected {
+            if r.readmitted_at_ms.is_some_and(|t| now_ms.saturating_sub(t) >= config.max_ejection_time_ms) {
+                r.ejections = 0;
+            }
             r.ejections = r.ejections.saturating_add(1);
             let shift = r.ejections.saturating_sub(1).min(20);
             let for_ms =

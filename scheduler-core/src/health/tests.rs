@@ -92,14 +92,49 @@ fn gateway_failures_in_a_row_eject_with_exponential_back_off_and_a_single_trial(
     assert_eq!(excluded(&t, &p, NOW + 3_009).len(), 1);
     assert!(excluded(&t, &p, NOW + 3_010).is_empty());
     t.routed(&a, NOW + 3_010);
-    // The trial succeeds: back, with the back-off forgotten.
+    // The trial succeeds: back.
     t.record(&a, UpstreamResult::Answered, NOW + 3_100);
     assert_eq!(t.take_events(), [HealthEvent::Readmitted { address: a.clone() }]);
     assert!(excluded(&t, &p, NOW + 3_101).is_empty());
+    // Failing again soon after (a flapping pod): the back-off goes on growing, it does not restart.
     for _ in 0..3 {
         t.record(&a, UpstreamResult::GatewayFailure, NOW + 4_000);
     }
-    assert_eq!(t.take_events(), [HealthEvent::Ejected { address: a, for_ms: 1_000 }]);
+    assert_eq!(t.take_events(), [HealthEvent::Ejected { address: a.clone(), for_ms: 4_000 }]);
+    t.routed(&a, NOW + 8_000);
+    t.record(&a, UpstreamResult::Answered, NOW + 8_010);
+    // After maxEjectionTimeMs (30 s) without an ejection, it is forgotten.
+    for _ in 0..3 {
+        t.record(&a, UpstreamResult::GatewayFailure, NOW + 38_010);
+    }
+    assert_eq!(
+        t.take_events(),
+        [HealthEvent::Readmitted { address: a.clone() }, HealthEvent::Ejected { address: a, for_ms: 1_000 }]
+    );
+}
+
+#[test]
+fn a_flapping_endpoint_is_ejected_for_longer_each_time_not_at_the_base_period() {
+    let mut t = tracker();
+    let a = addr(1);
+    let mut now = NOW;
+    let mut lengths = Vec::new();
+    for _ in 0..5 {
+        // Three failures, ejected; the trial then succeeds; shortly after it fails again.
+        for _ in 0..3 {
+            t.record(&a, UpstreamResult::GatewayFailure, now);
+        }
+        let Some(HealthEvent::Ejected { for_ms, .. }) = t.take_events().pop() else { panic!("not ejected") };
+        lengths.push(for_ms);
+        now += for_ms;
+        t.routed(&a, now);
+        t.record(&a, UpstreamResult::Answered, now + 5);
+        now += 200;
+    }
+    assert_eq!(lengths, [1_000, 2_000, 4_000, 8_000, 16_000]);
+    // A healthy endpoint that never failed keeps no record.
+    t.record(&addr(2), UpstreamResult::Answered, now);
+    assert_eq!(t.ejections().count(), 0);
 }
 
 #[test]
