@@ -279,3 +279,35 @@ fn filter_fail_open_routes_when_every_pod_is_down_and_counts_it() {
     assert!(!r.text().contains("no endpoint is usable"), "{}", r.text());
     assert_eq!(envoy.stat_sum("epp_fallback_no_usable_endpoint"), Some(1));
 }
+
+/// A pod answering every completion with 500 while its metrics look fine (and light: the picker would
+/// otherwise favour it): ejected after a few failures, then only the occasional trial request reaches it.
+fn a_5xx_pod_is_ejected(envoy: &Envoy, sims: &[ModelSim], product: &str) {
+    let at = Duration::from_millis(500);
+    let sent = drive(envoy, Duration::from_millis(4500), at, || {
+        sims[0].set_faults(r#"{"error_rate": 1, "error_status": 500}"#).unwrap()
+    });
+    let failed = failures(&sent, Duration::ZERO);
+    eprintln!("{product}: {} ; {failed} failed", summary(&sent));
+    // consecutive5xx (5) to eject (a second Envoy worker may count up to 4 of its own before the shared
+    // ejection reaches it), then a trial per worker after 1 s and 2 s: a handful in all, out of thousands.
+    assert!(failed <= 16, "{product}: {failed} failures: {}", summary(&sent));
+    assert!(sent.len() > 500, "{product}: {}", summary(&sent));
+}
+
+#[test]
+fn filter_a_pod_answering_500_is_ejected() {
+    require_envoy!();
+    let sims = sims(3);
+    let envoy = filter_gateway(&sims, json!({}));
+    a_5xx_pod_is_ejected(&envoy, &sims, "filter");
+    assert!(envoy.stat_sum("epp_endpoint_ejections").unwrap_or(0) >= 1);
+}
+
+#[test]
+fn shim_a_pod_answering_500_is_ejected() {
+    require_envoy!();
+    let sims = sims(3);
+    let (envoy, _shim) = shim_gateway(&sims);
+    a_5xx_pod_is_ejected(&envoy, &sims, "shim");
+}
