@@ -225,6 +225,8 @@ impl HttpContext for Stream {
         }
         if let Some(m) = &step.moved {
             w.moved(&*self.host, &m.from, &m.to, m.tokens);
+            // Envoy retried elsewhere: the first attempt failed before any response.
+            w.answered(&*self.host, &m.from, 503);
         }
         if let Some((address, status)) = &step.answered {
             w.answered(&*self.host, address, *status);

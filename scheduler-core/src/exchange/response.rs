@@ -22,7 +22,9 @@ pub struct ResponseHead<'a> {
 pub struct ResponseHeadStep {
     /// The served header to set: (name, endpoint).
     pub served: Option<(String, String)>,
-    /// Move the in-flight count: the request was served elsewhere.
+    /// Move the in-flight count: the request was served elsewhere. The proxy retries only an attempt
+    /// that failed before the response (a refused connection, a reset): health counts that as a gateway
+    /// failure of `moved.from`.
     pub moved: Option<super::Moved>,
     /// The endpoint that answered and the status (health records it; a 5xx also counts against it).
     /// Absent when the status could not be read.

@@ -70,6 +70,8 @@ pub struct Scheduler {
     handler: usize,
     pub(crate) detector: Option<usize>,
     max_endpoints: usize,
+    /// At least this many targets when the candidates allow (see [`Scheduler::set_max_endpoints`]).
+    fill_to: usize,
     feature_gates: Vec<(String, bool)>,
     warnings: Vec<ConfigWarning>,
     scratch: Scratch,
@@ -113,8 +115,12 @@ impl Scheduler {
 
     /// Caps destination + fallbacks (e.g. 1 for gateways that accept a single address). Pickers'
     /// own `maxNumOfEndpoints` still applies.
+    /// How many endpoints the gateway sends (primary, then fallbacks): at most `max`, and as many as
+    /// that when the pool has them, even if the picker's own `maxNumOfEndpoints` asks for fewer (the next
+    /// best by score fill in), so `routing.maxEndpoints` alone is enough to get fallbacks.
     pub fn set_max_endpoints(&mut self, max: usize) {
         self.max_endpoints = max.max(1);
+        self.fill_to = max.max(1);
     }
 
     pub fn warnings(&self) -> &[ConfigWarning] {
@@ -166,7 +172,8 @@ impl Scheduler {
         if candidates.is_empty() {
             return Err(ScheduleError::NoCandidates);
         }
-        let Scheduler { plugins, profiles, profile_names, handler, max_endpoints, scratch, .. } = self;
+        let Scheduler { plugins, profiles, profile_names, handler, max_endpoints, fill_to, scratch, .. } =
+            self;
         let handler = plugins
             .get(*handler)
             .and_then(|p| p.as_profile_handler())
@@ -182,7 +189,15 @@ impl Scheduler {
                     continue;
                 }
                 let Some(profile) = profiles.iter().find(|p| p.name == name) else { continue };
-                let result = profile.run(plugins, ctx, &mut state, candidates, *max_endpoints, rng, scratch);
+                let result = profile.run(
+                    plugins,
+                    ctx,
+                    &mut state,
+                    candidates,
+                    (*fill_to, *max_endpoints),
+                    rng,
+                    scratch,
+                );
                 done.push(result);
                 ran = true;
             }

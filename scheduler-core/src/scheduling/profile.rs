@@ -42,6 +42,8 @@ pub(crate) fn sanitize(score: f64) -> f64 {
 
 impl Profile {
     /// Runs the profile over `initial` candidates. Empty `targets` means every candidate was filtered out.
+    /// `(fill_to, cap)`: at most `cap` targets, and at least `fill_to` when the candidates allow (the
+    /// picker's choice first, then the best scored of the rest).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -49,7 +51,7 @@ impl Profile {
         ctx: &SchedulingContext<'_>,
         state: &mut CycleState,
         initial: &[usize],
-        cap: usize,
+        (fill_to, cap): (usize, usize),
         rng: &mut Rng,
         scratch: &mut Scratch,
     ) -> ProfileRunResult {
@@ -86,6 +88,14 @@ impl Profile {
             Some(picker) => picker.pick(scored, cap, rng),
             None => Vec::new(),
         };
+        let wanted = fill_to.min(cap);
+        if !targets.is_empty() && targets.len() < wanted {
+            let mut rest: Vec<&ScoredEndpoint> =
+                scored.iter().filter(|s| !targets.contains(&s.index)).collect();
+            rest.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+            let missing = wanted.saturating_sub(targets.len());
+            targets.extend(rest.iter().take(missing).map(|s| s.index));
+        }
         targets.truncate(cap);
         ProfileRunResult { profile: self.name.clone(), targets }
     }

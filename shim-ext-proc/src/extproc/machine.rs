@@ -363,6 +363,8 @@ impl Machine {
         let step = self.exchange.on_response_headers(&s.exchange, &head);
         let mut steps = Vec::new();
         if let Some(m) = step.moved {
+            // The gateway retried elsewhere: the first attempt failed before any response.
+            steps.push(Step::Answered { endpoint: m.from.clone(), status: 503 });
             steps.push(Step::Served { routed: m.from, served: m.to, tokens: m.tokens });
         }
         steps.extend(step.answered.map(|(endpoint, status)| Step::Answered { endpoint, status }));

@@ -45,6 +45,7 @@ pub(super) fn scheduler(cfg: &EndpointPickerConfig, registry: &Registry) -> Resu
         handler,
         detector,
         max_endpoints: usize::MAX,
+        fill_to: 1,
         feature_gates: cfg.feature_gates.clone(),
         warnings,
         scratch: Scratch::default(),

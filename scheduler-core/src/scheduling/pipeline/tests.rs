@@ -52,7 +52,15 @@ fn weighted_sum_worked_example() {
     let req = SchedulingRequest::default();
     let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
     let mut scratch = Scratch::default();
-    p.run(&s.plugins, &ctx, &mut CycleState::default(), &[0, 1, 2, 3], 4, &mut Rng::new(1), &mut scratch);
+    p.run(
+        &s.plugins,
+        &ctx,
+        &mut CycleState::default(),
+        &[0, 1, 2, 3],
+        (1, 4),
+        &mut Rng::new(1),
+        &mut scratch,
+    );
     let mut totals: Vec<(usize, f64)> = scratch_totals(&scratch);
     totals.sort_by_key(|t| t.0);
     let want = [4.0, 2.6, 2.3, 2.7];

@@ -419,6 +419,7 @@ fn model_rewrite_is_undone_in_a_json_response_with_usage_and_served_endpoint() {
     assert_eq!(
         h.steps,
         vec![
+            Step::Answered { endpoint: "10.0.0.2:8000".into(), status: 503 },
             Step::Served { routed: "10.0.0.2:8000".into(), served: "10.0.0.3:8000".into(), tokens: 11 },
             Step::Answered { endpoint: "10.0.0.3:8000".into(), status: 200 },
         ]
