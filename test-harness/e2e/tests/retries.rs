@@ -229,11 +229,14 @@ fn a_dead_primary_is_retried_on_the_pickers_fallback_and_no_client_sees_it() {
         assert_eq!(r.status, 200, "a client saw the failure: {}", r.text());
         assert_eq!(served(r), survivor, "served by the survivor");
     }
-    // The picker still put the dead replica first for every one of them (its prompt is cached there):
-    // each request was refused there once and retried once, on the fallback, successfully.
-    assert_eq!(delta.connect_failures, n as u64, "refused connections to {dead}: {delta:?}");
-    assert_eq!(delta.retries, n as u64, "{delta:?}");
-    assert_eq!(delta.retry_successes, n as u64, "{delta:?}");
+    // The picker put the dead replica first (its prompt is cached there) until the refusals Envoy retried
+    // elsewhere ejected it (3 gateway failures): each of those was refused once and retried once, on the
+    // fallback, successfully (a pooled connection to it may also reset before the request was sent, which
+    // is retried too); the rest went to the survivor directly.
+    assert!(delta.connect_failures >= 1, "refused connections to {dead}: {delta:?}");
+    assert!(delta.retries < n as u64, "the picker never learnt: {delta:?}");
+    assert!(delta.retries >= delta.connect_failures, "{delta:?}");
+    assert_eq!(delta.retry_successes, delta.retries, "{delta:?}");
     assert_eq!(delta.sent, n as u64, "each reached one replica, once: {delta:?}");
 }
 
@@ -255,10 +258,11 @@ fn without_a_fallback_list_the_retry_goes_to_another_member_by_least_request() {
     }
     let delta = RetryStats::read(&envoy).since(before);
     eprintln!("{n} requests without a fallback list: {delta:?}");
-    // Every request went to the dead replica first and ended on a successful retry elsewhere.
-    assert_eq!(delta.retry_successes, n as u64, "{delta:?}");
+    // Requests went to the dead replica first until the retried refusals ejected it (sequential requests:
+    // the third one trips it), each ending on a successful retry elsewhere; the rest went elsewhere first.
+    assert_eq!(delta.retry_successes, delta.retries, "{delta:?}");
     assert_eq!(delta.retries, delta.connect_failures, "only refused connections were retried: {delta:?}");
-    assert!(delta.retries >= n as u64, "{delta:?}");
+    assert!((1..=3).contains(&delta.retries), "{delta:?}");
     assert_eq!(delta.sent, n as u64, "each reached one replica, once: {delta:?}");
 }
 
