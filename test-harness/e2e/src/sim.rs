@@ -18,8 +18,14 @@ impl ModelSim {
     /// Starts a replica on a free loopback port with extra `model-sim` flags (`--help` lists them),
     /// waiting up to 20 s for it to listen.
     pub fn start(args: &[&str]) -> Result<ModelSim, String> {
+        ModelSim::start_on_port(0, args)
+    }
+
+    /// Starts a replica on `port` of loopback (0: a free one), e.g. a new process in place of one that was
+    /// killed, at the address the gateway already knows. Fails if the port cannot be bound.
+    pub fn start_on_port(port: u16, args: &[&str]) -> Result<ModelSim, String> {
         let mut cmd = Command::new(model_sim_binary()?);
-        cmd.args(["--port", "0"]).args(args);
+        cmd.args(["--port", &port.to_string()]).args(args);
         let mut process = Process::spawn("model-sim", cmd)?;
         let line = process.wait_for("its listening line", Duration::from_secs(20), |p| {
             p.log().lines().find(|l| l.starts_with("model-sim listening on http://")).map(str::to_string)
@@ -44,6 +50,11 @@ impl ModelSim {
     /// `127.0.0.1:PORT`, what the picker puts in the destination header.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The port it listens on (what [`ModelSim::start_on_port`] takes to start a successor there).
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
     }
 
     /// The `x-model-sim-replica` value it answers with (its address unless `--replica-name` was given).
