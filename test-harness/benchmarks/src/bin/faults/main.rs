@@ -1,0 +1,339 @@
+//! `faults`: how the gateways route around a failing pod, in real Envoy on loopback. Four model-sim
+//! replicas under steady open-loop load; one of them fails at a fixed time (kill -9 and a restart on the
+//! same port, SIGSTOP and SIGCONT, a hung `/metrics`, 500 on every completion, a missing KV-cache
+//! gauge) and recovers a fixed time later. Each fault runs on fresh replicas through the Wasm picker
+//! (`envoy-config/wasm-picker`), the ext_proc shim (`envoy-config/ext-proc`) and plain round-robin
+//! Envoy with health checks, outlier detection and retries (`envoy-config/round-robin`), one after the
+//! other in the same run. `cargo xtask bench faults [--quick]` builds what it needs and runs this;
+//! results go to BENCHMARKS.md.
+// A benchmark tool: the workspace denies these for code that runs in the proxy, not here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod gateway;
+mod report;
+mod trial;
+
+use report::{Fault, Gateway, Trial};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use trial::Plan;
+
+const USAGE: &str = "\
+usage: faults [--quick] [--out DIR] [--rate R] [--seconds S] [--fault-at S] [--fault-for S]
+              [--faults LIST] [--gateways LIST]
+
+  --quick          a smoke run: 10 s of load per trial, the fault at 2 s for 3 s, 50 requests/s
+                   (about 3 minutes); the report goes to target/faults-bench unless --out is given
+  --out DIR        where faults.md goes [default: target/faults-bench]
+  --rate R         requests per second, open loop [default: 100, quick 50]
+  --seconds S      seconds of load per trial [default: 30, quick 10]
+  --fault-at S     when the fault starts, seconds into the load [default: 5, quick 2]
+  --fault-for S    how long it lasts; kill -9: until the new process starts [default: 6, quick 3]
+  --faults LIST    comma-separated: kill, hang, metrics-hang, 5xx, missing-gauge [default: all]
+  --gateways LIST  comma-separated: filter, shim, round-robin [default: all]
+
+Needs Envoy (.venv/bin/envoy or $ENVOY_BIN); model-sim and epp-shim come from $MODEL_SIM_BIN and
+$EPP_SHIM_BIN, else debug builds (cargo xtask bench faults passes release builds).
+";
+
+struct Options {
+    out: PathBuf,
+    plan: Plan,
+    faults: Vec<Fault>,
+    gateways: Vec<Gateway>,
+    /// The arguments as given, for the report.
+    args: Vec<String>,
+}
+
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag} {v:?}: expected seconds > 0"))
+}
+
+fn parse_args() -> Result<Options, String> {
+    let root = e2e::workspace_root();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut o = Options {
+        out: root.join("target/faults-bench"),
+        plan: Plan {
+            rate: if quick { 50.0 } else { 100.0 },
+            length: Duration::from_secs(if quick { 10 } else { 30 }),
+            fault_at: Duration::from_secs(if quick { 2 } else { 5 }),
+            fault_for: Duration::from_secs(if quick { 3 } else { 6 }),
+            client_timeout: Duration::from_secs(3),
+            sample_every: Duration::from_millis(200),
+            time_scale: 0.25,
+            max_tokens: 32,
+        },
+        faults: Fault::ALL.to_vec(),
+        gateways: Gateway::ALL.to_vec(),
+        args: args.clone(),
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"));
+        match a.as_str() {
+            "--quick" => {}
+            "--out" => o.out = root.join(value("--out")?),
+            "--rate" => {
+                let v = value("--rate")?;
+                o.plan.rate = v
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| *r > 0.0 && *r <= 1000.0)
+                    .ok_or_else(|| format!("--rate {v:?}: expected requests per second in (0, 1000]"))?;
+            }
+            "--seconds" => o.plan.length = seconds("--seconds", &value("--seconds")?)?,
+            "--fault-at" => o.plan.fault_at = seconds("--fault-at", &value("--fault-at")?)?,
+            "--fault-for" => o.plan.fault_for = seconds("--fault-for", &value("--fault-for")?)?,
+            "--faults" => {
+                o.faults = value("--faults")?
+                    .split(',')
+                    .map(|k| {
+                        Fault::from_key(k.trim()).ok_or_else(|| format!("--faults: unknown fault {k:?}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--gateways" => {
+                o.gateways = value("--gateways")?
+                    .split(',')
+                    .map(|k| {
+                        Gateway::from_key(k.trim())
+                            .ok_or_else(|| format!("--gateways: unknown gateway {k:?}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    if o.plan.fault_at + o.plan.fault_for >= o.plan.length {
+        return Err(format!(
+            "the fault ({:?} + {:?}) must end before the load does ({:?})",
+            o.plan.fault_at, o.plan.fault_for, o.plan.length
+        ));
+    }
+    Ok(o)
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faults: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let o = parse_args()?;
+    if e2e::envoy_binary().is_none() {
+        return Err(String::from("no Envoy: run `cargo xtask envoy-check` (or set ENVOY_BIN)"));
+    }
+    let started = Instant::now();
+    let load_before = loadavg();
+    let wasm = e2e::filter_wasm()?;
+    // Built (or found) before the first trial, so no trial waits for cargo.
+    e2e::model_sim_binary()?;
+    if o.gateways.contains(&Gateway::Shim) {
+        e2e::epp_shim_binary()?;
+    }
+    let per_trial = o.plan.trial_time() + Duration::from_secs(4);
+    eprintln!("{} trials of about {:.0} s each", o.faults.len() * o.gateways.len(), per_trial.as_secs_f64());
+    let mut trials: Vec<Trial> = Vec::new();
+    for &fault in &o.faults {
+        for &gateway in &o.gateways {
+            eprintln!("\n[{} / {}]", fault.label(), gateway.label());
+            let t = trial::run(gateway, fault, &o.plan, &wasm)?;
+            let c = report::reduce(&t);
+            eprintln!(
+                "    {} requests, {} failed ({:.2} %), {} failed > 2 s after, {} to the faulty pod > 2 s after",
+                c.requests,
+                c.failed,
+                c.failed_pct(),
+                c.failed_late,
+                c.to_faulty_late
+            );
+            trials.push(t);
+        }
+    }
+    let cells: Vec<report::Cell> = trials.iter().map(report::reduce).collect();
+    let text = markdown(&o, &trials, &cells, &load_before, started.elapsed());
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
+    let md = o.out.join("faults.md");
+    std::fs::write(&md, &text).map_err(|e| format!("cannot write {}: {e}", md.display()))?;
+    println!("{}", report::table(&cells));
+    println!("{}", report::verdict_list(&report::verdicts(&cells)));
+    eprintln!("wrote {} in {:.0} s", md.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn markdown(
+    o: &Options,
+    trials: &[Trial],
+    cells: &[report::Cell],
+    load_before: &str,
+    elapsed: Duration,
+) -> String {
+    let p = &o.plan;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Routing around failure: the picker against round-robin\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench faults{}` (`test-harness/benchmarks/src/bin/faults/`); not edited by hand. \
+         The headline table and the verdict are in [BENCHMARKS.md](../../BENCHMARKS.md#routing-around-failure).\n",
+        if o.args.is_empty() { String::new() } else { format!(" -- {}", o.args.join(" ")) }
+    );
+    let _ = writeln!(
+        s,
+        "Run {} UTC, commit {}, {}; load average (1 min) {} at the start, {} at the end; run time {:.0} s.\n",
+        utc_now(),
+        commit(),
+        machine(),
+        load_before,
+        loadavg(),
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(s, "## Method\n");
+    let _ = writeln!(
+        s,
+        "- **Pods**: {} `model-sim` replicas ({} build, `--time-scale {}`), fresh for every trial, on loopback. The first one is the faulty one.",
+        trial::REPLICAS,
+        build_kind(e2e::model_sim_binary().ok()),
+        p.time_scale
+    );
+    let _ = writeln!(
+        s,
+        "- **Load**: {:.0} requests/s, open loop (sent on schedule whatever the answers), for {:.0} s per trial: \
+         `/v1/completions` of {} tokens with a different prompt each. A request counts as failed unless a \
+         whole 200 answer arrives within {:.0} s (the client then gives up).",
+        p.rate,
+        p.length.as_secs_f64(),
+        p.max_tokens,
+        p.client_timeout.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "- **Fault**: injected {:.0} s into the load, ended {:.0} s later: {}.",
+        p.fault_at.as_secs_f64(),
+        p.fault_for.as_secs_f64(),
+        o.faults
+            .iter()
+            .map(|f| format!("{} (ended by {})", f.label(), f.restore()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(
+        s,
+        "- **Gateways**, Envoy with {} workers each, configured by the files in `envoy-config/` as they are in the tree: \
+         the filter (`wasm-picker/`) and the shim (`ext-proc/`, {} `epp-shim`) with the pool as their only \
+         configuration (every collector and health setting at its default), and round-robin (`round-robin/`: \
+         active `/health` checks, outlier detection, retries of connect failures on another pod). A trial \
+         starts its load once the gateway has every pod in rotation.",
+        gateway::WORKERS,
+        build_kind(e2e::epp_shim_binary().ok())
+    );
+    let _ = writeln!(
+        s,
+        "- **Measures**: *failed > 2 s after*: failed requests sent more than 2 s after the fault. \
+         *To the faulty pod > 2 s after*: requests Envoy gave the faulty pod (per-host `rq_total` + \
+         `cx_connect_fail` of cluster `pool`, so a connection attempt that was then retried elsewhere counts) \
+         from 2 s after the fault until it ended. *Last request to it*: when that counter last rose \
+         during the fault (sampled every {} ms). *Marked out*: when the gateway's own state first showed it \
+         out (the filter's `epp_endpoint_health`, the shim's `epp_shim_endpoint_usable`, which it \
+         refreshes at most once a second, round-robin's health flags). *Back after*: from the end of the fault \
+         (kill -9: the new process listening) to the first whole 200 answer from that pod. *Healthy pods \
+         excluded*: time any other pod was shown out of rotation.\n",
+        p.sample_every.as_millis()
+    );
+    let _ = writeln!(s, "## Results\n");
+    s.push_str(&report::table(cells));
+    let _ = writeln!(s, "\n## Targets (filter and shim)\n");
+    s.push_str(&report::verdict_list(&report::verdicts(cells)));
+    let _ = writeln!(s, "\n## Per second around the fault\n");
+    let _ = writeln!(
+        s,
+        "Failed requests by the second they were sent in, and requests Envoy gave the faulty pod, from a \
+         second before the fault to the end of the load.\n"
+    );
+    s.push_str(&report::timeline(trials));
+    let _ = writeln!(s, "## The gateways' own counters at the end of each trial\n");
+    for t in trials {
+        let stats = t.stats.iter().map(|(k, v)| format!("`{k}` {v}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            s,
+            "- {} / {}: {}",
+            t.fault.label(),
+            t.gateway.label(),
+            if stats.is_empty() { "–" } else { &stats }
+        );
+    }
+    s
+}
+
+/// `release` or `debug`, from where cargo put the executable.
+fn build_kind(path: Option<PathBuf>) -> &'static str {
+    match path {
+        Some(p) if p.components().any(|c| c.as_os_str() == "release") => "release",
+        Some(p) if p.components().any(|c| c.as_os_str() == "debug") => "debug",
+        _ => "a given",
+    }
+}
+
+/// The 1-minute load average: the machine is shared, so the report says how busy it was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| String::from("?"))
+}
+
+/// `2 vCPUs AMD EPYC 7B13, Linux x86_64`.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| Some(l.strip_prefix("model name")?.split_once(':')?.1.trim().to_string()))
+        })
+        .unwrap_or_else(|| String::from("unknown CPU"));
+    format!("{cpus} vCPUs {model}, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// The checked-out commit, marked when the tree has changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(e2e::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let hash = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| String::from("unknown"));
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    format!("`{hash}`{}", if dirty { " (with uncommitted changes)" } else { "" })
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC, from the system clock (days to a civil date: Howard Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rest / 3_600, rest % 3_600 / 60)
+}

@@ -1,0 +1,687 @@
+//! What one trial (one gateway, one fault) measured, reduced to the figures of the table, and the
+//! markdown of `faults.md`. Pure: no clock, no I/O, so the reduction is unit-tested.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// How long after the fault a gateway may still fail requests or send to the faulty pod ("more than
+/// 2 s after the fault").
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// The picker's `limits.snapshotMaxAgeMs` (default, unchanged in this benchmark): the target for taking
+/// a pod whose `/metrics` hangs out of rotation.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(5_000);
+
+/// A restarted pod should serve again within this time of listening.
+pub const BACK_WITHIN: Duration = Duration::from_secs(5);
+
+/// A healthy pod without a single request for longer than this while the load runs has lost its
+/// traffic (at the default rate each pod gets about 25 requests a second).
+pub const GAP_LIMIT: Duration = Duration::from_secs(1);
+
+/// Share of failed requests over the whole kill -9 run the target allows, percent.
+pub const KILL_MAX_FAILED_PCT: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9`, a new process on the same port afterwards.
+    Kill,
+    /// SIGSTOP (the kernel still accepts connections; nothing answers), SIGCONT afterwards.
+    Hang,
+    /// `metrics_hang`: `/metrics` never answers, completions do.
+    MetricsHang,
+    /// `error_rate: 1, error_status: 500`: every completion answers 500.
+    Errors,
+    /// `drop_gauges: ["vllm:kv_cache_usage_perc"]`: a core gauge is missing from `/metrics`.
+    MissingGauge,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] =
+        [Fault::Kill, Fault::Hang, Fault::MetricsHang, Fault::Errors, Fault::MissingGauge];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Hang => "hang",
+            Fault::MetricsHang => "metrics-hang",
+            Fault::Errors => "5xx",
+            Fault::MissingGauge => "missing-gauge",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9, restarted",
+            Fault::Hang => "hung pod (SIGSTOP)",
+            Fault::MetricsHang => "hung /metrics",
+            Fault::Errors => "pod answering 500",
+            Fault::MissingGauge => "missing KV-cache gauge",
+        }
+    }
+
+    /// How the fault ends.
+    pub fn restore(self) -> &'static str {
+        match self {
+            Fault::Kill => "a new model-sim on the same port",
+            Fault::Hang => "SIGCONT",
+            Fault::MetricsHang => "`metrics_hang: false`",
+            Fault::Errors => "`error_rate: 0`",
+            Fault::MissingGauge => "`drop_gauges: []`",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.key() == key)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gateway {
+    /// The Wasm picker (`envoy-config/wasm-picker`).
+    Filter,
+    /// Envoy with the ext_proc shim (`envoy-config/ext-proc`).
+    Shim,
+    /// Plain Envoy round-robin with health checks, outlier detection and retries (`envoy-config/round-robin`).
+    RoundRobin,
+}
+
+impl Gateway {
+    pub const ALL: [Gateway; 3] = [Gateway::Filter, Gateway::Shim, Gateway::RoundRobin];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Gateway::Filter => "filter",
+            Gateway::Shim => "shim",
+            Gateway::RoundRobin => "round-robin",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Gateway::Filter => "filter",
+            Gateway::Shim => "ext_proc shim",
+            Gateway::RoundRobin => "round-robin",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Gateway> {
+        Gateway::ALL.into_iter().find(|g| g.key() == key)
+    }
+}
+
+/// One client request: when it was sent and ended (since the load started), its status (0: no answer
+/// within the client's timeout, or the connection failed) and the replica that answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sent {
+    pub sent: Duration,
+    pub done: Duration,
+    pub status: u16,
+    /// A whole 200 answer.
+    pub ok: bool,
+    pub replica: Option<String>,
+}
+
+/// Whether the gateway's own state has a pod in rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The gateway did not say (no such stat at this moment).
+    Unknown,
+    In,
+    /// Out of rotation, and why (the gateway's words).
+    Out(String),
+}
+
+/// One look at the gateway's view of a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSample {
+    pub addr: String,
+    /// Requests Envoy gave this host so far (`rq_total` + `cx_connect_fail` of cluster `pool`, summed
+    /// across counter resets).
+    pub attempts: u64,
+    pub state: State,
+}
+
+impl HostSample {
+    fn out(&self) -> Option<&str> {
+        match &self.state {
+            State::Out(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// All pods at one moment (since the load started).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub at: Duration,
+    pub hosts: Vec<HostSample>,
+}
+
+impl Sample {
+    fn host(&self, addr: &str) -> Option<&HostSample> {
+        self.hosts.iter().find(|h| h.addr == addr)
+    }
+}
+
+/// Everything one trial recorded. Times are since the load started.
+#[derive(Clone, Debug)]
+pub struct Trial {
+    pub gateway: Gateway,
+    pub fault: Fault,
+    /// The faulty pod's `ip:port` (also its replica name).
+    pub faulty: String,
+    pub healthy: Vec<String>,
+    pub fault_at: Duration,
+    /// When the fault ended (SIGCONT sent, knob cleared, the new process started).
+    pub restore_at: Duration,
+    /// When the pod could serve again: the restarted process listening, else `restore_at`.
+    pub ready_at: Duration,
+    /// When the last request was sent.
+    pub load_end: Duration,
+    pub end: Duration,
+    pub sent: Vec<Sent>,
+    pub samples: Vec<Sample>,
+    /// Counters worth a look, as `name value` (the gateway's own ejections, health checks, retries...).
+    pub stats: Vec<(String, u64)>,
+}
+
+/// When the faulty pod got its last request while faulty.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LastRequest {
+    /// None after the fault.
+    None,
+    /// The last one was seen at this time after the fault.
+    At(Duration),
+    /// It got requests until the fault ended.
+    Kept,
+}
+
+/// One cell of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    pub gateway: Gateway,
+    pub fault: Fault,
+    pub requests: usize,
+    pub failed: usize,
+    /// Failed requests sent more than [`GRACE`] after the fault.
+    pub failed_late: usize,
+    /// Requests Envoy gave the faulty pod more than [`GRACE`] after the fault and before it was restored.
+    pub to_faulty_late: u64,
+    pub last_to_faulty: LastRequest,
+    /// When the gateway's own state first showed the pod out, after the fault; `Err(())` when the
+    /// gateway never reported a state for it.
+    pub marked_out: Result<Option<Duration>, ()>,
+    /// From `ready_at` to the end of its first whole 200 answer; `None` if none came.
+    pub back_after: Option<Duration>,
+    /// How long the run went on after `ready_at` (what "not back" means).
+    pub observed_after_ready: Duration,
+    /// Healthy pods the gateway's state showed out of rotation at some point: address, for how long,
+    /// and why; `None` when the gateway reported no state for them.
+    pub healthy_excluded: Option<Vec<(String, Duration, String)>>,
+    /// The longest time a healthy pod got no request while the load ran (sampling resolution).
+    pub healthy_gap: Duration,
+}
+
+impl Cell {
+    pub fn failed_pct(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.failed as f64 * 100.0 / self.requests as f64
+        }
+    }
+}
+
+/// A pod's attempt counter at the last sample at or before `at`.
+fn attempts_at(samples: &[Sample], addr: &str, at: Duration) -> Option<u64> {
+    samples.iter().filter(|s| s.at <= at).filter_map(|s| s.host(addr)).map(|h| h.attempts).next_back()
+}
+
+pub fn reduce(t: &Trial) -> Cell {
+    let late = t.fault_at + GRACE;
+    let failed = t.sent.iter().filter(|s| !s.ok).count();
+    let failed_late = t.sent.iter().filter(|s| !s.ok && s.sent >= late).count();
+
+    // Attempts counted between the sample nearest before `late` and the last one before the restore.
+    let to_faulty_late = if t.restore_at > late {
+        let from = attempts_at(&t.samples, &t.faulty, late).unwrap_or(0);
+        let to = attempts_at(&t.samples, &t.faulty, t.restore_at).unwrap_or(from);
+        to.saturating_sub(from)
+    } else {
+        0
+    };
+
+    // The last sampling interval inside the fault window in which the count rose.
+    let window: Vec<(Duration, u64)> = t
+        .samples
+        .iter()
+        .filter(|s| s.at <= t.restore_at)
+        .filter_map(|s| Some((s.at, s.host(&t.faulty)?.attempts)))
+        .collect();
+    let mut last = None;
+    let mut last_in_window = None;
+    for pair in window.windows(2) {
+        if let [(_, a), (at, b)] = pair {
+            if *at > t.fault_at {
+                last_in_window = Some(*at);
+                if b > a {
+                    last = Some(*at);
+                }
+            }
+        }
+    }
+    let last_to_faulty = match (last, last_in_window) {
+        (Some(l), Some(w)) if l == w => LastRequest::Kept,
+        (Some(l), _) => LastRequest::At(l.saturating_sub(t.fault_at)),
+        (None, _) => LastRequest::None,
+    };
+
+    let known =
+        |addr: &str| t.samples.iter().any(|s| s.host(addr).is_some_and(|h| h.state != State::Unknown));
+    let marked_out = if known(&t.faulty) {
+        Ok(t.samples
+            .iter()
+            .filter(|s| s.at >= t.fault_at && s.at <= t.restore_at)
+            .find(|s| s.host(&t.faulty).is_some_and(|h| h.out().is_some()))
+            .map(|s| s.at - t.fault_at))
+    } else {
+        Err(())
+    };
+
+    let back_after = t
+        .sent
+        .iter()
+        .filter(|s| s.ok && s.sent >= t.ready_at && s.replica.as_deref() == Some(t.faulty.as_str()))
+        .map(|s| s.done.saturating_sub(t.ready_at))
+        .min();
+
+    let mut healthy_excluded = Vec::new();
+    for addr in &t.healthy {
+        let mut out = Duration::ZERO;
+        let mut reasons: Vec<String> = Vec::new();
+        for pair in t.samples.windows(2) {
+            if let [a, b] = pair {
+                if let Some(why) = a.host(addr).and_then(HostSample::out) {
+                    out += b.at.saturating_sub(a.at);
+                    if !reasons.iter().any(|r| r == why) {
+                        reasons.push(why.to_string());
+                    }
+                }
+            }
+        }
+        // A last sample showing it out counts too, for no time.
+        if let Some(why) = t.samples.last().and_then(|s| s.host(addr)).and_then(HostSample::out) {
+            if reasons.is_empty() {
+                reasons.push(why.to_string());
+            }
+        }
+        if !reasons.is_empty() {
+            healthy_excluded.push((addr.clone(), out, reasons.join(", ")));
+        }
+    }
+    let healthy_excluded = t.healthy.iter().any(|a| known(a)).then_some(healthy_excluded);
+
+    // Per healthy pod, the longest run of samples (while the load ran) without a new request.
+    let mut healthy_gap = Duration::ZERO;
+    for addr in &t.healthy {
+        let mut since: Option<(Duration, u64)> = None;
+        for s in t.samples.iter().filter(|s| s.at <= t.load_end) {
+            let Some(h) = s.host(addr) else { continue };
+            match since {
+                Some((_, n)) if h.attempts == n => {}
+                _ => since = Some((s.at, h.attempts)),
+            }
+            if let Some((from, _)) = since {
+                healthy_gap = healthy_gap.max(s.at - from);
+            }
+        }
+    }
+
+    Cell {
+        gateway: t.gateway,
+        fault: t.fault,
+        requests: t.sent.len(),
+        failed,
+        failed_late,
+        to_faulty_late,
+        last_to_faulty,
+        marked_out,
+        back_after,
+        observed_after_ready: t.end.saturating_sub(t.ready_at),
+        healthy_excluded,
+        healthy_gap,
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn last_cell(l: LastRequest) -> String {
+    match l {
+        LastRequest::None => String::from("none"),
+        LastRequest::At(d) => secs(d),
+        LastRequest::Kept => String::from("until restored"),
+    }
+}
+
+fn back_cell(c: &Cell) -> String {
+    c.back_after.map_or_else(|| format!("not in {}", secs(c.observed_after_ready)), secs)
+}
+
+fn healthy_cell(c: &Cell) -> String {
+    match &c.healthy_excluded {
+        None => String::from("not reported"),
+        Some(list) if list.is_empty() => String::from("none"),
+        Some(list) => {
+            list.iter().map(|(a, d, why)| format!("{a} {} ({why})", secs(*d))).collect::<Vec<_>>().join("; ")
+        }
+    }
+}
+
+fn marked_cell(c: &Cell) -> String {
+    match c.marked_out {
+        Err(()) => String::from("not reported"),
+        Ok(None) => String::from("never"),
+        Ok(Some(d)) => secs(d),
+    }
+}
+
+/// One target, judged on the cells it concerns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub target: String,
+    pub met: bool,
+    pub evidence: String,
+}
+
+fn cell(cells: &[Cell], g: Gateway, f: Fault) -> Option<&Cell> {
+    cells.iter().find(|c| c.gateway == g && c.fault == f)
+}
+
+/// The targets of issue 16, for the picker (filter and shim) in every fault the run has.
+pub fn verdicts(cells: &[Cell]) -> Vec<Verdict> {
+    let ours: Vec<&Cell> = cells.iter().filter(|c| c.gateway != Gateway::RoundRobin).collect();
+    let mut out = Vec::new();
+    let mut judge = |target: &str,
+                     of: &[&Cell],
+                     ok: &dyn Fn(&Cell) -> bool,
+                     show: &dyn Fn(&Cell) -> String| {
+        if of.is_empty() {
+            return;
+        }
+        let evidence =
+            of.iter().map(|c| format!("{}: {}", c.gateway.label(), show(c))).collect::<Vec<_>>().join("; ");
+        out.push(Verdict { target: target.to_string(), met: of.iter().all(|c| ok(c)), evidence });
+    };
+    let of = |f: Fault| ours.iter().copied().filter(|c| c.fault == f).collect::<Vec<_>>();
+    judge(
+        "kill -9: ≤ 0.5 % of requests failed, none sent more than 2 s after the kill",
+        &of(Fault::Kill),
+        &|c| c.failed_pct() <= KILL_MAX_FAILED_PCT && c.failed_late == 0,
+        &|c| format!("{:.2} % ({} of {}), {} late", c.failed_pct(), c.failed, c.requests, c.failed_late),
+    );
+    judge(
+        "hung pod: no new request to it more than 2 s after the fault",
+        &of(Fault::Hang),
+        &|c| c.to_faulty_late == 0,
+        &|c| format!("{} requests to it after 2 s, last {}", c.to_faulty_late, last_cell(c.last_to_faulty)),
+    );
+    judge(
+        "hung /metrics: out within limits.snapshotMaxAgeMs (5 s)",
+        &of(Fault::MetricsHang),
+        &|c| match c.last_to_faulty {
+            LastRequest::None => true,
+            LastRequest::At(d) => d <= SNAPSHOT_MAX_AGE,
+            LastRequest::Kept => false,
+        },
+        &|c| format!("last request to it {}", last_cell(c.last_to_faulty)),
+    );
+    judge(
+        "restarted pod serves again within 5 s",
+        &of(Fault::Kill),
+        &|c| c.back_after.is_some_and(|d| d <= BACK_WITHIN),
+        &back_cell,
+    );
+    let compared: Vec<&Cell> =
+        ours.iter().copied().filter(|c| cell(cells, Gateway::RoundRobin, c.fault).is_some()).collect();
+    judge(
+        "never worse than round-robin (share of requests failed, same fault)",
+        &compared,
+        &|c| cell(cells, Gateway::RoundRobin, c.fault).is_some_and(|rr| c.failed <= rr.failed),
+        &|c| {
+            let rr = cell(cells, Gateway::RoundRobin, c.fault).map_or(0.0, Cell::failed_pct);
+            format!("{} {:.2} % vs {:.2} %", c.fault.key(), c.failed_pct(), rr)
+        },
+    );
+    judge(
+        "no healthy pod ever excluded (shown out by the gateway, or no request for more than 1 s)",
+        &ours,
+        &|c| c.healthy_excluded.as_ref().is_none_or(Vec::is_empty) && c.healthy_gap <= GAP_LIMIT,
+        &|c| format!("{} shown out: {}, longest gap {}", c.fault.key(), healthy_cell(c), secs(c.healthy_gap)),
+    );
+    out
+}
+
+/// The headline table: one row per fault and gateway.
+pub fn table(cells: &[Cell]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| Fault | Gateway | requests | failed | failed > 2 s after | to the faulty pod > 2 s after | last request to it | marked out | back after | healthy pods shown out | longest gap, healthy pods |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    for c in cells {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} ({:.2} %) | {} | {} | {} | {} | {} | {} | {} |",
+            c.fault.label(),
+            c.gateway.label(),
+            c.requests,
+            c.failed,
+            c.failed_pct(),
+            c.failed_late,
+            c.to_faulty_late,
+            last_cell(c.last_to_faulty),
+            marked_cell(c),
+            back_cell(c),
+            healthy_cell(c),
+            secs(c.healthy_gap),
+        );
+    }
+    s
+}
+
+pub fn verdict_list(verdicts: &[Verdict]) -> String {
+    let mut s = String::new();
+    for v in verdicts {
+        let _ = writeln!(s, "- **{}: {}.** {}", v.target, if v.met { "met" } else { "not met" }, v.evidence);
+    }
+    s
+}
+
+/// Failed requests and requests to the faulty pod per second around the fault, one line per gateway.
+pub fn timeline(trials: &[Trial]) -> String {
+    let mut s = String::new();
+    for t in trials {
+        let from = t.fault_at.saturating_sub(Duration::from_secs(1)).as_secs();
+        let to = t.end.as_secs_f64().ceil() as u64;
+        let seconds: Vec<u64> = (from..to).collect();
+        let failed =
+            |sec: u64| t.sent.iter().filter(|r| !r.ok && r.sent.as_secs() == sec).count().to_string();
+        let to_faulty = |sec: u64| {
+            let a = attempts_at(&t.samples, &t.faulty, Duration::from_secs(sec)).unwrap_or(0);
+            let b = attempts_at(&t.samples, &t.faulty, Duration::from_secs(sec + 1)).unwrap_or(a);
+            b.saturating_sub(a).to_string()
+        };
+        let _ = writeln!(
+            s,
+            "{} / {}, seconds {from}–{to} of the load (fault at {}, restored at {}):\n",
+            t.fault.label(),
+            t.gateway.label(),
+            secs(t.fault_at),
+            secs(t.restore_at)
+        );
+        let _ = writeln!(s, "```");
+        let _ = writeln!(
+            s,
+            "failed     {}",
+            seconds.iter().map(|&x| format!("{:>4}", failed(x))).collect::<String>()
+        );
+        let _ = writeln!(
+            s,
+            "to faulty  {}",
+            seconds.iter().map(|&x| format!("{:>4}", to_faulty(x))).collect::<String>()
+        );
+        let _ = writeln!(s, "```\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn sent(sent_ms: u64, ok: bool, replica: &str) -> Sent {
+        Sent {
+            sent: ms(sent_ms),
+            done: ms(sent_ms + 50),
+            status: if ok { 200 } else { 503 },
+            ok,
+            replica: (!replica.is_empty()).then(|| replica.to_string()),
+        }
+    }
+
+    /// Samples every 500 ms: the faulty pod `a` gets one request per sample until `last_ms` and is shown
+    /// out from 5.5 s to 11 s; healthy `b` gets one per sample except in `b_idle` and is shown out in
+    /// `b_out` (ms ranges).
+    fn samples(last_ms: u64, end_ms: u64, b_out: (u64, u64), b_idle: (u64, u64)) -> Vec<Sample> {
+        let mut b = 0;
+        (0..=end_ms / 500)
+            .map(|i| {
+                let at = i * 500;
+                if !(at >= b_idle.0 && at < b_idle.1) {
+                    b += 1;
+                }
+                Sample {
+                    at: ms(at),
+                    hosts: vec![
+                        HostSample {
+                            addr: String::from("a"),
+                            attempts: at.min(last_ms) / 500,
+                            state: if at > 5_500 && at < 11_000 {
+                                State::Out(String::from("scrape_failing"))
+                            } else {
+                                State::In
+                            },
+                        },
+                        HostSample {
+                            addr: String::from("b"),
+                            attempts: b,
+                            state: if at >= b_out.0 && at < b_out.1 {
+                                State::Out(String::from("ejected"))
+                            } else {
+                                State::In
+                            },
+                        },
+                    ],
+                }
+            })
+            .collect()
+    }
+
+    fn trial(sent: Vec<Sent>, samples: Vec<Sample>) -> Trial {
+        Trial {
+            gateway: Gateway::Filter,
+            fault: Fault::Kill,
+            faulty: String::from("a"),
+            healthy: vec![String::from("b")],
+            fault_at: ms(5_000),
+            restore_at: ms(11_000),
+            ready_at: ms(11_200),
+            load_end: ms(20_000),
+            end: ms(20_000),
+            sent,
+            samples,
+            stats: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failures_late_requests_and_the_way_back() {
+        let mut requests: Vec<Sent> = (0..200).map(|i| sent(i * 100, true, "b")).collect();
+        requests.extend([sent(5_010, false, ""), sent(6_900, false, ""), sent(7_000, false, "")]);
+        requests.push(sent(11_100, true, "a")); // before the pod was ready: not "back"
+        requests.push(sent(12_000, true, "a"));
+        let t = trial(requests, samples(8_000, 20_000, (0, 0), (0, 0)));
+        let c = reduce(&t);
+        assert_eq!((c.requests, c.failed, c.failed_late), (205, 3, 1));
+        // Samples at 7 000 (count 14) and 11 000 (count 16): two requests after the grace.
+        assert_eq!(c.to_faulty_late, 2);
+        assert_eq!(c.last_to_faulty, LastRequest::At(ms(3_000)));
+        assert_eq!(c.marked_out, Ok(Some(ms(1_000))));
+        assert_eq!(c.back_after, Some(ms(850)));
+        assert_eq!(c.healthy_excluded, Some(vec![]));
+        assert_eq!(c.healthy_gap, Duration::ZERO);
+        assert!((c.failed_pct() - 3.0 * 100.0 / 205.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_pod_kept_in_rotation_and_a_healthy_pod_held_out() {
+        // b gets nothing from 6 s to 8 s: the samples from 5.5 s to 7.5 s show the same count (2 s).
+        let t = trial(vec![sent(0, true, "b")], samples(20_000, 20_000, (6_000, 7_000), (6_000, 8_000)));
+        let c = reduce(&t);
+        assert_eq!(c.last_to_faulty, LastRequest::Kept);
+        assert_eq!(c.back_after, None);
+        assert_eq!(c.observed_after_ready, ms(8_800));
+        assert_eq!(c.healthy_excluded, Some(vec![(String::from("b"), ms(1_000), String::from("ejected"))]));
+        assert_eq!(c.healthy_gap, ms(2_000));
+        assert!(table(std::slice::from_ref(&c))
+            .contains("| until restored | 1.0 s | not in 8.8 s | b 1.0 s (ejected) | 2.0 s |"));
+        let v = verdicts(&[c]);
+        let healthy = v.iter().find(|v| v.target.starts_with("no healthy")).unwrap();
+        assert!(!healthy.met);
+        // Without a round-robin cell there is nothing to compare with.
+        assert!(!v.iter().any(|v| v.target.starts_with("never worse")));
+    }
+
+    #[test]
+    fn a_gateway_that_reports_no_state_is_judged_on_traffic_alone() {
+        let mut samples = samples(6_000, 20_000, (0, 0), (0, 0));
+        for s in &mut samples {
+            for h in &mut s.hosts {
+                h.state = State::Unknown;
+            }
+        }
+        let c = reduce(&trial(vec![sent(0, true, "b")], samples));
+        assert_eq!((c.marked_out, c.healthy_excluded.clone()), (Err(()), None));
+        assert!(table(std::slice::from_ref(&c))
+            .contains("| not reported | not in 8.8 s | not reported | 0.0 s |"));
+        let v = verdicts(&[c]);
+        assert!(v.iter().find(|v| v.target.starts_with("no healthy")).unwrap().met);
+    }
+
+    #[test]
+    fn targets_compare_with_round_robin_of_the_same_fault() {
+        let base = reduce(&trial(
+            vec![sent(0, true, "b"), sent(12_000, true, "a")],
+            samples(6_000, 20_000, (0, 0), (0, 0)),
+        ));
+        let rr = Cell { gateway: Gateway::RoundRobin, failed: 0, ..base.clone() };
+        let ours = Cell { failed: 1, requests: 1_000, ..base };
+        let v = verdicts(&[ours, rr]);
+        let worse = v.iter().find(|v| v.target.starts_with("never worse")).unwrap();
+        assert!(!worse.met, "{worse:?}");
+        let kill = v.iter().find(|v| v.target.starts_with("kill -9")).unwrap();
+        assert!(kill.met, "{kill:?}");
+        let back = v.iter().find(|v| v.target.starts_with("restarted")).unwrap();
+        assert!(back.met, "{back:?}");
+        // Round-robin's own cells are not judged.
+        assert!(v.iter().all(|v| !v.evidence.contains("round-robin")));
+    }
+}
