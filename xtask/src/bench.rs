@@ -9,6 +9,10 @@
 //! the `overhead` binary of `test-harness/benchmarks`; full mode writes `docs/bench/overhead.{md,csv}`
 //! and its PNG charts `overhead-throughput-w<workers>.png` and `overhead-added-cpu-w<workers>.png`.
 //!
+//! `cargo xtask bench faults [--quick]`: routing around a failing pod in real Envoy (the filter, the
+//! ext_proc shim and round-robin, five faults), via the `faults` binary of `test-harness/benchmarks`;
+//! full mode writes `docs/bench/faults.md`.
+//!
 //! `cargo xtask bench core-wasm [-- criterion filter and options]`: the core's Criterion benchmarks
 //! compiled to `wasm32-wasip1` (with SIMD, as the filter ships) and run under Node's V8, the engine
 //! Envoy runs the filter on; results in `target/criterion-wasm/`.
@@ -19,12 +23,14 @@ use crate::tools::{ensure_wasm_target, require_node, WASM_TARGET};
 const USAGE: &str =
     "usage: cargo xtask bench quality [--quick] [--validate] [-- more quality-bench arguments]
        cargo xtask bench overhead [--quick] [-- more overhead arguments]
+       cargo xtask bench faults [--quick] [-- more faults arguments]
        cargo xtask bench core-wasm [-- criterion filter and options]";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("quality") => quality(&args[1..]),
         Some("overhead") => crate::overhead::run(&args[1..]),
+        Some("faults") => crate::faults::run(&args[1..]),
         Some("core-wasm") => core_wasm(&args[1..]),
         _ => Err(String::from(USAGE)),
     }

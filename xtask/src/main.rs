@@ -7,6 +7,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod envoy;
+mod faults;
 mod overhead;
 mod test;
 mod tools;
@@ -28,6 +29,9 @@ commands:
   bench overhead [--quick]
                 the picker's cost in real Envoy against plain Envoy, a do-nothing Wasm filter and the
                 ext_proc shim (installs nginx and wrk with apt-get when missing; BENCHMARKS.md)
+  bench faults [--quick]
+                routing around a failing pod (kill -9, SIGSTOP, hung /metrics, 5xx, missing gauge) through
+                the filter, the ext_proc shim and round-robin Envoy on 4 simulated replicas (BENCHMARKS.md)
 ";
 
 fn main() -> ExitCode {

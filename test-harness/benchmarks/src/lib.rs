@@ -6,6 +6,8 @@
 //!   trace for every policy. This library is that suite, plus the charts and statistics all three share.
 //! - `overhead` (`cargo xtask bench overhead`): what the picker costs in a real Envoy, against plain
 //!   Envoy, the do-nothing floor filter (`fixtures/floor-filter`) and the ext_proc shim.
+//! - `faults` (`cargo xtask bench faults`): routing around a failing pod in a real Envoy, the filter and
+//!   the shim against round-robin with health checks and outlier detection.
 //! - `demo` (`cargo xtask demo`): the picker against round-robin Envoy on simulated replicas.
 
 pub mod chart;
