@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 use trial::Plan;
 
 const USAGE: &str = "\
-usage: faults [--quick] [--out DIR] [--rate R] [--seconds S] [--fault-at S] [--fault-for S]
+usage: faults [--quick] [--out DIR] [--rounds N] [--rate R] [--seconds S] [--fault-at S] [--fault-for S]
               [--faults LIST] [--gateways LIST]
 
   --quick          a smoke run: 10 s of load per trial, the fault at 2 s for 3 s, 50 requests/s
                    (about 3 minutes); the report goes to target/faults-bench unless --out is given
   --out DIR        where faults.md goes [default: target/faults-bench]
+  --rounds N       every fault through every gateway N times, rounds one after the other; the table sums
+                   the counts and shows each time's worst round [default: 2, quick 1]
   --rate R         requests per second, open loop [default: 100, quick 50]
   --seconds S      seconds of load per trial [default: 30, quick 10]
   --fault-at S     when the fault starts, seconds into the load [default: 5, quick 2]
@@ -40,6 +42,7 @@ $EPP_SHIM_BIN, else debug builds (cargo xtask bench faults passes release builds
 struct Options {
     out: PathBuf,
     plan: Plan,
+    rounds: usize,
     faults: Vec<Fault>,
     gateways: Vec<Gateway>,
     /// The arguments as given, for the report.
@@ -66,10 +69,11 @@ fn parse_args() -> Result<Options, String> {
             fault_at: Duration::from_secs(if quick { 2 } else { 5 }),
             fault_for: Duration::from_secs(if quick { 3 } else { 6 }),
             client_timeout: Duration::from_secs(3),
-            sample_every: Duration::from_millis(200),
+            sample_every: Duration::from_millis(100),
             time_scale: 0.25,
             max_tokens: 32,
         },
+        rounds: if quick { 1 } else { 2 },
         faults: Fault::ALL.to_vec(),
         gateways: Gateway::ALL.to_vec(),
         args: args.clone(),
@@ -87,6 +91,14 @@ fn parse_args() -> Result<Options, String> {
                     .ok()
                     .filter(|r: &f64| *r > 0.0 && *r <= 1000.0)
                     .ok_or_else(|| format!("--rate {v:?}: expected requests per second in (0, 1000]"))?;
+            }
+            "--rounds" => {
+                let v = value("--rounds")?;
+                o.rounds = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .ok_or_else(|| format!("--rounds {v:?}: expected a count > 0"))?;
             }
             "--seconds" => o.plan.length = seconds("--seconds", &value("--seconds")?)?,
             "--fault-at" => o.plan.fault_at = seconds("--fault-at", &value("--fault-at")?)?,
@@ -145,25 +157,37 @@ fn run() -> Result<(), String> {
         e2e::epp_shim_binary()?;
     }
     let per_trial = o.plan.trial_time() + Duration::from_secs(4);
-    eprintln!("{} trials of about {:.0} s each", o.faults.len() * o.gateways.len(), per_trial.as_secs_f64());
+    eprintln!(
+        "{} trials of about {:.0} s each",
+        o.rounds * o.faults.len() * o.gateways.len(),
+        per_trial.as_secs_f64()
+    );
     let mut trials: Vec<Trial> = Vec::new();
-    for &fault in &o.faults {
-        for &gateway in &o.gateways {
-            eprintln!("\n[{} / {}]", fault.label(), gateway.label());
-            let t = trial::run(gateway, fault, &o.plan, &wasm)?;
-            let c = report::reduce(&t);
-            eprintln!(
-                "    {} requests, {} failed ({:.2} %), {} failed > 2 s after, {} to the faulty pod > 2 s after",
-                c.requests,
-                c.failed,
-                c.failed_pct(),
-                c.failed_late,
-                c.to_faulty_late
-            );
-            trials.push(t);
+    // Rounds one after the other; within a round each fault through every gateway in turn.
+    let mut schedule = Vec::new();
+    for round in 1..=o.rounds {
+        for &fault in &o.faults {
+            for &gateway in &o.gateways {
+                schedule.push((round, fault, gateway));
+            }
         }
     }
-    let cells: Vec<report::Cell> = trials.iter().map(report::reduce).collect();
+    for (round, fault, gateway) in schedule {
+        eprintln!("\n[round {round}: {} / {}]", fault.label(), gateway.label());
+        let mut t = trial::run(gateway, fault, &o.plan, &wasm)?;
+        t.round = round;
+        let c = report::reduce(&t);
+        eprintln!(
+            "    {} requests, {} failed ({:.2} %), {} failed > 2 s after, {} to the faulty pod > 2 s after",
+            c.requests,
+            c.failed,
+            c.failed_pct(),
+            c.failed_late,
+            c.to_faulty_late
+        );
+        trials.push(t);
+    }
+    let cells = report::merge(&trials.iter().map(report::reduce).collect::<Vec<_>>());
     let text = markdown(&o, &trials, &cells, &load_before, started.elapsed());
     std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
     let md = o.out.join("faults.md");
@@ -241,16 +265,30 @@ fn markdown(
     );
     let _ = writeln!(
         s,
-        "- **Measures**: *failed > 2 s after*: failed requests sent more than 2 s after the fault. \
-         *To the faulty pod > 2 s after*: requests Envoy gave the faulty pod (per-host `rq_total` + \
-         `cx_connect_fail` of cluster `pool`, so a connection attempt that was then retried elsewhere counts) \
-         from 2 s after the fault until it ended. *Last request to it*: when that counter last rose \
-         during the fault (sampled every {} ms). *Marked out*: when the gateway's own state first showed it \
-         out (the filter's `epp_endpoint_health`, the shim's `epp_shim_endpoint_usable`, which it \
-         refreshes at most once a second, round-robin's health flags). *Back after*: from the end of the fault \
-         (kill -9: the new process listening) to the first whole 200 answer from that pod. *Healthy pods \
-         excluded*: time any other pod was shown out of rotation.\n",
-        p.sample_every.as_millis()
+        "- **Measures**: *failed*: over the whole load. *Failed > 2 s after*: failed requests sent more \
+         than 2 s after the fault. *To the faulty pod > 2 s after*: requests sent to the faulty pod from 2 s \
+         after the fault until it ended, the larger of two counts that each miss some: Envoy's per-host \
+         `rq_total` + `cx_connect_fail` of cluster `pool` (a connection attempt then retried elsewhere \
+         counts; a request still waiting for a connection does not) and the requests that pod answered. \
+         *Last request to it*: the last time during the fault either count rose (Envoy's sampled every {} \
+         ms); *until restored* when that was within {} ms of the end of the fault. *Marked out*: when the \
+         gateway's own state first showed it out of rotation (the filter's `epp_endpoint_health.<ip_port>` \
+         stat, the shim's `epp_shim_endpoint_usable` metric, which it refreshes at most once a second, \
+         round-robin's health flags); *not reported* when the gateway never showed a state for it. *Back \
+         after*: from the end of the fault (kill -9: the new process listening) to the first whole 200 \
+         answer from that pod. *Healthy pods shown out*: for how long the gateway's state showed another \
+         pod out. *Longest gap, healthy pods*: the longest time another pod got no request while the load \
+         ran (0.0 s: one in every sample).\n",
+        p.sample_every.as_millis(),
+        report::KEPT_MARGIN.as_millis()
+    );
+    let _ = writeln!(
+        s,
+        "- **Rounds**: {} ({} trials, one after the other, each fault through each gateway in turn within a \
+         round). The table sums the counts over the rounds; its times are the worst round's. Every trial is \
+         in the per-second section below.\n",
+        o.rounds,
+        trials.len()
     );
     let _ = writeln!(s, "## Results\n");
     s.push_str(&report::table(cells));
@@ -259,8 +297,8 @@ fn markdown(
     let _ = writeln!(s, "\n## Per second around the fault\n");
     let _ = writeln!(
         s,
-        "Failed requests by the second they were sent in, and requests Envoy gave the faulty pod, from a \
-         second before the fault to the end of the load.\n"
+        "Failed requests by the second they were sent in, and requests Envoy gave the faulty pod (its \
+         per-host counters), from a second before the fault to the end of the load.\n"
     );
     s.push_str(&report::timeline(trials));
     let _ = writeln!(s, "## The gateways' own counters at the end of each trial\n");

@@ -19,6 +19,9 @@ pub const BACK_WITHIN: Duration = Duration::from_secs(5);
 /// traffic (at the default rate each pod gets about 25 requests a second).
 pub const GAP_LIMIT: Duration = Duration::from_secs(1);
 
+/// A pod that got a request this close to the end of its fault was kept in rotation throughout.
+pub const KEPT_MARGIN: Duration = Duration::from_millis(500);
+
 /// Share of failed requests over the whole kill -9 run the target allows, percent.
 pub const KILL_MAX_FAILED_PCT: f64 = 0.5;
 
@@ -167,6 +170,8 @@ impl Sample {
 /// Everything one trial recorded. Times are since the load started.
 #[derive(Clone, Debug)]
 pub struct Trial {
+    /// Which round of the run (from 1).
+    pub round: usize,
     pub gateway: Gateway,
     pub fault: Fault,
     /// The faulty pod's `ip:port` (also its replica name).
@@ -197,11 +202,13 @@ pub enum LastRequest {
     Kept,
 }
 
-/// One cell of the table.
+/// One cell of the table: one trial, or the rounds of one gateway and fault merged (counts summed,
+/// times the worst round's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cell {
     pub gateway: Gateway,
     pub fault: Fault,
+    pub rounds: usize,
     pub requests: usize,
     pub failed: usize,
     /// Failed requests sent more than [`GRACE`] after the fault.
@@ -243,38 +250,43 @@ pub fn reduce(t: &Trial) -> Cell {
     let failed = t.sent.iter().filter(|s| !s.ok).count();
     let failed_late = t.sent.iter().filter(|s| !s.ok && s.sent >= late).count();
 
-    // Attempts counted between the sample nearest before `late` and the last one before the restore.
+    // Two lower bounds of what went to the faulty pod, the larger one counts: Envoy's per-host
+    // counters (they miss requests still waiting for a connection to a hung pod) and the requests the
+    // pod itself answered (they miss those that got no answer).
+    let answered_by_faulty = |from: Duration| {
+        t.sent.iter().filter(move |s| {
+            s.sent >= from && s.sent < t.restore_at && s.replica.as_deref() == Some(t.faulty.as_str())
+        })
+    };
     let to_faulty_late = if t.restore_at > late {
         let from = attempts_at(&t.samples, &t.faulty, late).unwrap_or(0);
         let to = attempts_at(&t.samples, &t.faulty, t.restore_at).unwrap_or(from);
-        to.saturating_sub(from)
+        to.saturating_sub(from).max(answered_by_faulty(late).count() as u64)
     } else {
         0
     };
 
-    // The last sampling interval inside the fault window in which the count rose.
+    // The last sampling interval inside the fault window in which the count rose, or the last request
+    // sent during the fault that the pod answered.
     let window: Vec<(Duration, u64)> = t
         .samples
         .iter()
         .filter(|s| s.at <= t.restore_at)
         .filter_map(|s| Some((s.at, s.host(&t.faulty)?.attempts)))
         .collect();
-    let mut last = None;
-    let mut last_in_window = None;
+    let mut last = answered_by_faulty(t.fault_at).map(|s| s.sent).max();
     for pair in window.windows(2) {
-        if let [(_, a), (at, b)] = pair {
-            if *at > t.fault_at {
-                last_in_window = Some(*at);
-                if b > a {
-                    last = Some(*at);
-                }
+        // Only intervals that start after the fault: a rise shows some request within the interval.
+        if let [(from, a), (at, b)] = pair {
+            if *from >= t.fault_at && b > a {
+                last = last.max(Some(*at));
             }
         }
     }
-    let last_to_faulty = match (last, last_in_window) {
-        (Some(l), Some(w)) if l == w => LastRequest::Kept,
-        (Some(l), _) => LastRequest::At(l.saturating_sub(t.fault_at)),
-        (None, _) => LastRequest::None,
+    let last_to_faulty = match last {
+        Some(l) if l + KEPT_MARGIN >= t.restore_at => LastRequest::Kept,
+        Some(l) => LastRequest::At(l.saturating_sub(t.fault_at)),
+        None => LastRequest::None,
     };
 
     let known =
@@ -341,6 +353,7 @@ pub fn reduce(t: &Trial) -> Cell {
     Cell {
         gateway: t.gateway,
         fault: t.fault,
+        rounds: 1,
         requests: t.sent.len(),
         failed,
         failed_late,
@@ -352,6 +365,47 @@ pub fn reduce(t: &Trial) -> Cell {
         healthy_excluded,
         healthy_gap,
     }
+}
+
+/// The cells of several rounds merged per gateway and fault, in the order they first appear: counts
+/// summed, for times the worst round (latest out, slowest back, longest gap).
+pub fn merge(cells: &[Cell]) -> Vec<Cell> {
+    let mut out: Vec<Cell> = Vec::new();
+    for c in cells {
+        let Some(m) = out.iter_mut().find(|m| m.gateway == c.gateway && m.fault == c.fault) else {
+            out.push(c.clone());
+            continue;
+        };
+        m.rounds += c.rounds;
+        m.requests += c.requests;
+        m.failed += c.failed;
+        m.failed_late += c.failed_late;
+        m.to_faulty_late += c.to_faulty_late;
+        m.last_to_faulty = match (m.last_to_faulty, c.last_to_faulty) {
+            (LastRequest::Kept, _) | (_, LastRequest::Kept) => LastRequest::Kept,
+            (LastRequest::At(a), LastRequest::At(b)) => LastRequest::At(a.max(b)),
+            (LastRequest::At(a), LastRequest::None) | (LastRequest::None, LastRequest::At(a)) => {
+                LastRequest::At(a)
+            }
+            (LastRequest::None, LastRequest::None) => LastRequest::None,
+        };
+        m.marked_out = match (m.marked_out, c.marked_out) {
+            (Ok(Some(a)), Ok(Some(b))) => Ok(Some(a.max(b))),
+            (Ok(a), Ok(b)) => Ok(a.and(b)),
+            _ => Err(()),
+        };
+        m.back_after = m.back_after.zip(c.back_after).map(|(a, b)| a.max(b));
+        m.observed_after_ready = m.observed_after_ready.min(c.observed_after_ready);
+        m.healthy_excluded = match (m.healthy_excluded.take(), &c.healthy_excluded) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b.iter().cloned());
+                Some(a)
+            }
+            (a, b) => a.or_else(|| b.clone()),
+        };
+        m.healthy_gap = m.healthy_gap.max(c.healthy_gap);
+    }
+    out
 }
 
 fn secs(d: Duration) -> String {
@@ -517,9 +571,10 @@ pub fn timeline(trials: &[Trial]) -> String {
         };
         let _ = writeln!(
             s,
-            "{} / {}, seconds {from}–{to} of the load (fault at {}, restored at {}):\n",
+            "{} / {}, round {}, seconds {from}–{to} of the load (fault at {}, restored at {}):\n",
             t.fault.label(),
             t.gateway.label(),
+            t.round,
             secs(t.fault_at),
             secs(t.restore_at)
         );
@@ -597,6 +652,7 @@ mod tests {
 
     fn trial(sent: Vec<Sent>, samples: Vec<Sample>) -> Trial {
         Trial {
+            round: 1,
             gateway: Gateway::Filter,
             fault: Fault::Kill,
             faulty: String::from("a"),
@@ -664,6 +720,40 @@ mod tests {
             .contains("| not reported | not in 8.8 s | not reported | 0.0 s |"));
         let v = verdicts(&[c]);
         assert!(v.iter().find(|v| v.target.starts_with("no healthy")).unwrap().met);
+    }
+
+    #[test]
+    fn requests_the_faulty_pod_answered_count_when_envoy_counters_miss_them() {
+        // Envoy's counter stops at 6 s (requests wait for a connection), but the pod answers requests
+        // sent until 10.8 s once it runs again.
+        let mut requests = vec![sent(0, true, "b")];
+        requests.extend((0..20).map(|i| sent(7_000 + i * 200, true, "a")));
+        let c = reduce(&trial(requests, samples(6_000, 20_000, (0, 0), (0, 0))));
+        assert_eq!(c.to_faulty_late, 20);
+        assert_eq!(c.last_to_faulty, LastRequest::Kept);
+    }
+
+    #[test]
+    fn rounds_merge_into_sums_and_the_worst_times() {
+        let one = reduce(&trial(
+            vec![sent(0, true, "b"), sent(5_100, false, ""), sent(12_000, true, "a")],
+            samples(6_000, 20_000, (0, 0), (0, 0)),
+        ));
+        let two = Cell {
+            back_after: Some(ms(2_000)),
+            last_to_faulty: LastRequest::None,
+            healthy_gap: ms(400),
+            ..one.clone()
+        };
+        let other = Cell { gateway: Gateway::Shim, ..one.clone() };
+        let merged = merge(&[one.clone(), other, two]);
+        assert_eq!(merged.len(), 2);
+        let m = &merged[0];
+        assert_eq!((m.rounds, m.requests, m.failed), (2, 6, 2));
+        assert_eq!(m.back_after, Some(ms(2_000)));
+        assert_eq!(m.last_to_faulty, one.last_to_faulty);
+        assert_eq!(m.healthy_gap, ms(400));
+        assert_eq!(merged[1].gateway, Gateway::Shim);
     }
 
     #[test]

@@ -63,33 +63,37 @@ pub fn run(gateway: Gateway, fault: Fault, plan: &Plan, wasm: &Path) -> Result<T
     let listener = running.envoy.listener().to_string();
     let start = Instant::now();
     let mut samples = Vec::new();
+    // When the fault took effect (the signal sent, the knob's POST answered), and when it ended.
+    let mut fault_at: Option<Duration> = None;
     let mut restore_at = None;
     let mut ready_at = None;
-    let mut injected = false;
     let mut outcome: Result<(), String> = Ok(());
 
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (results, listener, stop) = (&results, listener.as_str(), &stop);
         scope.spawn(move || load(scope, listener, plan, start, results, stop));
-        // This thread samples the gateway and injects and ends the fault on schedule.
+        // This thread samples the gateway and injects and ends the fault on time, waking for whichever
+        // comes first.
+        let mut next_sample = Duration::ZERO;
         loop {
             let now = start.elapsed();
-            if !injected && now >= plan.fault_at {
-                injected = true;
+            if fault_at.is_none() && now >= plan.fault_at {
                 if let Err(e) = inject(fault, sims.get(FAULTY)) {
                     outcome = Err(e);
                     break;
                 }
-                eprintln!("    {:>5.1} s  {} on {faulty}", start.elapsed().as_secs_f64(), fault.label());
+                fault_at = Some(start.elapsed());
+                eprintln!("    {:>5.2} s  {} on {faulty}", start.elapsed().as_secs_f64(), fault.label());
             }
-            if injected && restore_at.is_none() && now >= plan.fault_at + plan.fault_for {
+            let ends_at = fault_at.map(|f| f + plan.fault_for);
+            if restore_at.is_none() && ends_at.is_some_and(|e| now >= e) {
                 restore_at = Some(start.elapsed());
                 match restore(fault, &mut sims, faulty_port, &args) {
                     Ok(()) => {
                         ready_at = Some(start.elapsed());
                         eprintln!(
-                            "    {:>5.1} s  restored ({})",
+                            "    {:>5.2} s  restored ({})",
                             start.elapsed().as_secs_f64(),
                             fault.restore()
                         );
@@ -100,12 +104,20 @@ pub fn run(gateway: Gateway, fault: Fault, plan: &Plan, wasm: &Path) -> Result<T
                     }
                 }
             }
-            samples.push(Sample { at: start.elapsed(), hosts: running.sample(&addr_refs) });
+            if now >= next_sample {
+                samples.push(Sample { at: start.elapsed(), hosts: running.sample(&addr_refs) });
+                next_sample = (next_sample + plan.sample_every).max(start.elapsed());
+            }
             if now >= plan.length {
                 break;
             }
-            let next = plan.sample_every.saturating_sub(start.elapsed().saturating_sub(now));
-            std::thread::sleep(next);
+            let mut wake = next_sample.min(plan.length);
+            if fault_at.is_none() {
+                wake = wake.min(plan.fault_at);
+            } else if let (None, Some(e)) = (restore_at, ends_at) {
+                wake = wake.min(e);
+            }
+            std::thread::sleep(wake.saturating_sub(start.elapsed()));
         }
         // Requests already sent end within the client timeout.
         stop.store(true, Ordering::Relaxed);
@@ -126,11 +138,12 @@ pub fn run(gateway: Gateway, fault: Fault, plan: &Plan, wasm: &Path) -> Result<T
     drop(running);
     drop(sims);
     Ok(Trial {
+        round: 0,
         gateway,
         fault,
         healthy: addrs.iter().filter(|a| **a != faulty).cloned().collect(),
         faulty,
-        fault_at: plan.fault_at,
+        fault_at: fault_at.unwrap_or(plan.fault_at),
         load_end: plan.length,
         restore_at,
         ready_at: ready_at.unwrap_or(restore_at),
