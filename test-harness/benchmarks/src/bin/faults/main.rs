@@ -265,11 +265,14 @@ fn markdown(
     );
     let _ = writeln!(
         s,
-        "- **Measures**: *failed*: over the whole load. *Failed > 2 s after*: failed requests sent more \
-         than 2 s after the fault. *To the faulty pod > 2 s after*: requests sent to the faulty pod from 2 s \
-         after the fault until it ended, the larger of two counts that each miss some: Envoy's per-host \
-         `rq_total` + `cx_connect_fail` of cluster `pool` (a connection attempt then retried elsewhere \
-         counts; a request still waiting for a connection does not) and the requests that pod answered. \
+        "- **Measures**: *failed*: over the whole load, summed over the rounds (each round's count after \
+         the `=`). *Failed > 2 s after*: failed requests sent more than 2 s after the fault. *To the faulty \
+         pod > 2 s after*: requests sent to the faulty pod from 2 s after the fault until it ended, the \
+         larger of two counts that each miss some: Envoy's per-host `rq_total` + `cx_connect_fail` of \
+         cluster `pool` (a connection attempt then retried elsewhere counts; a request still waiting for a \
+         connection does not) and the requests that pod answered. *To the faulty pod in the first 2 s*: \
+         the same count from the fault to 2 s after, and its share of the requests sent then (a pod kept \
+         in rotation by round-robin gets 25 %). \
          *Last request to it*: the last time during the fault either count rose (Envoy's sampled every {} \
          ms); *until restored* when that was within {} ms of the end of the fault. *Marked out*: when the \
          gateway's own state first showed it out of rotation (the filter's `epp_endpoint_health.<ip_port>` \

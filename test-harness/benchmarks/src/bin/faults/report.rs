@@ -211,6 +211,11 @@ pub struct Cell {
     pub rounds: usize,
     pub requests: usize,
     pub failed: usize,
+    /// `failed` of each round.
+    pub failed_by_round: Vec<usize>,
+    /// Requests sent in the first [`GRACE`] after the fault, and how many of them went to the faulty pod.
+    pub sent_early: usize,
+    pub to_faulty_early: u64,
     /// Failed requests sent more than [`GRACE`] after the fault.
     pub failed_late: usize,
     /// Requests Envoy gave the faulty pod more than [`GRACE`] after the fault and before it was restored.
@@ -240,6 +245,11 @@ impl Cell {
     }
 }
 
+/// A pod's attempt counter at the first sample at or after `at`.
+fn attempts_from(samples: &[Sample], addr: &str, at: Duration) -> Option<u64> {
+    samples.iter().filter(|s| s.at >= at).find_map(|s| s.host(addr)).map(|h| h.attempts)
+}
+
 /// A pod's attempt counter at the last sample at or before `at`.
 fn attempts_at(samples: &[Sample], addr: &str, at: Duration) -> Option<u64> {
     samples.iter().filter(|s| s.at <= at).filter_map(|s| s.host(addr)).map(|h| h.attempts).next_back()
@@ -258,6 +268,14 @@ pub fn reduce(t: &Trial) -> Cell {
             s.sent >= from && s.sent < t.restore_at && s.replica.as_deref() == Some(t.faulty.as_str())
         })
     };
+    // The sample taken right after the injection starts the count.
+    let to_faulty_early = {
+        let from = attempts_from(&t.samples, &t.faulty, t.fault_at).unwrap_or(0);
+        let to = attempts_at(&t.samples, &t.faulty, late.min(t.restore_at)).unwrap_or(from);
+        let answered = answered_by_faulty(t.fault_at).filter(|s| s.sent < late).count() as u64;
+        to.saturating_sub(from).max(answered)
+    };
+    let sent_early = t.sent.iter().filter(|s| s.sent >= t.fault_at && s.sent < late).count();
     let to_faulty_late = if t.restore_at > late {
         let from = attempts_at(&t.samples, &t.faulty, late).unwrap_or(0);
         let to = attempts_at(&t.samples, &t.faulty, t.restore_at).unwrap_or(from);
@@ -356,6 +374,9 @@ pub fn reduce(t: &Trial) -> Cell {
         rounds: 1,
         requests: t.sent.len(),
         failed,
+        failed_by_round: vec![failed],
+        sent_early,
+        to_faulty_early,
         failed_late,
         to_faulty_late,
         last_to_faulty,
@@ -379,6 +400,9 @@ pub fn merge(cells: &[Cell]) -> Vec<Cell> {
         m.rounds += c.rounds;
         m.requests += c.requests;
         m.failed += c.failed;
+        m.failed_by_round.extend(&c.failed_by_round);
+        m.sent_early += c.sent_early;
+        m.to_faulty_early += c.to_faulty_early;
         m.failed_late += c.failed_late;
         m.to_faulty_late += c.to_faulty_late;
         m.last_to_faulty = match (m.last_to_faulty, c.last_to_faulty) {
@@ -523,19 +547,27 @@ pub fn table(cells: &[Cell]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| Fault | Gateway | requests | failed | failed > 2 s after | to the faulty pod > 2 s after | last request to it | marked out | back after | healthy pods shown out | longest gap, healthy pods |"
+        "| Fault | Gateway | requests | failed (by round) | failed > 2 s after | to the faulty pod in the first 2 s | to the faulty pod > 2 s after | last request to it | marked out | back after | healthy pods shown out | longest gap, healthy pods |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for c in cells {
+        let by_round = if c.failed_by_round.len() > 1 {
+            format!(" = {}", c.failed_by_round.iter().map(usize::to_string).collect::<Vec<_>>().join(" + "))
+        } else {
+            String::new()
+        };
+        let early_pct =
+            if c.sent_early == 0 { 0.0 } else { c.to_faulty_early as f64 * 100.0 / c.sent_early as f64 };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} ({:.2} %) | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} ({:.2} %){by_round} | {} | {} ({early_pct:.0} %) | {} | {} | {} | {} | {} | {} |",
             c.fault.label(),
             c.gateway.label(),
             c.requests,
             c.failed,
             c.failed_pct(),
             c.failed_late,
+            c.to_faulty_early,
             c.to_faulty_late,
             last_cell(c.last_to_faulty),
             marked_cell(c),
@@ -679,6 +711,8 @@ mod tests {
         assert_eq!((c.requests, c.failed, c.failed_late), (205, 3, 1));
         // Samples at 7 000 (count 14) and 11 000 (count 16): two requests after the grace.
         assert_eq!(c.to_faulty_late, 2);
+        // Counts 10 at 5 s and 14 at 7 s; 20 + 2 requests sent meanwhile.
+        assert_eq!((c.to_faulty_early, c.sent_early), (4, 22));
         assert_eq!(c.last_to_faulty, LastRequest::At(ms(3_000)));
         assert_eq!(c.marked_out, Ok(Some(ms(1_000))));
         assert_eq!(c.back_after, Some(ms(850)));
@@ -750,6 +784,8 @@ mod tests {
         assert_eq!(merged.len(), 2);
         let m = &merged[0];
         assert_eq!((m.rounds, m.requests, m.failed), (2, 6, 2));
+        assert_eq!(m.failed_by_round, vec![1, 1]);
+        assert!(table(&merged).contains("| 6 | 2 (33.33 %) = 1 + 1 |"), "{}", table(&merged));
         assert_eq!(m.back_after, Some(ms(2_000)));
         assert_eq!(m.last_to_faulty, one.last_to_faulty);
         assert_eq!(m.healthy_gap, ms(400));
