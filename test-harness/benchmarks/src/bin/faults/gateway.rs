@@ -12,10 +12,47 @@ use std::time::{Duration, Instant};
 /// Envoy workers of every gateway.
 pub const WORKERS: usize = 2;
 
-/// The picker's configuration, filter and shim alike: the pool and nothing else, so every health and
-/// collector setting is the default a user gets.
-pub fn picker_config(addrs: &[&str]) -> String {
-    serde_json::json!({"pool": {"name": "faults", "endpoints": addrs}}).to_string()
+/// Which scheduling configuration the picker (filter and shim alike) runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduling {
+    /// `envoy-config/scheduling/recommended.json`, what the project recommends.
+    Recommended,
+    /// No scheduling configuration: GIE's default profile.
+    GieDefault,
+}
+
+impl Scheduling {
+    pub fn from_key(key: &str) -> Option<Scheduling> {
+        match key {
+            "recommended" => Some(Scheduling::Recommended),
+            "gie-default" => Some(Scheduling::GieDefault),
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scheduling::Recommended => "`envoy-config/scheduling/recommended.json`",
+            Scheduling::GieDefault => "no scheduling configuration (GIE's default profile)",
+        }
+    }
+}
+
+/// The picker's configuration, filter and shim alike: the scheduling configuration and the pool, so
+/// every health and collector setting is the default a user gets.
+pub fn picker_config(addrs: &[&str], scheduling: Scheduling) -> Result<String, String> {
+    let mut config = match scheduling {
+        Scheduling::GieDefault => serde_json::json!({}),
+        Scheduling::Recommended => {
+            let path = e2e::workspace_root().join("envoy-config/scheduling/recommended.json");
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let object = config.as_object_mut().ok_or("recommended.json is not a JSON object")?;
+    object.insert(String::from("pool"), serde_json::json!({"name": "faults", "endpoints": addrs}));
+    Ok(config.to_string())
 }
 
 /// A started gateway.
@@ -28,19 +65,24 @@ pub struct Running {
     counters: HashMap<(String, &'static str), (u64, u64)>,
 }
 
-pub fn start(gateway: Gateway, addrs: &[&str], wasm: &Path) -> Result<Running, String> {
+pub fn start(
+    gateway: Gateway,
+    addrs: &[&str],
+    wasm: &Path,
+    scheduling: Scheduling,
+) -> Result<Running, String> {
     let options =
         EnvoyOptions { concurrency: WORKERS, log_level: String::from("warn"), ..EnvoyOptions::default() };
     let (envoy, shim) = match gateway {
         Gateway::Filter => {
             let template = EnvoyTemplate::load("wasm-picker/envoy.yaml")?
                 .wasm(wasm)
-                .gateway_config(&picker_config(addrs))
+                .gateway_config(&picker_config(addrs, scheduling)?)
                 .pool_endpoints(addrs);
             (Envoy::start(&template, &options)?, None)
         }
         Gateway::Shim => {
-            let shim = EppShim::start(&picker_config(addrs), &[])?;
+            let shim = EppShim::start(&picker_config(addrs, scheduling)?, &[])?;
             let port = shim.ext_proc().rsplit_once(':').map_or("", |(_, p)| p).to_string();
             let template = EnvoyTemplate::load("ext-proc/envoy.yaml")?.set("PORT_EXT_PROC", port);
             (Envoy::start(&template, &options)?, Some(shim))

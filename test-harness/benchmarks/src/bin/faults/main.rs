@@ -21,7 +21,7 @@ use trial::Plan;
 
 const USAGE: &str = "\
 usage: faults [--quick] [--out DIR] [--rounds N] [--rate R] [--seconds S] [--fault-at S] [--fault-for S]
-              [--faults LIST] [--gateways LIST]
+              [--faults LIST] [--gateways LIST] [--scheduling recommended|gie-default]
 
   --quick          a smoke run: 10 s of load per trial, the fault at 2 s for 3 s, 50 requests/s
                    (about 3 minutes); the report goes to target/faults-bench unless --out is given
@@ -34,6 +34,8 @@ usage: faults [--quick] [--out DIR] [--rounds N] [--rate R] [--seconds S] [--fau
   --fault-for S    how long it lasts; kill -9: until the new process starts [default: 6, quick 3]
   --faults LIST    comma-separated: kill, hang, metrics-hang, 5xx, missing-gauge [default: all]
   --gateways LIST  comma-separated: filter, shim, round-robin [default: all]
+  --scheduling S   the picker's scheduling configuration: recommended (envoy-config/scheduling/
+                   recommended.json) or gie-default (none: GIE's default profile) [default: recommended]
 
 Needs Envoy (.venv/bin/envoy or $ENVOY_BIN); model-sim and epp-shim come from $MODEL_SIM_BIN and
 $EPP_SHIM_BIN, else debug builds (cargo xtask bench faults passes release builds).
@@ -72,6 +74,7 @@ fn parse_args() -> Result<Options, String> {
             sample_every: Duration::from_millis(100),
             time_scale: 0.25,
             max_tokens: 32,
+            scheduling: gateway::Scheduling::Recommended,
         },
         rounds: if quick { 1 } else { 2 },
         faults: Fault::ALL.to_vec(),
@@ -119,6 +122,11 @@ fn parse_args() -> Result<Options, String> {
                             .ok_or_else(|| format!("--gateways: unknown gateway {k:?}"))
                     })
                     .collect::<Result<_, _>>()?
+            }
+            "--scheduling" => {
+                let v = value("--scheduling")?;
+                o.plan.scheduling = gateway::Scheduling::from_key(&v)
+                    .ok_or_else(|| format!("--scheduling {v:?}: expected recommended or gie-default"))?;
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
@@ -256,12 +264,14 @@ fn markdown(
     let _ = writeln!(
         s,
         "- **Gateways**, Envoy with {} workers each, configured by the files in `envoy-config/` as they are in the tree: \
-         the filter (`wasm-picker/`) and the shim (`ext-proc/`, {} `epp-shim`) with the pool as their only \
-         configuration (every collector and health setting at its default), and round-robin (`round-robin/`: \
-         active `/health` checks, outlier detection, retries of connect failures on another pod). A trial \
-         starts its load once the gateway has every pod in rotation.",
+         the filter (`wasm-picker/`) and the shim (`ext-proc/`, {} `epp-shim`) configured with {} and \
+         the pool (every collector and health setting at its default: scrapes every 50 ms with a 1 s \
+         timeout, out after 2 failed scrapes, 3 gateway failures or 5 5xx in a row), and round-robin \
+         (`round-robin/`: active `/health` checks, outlier detection, retries of connect failures on \
+         another pod). A trial starts its load once the gateway has every pod in rotation.",
         gateway::WORKERS,
-        build_kind(e2e::epp_shim_binary().ok())
+        build_kind(e2e::epp_shim_binary().ok()),
+        p.scheduling.describe()
     );
     let _ = writeln!(
         s,

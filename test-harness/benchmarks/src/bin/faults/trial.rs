@@ -33,6 +33,7 @@ pub struct Plan {
     /// model-sim's `--time-scale`.
     pub time_scale: f64,
     pub max_tokens: u32,
+    pub scheduling: gateway::Scheduling,
 }
 
 impl Plan {
@@ -54,7 +55,7 @@ pub fn run(gateway: Gateway, fault: Fault, plan: &Plan, wasm: &Path) -> Result<T
     let mut sims = ModelSim::start_many(REPLICAS, |_| args.clone())?;
     let addrs: Vec<String> = sims.iter().map(|s| s.addr().to_string()).collect();
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let mut running = gateway::start(gateway, &addr_refs, wasm)?;
+    let mut running = gateway::start(gateway, &addr_refs, wasm, plan.scheduling)?;
     running.settle(&addr_refs, Duration::from_secs(20))?;
 
     let faulty = addrs.get(FAULTY).cloned().unwrap_or_default();
