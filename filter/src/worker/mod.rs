@@ -35,6 +35,8 @@ pub struct Worker {
     decisions: u64,
     /// Ids given to requests that arrived without one.
     unnamed: u64,
+    /// When the snapshot age and health stats were last reported.
+    stats_reported_ms: Option<u64>,
     /// Set by the first `start_once` (the first HTTP stream this VM sees).
     started: bool,
     exchange: Rc<ExchangeSettings>,
@@ -59,6 +61,7 @@ impl Worker {
             stats: Stats::default(),
             decisions: 0,
             unnamed: 0,
+            stats_reported_ms: None,
             started: false,
             exchange,
             directory: Vec::new(),
@@ -265,11 +268,22 @@ impl Worker {
         let now_ms = host.now_ms();
         // Prefixes routed at the end of a burst, when no decision or stream end came after them.
         self.prefix.flush(host, &self.keys, now_ms);
+        if self.stats_reported_ms.is_none_or(|t| now_ms.saturating_sub(t) >= HEARTBEAT_MS) {
+            self.stats_reported_ms = Some(now_ms);
+            self.report(host, now_ms);
+        }
         // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
         if !self.inflight.heartbeat(host, &self.keys, self.id, now_ms) {
             return;
         }
-        // Refreshed here too, so the age and health stats stay true while no request comes.
+        if self.read_directory(host, now_ms) && !self.directory.contains(&id) {
+            let _ = worker_directory::ensure_listed(host, &self.keys, id);
+        }
+    }
+
+    /// Snapshot age and endpoint health stats, once per heartbeat period whether or not requests come
+    /// (the snapshot is refreshed here too, so they stay true while Envoy is idle).
+    fn report(&mut self, host: &dyn Host, now_ms: u64) {
         if let Refresh::Undecodable(why) = self.cache.refresh(host, &self.keys, now_ms) {
             log::warn!("published snapshot ignored: {why}");
         }
@@ -296,9 +310,6 @@ impl Worker {
                     self.stats.gauge(host, &name, n);
                 }
             }
-        }
-        if self.read_directory(host, now_ms) && !self.directory.contains(&id) {
-            let _ = worker_directory::ensure_listed(host, &self.keys, id);
         }
     }
 

@@ -259,3 +259,28 @@ fn a_worker_that_joins_later_is_counted_as_soon_as_its_announcement_arrives() {
         assert_ne!(destination(&o), busy, "decision {i}");
     }
 }
+
+#[test]
+fn health_and_age_stats_are_reported_every_second_under_steady_traffic_and_when_idle() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, r#"{"health": {"baseEjectionTimeMs": 5000}}"#);
+    publish(&host, w.keys(), 1, &[0, 0]);
+    let ejected = stats::endpoint_metric(stats::ENDPOINT_HEALTH, "10.0.0.1:8000");
+    // Requests keep the in-flight table busy between ticks (the heartbeat then has nothing to do).
+    for step in 0..3u64 {
+        host.set_now(NOW + step * 1_000);
+        let (_, routed) = w.decide(&host, &info(&format!("r{step}")), Some(CHAT));
+        w.finish(&host, &routed.unwrap());
+        w.on_tick(&host);
+    }
+    assert_eq!(host.metric(&ejected), 0, "usable");
+    // Three gateway failures eject endpoint 1: the next report shows it (2 = ejected), no request needed.
+    for _ in 0..3 {
+        w.answered(&host, "10.0.0.1:8000", 503);
+    }
+    host.set_now(NOW + 3_000);
+    w.on_tick(&host);
+    assert_eq!(host.metric(&ejected), 2);
+    assert_eq!(host.metric(stats::SNAPSHOT_AGE_MS), 3_000);
+}
