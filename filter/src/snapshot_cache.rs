@@ -103,6 +103,11 @@ impl SnapshotCache {
     }
 
     /// The last snapshot that decoded, if any.
+    /// When the generation was last read (ms), if ever.
+    pub fn checked_ms(&self) -> Option<u64> {
+        self.checked_ms
+    }
+
     pub fn snapshot(&self) -> Option<&PoolSnapshot> {
         self.snapshot.as_ref()
     }

@@ -284,8 +284,11 @@ impl Worker {
     /// Snapshot age and endpoint health stats, once per heartbeat period whether or not requests come
     /// (the snapshot is refreshed here too, so they stay true while Envoy is idle).
     fn report(&mut self, host: &dyn Host, now_ms: u64) {
-        if let Refresh::Undecodable(why) = self.cache.refresh(host, &self.keys, now_ms) {
-            log::warn!("published snapshot ignored: {why}");
+        // Only when no request read it lately: a tick must not take a request's read of this millisecond.
+        if self.cache.checked_ms().is_none_or(|t| now_ms.saturating_sub(t) >= HEARTBEAT_MS) {
+            if let Refresh::Undecodable(why) = self.cache.refresh(host, &self.keys, now_ms) {
+                log::warn!("published snapshot ignored: {why}");
+            }
         }
         self.ejections.read(host, &self.keys, self.picker.health_mut(), now_ms);
         if let Some(s) = self.cache.snapshot() {
