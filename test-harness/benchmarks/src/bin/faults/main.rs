@@ -157,13 +157,21 @@ fn run() -> Result<(), String> {
         return Err(String::from("no Envoy: run `cargo xtask envoy-check` (or set ENVOY_BIN)"));
     }
     let started = Instant::now();
-    let load_before = loadavg();
-    let wasm = e2e::filter_wasm()?;
+    // What is measured: the commit (and any uncommitted change) when the builds are made.
+    let (when, commit, load_before) = (utc_now(), commit(), loadavg());
+    let frozen = Frozen::new()?;
+    let wasm = frozen.copy(&e2e::filter_wasm()?)?;
     // Built (or found) before the first trial, so no trial waits for cargo.
-    e2e::model_sim_binary()?;
-    if o.gateways.contains(&Gateway::Shim) {
-        e2e::epp_shim_binary()?;
-    }
+    let model_sim = build_kind(&e2e::model_sim_binary()?);
+    let shim = if o.gateways.contains(&Gateway::Shim) { build_kind(&e2e::epp_shim_binary()?) } else { "" };
+    let run = RunInfo {
+        when,
+        commit,
+        load_before,
+        model_sim: frozen.kind_of("MODEL_SIM_BIN").unwrap_or(model_sim),
+        shim: frozen.kind_of("EPP_SHIM_BIN").unwrap_or(shim),
+        frozen: frozen.names(),
+    };
     let per_trial = o.plan.trial_time() + Duration::from_secs(4);
     eprintln!(
         "{} trials of about {:.0} s each",
@@ -196,7 +204,8 @@ fn run() -> Result<(), String> {
         trials.push(t);
     }
     let cells = report::merge(&trials.iter().map(report::reduce).collect::<Vec<_>>());
-    let text = markdown(&o, &trials, &cells, &load_before, started.elapsed());
+    drop(frozen);
+    let text = markdown(&o, &trials, &cells, &run, started.elapsed());
     std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
     let md = o.out.join("faults.md");
     std::fs::write(&md, &text).map_err(|e| format!("cannot write {}: {e}", md.display()))?;
@@ -206,11 +215,76 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// When the run started, on what, and how busy the machine was then.
+struct RunInfo {
+    when: String,
+    commit: String,
+    load_before: String,
+    /// `release` or `debug` builds.
+    model_sim: &'static str,
+    shim: &'static str,
+    /// The executables copied before the first trial.
+    frozen: String,
+}
+
+/// Private copies of the executables the trials start, made before the first trial: the target directory
+/// is shared, and a build by someone else during the run must not change what is measured. The filter's
+/// `.wasm` is always copied (Envoy reads it at every start); model-sim and epp-shim when given as
+/// `$MODEL_SIM_BIN` / `$EPP_SHIM_BIN` (as `cargo xtask bench faults` does), which then name the copies.
+/// The copies are removed when the run ends.
+struct Frozen {
+    dir: PathBuf,
+    /// Per variable, the build the original was (the copy's path no longer says).
+    kinds: Vec<(&'static str, &'static str)>,
+    copied: std::cell::RefCell<Vec<String>>,
+}
+
+impl Frozen {
+    fn new() -> Result<Frozen, String> {
+        let dir = e2e::workspace_root().join(format!("target/faults-bench/frozen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut frozen = Frozen { dir, kinds: Vec::new(), copied: std::cell::RefCell::new(Vec::new()) };
+        for var in ["MODEL_SIM_BIN", "EPP_SHIM_BIN"] {
+            if let Some(path) = std::env::var_os(var) {
+                let path = PathBuf::from(path);
+                let copy = frozen.copy(&path)?;
+                frozen.kinds.push((var, build_kind(&path)));
+                // Before the first launch reads it; the benchmark has no other threads yet.
+                std::env::set_var(var, copy);
+            }
+        }
+        Ok(frozen)
+    }
+
+    fn kind_of(&self, var: &str) -> Option<&'static str> {
+        self.kinds.iter().find(|(v, _)| *v == var).map(|(_, k)| *k)
+    }
+
+    fn names(&self) -> String {
+        self.copied.borrow().iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    }
+
+    fn copy(&self, path: &std::path::Path) -> Result<PathBuf, String> {
+        let name = path.file_name().ok_or_else(|| format!("{}: not a file", path.display()))?;
+        let copy = self.dir.join(name);
+        std::fs::copy(path, &copy)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", path.display(), copy.display()))?;
+        self.copied.borrow_mut().push(name.to_string_lossy().into_owned());
+        Ok(copy)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn markdown(
     o: &Options,
     trials: &[Trial],
     cells: &[report::Cell],
-    load_before: &str,
+    run: &RunInfo,
     elapsed: Duration,
 ) -> String {
     let p = &o.plan;
@@ -224,20 +298,23 @@ fn markdown(
     );
     let _ = writeln!(
         s,
-        "Run {} UTC, commit {}, {}; load average (1 min) {} at the start, {} at the end; run time {:.0} s.\n",
-        utc_now(),
-        commit(),
+        "Run {} UTC, commit {}, {}; load average (1 min) {} at the start, {} at the end; run time {:.0} s. \
+         Built at the start and copied, so that every trial ran the same build whatever else was built in \
+         the shared target directory meanwhile: {}.\n",
+        run.when,
+        run.commit,
         machine(),
-        load_before,
+        run.load_before,
         loadavg(),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        run.frozen
     );
     let _ = writeln!(s, "## Method\n");
     let _ = writeln!(
         s,
         "- **Pods**: {} `model-sim` replicas ({} build, `--time-scale {}`), fresh for every trial, on loopback. The first one is the faulty one.",
         trial::REPLICAS,
-        build_kind(e2e::model_sim_binary().ok()),
+        run.model_sim,
         p.time_scale
     );
     let _ = writeln!(
@@ -270,7 +347,7 @@ fn markdown(
          (`round-robin/`: active `/health` checks, outlier detection, retries of connect failures on \
          another pod). A trial starts its load once the gateway has every pod in rotation.",
         gateway::WORKERS,
-        build_kind(e2e::epp_shim_binary().ok()),
+        run.shim,
         p.scheduling.describe()
     );
     let _ = writeln!(
@@ -348,11 +425,13 @@ fn shown_args(args: &[String]) -> String {
 }
 
 /// `release` or `debug`, from where cargo put the executable.
-fn build_kind(path: Option<PathBuf>) -> &'static str {
-    match path {
-        Some(p) if p.components().any(|c| c.as_os_str() == "release") => "release",
-        Some(p) if p.components().any(|c| c.as_os_str() == "debug") => "debug",
-        _ => "a given",
+fn build_kind(path: &std::path::Path) -> &'static str {
+    if path.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else if path.components().any(|c| c.as_os_str() == "debug") {
+        "debug"
+    } else {
+        "a given"
     }
 }
 
@@ -376,7 +455,7 @@ fn machine() -> String {
     format!("{cpus} vCPUs {model}, {} {}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-/// The checked-out commit, marked when the tree has changes.
+/// The checked-out commit, and the tracked files that differ from it (what the builds contain besides).
 fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -385,11 +464,23 @@ fn commit() -> String {
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    let hash = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| String::from("unknown"));
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    format!("`{hash}`{}", if dirty { " (with uncommitted changes)" } else { "" })
+    let hash = git(&["rev-parse", "--short", "HEAD"])
+        .map_or_else(|| String::from("unknown"), |h| h.trim().to_string());
+    let changed: Vec<String> = git(&["status", "--porcelain", "--untracked-files=no"])
+        .unwrap_or_default()
+        .lines()
+        // `XY path`: two status letters and a space.
+        .filter_map(|l| l.get(3..).map(str::to_string))
+        .collect();
+    if changed.is_empty() {
+        format!("`{hash}`")
+    } else {
+        let shown: Vec<String> = changed.iter().take(6).map(|p| format!("`{p}`")).collect();
+        let more = if changed.len() > 6 { format!(" and {} more", changed.len() - 6) } else { String::new() };
+        format!("`{hash}` with uncommitted changes to {}{more}", shown.join(", "))
+    }
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC, from the system clock (days to a civil date: Howard Hinnant's algorithm).
