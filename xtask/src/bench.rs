@@ -72,13 +72,13 @@ fn core_wasm(args: &[String]) -> Result<(), String> {
     )
 }
 
-/// A benchmark's arguments as its binary takes them (`--` dropped) and whether `--quick` was given; full
-/// runs write into `docs/bench/` unless `--out` says otherwise.
-pub fn bench_args(args: &[String]) -> (bool, Vec<String>) {
+/// A benchmark's arguments as its binary takes them (`--` dropped); full runs (no `--quick`) write into
+/// `docs/bench/` unless `--out` says otherwise.
+pub fn bench_args(args: &[String]) -> Vec<String> {
     let quick = args.iter().any(|a| a == "--quick");
     let mut extra: Vec<String> = args.iter().filter(|a| a.as_str() != "--").cloned().collect();
     if !quick && !extra.iter().any(|a| a == "--out") {
         extra.extend(["--out".to_string(), "docs/bench".to_string()]);
     }
-    (quick, extra)
+    extra
 }

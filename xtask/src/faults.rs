@@ -8,7 +8,7 @@ use crate::cmd::{cargo, step, target_dir};
 use crate::tools::{ensure_envoy, ensure_wasm_target};
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let (_, extra) = crate::bench::bench_args(args);
+    let extra = crate::bench::bench_args(args);
     let envoy = ensure_envoy()?;
     ensure_wasm_target()?;
     step(

@@ -7,7 +7,7 @@ use crate::tools::{ensure_envoy, ensure_wasm_target};
 use std::process::Command;
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let (_, extra) = crate::bench::bench_args(args);
+    let extra = crate::bench::bench_args(args);
     let envoy = ensure_envoy()?;
     ensure_wasm_target()?;
     ensure_packages(args.iter().any(|a| a == "--attribute"))?;
