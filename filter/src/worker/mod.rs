@@ -230,6 +230,9 @@ impl Worker {
     pub fn answered(&mut self, host: &dyn Host, address: &str, status: u16) {
         if status >= 500 {
             self.stats.upstream_5xx(host, address);
+        } else if !self.picker.health().answer_is_news(address) {
+            // The usual answer: nothing to record, no clock read on the response path.
+            return;
         }
         let now_ms = host.now_ms();
         self.picker.record_upstream(address, status, now_ms);

@@ -288,6 +288,12 @@ impl HealthTracker {
             .filter_map(|(a, r)| r.ejected_until_ms.map(|u| (a.as_str(), r.ejected_at_ms, u, r.ejections)))
     }
 
+    /// True when a good answer from `address` would change nothing (no failure or ejection on record):
+    /// callers may skip recording it (and reading the clock for it).
+    pub fn answer_is_news(&self, address: &str) -> bool {
+        self.records.contains_key(address)
+    }
+
     /// Forgets endpoints that left the pool.
     pub fn retain(&mut self, pool: &PoolSnapshot) {
         if !self.records.is_empty() {
