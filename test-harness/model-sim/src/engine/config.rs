@@ -116,6 +116,9 @@ pub struct EngineConfig {
     pub api_overhead_us: u64,
     /// Relative step-time noise, uniform in ±`step_jitter` (0 = none).
     pub step_jitter: f64,
+    /// How fast this replica runs relative to the calibration: every step takes `1 / speed` times the
+    /// step model's time (0.5 = a replica at half speed, whose steps take twice as long). 1 = calibrated.
+    pub speed: f64,
     pub seed: u64,
     /// Emit an [`super::EventKind::Token`] for every generated token after the first; a benchmark that
     /// needs only TTFT and end-to-end latency turns this off to save work.
@@ -137,6 +140,7 @@ impl EngineConfig {
             step_model: StepModel::h100_llama3_8b(),
             api_overhead_us: 20_000,
             step_jitter: 0.0,
+            speed: 1.0,
             seed: 0,
             emit_token_events: true,
         }
@@ -155,6 +159,7 @@ impl EngineConfig {
             step_model: StepModel::a100_llama2_7b(),
             api_overhead_us: 20_000,
             step_jitter: 0.0,
+            speed: 1.0,
             seed: 0,
             emit_token_events: true,
         }
@@ -183,6 +188,7 @@ impl EngineConfig {
             "max_lora resident adapters to leave some KV blocks for requests",
         )?;
         check((0.0..1.0).contains(&self.step_jitter), "step_jitter", "a fraction in [0, 1)")?;
+        check(self.speed.is_finite() && self.speed > 0.0, "speed", "a positive finite number")?;
         Ok(())
     }
 }
@@ -254,5 +260,9 @@ mod tests {
         let cfg = EngineConfig { max_num_seqs: 0, ..EngineConfig::h100_llama3_8b() };
         let err = cfg.validate().unwrap_err();
         assert_eq!(err.to_string(), "engine config: `max_num_seqs` must be at least 1");
+        for speed in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = EngineConfig { speed, ..EngineConfig::h100_llama3_8b() }.validate().unwrap_err();
+            assert_eq!(err.field, "speed");
+        }
     }
 }

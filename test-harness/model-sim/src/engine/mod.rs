@@ -199,6 +199,8 @@ pub struct Engine {
     finished: Vec<u32>,
     loras: Vec<LoraSlot>,
     clock: u64,
+    /// Step-time multiplier set from outside for a while (a noisy neighbour): 1 = none.
+    slowdown: f64,
     prefix_queries: u64,
     prefix_hits: u64,
     preemptions: u64,
@@ -227,6 +229,7 @@ impl Engine {
             finished: Vec::new(),
             loras: Vec::new(),
             clock: 0,
+            slowdown: 1.0,
             prefix_queries: 0,
             prefix_hits: 0,
             preemptions: 0,
@@ -358,6 +361,21 @@ impl Engine {
         true
     }
 
+    /// Multiplies the time of every step that starts from now on by `factor` (on top of the configured
+    /// `speed`), until set again: a noisy neighbour taking part of the GPU for a while (2 = steps take
+    /// twice as long), 1 to end it. A step already in flight keeps its duration. Anything but a positive
+    /// finite factor is ignored.
+    pub fn set_slowdown(&mut self, factor: f64) {
+        if factor.is_finite() && factor > 0.0 {
+            self.slowdown = factor;
+        }
+    }
+
+    /// The step-time multiplier [`Engine::set_slowdown`] set (1 = none).
+    pub fn slowdown(&self) -> f64 {
+        self.slowdown
+    }
+
     /// The time of the last `advance`.
     pub fn clock(&self) -> u64 {
         self.clock
@@ -432,7 +450,8 @@ impl Engine {
             self.step_end = None;
             return;
         }
-        let mut ms = self.cfg.step_model.step_ms(&shape);
+        // Exactly the model's time when speed and slowdown are both 1 (× 1.0 is exact).
+        let mut ms = self.cfg.step_model.step_ms(&shape) * (self.slowdown / self.cfg.speed);
         if self.cfg.step_jitter > 0.0 {
             ms *= 1.0 + self.cfg.step_jitter * (2.0 * self.rng.next_f64() - 1.0);
         }

@@ -305,3 +305,48 @@ fn a_long_mixed_run_conserves_blocks_and_finishes_everything() {
     assert!(m.prefix_cache_hits > m.prefix_cache_queries / 2, "{m:?}");
     assert!(m.running_lora_adapters.is_empty());
 }
+
+#[test]
+fn a_half_speed_replica_takes_twice_the_step_time() {
+    // The same requests on a calibrated replica and on one at 0.5× speed: every step takes twice as long,
+    // so the time from the API server's hand-off to the first token and to the end doubles.
+    let timeline = |speed: f64| {
+        let cfg = EngineConfig { speed, api_overhead_us: 0, ..EngineConfig::h100_llama3_8b() };
+        let mut e = Engine::new(cfg).unwrap();
+        let arrivals = (0..20).map(|i| (i * 5_000, req(i, i, 300 + i as u32 * 50, 40))).collect();
+        let events = run(&mut e, arrivals);
+        let last = (0..20).map(|i| finished(&events, i).0).max().unwrap();
+        (first_token(&events, 0), last, e.metrics().steps)
+    };
+    let (fast_ttft, fast_end, fast_steps) = timeline(1.0);
+    let (slow_ttft, slow_end, _) = timeline(0.5);
+    // One prefill step of 300 tokens: 7.9 + 0.0265·200 + 0.00006·300 = 13.218 ms, 26.436 ms at half speed.
+    assert_eq!((fast_ttft, slow_ttft), (13_218, 26_436));
+    // Later arrivals batch differently on the slower replica, so the whole run is close to, not exactly, 2×.
+    let ratio = slow_end as f64 / fast_end as f64;
+    assert!((1.8..2.1).contains(&ratio), "{ratio} over {fast_steps} steps");
+}
+
+#[test]
+fn a_slowdown_applies_to_the_steps_that_start_after_it_and_ends_when_reset() {
+    let cfg = EngineConfig { api_overhead_us: 0, ..EngineConfig::h100_llama3_8b() };
+    let mut e = Engine::new(cfg).unwrap();
+    let mut events = Vec::new();
+    // Batch-1 decode of a 100-token prompt: ≈7.9 ms steps.
+    e.submit(req(1, 1, 100, 30), 0).unwrap();
+    e.advance(0, &mut events);
+    let step = |e: &Engine| e.next_event_time().unwrap() - e.clock();
+    let normal = step(&e);
+    e.set_slowdown(3.0);
+    assert_eq!(step(&e), normal, "the step in flight keeps its duration");
+    let t = e.next_event_time().unwrap();
+    e.advance(t, &mut events);
+    let slowed = step(&e);
+    assert!((slowed as f64 / normal as f64 - 3.0).abs() < 0.01, "{slowed} vs {normal}");
+    e.set_slowdown(f64::NAN);
+    assert_eq!(e.slowdown(), 3.0, "an invalid factor is ignored");
+    e.set_slowdown(1.0);
+    let t = e.next_event_time().unwrap();
+    e.advance(t, &mut events);
+    assert!(step(&e).abs_diff(normal) <= 2, "back to normal");
+}
