@@ -15,4 +15,5 @@ pub mod policy;
 pub mod report;
 pub mod sim;
 pub mod stats;
+pub mod trace;
 pub mod workload;
