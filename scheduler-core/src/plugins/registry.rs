@@ -13,6 +13,7 @@ use super::filters::low_queue_filter::LowQueueFilter;
 use super::filters::prefill_filter::PrefillFilter;
 use super::filters::prefix_cache_affinity_filter::PrefixCacheAffinityFilter;
 use super::pickers::max_score_picker::MaxScorePicker;
+use super::pickers::near_best_picker::NearBestPicker;
 use super::pickers::random_picker::RandomPicker;
 use super::pickers::weighted_random_picker::WeightedRandomPicker;
 use super::profile_handlers::pd_profile_handler::PdProfileHandler;
@@ -61,6 +62,7 @@ const BUILTIN: &[Entry] = &[
     Entry::of::<MaxScorePicker>(),
     Entry::of::<RandomPicker>(),
     Entry::of::<WeightedRandomPicker>(),
+    Entry::of::<NearBestPicker>(),
     Entry::of::<SingleProfileHandler>(),
     Entry::of::<PdProfileHandler>(),
     Entry::of::<PrefillFilter>(),

@@ -1,8 +1,9 @@
 //! Pickers: turn the scored candidates of a profile into the primary target plus fallbacks.
 //!
-//! All three take GIE's `maxNumOfEndpoints` (default 1); the pipeline's own cap is applied on top.
+//! All take GIE's `maxNumOfEndpoints` (default 1); the pipeline's own cap is applied on top.
 
 pub mod max_score_picker;
+pub mod near_best_picker;
 pub mod random_picker;
 pub mod weighted_random_picker;
 
