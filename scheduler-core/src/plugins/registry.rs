@@ -25,6 +25,7 @@ use super::scorers::load_aware_scorer::LoadAwareScorer;
 use super::scorers::lora_affinity_scorer::LoraAffinityScorer;
 use super::scorers::lora_slot_scorer::LoraSlotScorer;
 use super::scorers::prefix_cache_scorer::PrefixCacheScorer;
+use super::scorers::prefix_owner_scorer::PrefixOwnerScorer;
 use super::scorers::queue_scorer::QueueScorer;
 use super::scorers::running_requests_size_scorer::RunningRequestsSizeScorer;
 use super::scorers::session_affinity_scorer::SessionAffinityScorer;
@@ -50,6 +51,7 @@ const BUILTIN: &[Entry] = &[
     Entry::of::<SessionAffinityScorer>(),
     Entry::of::<InflightAwareQueueScorer>(),
     Entry::of::<LoraSlotScorer>(),
+    Entry::of::<PrefixOwnerScorer>(),
     // Filters and detectors
     Entry::of::<PrefixCacheAffinityFilter>(),
     Entry::of::<LeastQueueFilter>(),

@@ -7,6 +7,7 @@ pub mod load_aware_scorer;
 pub mod lora_affinity_scorer;
 pub mod lora_slot_scorer;
 pub mod prefix_cache_scorer;
+pub mod prefix_owner_scorer;
 pub mod queue_scorer;
 pub mod running_requests_size_scorer;
 pub mod session_affinity_scorer;
