@@ -1,7 +1,9 @@
-//! The three gateways from the files in `envoy-config/` as they are in the tree, and how each one's view
-//! of the pods is read: Envoy's per-host counters for every gateway, and whether a pod is in rotation
-//! from the gateway's own state (the filter's `epp_endpoint_health.<ip_port>` stats, the shim's
-//! `epp_shim_endpoint_usable` metric, Envoy's health flags for round-robin).
+//! The gateways from the files in `envoy-config/` as they are in the tree (the filter and the shim in their
+//! default override_host shapes and in the ORIGINAL_DST ones, and round-robin), and how each one's view of
+//! the pods is read: Envoy's per-host counters of cluster `pool` for every gateway (`/clusters` names hosts
+//! `ip:port` whatever the cluster type), and whether a pod is in rotation from the gateway's own state (the
+//! filter's `epp_endpoint_health.<ip_port>` stats, the shim's `epp_shim_endpoint_usable` metric, Envoy's
+//! health flags for round-robin).
 
 use crate::report::{Gateway, HostSample, State};
 use e2e::{Envoy, EnvoyOptions, EnvoyTemplate, EppShim, Request};
@@ -61,7 +63,8 @@ pub struct Running {
     pub envoy: Envoy,
     pub shim: Option<EppShim>,
     /// Per host and counter, the last raw value and the sum of increases (counters restart from 0 when
-    /// Envoy drops an ORIGINAL_DST host it has not used for a while and creates it again).
+    /// Envoy drops an ORIGINAL_DST host it has not used for a while and creates it again; a STATIC
+    /// cluster's hosts keep theirs).
     counters: HashMap<(String, &'static str), (u64, u64)>,
 }
 
@@ -73,24 +76,17 @@ pub fn start(
 ) -> Result<Running, String> {
     let options =
         EnvoyOptions { concurrency: WORKERS, log_level: String::from("warn"), ..EnvoyOptions::default() };
-    let (envoy, shim) = match gateway {
-        Gateway::Filter => {
-            let template = EnvoyTemplate::load("wasm-picker/envoy.yaml")?
-                .wasm(wasm)
-                .gateway_config(&picker_config(addrs, scheduling)?)
-                .pool_endpoints(addrs);
-            (Envoy::start(&template, &options)?, None)
-        }
-        Gateway::Shim => {
-            let shim = EppShim::start(&picker_config(addrs, scheduling)?, &[])?;
-            let port = shim.ext_proc().rsplit_once(':').map_or("", |(_, p)| p).to_string();
-            let template = EnvoyTemplate::load("ext-proc/envoy.yaml")?.set("PORT_EXT_PROC", port);
-            (Envoy::start(&template, &options)?, Some(shim))
-        }
-        Gateway::RoundRobin => {
-            let template = EnvoyTemplate::load("round-robin/envoy.yaml")?.pool_endpoints(addrs);
-            (Envoy::start(&template, &options)?, None)
-        }
+    // Every file gets the pool's members; the ORIGINAL_DST ones have no such placeholder and ignore it.
+    let template = EnvoyTemplate::load(gateway.config())?.pool_endpoints(addrs);
+    let (envoy, shim) = if gateway.is_filter() {
+        let template = template.wasm(wasm).gateway_config(&picker_config(addrs, scheduling)?);
+        (Envoy::start(&template, &options)?, None)
+    } else if gateway.is_shim() {
+        let shim = EppShim::start(&picker_config(addrs, scheduling)?, &[])?;
+        let port = shim.ext_proc().rsplit_once(':').map_or("", |(_, p)| p).to_string();
+        (Envoy::start(&template.set("PORT_EXT_PROC", port), &options)?, Some(shim))
+    } else {
+        (Envoy::start(&template, &options)?, None)
     };
     Ok(Running { gateway, envoy, shim, counters: HashMap::new() })
 }
@@ -103,8 +99,10 @@ impl Running {
         let deadline = Instant::now() + limit;
         loop {
             let ready = match self.gateway {
-                Gateway::Filter => self.envoy.stat("wasmcustom.epp_snapshots_published").unwrap_or(0) >= 2,
-                Gateway::Shim => {
+                Gateway::Filter | Gateway::FilterOriginalDst => {
+                    self.envoy.stat("wasmcustom.epp_snapshots_published").unwrap_or(0) >= 2
+                }
+                Gateway::Shim | Gateway::ShimOriginalDst => {
                     let text =
                         self.shim.as_ref().map(|s| admin_get(s.addr("http"), "/metrics")).unwrap_or_default();
                     let ok = text.lines().find_map(|l| {
@@ -184,7 +182,7 @@ impl Running {
                     out.insert(a.to_string(), state);
                 }
             }
-            Gateway::Filter => {
+            Gateway::Filter | Gateway::FilterOriginalDst => {
                 let stats = admin_get(self.envoy.admin(), "/stats?filter=epp_endpoint_health");
                 for a in addrs {
                     let safe: String =
@@ -206,7 +204,7 @@ impl Running {
                     out.insert(a.to_string(), state);
                 }
             }
-            Gateway::Shim => {
+            Gateway::Shim | Gateway::ShimOriginalDst => {
                 let text =
                     self.shim.as_ref().map(|s| admin_get(s.addr("http"), "/metrics")).unwrap_or_default();
                 for a in addrs {
@@ -227,7 +225,7 @@ impl Running {
     /// Counters worth keeping with the trial: how the gateway itself saw the fault.
     pub fn stats(&self) -> Vec<(String, u64)> {
         let own: &[&str] = match self.gateway {
-            Gateway::Filter => &[
+            Gateway::Filter | Gateway::FilterOriginalDst => &[
                 "epp_endpoint_ejections",
                 "epp_endpoint_readmissions",
                 "epp_scrape_errors",
@@ -236,14 +234,17 @@ impl Running {
                 "epp_decisions_fail_open",
                 "epp_upstream_5xx",
             ],
-            Gateway::Shim => &[],
+            Gateway::Shim | Gateway::ShimOriginalDst => &[],
             Gateway::RoundRobin => &[
                 "cluster.pool.outlier_detection.ejections_enforced_total",
                 "cluster.pool.health_check.failure",
             ],
         };
-        let wanted =
-            own.iter().chain(&["cluster.pool.upstream_rq_retry", "cluster.pool.upstream_cx_connect_fail"]);
+        let wanted = own.iter().chain(&[
+            "cluster.pool.upstream_rq_retry",
+            "cluster.pool.upstream_rq_retry_success",
+            "cluster.pool.upstream_cx_connect_fail",
+        ]);
         let mut out = Vec::new();
         for name in wanted {
             let total = if name.starts_with("cluster.") {

@@ -1,10 +1,12 @@
 //! `faults`: how the gateways route around a failing pod, in real Envoy on loopback. Four model-sim
 //! replicas under steady open-loop load; one of them fails at a fixed time (kill -9 and a restart on the
 //! same port, SIGSTOP and SIGCONT, a hung `/metrics`, 500 on every completion, a missing KV-cache
-//! gauge) and recovers a fixed time later. Each fault runs on fresh replicas through the Wasm picker
-//! (`envoy-config/wasm-picker`), the ext_proc shim (`envoy-config/ext-proc`) and plain round-robin
-//! Envoy with health checks, outlier detection and retries (`envoy-config/round-robin`), one after the
-//! other in the same run. `cargo xtask bench faults [--quick]` builds what it needs and runs this;
+//! gauge, completions left unanswered while `/metrics` looks fine) and recovers a fixed time later. Each
+//! fault runs on fresh replicas through the Wasm picker and the ext_proc shim in their default shapes
+//! (`envoy-config/wasm-picker-override-host`, `envoy-config/ext-proc-override-host`: retries on another
+//! member), optionally in their ORIGINAL_DST shapes (`envoy-config/wasm-picker`, `envoy-config/ext-proc`),
+//! and plain round-robin Envoy with health checks, outlier detection and retries
+//! (`envoy-config/round-robin`), one after the other in the same run. `cargo xtask bench faults [--quick]` builds what it needs and runs this;
 //! results go to BENCHMARKS.md.
 // A benchmark tool: the workspace denies these for code that runs in the proxy, not here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -24,7 +26,7 @@ usage: faults [--quick] [--out DIR] [--rounds N] [--rate R] [--seconds S] [--fau
               [--faults LIST] [--gateways LIST] [--scheduling recommended|gie-default]
 
   --quick          a smoke run: 10 s of load per trial, the fault at 2 s for 3 s, 50 requests/s
-                   (about 3 minutes); the report goes to target/faults-bench unless --out is given
+                   (about 5 minutes); the report goes to target/faults-bench unless --out is given
   --out DIR        where faults.md goes [default: target/faults-bench]
   --rounds N       every fault through every gateway N times, rounds one after the other; the table sums
                    the counts and shows each time's worst round [default: 2, quick 1]
@@ -32,8 +34,11 @@ usage: faults [--quick] [--out DIR] [--rounds N] [--rate R] [--seconds S] [--fau
   --seconds S      seconds of load per trial [default: 30, quick 10]
   --fault-at S     when the fault starts, seconds into the load [default: 5, quick 2]
   --fault-for S    how long it lasts; kill -9: until the new process starts [default: 6, quick 3]
-  --faults LIST    comma-separated: kill, hang, metrics-hang, 5xx, missing-gauge [default: all]
-  --gateways LIST  comma-separated: filter, shim, round-robin [default: all]
+  --faults LIST    comma-separated: kill, hang, metrics-hang, 5xx, missing-gauge, completions-hang
+                   [default: all]
+  --gateways LIST  comma-separated: filter, shim (the default override_host shapes), filter-original-dst,
+                   shim-original-dst (the ORIGINAL_DST shapes), round-robin
+                   [default: filter,shim,round-robin]
   --scheduling S   the picker's scheduling configuration: recommended (envoy-config/scheduling/
                    recommended.json) or gie-default (none: GIE's default profile) [default: recommended]
 
@@ -78,7 +83,7 @@ fn parse_args() -> Result<Options, String> {
         },
         rounds: if quick { 1 } else { 2 },
         faults: Fault::ALL.to_vec(),
-        gateways: Gateway::ALL.to_vec(),
+        gateways: Gateway::DEFAULT.to_vec(),
         args: args.clone(),
     };
     let mut it = args.into_iter();
@@ -163,7 +168,7 @@ fn run() -> Result<(), String> {
     let wasm = frozen.copy(&e2e::filter_wasm()?)?;
     // Built (or found) before the first trial, so no trial waits for cargo.
     let model_sim = build_kind(&e2e::model_sim_binary()?);
-    let shim = if o.gateways.contains(&Gateway::Shim) { build_kind(&e2e::epp_shim_binary()?) } else { "" };
+    let shim = if o.gateways.iter().any(|g| g.is_shim()) { build_kind(&e2e::epp_shim_binary()?) } else { "" };
     let run = RunInfo {
         when,
         commit,
@@ -338,14 +343,23 @@ fn markdown(
             .collect::<Vec<_>>()
             .join("; ")
     );
+    let files = o
+        .gateways
+        .iter()
+        .map(|g| format!("{} (`{}`)", g.label(), g.config().trim_end_matches("envoy.yaml")))
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         s,
         "- **Gateways**, Envoy with {} workers each, configured by the files in `envoy-config/` as they are in the tree: \
-         the filter (`wasm-picker/`) and the shim (`ext-proc/`, {} `epp-shim`) configured with {} and \
+         {files}. The filter and the shim ({} `epp-shim`) are configured with {} and \
          the pool (every collector and health setting at its default: scrapes every 50 ms with a 1 s \
-         timeout, out after 2 failed scrapes, 3 gateway failures or 5 5xx in a row), and round-robin \
-         (`round-robin/`: active `/health` checks, outlier detection, retries of connect failures on \
-         another pod). A trial starts its load once the gateway has every pod in rotation.",
+         timeout, out after 2 failed scrapes, 3 gateway failures or 5 5xx in a row); in their default \
+         shapes (`*-override-host/`) the pool is a STATIC cluster whose override_host policy follows the \
+         picker's header and retries a failed connection on another member, in the ORIGINAL_DST shapes \
+         (`wasm-picker/`, `ext-proc/`) every attempt goes to the pod the header names. Round-robin has \
+         active `/health` checks, outlier detection and the same retries on another pod. A trial starts \
+         its load once the gateway has every pod in rotation.",
         gateway::WORKERS,
         run.shim,
         p.scheduling.describe()
@@ -382,7 +396,7 @@ fn markdown(
     );
     let _ = writeln!(s, "## Results\n");
     s.push_str(&report::table(cells));
-    let _ = writeln!(s, "\n## Targets (filter and shim)\n");
+    let _ = writeln!(s, "\n## Targets (filter and shim in their default shapes)\n");
     s.push_str(&report::verdict_list(&report::verdicts(cells)));
     let _ = writeln!(s, "\n## Per second around the fault\n");
     let _ = writeln!(

@@ -37,11 +37,19 @@ pub enum Fault {
     Errors,
     /// `drop_gauges: ["vllm:kv_cache_usage_perc"]`: a core gauge is missing from `/metrics`.
     MissingGauge,
+    /// `completions_hang`: completion requests are read and never answered; `/metrics` answers as usual.
+    CompletionsHang,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] =
-        [Fault::Kill, Fault::Hang, Fault::MetricsHang, Fault::Errors, Fault::MissingGauge];
+    pub const ALL: [Fault; 6] = [
+        Fault::Kill,
+        Fault::Hang,
+        Fault::MetricsHang,
+        Fault::Errors,
+        Fault::MissingGauge,
+        Fault::CompletionsHang,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -50,6 +58,7 @@ impl Fault {
             Fault::MetricsHang => "metrics-hang",
             Fault::Errors => "5xx",
             Fault::MissingGauge => "missing-gauge",
+            Fault::CompletionsHang => "completions-hang",
         }
     }
 
@@ -60,6 +69,7 @@ impl Fault {
             Fault::MetricsHang => "hung /metrics",
             Fault::Errors => "pod answering 500",
             Fault::MissingGauge => "missing KV-cache gauge",
+            Fault::CompletionsHang => "hung completions, /metrics fine",
         }
     }
 
@@ -71,6 +81,7 @@ impl Fault {
             Fault::MetricsHang => "`metrics_hang: false`",
             Fault::Errors => "`error_rate: 0`",
             Fault::MissingGauge => "`drop_gauges: []`",
+            Fault::CompletionsHang => "`completions_hang: false`",
         }
     }
 
@@ -81,21 +92,38 @@ impl Fault {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gateway {
-    /// The Wasm picker (`envoy-config/wasm-picker`).
+    /// The Wasm picker in its default shape (`envoy-config/wasm-picker-override-host`: STATIC pool,
+    /// override_host, retries on another member).
     Filter,
-    /// Envoy with the ext_proc shim (`envoy-config/ext-proc`).
+    /// Envoy with the ext_proc shim in its default shape (`envoy-config/ext-proc-override-host`).
     Shim,
+    /// The Wasm picker over an ORIGINAL_DST pool (`envoy-config/wasm-picker`: no retry on another pod).
+    FilterOriginalDst,
+    /// The shim over an ORIGINAL_DST pool (`envoy-config/ext-proc`, GIE's reference shape).
+    ShimOriginalDst,
     /// Plain Envoy round-robin with health checks, outlier detection and retries (`envoy-config/round-robin`).
     RoundRobin,
 }
 
 impl Gateway {
-    pub const ALL: [Gateway; 3] = [Gateway::Filter, Gateway::Shim, Gateway::RoundRobin];
+    pub const ALL: [Gateway; 5] = [
+        Gateway::Filter,
+        Gateway::Shim,
+        Gateway::FilterOriginalDst,
+        Gateway::ShimOriginalDst,
+        Gateway::RoundRobin,
+    ];
+
+    /// What a run measures unless told otherwise: the two default shapes and the baseline (the
+    /// ORIGINAL_DST shapes would add two thirds to the run's time).
+    pub const DEFAULT: [Gateway; 3] = [Gateway::Filter, Gateway::Shim, Gateway::RoundRobin];
 
     pub fn key(self) -> &'static str {
         match self {
             Gateway::Filter => "filter",
             Gateway::Shim => "shim",
+            Gateway::FilterOriginalDst => "filter-original-dst",
+            Gateway::ShimOriginalDst => "shim-original-dst",
             Gateway::RoundRobin => "round-robin",
         }
     }
@@ -104,8 +132,36 @@ impl Gateway {
         match self {
             Gateway::Filter => "filter",
             Gateway::Shim => "ext_proc shim",
+            Gateway::FilterOriginalDst => "filter, ORIGINAL_DST",
+            Gateway::ShimOriginalDst => "shim, ORIGINAL_DST",
             Gateway::RoundRobin => "round-robin",
         }
+    }
+
+    /// The file under `envoy-config/`.
+    pub fn config(self) -> &'static str {
+        match self {
+            Gateway::Filter => "wasm-picker-override-host/envoy.yaml",
+            Gateway::Shim => "ext-proc-override-host/envoy.yaml",
+            Gateway::FilterOriginalDst => "wasm-picker/envoy.yaml",
+            Gateway::ShimOriginalDst => "ext-proc/envoy.yaml",
+            Gateway::RoundRobin => "round-robin/envoy.yaml",
+        }
+    }
+
+    /// The Wasm filter picks.
+    pub fn is_filter(self) -> bool {
+        matches!(self, Gateway::Filter | Gateway::FilterOriginalDst)
+    }
+
+    /// The ext_proc shim picks.
+    pub fn is_shim(self) -> bool {
+        matches!(self, Gateway::Shim | Gateway::ShimOriginalDst)
+    }
+
+    /// A default shape of the picker: the targets are judged on these.
+    pub fn is_default_picker(self) -> bool {
+        matches!(self, Gateway::Filter | Gateway::Shim)
     }
 
     pub fn from_key(key: &str) -> Option<Gateway> {
@@ -478,9 +534,10 @@ fn cell(cells: &[Cell], g: Gateway, f: Fault) -> Option<&Cell> {
     cells.iter().find(|c| c.gateway == g && c.fault == f)
 }
 
-/// The targets of issue 16, for the picker (filter and shim) in every fault the run has.
+/// The targets of issue 16, for the picker's default shapes (filter and shim over override_host) in every
+/// fault the run has; the ORIGINAL_DST shapes are measured for comparison, not judged.
 pub fn verdicts(cells: &[Cell]) -> Vec<Verdict> {
-    let ours: Vec<&Cell> = cells.iter().filter(|c| c.gateway != Gateway::RoundRobin).collect();
+    let ours: Vec<&Cell> = cells.iter().filter(|c| c.gateway.is_default_picker()).collect();
     let mut out = Vec::new();
     let mut judge = |target: &str,
                      of: &[&Cell],
@@ -503,6 +560,12 @@ pub fn verdicts(cells: &[Cell]) -> Vec<Verdict> {
     judge(
         "hung pod: no new request to it more than 2 s after the fault",
         &of(Fault::Hang),
+        &|c| c.to_faulty_late == 0,
+        &|c| format!("{} requests to it after 2 s, last {}", c.to_faulty_late, last_cell(c.last_to_faulty)),
+    );
+    judge(
+        "hung completions (/metrics fine): no new request to it more than 2 s after the fault",
+        &of(Fault::CompletionsHang),
         &|c| c.to_faulty_late == 0,
         &|c| format!("{} requests to it after 2 s, last {}", c.to_faulty_late, last_cell(c.last_to_faulty)),
     );
@@ -809,5 +872,27 @@ mod tests {
         assert!(back.met, "{back:?}");
         // Round-robin's own cells are not judged.
         assert!(v.iter().all(|v| !v.evidence.contains("round-robin")));
+    }
+
+    #[test]
+    fn only_the_default_shapes_are_judged_and_hung_completions_have_their_target() {
+        let base = reduce(&trial(
+            vec![sent(0, true, "b"), sent(12_000, true, "a")],
+            samples(6_000, 20_000, (0, 0), (0, 0)),
+        ));
+        let hung = Cell { fault: Fault::CompletionsHang, ..base.clone() };
+        let original_dst = Cell { gateway: Gateway::FilterOriginalDst, failed: 500, ..base.clone() };
+        let v = verdicts(&[hung.clone(), original_dst]);
+        assert!(v.iter().all(|v| !v.evidence.contains("ORIGINAL_DST")), "{v:?}");
+        let target = v.iter().find(|v| v.target.starts_with("hung completions")).unwrap();
+        // The faulty pod got requests until 6 s, 1 s after the fault: none after the 2 s grace.
+        assert!(target.met, "{target:?}");
+        let late = Cell { to_faulty_late: 3, ..hung };
+        let v = verdicts(&[late]);
+        assert!(!v.iter().find(|v| v.target.starts_with("hung completions")).unwrap().met);
+        for g in Gateway::ALL {
+            assert_eq!(Gateway::from_key(g.key()), Some(g));
+        }
+        assert_eq!(Fault::from_key("completions-hang"), Some(Fault::CompletionsHang));
     }
 }

@@ -221,6 +221,8 @@ fn inject(fault: Fault, sim: Option<&ModelSim>) -> Result<(), String> {
         Fault::MetricsHang => sim.set_faults(r#"{"metrics_hang": true}"#)?,
         Fault::Errors => sim.set_faults(r#"{"error_rate": 1, "error_status": 500}"#)?,
         Fault::MissingGauge => sim.set_faults(&format!(r#"{{"drop_gauges": ["{DROPPED_GAUGE}"]}}"#))?,
+        // Requests already being generated finish; new ones are read and left unanswered.
+        Fault::CompletionsHang => sim.set_faults(r#"{"completions_hang": true}"#)?,
     }
     Ok(())
 }
@@ -250,6 +252,8 @@ fn restore(fault: Fault, sims: &mut [ModelSim], port: u16, args: &[String]) -> R
         Fault::MetricsHang => slot.set_faults(r#"{"metrics_hang": false}"#)?,
         Fault::Errors => slot.set_faults(r#"{"error_rate": 0}"#)?,
         Fault::MissingGauge => slot.set_faults(r#"{"drop_gauges": []}"#)?,
+        // The requests it left hanging stay so until their clients give up.
+        Fault::CompletionsHang => slot.set_faults(r#"{"completions_hang": false}"#)?,
     }
     Ok(())
 }
