@@ -15,5 +15,6 @@ pub mod policy;
 pub mod report;
 pub mod sim;
 pub mod stats;
+pub mod topology;
 pub mod trace;
 pub mod workload;

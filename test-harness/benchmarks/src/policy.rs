@@ -1,5 +1,7 @@
 //! The routing policies compared: load-only baselines, GIE's two generations, two peers' cache-aware
-//! routers re-implemented from their published rules, and our recommended default configuration.
+//! routers re-implemented from their published rules, and our recommended default configuration; and,
+//! for the many-gateway runs, a Kubernetes Service (kube-proxy's per-connection pick) and GIE as it is
+//! deployed (one EPP for every gateway, reached over ext_proc).
 //!
 //! Everything that is ours to express runs through `scheduler-core` (`EndpointPicker`, or its legacy
 //! filters for the GIE v0.3 tree); SGLang's and Dynamo's routers are written here because they are
@@ -18,6 +20,8 @@ use std::collections::HashMap;
 #[derive(Clone, Copy, Debug)]
 pub struct GatewayRequest<'a> {
     pub id: u64,
+    /// The client connection the request came on (see `topology::Connections`).
+    pub connection: usize,
     /// `x-request-id`.
     pub request_id: &'a str,
     pub model: &'a str,
@@ -29,13 +33,28 @@ pub struct GatewayRequest<'a> {
     pub estimated_tokens: u64,
 }
 
-/// A routing policy. `pool` carries the last scrape's metrics and the gateway's in-flight counts.
+/// A routing policy at one decision point (one worker of one gateway). `pool` carries the last scrape
+/// of its gateway and the in-flight counts it knows: its own, and its sibling workers' as they were a
+/// moment ago.
 pub trait Policy {
     /// Index into `pool.endpoints`, or `None` when the policy rejects the request.
     fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize>;
     /// The first token streamed back (the gateway sees it on the response path).
     fn on_first_token(&mut self, _endpoint: usize, _id: u64) {}
     fn on_finish(&mut self, _endpoint: usize, _id: u64) {}
+    /// Called right after a `pick` that routed: the prefix block hashes this decision recorded on its
+    /// endpoint, which the filter sends to the gateway's other workers. `None`: nothing to share.
+    fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
+        None
+    }
+    /// A sibling worker's routed prefix reaches this decision point (the filter's prefix sync):
+    /// `endpoint` now holds `hashes`.
+    fn on_peer_routed(&mut self, _endpoint: usize, _hashes: &[u64], _pool: &PoolSnapshot) {}
+    /// Time between the gateway receiving the request and the request leaving for its endpoint, beyond
+    /// the in-proxy decision (an ext_proc round trip).
+    fn decision_latency_us(&self, _req: &GatewayRequest<'_>) -> u64 {
+        0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,6 +67,12 @@ pub enum PolicyKind {
     SglangCacheAware,
     DynamoCost,
     Ours,
+    /// A Kubernetes Service: kube-proxy picks a pod at random per connection, and clients keep their
+    /// connections alive, so every connection stays on its pod.
+    K8sService,
+    /// GIE as deployed: its default configuration in ONE endpoint picker (a single active EPP) that
+    /// every gateway worker asks over ext_proc, each request paying the ext_proc round trip.
+    GieReference,
 }
 
 impl PolicyKind {
@@ -62,8 +87,13 @@ impl PolicyKind {
         PolicyKind::Ours,
     ];
 
+    /// Policies for the many-gateway comparison, not run by default (the default suite stays as it was).
+    pub const EXTRA: [PolicyKind; 2] = [PolicyKind::K8sService, PolicyKind::GieReference];
+
     pub fn name(self) -> &'static str {
         match self {
+            PolicyKind::K8sService => "k8s-service",
+            PolicyKind::GieReference => "gie-reference",
             PolicyKind::RoundRobin => "round-robin",
             PolicyKind::Random => "random",
             PolicyKind::LeastRequest => "least-request",
@@ -76,11 +106,38 @@ impl PolicyKind {
     }
 
     pub fn parse(s: &str) -> Option<PolicyKind> {
-        PolicyKind::ALL.into_iter().find(|p| p.name() == s)
+        PolicyKind::ALL.into_iter().chain(PolicyKind::EXTRA).find(|p| p.name() == s)
+    }
+
+    /// One decision point whatever the topology: GIE's single active EPP.
+    pub fn single_decision_point(self) -> bool {
+        self == PolicyKind::GieReference
+    }
+
+    /// One policy per decision point of `topology` (one in all for a single-decision-point policy),
+    /// each with its own seed and state; decision point 0 gets `seed` itself, so a 1×1 topology runs
+    /// exactly what `build(seed)` runs. Round-robin cursors start at the decision point's number.
+    pub fn build_decision_points(
+        self,
+        seed: u64,
+        topology: &crate::topology::Topology,
+    ) -> Result<Vec<Box<dyn Policy>>, String> {
+        let n = if self.single_decision_point() { 1 } else { topology.decision_points() };
+        (0..n)
+            .map(|k| {
+                if self == PolicyKind::RoundRobin {
+                    return Ok(Box::new(RoundRobin { next: k }) as Box<dyn Policy>);
+                }
+                let seed = if k == 0 { seed } else { seed ^ (k as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) };
+                self.build(seed)
+            })
+            .collect()
     }
 
     pub fn build(self, seed: u64) -> Result<Box<dyn Policy>, String> {
         Ok(match self {
+            PolicyKind::K8sService => Box::new(K8sService { pinned: HashMap::new(), rng: Rng::new(seed) }),
+            PolicyKind::GieReference => Box::new(GieReference { picker: Picker::new("", seed)? }),
             PolicyKind::RoundRobin => Box::new(RoundRobin { next: 0 }),
             PolicyKind::Random => Box::new(RandomPick { rng: Rng::new(seed) }),
             PolicyKind::LeastRequest => Box::new(LeastRequest { rng: Rng::new(seed) }),
@@ -135,7 +192,10 @@ impl Policy for RandomPick {
 }
 
 /// The endpoint with the fewest gateway in-flight requests (ties at random), like Envoy's
-/// least-request with full scan: no metrics at all, only what the gateway itself sent.
+/// least-request with full scan: no metrics at all, only what the gateway itself sent. Envoy compares
+/// each host's `rq_active`, a gauge all workers of the process share, so with several workers this
+/// reads the pool's in-flight counts (this worker's own, its siblings' a millisecond late), and nothing
+/// of the other gateway replicas.
 struct LeastRequest {
     rng: Rng,
 }
@@ -167,12 +227,15 @@ fn index_of(pool: &PoolSnapshot, address: &str) -> Option<usize> {
 struct Picker {
     picker: EndpointPicker,
     seed: u64,
+    /// The prefix hashes the last decision recorded (`Route::prefix_hashes`, what the filter sends to
+    /// its other workers).
+    routed_prefix: Vec<u64>,
 }
 
 impl Picker {
     fn new(config: &str, seed: u64) -> Result<Picker, String> {
         let picker = EndpointPicker::from_json(config).map_err(|e| format!("picker config: {e}"))?;
-        Ok(Picker { picker, seed })
+        Ok(Picker { picker, seed, routed_prefix: Vec::new() })
     }
 }
 
@@ -181,11 +244,80 @@ impl Policy for Picker {
         let info =
             RequestInfo { path: "/v1/completions", request_id: req.request_id, ..RequestInfo::default() };
         let seed = self.seed ^ req.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        match self.picker.decide(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
-            Outcome::Route(r) => index_of(pool, &r.destination),
-            Outcome::FailOpen { route: Some(r), .. } => index_of(pool, &r.destination),
-            Outcome::FailOpen { route: None, .. } | Outcome::Reply(_) => None,
+        let route = match self.picker.decide(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
+            Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } => r,
+            Outcome::FailOpen { route: None, .. } | Outcome::Reply(_) => return None,
+        };
+        let pick = index_of(pool, &route.destination);
+        self.routed_prefix = route.prefix_hashes;
+        pick
+    }
+
+    fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
+        let hashes = std::mem::take(&mut self.routed_prefix);
+        (!hashes.is_empty()).then_some(hashes)
+    }
+
+    /// What the filter's worker does with a sibling's update: `Scheduler::learn_prefix`.
+    fn on_peer_routed(&mut self, endpoint: usize, hashes: &[u64], pool: &PoolSnapshot) {
+        if let Some(e) = pool.endpoints.get(endpoint) {
+            self.picker.scheduler_mut().learn_prefix(pool, e.address(), hashes);
         }
+    }
+}
+
+/// kube-proxy behind a Service: the first request on a connection opens it to a uniformly random pod,
+/// and every later request on that connection goes to the same pod.
+struct K8sService {
+    pinned: HashMap<usize, usize>,
+    rng: Rng,
+}
+
+impl Policy for K8sService {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, _: u64) -> Option<usize> {
+        let n = pool.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let pod = match self.pinned.get(&req.connection) {
+            Some(&p) if p < n => p,
+            _ => {
+                let p = self.rng.below(n);
+                self.pinned.insert(req.connection, p);
+                p
+            }
+        };
+        Some(pod)
+    }
+}
+
+/// The ext_proc round trip of one request: what the ext_proc shim (our scheduler behind ext_proc, the
+/// same hop GIE's EPP sits behind) added to Envoy's median latency in the overhead run recorded in
+/// docs/bench/overhead.md (Envoy with 1 worker, p50 above plain Envoy's: 1.68 ms at 4 KiB bodies,
+/// 7.16 ms at 220 KiB), as a line through those two points: 1.58 ms + 25.4 µs per KiB of body. (That run
+/// drove Envoy at its limit with 8 connections, so the figures include some queueing in the shim.)
+pub const EXT_PROC_HOP_BASE_US: f64 = 1_582.0;
+pub const EXT_PROC_HOP_PER_KIB_US: f64 = 25.35;
+
+pub fn ext_proc_hop_us(body_bytes: usize) -> u64 {
+    (EXT_PROC_HOP_BASE_US + EXT_PROC_HOP_PER_KIB_US * body_bytes as f64 / 1024.0).round() as u64
+}
+
+/// GIE's default configuration in one EPP that every gateway asks over ext_proc.
+struct GieReference {
+    picker: Picker,
+}
+
+impl Policy for GieReference {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize> {
+        let pick = self.picker.pick(req, pool, now_ms);
+        // One EPP: nobody to share its prefixes with.
+        self.picker.routed_prefix.clear();
+        pick
+    }
+
+    fn decision_latency_us(&self, req: &GatewayRequest<'_>) -> u64 {
+        ext_proc_hop_us(req.body.len())
     }
 }
 
@@ -446,6 +578,7 @@ mod tests {
         let body = format!(r#"{{"model":"{model}","prompt":"a prompt of no shared prefix","max_tokens":8}}"#);
         let req = GatewayRequest {
             id: 1,
+            connection: 0,
             request_id: "r1",
             model,
             prompt: "a prompt of no shared prefix",
@@ -478,5 +611,69 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(pick(ours.as_mut(), &p, "llama-3.1-8b"), Some(0));
         }
+    }
+
+    #[test]
+    fn a_picker_learns_a_siblings_routed_prefix_as_if_it_had_routed_it() {
+        let system = "you are a careful assistant who answers in full sentences ".repeat(60);
+        let ask = |p: &mut dyn Policy, pool: &PoolSnapshot, id: u64| {
+            let prompt = format!("{system}question {id}");
+            let body = format!(r#"{{"model":"m","prompt":"{prompt}","max_tokens":8}}"#);
+            let request_id = format!("r{id}");
+            let req = GatewayRequest {
+                id,
+                connection: 0,
+                request_id: &request_id,
+                model: "m",
+                prompt: &prompt,
+                body: body.as_bytes(),
+                max_tokens: 8,
+                estimated_tokens: 10,
+            };
+            p.pick(&req, pool, NOW)
+        };
+        let p = pool(&[(0, &[], 4), (0, &[], 4), (0, &[], 4), (0, &[], 4)]);
+        let mut a = PolicyKind::Ours.build(1).unwrap();
+        let first = ask(a.as_mut(), &p, 1).unwrap();
+        let hashes = a.take_routed_prefix().unwrap();
+        assert!(hashes.len() > 40, "{} blocks", hashes.len());
+        assert_eq!(a.take_routed_prefix(), None, "taken once");
+        // A sibling that has not heard of it spreads the same prefix over the idle pool ...
+        let fresh: std::collections::BTreeSet<usize> =
+            (0..24).map(|s| ask(PolicyKind::Ours.build(s).unwrap().as_mut(), &p, 100 + s).unwrap()).collect();
+        assert!(fresh.len() > 1, "{fresh:?}");
+        // ... one that learned it follows it.
+        let mut b = PolicyKind::Ours.build(2).unwrap();
+        b.on_peer_routed(first, &hashes, &p);
+        for id in 200..216 {
+            assert_eq!(ask(b.as_mut(), &p, id), Some(first));
+        }
+        // Policies that share nothing ignore it; the reference EPP has no siblings to tell.
+        let mut rr = PolicyKind::RoundRobin.build(0).unwrap();
+        rr.on_peer_routed(first, &hashes, &p);
+        assert_eq!(rr.take_routed_prefix(), None);
+        let mut reference = PolicyKind::GieReference.build(1).unwrap();
+        assert!(ask(reference.as_mut(), &p, 300).is_some());
+        assert_eq!(reference.take_routed_prefix(), None);
+        assert_eq!(ext_proc_hop_us(4096), 1_683);
+        assert_eq!(ext_proc_hop_us(220 * 1024), 7_159);
+    }
+
+    #[test]
+    fn decision_points_get_their_own_seeds_and_round_robin_cursors() {
+        let t = crate::topology::Topology::new(2, 3);
+        assert_eq!(PolicyKind::Ours.build_decision_points(1, &t).unwrap().len(), 6);
+        assert_eq!(PolicyKind::GieReference.build_decision_points(1, &t).unwrap().len(), 1);
+        let p = pool(&[(0, &[], 4), (0, &[], 4), (0, &[], 4), (0, &[], 4)]);
+        let mut rr = PolicyKind::RoundRobin.build_decision_points(0, &t).unwrap();
+        let firsts: Vec<Option<usize>> = rr.iter_mut().map(|x| pick(x.as_mut(), &p, "m")).collect();
+        assert_eq!(firsts, vec![Some(0), Some(1), Some(2), Some(3), Some(0), Some(1)]);
+        let mut random = PolicyKind::Random.build_decision_points(5, &t).unwrap();
+        let draws: Vec<Vec<Option<usize>>> =
+            random.iter_mut().map(|x| (0..8).map(|_| pick(x.as_mut(), &p, "m")).collect()).collect();
+        assert_ne!(draws[0], draws[1]);
+        // Decision point 0 is what `build(seed)` gives.
+        let mut alone = PolicyKind::Random.build(5).unwrap();
+        assert_eq!(draws[0], (0..8).map(|_| pick(alone.as_mut(), &p, "m")).collect::<Vec<_>>());
     }
 }

@@ -1,14 +1,23 @@
-//! The discrete-event loop: one trace, N simulated replicas, one policy, all in virtual time.
+//! The discrete-event loop: one trace, N simulated replicas, the policy at every decision point, all in
+//! virtual time.
 //!
-//! What the policy sees is what a gateway sees: metrics from a scrape every `scrape_interval_ms` (the
-//! values at scrape time, stamped with it) and its own in-flight counts, incremented when it routes a
-//! request (with the picker's token estimate) and decremented when the response ends.
+//! What a decision point sees is what one worker of a gateway sees: metrics from its gateway's scrape
+//! every `scrape_interval_ms` (the values at scrape time, stamped with it), its own in-flight counts,
+//! incremented when it routes a request (with the picker's token estimate) and decremented when the
+//! response ends, and its sibling workers' counts `topology.inflight_delay_us` late. A sibling's routed
+//! prefix reaches it `topology.prefix_delay_us` after the decision ([`Policy::on_peer_routed`]).
+//! Gateway replicas share nothing: each scrapes on its own phase. With one gateway of one worker (the
+//! default) this is exactly the single-gateway loop the suite always ran.
 
 use crate::policy::{GatewayRequest, Policy};
+use crate::topology::{Connections, Pods, Topology};
 use crate::workload::{Arrival, BYTES_PER_TOKEN};
 use model_sim::{Engine, EngineConfig, EngineMetrics, Event, EventKind, Prompt, Request, StepModel};
 use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
 use std::fmt;
+use std::rc::Rc;
 
 /// Shape of the simulated cluster.
 #[derive(Clone, Debug)]
@@ -16,6 +25,10 @@ pub struct SimConfig {
     pub replicas: usize,
     pub engine: EngineConfig,
     pub scrape_interval_ms: u64,
+    /// Gateway replicas × workers and the client connections (default 1 × 1).
+    pub topology: Topology,
+    /// Replica speeds and slow-down windows (default: all calibrated).
+    pub pods: Pods,
 }
 
 impl SimConfig {
@@ -24,6 +37,8 @@ impl SimConfig {
             replicas,
             engine: EngineConfig { emit_token_events: false, ..EngineConfig::h100_llama3_8b() },
             scrape_interval_ms: 50,
+            topology: Topology::default(),
+            pods: Pods::default(),
         }
     }
 
@@ -106,6 +121,11 @@ pub enum SimError {
         index: usize,
         replicas: usize,
     },
+    /// Neither one policy nor one per decision point of the topology.
+    BadTopology {
+        policies: usize,
+        decision_points: usize,
+    },
 }
 
 impl fmt::Display for SimError {
@@ -116,6 +136,10 @@ impl fmt::Display for SimError {
             SimError::BadPick { id, index, replicas } => {
                 write!(f, "request {id}: policy picked endpoint {index}, expected an index below {replicas}")
             }
+            SimError::BadTopology { policies, decision_points } => write!(
+                f,
+                "{policies} policies for {decision_points} decision points: expected one per decision point, or one"
+            ),
         }
     }
 }
@@ -144,22 +168,156 @@ fn to_metrics(m: &EngineMetrics, now_ms: u64) -> Metrics {
 /// Per-request bookkeeping the loop needs until the response ends.
 #[derive(Clone, Copy, Default)]
 struct Pending {
+    decision_point: usize,
     endpoint: usize,
     estimated_tokens: u64,
 }
 
-/// Replays `trace` through `policy` on a fresh cluster. Every routed request runs to completion.
+/// Something that happens later than the moment it was decided.
+enum Deferred {
+    /// A decision point learns of a sibling's in-flight change.
+    InFlight { decision_point: usize, endpoint: usize, tokens: u64, add: bool },
+    /// A decision point learns of a sibling's routed prefix.
+    PeerRouted { decision_point: usize, endpoint: usize, hashes: Rc<Vec<u64>> },
+    /// A request leaves the gateway for its endpoint after an ext_proc round trip.
+    Submit { endpoint: usize, request: Request },
+    /// A replica's noisy neighbour arrives (factor > 1) or leaves (1).
+    Slowdown { replica: usize, factor: f64 },
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    what: Deferred,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Queued) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Queued) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Queued) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Deferred work in time order (equal times in the order they were queued).
+#[derive(Default)]
+struct Later {
+    heap: BinaryHeap<Reverse<Queued>>,
+    seq: u64,
+    /// Submits waiting: the run is not over while there are any.
+    submits: usize,
+}
+
+impl Later {
+    fn push(&mut self, at: u64, what: Deferred) {
+        if matches!(what, Deferred::Submit { .. }) {
+            self.submits += 1;
+        }
+        self.seq += 1;
+        self.heap.push(Reverse(Queued { at, seq: self.seq, what }));
+    }
+
+    fn next_time(&self) -> Option<u64> {
+        self.heap.peek().map(|q| q.0.at)
+    }
+
+    fn pop(&mut self) -> Option<Queued> {
+        let q = self.heap.pop()?.0;
+        if matches!(q.what, Deferred::Submit { .. }) {
+            self.submits -= 1;
+        }
+        Some(q)
+    }
+}
+
+/// Who decides where: decision points are numbered gateway-major (dp / workers is the gateway);
+/// `siblings[dp]` are the other decision points of dp's gateway.
+struct Layout {
+    siblings: Vec<Vec<usize>>,
+    /// Decision points of each gateway.
+    members: Vec<Vec<usize>>,
+}
+
+impl Layout {
+    fn new(topology: &Topology, decision_points: usize) -> Result<Layout, SimError> {
+        let (gateways, workers) = if decision_points == 1 {
+            (1, 1)
+        } else if decision_points == topology.decision_points() {
+            (topology.gateways, topology.workers)
+        } else {
+            return Err(SimError::BadTopology {
+                policies: decision_points,
+                decision_points: topology.decision_points(),
+            });
+        };
+        let members: Vec<Vec<usize>> =
+            (0..gateways).map(|g| (g * workers..(g + 1) * workers).collect()).collect();
+        let siblings = (0..gateways * workers)
+            .map(|dp| {
+                let gateway = members.get(dp / workers).map_or(&[][..], Vec::as_slice);
+                gateway.iter().copied().filter(|&s| s != dp).collect()
+            })
+            .collect();
+        Ok(Layout { siblings, members })
+    }
+
+    fn siblings(&self, dp: usize) -> &[usize] {
+        self.siblings.get(dp).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Replays `trace` through one `policy` on a fresh cluster: a single decision point that every client
+/// connection reaches, whatever `cfg.topology` says. Every routed request runs to completion.
 pub fn run(trace: &[Arrival], policy: &mut dyn Policy, cfg: &SimConfig) -> Result<RunResult, SimError> {
+    run_decision_points(trace, &mut [policy], cfg)
+}
+
+/// [`run_decision_points`] for policies as [`crate::policy::PolicyKind::build_decision_points`] builds them.
+pub fn run_boxed(
+    trace: &[Arrival],
+    policies: &mut [Box<dyn Policy>],
+    cfg: &SimConfig,
+) -> Result<RunResult, SimError> {
+    let mut refs: Vec<&mut dyn Policy> = Vec::with_capacity(policies.len());
+    for p in policies.iter_mut() {
+        refs.push(p.as_mut());
+    }
+    run_decision_points(trace, &mut refs, cfg)
+}
+
+/// Replays `trace` through `policies`, one per decision point of `cfg.topology` (gateway-major: the
+/// workers of gateway 0, then of gateway 1, ...), or a single one that every connection reaches.
+pub fn run_decision_points(
+    trace: &[Arrival],
+    policies: &mut [&mut dyn Policy],
+    cfg: &SimConfig,
+) -> Result<RunResult, SimError> {
+    let layout = Layout::new(&cfg.topology, policies.len())?;
+    let mut connections = Connections::new(&cfg.topology, policies.len());
     let mut engines = Vec::with_capacity(cfg.replicas);
     for i in 0..cfg.replicas {
-        let engine_cfg = EngineConfig { seed: cfg.engine.seed ^ i as u64, ..cfg.engine.clone() };
+        let engine_cfg = EngineConfig {
+            seed: cfg.engine.seed ^ i as u64,
+            speed: cfg.engine.speed * cfg.pods.speed(i),
+            ..cfg.engine.clone()
+        };
         engines.push(Engine::new(engine_cfg).map_err(|e| SimError::BadEngineConfig(e.to_string()))?);
     }
-    let mut pool = PoolSnapshot {
+    let empty_pool = PoolSnapshot {
         pool: String::from("bench"),
         endpoints: (0..cfg.replicas).map(|i| EndpointState::new(Endpoint::new(replica_address(i)))).collect(),
         ..PoolSnapshot::default()
     };
+    let mut pools: Vec<PoolSnapshot> = vec![empty_pool; policies.len()];
     let mut records: Vec<RequestRecord> = trace
         .iter()
         .map(|a| RequestRecord {
@@ -172,45 +330,99 @@ pub fn run(trace: &[Arrival], policy: &mut dyn Policy, cfg: &SimConfig) -> Resul
     let mut pending: Vec<Pending> = vec![Pending::default(); trace.len()];
     let mut per_replica = vec![0u64; cfg.replicas];
     let scrape_us = cfg.scrape_interval_ms.max(1) * 1000;
-    let mut next_scrape = 0u64;
+    let mut next_scrape = cfg.topology.scrape_phases(layout.members.len(), scrape_us);
+    let mut later = Later::default();
+    for w in &cfg.pods.windows {
+        later.push(w.start_us, Deferred::Slowdown { replica: w.replica, factor: w.factor });
+        later.push(w.end_us, Deferred::Slowdown { replica: w.replica, factor: 1.0 });
+    }
     let mut next_arrival = 0usize;
     let mut events: Vec<Event> = Vec::new();
     let mut makespan = 0u64;
+    let inflight_delay = cfg.topology.inflight_delay_us;
+    let prefix_delay = cfg.topology.prefix_delay_us;
 
     loop {
         let engine_next =
             engines.iter().enumerate().filter_map(|(i, e)| Some((e.next_event_time()?, i))).min();
         let arrival_at = trace.get(next_arrival).map(|a| a.at_us);
-        if engine_next.is_none() && arrival_at.is_none() {
+        if engine_next.is_none() && arrival_at.is_none() && later.submits == 0 {
             break;
         }
-        let t = [engine_next.map(|(t, _)| t), arrival_at, Some(next_scrape)].into_iter().flatten().min();
+        let scrape = next_scrape.iter().enumerate().map(|(g, &t)| (t, g)).min();
+        let t = [engine_next.map(|(t, _)| t), arrival_at, scrape.map(|(t, _)| t), later.next_time()]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(t) = t else { break };
+        let mut done = Done { records: &mut records, pending: &pending, pools: &mut pools, layout: &layout };
         if let Some((te, i)) = engine_next.filter(|&(te, _)| te == t) {
             if let Some(e) = engines.get_mut(i) {
                 events.clear();
                 e.advance(te, &mut events);
             }
-            settle(&events, i, &mut records, &pending, &mut pool, policy, &mut makespan);
+            done.settle(&events, i, policies, &mut later, inflight_delay, &mut makespan);
             continue;
         }
-        if next_scrape == t {
+        if let Some((_, g)) = scrape.filter(|&(ts, _)| ts == t) {
             for (i, e) in engines.iter_mut().enumerate() {
                 events.clear();
                 e.advance(t, &mut events);
-                settle(&events, i, &mut records, &pending, &mut pool, policy, &mut makespan);
+                done.settle(&events, i, policies, &mut later, inflight_delay, &mut makespan);
             }
             let now_ms = t / 1000;
-            for (state, e) in pool.endpoints.iter_mut().zip(&engines) {
-                state.metrics = Some(to_metrics(&e.metrics(), now_ms));
+            for &dp in layout.members.get(g).map_or(&[][..], Vec::as_slice) {
+                let Some(pool) = pools.get_mut(dp) else { continue };
+                for (state, e) in pool.endpoints.iter_mut().zip(&engines) {
+                    state.metrics = Some(to_metrics(&e.metrics(), now_ms));
+                }
+                pool.generation += 1;
+                pool.published_at_ms = now_ms;
             }
-            pool.generation += 1;
-            pool.published_at_ms = now_ms;
-            next_scrape += scrape_us;
+            if let Some(n) = next_scrape.get_mut(g) {
+                *n += scrape_us;
+            }
+            continue;
+        }
+        if later.next_time() == Some(t) {
+            let Some(q) = later.pop() else { break };
+            match q.what {
+                Deferred::InFlight { decision_point, endpoint, tokens, add } => {
+                    if let Some(s) = pools.get_mut(decision_point).and_then(|p| p.endpoints.get_mut(endpoint))
+                    {
+                        if add {
+                            s.in_flight.add(tokens);
+                        } else {
+                            s.in_flight.remove(tokens);
+                        }
+                    }
+                }
+                Deferred::PeerRouted { decision_point, endpoint, hashes } => {
+                    if let (Some(p), Some(pool)) =
+                        (policies.get_mut(decision_point), pools.get(decision_point))
+                    {
+                        p.on_peer_routed(endpoint, &hashes, pool);
+                    }
+                }
+                Deferred::Submit { endpoint, request } => {
+                    let id = request.id;
+                    if let Some(e) = engines.get_mut(endpoint) {
+                        e.submit(request, t).map_err(|e| SimError::Refused { id, reason: e.to_string() })?;
+                    }
+                }
+                Deferred::Slowdown { replica, factor } => {
+                    if let Some(e) = engines.get_mut(replica) {
+                        e.set_slowdown(factor);
+                    }
+                }
+            }
             continue;
         }
         let Some(a) = trace.get(next_arrival) else { break };
         next_arrival += 1;
+        let (connection, dp) = connections.next_request();
+        let Some(policy) = policies.get_mut(dp) else { continue };
+        let Some(pool) = pools.get_mut(dp) else { continue };
         let text = a.prompt_text();
         let model = a.model();
         let request_id = format!("req-{}", a.id);
@@ -219,6 +431,7 @@ pub fn run(trace: &[Arrival], policy: &mut dyn Policy, cfg: &SimConfig) -> Resul
             (text.len() as u64).div_ceil(BYTES_PER_TOKEN as u64) + u64::from(a.output_tokens);
         let req = GatewayRequest {
             id: a.id,
+            connection,
             request_id: &request_id,
             model: &model,
             prompt: &text,
@@ -226,20 +439,37 @@ pub fn run(trace: &[Arrival], policy: &mut dyn Policy, cfg: &SimConfig) -> Resul
             max_tokens: a.output_tokens,
             estimated_tokens,
         };
-        let Some(pick) = policy.pick(&req, &pool, t / 1000) else { continue };
+        let Some(pick) = policy.pick(&req, pool, t / 1000) else { continue };
         if pick >= engines.len() {
             return Err(SimError::BadPick { id: a.id, index: pick, replicas: engines.len() });
         }
+        let siblings = layout.siblings(dp);
+        if let Some(hashes) = policy.take_routed_prefix().filter(|_| !siblings.is_empty()) {
+            let hashes = Rc::new(hashes);
+            for &s in siblings {
+                let what =
+                    Deferred::PeerRouted { decision_point: s, endpoint: pick, hashes: Rc::clone(&hashes) };
+                later.push(t + prefix_delay, what);
+            }
+        }
+        let hop = policy.decision_latency_us(&req);
         let prompt = Prompt::from_text(&text, cfg.engine.block_size);
         let engine_req = Request { id: a.id, prompt, max_tokens: a.output_tokens, lora: a.lora };
-        if let Some(e) = engines.get_mut(pick) {
+        if hop > 0 {
+            later.push(t + hop, Deferred::Submit { endpoint: pick, request: engine_req });
+        } else if let Some(e) = engines.get_mut(pick) {
             e.submit(engine_req, t).map_err(|e| SimError::Refused { id: a.id, reason: e.to_string() })?;
         }
         if let Some(state) = pool.endpoints.get_mut(pick) {
             state.in_flight.add(estimated_tokens);
         }
+        for &s in siblings {
+            let what =
+                Deferred::InFlight { decision_point: s, endpoint: pick, tokens: estimated_tokens, add: true };
+            later.push(t + inflight_delay, what);
+        }
         if let Some(p) = pending.get_mut(a.id as usize) {
-            *p = Pending { endpoint: pick, estimated_tokens };
+            *p = Pending { decision_point: dp, endpoint: pick, estimated_tokens };
         }
         if let Some(r) = records.get_mut(a.id as usize) {
             r.endpoint = Some(pick);
@@ -251,36 +481,63 @@ pub fn run(trace: &[Arrival], policy: &mut dyn Policy, cfg: &SimConfig) -> Resul
     Ok(RunResult { records, makespan_us: makespan, per_replica })
 }
 
-/// Applies one replica's events: latencies, the gateway's in-flight decrement at the end of a response.
-fn settle(
-    events: &[Event],
-    replica: usize,
-    records: &mut [RequestRecord],
-    pending: &[Pending],
-    pool: &mut PoolSnapshot,
-    policy: &mut dyn Policy,
-    makespan: &mut u64,
-) {
-    for ev in events {
-        let Some(r) = records.get_mut(ev.id as usize) else { continue };
-        match ev.kind {
-            EventKind::FirstToken => {
-                r.first_token_us = Some(ev.time_us);
-                policy.on_first_token(replica, ev.id);
-            }
-            EventKind::Finished(usage) => {
-                r.finish_us = Some(ev.time_us);
-                r.cached_tokens = usage.cached_prompt_tokens;
-                *makespan = (*makespan).max(ev.time_us);
-                if let Some(p) = pending.get(ev.id as usize) {
-                    if let Some(state) = pool.endpoints.get_mut(p.endpoint) {
-                        state.in_flight.remove(p.estimated_tokens);
+/// What the response path updates: latencies, and the in-flight counts of the decision point that
+/// routed the request (at once) and of its siblings (late).
+struct Done<'a> {
+    records: &'a mut [RequestRecord],
+    pending: &'a [Pending],
+    pools: &'a mut [PoolSnapshot],
+    layout: &'a Layout,
+}
+
+impl Done<'_> {
+    /// Applies one replica's events.
+    fn settle(
+        &mut self,
+        events: &[Event],
+        replica: usize,
+        policies: &mut [&mut dyn Policy],
+        later: &mut Later,
+        inflight_delay: u64,
+        makespan: &mut u64,
+    ) {
+        for ev in events {
+            let Some(r) = self.records.get_mut(ev.id as usize) else { continue };
+            let Some(&p) = self.pending.get(ev.id as usize) else { continue };
+            match ev.kind {
+                EventKind::FirstToken => {
+                    r.first_token_us = Some(ev.time_us);
+                    if let Some(policy) = policies.get_mut(p.decision_point) {
+                        policy.on_first_token(replica, ev.id);
                     }
                 }
-                policy.on_finish(replica, ev.id);
+                EventKind::Finished(usage) => {
+                    r.finish_us = Some(ev.time_us);
+                    r.cached_tokens = usage.cached_prompt_tokens;
+                    *makespan = (*makespan).max(ev.time_us);
+                    let own = self
+                        .pools
+                        .get_mut(p.decision_point)
+                        .and_then(|pool| pool.endpoints.get_mut(p.endpoint));
+                    if let Some(state) = own {
+                        state.in_flight.remove(p.estimated_tokens);
+                    }
+                    for &s in self.layout.siblings(p.decision_point) {
+                        let what = Deferred::InFlight {
+                            decision_point: s,
+                            endpoint: p.endpoint,
+                            tokens: p.estimated_tokens,
+                            add: false,
+                        };
+                        later.push(ev.time_us + inflight_delay, what);
+                    }
+                    if let Some(policy) = policies.get_mut(p.decision_point) {
+                        policy.on_finish(replica, ev.id);
+                    }
+                }
+                EventKind::Preempted => r.preemptions += 1,
+                EventKind::Token => {}
             }
-            EventKind::Preempted => r.preemptions += 1,
-            EventKind::Token => {}
         }
     }
 }
@@ -289,6 +546,7 @@ fn settle(
 mod tests {
     use super::*;
     use crate::policy::PolicyKind;
+    use crate::topology::Topology;
     use crate::workload::{generate, SharedPrefixShape, TraceSpec, WorkloadKind};
 
     fn small_cluster() -> SimConfig {
@@ -417,5 +675,234 @@ mod tests {
         let mut w = Watch { worst_age: 0, saw_metrics: false };
         run(&trace(WorkloadKind::ShareGpt, 50.0, 200, 3), &mut w, &small_cluster()).unwrap();
         assert!(w.saw_metrics && w.worst_age < 50 && w.worst_age >= 40, "{}", w.worst_age);
+    }
+
+    /// What one decision point saw, in the order things happened across all of them.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Seen {
+        /// (decision point, request id, connection, arrival ms, in-flight requests it saw in total)
+        Pick(usize, u64, usize, u64, u32),
+        /// (decision point, request id whose prefix arrived)
+        Peer(usize, u64),
+    }
+
+    /// Sends everything to endpoint 0, shares the request id as its "prefix", logs what it sees.
+    struct Probe {
+        dp: usize,
+        log: std::rc::Rc<std::cell::RefCell<Vec<Seen>>>,
+        last: Option<u64>,
+    }
+
+    impl Policy for Probe {
+        fn pick(&mut self, r: &GatewayRequest<'_>, pool: &PoolSnapshot, now: u64) -> Option<usize> {
+            let seen = pool.endpoints.iter().map(|e| e.in_flight.requests).sum();
+            self.log.borrow_mut().push(Seen::Pick(self.dp, r.id, r.connection, now, seen));
+            self.last = Some(r.id);
+            Some(0)
+        }
+        fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
+            self.last.take().map(|id| vec![id])
+        }
+        fn on_peer_routed(&mut self, endpoint: usize, hashes: &[u64], _: &PoolSnapshot) {
+            assert_eq!(endpoint, 0);
+            self.log.borrow_mut().push(Seen::Peer(self.dp, hashes[0]));
+        }
+    }
+
+    /// Runs probes on `gateways` × `workers`: 60 requests 0.5 ms apart that all stay in flight.
+    fn probe_run(gateways: usize, workers: usize) -> Vec<Seen> {
+        let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut cfg = small_cluster();
+        cfg.topology = Topology::new(gateways, workers);
+        let mut probes: Vec<Probe> =
+            (0..gateways * workers).map(|dp| Probe { dp, log: log.clone(), last: None }).collect();
+        let mut policies: Vec<&mut dyn Policy> = probes.iter_mut().map(|p| p as &mut dyn Policy).collect();
+        let t: Vec<Arrival> = (0..60)
+            .map(|i| Arrival {
+                id: i,
+                at_us: 500 * i,
+                pieces: vec![crate::workload::Piece { seed: i, tokens: 50 }],
+                output_tokens: 2000,
+                lora: None,
+            })
+            .collect();
+        run_decision_points(&t, &mut policies, &cfg).unwrap();
+        let out = log.borrow().clone();
+        out
+    }
+
+    fn picks(log: &[Seen]) -> Vec<(usize, u64, usize, u64, u32)> {
+        log.iter()
+            .filter_map(|s| match *s {
+                Seen::Pick(dp, id, c, at, seen) => Some((dp, id, c, at, seen)),
+                Seen::Peer(..) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connections_stay_on_their_decision_point_and_every_worker_decides() {
+        let log = probe_run(2, 2);
+        let p = picks(&log);
+        assert_eq!(p.len(), 60);
+        let mut pinned = std::collections::HashMap::new();
+        for &(dp, _, c, _, _) in &p {
+            assert_eq!(*pinned.entry(c).or_insert(dp), dp, "connection {c} moved");
+        }
+        let used: std::collections::BTreeSet<usize> = p.iter().map(|x| x.0).collect();
+        assert_eq!(used.len(), 4, "{used:?}");
+    }
+
+    #[test]
+    fn a_worker_sees_a_siblings_decisions_only_after_the_delays() {
+        let log = probe_run(1, 2);
+        let p = picks(&log);
+        // Request i arrives at 0.5·i ms.
+        let at = |id: u64| 500 * id;
+        for (k, s) in log.iter().enumerate() {
+            match *s {
+                // In flight: its own picks at once, the sibling's once they are 1 ms old (nothing ends).
+                Seen::Pick(dp, id, _, _, seen) => {
+                    let own = p.iter().filter(|x| x.0 == dp && x.1 < id).count();
+                    let sibling = p.iter().filter(|x| x.0 != dp && at(x.1) + 1_000 <= at(id)).count();
+                    assert_eq!(seen as usize, own + sibling, "decision point {dp}, request {id}");
+                }
+                // The prefix: after every pick of the receiver earlier than 10 ms after the sibling's
+                // decision, before every later one.
+                Seen::Peer(dp, id) => {
+                    let due = at(id) + 10_000;
+                    let (before, after) = log.split_at(k);
+                    assert!(picks(after).iter().all(|x| x.0 != dp || at(x.1) >= due));
+                    assert!(picks(before).iter().all(|x| x.0 != dp || at(x.1) < due));
+                    assert_ne!(p.iter().find(|x| x.1 == id).unwrap().0, dp, "only siblings learn");
+                }
+            }
+        }
+        // Each of the 60 prefixes reached the one sibling (the last few after the last arrival).
+        assert_eq!(log.iter().filter(|s| matches!(s, Seen::Peer(..))).count(), 60);
+    }
+
+    #[test]
+    fn gateway_replicas_share_nothing_but_the_pods() {
+        let log = probe_run(2, 1);
+        let p = picks(&log);
+        assert!(!log.iter().any(|s| matches!(s, Seen::Peer(..))));
+        for &(dp, id, _, _, seen) in &p {
+            let own = p.iter().filter(|x| x.0 == dp && x.1 < id).count();
+            assert_eq!(seen as usize, own);
+        }
+    }
+
+    #[test]
+    fn a_kubernetes_service_keeps_each_connection_on_one_pod() {
+        struct Watch {
+            inner: Box<dyn Policy>,
+            seen: Vec<(usize, usize)>,
+        }
+        impl Policy for Watch {
+            fn pick(&mut self, r: &GatewayRequest<'_>, pool: &PoolSnapshot, now: u64) -> Option<usize> {
+                let pick = self.inner.pick(r, pool, now)?;
+                self.seen.push((r.connection, pick));
+                Some(pick)
+            }
+        }
+        let t = trace(WorkloadKind::ShareGpt, 30.0, 600, 6);
+        let mut w = Watch { inner: PolicyKind::K8sService.build(3).unwrap(), seen: vec![] };
+        let r = run(&t, &mut w, &small_cluster()).unwrap();
+        let mut pod_of = std::collections::HashMap::new();
+        for &(c, pod) in &w.seen {
+            assert_eq!(*pod_of.entry(c).or_insert(pod), pod, "connection {c} changed pods");
+        }
+        assert_eq!(pod_of.len(), 64, "every connection was used");
+        // 64 connections on 3 pods at random: every pod has some, not as evenly as round-robin.
+        assert!(r.per_replica.iter().all(|&n| n > 100), "{:?}", r.per_replica);
+        assert_ne!(r.per_replica, vec![200, 200, 200]);
+    }
+
+    #[test]
+    fn the_reference_epp_is_one_decision_point_and_costs_the_ext_proc_hop() {
+        let mut cfg = SimConfig::h100(4);
+        cfg.topology = Topology::new(4, 4);
+        // Light load: each request meets an idle replica, so TTFT is the hop plus the same prefill.
+        let t = trace(WorkloadKind::ShareGpt, 0.5, 40, 8);
+        let mut reference = PolicyKind::GieReference.build_decision_points(1, &cfg.topology).unwrap();
+        assert_eq!(reference.len(), 1);
+        let with_hop = run_boxed(&t, &mut reference, &cfg).unwrap();
+        let mut plain = PolicyKind::GieDefault.build(1).unwrap();
+        let without = run(&t, plain.as_mut(), &cfg).unwrap();
+        let extra: Vec<f64> = with_hop
+            .records
+            .iter()
+            .zip(&without.records)
+            .map(|(a, b)| a.ttft_ms().unwrap() - b.ttft_ms().unwrap())
+            .collect();
+        let near_hop = extra.iter().filter(|&&d| (1.5..1.8).contains(&d)).count();
+        assert!(near_hop >= 36, "{extra:?}");
+        // Policies built for every decision point must match the topology (or be one).
+        let mut two: Vec<Box<dyn Policy>> = (0..2).map(|_| PolicyKind::Random.build(1).unwrap()).collect();
+        assert!(matches!(
+            run_boxed(&t, &mut two, &cfg),
+            Err(SimError::BadTopology { policies: 2, decision_points: 16 })
+        ));
+    }
+
+    #[test]
+    fn a_straggler_pod_serves_the_same_requests_twice_as_slowly() {
+        let mut cfg = SimConfig::h100(2);
+        cfg.pods = crate::topology::PodsKind::Straggler.build(2, 0, 0);
+        // One request at a time: 20 prompts of 200–770 tokens, 5 s apart, 50 tokens out.
+        let t: Vec<Arrival> = (0..20)
+            .map(|i| Arrival {
+                id: i,
+                at_us: 5_000_000 * i,
+                pieces: vec![crate::workload::Piece { seed: i, tokens: 200 + 30 * i as u32 }],
+                output_tokens: 50,
+                lora: None,
+            })
+            .collect();
+        let mut rr = PolicyKind::RoundRobin.build(0).unwrap();
+        let r = run(&t, rr.as_mut(), &cfg).unwrap();
+        let mut even = PolicyKind::RoundRobin.build(0).unwrap();
+        let e = run(&t, even.as_mut(), &SimConfig::h100(2)).unwrap();
+        // Round-robin sends the same requests to the same replica; on the straggler (replica 1) the
+        // engine time doubles, on replica 0 nothing changes. (The 20 ms API overhead is not a step.)
+        for (a, b) in r.records.iter().zip(&e.records) {
+            let (slow, fast) = (a.ttft_ms().unwrap() - 20.0, b.ttft_ms().unwrap() - 20.0);
+            if a.endpoint == Some(1) {
+                assert!((slow / fast - 2.0).abs() < 0.01, "{slow} vs {fast}");
+            } else {
+                assert_eq!(slow, fast);
+            }
+        }
+    }
+
+    #[test]
+    fn noisy_windows_slow_a_replica_down_while_they_last() {
+        let mut cfg = SimConfig::h100(1);
+        cfg.pods.windows = vec![crate::topology::SlowWindow {
+            replica: 0,
+            start_us: 10_000_000,
+            end_us: 20_000_000,
+            factor: 3.0,
+        }];
+        let t = trace(WorkloadKind::ShareGpt, 0.3, 12, 10);
+        let mut p = PolicyKind::RoundRobin.build(0).unwrap();
+        let slowed = run(&t, p.as_mut(), &cfg).unwrap();
+        let mut p = PolicyKind::RoundRobin.build(0).unwrap();
+        let normal = run(&t, p.as_mut(), &SimConfig::h100(1)).unwrap();
+        let (mut inside_n, mut outside_n) = (0, 0);
+        for (a, b) in slowed.records.iter().zip(&normal.records) {
+            let ratio = a.e2e_ms().unwrap() / b.e2e_ms().unwrap();
+            let inside = (10_000_000..19_000_000).contains(&a.arrival_us) && a.finish_us < Some(20_000_000);
+            let outside = a.finish_us < Some(10_000_000) || a.arrival_us > 20_000_000;
+            if inside {
+                inside_n += 1;
+                assert!(ratio > 2.0, "{ratio}");
+            } else if outside {
+                outside_n += 1;
+                assert!((ratio - 1.0).abs() < 1e-9, "{ratio}");
+            }
+        }
+        assert!(inside_n > 0 && outside_n > 4, "{inside_n} inside, {outside_n} outside");
     }
 }
