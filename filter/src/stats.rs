@@ -18,6 +18,8 @@ pub const FALLBACK_NO_USABLE_ENDPOINT: &str = "epp_fallback_no_usable_endpoint";
 /// Endpoints ejected for the gateway's own failures (5xx, refused, reset, timed out), and readmitted.
 pub const EJECTIONS: &str = "epp_endpoint_ejections";
 pub const READMISSIONS: &str = "epp_endpoint_readmissions";
+/// Requests that got no response headers within `health.firstByteTimeoutMs` (counted as gateway failures).
+pub const FIRST_BYTE_TIMEOUTS: &str = "epp_first_byte_timeouts";
 /// Per endpoint `epp_endpoint_health.<ip_port>`: 0 usable, else why not (1 scrapes failing, 2 ejected,
 /// 3 stale metrics, 4 no metrics yet); per reason `epp_endpoints_unusable.<reason>`: how many.
 pub const ENDPOINT_HEALTH: &str = "epp_endpoint_health";
@@ -68,8 +70,12 @@ impl Stats {
     }
 
     pub fn count(&mut self, host: &dyn Host, name: &str) {
+        self.add(host, name, 1);
+    }
+
+    pub fn add(&mut self, host: &dyn Host, name: &str, n: u64) {
         if let Some(id) = self.id(host, MetricKind::Counter, name) {
-            let _ = host.metric_add(id, 1);
+            let _ = host.metric_add(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

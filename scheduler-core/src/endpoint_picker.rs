@@ -93,6 +93,8 @@ pub struct Route {
     pub estimated_tokens: u64,
     /// Prefix block hashes recorded on the destination (for other workers' `learn_prefix`).
     pub prefix_hashes: Vec<u64>,
+    /// The client asked for a streamed response (its headers come before any token is generated).
+    pub streaming: bool,
 }
 
 /// A local reply instead of routing.
@@ -256,12 +258,13 @@ impl EndpointPicker {
             },
         };
         let estimated_tokens = req.estimated_total_tokens();
+        let streaming = parsed.as_ref().is_some_and(|p| p.stream);
 
         let snapshot = match pool {
             PoolView::Fresh(s) => s,
             PoolView::Unusable { reason, known } => {
                 let outcome = self.fail_open_or_closed(reason, known, info.subset, estimated_tokens);
-                return with_rewrite(outcome, rewritten, rewritten_body);
+                return with_rewrite(outcome, rewritten, rewritten_body, streaming);
             }
         };
         if snapshot.generation != self.health_generation {
@@ -272,7 +275,7 @@ impl EndpointPicker {
         if exclusions.all_unusable && self.config.failure_mode == FailureMode::FailClose {
             let outcome =
                 self.fail_open_or_closed(Fallback::NoUsableEndpoint, Some(snapshot), info.subset, 0);
-            return with_rewrite(outcome, rewritten, rewritten_body);
+            return with_rewrite(outcome, rewritten, rewritten_body, streaming);
         }
         let decision =
             admit_excluding(&mut self.scheduler, &req, snapshot, info.subset, &exclusions, now_ms, &mut rng);
@@ -295,6 +298,7 @@ impl EndpointPicker {
                     client_model: None,
                     estimated_tokens,
                     prefix_hashes,
+                    streaming: false,
                 })
             }
             Decision::Reject { reason, message, .. } => Outcome::Reply(reject_reply(reason, &message)),
@@ -306,7 +310,7 @@ impl EndpointPicker {
             }
             other => other,
         };
-        with_rewrite(outcome, rewritten, rewritten_body)
+        with_rewrite(outcome, rewritten, rewritten_body, streaming)
     }
 
     fn fail_open_or_closed(
@@ -366,24 +370,31 @@ impl EndpointPicker {
                 client_model: None,
                 estimated_tokens,
                 prefix_hashes: Vec::new(),
+                streaming: false,
             }),
         }
     }
 }
 
-/// Puts the rewrite on a route (the model, the rewritten body, the client's model).
-fn with_rewrite(outcome: Outcome, model: Option<String>, body: Option<(Vec<u8>, String)>) -> Outcome {
+/// Puts what the request asked for on a route: the rewrite (the model, the rewritten body, the client's
+/// model) and whether the response is streamed.
+fn with_rewrite(
+    outcome: Outcome,
+    model: Option<String>,
+    body: Option<(Vec<u8>, String)>,
+    streaming: bool,
+) -> Outcome {
     let (body, client_model) = match body {
         Some((b, m)) => (Some(b), Some(m)),
         None => (None, None),
     };
     match outcome {
         Outcome::Route(mut r) => {
-            (r.rewritten_model, r.body, r.client_model) = (model, body, client_model);
+            (r.rewritten_model, r.body, r.client_model, r.streaming) = (model, body, client_model, streaming);
             Outcome::Route(r)
         }
         Outcome::FailOpen { reason, route: Some(mut r) } => {
-            (r.rewritten_model, r.body, r.client_model) = (model, body, client_model);
+            (r.rewritten_model, r.body, r.client_model, r.streaming) = (model, body, client_model, streaming);
             Outcome::FailOpen { reason, route: Some(r) }
         }
         other => other,

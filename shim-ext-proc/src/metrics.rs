@@ -33,6 +33,7 @@ pub struct Metrics {
     ejections: AtomicU64,
     scrapes_missing_gauges: AtomicU64,
     readmissions: AtomicU64,
+    first_byte_timeouts: AtomicU64,
     /// Each endpoint's health as the picker thread last reported it (`None`: usable).
     health: Mutex<Vec<(String, Option<Unusable>)>>,
     active_streams: AtomicI64,
@@ -80,6 +81,10 @@ impl Metrics {
     /// A scrape whose page lacked a core gauge (also counted as a failed scrape).
     pub fn record_missing_gauges(&self) {
         self.scrapes_missing_gauges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_first_byte_timeouts(&self, n: u64) {
+        self.first_byte_timeouts.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn record_ejection(&self) {
@@ -217,6 +222,17 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE epp_shim_endpoint_readmissions_total counter")?;
         writeln!(out, "epp_shim_endpoint_readmissions_total {}", self.readmissions.load(Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "# HELP epp_shim_first_byte_timeouts_total Requests with no response headers within \
+             health.firstByteTimeoutMs (counted as gateway failures of their endpoints)."
+        )?;
+        writeln!(out, "# TYPE epp_shim_first_byte_timeouts_total counter")?;
+        writeln!(
+            out,
+            "epp_shim_first_byte_timeouts_total {}",
+            self.first_byte_timeouts.load(Ordering::Relaxed)
+        )?;
         writeln!(
             out,
             "# HELP epp_shim_endpoint_usable 1 if the endpoint gets traffic, else 0 with the reason as a label."

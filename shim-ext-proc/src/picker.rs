@@ -17,11 +17,34 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 enum Command {
-    Decide { input: DecisionInput, reply: oneshot::Sender<Outcome> },
-    Finish { address: String, tokens: u64 },
-    Move { from: String, to: String, tokens: u64 },
-    Answered { address: String, status: u16 },
+    Decide {
+        input: DecisionInput,
+        reply: oneshot::Sender<(Outcome, Option<u64>)>,
+    },
+    Finish {
+        address: String,
+        tokens: u64,
+    },
+    Move {
+        from: String,
+        to: String,
+        tokens: u64,
+    },
+    Answered {
+        address: String,
+        status: u16,
+    },
+    /// The response headers of the request sent under this ticket came, or its stream ended.
+    FirstByte {
+        ticket: u64,
+        alive: bool,
+    },
+    /// Periodic: requests past `health.firstByteTimeoutMs` without response headers count as failures.
+    Sweep,
 }
+
+/// How often the picker thread looks for requests past `health.firstByteTimeoutMs` (the filter's tick).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why the picker could not start.
 #[derive(Debug)]
@@ -57,6 +80,8 @@ impl std::fmt::Debug for Command {
             Command::Finish { .. } => "Finish",
             Command::Move { .. } => "Move",
             Command::Answered { .. } => "Answered",
+            Command::FirstByte { .. } => "FirstByte",
+            Command::Sweep => "Sweep",
         })
     }
 }
@@ -105,9 +130,22 @@ impl PickerHandle {
                     table: InFlightTable::default(),
                     working: None,
                     health_reported_ms: None,
+                    tickets: 0,
                 };
                 while let Some(cmd) = rx.blocking_recv() {
                     worker.handle(cmd);
+                }
+            })
+            .map_err(SpawnError::Thread)?;
+        // The sweep's clock: holds the channel weakly, so it stops once every handle is dropped.
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("epp-sweep".into())
+            .spawn(move || loop {
+                std::thread::sleep(SWEEP_EVERY);
+                match weak.upgrade() {
+                    Some(tx) if tx.send(Command::Sweep).is_ok() => {}
+                    _ => return,
                 }
             })
             .map_err(SpawnError::Thread)?;
@@ -120,20 +158,29 @@ impl PickerHandle {
         }
     }
 
-    /// Decides for one request. If the picker thread is gone the answer is a 503, never a hang.
-    pub async fn decide(&self, input: DecisionInput) -> Outcome {
+    /// Decides for one request. If the picker thread is gone the answer is a 503, never a hang. A routed
+    /// request comes with its ticket: the picker waits for its response headers until
+    /// [`PickerHandle::first_byte`] (see `health.firstByteTimeoutMs`).
+    pub async fn decide(&self, input: DecisionInput) -> (Outcome, Option<u64>) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Decide { input, reply }).is_ok() {
-            if let Ok(outcome) = rx.await {
-                return outcome;
+            if let Ok(decided) = rx.await {
+                return decided;
             }
         }
-        Outcome::Reply(Reply {
+        let down = Outcome::Reply(Reply {
             status: 503,
             body: OpenAiError::service_unavailable("the endpoint picker is not running", Some("picker_down"))
                 .body(),
             reason: "picker_down",
-        })
+        });
+        (down, None)
+    }
+
+    /// The response headers of the request decided under `ticket` came (`alive`: from the server it was
+    /// sent to, status below 500), or its stream ended (`alive` false).
+    pub fn first_byte(&self, ticket: u64, alive: bool) {
+        let _ = self.tx.send(Command::FirstByte { ticket, alive });
     }
 
     /// The request routed to `address` ended.
@@ -169,6 +216,8 @@ struct Worker {
     working: Option<PoolSnapshot>,
     /// When the endpoints' health was last given to the metrics (at most once a second, and on changes).
     health_reported_ms: Option<u64>,
+    /// Routed requests so far: the next ticket.
+    tickets: u64,
 }
 
 impl Worker {
@@ -188,8 +237,23 @@ impl Worker {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Decide { input, reply } => {
-                let outcome = self.decide(&input);
-                let _ = reply.send(outcome);
+                let decided = self.decide(&input);
+                if let (Some(ticket), Err(_)) = (decided.1, reply.send(decided)) {
+                    // The stream is gone: nobody will report its headers.
+                    self.picker.health_mut().first_byte(ticket, false);
+                }
+            }
+            Command::FirstByte { ticket, alive } => {
+                self.picker.health_mut().first_byte(ticket, alive);
+                return;
+            }
+            Command::Sweep => {
+                let now = (self.clock)();
+                let late = self.picker.health_mut().sweep(self.working.as_ref(), now);
+                if late > 0 {
+                    self.metrics.record_first_byte_timeouts(late as u64);
+                    self.health_events();
+                }
             }
             Command::Finish { address, tokens } => self.table.finish(&address, tokens),
             Command::Move { from, to, tokens } => {
@@ -199,26 +263,31 @@ impl Worker {
             Command::Answered { address, status } => {
                 let now = (self.clock)();
                 self.picker.record_upstream(&address, status, now);
-                for event in self.picker.health_mut().take_events() {
-                    match event {
-                        HealthEvent::Ejected { address, for_ms } => {
-                            log::warn!("endpoint {address} ejected for {for_ms} ms after failed requests");
-                            self.metrics.record_ejection();
-                        }
-                        HealthEvent::Readmitted { address } => {
-                            log::info!("endpoint {address} readmitted: a trial request succeeded");
-                            self.metrics.record_readmission();
-                        }
-                    }
-                    self.health_reported_ms = None;
-                }
+                self.health_events();
             }
         }
         self.report_health();
         self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
     }
 
-    fn decide(&mut self, input: &DecisionInput) -> Outcome {
+    /// Counts and logs what health learned.
+    fn health_events(&mut self) {
+        for event in self.picker.health_mut().take_events() {
+            match event {
+                HealthEvent::Ejected { address, for_ms } => {
+                    log::warn!("endpoint {address} ejected for {for_ms} ms after failed requests");
+                    self.metrics.record_ejection();
+                }
+                HealthEvent::Readmitted { address } => {
+                    log::info!("endpoint {address} readmitted: a trial request succeeded");
+                    self.metrics.record_readmission();
+                }
+            }
+            self.health_reported_ms = None;
+        }
+    }
+
+    fn decide(&mut self, input: &DecisionInput) -> (Outcome, Option<u64>) {
         let now = (self.clock)();
         let latest = self.pool.latest();
         let current = self.working.as_ref().map(|w| w.generation);
@@ -240,9 +309,13 @@ impl Worker {
         let seed = request_seed(&input.facts.request_id);
         let outcome = self.picker.decide(&info, input.body.as_deref(), view, now, seed);
         self.metrics.record_decision(&outcome, started.elapsed());
+        let mut ticket = None;
         if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = &outcome {
             self.table.start(&r.destination, r.estimated_tokens);
+            self.tickets = self.tickets.wrapping_add(1);
+            self.picker.health_mut().sent(self.tickets, &r.destination, r.streaming, now);
+            ticket = Some(self.tickets);
         }
-        outcome
+        (outcome, ticket)
     }
 }

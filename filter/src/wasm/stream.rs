@@ -27,6 +27,8 @@ pub struct Stream {
     /// Response body bytes the exchange already has while the body is held (the proxy's buffer then
     /// holds them too, followed by the new ones).
     response_seen: usize,
+    /// The worker waits for this routed request's response headers under this ticket.
+    ticket: Option<u64>,
 }
 
 /// Host calls that change the request or response: a refusal is logged, never fatal.
@@ -42,7 +44,7 @@ impl Stream {
             Some(w) => w.try_borrow().map(|w| w.exchange_settings()).unwrap_or_default(),
             None => Rc::default(),
         };
-        Stream { worker, host, exchange: Exchange::new(), settings, response_seen: 0 }
+        Stream { worker, host, exchange: Exchange::new(), settings, response_seen: 0, ticket: None }
     }
 
     fn worker(&self) -> Option<Rc<RefCell<Worker>>> {
@@ -74,7 +76,8 @@ impl Stream {
         };
         let facts = self.exchange.facts();
         let subset = facts.subset_refs();
-        let (outcome, _) = w.decide(&*self.host, &facts.info(subset.as_deref()), body.as_deref());
+        let (outcome, _, ticket) = w.decide(&*self.host, &facts.info(subset.as_deref()), body.as_deref());
+        self.ticket = ticket;
         match self.exchange.on_outcome(&self.settings, outcome) {
             Decided::Reply(reply) => reply_locally(&reply),
             Decided::Forward(forward) => {
@@ -96,11 +99,22 @@ impl Stream {
     }
 
     fn finish(&mut self) {
-        let Some(in_flight) = self.exchange.on_stream_end() else { return };
+        let ticket = self.ticket.take();
+        let in_flight = self.exchange.on_stream_end();
+        if ticket.is_none() && in_flight.is_none() {
+            return;
+        }
         let Some(worker) = &self.worker else { return };
         match worker.try_borrow_mut() {
-            Ok(mut w) => w.finish(&*self.host, &in_flight),
-            Err(_) => log::warn!("in-flight count for {} not released (worker busy)", in_flight.address),
+            Ok(mut w) => {
+                if let Some(t) = ticket {
+                    w.first_byte(t, false);
+                }
+                if let Some(f) = &in_flight {
+                    w.finish(&*self.host, f);
+                }
+            }
+            Err(_) => log::warn!("in-flight count for {:?} not released (worker busy)", in_flight),
         }
     }
 
@@ -200,6 +214,7 @@ impl HttpContext for Stream {
         }
         let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        let ticket = self.ticket.take();
         let upstream = match self.exchange.wants_upstream_address(&self.settings) {
             true => abi::get_property(&["upstream", "address"])
                 .ok()
@@ -220,6 +235,10 @@ impl HttpContext for Stream {
             end_of_stream,
         };
         let step = self.exchange.on_response_headers(&self.settings, &head);
+        if let Some(t) = ticket {
+            let alive = step.moved.is_none() && step.answered.as_ref().is_some_and(|(_, s)| *s < 500);
+            w.first_byte(t, alive);
+        }
         if let Some((name, value)) = &step.served {
             log_err(name, abi::replace_header(MapType::HttpResponseHeaders, name, value.as_bytes()));
         }

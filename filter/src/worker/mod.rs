@@ -140,13 +140,14 @@ impl Worker {
         std::format!("epp-{worker:x}-{:x}-{:x}", host.now_us(), self.unnamed)
     }
 
-    /// Decides for one request; a route is counted in flight until [`Worker::finish`].
+    /// Decides for one request; a route is counted in flight until [`Worker::finish`], and waited for
+    /// under the returned ticket until [`Worker::first_byte`] (see `health.firstByteTimeoutMs`).
     pub fn decide(
         &mut self,
         host: &dyn Host,
         info: &RequestInfo<'_>,
         body: Option<&[u8]>,
-    ) -> (Outcome, Option<InFlight>) {
+    ) -> (Outcome, Option<InFlight>, Option<u64>) {
         let started_us = host.now_us();
         let started_ms = started_us / 1_000;
         match self.cache.refresh(host, &self.keys, started_ms) {
@@ -205,9 +206,22 @@ impl Worker {
                 None
             }
         };
+        let ticket = match &outcome {
+            Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } => {
+                self.picker.health_mut().sent(self.decisions, &r.destination, r.streaming, started_ms);
+                Some(self.decisions)
+            }
+            _ => None,
+        };
         let elapsed_us = host.now_us().saturating_sub(started_us);
         self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);
-        (outcome, routed)
+        (outcome, routed, ticket)
+    }
+
+    /// The response headers of the request sent under `ticket` came (`alive`: from the server it was
+    /// sent to, status below 500), or its stream ended (`alive` false).
+    pub fn first_byte(&mut self, ticket: u64, alive: bool) {
+        self.picker.health_mut().first_byte(ticket, alive);
     }
 
     fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> InFlight {
@@ -236,6 +250,11 @@ impl Worker {
         }
         let now_ms = host.now_ms();
         self.picker.record_upstream(address, status, now_ms);
+        self.health_events(host, now_ms);
+    }
+
+    /// Counts and logs what health learned; an ejection is shared with the other workers.
+    fn health_events(&mut self, host: &dyn Host, now_ms: u64) {
         let mut ejected = false;
         for event in self.picker.health_mut().take_events() {
             match event {
@@ -274,6 +293,13 @@ impl Worker {
         if self.stats_reported_ms.is_none_or(|t| now_ms.saturating_sub(t) >= HEARTBEAT_MS) {
             self.stats_reported_ms = Some(now_ms);
             self.report(host, now_ms);
+        }
+        // Requests that got no response headers in time count against their endpoints (after the report,
+        // which refreshes an idle worker's snapshot: a request not streamed is judged on fresh metrics).
+        let late = self.picker.health_mut().sweep(self.cache.snapshot(), now_ms);
+        if late > 0 {
+            self.stats.add(host, stats::FIRST_BYTE_TIMEOUTS, late as u64);
+            self.health_events(host, now_ms);
         }
         // The directory is checked only with the heartbeat (ticks can be as fast as the collector's).
         if !self.inflight.heartbeat(host, &self.keys, self.id, now_ms) {

@@ -49,7 +49,7 @@ fn routes_on_published_metrics_and_counts_in_flight_until_finish() {
     host.set_now(NOW);
     let mut w = worker(&host, "");
     publish(&host, w.keys(), 1, &[5, 0, 5]);
-    let (o, routed) = w.decide(&host, &info("a"), Some(CHAT));
+    let (o, routed, _) = w.decide(&host, &info("a"), Some(CHAT));
     assert_eq!(destination(&o), "10.0.0.2:8000");
     let routed = routed.unwrap();
     assert_eq!(w.local_in_flight(), vec![("10.0.0.2:8000".to_string(), 1)]);
@@ -79,14 +79,14 @@ fn another_workers_in_flight_steers_the_pick() {
     assert!(a.on_queue_ready(&host, queue_a));
     // (Hearing of b, a wrote its table; writes are at most one per millisecond.)
     host.advance(1);
-    let (first, _) = a.decide(&host, &info("x"), Some(CHAT));
+    let (first, _, _) = a.decide(&host, &info("x"), Some(CHAT));
     let busy = destination(&first).to_string();
     // With another worker listed, the table is written as the request starts.
     let published = InFlightTable::decode(&host.get(&a.keys().inflight(a.id().unwrap())).unwrap()).unwrap();
     assert_eq!(published.iter().count(), 1);
     // Worker b has routed nothing itself, yet avoids the endpoint a has a request in flight on.
     for id in ["y", "z", "w"] {
-        let (o, routed) = b.decide(&host, &info(id), Some(CHAT));
+        let (o, routed, _) = b.decide(&host, &info(id), Some(CHAT));
         assert_ne!(destination(&o), busy);
         b.finish(&host, &routed.unwrap());
     }
@@ -112,7 +112,7 @@ fn prefixes_routed_by_one_worker_are_learned_by_the_other() {
         let body = format!(
             r#"{{"model": "m", "messages": [{{"content": "{i}: a conversation whose prompt spans several blocks", "role": "user"}}]}}"#
         );
-        let (o, _) = a.decide(&host, &info(&format!("a{i}")), Some(body.as_bytes()));
+        let (o, _, _) = a.decide(&host, &info(&format!("a{i}")), Some(body.as_bytes()));
         picks.push((body, destination(&o).to_string()));
     }
     let spread: std::collections::BTreeSet<&String> = picks.iter().map(|(_, d)| d).collect();
@@ -123,7 +123,7 @@ fn prefixes_routed_by_one_worker_are_learned_by_the_other() {
     assert!(b.on_queue_ready(&host, queue));
     assert!(!b.on_queue_ready(&host, queue + 100), "not b's queue");
     for (i, (body, dest)) in picks.iter().enumerate() {
-        let (o, _) = b.decide(&host, &info(&format!("b{i}")), Some(body.as_bytes()));
+        let (o, _, _) = b.decide(&host, &info(&format!("b{i}")), Some(body.as_bytes()));
         assert_eq!(destination(&o), dest, "prompt {i}");
     }
 }
@@ -149,7 +149,7 @@ fn stale_snapshot_fails_closed_when_configured() {
     let mut w = worker(&host, r#"{"failureMode": "FailClose", "limits": {"snapshotMaxAgeMs": 100}}"#);
     publish(&host, w.keys(), 1, &[0]);
     host.advance(101);
-    let (o, routed) = w.decide(&host, &info("a"), Some(CHAT));
+    let (o, routed, _) = w.decide(&host, &info("a"), Some(CHAT));
     let Outcome::Reply(r) = o else { panic!("expected a reply, got {o:?}") };
     assert_eq!(r.status, 503);
     assert!(routed.is_none());
@@ -167,7 +167,7 @@ fn replies_are_counted_by_kind() {
     host.set_now(NOW);
     let mut w = worker(&host, r#"{"limits": {"maxBodyBytes": 100}}"#);
     publish(&host, w.keys(), 1, &[0]);
-    let (o, _) = w.decide(&host, &info("a"), Some(b"not json"));
+    let (o, _, _) = w.decide(&host, &info("a"), Some(b"not json"));
     assert!(matches!(o, Outcome::Reply(Reply { status: 400, .. })));
     w.count_reply(&host, &scheduler_core::endpoint_picker::body_too_large(100));
     assert_eq!((host.metric(stats::PARSE_ERRORS), host.metric(stats::BODY_TOO_LARGE)), (1, 1));
@@ -206,12 +206,12 @@ fn late_joiner_with_a_request_in_flight() -> (FakeHost, Worker, String) {
     host.set_now(NOW);
     let mut a = worker(&host, ACTIVE);
     publish(&host, a.keys(), 1, &[0, 0]);
-    let (o, routed) = a.decide(&host, &info("first"), Some(CHAT));
+    let (o, routed, _) = a.decide(&host, &info("first"), Some(CHAT));
     assert!(matches!(o, Outcome::Route(_)));
     a.finish(&host, &routed.unwrap());
     let mut b = worker(&host, ACTIVE);
     host.advance(1);
-    let (first, _) = b.decide(&host, &info("b"), Some(CHAT));
+    let (first, _, _) = b.decide(&host, &info("b"), Some(CHAT));
     (host, a, destination(&first).to_string())
 }
 
@@ -221,7 +221,7 @@ fn a_worker_that_joins_later_is_counted_after_one_heartbeat_period() {
     // a read the directory before b joined: b's counts are not visible yet...
     let seen_now: Vec<String> = (0..8)
         .map(|i| {
-            let (o, r) = a.decide(&host, &info(&format!("early{i}")), Some(CHAT));
+            let (o, r, _) = a.decide(&host, &info(&format!("early{i}")), Some(CHAT));
             a.finish(&host, &r.unwrap());
             destination(&o).to_string()
         })
@@ -230,7 +230,7 @@ fn a_worker_that_joins_later_is_counted_after_one_heartbeat_period() {
     // ...and are once the directory is due again (the heartbeat period).
     host.advance(HEARTBEAT_MS);
     for i in 0..4 {
-        let (o, r) = a.decide(&host, &info(&format!("late{i}")), Some(CHAT));
+        let (o, r, _) = a.decide(&host, &info(&format!("late{i}")), Some(CHAT));
         a.finish(&host, &r.unwrap());
         assert_ne!(destination(&o), busy);
     }
@@ -254,7 +254,7 @@ fn a_worker_that_joins_later_is_counted_as_soon_as_its_announcement_arrives() {
     let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
     assert!(a.on_queue_ready(&host, queue_a));
     for i in 0..8 {
-        let (o, r) = a.decide(&host, &info(&format!("after{i}")), Some(CHAT));
+        let (o, r, _) = a.decide(&host, &info(&format!("after{i}")), Some(CHAT));
         a.finish(&host, &r.unwrap());
         assert_ne!(destination(&o), busy, "decision {i}");
     }
@@ -270,7 +270,7 @@ fn health_and_age_stats_are_reported_every_second_under_steady_traffic_and_when_
     // Requests keep the in-flight table busy between ticks (the heartbeat then has nothing to do).
     for step in 0..3u64 {
         host.set_now(NOW + step * 1_000);
-        let (_, routed) = w.decide(&host, &info(&format!("r{step}")), Some(CHAT));
+        let (_, routed, _) = w.decide(&host, &info(&format!("r{step}")), Some(CHAT));
         w.finish(&host, &routed.unwrap());
         w.on_tick(&host);
     }
@@ -283,4 +283,74 @@ fn health_and_age_stats_are_reported_every_second_under_steady_traffic_and_when_
     w.on_tick(&host);
     assert_eq!(host.metric(&ejected), 2);
     assert_eq!(host.metric(stats::SNAPSHOT_AGE_MS), 3_000);
+}
+
+const STREAM: &[u8] =
+    br#"{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hello"}]}"#;
+
+#[test]
+fn streams_that_get_no_headers_in_time_eject_their_endpoint_and_the_other_workers_learn_it() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let config = r#"{"limits": {"snapshotMaxAgeMs": 60000}}"#;
+    let mut a = worker(&host, config);
+    let mut b = worker(&host, config);
+    publish(&host, a.keys(), 1, &[0, 5]);
+    // Three streams go to the idle endpoint 1 and are never answered; one is answered in time.
+    let mut tickets = Vec::new();
+    for i in 0..4 {
+        let (o, _, ticket) = a.decide(&host, &info(&format!("s{i}")), Some(STREAM));
+        assert_eq!(destination(&o), "10.0.0.1:8000");
+        tickets.push(ticket.expect("a routed request has a ticket"));
+    }
+    a.first_byte(tickets[3], true);
+    host.advance(999);
+    a.on_tick(&host);
+    assert_eq!(host.metric(stats::FIRST_BYTE_TIMEOUTS), 0, "within the bound");
+    host.advance(1);
+    a.on_tick(&host);
+    assert_eq!(host.metric(stats::FIRST_BYTE_TIMEOUTS), 3);
+    assert_eq!(host.metric(stats::EJECTIONS), 1);
+    // The other worker reads the ejection from shared data and sends its next request elsewhere.
+    host.advance(10);
+    let (o, _, _) = b.decide(&host, &info("after"), Some(STREAM));
+    assert_eq!(destination(&o), "10.0.0.2:8000");
+}
+
+#[test]
+fn a_request_not_streamed_is_late_only_once_the_server_shows_nothing_running() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, r#"{"limits": {"snapshotMaxAgeMs": 60000}}"#);
+    publish(&host, w.keys(), 1, &[0]);
+    for i in 0..3 {
+        w.decide(&host, &info(&format!("n{i}")), Some(CHAT));
+    }
+    // The only scrape predates the requests: nothing is known, nothing is counted.
+    host.advance(5_000);
+    w.on_tick(&host);
+    assert_eq!(host.metric(stats::FIRST_BYTE_TIMEOUTS), 0);
+    // A later scrape shows them running: generating for long is normal.
+    let keys = w.keys().clone();
+    let scraped = |generation: u64, running: u32| {
+        let m = Metrics { running, updated_at_ms: NOW + 5_000, ..Metrics::default() };
+        let e = EndpointState { metrics: Some(m), ..EndpointState::new(Endpoint::new("10.0.0.1:8000")) };
+        let s = PoolSnapshot {
+            generation,
+            published_at_ms: NOW + 5_000,
+            pool: "default".into(),
+            endpoints: vec![e],
+        };
+        host.put(&keys.snapshot, &snapshot_codec::encode(&s));
+        host.put(&keys.generation, &generation.to_le_bytes());
+    };
+    scraped(2, 3);
+    host.advance(1_000);
+    w.on_tick(&host);
+    assert_eq!(host.metric(stats::FIRST_BYTE_TIMEOUTS), 0);
+    // The server shows nothing running or waiting: it does not have them.
+    scraped(3, 0);
+    host.advance(1_000);
+    w.on_tick(&host);
+    assert_eq!(host.metric(stats::FIRST_BYTE_TIMEOUTS), 3);
 }

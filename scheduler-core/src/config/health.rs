@@ -25,6 +25,11 @@ pub struct HealthConfig {
     /// Largest share of the pool excluded at once, percent; at least one endpoint may always be excluded
     /// (Envoy: `max_ejection_percent`).
     pub max_ejection_percent: u32,
+    /// A request with no response headers after this long (ms) counts as a gateway failure of its
+    /// endpoint: a streamed request at once (servers send a stream's headers before generating), one
+    /// that is not streamed when the endpoint's metrics, scraped since, show nothing running or waiting.
+    /// Like Envoy's per-try timeout, but the request itself is left alone.
+    pub first_byte_timeout_ms: u64,
 }
 
 impl Default for HealthConfig {
@@ -37,6 +42,7 @@ impl Default for HealthConfig {
             base_ejection_time_ms: 1_000,
             max_ejection_time_ms: 30_000,
             max_ejection_percent: 50,
+            first_byte_timeout_ms: 1_000,
         }
     }
 }
@@ -56,6 +62,7 @@ impl HealthConfig {
         positive("consecutive5xx", u64::from(c.consecutive_5xx))?;
         positive("consecutiveScrapeFailures", u64::from(c.consecutive_scrape_failures))?;
         positive("baseEjectionTimeMs", c.base_ejection_time_ms)?;
+        positive("firstByteTimeoutMs", c.first_byte_timeout_ms)?;
         if c.max_ejection_time_ms < c.base_ejection_time_ms {
             return Err(ParamError::new(
                 "maxEjectionTimeMs",

@@ -35,6 +35,7 @@ fn route(destination: &str) -> Route {
         client_model: None,
         estimated_tokens: 40,
         prefix_hashes: Vec::new(),
+        streaming: false,
     }
 }
 

@@ -14,6 +14,17 @@
 //!   instead of oscillating at the base period. No trial goes to an endpoint whose scrapes are failing, so a dead pod's back-off does
 //!   not grow while it is down: once it is back, its first good scrape lets the trial through.
 //!
+//! **No first byte.** A request whose response headers have not come `health.firstByteTimeoutMs` after it
+//! was sent counts as a gateway failure of its endpoint ([`HealthTracker::sweep`]), so a pod that accepts
+//! connections and then answers nothing is ejected like one that refuses them, while its `/metrics` may
+//! still answer. When the endpoint has answered nothing sent at or after that request's time either, one
+//! such request ejects it at once: a hung pod may hold only one or two requests of a client that waits for
+//! them, so a run of failures would never come. Streamed requests qualify at once: model servers (vLLM, SGLang) send a stream's headers
+//! before generating, whatever their queue. A request that is not streamed is answered only when its
+//! generation ends, so it qualifies only when the endpoint's metrics, scraped well after it was sent,
+//! show nothing running or waiting (the server does not have it). The request itself is left alone (the
+//! route's timeout ends it); what changes is where the next ones go.
+//!
 //! Never more than `health.maxEjectionPercent` of the pool is excluded (at least one endpoint may always
 //! be): past that share the least certain exclusions are ignored. When no endpoint is usable at all, the
 //! configuration's `failureMode` decides (the decision reports [`Unusable::AllUnhealthy`]).
@@ -112,6 +123,17 @@ pub enum HealthEvent {
     Readmitted { address: String },
 }
 
+/// A request sent to an endpoint whose response headers have not come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Awaiting {
+    address: String,
+    since_ms: u64,
+    streaming: bool,
+}
+
+/// Requests waited for at once, at most (a host that never reports headers cannot grow the table past it).
+pub const MAX_AWAITING: usize = 1 << 16;
+
 /// Per-endpoint health as one decision point knows it.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTracker {
@@ -120,6 +142,10 @@ pub struct HealthTracker {
     metrics_max_age_ms: u64,
     records: HashMap<String, Record>,
     events: Vec<HealthEvent>,
+    /// Requests sent and not yet answered, by the caller's ticket.
+    awaiting: HashMap<u64, Awaiting>,
+    /// Per endpoint, the latest send time of a request it answered (it was alive after then).
+    answered_sent_at: HashMap<String, u64>,
 }
 
 /// The exclusions of one decision.
@@ -142,7 +168,14 @@ impl Exclusions {
 impl HealthTracker {
     pub fn new(config: HealthConfig, snapshot_max_age_ms: u64) -> HealthTracker {
         let metrics_max_age_ms = config.metrics_max_age_ms.unwrap_or(snapshot_max_age_ms);
-        HealthTracker { config, metrics_max_age_ms, records: HashMap::new(), events: Vec::new() }
+        HealthTracker {
+            config,
+            metrics_max_age_ms,
+            records: HashMap::new(),
+            events: Vec::new(),
+            awaiting: HashMap::new(),
+            answered_sent_at: HashMap::new(),
+        }
     }
 
     pub fn config(&self) -> &HealthConfig {
@@ -247,8 +280,17 @@ impl HealthTracker {
                 r.consecutive_5xx = r.consecutive_5xx.saturating_add(1);
             }
         }
+        self.trip_if_due(address, false, now_ms);
+    }
+
+    /// Ejects `address` when its failures in a row, a failed trial or `force` say so (and it is not
+    /// ejected already).
+    fn trip_if_due(&mut self, address: &str, force: bool, now_ms: u64) {
+        let config = self.config;
+        let Some(r) = self.records.get_mut(address) else { return };
         let trial_failed = r.probe_since_ms.is_some();
-        let trips = r.consecutive_gateway >= config.consecutive_gateway_failure
+        let trips = force
+            || r.consecutive_gateway >= config.consecutive_gateway_failure
             || r.consecutive_5xx >= config.consecutive_5xx;
         let currently_ejected = r.ejected_until_ms.is_some_and(|until| now_ms < until);
         if (trips || trial_failed) && !currently_ejected {
@@ -294,10 +336,74 @@ impl HealthTracker {
         self.records.contains_key(address)
     }
 
+    /// A request was sent to `address` at `now_ms`; `ticket` names it until [`HealthTracker::first_byte`]
+    /// (unique among the caller's requests in flight).
+    pub fn sent(&mut self, ticket: u64, address: &str, streaming: bool, now_ms: u64) {
+        if self.awaiting.len() < MAX_AWAITING {
+            self.awaiting
+                .insert(ticket, Awaiting { address: String::from(address), since_ms: now_ms, streaming });
+        }
+    }
+
+    /// The response headers of `ticket` came from the endpoint it was sent to (`alive`: with a status
+    /// the server itself may have sent, below 500), or its stream ended (`alive` false): it is no longer
+    /// waited for.
+    pub fn first_byte(&mut self, ticket: u64, alive: bool) {
+        if self.awaiting.is_empty() {
+            return;
+        }
+        if let Some(a) = self.awaiting.remove(&ticket) {
+            if alive {
+                let t = self.answered_sent_at.entry(a.address).or_insert(a.since_ms);
+                *t = (*t).max(a.since_ms);
+            }
+        }
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    /// Counts every request past `health.firstByteTimeoutMs` without response headers as a gateway failure
+    /// of its endpoint (see the module documentation for which qualify; `pool` holds the endpoints'
+    /// metrics) and stops waiting for it. Call it periodically; returns how many were counted.
+    pub fn sweep(&mut self, pool: Option<&PoolSnapshot>, now_ms: u64) -> usize {
+        if self.awaiting.is_empty() {
+            return 0;
+        }
+        let bound = self.config.first_byte_timeout_ms;
+        let idle_since = |a: &Awaiting| {
+            let metrics = pool.and_then(|p| p.find(&a.address)).and_then(|e| e.metrics.as_ref());
+            metrics.is_some_and(|m| {
+                m.updated_at_ms >= a.since_ms.saturating_add(bound / 2) && m.running == 0 && m.waiting == 0
+            })
+        };
+        let late: Vec<(u64, String)> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| now_ms.saturating_sub(a.since_ms) >= bound && (a.streaming || idle_since(a)))
+            .map(|(t, a)| (*t, a.address.clone()))
+            .collect();
+        for (ticket, address) in &late {
+            let Some(a) = self.awaiting.remove(ticket) else { continue };
+            self.record(address, UpstreamResult::GatewayFailure, now_ms);
+            // Nothing sent since was answered either: the endpoint is not answering at all.
+            let silent = self.answered_sent_at.get(address).is_none_or(|&t| t < a.since_ms);
+            if silent {
+                self.trip_if_due(address, true, now_ms);
+            }
+        }
+        late.len()
+    }
+
     /// Forgets endpoints that left the pool.
     pub fn retain(&mut self, pool: &PoolSnapshot) {
         if !self.records.is_empty() {
             self.records.retain(|a, _| pool.find(a).is_some());
+        }
+        if !self.answered_sent_at.is_empty() {
+            self.answered_sent_at.retain(|a, _| pool.find(a).is_some());
         }
     }
 

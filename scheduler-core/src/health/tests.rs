@@ -270,5 +270,89 @@ fn the_section_is_parsed_with_errors_that_name_the_field() {
         "health.baseEjectionTimeMs: expected a number > 0, got 0"
     );
     assert!(err(json!({"maxEjectionTimeMs": 10})).starts_with("health.maxEjectionTimeMs"));
+    assert_eq!(
+        err(json!({"firstByteTimeoutMs": 0})),
+        "health.firstByteTimeoutMs: expected a number > 0, got 0"
+    );
+    assert_eq!(
+        HealthConfig::from_value(&json!({"firstByteTimeoutMs": 2500})).unwrap().first_byte_timeout_ms,
+        2500
+    );
     assert!(err(json!({"consecutiveGatewayFailures": 3})).contains("consecutiveGatewayFailures"));
+}
+
+#[test]
+fn a_stream_without_headers_past_the_bound_ejects_an_endpoint_that_answers_nothing() {
+    let mut t = tracker();
+    let p = pool(4);
+    t.sent(1, &addr(1), true, NOW);
+    t.sent(2, &addr(2), true, NOW);
+    t.first_byte(2, true); // answered in time
+    assert_eq!(t.sweep(Some(&p), NOW + 999), 0, "not yet past the bound");
+    assert_eq!(t.sweep(Some(&p), NOW + 1_000), 1);
+    assert_eq!(t.awaiting(), 0, "counted once, then no longer waited for");
+    assert_eq!(excluded(&t, &p, NOW + 1_010), [(addr(1), Unusable::Ejected)]);
+    assert_eq!(t.sweep(Some(&p), NOW + 5_000), 0);
+}
+
+#[test]
+fn late_streams_of_an_endpoint_that_answers_later_requests_need_a_run_of_failures() {
+    let mut t = tracker();
+    let p = pool(4);
+    // Slow for these, but answering what was sent after them: only a run of failures ejects.
+    for ticket in 0..2 {
+        t.sent(ticket, &addr(1), true, NOW);
+    }
+    t.sent(9, &addr(1), true, NOW + 1);
+    t.first_byte(9, true);
+    assert_eq!(t.sweep(Some(&p), NOW + 1_000), 2);
+    assert!(excluded(&t, &p, NOW + 1_001).is_empty(), "two late ones are not yet a run");
+    // The endpoint answers something else: the run of failures is broken.
+    t.record(&addr(1), UpstreamResult::Answered, NOW + 1_001);
+    for ticket in 10..13 {
+        t.sent(ticket, &addr(1), true, NOW);
+    }
+    assert_eq!(t.sweep(Some(&p), NOW + 1_002), 3);
+    assert_eq!(excluded(&t, &p, NOW + 1_003), [(addr(1), Unusable::Ejected)], "three in a row eject");
+}
+
+#[test]
+fn a_stream_that_ends_unanswered_proves_nothing_about_the_endpoint() {
+    let mut t = tracker();
+    let p = pool(4);
+    t.sent(1, &addr(1), true, NOW);
+    t.sent(2, &addr(1), true, NOW + 10);
+    t.first_byte(2, false); // the client went away: not an answer
+    assert_eq!(t.sweep(Some(&p), NOW + 1_000), 1);
+    assert_eq!(excluded(&t, &p, NOW + 1_001), [(addr(1), Unusable::Ejected)]);
+}
+
+#[test]
+fn an_unstreamed_request_is_late_only_when_the_server_shows_nothing_running() {
+    let mut t = tracker();
+    t.sent(1, &addr(1), false, NOW);
+    // Generating for longer than the bound is normal: the server shows it running.
+    let mut busy = pool_at(2, NOW + 900);
+    busy.endpoints[0].metrics.as_mut().unwrap().running = 3;
+    assert_eq!(t.sweep(Some(&busy), NOW + 5_000), 0);
+    // A scrape from before the request could have reached the server proves nothing.
+    let early = pool_at(2, NOW + 100);
+    assert_eq!(t.sweep(Some(&early), NOW + 5_000), 0);
+    assert_eq!(t.sweep(None, NOW + 5_000), 0);
+    // Scraped since, nothing running or waiting: the server does not have it.
+    let idle = pool_at(2, NOW + 900);
+    assert_eq!(t.sweep(Some(&idle), NOW + 5_000), 1);
+    assert_eq!(excluded(&t, &idle, NOW + 5_001), [(addr(1), Unusable::Ejected)]);
+}
+
+#[test]
+fn the_awaiting_table_is_bounded() {
+    let mut t = tracker();
+    for ticket in 0..(MAX_AWAITING as u64 + 10) {
+        t.sent(ticket, &addr(1), false, NOW);
+    }
+    assert_eq!(t.awaiting(), MAX_AWAITING);
+    t.first_byte(0, true);
+    t.first_byte(u64::MAX, true); // unknown: nothing happens
+    assert_eq!(t.awaiting(), MAX_AWAITING - 1);
 }

@@ -37,10 +37,15 @@ struct StreamGuard {
     picker: PickerHandle,
     metrics: Arc<Metrics>,
     in_flight: Option<(String, u64)>,
+    /// The picker waits for the response headers under this ticket.
+    ticket: Option<u64>,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.picker.first_byte(ticket, false);
+        }
         if let Some((address, tokens)) = self.in_flight.take() {
             self.picker.finish(&address, tokens);
         }
@@ -59,8 +64,12 @@ impl ExternalProcessor for ExtProcService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(32);
         self.metrics.stream_started();
-        let guard =
-            StreamGuard { picker: self.picker.clone(), metrics: Arc::clone(&self.metrics), in_flight: None };
+        let guard = StreamGuard {
+            picker: self.picker.clone(),
+            metrics: Arc::clone(&self.metrics),
+            in_flight: None,
+            ticket: None,
+        };
         let machine = Machine::new(Arc::clone(&self.settings));
         tokio::spawn(drive(inbound, tx, machine, guard));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -91,7 +100,8 @@ async fn drive(
             let sent = match step {
                 Step::Send(r) => tx.send(Ok(r)).await.is_ok(),
                 Step::Decide(input) => {
-                    let outcome = guard.picker.decide(input).await;
+                    let (outcome, ticket) = guard.picker.decide(input).await;
+                    guard.ticket = ticket;
                     let responses = machine.on_outcome(outcome);
                     guard.in_flight = machine.in_flight().map(|f| (f.address, f.tokens));
                     let mut ok = true;
@@ -111,6 +121,10 @@ async fn drive(
                     true
                 }
                 Step::Answered { endpoint, status } => {
+                    if let Some(ticket) = guard.ticket.take() {
+                        // A retry shows first as a 503 of the pod it was sent to.
+                        guard.picker.first_byte(ticket, status < 500);
+                    }
                     if status >= 500 {
                         guard.metrics.record_upstream_5xx(&endpoint);
                     }
