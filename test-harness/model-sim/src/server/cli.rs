@@ -44,6 +44,8 @@ Timing model:
   --no-prefix-caching              disable prefix caching
   --api-overhead-ms <MS>           per-request API/tokenizer/HTTP overhead added to TTFT [default: 20]
   --step-jitter <F>                relative step-time noise, uniform in +-F [default: 0]
+  --speed <F>                      this replica's speed against the profile: 0.5 = every step takes twice
+                                   as long (a slower GPU, a straggler) [default: 1]
   --time-scale <F>                 wall seconds per simulated second; 0.1 runs 10x faster [default: 1]
   --seed <N>                       seed for output lengths, jitter and the 5xx fault [default: 0]
 
@@ -66,6 +68,8 @@ wall milliseconds, at most 86400000):
                                    [default: 0 = never]
   --metrics-delay-ms <MS>          answer /metrics only after this many milliseconds [default: 0]
   --metrics-hang                   never answer /metrics
+  --slowdown <F>                   every step takes F times longer until set back to 1 (a noisy
+                                   neighbour) [default: 1]
   --metrics-frozen                 serve the last /metrics page again and again, values never updated
   --metrics-garbage                answer /metrics with a body that is not Prometheus text
   --drop-gauges <NAME[,NAME..]>    leave these metric families off /metrics, e.g.
@@ -75,7 +79,7 @@ wall milliseconds, at most 86400000):
 ";
 
 /// Flags that take a value (the boolean ones are matched before these).
-const VALUE_FLAGS: [&str; 29] = [
+const VALUE_FLAGS: [&str; 31] = [
     "--host",
     "--port",
     "--control-port",
@@ -93,6 +97,8 @@ const VALUE_FLAGS: [&str; 29] = [
     "--lora-kv-tokens",
     "--api-overhead-ms",
     "--step-jitter",
+    "--speed",
+    "--slowdown",
     "--seed",
     "--time-scale",
     "--busy",
@@ -270,6 +276,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
             | "--lora-kv-tokens"
             | "--api-overhead-ms"
             | "--step-jitter"
+            | "--speed"
             | "--seed" => overrides.push((flag, value)),
             "--time-scale" => {
                 time_scale = parse_value(f, v, "a positive number")?;
@@ -287,6 +294,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
             "--drop-after-chunks" => patch.drop_after_chunks = Some(parse_value(f, v, "a count")?),
             "--refuse-for-ms" => patch.refuse_for_ms = Some(parse_value(f, v, "milliseconds")?),
             "--response-delay-ms" => patch.response_delay_ms = Some(parse_value(f, v, "milliseconds")?),
+            "--slowdown" => patch.slowdown = Some(parse_value(f, v, "a factor >= 1")?),
             "--drop-gauges" => patch
                 .drop_gauges
                 .get_or_insert_with(Vec::new)
@@ -313,6 +321,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, CliError
                 engine.api_overhead_us = (ms * 1000.0).round() as u64;
             }
             "--step-jitter" => engine.step_jitter = parse_value(f, v, "a fraction in [0, 1)")?,
+            "--speed" => engine.speed = parse_value(f, v, "a positive number")?,
             "--seed" => engine.seed = parse_value(f, v, "an unsigned integer")?,
             "--no-prefix-caching" => engine.enable_prefix_caching = false,
             _ => {}
@@ -373,9 +382,12 @@ mod tests {
 
     #[test]
     fn overrides_win_over_the_preset_wherever_they_appear() {
-        let o = parse(args("--num-gpu-blocks=100 --profile a100 --lora a,b --lora c --api-overhead-ms 5"))
-            .unwrap();
+        let o = parse(args(
+            "--num-gpu-blocks=100 --profile a100 --lora a,b --lora c --api-overhead-ms 5 --speed 0.5",
+        ))
+        .unwrap();
         assert_eq!(o.engine.num_gpu_blocks, 100);
+        assert_eq!(o.engine.speed, 0.5);
         assert_eq!(o.engine.max_num_seqs, 256);
         assert_eq!(o.engine.api_overhead_us, 5000);
         assert_eq!(o.loras, vec!["a", "b", "c"]);
@@ -419,13 +431,14 @@ mod tests {
             "--control-port 0 --refuse-connections --completions-hang --response-delay-ms 250 \
              --error-rate 0.5 --error-status 503 --drop-after-chunks 3 --metrics-delay-ms 7 --metrics-hang \
              --metrics-frozen --metrics-garbage --drop-gauges vllm:kv_cache_usage_perc \
-             --engine vllm --drop-gauges=vllm:num_requests_waiting,vllm:num_requests_running",
+             --engine vllm --drop-gauges=vllm:num_requests_waiting,vllm:num_requests_running --slowdown 3",
         ))
         .unwrap();
         assert_eq!(o.control_port, Some(0));
         let f = o.faults;
         assert!(f.refuse_connections && f.refuse_until.is_none());
         assert!(f.completions_hang && f.metrics_hang && f.metrics_frozen && f.metrics_garbage);
+        assert_eq!(f.slowdown, 3.0);
         assert_eq!((f.response_delay_ms, f.error_rate, f.error_status), (250, 0.5, 503));
         assert_eq!((f.drop_after_chunks, f.metrics_delay_ms), (3, 7));
         assert_eq!(

@@ -18,6 +18,7 @@ pub const MAX_MS: u64 = 86_400_000;
 const EXPECT_MS: &str = "milliseconds from 0 to 86400000 (one day)";
 const EXPECT_BOOL: &str = "true or false";
 const EXPECT_FRACTION: &str = "a fraction in [0, 1]";
+const EXPECT_SLOWDOWN: &str = "a factor in [1, 1000] (1 = no slow-down)";
 const EXPECT_STATUS: &str = "an HTTP 5xx status (500 to 599, e.g. 500 or 503)";
 const EXPECT_COUNT: &str = "a count (an unsigned 32-bit integer)";
 const EXPECT_NAMES: &str = "a list of metric family names";
@@ -46,6 +47,9 @@ pub struct Faults {
     pub metrics_delay_ms: u64,
     /// /metrics never answers.
     pub metrics_hang: bool,
+    /// Every engine step takes this many times longer than the replica's speed says (a noisy neighbour
+    /// on the GPU for a while); 1 = none.
+    pub slowdown: f64,
     /// /metrics serves the last page it served, values no longer updated.
     pub metrics_frozen: bool,
     /// /metrics answers 200 with text no Prometheus parser accepts.
@@ -67,6 +71,7 @@ impl Default for Faults {
             drop_after_chunks: 0,
             metrics_delay_ms: 0,
             metrics_hang: false,
+            slowdown: 1.0,
             metrics_frozen: false,
             metrics_garbage: false,
             drop_gauges: Vec::new(),
@@ -86,13 +91,14 @@ pub struct FaultsPatch {
     pub drop_after_chunks: Option<u32>,
     pub metrics_delay_ms: Option<u64>,
     pub metrics_hang: Option<bool>,
+    pub slowdown: Option<f64>,
     pub metrics_frozen: Option<bool>,
     pub metrics_garbage: Option<bool>,
     pub drop_gauges: Option<Vec<String>>,
 }
 
 /// Every knob, by its JSON name (the command-line flag is the same with dashes).
-pub const KNOBS: [&str; 12] = [
+pub const KNOBS: [&str; 13] = [
     "refuse_connections",
     "refuse_for_ms",
     "completions_hang",
@@ -102,6 +108,7 @@ pub const KNOBS: [&str; 12] = [
     "drop_after_chunks",
     "metrics_delay_ms",
     "metrics_hang",
+    "slowdown",
     "metrics_frozen",
     "metrics_garbage",
     "drop_gauges",
@@ -205,6 +212,10 @@ impl FaultsPatch {
                 }
                 "metrics_delay_ms" => p.metrics_delay_ms = Some(json_ms("metrics_delay_ms", v)?),
                 "metrics_hang" => p.metrics_hang = Some(json_bool("metrics_hang", v)?),
+                "slowdown" => {
+                    p.slowdown =
+                        Some(v.as_f64().ok_or_else(|| KnobError::not("slowdown", v, EXPECT_SLOWDOWN))?)
+                }
                 "metrics_frozen" => p.metrics_frozen = Some(json_bool("metrics_frozen", v)?),
                 "metrics_garbage" => p.metrics_garbage = Some(json_bool("metrics_garbage", v)?),
                 "drop_gauges" => {
@@ -315,6 +326,12 @@ impl Faults {
         if let Some(v) = patch.metrics_hang {
             next.metrics_hang = v;
         }
+        if let Some(f) = patch.slowdown {
+            if !(f.is_finite() && (1.0..=1000.0).contains(&f)) {
+                return Err(KnobError::not("slowdown", f, EXPECT_SLOWDOWN));
+            }
+            next.slowdown = f;
+        }
         if let Some(v) = patch.metrics_frozen {
             next.metrics_frozen = v;
         }
@@ -410,6 +427,8 @@ mod tests {
             (r#"{"drop_after_chunks": 4294967296}"#, "drop_after_chunks"),
             (r#"{"metrics_delay_ms": null}"#, "metrics_delay_ms"),
             (r#"{"metrics_hang": 0}"#, "metrics_hang"),
+            (r#"{"slowdown": 0.5}"#, "slowdown"),
+            (r#"{"slowdown": "2x"}"#, "slowdown"),
             (r#"{"metrics_frozen": []}"#, "metrics_frozen"),
             (r#"{"metrics_garbage": {}}"#, "metrics_garbage"),
             (r#"{"drop_gauges": "vllm:kv_cache_usage_perc"}"#, "drop_gauges"),

@@ -74,7 +74,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(opts: Options, replica: String, engine: Engine) -> Arc<Shared> {
+    pub fn new(opts: Options, replica: String, mut engine: Engine) -> Arc<Shared> {
+        engine.set_slowdown(opts.faults.slowdown);
         let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let sim = Sim {
             rng: Rng::new(opts.engine.seed ^ 0x6d73_696d),
@@ -149,7 +150,11 @@ impl Shared {
             result = f.apply(patch, &env);
             *f != before
         });
-        result.map(|()| self.faults())
+        let faults = result.map(|()| self.faults())?;
+        self.lock().engine.set_slowdown(faults.slowdown);
+        // The driver may be sleeping until a step planned at the old speed.
+        self.wake.notify_one();
+        Ok(faults)
     }
 
     /// A timed refusal ran out: accept again, unless the knob was set anew meanwhile.

@@ -108,7 +108,7 @@ pub fn run(policy: Policy, settings: &Settings<'_>, trace: &[Item]) -> Result<Ve
     let sims = ModelSim::start_many(REPLICAS.len(), |i| replica_args(i, settings.time_scale))?;
     let addrs: Vec<&str> = sims.iter().map(ModelSim::addr).collect();
     let template = match policy {
-        Policy::Picker => EnvoyTemplate::load("wasm-picker/envoy.yaml")?
+        Policy::Picker => EnvoyTemplate::load("wasm-picker-override-host/envoy.yaml")?
             .wasm(settings.wasm)
             .gateway_config(&gateway_config(&sims)),
         Policy::RoundRobin => EnvoyTemplate::load("round-robin/envoy.yaml")?,
