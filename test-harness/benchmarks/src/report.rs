@@ -1,5 +1,6 @@
 //! From runs to what a reader sees: one summary per (workload, QPS, policy), a table per workload,
-//! and a CSV with every percentile and its interval.
+//! and a CSV with every percentile and its interval; for the many-gateway runs, a table and a CSV per
+//! (policy, topology, pods) with the prefix-cache hit rate, TTFT, NTPOT and how evenly replicas were used.
 
 use crate::sim::{RequestRecord, RunResult};
 use crate::stats::{quantile_ci, Estimate};
@@ -29,6 +30,29 @@ pub struct CellSummary {
     /// Output tokens delivered / offered during the measured window: well below 1 when the cluster
     /// could not keep up (its queues grow for as long as the load lasts).
     pub kept_up: f64,
+    /// Gateway replicas × workers (`GxW`) the cell ran with.
+    pub topology: String,
+    /// The pods' speeds (`even`, `straggler`, ...).
+    pub pods: String,
+    /// Measured requests routed to each replica.
+    pub per_replica: Vec<u64>,
+}
+
+impl CellSummary {
+    /// Requests of the busiest replica / the idlest one's (∞ when one got none).
+    pub fn replica_spread(&self) -> f64 {
+        let max = self.per_replica.iter().copied().max().unwrap_or(0);
+        let min = self.per_replica.iter().copied().min().unwrap_or(0);
+        if min == 0 {
+            if max == 0 {
+                1.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            max as f64 / min as f64
+        }
+    }
 }
 
 fn percentiles(
@@ -77,6 +101,17 @@ pub fn summarize(
         prefix_hit_rate: if prompt > 0 { cached as f64 / prompt as f64 } else { 0.0 },
         preemptions: r.iter().map(|x| u64::from(x.preemptions)).sum(),
         kept_up: if offered > 0 { delivered as f64 / offered as f64 } else { 1.0 },
+        topology: String::from("1x1"),
+        pods: String::from("even"),
+        per_replica: {
+            let mut n = vec![0u64; run.per_replica.len()];
+            for e in r.iter().filter_map(|x| x.endpoint) {
+                if let Some(slot) = n.get_mut(e) {
+                    *slot += 1;
+                }
+            }
+            n
+        },
     }
 }
 
@@ -141,8 +176,13 @@ pub fn table(cells: &[&CellSummary], markdown: bool) -> String {
             ]
         })
         .collect();
+    render(&header, &rows, markdown)
+}
+
+/// Right-aligned columns (the second left-aligned in plain text), or a markdown table.
+fn render(header: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
@@ -163,7 +203,7 @@ pub fn table(cells: &[&CellSummary], markdown: bool) -> String {
         }
         out.push('\n');
     };
-    line(&mut out, &header.map(String::from));
+    line(&mut out, &header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     if markdown {
         out.push('|');
         for w in &widths {
@@ -171,8 +211,96 @@ pub fn table(cells: &[&CellSummary], markdown: bool) -> String {
         }
         out.push('\n');
     }
-    for row in &rows {
+    for row in rows {
         line(&mut out, row);
+    }
+    out
+}
+
+/// Requests per replica, busiest / idlest, for tables.
+pub fn spread(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        String::from("∞")
+    }
+}
+
+/// The many-gateway comparison: per (QPS, topology, pods, policy) the prefix-cache hit rate, TTFT p50 /
+/// p90, NTPOT p90 and how unevenly the replicas were loaded.
+pub fn topology_table(cells: &[&CellSummary], markdown: bool) -> String {
+    let header = [
+        "QPS",
+        "policy",
+        "GxW",
+        "pods",
+        "hit %",
+        "TTFT p50",
+        "TTFT p90",
+        "NTPOT p90",
+        "req/replica max/min",
+        "kept up",
+        "rejected",
+    ];
+    let rows: Vec<Vec<String>> = cells
+        .iter()
+        .map(|c| {
+            vec![
+                format!("{:.1}", c.qps),
+                policy_name(&c.policy).to_string(),
+                c.topology.clone(),
+                c.pods.clone(),
+                format!("{:.1}", c.prefix_hit_rate * 100.0),
+                ms(c.ttft[0].value),
+                ms(c.ttft[1].value),
+                ms(c.ntpot[1].value),
+                spread(c.replica_spread()),
+                format!("{:.2}", c.kept_up),
+                c.rejected.to_string(),
+            ]
+        })
+        .collect();
+    render(&header, &rows, markdown)
+}
+
+/// The policy's own name in a label that may carry the topology and pods (`ours @4x4/straggler`).
+fn policy_name(label: &str) -> &str {
+    label.split(" @").next().unwrap_or(label)
+}
+
+/// [`topology_table`] as CSV, with the 95 % intervals and the per-replica counts (`;`-separated).
+pub fn topology_csv(cells: &[CellSummary]) -> String {
+    let mut out = String::from(
+        "workload,policy,topology,pods,qps,requests,rejected,prefix_hit_rate,ttft_ms_p50,ttft_ms_p50_lo,\
+         ttft_ms_p50_hi,ttft_ms_p90,ttft_ms_p90_lo,ttft_ms_p90_hi,ntpot_ms_p90,ntpot_ms_p90_lo,ntpot_ms_p90_hi,\
+         replica_spread,per_replica,kept_up\n",
+    );
+    for c in cells {
+        let per: Vec<String> = c.per_replica.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3}",
+            c.workload,
+            policy_name(&c.policy),
+            c.topology,
+            c.pods,
+            c.qps,
+            c.requests,
+            c.rejected,
+            c.prefix_hit_rate,
+            c.ttft[0].value,
+            c.ttft[0].lo,
+            c.ttft[0].hi,
+            c.ttft[1].value,
+            c.ttft[1].lo,
+            c.ttft[1].hi,
+            c.ntpot[1].value,
+            c.ntpot[1].lo,
+            c.ntpot[1].hi,
+            c.replica_spread(),
+            per.join(";"),
+            c.kept_up
+        );
     }
     out
 }
@@ -217,6 +345,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replica_spread_is_busiest_over_idlest() {
+        let cell = |per_replica: Vec<u64>| CellSummary {
+            workload: String::new(),
+            policy: String::from("ours @4x4/straggler"),
+            qps: 1.0,
+            requests: 0,
+            rejected: 0,
+            ttft: Default::default(),
+            tpot: Default::default(),
+            ntpot: Default::default(),
+            e2e: Default::default(),
+            output_tokens_per_s: 0.0,
+            prefix_hit_rate: 0.0,
+            preemptions: 0,
+            kept_up: 1.0,
+            topology: String::from("4x4"),
+            pods: String::from("straggler"),
+            per_replica,
+        };
+        assert_eq!(cell(vec![30, 10, 20]).replica_spread(), 3.0);
+        assert_eq!(spread(cell(vec![30, 0]).replica_spread()), "∞");
+        assert_eq!(cell(vec![]).replica_spread(), 1.0);
+        let t = topology_table(&[&cell(vec![30, 10, 20])], false);
+        assert!(t.contains("ours ") && !t.contains('@') && t.contains("3.00"), "{t}");
+        assert!(topology_csv(&[cell(vec![1, 2])]).contains(",ours,4x4,straggler,"));
+    }
+
+    #[test]
     fn compact_milliseconds() {
         assert_eq!(ms(2.345), "2.35");
         assert_eq!(ms(23.45), "23.4");
@@ -257,6 +413,11 @@ mod tests {
         assert_eq!(s.kept_up, 0.5);
         let t = table(&[&s], false);
         assert!(t.contains("NTPOT p50") && t.contains("100"), "{t}");
+        // The two measured requests both went to replica 0 of a one-replica run.
+        assert_eq!((s.per_replica.clone(), s.replica_spread()), (vec![2], 1.0));
+        let t = topology_table(&[&s], true);
+        assert!(t.starts_with("| QPS | policy | GxW |") && t.contains("| 1x1 | even |"), "{t}");
+        assert_eq!(topology_csv(std::slice::from_ref(&s)).lines().count(), 2);
         assert_eq!(csv(&[s]).lines().count(), 2);
     }
 }

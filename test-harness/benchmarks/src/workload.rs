@@ -82,6 +82,8 @@ pub enum WorkloadKind {
     MultiTurn,
     MultiLora,
     Bursty,
+    /// A replayed JSONL trace (`trace`): not generated here, and not among the default workloads.
+    Trace,
 }
 
 impl WorkloadKind {
@@ -100,11 +102,12 @@ impl WorkloadKind {
             WorkloadKind::MultiTurn => "multi-turn",
             WorkloadKind::MultiLora => "multi-lora",
             WorkloadKind::Bursty => "bursty",
+            WorkloadKind::Trace => "trace",
         }
     }
 
     pub fn parse(s: &str) -> Option<WorkloadKind> {
-        WorkloadKind::ALL.into_iter().find(|w| w.name() == s)
+        WorkloadKind::ALL.into_iter().chain([WorkloadKind::Trace]).find(|w| w.name() == s)
     }
 }
 
@@ -170,7 +173,11 @@ const BURST_ON_S: f64 = 1.0;
 const BURST_HIGH: f64 = 3.0;
 const BURST_LOW: f64 = 0.5;
 
+/// The trace of a generated workload (empty for [`WorkloadKind::Trace`]: see `trace::arrivals`).
 pub fn generate(spec: &TraceSpec) -> Vec<Arrival> {
+    if spec.kind == WorkloadKind::Trace {
+        return Vec::new();
+    }
     let mut rng = Rng::new(spec.seed ^ (spec.kind as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut out = match spec.kind {
         WorkloadKind::MultiTurn => multi_turn(spec, &mut rng),

@@ -6,6 +6,8 @@ use benchmarks::policy::PolicyKind;
 use benchmarks::report::{self, CellSummary};
 use benchmarks::sim::{self, SimConfig};
 use benchmarks::stats::{paired_ratio_ci, Estimate};
+use benchmarks::topology::{PodsKind, Topology, DEFAULT_CONNECTIONS};
+use benchmarks::trace;
 use benchmarks::workload::{self, Arrival, SharedPrefixShape, TraceSpec, WorkloadKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,12 +18,41 @@ use std::time::Instant;
 const USAGE: &str = "\
 usage: quality-bench [--quick] [--validate] [--out DIR] [--replicas N] [--requests N] [--threads N]
                      [--workloads a,b] [--policies a,b] [--qps x,y] [--seed N] [--llama2-kv]
+                     [--gateways G,..] [--workers W,..] [--connections C] [--pods a,b]
+                     [--trace PATH] [--trace-speed x,y] [--trace-limit N]
 
-  --quick       fewer requests and load points (CI smoke run, a few minutes on 2 cores)
-  --validate    only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
-  --out DIR     where results.csv and the PNG charts go (default target/quality-bench)
-  --llama2-kv   replicas with Llama-2-7B's KV footprint (GIE's benchmark model)
-  --qps x,y     load points instead of the workload's ladder (applies to every selected workload)
+  --quick         fewer requests and load points (CI smoke run, a few minutes on 2 cores)
+  --validate      only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
+  --out DIR       where results.csv, topology.csv and the PNG charts go (default target/quality-bench)
+  --llama2-kv     replicas with Llama-2-7B's KV footprint (GIE's benchmark model)
+  --qps x,y       load points instead of the workload's ladder (applies to every selected workload)
+  --workloads     sharegpt, shared-prefix, multi-turn, multi-lora, bursty (default: all five), trace
+  --policies      round-robin, random, least-request, gie-v0.3, gie-default, sglang-cache-aware,
+                  dynamo-cost, ours (default: these eight), k8s-service, gie-reference
+
+Many decision points (every combination of the lists runs; default 1 x 1, one decision point):
+  --gateways G    gateway replicas; nothing is shared between them but the pods (each scrapes them
+                  on its own phase)
+  --workers W     Envoy workers per gateway, each deciding on its own: a worker sees its siblings'
+                  in-flight counts 1 ms late and their routed prefixes 10 ms late
+  --connections C client keep-alive connections (default 64), each pinned to a random gateway worker;
+                  every request takes a random connection (multi-turn sessions too)
+  k8s-service is a Kubernetes Service: kube-proxy pins each connection to a random pod. gie-reference
+  is GIE's default configuration as ONE decision point (a single active EPP) for every gateway, each
+  request paying the ext_proc round trip (1.58 ms + 25.4 us per KiB of body, docs/bench/overhead.md).
+
+Uneven pods:
+  --pods a,b      even: every replica at calibrated speed (default)
+                  uneven: replica i of N at 1 - 0.4 i/(N-1) of it (1.0 down to 0.6)
+                  straggler: the last replica at 0.5x speed (steps take twice as long)
+                  noisy: every replica at full speed, but each slowed to 0.5x for windows that come
+                  and go (quiet Exp(mean 20 s), slowed Exp(mean 5 s), independently per replica)
+
+Trace replay (adds the `trace` workload):
+  --trace PATH    JSONL in the Mooncake / aiperf format (timestamp ms, input_length, output_length,
+                  hash_ids of 512-token blocks; equal ids = equal text)
+  --trace-speed   time scaling, 2 = twice the trace's rate (default 1; a list gives load points)
+  --trace-limit N replay only the first N requests
 ";
 
 /// Load ladders are fractions of the saturation point found for each workload on the default cluster
@@ -34,6 +65,8 @@ fn saturation_qps(kind: WorkloadKind, replicas: usize) -> f64 {
         WorkloadKind::SharedPrefix => 1.5,
         WorkloadKind::MultiTurn => 30.0,
         WorkloadKind::MultiLora => 6.0,
+        // Replayed at its own rate (scaled by --trace-speed); no ladder.
+        WorkloadKind::Trace => 1.0,
     };
     per_replica * replicas as f64
 }
@@ -61,6 +94,54 @@ struct Options {
     seed: u64,
     /// Replicas with Llama-2-7B's KV footprint (GIE's benchmark model) instead of Llama-3.1-8B's.
     llama2_kv: bool,
+    gateways: Vec<usize>,
+    workers: Vec<usize>,
+    connections: usize,
+    pods: Vec<PodsKind>,
+    trace: Option<PathBuf>,
+    trace_speed: Vec<f64>,
+    trace_limit: Option<usize>,
+}
+
+/// One way of deploying the gateways in front of one kind of pods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Setup {
+    topology: Topology,
+    pods: PodsKind,
+}
+
+impl Setup {
+    fn is_default(&self) -> bool {
+        self.topology.decision_points() == 1 && self.pods == PodsKind::Even
+    }
+
+    /// What follows the policy's name in tables and charts (nothing for 1 x 1 on even pods).
+    fn suffix(&self) -> String {
+        if self.is_default() {
+            String::new()
+        } else {
+            format!(" @{}/{}", self.topology.label(), self.pods.name())
+        }
+    }
+}
+
+impl Options {
+    fn setups(&self) -> Vec<Setup> {
+        let mut out = Vec::new();
+        for &g in &self.gateways {
+            for &w in &self.workers {
+                for &pods in &self.pods {
+                    let topology = Topology {
+                        connections: self.connections,
+                        seed: Topology::default().seed ^ self.seed,
+                        ..Topology::new(g, w)
+                    };
+                    out.push(Setup { topology, pods });
+                }
+            }
+        }
+        out
+    }
 }
 
 fn parse_list<T>(v: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -80,7 +161,15 @@ fn parse_args() -> Result<Options, String> {
         qps: None,
         seed: 1,
         llama2_kv: false,
+        gateways: vec![1],
+        workers: vec![1],
+        connections: DEFAULT_CONNECTIONS,
+        pods: vec![PodsKind::Even],
+        trace: None,
+        trace_speed: vec![1.0],
+        trace_limit: None,
     };
+    let mut workloads_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -95,14 +184,39 @@ fn parse_args() -> Result<Options, String> {
             "--requests" => o.requests = Some(number(value()?)?.max(10)),
             "--threads" => o.threads = number(value()?)?.max(1),
             "--seed" => o.seed = number(value()?)? as u64,
-            "--workloads" => o.workloads = parse_list(&value()?, "workload", WorkloadKind::parse)?,
+            "--workloads" => {
+                o.workloads = parse_list(&value()?, "workload", WorkloadKind::parse)?;
+                workloads_given = true;
+            }
+            "--gateways" => o.gateways = parse_list(&value()?, "gateway count", positive)?,
+            "--workers" => o.workers = parse_list(&value()?, "worker count", positive)?,
+            "--connections" => o.connections = number(value()?)?.max(1),
+            "--pods" => o.pods = parse_list(&value()?, "pods kind", PodsKind::parse)?,
+            "--trace" => o.trace = Some(PathBuf::from(value()?)),
+            "--trace-speed" => {
+                o.trace_speed = parse_list(&value()?, "trace speed", |s| {
+                    s.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0)
+                })?
+            }
+            "--trace-limit" => o.trace_limit = Some(number(value()?)?.max(1)),
             "--policies" => o.policies = parse_list(&value()?, "policy", PolicyKind::parse)?,
             "--qps" => o.qps = Some(parse_list(&value()?, "QPS value", |s| s.parse::<f64>().ok())?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    let wants_trace = o.workloads.contains(&WorkloadKind::Trace);
+    match (&o.trace, wants_trace) {
+        (None, true) => return Err(String::from("the trace workload needs --trace PATH")),
+        (Some(_), false) if workloads_given => o.workloads.push(WorkloadKind::Trace),
+        (Some(_), false) => o.workloads = vec![WorkloadKind::Trace],
+        _ => {}
+    }
     Ok(o)
+}
+
+fn positive(s: &str) -> Option<usize> {
+    s.parse::<usize>().ok().filter(|&n| n > 0)
 }
 
 /// One (workload, QPS) point: its trace, shared by every policy.
@@ -140,65 +254,77 @@ fn make_point(kind: WorkloadKind, qps: f64, requests: usize, seed: u64, cfg: Sim
     Point { kind, qps, trace: workload::generate(&spec), cfg }
 }
 
-/// (point index, policy, summary, per-request records when kept).
-type Cell = (usize, PolicyKind, CellSummary, Vec<sim::RequestRecord>);
+/// (point index, setup index, policy, summary, per-request records when kept).
+type Cell = (usize, usize, PolicyKind, CellSummary, Vec<sim::RequestRecord>);
 
-/// Runs every (point, policy) pair on `threads` threads; returns summaries and per-request records
-/// (the latter only when `keep_records`, for paired comparisons).
+/// The cluster of `point` deployed as `setup`: its topology, and its pods' speeds (noisy windows drawn
+/// up to well after the last arrival).
+fn setup_config(point: &Point, setup: &Setup, seed: u64) -> SimConfig {
+    let mut cfg = point.cfg.clone();
+    cfg.topology = setup.topology;
+    let last = point.trace.last().map_or(0, |a| a.at_us);
+    cfg.pods = setup.pods.build(cfg.replicas, last.saturating_mul(2).saturating_add(60_000_000), seed);
+    cfg
+}
+
+/// Runs every (point, setup, policy) triple on `threads` threads; returns summaries and per-request
+/// records (the latter only when `keep_records`, for paired comparisons).
 fn run_cells(
     points: &[Point],
+    setups: &[Setup],
     policies: &[PolicyKind],
     threads: usize,
     resamples: usize,
     seed: u64,
     keep_records: bool,
 ) -> Result<Vec<Cell>, String> {
-    let jobs: Vec<(usize, PolicyKind)> =
-        (0..points.len()).flat_map(|p| policies.iter().map(move |&k| (p, k))).collect();
+    let jobs: Vec<(usize, usize, PolicyKind)> = (0..points.len())
+        .flat_map(|p| (0..setups.len()).flat_map(move |s| policies.iter().map(move |&k| (p, s, k))))
+        .collect();
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
     let failure = Mutex::new(None::<String>);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
-                while let Some(&(p, kind)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let Some(point) = points.get(p) else { break };
+                while let Some(&(p, si, kind)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let (Some(point), Some(setup)) = (points.get(p), setups.get(si)) else { break };
                     let started = Instant::now();
-                    let outcome = kind.build(seed).and_then(|mut policy| {
-                        sim::run(&point.trace, policy.as_mut(), &point.cfg).map_err(|e| e.to_string())
+                    let cfg = setup_config(point, setup, seed);
+                    let label = format!("{}{}", kind.name(), setup.suffix());
+                    let outcome = kind.build_decision_points(seed, &cfg.topology).and_then(|mut policies| {
+                        sim::run_boxed(&point.trace, &mut policies, &cfg).map_err(|e| e.to_string())
                     });
                     match outcome {
                         Ok(run) => {
-                            let summary = report::summarize(
+                            let mut summary = report::summarize(
                                 point.kind.name(),
-                                kind.name(),
+                                &label,
                                 point.qps,
                                 &run,
                                 point.warmup_us(),
                                 resamples,
                             );
+                            summary.topology = setup.topology.label();
+                            summary.pods = setup.pods.name().to_string();
                             eprintln!(
                                 "  {:<14} {:>6.1} QPS  {:<19} p90 NTPOT {:>8}  p90 TTFT {:>8}  ({:.1} s)",
                                 point.kind.name(),
                                 point.qps,
-                                kind.name(),
+                                label,
                                 report::ms(summary.ntpot[1].value),
                                 report::ms(summary.ttft[1].value),
                                 started.elapsed().as_secs_f64()
                             );
                             let records = if keep_records { run.records } else { Vec::new() };
                             if let Ok(mut r) = results.lock() {
-                                r.push((p, kind, summary, records));
+                                r.push((p, si, kind, summary, records));
                             }
                         }
                         Err(e) => {
                             if let Ok(mut f) = failure.lock() {
-                                *f = Some(format!(
-                                    "{} at {} QPS, {}: {e}",
-                                    point.kind.name(),
-                                    point.qps,
-                                    kind.name()
-                                ));
+                                *f =
+                                    Some(format!("{} at {} QPS, {label}: {e}", point.kind.name(), point.qps));
                             }
                             break;
                         }
@@ -212,30 +338,60 @@ fn run_cells(
     }
     let mut r = results.into_inner().map_err(|_| String::from("a worker thread panicked"))?;
     let order = |k: PolicyKind| policies.iter().position(|&x| x == k).unwrap_or(usize::MAX);
-    r.sort_by_key(|a| (a.0, order(a.1)));
+    r.sort_by_key(|a| (a.0, a.1, order(a.2)));
     Ok(r)
+}
+
+/// The trace's load points: the first `--trace-limit` requests at each `--trace-speed`.
+fn trace_points(o: &Options, cfg: &SimConfig) -> Result<Vec<Point>, String> {
+    let Some(path) = &o.trace else { return Ok(Vec::new()) };
+    let requests = trace::read(path, o.trace_limit)?;
+    Ok(o.trace_speed
+        .iter()
+        .map(|&speed| {
+            let arrivals = trace::arrivals(&requests, speed);
+            let qps = (trace::mean_rate(&arrivals) * 100.0).round() / 100.0;
+            Point { kind: WorkloadKind::Trace, qps, trace: arrivals, cfg: cfg.clone() }
+        })
+        .collect())
 }
 
 fn suite(o: &Options) -> Result<(), String> {
     let resamples = if o.quick { 100 } else { 200 };
     let ladder: &[f64] = if o.quick { &QUICK_LADDER } else { &FULL_LADDER };
     std::fs::create_dir_all(&o.out).map_err(|e| format!("creating {}: {e}", o.out.display()))?;
+    let setups = o.setups();
+    let many = setups.iter().any(|s| !s.is_default())
+        || o.policies.iter().any(|p| PolicyKind::EXTRA.contains(p))
+        || o.workloads.contains(&WorkloadKind::Trace);
     let mut all: Vec<CellSummary> = Vec::new();
     let mut markdown = String::new();
+    let mut topology_markdown = String::new();
     for &kind in &o.workloads {
         let cfg = cluster_for(kind, o.replicas, o.llama2_kv);
-        let qps: Vec<f64> = match &o.qps {
-            Some(q) => q.clone(),
-            None => {
-                ladder.iter().map(|f| (f * saturation_qps(kind, o.replicas) * 10.0).round() / 10.0).collect()
-            }
+        let points: Vec<Point> = if kind == WorkloadKind::Trace {
+            trace_points(o, &cfg)?
+        } else {
+            let qps: Vec<f64> = match &o.qps {
+                Some(q) => q.clone(),
+                None => ladder
+                    .iter()
+                    .map(|f| (f * saturation_qps(kind, o.replicas) * 10.0).round() / 10.0)
+                    .collect(),
+            };
+            let requests = |q: f64| o.requests.unwrap_or_else(|| cell_requests(q, o.quick));
+            qps.iter().map(|&q| make_point(kind, q, requests(q), o.seed, cfg.clone())).collect()
         };
-        let requests = |q: f64| o.requests.unwrap_or_else(|| cell_requests(q, o.quick));
         eprintln!("\n== {} ({} replicas)", kind.name(), o.replicas);
-        let points: Vec<Point> =
-            qps.iter().map(|&q| make_point(kind, q, requests(q), o.seed, cfg.clone())).collect();
-        let cells = run_cells(&points, &o.policies, o.threads, resamples, o.seed, false)?;
-        let summaries: Vec<CellSummary> = cells.into_iter().map(|c| c.2).collect();
+        let cells = run_cells(&points, &setups, &o.policies, o.threads, resamples, o.seed, false)?;
+        // Series in run order: each policy in each setup.
+        let mut labels: Vec<String> = Vec::new();
+        for c in &cells {
+            if !labels.contains(&c.3.policy) {
+                labels.push(c.3.policy.clone());
+            }
+        }
+        let summaries: Vec<CellSummary> = cells.into_iter().map(|c| c.3).collect();
         let refs: Vec<&CellSummary> = summaries.iter().collect();
         let counts: Vec<String> = points.iter().map(|p| p.trace.len().to_string()).collect();
         println!(
@@ -246,18 +402,25 @@ fn suite(o: &Options) -> Result<(), String> {
         );
         println!("{}", report::table(&refs, false));
         markdown.push_str(&format!("\n#### {}\n\n{}", kind.name(), report::table(&refs, true)));
+        if many {
+            println!("{}", report::topology_table(&refs, false));
+        }
+        topology_markdown.push_str(&format!(
+            "\n#### {}\n\n{}",
+            kind.name(),
+            report::topology_table(&refs, true)
+        ));
         for (metric, label, pick) in [
             ("ntpot", "p90 NTPOT (ms)", (|c: &CellSummary| c.ntpot[1].value) as fn(&CellSummary) -> f64),
             ("ttft", "p90 TTFT (ms)", |c: &CellSummary| c.ttft[1].value),
         ] {
-            let series: Vec<Series> = o
-                .policies
+            let series: Vec<Series> = labels
                 .iter()
-                .map(|p| Series {
-                    name: p.name().to_string(),
+                .map(|name| Series {
+                    name: name.clone(),
                     points: summaries
                         .iter()
-                        .filter(|c| c.policy == p.name())
+                        .filter(|c| &c.policy == name)
                         .map(|c| (c.qps, pick(c)))
                         .collect(),
                 })
@@ -270,12 +433,16 @@ fn suite(o: &Options) -> Result<(), String> {
         }
         all.extend(summaries);
     }
-    let csv_path = o.out.join("results.csv");
-    std::fs::write(&csv_path, report::csv(&all))
-        .map_err(|e| format!("writing {}: {e}", csv_path.display()))?;
-    let md_path = o.out.join("tables.md");
-    std::fs::write(&md_path, markdown).map_err(|e| format!("writing {}: {e}", md_path.display()))?;
-    eprintln!("wrote {} and {}", csv_path.display(), md_path.display());
+    let write = |name: &str, text: &str| {
+        let path = o.out.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+        Ok::<(), String>(())
+    };
+    write("results.csv", &report::csv(&all))?;
+    write("tables.md", &markdown)?;
+    write("topology.csv", &report::topology_csv(&all))?;
+    write("topology.md", &topology_markdown)?;
     Ok(())
 }
 
@@ -318,15 +485,16 @@ fn validate(o: &Options) -> Result<(), String> {
             )
         })
         .collect();
-    let cells = run_cells(&points, &policies, o.threads, resamples, o.seed, true)?;
+    let setups = [Setup { topology: Topology::default(), pods: PodsKind::Even }];
+    let cells = run_cells(&points, &setups, &policies, o.threads, resamples, o.seed, true)?;
     println!("| QPS | load / saturation | policy | p90 NTPOT ms | vs round-robin (95 % CI) | p90 e2e vs round-robin | out tok/s |");
     println!("|---:|---:|---|---:|---:|---:|---:|");
     for (p, point) in points.iter().enumerate() {
-        let of = |k: PolicyKind| cells.iter().find(|c| c.0 == p && c.1 == k);
+        let of = |k: PolicyKind| cells.iter().find(|c| c.0 == p && c.2 == k);
         let Some(rr) = of(PolicyKind::RoundRobin) else { continue };
         let warmup = point.warmup_us();
         let values = |c: &Cell, f: fn(&sim::RequestRecord) -> Option<f64>| {
-            c.3.iter().map(|r| if r.arrival_us >= warmup { f(r) } else { None }).collect::<Vec<Option<f64>>>()
+            c.4.iter().map(|r| if r.arrival_us >= warmup { f(r) } else { None }).collect::<Vec<Option<f64>>>()
         };
         for &k in &policies {
             let Some(c) = of(k) else { continue };
@@ -349,10 +517,10 @@ fn validate(o: &Options) -> Result<(), String> {
                 point.qps,
                 point.qps / sat,
                 k.name(),
-                report::ms(c.2.ntpot[1].value),
+                report::ms(c.3.ntpot[1].value),
                 if k == PolicyKind::RoundRobin { String::from("—") } else { pct(&ntpot) },
                 if k == PolicyKind::RoundRobin { String::from("—") } else { pct(&e2e) },
-                c.2.output_tokens_per_s
+                c.3.output_tokens_per_s
             );
         }
     }
@@ -377,8 +545,8 @@ fn validate(o: &Options) -> Result<(), String> {
         PolicyKind::GieDefault,
         PolicyKind::Ours,
     ];
-    let cells = run_cells(&points, &policies, o.threads, resamples, o.seed, false)?;
-    let refs: Vec<&CellSummary> = cells.iter().map(|c| &c.2).collect();
+    let cells = run_cells(&points, &setups, &policies, o.threads, resamples, o.seed, false)?;
+    let refs: Vec<&CellSummary> = cells.iter().map(|c| &c.3).collect();
     println!("{}", report::table(&refs, true));
     Ok(())
 }
