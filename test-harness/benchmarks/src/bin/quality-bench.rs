@@ -34,12 +34,14 @@ Many decision points (every combination of the lists runs; default 1 x 1, one de
   --gateways G    gateway replicas; nothing is shared between them but the pods (each scrapes them
                   on its own phase)
   --workers W     Envoy workers per gateway, each deciding on its own: a worker sees its siblings'
-                  in-flight counts 1 ms late and their routed prefixes 10 ms late
+                  in-flight counts 1 ms late and their routed prefixes 10 ms late (least-request:
+                  in-flight at once, as Envoy's shared per-host active-request gauge)
   --connections C client keep-alive connections (default 64), each pinned to a random gateway worker;
                   every request takes a random connection (multi-turn sessions too)
   k8s-service is a Kubernetes Service: kube-proxy pins each connection to a random pod. gie-reference
   is GIE's default configuration as ONE decision point (a single active EPP) for every gateway, each
-  request paying the ext_proc round trip (1.58 ms + 25.4 us per KiB of body, docs/bench/overhead.md).
+  request paying the ext_proc round trip (1.68 ms, the shim's p50 over plain Envoy at 4 KiB bodies in
+  docs/bench/overhead.md).
 
 Uneven pods:
   --pods a,b      even: every replica at calibrated speed (default)
@@ -290,7 +292,8 @@ fn run_cells(
                 while let Some(&(p, si, kind)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let (Some(point), Some(setup)) = (points.get(p), setups.get(si)) else { break };
                     let started = Instant::now();
-                    let cfg = setup_config(point, setup, seed);
+                    let mut cfg = setup_config(point, setup, seed);
+                    cfg.topology.inflight_delay_us = kind.sibling_inflight_delay_us(&cfg.topology);
                     let label = format!("{}{}", kind.name(), setup.suffix());
                     let outcome = kind.build_decision_points(seed, &cfg.topology).and_then(|mut policies| {
                         sim::run_boxed(&point.trace, &mut policies, &cfg).map_err(|e| e.to_string())
