@@ -10,7 +10,7 @@
 //! and its PNG charts `overhead-throughput-w<workers>.png` and `overhead-added-cpu-w<workers>.png`.
 //!
 //! `cargo xtask bench faults [--quick]`: routing around a failing pod in real Envoy (the filter, the
-//! ext_proc shim and round-robin, five faults), via the `faults` binary of `test-harness/benchmarks`;
+//! ext_proc shim and round-robin, six faults), via the `faults` binary of `test-harness/benchmarks`;
 //! full mode writes `docs/bench/faults.md`.
 //!
 //! `cargo xtask bench core-wasm [-- criterion filter and options]`: the core's Criterion benchmarks

