@@ -12,24 +12,50 @@ use std::time::{Duration, Instant};
 /// Set by the SIGINT/SIGTERM handler; every wait in a run checks it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Policy {
-    Picker,
+    /// The Wasm picker. `config`: a scheduling configuration (`plugins`, `schedulingProfiles`, ...; `{}` is
+    /// GIE's default) to which the run adds the pool and, unless it has one, the demo's collector; `None`
+    /// is the demo's own configuration. `name` heads its column.
+    Picker {
+        name: String,
+        config: Option<Value>,
+    },
     RoundRobin,
 }
 
 impl Policy {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
-            Policy::Picker => "picker",
+            Policy::Picker { name, .. } => name,
             Policy::RoundRobin => "round-robin",
         }
     }
 }
 
+/// Which replicas a run starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// The demo's four: one with a LoRA adapter, one already saturated by other tenants.
+    Demo,
+    /// Four identical replicas that serve only the run's traffic (what the quality suite simulates).
+    Even,
+}
+
 pub struct Settings<'a> {
     pub wasm: &'a Path,
     pub time_scale: f64,
+    pub replicas: Replicas,
+    /// model-sim's `--profile` (`a100`, `h100`).
+    pub profile: &'a str,
+}
+
+/// The replicas' prefix-cache counters at the end of a run, summed (`vllm:prefix_cache_hits_total` and
+/// `vllm:prefix_cache_queries_total`: prompt tokens found cached / looked up, by the engines themselves).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineCache {
+    pub hits: f64,
+    pub queries: f64,
 }
 
 /// What one request saw.
@@ -47,43 +73,58 @@ pub struct Outcome {
 
 /// The four replicas, named as the table shows them.
 const REPLICAS: [&str; 4] = ["sim-1", "sim-2-lora", "sim-3-busy", "sim-4"];
+const EVEN_REPLICAS: [&str; 4] = ["sim-1", "sim-2", "sim-3", "sim-4"];
 
-fn replica_args(i: usize, time_scale: f64) -> Vec<String> {
-    let name = REPLICAS.get(i).copied().unwrap_or("sim");
+fn replica_args(i: usize, settings: &Settings<'_>) -> Vec<String> {
+    let names = match settings.replicas {
+        Replicas::Demo => REPLICAS,
+        Replicas::Even => EVEN_REPLICAS,
+    };
+    let name = names.get(i).copied().unwrap_or("sim");
     let mut args: Vec<String> = [
         "--replica-name",
         name,
         "--profile",
-        "a100",
+        settings.profile,
         "--time-scale",
-        &time_scale.to_string(),
+        &settings.time_scale.to_string(),
         "--seed",
         &i.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let extra: &[&str] = match i {
+    let extra: &[&str] = match (settings.replicas, i) {
+        (Replicas::Even, _) => &[],
         // Room for a second adapter, so base-model requests still pass the LoRA filter (GIE keeps only
         // replicas with a free adapter slot for a model no replica runs, and the base model is one).
-        1 => &["--lora", ADAPTER, "--max-lora", "2"],
+        (Replicas::Demo, 1) => &["--lora", ADAPTER, "--max-lora", "2"],
         // Already saturated by other tenants: a full batch and more waiting.
-        2 => &["--max-num-seqs", "16", "--busy", "24", "--busy-output-tokens", "400"],
+        (Replicas::Demo, 2) => &["--max-num-seqs", "16", "--busy", "24", "--busy-output-tokens", "400"],
         _ => &[],
     };
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
-/// The picker's configuration: GIE's default scorers plus LoRA affinity, a fast collector.
-fn gateway_config(sims: &[ModelSim]) -> String {
+/// The picker's configuration: `scheduling` (an object) with the pool and, unless it sets one, the demo's
+/// collector; without one, the demo's: GIE's default scorers plus LoRA affinity, a fast collector.
+fn gateway_config(sims: &[ModelSim], scheduling: Option<&Value>) -> Result<String, String> {
+    let pool = json!({"name": "demo", "endpoints": sims.iter().map(ModelSim::addr).collect::<Vec<_>>()});
+    if let Some(scheduling) = scheduling {
+        let mut config =
+            scheduling.as_object().cloned().ok_or("a picker configuration must be a JSON object")?;
+        config.insert(String::from("pool"), pool);
+        config.entry("collector").or_insert_with(demo_collector);
+        return Ok(Value::Object(config).to_string());
+    }
     let refs = |name: &str, weight: Option<u32>| match weight {
         Some(w) => json!({"pluginRef": name, "weight": w}),
         None => json!({"pluginRef": name}),
     };
-    json!({
-        "pool": {"name": "demo", "endpoints": sims.iter().map(ModelSim::addr).collect::<Vec<_>>()},
-        "collector": {"intervalMs": 50, "timeoutMs": 500},
+    Ok(json!({
+        "pool": pool,
+        "collector": demo_collector(),
         "plugins": [
             {"type": "lora-affinity-filter"}, {"type": "queue-scorer"},
             {"type": "kv-cache-utilization-scorer"}, {"type": "prefix-cache-scorer"}, {"type": "max-score-picker"},
@@ -94,36 +135,81 @@ fn gateway_config(sims: &[ModelSim]) -> String {
             refs("max-score-picker", None),
         ]}],
     })
-    .to_string()
+    .to_string())
 }
 
-pub fn replica_names() -> Vec<String> {
-    REPLICAS.iter().map(|s| s.to_string()).collect()
+/// The demo's collector: a scrape of every replica each 50 ms (wall time), 500 ms timeout.
+fn demo_collector() -> Value {
+    json!({"intervalMs": 50, "timeoutMs": 500})
 }
 
-/// Runs the whole trace through `policy` and returns one outcome per request (trace order).
-pub fn run(policy: Policy, settings: &Settings<'_>, trace: &[Item]) -> Result<Vec<Outcome>, String> {
+pub fn replica_names(replicas: Replicas) -> Vec<String> {
+    let names = match replicas {
+        Replicas::Demo => REPLICAS,
+        Replicas::Even => EVEN_REPLICAS,
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs the whole trace through `policy` and returns one outcome per request (trace order), and the
+/// replicas' prefix-cache counters at the end (`None` when a scrape failed).
+pub fn run(
+    policy: &Policy,
+    settings: &Settings<'_>,
+    trace: &[Item],
+) -> Result<(Vec<Outcome>, Option<EngineCache>), String> {
     eprintln!("\n[{}] starting 4 replicas and Envoy", policy.name());
     // Started on this (the main) thread: their parent-death signal follows the spawning thread.
-    let sims = ModelSim::start_many(REPLICAS.len(), |i| replica_args(i, settings.time_scale))?;
+    let sims = ModelSim::start_many(REPLICAS.len(), |i| replica_args(i, settings))?;
     let addrs: Vec<&str> = sims.iter().map(ModelSim::addr).collect();
     let template = match policy {
-        Policy::Picker => EnvoyTemplate::load("wasm-picker-override-host/envoy.yaml")?
+        Policy::Picker { config, .. } => EnvoyTemplate::load("wasm-picker-override-host/envoy.yaml")?
             .wasm(settings.wasm)
-            .gateway_config(&gateway_config(&sims)),
+            .gateway_config(&gateway_config(&sims, config.as_ref())?),
         Policy::RoundRobin => EnvoyTemplate::load("round-robin/envoy.yaml")?,
     }
     .pool_endpoints(&addrs);
     let options = EnvoyOptions { log_level: String::from("warn"), ..EnvoyOptions::default() };
     let envoy = Envoy::start(&template, &options)?;
-    let keeper = AdapterInUse::start(sims.get(1).map(ModelSim::addr).unwrap_or_default());
+    let keeper = match settings.replicas {
+        Replicas::Demo => Some(AdapterInUse::start(sims.get(1).map(ModelSim::addr).unwrap_or_default())),
+        Replicas::Even => None,
+    };
     // A few collector rounds before traffic (the same pause for both policies).
     pause(Duration::from_secs(1))?;
-    let outcomes = replay(policy, envoy.listener(), settings.time_scale, trace);
-    keeper.stop();
+    let outcomes = replay(policy.name(), envoy.listener(), settings.time_scale, trace);
+    if let Some(keeper) = keeper {
+        keeper.stop();
+    }
+    let cache = if outcomes.is_ok() { engine_cache(&sims) } else { None };
     drop(envoy);
     drop(sims);
-    outcomes
+    Ok((outcomes?, cache))
+}
+
+/// The replicas' prefix-cache counters, summed.
+fn engine_cache(sims: &[ModelSim]) -> Option<EngineCache> {
+    let mut total = EngineCache::default();
+    for sim in sims {
+        let text = sim.metrics().ok()?;
+        total.hits += counter(&text, "vllm:prefix_cache_hits_total")?;
+        total.queries += counter(&text, "vllm:prefix_cache_queries_total")?;
+    }
+    Some(total)
+}
+
+/// The sum of a Prometheus family's samples (`name{labels} value` or `name value`).
+pub fn counter(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value = rest.rsplit(' ').next()?.parse::<f64>().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
 }
 
 fn pause(d: Duration) -> Result<(), String> {
@@ -176,20 +262,20 @@ impl AdapterInUse {
     }
 }
 
-fn replay(policy: Policy, gateway: &str, time_scale: f64, trace: &[Item]) -> Result<Vec<Outcome>, String> {
+fn replay(label: &str, gateway: &str, time_scale: f64, trace: &[Item]) -> Result<Vec<Outcome>, String> {
     let (tx, rx) = mpsc::channel::<(usize, Outcome)>();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; trace.len()];
-    let mut progress = Progress::new(policy.name(), trace.len());
+    let mut progress = Progress::new(label, trace.len());
     let start = Instant::now();
     let (mut sent, mut done, mut failed) = (0usize, 0usize, 0usize);
     while done < trace.len() {
         check_interrupt().inspect_err(|_| progress.finish())?;
         let now = start.elapsed();
         while let Some(item) = trace.get(sent).filter(|it| it.at.mul_f64(time_scale) <= now) {
-            let (tx, gateway, body) = (tx.clone(), gateway.to_string(), item.body.clone());
+            let (tx, gateway, body, path) = (tx.clone(), gateway.to_string(), item.body.clone(), item.path);
             let i = sent;
             std::thread::spawn(move || {
-                let _ = tx.send((i, one_request(&gateway, &body, time_scale)));
+                let _ = tx.send((i, one_request(&gateway, path, &body, time_scale)));
             });
             sent += 1;
         }
@@ -210,8 +296,8 @@ fn replay(policy: Policy, gateway: &str, time_scale: f64, trace: &[Item]) -> Res
     Ok(outcomes.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-fn one_request(gateway: &str, body: &str, time_scale: f64) -> Outcome {
-    let request = Request::post_json("/v1/chat/completions", body).timeout(Duration::from_secs(300));
+fn one_request(gateway: &str, path: &str, body: &str, time_scale: f64) -> Outcome {
+    let request = Request::post_json(path, body).timeout(Duration::from_secs(300));
     let response = match request.send(gateway) {
         Ok(r) => r,
         Err(e) => return Outcome { error: Some(format!("no reply ({e})")), ..Outcome::default() },
@@ -246,7 +332,7 @@ fn one_request(gateway: &str, body: &str, time_scale: f64) -> Outcome {
 /// A one-line progress bar on stderr, redrawn ten times a second; when stderr is not a terminal (CI
 /// logs), a plain line every five seconds instead.
 struct Progress {
-    label: &'static str,
+    label: String,
     total: usize,
     started: Instant,
     drawn: Option<Instant>,
@@ -254,10 +340,10 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(label: &'static str, total: usize) -> Progress {
+    fn new(label: &str, total: usize) -> Progress {
         use std::io::IsTerminal;
         let terminal = std::io::stderr().is_terminal();
-        Progress { label, total, started: Instant::now(), drawn: None, terminal }
+        Progress { label: label.to_string(), total, started: Instant::now(), drawn: None, terminal }
     }
 
     fn draw(&mut self, sent: usize, done: usize, failed: usize) {

@@ -1,7 +1,7 @@
 //! The demo's result: one column per policy (requests per replica, prefix-cache hit rate, TTFT
 //! percentiles, errors) and the TTFT distributions as a PNG, drawn by the quality benchmark's renderer.
 
-use crate::replay::Outcome;
+use crate::replay::{EngineCache, Outcome};
 use benchmarks::chart::{line_chart, Series};
 use benchmarks::stats::quantile;
 use std::collections::BTreeMap;
@@ -17,6 +17,8 @@ pub struct Summary {
     pub errors: BTreeMap<String, usize>,
     /// Cached prompt tokens / prompt tokens over the successful requests.
     pub hit_rate: f64,
+    /// The same as the replicas count it (`/metrics`), over everything they served; shown when set.
+    pub engine_hit_rate: Option<f64>,
     /// TTFT of the successful requests, model-time milliseconds.
     pub ttft_ms: Vec<f64>,
 }
@@ -47,8 +49,16 @@ impl Summary {
             per_replica,
             errors,
             hit_rate,
+            engine_hit_rate: None,
             ttft_ms,
         }
+    }
+
+    /// Adds the replicas' own prefix-cache counters to the table.
+    pub fn with_engine_cache(mut self, cache: Option<EngineCache>) -> Summary {
+        self.engine_hit_rate =
+            Some(cache.filter(|c| c.queries > 0.0).map_or(f64::NAN, |c| c.hits / c.queries));
+        self
     }
 
     fn ttft(&self, q: f64) -> String {
@@ -83,13 +93,11 @@ pub fn table(runs: &[Summary], replicas: &[String], time_scale: f64) -> String {
             format!("{n} ({:.0}%)", 100.0 * n as f64 / s.requests.max(1) as f64)
         });
     }
-    row("prefix-cache hit rate", &|s| {
-        if s.hit_rate.is_finite() {
-            format!("{:.1}%", 100.0 * s.hit_rate)
-        } else {
-            String::from("-")
-        }
-    });
+    let percent = |r: f64| if r.is_finite() { format!("{:.1}%", 100.0 * r) } else { String::from("-") };
+    row("prefix-cache hit rate", &|s| percent(s.hit_rate));
+    if runs.iter().any(|s| s.engine_hit_rate.is_some()) {
+        row("  replicas' /metrics", &|s| percent(s.engine_hit_rate.unwrap_or(f64::NAN)));
+    }
     row("TTFT p50 (ms)", &|s| s.ttft(0.50));
     row("TTFT p90 (ms)", &|s| s.ttft(0.90));
     row("TTFT p99 (ms)", &|s| s.ttft(0.99));
@@ -172,5 +180,16 @@ mod tests {
         assert!(t.contains("1 (HTTP 404)") || t.contains("1 (1× HTTP 404)"), "{t}");
         assert!(t.contains("  to b") && t.contains("2 (67%)"), "{t}");
         assert!(t.contains("50.0%"), "{t}");
+        assert!(!t.contains("/metrics"), "{t}");
+    }
+
+    #[test]
+    fn the_replicas_own_hit_rate_is_a_row_when_known() {
+        let s = Summary::new("picker", &[ok("a", 100, 1000, 900)])
+            .with_engine_cache(Some(EngineCache { hits: 300.0, queries: 1200.0 }));
+        let none = Summary::new("round-robin", &[ok("a", 100, 1000, 900)]).with_engine_cache(None);
+        let t = table(&[s, none], &["a".into()], 0.25);
+        let row = t.lines().find(|l| l.contains("replicas' /metrics")).unwrap_or_default();
+        assert!(row.contains("25.0%") && row.trim_end().ends_with('-'), "{t}");
     }
 }
