@@ -470,7 +470,7 @@ mod tests {
             assert_eq!(c.routing.destination_header, "x-gateway-destination-endpoint");
             assert_eq!(c.routing.max_endpoints, 1);
             assert!(c.pool.endpoints.is_empty());
-            assert_eq!(c.picker.plugins.len(), EndpointPickerConfig::gie_default().plugins.len());
+            assert_eq!(c.picker.plugins, EndpointPickerConfig::default_scheduling().unwrap().plugins);
         }
     }
 

@@ -23,6 +23,13 @@ pub const KIND: &str = "EndpointPickerConfig";
 pub const DEFAULT_SATURATION_DETECTOR: &str = "utilization-detector";
 /// The picker of a profile that names none (llm-d's system default).
 pub const DEFAULT_PICKER: &str = "max-score-picker";
+/// The scheduling of a configuration that has no plugins and no profiles (no configuration at all, or
+/// only our own sections): `envoy-config/scheduling/recommended.json`, the very file. GIE's default
+/// (queue ×2, KV ×2, prefix ×3, [`EndpointPickerConfig::gie_default`]) herds when several decision
+/// points read the same stale metrics; this profile (the prompt's rendezvous owner with bounded loads,
+/// in-flight-aware queue, a random draw among near-best endpoints) keeps 4 gateways × 4 workers within
+/// a few percent of one decision point (BENCHMARKS.md, "Many gateways").
+pub const DEFAULT_SCHEDULING: &str = include_str!("../../../envoy-config/scheduling/recommended.json");
 /// The profile handler of a configuration with one profile and no handler (llm-d's system default).
 pub const DEFAULT_PROFILE_HANDLER: &str = "single-profile-handler";
 /// Weight of a scorer referenced without one.
@@ -127,8 +134,14 @@ impl EndpointPickerConfig {
         parse::from_value(value, own_sections)
     }
 
+    /// What a configuration without plugins and profiles schedules with: [`DEFAULT_SCHEDULING`].
+    pub fn default_scheduling() -> Result<EndpointPickerConfig, ConfigError> {
+        parse::from_json(DEFAULT_SCHEDULING, &[])
+    }
+
     /// GIE's default: queue ×2, KV-cache utilization ×2, prefix cache ×3, max-score picker,
-    /// single profile handler, utilization detector (the last three are added by the scheduler).
+    /// single profile handler, utilization detector (the last three are added by the scheduler). Not the
+    /// default here (see [`DEFAULT_SCHEDULING`]); configure these plugins to get its decisions.
     pub fn gie_default() -> EndpointPickerConfig {
         let scorer = |t: &str, w: f64| {
             (

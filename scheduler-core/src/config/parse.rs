@@ -35,7 +35,7 @@ const KNOWN_FEATURE_GATES: &[(&str, &str)] = &[
 
 pub(super) fn from_json(text: &str, own: &[&str]) -> Result<EndpointPickerConfig, ConfigError> {
     if text.trim().is_empty() {
-        return Ok(EndpointPickerConfig::gie_default());
+        return EndpointPickerConfig::default_scheduling();
     }
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ConfigError::new("", "a JSON document", Some(format!("invalid JSON ({e})"))))?;
@@ -142,7 +142,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
     cfg.saturation_detector = flow_detector.or(legacy_detector);
 
     if cfg.plugins.is_empty() && !profiles_given {
-        let mut default = EndpointPickerConfig::gie_default();
+        let mut default = EndpointPickerConfig::default_scheduling()?;
         default.plugins.append(&mut cfg.plugins);
         default.saturation_detector = cfg.saturation_detector;
         default.feature_gates = cfg.feature_gates;

@@ -42,10 +42,21 @@ fn both_api_versions_parse_and_the_old_one_warns() {
 }
 
 #[test]
-fn no_config_means_the_gie_default() {
+fn no_config_means_the_default_scheduling_and_gie_default_is_one_explicit_profile_away() {
+    let shipped = include_str!("../../../envoy-config/scheduling/gie-default.json");
+    let gie = EndpointPickerConfig::from_json(shipped).unwrap();
+    let expected = EndpointPickerConfig::gie_default();
+    let types = |c: &EndpointPickerConfig| c.plugins.iter().map(|p| p.type_name.clone()).collect::<Vec<_>>();
+    assert_eq!(types(&gie)[..3], types(&expected)[..], "gie-default.json is GIE's default profile");
+    assert_eq!(gie.scheduling_profiles[0].plugins[..3], expected.scheduling_profiles[0].plugins[..]);
+    let default = EndpointPickerConfig::default_scheduling().unwrap();
+    let types: Vec<&str> = default.plugins.iter().map(|p| p.type_name.as_str()).collect();
+    assert!(types.contains(&"prefix-owner-scorer") && types.contains(&"near-best-picker"), "{types:?}");
+    assert!(default.warnings.is_empty(), "{:?}", default.warnings);
     for text in ["", "  \n", "{}", r#"{"apiVersion": "llm-d.ai/v1alpha1", "kind": "EndpointPickerConfig"}"#] {
         let cfg = EndpointPickerConfig::from_json(text).unwrap();
-        assert_eq!(cfg.plugins, EndpointPickerConfig::gie_default().plugins, "{text:?}");
+        assert_eq!(cfg.plugins, default.plugins, "{text:?}");
+        assert_eq!(cfg.scheduling_profiles, default.scheduling_profiles, "{text:?}");
     }
     let s = Scheduler::from_config_with(&EndpointPickerConfig::gie_default(), &registry()).unwrap();
     assert_eq!(

@@ -321,7 +321,11 @@ fn when_no_endpoint_is_usable_the_failure_mode_decides() {
 #[test]
 fn routing_max_endpoints_alone_gives_fallbacks_the_next_best_by_score() {
     // GIE's max-score-picker returns one endpoint by default; the gateway asking for two gets the next best.
-    let mut p = EndpointPicker::from_json(r#"{"routing": {"maxEndpoints": 2}}"#).unwrap();
+    let mut p = EndpointPicker::from_json(
+        r#"{"routing": {"maxEndpoints": 2}, "plugins": [{"type": "queue-scorer"}, {"type": "max-score-picker"}],
+            "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}, {"pluginRef": "max-score-picker"}]}]}"#,
+    )
+    .unwrap();
     let snap = pool(&[5, 0, 9, 2]);
     let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&snap), 1_010, 1));
     assert_eq!(r.header_value, "10.0.0.2:8000,10.0.0.4:8000");

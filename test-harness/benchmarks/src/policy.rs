@@ -148,12 +148,14 @@ impl PolicyKind {
     pub fn build(self, seed: u64) -> Result<Box<dyn Policy>, String> {
         Ok(match self {
             PolicyKind::K8sService => Box::new(K8sService { pinned: HashMap::new(), rng: Rng::new(seed) }),
-            PolicyKind::GieReference => Box::new(GieReference { picker: Picker::new("", seed)? }),
+            PolicyKind::GieReference => {
+                Box::new(GieReference { picker: Picker::new(GIE_DEFAULT_CONFIG, seed)? })
+            }
             PolicyKind::RoundRobin => Box::new(RoundRobin { next: 0 }),
             PolicyKind::Random => Box::new(RandomPick { rng: Rng::new(seed) }),
             PolicyKind::LeastRequest => Box::new(LeastRequest { rng: Rng::new(seed) }),
             PolicyKind::GieV03 => Box::new(GieV03::new(seed)?),
-            PolicyKind::GieDefault => Box::new(Picker::new("", seed)?),
+            PolicyKind::GieDefault => Box::new(Picker::new(GIE_DEFAULT_CONFIG, seed)?),
             PolicyKind::SglangCacheAware => Box::new(SglangCacheAware::new(seed)),
             PolicyKind::DynamoCost => Box::new(DynamoCost::new(seed)),
             PolicyKind::Ours => Box::new(Picker::new(OURS_CONFIG, seed)?),
@@ -161,22 +163,24 @@ impl PolicyKind {
     }
 }
 
-/// Our recommended configuration, the very file shipped as `envoy-config/scheduling/recommended.json`
-/// (see BENCHMARKS.md, "Scheduling quality", for the measurements behind it):
-/// - `prefix-cache-affinity-filter` (threshold 0.8): when some endpoints hold most of the prompt, only
-///   they compete, so cache hits are not traded away for small load differences;
-/// - its TTFT gate (`maxTTFTPenaltyMs` 1000 over in-flight tokens): stickiness breaks when the warm
-///   endpoints are a second of prefill behind the best other one, which is what keeps a hot prefix
-///   from piling onto one pod (llm-d's 55 % success with prefix-only scoring);
-/// - `inflight-aware-queue-scorer` instead of `queue-scorer`: counts what this gateway sent since the
-///   last scrape, so the ~10 requests that arrive within one 50 ms scrape interval spread out instead
-///   of all taking the endpoint whose stale queue reads shortest;
-/// - KV-cache and prefix scorers as in GIE's default (2 / 3), so on prefix-free traffic the policy is
-///   load balancing on fresh-as-possible queue and memory signals;
-/// - `lora-slot-scorer` ×4: keeps each adapter where it runs (GIE v0.3's multi-LoRA result) without
-///   pushing base-model traffic off servers whose adapter slots are full; ×2 left a p99 TTFT tail at
-///   48–55 QPS on multi-lora, ×3 at 60–66 QPS, ×4 none. Neutral (1.0 everywhere) without LoRA traffic.
+/// Ours: the very file `envoy-config/scheduling/recommended.json`, which is also what the picker runs with
+/// no scheduling configuration (`scheduler_core::config::DEFAULT_SCHEDULING`). BENCHMARKS.md, "Many
+/// gateways" and "Scheduling quality", has the measurements behind it:
+/// - `prefix-owner-scorer` ×4: the prompt's owner by rendezvous hashing with bounded loads, so independent
+///   decision points (every proxy worker of every gateway replica) send a new prefix to the same pod;
+/// - `prefix-cache-scorer` ×3: this decision point's own evidence of where the prompt is cached;
+/// - `inflight-aware-queue-scorer` ×2 and `kv-cache-utilization-scorer` ×2: load on fresh-as-possible
+///   signals (requests this gateway sent since the last scrape count as queued);
+/// - `lora-slot-scorer` ×8: keeps each adapter where it runs (×4 beside the owner let p99 TTFT on
+///   multi-LoRA rise to 1.2 s);
+/// - `near-best-picker` (margin 0.5): a random draw among the endpoints within half a point of the best,
+///   so decision points reading the same stale metrics do not all take the same endpoint.
 pub const OURS_CONFIG: &str = include_str!("../../../envoy-config/scheduling/recommended.json");
+
+/// GIE's default profile, spelled out (an empty configuration no longer gets it here): the file
+/// `envoy-config/scheduling/gie-default.json`, queue ×2, KV-cache utilization ×2, prefix cache ×3,
+/// max-score picker.
+pub const GIE_DEFAULT_CONFIG: &str = include_str!("../../../envoy-config/scheduling/gie-default.json");
 
 struct RoundRobin {
     next: usize,
@@ -614,12 +618,17 @@ mod tests {
             assert_eq!(pick(ours.as_mut(), &p, "adapter-3"), Some(1));
         }
         // A base-model request: server 1 has every adapter slot taken but an empty queue, server 2 has
-        // free slots and 3 queued. GIE's lora-affinity-scorer would score server 1 at 0 and tip the
-        // pick to server 2; ours only nudges (0.8 vs 1.0 ×4) and the queue decides.
+        // free slots and 3 queued. GIE's lora-affinity-scorer would score server 1 at 0 and send every
+        // such request to server 2; ours only nudges (0.8 vs 1.0, ×8) against the queue (×2), so the two
+        // are near-equal and share the traffic: base requests are not pushed off a full-slot server.
         let p = pool(&[(0, &["a", "b", "c", "d"], 4), (3, &["a"], 4)]);
-        for _ in 0..20 {
-            assert_eq!(pick(ours.as_mut(), &p, "llama-3.1-8b"), Some(0));
-        }
+        let to_full = (0..40)
+            .filter(|i| {
+                let mut ours = PolicyKind::Ours.build(100 + i).unwrap();
+                pick(ours.as_mut(), &p, "llama-3.1-8b") == Some(0)
+            })
+            .count();
+        assert!((10..=40).contains(&to_full), "{to_full} of 40 to the idle full-slot server");
     }
 
     #[test]
@@ -642,17 +651,23 @@ mod tests {
             p.pick(&req, pool, NOW)
         };
         let p = pool(&[(0, &[], 4), (0, &[], 4), (0, &[], 4), (0, &[], 4)]);
-        let mut a = PolicyKind::Ours.build(1).unwrap();
+        // GIE's default: only its own prefix index says where a prompt is.
+        let mut a = PolicyKind::GieDefault.build(1).unwrap();
         let first = ask(a.as_mut(), &p, 1).unwrap();
         let hashes = a.take_routed_prefix().unwrap();
         assert!(hashes.len() > 40, "{} blocks", hashes.len());
         assert_eq!(a.take_routed_prefix(), None, "taken once");
         // A sibling that has not heard of it spreads the same prefix over the idle pool ...
-        let fresh: std::collections::BTreeSet<usize> =
-            (0..24).map(|s| ask(PolicyKind::Ours.build(s).unwrap().as_mut(), &p, 100 + s).unwrap()).collect();
+        let fresh: std::collections::BTreeSet<usize> = (0..24)
+            .map(|s| ask(PolicyKind::GieDefault.build(s).unwrap().as_mut(), &p, 100 + s).unwrap())
+            .collect();
         assert!(fresh.len() > 1, "{fresh:?}");
+        // (Ours names the prompt's owner without having heard of it: every fresh picker agrees.)
+        let owners: std::collections::BTreeSet<usize> =
+            (0..24).map(|s| ask(PolicyKind::Ours.build(s).unwrap().as_mut(), &p, 100 + s).unwrap()).collect();
+        assert_eq!(owners.len(), 1, "{owners:?}");
         // ... one that learned it follows it.
-        let mut b = PolicyKind::Ours.build(2).unwrap();
+        let mut b = PolicyKind::GieDefault.build(2).unwrap();
         b.on_peer_routed(first, &hashes, &p);
         for id in 200..216 {
             assert_eq!(ask(b.as_mut(), &p, id), Some(first));

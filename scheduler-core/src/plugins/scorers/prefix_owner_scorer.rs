@@ -96,7 +96,7 @@
 //! the owner out of that first turn: leave it out of such profiles. `fullScoreTokens` weakens the vote for
 //! short prompts, whose prefix is cheap to recompute, so that load and LoRA residency decide them (a
 //! 200-token prompt gets 0.19); LoRA residency still needs a weight above the owner's (×8 against ×4 in
-//! `envoy-config/scheduling/many-gateways.json`: at ×4, presumably by loading adapters where they were not
+//! `envoy-config/scheduling/recommended.json`: at ×4, presumably by loading adapters where they were not
 //! running, p99 TTFT on the multi-LoRA workload rose from 60 ms to 1.2 s). `loadSlack` keeps small loads
 //! from spilling on noise: at 6 QPS of the shared-prefix workload, four pickers with ε = 0.25 alone had
 //! 16 points less hit rate than one decision point, with 4 requests of slack 4 points less.
@@ -397,7 +397,7 @@ mod tests {
     use alloc::vec;
 
     /// The candidate configuration for many decision points, as shipped.
-    const MANY_GATEWAYS: &str = include_str!("../../../../envoy-config/scheduling/many-gateways.json");
+    const MANY_GATEWAYS: &str = include_str!("../../../../envoy-config/scheduling/recommended.json");
 
     /// `tokens × 4` bytes of text determined by `seed` (equal seeds, equal text).
     fn text(seed: u64, tokens: usize) -> Vec<u8> {
