@@ -73,6 +73,10 @@ pub enum PolicyKind {
     /// GIE as deployed: its default configuration in ONE endpoint picker (a single active EPP) that
     /// every gateway worker asks over ext_proc, each request paying the ext_proc round trip.
     GieReference,
+    /// Ours with endpoint health blind to the collector: failing scrapes and old metrics never exclude an
+    /// endpoint, which is then scheduled on its last metrics and the gateway's in-flight count (the
+    /// alternative to excluding it, for `--pods metrics-lost`).
+    OursTrustStale,
 }
 
 impl PolicyKind {
@@ -88,12 +92,14 @@ impl PolicyKind {
     ];
 
     /// Policies for the many-gateway comparison, not run by default (the default suite stays as it was).
-    pub const EXTRA: [PolicyKind; 2] = [PolicyKind::K8sService, PolicyKind::GieReference];
+    pub const EXTRA: [PolicyKind; 3] =
+        [PolicyKind::K8sService, PolicyKind::GieReference, PolicyKind::OursTrustStale];
 
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::K8sService => "k8s-service",
             PolicyKind::GieReference => "gie-reference",
+            PolicyKind::OursTrustStale => "ours-trust-stale",
             PolicyKind::RoundRobin => "round-robin",
             PolicyKind::Random => "random",
             PolicyKind::LeastRequest => "least-request",
@@ -159,6 +165,7 @@ impl PolicyKind {
             PolicyKind::SglangCacheAware => Box::new(SglangCacheAware::new(seed)),
             PolicyKind::DynamoCost => Box::new(DynamoCost::new(seed)),
             PolicyKind::Ours => Box::new(Picker::new(OURS_CONFIG, seed)?),
+            PolicyKind::OursTrustStale => Box::new(Picker::new(&trusting_stale_metrics(OURS_CONFIG)?, seed)?),
         })
     }
 }
@@ -181,6 +188,18 @@ pub const OURS_CONFIG: &str = include_str!("../../../envoy-config/scheduling/rec
 /// `envoy-config/scheduling/gie-default.json`, queue ×2, KV-cache utilization ×2, prefix cache ×3,
 /// max-score picker.
 pub const GIE_DEFAULT_CONFIG: &str = include_str!("../../../envoy-config/scheduling/gie-default.json");
+
+/// `config` with a `health` section under which no scrape failure or metrics age excludes an endpoint.
+fn trusting_stale_metrics(config: &str) -> Result<String, String> {
+    let mut v: Value = serde_json::from_str(config).map_err(|e| format!("picker config: {e}"))?;
+    let Some(o) = v.as_object_mut() else { return Err(String::from("picker config: not a JSON object")) };
+    o.insert(
+        String::from("health"),
+        serde_json::json!({"consecutiveScrapeFailures": u32::MAX, "metricsMaxAgeMs": u64::MAX / 4}),
+    );
+    o.insert(String::from("limits"), serde_json::json!({"snapshotMaxAgeMs": u64::MAX / 4}));
+    Ok(v.to_string())
+}
 
 struct RoundRobin {
     next: usize,

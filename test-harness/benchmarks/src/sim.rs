@@ -373,7 +373,14 @@ pub fn run_decision_points(
             let now_ms = t / 1000;
             for &dp in layout.members.get(g).map_or(&[][..], Vec::as_slice) {
                 let Some(pool) = pools.get_mut(dp) else { continue };
-                for (state, e) in pool.endpoints.iter_mut().zip(&engines) {
+                for (i, (state, e)) in pool.endpoints.iter_mut().zip(&engines).enumerate() {
+                    if cfg.pods.scrape_lost(i, t) {
+                        // The last good metrics stay, aging; the collector counts the failure.
+                        state.consecutive_scrape_failures =
+                            state.consecutive_scrape_failures.saturating_add(1);
+                        continue;
+                    }
+                    state.consecutive_scrape_failures = 0;
                     state.metrics = Some(to_metrics(&e.metrics(), now_ms));
                 }
                 pool.generation += 1;

@@ -118,6 +118,10 @@ pub enum PodsKind {
     /// All at 1.0, but each replica is slowed to half speed (steps take 2×) for windows that come and
     /// go: quiet for Exp(mean 20 s), slowed for Exp(mean 5 s), independently per replica.
     Noisy,
+    /// All at 1.0 and healthy, but the first replica's scrapes fail (its `/metrics` hangs) for a sixth
+    /// to a third of the horizon (about the second third of the arrivals): the picker's health excludes it after `consecutiveScrapeFailures`,
+    /// whereas a picker that trusts stale metrics keeps scheduling it on its last scrape and in-flight.
+    MetricsLost,
 }
 
 /// Noisy neighbours: mean quiet and slowed durations, and the step-time factor while slowed.
@@ -130,7 +134,8 @@ pub const STRAGGLER_SPEED: f64 = 0.5;
 pub const UNEVEN_SLOWEST: f64 = 0.6;
 
 impl PodsKind {
-    pub const ALL: [PodsKind; 4] = [PodsKind::Even, PodsKind::Uneven, PodsKind::Straggler, PodsKind::Noisy];
+    pub const ALL: [PodsKind; 5] =
+        [PodsKind::Even, PodsKind::Uneven, PodsKind::Straggler, PodsKind::Noisy, PodsKind::MetricsLost];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -138,6 +143,7 @@ impl PodsKind {
             PodsKind::Uneven => "uneven",
             PodsKind::Straggler => "straggler",
             PodsKind::Noisy => "noisy",
+            PodsKind::MetricsLost => "metrics-lost",
         }
     }
 
@@ -157,6 +163,10 @@ impl PodsKind {
             PodsKind::Straggler => {
                 pods.speeds =
                     (0..replicas).map(|i| if i + 1 == replicas { STRAGGLER_SPEED } else { 1.0 }).collect();
+            }
+            PodsKind::MetricsLost => {
+                // The horizon is twice the last arrival plus a minute: this is about its second third.
+                pods.lost.push(LostMetrics { replica: 0, start_us: horizon_us / 6, end_us: horizon_us / 3 });
             }
             PodsKind::Noisy => {
                 for replica in 0..replicas {
@@ -195,22 +205,36 @@ pub struct SlowWindow {
     pub factor: f64,
 }
 
-/// Per-replica speeds and slow-down windows.
+/// A time window in which one replica's scrapes fail (it keeps serving).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostMetrics {
+    pub replica: usize,
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+/// Per-replica speeds, slow-down windows and lost scrapes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pods {
     pub kind: PodsKind,
     /// Speed of replica i (missing = 1.0).
     pub speeds: Vec<f64>,
     pub windows: Vec<SlowWindow>,
+    pub lost: Vec<LostMetrics>,
 }
 
 impl Default for Pods {
     fn default() -> Pods {
-        Pods { kind: PodsKind::Even, speeds: Vec::new(), windows: Vec::new() }
+        Pods { kind: PodsKind::Even, speeds: Vec::new(), windows: Vec::new(), lost: Vec::new() }
     }
 }
 
 impl Pods {
+    /// Whether replica `replica`'s scrape at `t_us` fails.
+    pub fn scrape_lost(&self, replica: usize, t_us: u64) -> bool {
+        self.lost.iter().any(|l| l.replica == replica && (l.start_us..l.end_us).contains(&t_us))
+    }
+
     pub fn speed(&self, replica: usize) -> f64 {
         self.speeds.get(replica).copied().unwrap_or(1.0)
     }
@@ -219,6 +243,15 @@ impl Pods {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_lost_fails_the_first_replicas_scrapes_in_one_window_only() {
+        let p = PodsKind::MetricsLost.build(4, 180_000_000, 0);
+        assert!(p.speeds.is_empty() && p.windows.is_empty());
+        assert!(!p.scrape_lost(0, 29_999_999) && p.scrape_lost(0, 30_000_000) && p.scrape_lost(0, 59_999_999));
+        assert!(!p.scrape_lost(0, 60_000_000) && !p.scrape_lost(1, 45_000_000));
+        assert!(!PodsKind::Even.build(4, 180_000_000, 0).scrape_lost(0, 45_000_000));
+    }
 
     #[test]
     fn connections_are_pinned_and_spread_over_every_decision_point() {

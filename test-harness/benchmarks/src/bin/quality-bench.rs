@@ -28,7 +28,8 @@ usage: quality-bench [--quick] [--validate] [--out DIR] [--replicas N] [--reques
   --qps x,y       load points instead of the workload's ladder (applies to every selected workload)
   --workloads     sharegpt, shared-prefix, multi-turn, multi-lora, bursty (default: all five), trace
   --policies      round-robin, random, least-request, gie-v0.3, gie-default, sglang-cache-aware,
-                  dynamo-cost, ours (default: these eight), k8s-service, gie-reference
+                  dynamo-cost, ours (default: these eight), k8s-service, gie-reference,
+                  ours-trust-stale (ours, but failing scrapes and old metrics never exclude a pod)
 
 Many decision points (every combination of the lists runs; default 1 x 1, one decision point):
   --gateways G    gateway replicas; nothing is shared between them but the pods (each scrapes them
@@ -49,6 +50,8 @@ Uneven pods:
                   straggler: the last replica at 0.5x speed (steps take twice as long)
                   noisy: every replica at full speed, but each slowed to 0.5x for windows that come
                   and go (quiet Exp(mean 20 s), slowed Exp(mean 5 s), independently per replica)
+                  metrics-lost: every replica healthy at full speed, but the first one's scrapes fail
+                  from a third to two thirds of the run (compare ours with ours-trust-stale)
 
 Trace replay (adds the `trace` workload):
   --trace PATH    JSONL in the Mooncake / aiperf format (timestamp ms, input_length, output_length,
