@@ -4,7 +4,7 @@
 //! tie), so a pool of idle endpoints shares load instead of always feeding the first one. Fallbacks, when
 //! asked for, follow in score order, their ties shuffled.
 
-use super::PickerParams;
+use super::{primary_then_ranked, PickerParams};
 use crate::config::params::ParamError;
 use crate::rng::Rng;
 use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
@@ -28,23 +28,7 @@ impl PluginFactory for MaxScorePicker {
 
 impl Picker for MaxScorePicker {
     fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize> {
-        let n = self.params.max_num_of_endpoints.min(max);
-        if n == 0 {
-            return Vec::new();
-        }
-        let Some(best) = uniform_best(scored, rng) else { return Vec::new() };
-        if n == 1 {
-            // A single destination is the default: no sort (sorting a 4096-endpoint pool to take its head
-            // cost ~200 µs of a decision, BENCHMARKS.md).
-            return scored.get(best).map(|s| s.index).into_iter().collect();
-        }
-        // The winner to the front (no index that could be out of range: `..=best` is checked).
-        let Some(head) = scored.get_mut(..=best) else { return Vec::new() };
-        head.rotate_right(1);
-        let Some((first, rest)) = scored.split_first_mut() else { return Vec::new() };
-        rng.shuffle(rest);
-        rest.sort_by(|a, b| b.score.total_cmp(&a.score));
-        core::iter::once(first.index).chain(rest.iter().take(n.saturating_sub(1)).map(|s| s.index)).collect()
+        primary_then_ranked(scored, self.params.max_num_of_endpoints.min(max), rng, uniform_best)
     }
 }
 
@@ -83,12 +67,9 @@ impl Plugin for MaxScorePicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::pickers::scored;
     use crate::plugins::test_support::picker;
     use alloc::vec;
-
-    fn scored(scores: &[f64]) -> Vec<ScoredEndpoint> {
-        scores.iter().enumerate().map(|(index, &score)| ScoredEndpoint { index, score }).collect()
-    }
 
     #[test]
     fn fallbacks_come_in_score_order() {

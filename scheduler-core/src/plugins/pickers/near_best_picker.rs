@@ -24,6 +24,7 @@
 //! exact ties, are drawn. `margin = 0` draws among exact ties only, like `max-score-picker` (whose draw
 //! among ties uses the coins differently, so the two do not pick alike from the same seed).
 
+use super::primary_then_ranked;
 use crate::config::params::{non_negative_number, positive_count, ParamError};
 use crate::rng::Rng;
 use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
@@ -80,19 +81,7 @@ impl PluginFactory for NearBestPicker {
 impl Picker for NearBestPicker {
     fn pick(&self, scored: &mut [ScoredEndpoint], max: usize, rng: &mut Rng) -> Vec<usize> {
         let n = self.params.max_num_of_endpoints.min(max);
-        if n == 0 {
-            return Vec::new();
-        }
-        let Some(chosen) = self.draw(scored, rng) else { return Vec::new() };
-        if n == 1 {
-            return scored.get(chosen).map(|s| s.index).into_iter().collect();
-        }
-        let Some(head) = scored.get_mut(..=chosen) else { return Vec::new() };
-        head.rotate_right(1);
-        let Some((first, rest)) = scored.split_first_mut() else { return Vec::new() };
-        rng.shuffle(rest);
-        rest.sort_by(|a, b| b.score.total_cmp(&a.score));
-        core::iter::once(first.index).chain(rest.iter().take(n.saturating_sub(1)).map(|s| s.index)).collect()
+        primary_then_ranked(scored, n, rng, |scored, rng| self.draw(scored, rng))
     }
 }
 
@@ -127,13 +116,10 @@ impl Plugin for NearBestPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::pickers::scored;
     use crate::plugins::test_support::{build_err, built};
     use alloc::string::ToString;
     use alloc::vec;
-
-    fn scored(scores: &[f64]) -> Vec<ScoredEndpoint> {
-        scores.iter().enumerate().map(|(index, &score)| ScoredEndpoint { index, score }).collect()
-    }
 
     /// How often each candidate is the primary over `draws` seeds.
     fn shares(p: &NearBestPicker, scores: &[f64], draws: u64) -> Vec<u32> {

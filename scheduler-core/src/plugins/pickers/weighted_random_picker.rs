@@ -76,11 +76,8 @@ impl Plugin for WeightedRandomPicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::pickers::scored;
     use crate::plugins::test_support::picker;
-
-    fn scored(scores: &[f64]) -> Vec<ScoredEndpoint> {
-        scores.iter().enumerate().map(|(index, &score)| ScoredEndpoint { index, score }).collect()
-    }
 
     #[test]
     fn ln_matches_std() {
