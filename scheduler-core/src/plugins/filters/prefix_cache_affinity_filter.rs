@@ -17,9 +17,10 @@
 //!   (input + expected output), so the estimate leans high for endpoints with long outputs in flight.
 
 use crate::config::params::ParamError;
-use crate::prefix::{prefix_match, record_destination, PrefixConfig, PrefixHandle};
+use crate::plugins::scorers::prefix_cache_scorer::{follow, FollowedIndex};
+use crate::prefix::{prefix_match, record_destination, PrefixHandle};
 use crate::scheduling::{
-    BuildContext, CycleState, Filter, LookupError, Plugin, PluginFactory, ProfileRunResult, SchedulingContext,
+    BuildContext, CycleState, Filter, Plugin, PluginFactory, ProfileRunResult, SchedulingContext,
 };
 use alloc::format;
 use alloc::string::String;
@@ -88,28 +89,7 @@ impl PluginFactory for PrefixCacheAffinityFilter {
     ) -> Result<PrefixCacheAffinityFilter, ParamError> {
         check(&params)?;
         let producer = params.prefix_match_info_producer_name.as_deref();
-        let (handle, records) = match ctx.prefix_index(producer) {
-            Ok(Some(shared)) => (shared, false),
-            Ok(None) => {
-                let own = PrefixHandle::new(PrefixConfig::default());
-                ctx.keep_prefix_index(own.clone());
-                (own, true)
-            }
-            Err(LookupError::NotProduced) => {
-                return Err(ParamError::new(
-                    "prefixMatchInfoProducerName",
-                    "the name of a prefix-cache-scorer plugin",
-                    Some(format!("{:?}", producer.unwrap_or_default())),
-                ))
-            }
-            Err(LookupError::Ambiguous) => {
-                return Err(ParamError::new(
-                    "prefixMatchInfoProducerName",
-                    "the name of the prefix-cache-scorer to follow (there are several)",
-                    None,
-                ))
-            }
-        };
+        let FollowedIndex { handle, records } = follow(ctx, producer)?;
         Ok(PrefixCacheAffinityFilter { params, handle, records })
     }
 }

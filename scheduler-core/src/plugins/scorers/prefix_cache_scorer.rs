@@ -2,7 +2,8 @@
 //! KV cache (GIE's approximate prefix scorer), and learns from every pick in `pre_request`.
 //!
 //! The index and the per-request match live in `crate::prefix`. The scorer produces the index (under
-//! its plugin name, through the build context); `prefix-cache-affinity-filter` shares it.
+//! its plugin name, through the build context); `prefix-cache-affinity-filter` and `prefix-owner-scorer`
+//! share it, finding it with [`follow`].
 
 use crate::config::params::ParamError;
 use crate::prefix::{
@@ -11,8 +12,9 @@ use crate::prefix::{
     MAX_LRU_CAPACITY_PER_SERVER,
 };
 use crate::scheduling::{
-    BuildContext, CycleState, Plugin, PluginFactory, ProfileRunResult, SchedulingContext, Scorer,
+    BuildContext, CycleState, LookupError, Plugin, PluginFactory, ProfileRunResult, SchedulingContext, Scorer,
 };
+use alloc::format;
 use core::cell::{Ref, RefMut};
 use serde::Deserialize;
 
@@ -112,6 +114,44 @@ impl PrefixCacheScorer {
     /// that left the pool.
     pub fn index_mut(&self) -> Option<RefMut<'_, PrefixIndex>> {
         self.handle.index_mut()
+    }
+}
+
+/// The prefix index of a plugin that reads prefix matches without producing them
+/// (`prefix-cache-affinity-filter`, `prefix-owner-scorer`); see [`follow`].
+pub struct FollowedIndex {
+    /// The index read: its producer's, or the reader's own.
+    pub handle: PrefixHandle,
+    /// True when the index is the reader's own (no prefix scorer configured), so that the reader must
+    /// record its picks in it (`pre_request`); a producer records its own.
+    pub records: bool,
+}
+
+/// At build time, the index a reader of prefix matches uses: the one of the `prefix-cache-scorer` named
+/// `producer` (the reader's `prefixMatchInfoProducerName`), else of the only one configured; without a
+/// prefix scorer, an index of the reader's own with GIE's default hashing, kept through `ctx` so that the
+/// scheduler reaches it like the others.
+///
+/// A `producer` that no plugin of that name produces, or no name when several do, is an error on
+/// `prefixMatchInfoProducerName`.
+pub fn follow(ctx: &mut BuildContext<'_>, producer: Option<&str>) -> Result<FollowedIndex, ParamError> {
+    match ctx.prefix_index(producer) {
+        Ok(Some(shared)) => Ok(FollowedIndex { handle: shared, records: false }),
+        Ok(None) => {
+            let own = PrefixHandle::new(PrefixConfig::default());
+            ctx.keep_prefix_index(own.clone());
+            Ok(FollowedIndex { handle: own, records: true })
+        }
+        Err(LookupError::NotProduced) => Err(ParamError::new(
+            "prefixMatchInfoProducerName",
+            "the name of a prefix-cache-scorer plugin",
+            Some(format!("{:?}", producer.unwrap_or_default())),
+        )),
+        Err(LookupError::Ambiguous) => Err(ParamError::new(
+            "prefixMatchInfoProducerName",
+            "the name of the prefix-cache-scorer to follow (there are several)",
+            None,
+        )),
     }
 }
 

@@ -107,14 +107,13 @@
 
 use crate::config::params::{non_negative_count, non_negative_number, positive_count, ParamError};
 use crate::plugins::candidates::state;
+use crate::plugins::scorers::prefix_cache_scorer::{follow, FollowedIndex};
 use crate::prefix::{
-    prefix_match, record_destination, PrefixConfig, PrefixHandle, PrefixMatch, BYTES_PER_TOKEN,
-    PREFIX_MATCH_STATE_KEY,
+    prefix_match, record_destination, PrefixHandle, PrefixMatch, BYTES_PER_TOKEN, PREFIX_MATCH_STATE_KEY,
 };
 use crate::scheduling::{
-    BuildContext, CycleState, LookupError, Plugin, PluginFactory, ProfileRunResult, SchedulingContext, Scorer,
+    BuildContext, CycleState, Plugin, PluginFactory, ProfileRunResult, SchedulingContext, Scorer,
 };
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Deserialize;
@@ -188,28 +187,7 @@ impl PluginFactory for PrefixOwnerScorer {
         ctx: &mut BuildContext<'_>,
     ) -> Result<PrefixOwnerScorer, ParamError> {
         let producer = params.prefix_match_info_producer_name.as_deref();
-        let (handle, records) = match ctx.prefix_index(producer) {
-            Ok(Some(shared)) => (shared, false),
-            Ok(None) => {
-                let own = PrefixHandle::new(PrefixConfig::default());
-                ctx.keep_prefix_index(own.clone());
-                (own, true)
-            }
-            Err(LookupError::NotProduced) => {
-                return Err(ParamError::new(
-                    "prefixMatchInfoProducerName",
-                    "the name of a prefix-cache-scorer plugin",
-                    Some(format!("{:?}", producer.unwrap_or_default())),
-                ))
-            }
-            Err(LookupError::Ambiguous) => {
-                return Err(ParamError::new(
-                    "prefixMatchInfoProducerName",
-                    "the name of the prefix-cache-scorer to follow (there are several)",
-                    None,
-                ))
-            }
-        };
+        let FollowedIndex { handle, records } = follow(ctx, producer)?;
         Ok(PrefixOwnerScorer { params, handle, records })
     }
 }
