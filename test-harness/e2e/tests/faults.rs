@@ -50,8 +50,14 @@ fn config(sims: &[ModelSim], extra: serde_json::Value) -> String {
 
 /// The Wasm picker with 2 workers.
 fn filter_gateway(sims: &[ModelSim], extra: serde_json::Value) -> Envoy {
+    filter_gateway_with("wasm-picker/envoy.yaml", sims, extra)
+}
+
+/// The Wasm picker with 2 workers and the bootstrap `file` (the pool's members filled in for the files
+/// that list them).
+fn filter_gateway_with(file: &str, sims: &[ModelSim], extra: serde_json::Value) -> Envoy {
     let wasm = filter_wasm().unwrap_or_else(|e| panic!("the filter does not build: {e}"));
-    let template = EnvoyTemplate::load("wasm-picker/envoy.yaml")
+    let template = EnvoyTemplate::load(file)
         .unwrap()
         .wasm(&wasm)
         .gateway_config(&config(sims, extra))
@@ -81,21 +87,6 @@ fn shim_gateway_with(file: &str, sims: &[ModelSim], extra: serde_json::Value) ->
             .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     (envoy, shim)
-}
-
-/// The Wasm picker with 2 workers in its default shape: a STATIC pool behind override_host, retrying a
-/// refused connection on another member.
-fn override_host_filter_gateway(sims: &[ModelSim], extra: serde_json::Value) -> Envoy {
-    let wasm = filter_wasm().unwrap_or_else(|e| panic!("the filter does not build: {e}"));
-    let template = EnvoyTemplate::load("wasm-picker-override-host/envoy.yaml")
-        .unwrap()
-        .wasm(&wasm)
-        .gateway_config(&config(sims, extra))
-        .pool_endpoints(&sims.iter().map(|s| s.addr()).collect::<Vec<_>>());
-    let options = EnvoyOptions { concurrency: 2, log_level: "warn".into(), ..EnvoyOptions::default() };
-    let envoy = Envoy::start(&template, &options).unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    envoy
 }
 
 /// One answered request: when it was sent and answered (since `start`), its status and the replica that
@@ -297,7 +288,7 @@ fn filter_override_host_a_replica_killed_under_load_costs_no_request() {
     require!(envoy);
     let sims = sims(3);
     let slow = json!({"collector": {"intervalMs": 1000, "timeoutMs": 300}, "routing": {"maxEndpoints": 2}});
-    let envoy = override_host_filter_gateway(&sims, slow);
+    let envoy = filter_gateway_with("wasm-picker-override-host/envoy.yaml", &sims, slow);
     a_killed_replica_costs_no_request(
         &envoy,
         &sims,
