@@ -248,7 +248,9 @@ mod tests {
     fn metrics_lost_fails_the_first_replicas_scrapes_in_one_window_only() {
         let p = PodsKind::MetricsLost.build(4, 180_000_000, 0);
         assert!(p.speeds.is_empty() && p.windows.is_empty());
-        assert!(!p.scrape_lost(0, 29_999_999) && p.scrape_lost(0, 30_000_000) && p.scrape_lost(0, 59_999_999));
+        assert!(
+            !p.scrape_lost(0, 29_999_999) && p.scrape_lost(0, 30_000_000) && p.scrape_lost(0, 59_999_999)
+        );
         assert!(!p.scrape_lost(0, 60_000_000) && !p.scrape_lost(1, 45_000_000));
         assert!(!PodsKind::Even.build(4, 180_000_000, 0).scrape_lost(0, 45_000_000));
     }
