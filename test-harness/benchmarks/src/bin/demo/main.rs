@@ -45,7 +45,8 @@ Replicas and policies:
   --profile P       the replicas' model-sim profile: h100 (Llama-3.1-8B, 440k KV tokens) or a100
                     (Llama-2-7B, 45k) [default: a100; h100 with --trace]
   --picker-config C a scheduling configuration for the picker, a file such as
-                    envoy-config/scheduling/recommended.json or inline JSON ('{}' is GIE's default);
+                    envoy-config/scheduling/gie-default.json or inline JSON ('{}': the filter's
+                    no-configuration default, envoy-config/scheduling/recommended.json);
                     the run adds the pool and, unless C has one, the demo's 50 ms collector.
                     Repeatable: one picker run per configuration, then one round-robin run
                     [default: the demo's own, GIE's scorers plus LoRA affinity]

@@ -15,8 +15,8 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Policy {
     /// The Wasm picker. `config`: a scheduling configuration (`plugins`, `schedulingProfiles`, ...; `{}` is
-    /// GIE's default) to which the run adds the pool and, unless it has one, the demo's collector; `None`
-    /// is the demo's own configuration. `name` heads its column.
+    /// the filter's no-configuration default) to which the run adds the pool and, unless it has one, the
+    /// demo's collector; `None` is the demo's own configuration. `name` heads its column.
     Picker {
         name: String,
         config: Option<Value>,
