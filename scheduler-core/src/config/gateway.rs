@@ -243,8 +243,8 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Parses the JSON document. Blank text or `{}` means every default (the GIE default profile, no
-    /// static endpoints).
+    /// Parses the JSON document. Blank text or `{}` means every default (the default scheduling,
+    /// [`crate::config::DEFAULT_SCHEDULING`]; no static endpoints).
     pub fn from_json(text: &str) -> Result<GatewayConfig, ConfigError> {
         let value: Value = if text.trim().is_empty() {
             Value::Object(serde_json::Map::new())
