@@ -134,10 +134,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let (ready_tx, ready_rx) = watch::channel(false);
     tokio::spawn(follow_readiness(discovered, ready_tx));
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(health::follow(reporter, ready_rx));
+    tokio::spawn(health::follow(reporter, ready_rx.clone()));
     let health_listener = bind("gRPC health", settings.host, settings.health_port).await?;
     announce("health", "grpc", &health_listener)?;
-    // One service per port, so no router is needed (and tonic's router feature stays out of the build).
+    // One service on this port; the ext_proc port pairs two with `health::WithHealth` (no tonic router).
     let health_server = tonic::transport::Server::builder().serve_with_incoming_shutdown(
         health_service,
         nodelay(health_listener),
@@ -155,6 +155,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let stream_settings =
         StreamSettings::new(&settings.config, settings.default_body_mode, settings.forced_body_mode);
     let service = ExtProcService::new(picker, stream_settings, Arc::clone(&metrics)).into_server();
+    // gRPC health on the ext_proc port too, as the reference picker serves it (see `health`).
+    let (ext_proc_reporter, ext_proc_health) = tonic_health::server::health_reporter();
+    tokio::spawn(health::follow_ext_proc_port(ext_proc_reporter, ready_rx));
+    let service = health::WithHealth::new(service, ext_proc_health);
     let mut builder = tonic::transport::Server::builder();
     let scheme = match &settings.tls {
         TlsMode::Plaintext => "grpc",
