@@ -13,7 +13,7 @@ use crate::config::ConfigError;
 use crate::health::{HealthTracker, UpstreamResult};
 use crate::model::{EndpointState, PoolSnapshot};
 use crate::openai_error::OpenAiError;
-use crate::request::{parse_request, rewrite_model, InferenceRequest, RequestMeta};
+use crate::request::{parse_form, parse_request, rewrite_model, BodyFormat, InferenceRequest, RequestMeta};
 use crate::rng::Rng;
 use crate::scheduling::pipeline::Scheduler;
 use crate::scheduling::SchedulingRequest;
@@ -35,6 +35,10 @@ pub struct RequestInfo<'a> {
     pub session_token: Option<&'a str>,
     /// The gateway's subset hint (`ip:port` or bare `ip` entries), when present.
     pub subset: Option<&'a [&'a str]>,
+    /// `content-type`: selects how the body is read ([`BodyFormat`]); `None` reads it as JSON.
+    pub content_type: Option<&'a str>,
+    /// `content-encoding`: anything but `identity` on a body is answered 415.
+    pub content_encoding: Option<&'a str>,
 }
 
 /// Why the picker could not decide from metrics.
@@ -206,8 +210,13 @@ impl EndpointPicker {
         if let Some(reply) = body.and_then(|b| self.body_too_large(b.len())) {
             return Outcome::Reply(reply);
         }
-        let parsed: Option<InferenceRequest<'_>> = match body {
-            Some(b) => match parse_request(info.path, b) {
+        if let Some(reply) = body.and(unsupported_encoding(info.content_encoding)) {
+            return Outcome::Reply(reply);
+        }
+        // Only a JSON body can have its model rewritten; any other body is routed as it came.
+        let mut json_body = true;
+        let parsed: Option<InferenceRequest<'_>> = match (body, BodyFormat::of(info.content_type)) {
+            (Some(b), BodyFormat::Json) => match parse_request(info.path, b) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     return Outcome::Reply(Reply {
@@ -217,7 +226,16 @@ impl EndpointPicker {
                     })
                 }
             },
-            None => None,
+            (Some(b), BodyFormat::Form { boundary }) => {
+                json_body = false;
+                parse_form(b, boundary)
+            }
+            (Some(b), BodyFormat::Other) => {
+                let r = parse_request(info.path, b).ok();
+                json_body = r.is_some();
+                r
+            }
+            (None, _) => None,
         };
         let mut rng = Rng::new(seed);
         let body_model = parsed.as_ref().map(|r| r.model.as_ref()).unwrap_or("");
@@ -225,7 +243,7 @@ impl EndpointPicker {
             Some(m) => Some(String::from(m)),
             None => self.config.rewrites.rewrite(body_model, &mut rng).map(String::from),
         }
-        .filter(|m| m != body_model);
+        .filter(|m| m != body_model && json_body);
         // The body must name the model the server runs; a body that cannot is refused before anything is
         // counted, never forwarded with the wrong model.
         let mut rewritten_body = None;
@@ -399,6 +417,21 @@ fn with_rewrite(
         }
         other => other,
     }
+}
+
+/// The 415 answer to a body sent with a `content-encoding` other than `identity` (a list such as
+/// `gzip, identity` counts as compressed). The gateway does not decode bodies: it would have to inflate
+/// them within the body limit only to route them, and the model servers behind it (vLLM, SGLang) do not
+/// decode compressed requests either, so the client learns here, plainly, what to change.
+fn unsupported_encoding(encoding: Option<&str>) -> Option<Reply> {
+    let encoding = encoding?.trim();
+    let identity =
+        encoding.split(',').map(str::trim).all(|e| e.is_empty() || e.eq_ignore_ascii_case("identity"));
+    if identity {
+        return None;
+    }
+    let err = OpenAiError::unsupported_encoding(encoding);
+    Some(Reply { status: err.status, body: err.body(), reason: "unsupported_media_type" })
 }
 
 /// The 413 answer to a body over `limit` bytes.

@@ -1,7 +1,7 @@
-//! The JSON body of every answer the gateway gives itself instead of routing (400, 413, 429, 503), in the
+//! The JSON body of every answer the gateway gives itself instead of routing (400, 413, 415, 429, 503), in the
 //! OpenAI error shape so SDKs and UIs show the message: `{"error":{"message","type","param","code"}}`.
 //!
-//! Types follow OpenAI's `*_error` naming: `invalid_request_error` for 400 and 413 (the client must change
+//! Types follow OpenAI's `*_error` naming: `invalid_request_error` for 400, 413 and 415 (the client must change
 //! the request), `rate_limit_error` for 429 (retry later; OpenAI SDKs retry 429 with backoff), and
 //! `service_unavailable_error` for 503 (no endpoint can serve the model right now).
 
@@ -63,6 +63,25 @@ impl<'a> OpenAiError<'a> {
             message: Cow::Owned(message),
             param: None,
             code: Some("request_too_large"),
+        }
+    }
+
+    /// 415 for a body sent with a `content-encoding` the gateway does not decode: it must read the body
+    /// to route it, and model servers do not decode compressed requests either.
+    pub fn unsupported_encoding(encoding: &str) -> OpenAiError<'static> {
+        let mut message = String::new();
+        let _ = write!(message, "request bodies with content-encoding ");
+        push_json_string(&mut message, encoding);
+        let _ = write!(
+            message,
+            " are not supported by the gateway; send the body uncompressed (content-encoding identity)"
+        );
+        OpenAiError {
+            status: 415,
+            error_type: ErrorType::InvalidRequest,
+            message: Cow::Owned(message),
+            param: None,
+            code: Some("unsupported_content_encoding"),
         }
     }
 

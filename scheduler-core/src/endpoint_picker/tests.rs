@@ -330,3 +330,106 @@ fn routing_max_endpoints_alone_gives_fallbacks_the_next_best_by_score() {
     let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&snap), 1_010, 1));
     assert_eq!(r.header_value, "10.0.0.2:8000,10.0.0.4:8000");
 }
+
+const FORM_TYPE: &str = "multipart/form-data; boundary=XyZ";
+
+fn transcription(model: Option<&str>) -> alloc::vec::Vec<u8> {
+    let mut body = alloc::vec::Vec::new();
+    if let Some(m) = model {
+        body.extend_from_slice(
+            format!("--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{m}\r\n").as_bytes(),
+        );
+        body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n");
+    }
+    body.extend_from_slice(
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nRIFF\0\xff{\r\n--XyZ--\r\n",
+    );
+    body
+}
+
+#[test]
+fn multipart_and_other_non_json_bodies_are_routed_on_load_never_refused() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[5, 0, 5]);
+    let path = "/v1/audio/transcriptions";
+    let form = RequestInfo { content_type: Some(FORM_TYPE), ..info(path) };
+    let body = transcription(Some("whisper-1"));
+    let r = route(p.decide(&form, Some(&body), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!(r.destination, "10.0.0.2:8000", "on load");
+    assert!(r.streaming, "the form's stream field was read");
+    assert_eq!((r.body, r.rewritten_model), (None, None));
+    // Without a model field, with a broken form, or any other type that is not JSON: still on load.
+    let body = transcription(None);
+    assert_eq!(
+        route(p.decide(&form, Some(&body), PoolView::Fresh(&pool), 1_010, 1)).destination,
+        "10.0.0.2:8000"
+    );
+    let broken = RequestInfo { content_type: Some("multipart/form-data"), ..info(path) };
+    assert!(matches!(
+        p.decide(&broken, Some(b"--x\r\n"), PoolView::Fresh(&pool), 1_010, 1),
+        Outcome::Route(_)
+    ));
+    for ct in ["application/octet-stream", "audio/wav", "text/plain", "application/x-www-form-urlencoded"] {
+        let other = RequestInfo { content_type: Some(ct), ..info(path) };
+        let o = p.decide(&other, Some(b"\x00\x01 not json"), PoolView::Fresh(&pool), 1_010, 1);
+        assert!(matches!(o, Outcome::Route(_)), "{ct}: {o:?}");
+    }
+    // JSON mislabelled (curl -d) is still read as JSON, with its stream flag.
+    let curl = RequestInfo {
+        content_type: Some("application/x-www-form-urlencoded"),
+        ..info("/v1/chat/completions")
+    };
+    let body = br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}"#;
+    assert!(route(p.decide(&curl, Some(body), PoolView::Fresh(&pool), 1_010, 1)).streaming);
+    // A JSON content type (or none) still gets the located 400.
+    let json = RequestInfo { content_type: Some("application/json"), ..info("/v1/completions") };
+    assert_eq!(reply(p.decide(&json, Some(b"not json"), PoolView::Fresh(&pool), 1_010, 1)).status, 400);
+}
+
+#[test]
+fn a_form_body_is_never_rewritten() {
+    let mut p = EndpointPicker::from_json(
+        r#"{"modelRewrites": [{"rules": [{"matches": [{"model": {"type": "Exact", "value": "whisper-1"}}],
+                                          "targets": [{"modelRewrite": "w2", "weight": 1}]}]}]}"#,
+    )
+    .unwrap();
+    let pool = pool(&[0]);
+    let form = RequestInfo {
+        content_type: Some(FORM_TYPE),
+        model_rewrite: Some("other"),
+        ..info("/v1/audio/translations")
+    };
+    let body = transcription(Some("whisper-1"));
+    let r = route(p.decide(&form, Some(&body), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!((r.body, r.rewritten_model, r.client_model), (None, None, None));
+    let form = RequestInfo { model_rewrite: None, ..form };
+    let r = route(p.decide(&form, Some(&body), PoolView::Fresh(&pool), 1_010, 1));
+    assert_eq!((r.body, r.rewritten_model, r.client_model), (None, None, None));
+}
+
+#[test]
+fn compressed_bodies_get_415_naming_the_encoding() {
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let pool = pool(&[0]);
+    for enc in ["gzip", "br", "GZIP", "deflate, identity", "zstd"] {
+        let gz = RequestInfo { content_encoding: Some(enc), ..info("/v1/chat/completions") };
+        let r = reply(p.decide(&gz, Some(b"\x1f\x8b\x08\x00"), PoolView::Fresh(&pool), 1_010, 1));
+        assert_eq!((r.status, r.reason), (415, "unsupported_media_type"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "unsupported_content_encoding");
+        assert!(v["error"]["param"].is_null());
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("\"{enc}\"")), "{message}");
+    }
+    // Identity passes, and a request without a body has nothing to decode.
+    for enc in ["identity", "Identity", " ", ""] {
+        let id = RequestInfo { content_encoding: Some(enc), ..info("/v1/chat/completions") };
+        assert!(
+            matches!(p.decide(&id, Some(CHAT), PoolView::Fresh(&pool), 1_010, 1), Outcome::Route(_)),
+            "{enc}"
+        );
+    }
+    let gz = RequestInfo { content_encoding: Some("gzip"), ..info("/v1/models") };
+    assert!(matches!(p.decide(&gz, None, PoolView::Fresh(&pool), 1_010, 1), Outcome::Route(_)));
+}

@@ -14,8 +14,11 @@ pub const MODEL_REWRITE: &str = "x-gateway-model-name-rewrite";
 pub const SESSION_TOKEN: &str = "x-session-token";
 /// Request and response body length.
 pub const CONTENT_LENGTH: &str = "content-length";
-/// Response body type (server-sent events or not).
+/// Request body type (JSON, `multipart/form-data`, ...) and response body type (server-sent events or
+/// not).
 pub const CONTENT_TYPE: &str = "content-type";
+/// Request body compression (`gzip`, ...); only `identity` is read.
+pub const CONTENT_ENCODING: &str = "content-encoding";
 /// Response status pseudo-header.
 pub const STATUS: &str = ":status";
 

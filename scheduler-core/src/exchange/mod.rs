@@ -101,6 +101,10 @@ pub struct RequestFacts {
     pub subset: Option<Vec<String>>,
     /// The request declared its body length (a changed body must declare the new one).
     pub content_length: bool,
+    /// `content-type`: how the body is read (JSON, `multipart/form-data`, anything else on load).
+    pub content_type: Option<String>,
+    /// `content-encoding`: a compressed body is answered 415.
+    pub content_encoding: Option<String>,
 }
 
 impl RequestFacts {
@@ -114,6 +118,8 @@ impl RequestFacts {
             model_rewrite: self.model_rewrite.as_deref(),
             session_token: self.session_token.as_deref(),
             subset,
+            content_type: self.content_type.as_deref(),
+            content_encoding: self.content_encoding.as_deref(),
         }
     }
 
@@ -282,6 +288,8 @@ impl Exchange {
             session_token: text(headers::SESSION_TOKEN),
             subset,
             content_length: headers.is_some_and(|h| h.get(headers::CONTENT_LENGTH).is_some()),
+            content_type: text(headers::CONTENT_TYPE),
+            content_encoding: text(headers::CONTENT_ENCODING),
         };
         let next = if end_of_stream {
             self.phase = Phase::Deciding;

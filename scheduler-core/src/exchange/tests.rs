@@ -107,6 +107,28 @@ fn the_headers_give_the_decision_its_facts() {
     assert!(f.content_length);
     let subset = f.subset_refs();
     assert_eq!(f.info(subset.as_deref()).subset, Some(&["10.0.0.1"][..]));
+    assert_eq!((f.content_type.as_deref(), f.content_encoding.as_deref()), (None, None));
+}
+
+#[test]
+fn the_body_type_and_encoding_reach_the_decision() {
+    let s = settings("");
+    let mut x = Exchange::new();
+    let h = map(&[
+        (":path", "/v1/audio/transcriptions"),
+        ("x-request-id", "abc"),
+        ("content-type", "multipart/form-data; boundary=XyZ"),
+        ("content-encoding", "gzip"),
+    ]);
+    x.on_request_headers(&s, Some(&h), None, false, &mut no_id);
+    let f = x.facts();
+    assert_eq!(f.content_type.as_deref(), Some("multipart/form-data; boundary=XyZ"));
+    assert_eq!(f.content_encoding.as_deref(), Some("gzip"));
+    let info = f.info(None);
+    assert_eq!(
+        (info.content_type, info.content_encoding),
+        (Some("multipart/form-data; boundary=XyZ"), Some("gzip"))
+    );
 }
 
 #[test]

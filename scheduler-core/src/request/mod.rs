@@ -11,6 +11,7 @@ mod body;
 mod chat;
 mod completions;
 mod error;
+mod form;
 mod json;
 mod responses;
 mod rewrite;
@@ -19,6 +20,7 @@ mod seeds;
 mod tests;
 
 pub use error::{Found, Problem, RequestError};
+pub use form::{form_field, parse_form, BodyFormat};
 pub use rewrite::{rewrite_model, RewrittenBody};
 
 use crate::scheduling::SchedulingRequest;
