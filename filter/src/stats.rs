@@ -30,6 +30,8 @@ pub const SCRAPE_MISSING_GAUGES: &str = "epp_scrape_missing_gauges";
 pub const SHED: &str = "epp_shed";
 /// Bodies refused with 400.
 pub const PARSE_ERRORS: &str = "epp_parse_errors";
+/// Bodies refused with 415 (compressed: the picker reads bodies as sent).
+pub const UNSUPPORTED_ENCODING: &str = "epp_unsupported_encoding";
 pub const BODY_TOO_LARGE: &str = "epp_body_too_large";
 /// 503 local replies (no endpoints, subset, fail closed).
 pub const UNAVAILABLE: &str = "epp_unavailable";
@@ -111,6 +113,7 @@ impl Stats {
         let name = match status {
             400 => PARSE_ERRORS,
             413 => BODY_TOO_LARGE,
+            415 => UNSUPPORTED_ENCODING,
             429 => SHED,
             _ => UNAVAILABLE,
         };

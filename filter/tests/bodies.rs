@@ -57,5 +57,7 @@ fn a_gzip_body_is_answered_415_naming_the_encoding() {
     assert!(v["error"]["param"].is_null());
     assert!(v["error"]["message"].as_str().unwrap().contains("\"gzip\""), "{v}");
     assert_eq!(host.metric_value("epp_decisions_replied"), Some(1));
+    assert_eq!(host.metric_value("epp_unsupported_encoding"), Some(1));
+    assert_eq!(host.metric_value("epp_unavailable").unwrap_or(0), 0, "not counted as unavailable");
     assert_no_traps(&host);
 }
