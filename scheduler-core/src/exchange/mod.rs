@@ -33,7 +33,10 @@ mod response;
 mod tests;
 
 use crate::config::gateway::{GatewayConfig, ServedFrom};
+use crate::config::EndpointPickerConfig;
 use crate::endpoint_picker::{Outcome, Reply, RequestInfo};
+use crate::plugins::profile_handlers::pd_profile_handler;
+use crate::plugins::scorers::session_affinity_scorer::{self, encode_session_token};
 use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -56,6 +59,41 @@ pub struct ExchangeSettings {
     pub max_body_bytes: usize,
     /// `limits.maxResponseBodyBytes`.
     pub max_response_body_bytes: usize,
+    /// Which endpoint the response's `x-session-token` names, when a profile uses the
+    /// `session-affinity-scorer`; `None` (no token, no work) otherwise.
+    pub session_token: Option<SessionTokenOf>,
+}
+
+/// The endpoint a response's session token encodes (see [`ExchangeSettings::session_token`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionTokenOf {
+    /// The endpoint that served the request (the served header's value).
+    Served,
+    /// The prefill endpoint, when the scorer's `profileName` is the P/D handler's prefill profile (the
+    /// served endpoint when the request had no prefill step).
+    Prefill,
+}
+
+impl SessionTokenOf {
+    /// What the configuration asks for: the first `session-affinity-scorer` a profile uses (or any, when
+    /// there are no profiles: the default profile takes every scorer).
+    pub fn of(picker: &EndpointPickerConfig) -> Option<SessionTokenOf> {
+        let used = |name: &str| {
+            picker.scheduling_profiles.is_empty()
+                || picker.scheduling_profiles.iter().any(|p| p.plugins.iter().any(|r| r.plugin_ref == name))
+        };
+        let scorer =
+            picker.plugins.iter().find(|p| p.type_name == session_affinity_scorer::TYPE && used(&p.name))?;
+        let profile = scorer.parameters.get("profileName").and_then(|v| v.as_str()).unwrap_or("");
+        if profile.is_empty() {
+            return Some(SessionTokenOf::Served);
+        }
+        let prefill_profile =
+            picker.plugins.iter().filter(|p| p.type_name == pd_profile_handler::TYPE).any(|p| {
+                p.parameters.get("prefillProfile").and_then(|v| v.as_str()).unwrap_or("prefill") == profile
+            });
+        Some(if prefill_profile { SessionTokenOf::Prefill } else { SessionTokenOf::Served })
+    }
 }
 
 impl ExchangeSettings {
@@ -77,6 +115,7 @@ impl ExchangeSettings {
             strip,
             max_body_bytes: config.limits.max_body_bytes,
             max_response_body_bytes: config.limits.max_response_body_bytes,
+            session_token: SessionTokenOf::of(&config.picker),
         }
     }
 }
@@ -210,6 +249,8 @@ struct Routed {
     tokens: u64,
     /// The model the client asked for, when the server was sent another one.
     client_model: Option<String>,
+    /// The prefill endpoint (disaggregated serving), kept only for a prefill session token.
+    prefill: Option<String>,
 }
 
 /// One request's lifecycle. Create one per stream; feed it every event in order.
@@ -362,6 +403,7 @@ impl Exchange {
             accounted: route.destination,
             tokens: route.estimated_tokens,
             client_model: route.client_model,
+            prefill: route.prefill.filter(|_| s.session_token == Some(SessionTokenOf::Prefill)),
         });
         Decided::Forward(Forward { set, body: route.body, destination: Some(route.header_value) })
     }
@@ -398,6 +440,13 @@ impl Exchange {
                 if let Some(status) = head.status {
                     step.answered = Some((served.clone(), status));
                 }
+                step.session_token = s.session_token.map(|of| {
+                    let endpoint = match (of, &r.prefill) {
+                        (SessionTokenOf::Prefill, Some(prefill)) => prefill.as_str(),
+                        _ => served.as_str(),
+                    };
+                    (String::from(headers::SESSION_TOKEN), encode_session_token(endpoint))
+                });
                 step.served = Some((s.served_header.clone(), served));
                 r.client_model.clone()
             }

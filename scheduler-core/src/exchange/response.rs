@@ -22,6 +22,9 @@ pub struct ResponseHead<'a> {
 pub struct ResponseHeadStep {
     /// The served header to set: (name, endpoint).
     pub served: Option<(String, String)>,
+    /// `x-session-token` to set: (name, base64 of the endpoint's `ip:port`), when a profile uses the
+    /// `session-affinity-scorer` (its next request carrying it scores that endpoint 1).
+    pub session_token: Option<(String, String)>,
     /// Move the in-flight count: the request was served elsewhere. The proxy retries only an attempt
     /// that failed before the response (a refused connection, a reset): health counts that as a gateway
     /// failure of `moved.from`.

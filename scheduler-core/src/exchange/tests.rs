@@ -1,5 +1,6 @@
 use super::*;
 use crate::endpoint_picker::Route;
+use crate::plugins::scorers::session_affinity_scorer;
 use crate::response::Usage;
 use alloc::borrow::ToOwned;
 use alloc::collections::BTreeMap;
@@ -348,4 +349,82 @@ fn a_local_reply_has_no_response_path() {
     assert!(x.replied() && x.decided());
     assert_eq!(x.on_response_headers(&s, &head(413, "application/json", None)), ResponseHeadStep::default());
     assert!(!x.reads_response_body());
+}
+
+const AFFINITY: &str = r#"{"plugins": [{"type": "session-affinity-scorer"}, {"type": "queue-scorer"}],
+    "schedulingProfiles": [{"name": "default", "plugins": [
+        {"pluginRef": "session-affinity-scorer", "weight": 10}, {"pluginRef": "queue-scorer"}]}]}"#;
+
+#[test]
+fn session_token_only_with_a_session_affinity_scorer_in_a_profile() {
+    assert_eq!(settings("{}").session_token, None);
+    assert_eq!(settings(AFFINITY).session_token, Some(SessionTokenOf::Served));
+    // Declared but used by no profile: nothing would read the token.
+    let unused = r#"{"plugins": [{"type": "session-affinity-scorer"}, {"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}]}]}"#;
+    assert_eq!(settings(unused).session_token, None);
+    // No profiles: the default profile takes every scorer.
+    let implicit = r#"{"plugins": [{"name": "s", "type": "session-affinity-scorer"}]}"#;
+    assert_eq!(settings(implicit).session_token, Some(SessionTokenOf::Served));
+
+    let s = settings("{}");
+    let mut x = routed(&s, None);
+    assert_eq!(x.on_response_headers(&s, &head(200, "application/json", None)).session_token, None);
+}
+
+#[test]
+fn the_session_token_names_the_served_endpoint() {
+    let s = settings(AFFINITY);
+    let mut x = routed(&s, None);
+    let step = x.on_response_headers(&s, &head(200, "application/json", None));
+    let token = step.session_token.clone();
+    // base64("10.0.0.1:8000"), what the scorer decodes back to the endpoint's address.
+    assert_eq!(token, Some(("x-session-token".to_owned(), "MTAuMC4wLjE6ODAwMA==".to_owned())));
+    assert_eq!(
+        token.and_then(|(_, v)| session_affinity_scorer::decode_session_token(&v)).as_deref(),
+        Some("10.0.0.1:8000")
+    );
+
+    // Retried elsewhere: the endpoint that answered (and now holds the conversation) is named.
+    let mut y = routed(&s, None);
+    let step = y.on_response_headers(&s, &head(200, "text/event-stream", Some("10.0.0.2:8000")));
+    assert_eq!(step.session_token.map(|(_, v)| v), Some(encode_session_token("10.0.0.2:8000")));
+
+    // Headers-only responses carry it too; a local reply or a fail-open without a route does not.
+    let mut z = routed(&s, None);
+    let h = ResponseHead { end_of_stream: true, ..head(204, "application/json", None) };
+    assert!(z.on_response_headers(&s, &h).session_token.is_some());
+    let mut open = Exchange::new();
+    let req = map(&[(":path", "/v1/completions"), ("x-request-id", "r2")]);
+    open.on_request_headers(&s, Some(&req), None, true, &mut no_id);
+    open.on_outcome(
+        &s,
+        Outcome::FailOpen { route: None, reason: crate::endpoint_picker::Fallback::NoUsableEndpoint },
+    );
+    assert_eq!(open.on_response_headers(&s, &head(200, "application/json", None)).session_token, None);
+}
+
+#[test]
+fn a_prefill_profile_session_token_names_the_prefill_endpoint() {
+    let pd = r#"{"plugins": [
+        {"type": "pd-profile-handler", "parameters": {"prefillProfile": "pre"}},
+        {"type": "session-affinity-scorer", "parameters": {"profileName": "pre"}},
+        {"type": "queue-scorer"}],
+      "schedulingProfiles": [
+        {"name": "decode", "plugins": [{"pluginRef": "queue-scorer"}]},
+        {"name": "pre", "plugins": [{"pluginRef": "session-affinity-scorer"}, {"pluginRef": "queue-scorer"}]}]}"#;
+    let s = settings(pd);
+    assert_eq!(s.session_token, Some(SessionTokenOf::Prefill));
+    let mut x = Exchange::new();
+    let h = map(&[(":path", "/v1/completions"), ("x-request-id", "r1")]);
+    x.on_request_headers(&s, Some(&h), None, true, &mut no_id);
+    let mut r = route("10.0.0.1:8000");
+    r.prefill = Some("10.0.0.9:8000".to_owned());
+    x.on_outcome(&s, Outcome::Route(r));
+    let step = x.on_response_headers(&s, &head(200, "application/json", None));
+    assert_eq!(step.session_token.map(|(_, v)| v), Some(encode_session_token("10.0.0.9:8000")));
+    // Without a prefill step (short prompt), the decode endpoint is named.
+    let y = &mut routed(&s, None);
+    let step = y.on_response_headers(&s, &head(200, "application/json", None));
+    assert_eq!(step.session_token.map(|(_, v)| v), Some(encode_session_token("10.0.0.1:8000")));
 }
