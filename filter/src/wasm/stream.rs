@@ -239,7 +239,7 @@ impl HttpContext for Stream {
             let alive = step.moved.is_none() && step.answered.as_ref().is_some_and(|(_, s)| *s < 500);
             w.first_byte(t, alive);
         }
-        if let Some((name, value)) = &step.served {
+        for (name, value) in step.served.iter().chain(&step.session_token) {
             log_err(name, abi::replace_header(MapType::HttpResponseHeaders, name, value.as_bytes()));
         }
         if let Some(m) = &step.moved {

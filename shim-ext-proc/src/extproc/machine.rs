@@ -369,7 +369,7 @@ impl Machine {
         }
         steps.extend(step.answered.map(|(endpoint, status)| Step::Answered { endpoint, status }));
         let mut mutation = Mutation::default();
-        if let Some((name, value)) = &step.served {
+        for (name, value) in step.served.iter().chain(&step.session_token) {
             mutation.set(name, value);
         }
         if step.holds_body && self.response_mode == BodyMode::FullDuplex {

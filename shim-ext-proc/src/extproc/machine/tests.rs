@@ -479,3 +479,42 @@ fn protocol_errors_are_reported_not_panicked() {
     h.send(request_headers(vec![], true));
     assert!(h.machine.on_message(request_headers(vec![], true)).is_err());
 }
+
+#[test]
+fn session_affinity_sets_the_token_and_honours_it() {
+    const AFFINITY: &str = r#"{"plugins": [{"type": "session-affinity-scorer"}, {"type": "queue-scorer"}],
+        "schedulingProfiles": [{"name": "default", "plugins": [
+            {"pluginRef": "session-affinity-scorer", "weight": 10}, {"pluginRef": "queue-scorer"}]}]}"#;
+    let config = GatewayConfig::from_json(AFFINITY).unwrap();
+    let settings = Arc::new(StreamSettings::new(&config, BodyMode::FullDuplex, None));
+    let harness = |settings: &Arc<StreamSettings>| Harness {
+        picker: EndpointPicker::from_json(AFFINITY).unwrap(),
+        snapshot: Some(pool()),
+        machine: Machine::new(Arc::clone(settings)),
+        steps: Vec::new(),
+    };
+    let served_and_token = |h: &mut Harness, extra: Vec<HeaderValue>| {
+        h.send(request_headers(extra, false));
+        h.send(request_body(CHAT.as_bytes(), true));
+        let out = h.send(response_headers("application/json"));
+        let m = mutation(&out[0]);
+        let get = |name| set_header(m, name).map(str::to_owned);
+        (get("x-gateway-destination-endpoint-served"), get("x-session-token"))
+    };
+
+    // No token: the shortest queue (10.0.0.2), and the token naming it.
+    let (served, token) = served_and_token(&mut harness(&settings), vec![]);
+    assert_eq!(served.as_deref(), Some("10.0.0.2:8000"));
+    assert_eq!(token.as_deref(), Some("MTAuMC4wLjI6ODAwMA=="), "base64(\"10.0.0.2:8000\")");
+
+    // A token naming a busier endpoint wins over the queue.
+    let to_3 = "MTAuMC4wLjM6ODAwMA=="; // base64("10.0.0.3:8000")
+    let (served, token) = served_and_token(&mut harness(&settings), vec![raw("x-session-token", to_3)]);
+    assert_eq!(served.as_deref(), Some("10.0.0.3:8000"));
+    assert_eq!(token.as_deref(), Some(to_3));
+
+    // Without the scorer configured, no token is set.
+    let mut plain = Harness::default();
+    let (served, token) = served_and_token(&mut plain, vec![]);
+    assert_eq!((served.as_deref(), token), (Some("10.0.0.2:8000"), None));
+}
