@@ -3,6 +3,10 @@
 //! The client echoes `x-session-token`, which the gateway set on the previous response to base64 of
 //! the serving endpoint's address (llm-d's `encoded_endpoint_header` strategy); that endpoint scores
 //! 1, every other 0. Stateless, so every gateway replica honours every token.
+//!
+//! The token is set by the exchange's response-headers step (`crate::exchange`) when a profile uses this
+//! scorer. llm-d-router's own scorer encodes the pod's `namespace/name` instead (our endpoints carry no pod
+//! name, and one pod may serve several ports), so its tokens name no endpoint here: no preference.
 
 use crate::config::params::ParamError;
 use crate::plugins::candidates::state;
