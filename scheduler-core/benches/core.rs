@@ -374,7 +374,8 @@ fn metrics_parse(c: &mut Criterion) {
 }
 
 /// `EndpointPicker::pick` as the overhead benchmark's picker runs it in Envoy (`test-harness/benchmarks`):
-/// the same configuration (GIE default scheduler), 64 endpoints reporting what its nginx backend
+/// the same configuration (no scheduling configuration: the default, `DEFAULT_SCHEDULING`; and, for
+/// comparison, GIE's default profile as `gie_` rows), 64 endpoints reporting what its nginx backend
 /// serves (waiting 0, running 3, KV 25 %, 16-token blocks), and the same two-message chat body every
 /// time, so the prefix index is warm and every decision goes to the endpoint holding the prompt.
 fn pick_as_in_envoy(c: &mut Criterion) {
@@ -407,8 +408,17 @@ fn pick_as_in_envoy(c: &mut Criterion) {
         PoolSnapshot { generation: 1, published_at_ms: NOW_MS, pool: String::from("bench"), endpoints };
     snapshot.sort();
     let info = RequestInfo { path: CHAT, request_id: "bench", ..RequestInfo::default() };
-    for kib in [4usize, 220] {
-        let mut picker = EndpointPicker::from_json(&config).unwrap();
+    // GIE's default profile spelled out, beside the same pool (the file users merge).
+    let gie: serde_json::Value =
+        serde_json::from_str(include_str!("../../envoy-config/scheduling/gie-default.json")).unwrap();
+    let mut with_gie: serde_json::Value = serde_json::from_str(&config).unwrap();
+    for key in ["plugins", "schedulingProfiles"] {
+        with_gie[key] = gie[key].clone();
+    }
+    let gie_config = with_gie.to_string();
+    for (prefix, kib) in [("", 4usize), ("", 220), ("gie_", 4), ("gie_", 220)] {
+        let config = if prefix.is_empty() { &config } else { &gie_config };
+        let mut picker = EndpointPicker::from_json(config).unwrap();
         let mut rng = Rng::new(5);
         let body = two_message_chat_body(&mut rng, kib * 1024);
         let mut seed = 0u64;
@@ -420,23 +430,26 @@ fn pick_as_in_envoy(c: &mut Criterion) {
             assert!(matches!(pick(&mut picker), Outcome::Route(_)));
         }
         group.throughput(Throughput::Bytes(body.len() as u64));
-        group.bench_function(BenchmarkId::new("endpoints_64", format!("{kib}KiB")), |b| {
+        group.bench_function(BenchmarkId::new(format!("{prefix}endpoints_64"), format!("{kib}KiB")), |b| {
             b.iter(|| black_box(pick(&mut picker)))
         });
         // In a proxy the picker runs between the proxy's own work on other requests, which evicts
         // its code and data from the CPU caches: the same decision after 4 MiB of other writes.
         let mut other = vec![0u8; 4 << 20];
-        group.bench_function(BenchmarkId::new("endpoints_64_cold", format!("{kib}KiB")), |b| {
-            b.iter_batched(
-                || {
-                    for line in other.chunks_mut(64) {
-                        line[0] = line[0].wrapping_add(1);
-                    }
-                },
-                |()| black_box(pick(&mut picker)),
-                criterion::BatchSize::PerIteration,
-            )
-        });
+        group.bench_function(
+            BenchmarkId::new(format!("{prefix}endpoints_64_cold"), format!("{kib}KiB")),
+            |b| {
+                b.iter_batched(
+                    || {
+                        for line in other.chunks_mut(64) {
+                            line[0] = line[0].wrapping_add(1);
+                        }
+                    },
+                    |()| black_box(pick(&mut picker)),
+                    criterion::BatchSize::PerIteration,
+                )
+            },
+        );
     }
     group.finish();
 }
