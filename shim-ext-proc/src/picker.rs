@@ -250,10 +250,14 @@ impl Worker {
             Command::Sweep => {
                 let now = (self.clock)();
                 let late = self.picker.health_mut().sweep(self.working.as_ref(), now);
-                if late > 0 {
-                    self.metrics.record_first_byte_timeouts(late as u64);
-                    self.health_events();
+                if late == 0 {
+                    // The in-flight table is as last published; health is refreshed (once a second),
+                    // so the gauges stay true while no request comes.
+                    self.report_health();
+                    return;
                 }
+                self.metrics.record_first_byte_timeouts(late as u64);
+                self.health_events();
             }
             Command::Finish { address, tokens } => self.table.finish(&address, tokens),
             Command::Move { from, to, tokens } => {
