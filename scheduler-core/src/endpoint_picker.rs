@@ -210,7 +210,7 @@ impl EndpointPicker {
         if let Some(reply) = body.and_then(|b| self.body_too_large(b.len())) {
             return Outcome::Reply(reply);
         }
-        if let Some(reply) = body.and(unsupported_encoding(info.content_encoding)) {
+        if let Some(reply) = body.and_then(|_| unsupported_encoding(info.content_encoding)) {
             return Outcome::Reply(reply);
         }
         // Only a JSON body can have its model rewritten; any other body is routed as it came.

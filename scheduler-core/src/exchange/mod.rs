@@ -33,6 +33,7 @@ mod response;
 mod tests;
 
 use crate::config::gateway::{GatewayConfig, ServedFrom};
+use crate::config::params::parse_params;
 use crate::config::EndpointPickerConfig;
 use crate::endpoint_picker::{Outcome, Reply, RequestInfo};
 use crate::plugins::profile_handlers::pd_profile_handler;
@@ -88,9 +89,11 @@ impl SessionTokenOf {
         if profile.is_empty() {
             return Some(SessionTokenOf::Served);
         }
+        // The handler's own parameters (and defaults); a configuration that built has valid ones.
         let prefill_profile =
             picker.plugins.iter().filter(|p| p.type_name == pd_profile_handler::TYPE).any(|p| {
-                p.parameters.get("prefillProfile").and_then(|v| v.as_str()).unwrap_or("prefill") == profile
+                parse_params::<pd_profile_handler::PdParams>(&p.parameters)
+                    .is_ok_and(|params| params.prefill_profile == profile)
             });
         Some(if prefill_profile { SessionTokenOf::Prefill } else { SessionTokenOf::Served })
     }
