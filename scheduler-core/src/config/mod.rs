@@ -102,6 +102,19 @@ pub struct ProfileSpec {
     pub plugins: Vec<ProfilePluginRef>,
 }
 
+/// A reference to a plugin from one of llm-d's sections outside the scheduling profiles
+/// (`requestHandler.parsers[].pluginRef`, `dataLayer.sources[].pluginRef`...): the name is checked at
+/// parse time, the kind of plugin when plugins are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectionRef {
+    /// Config path of the reference, e.g. `dataLayer.sources[0].extractors[1].pluginRef`.
+    pub path: String,
+    pub plugin_ref: String,
+    /// The kind of plugin the section needs; `None`: any (a section not implemented here, whose names
+    /// are still checked).
+    pub role: Option<crate::scheduling::SectionRole>,
+}
+
 /// A parsed `EndpointPickerConfig`, before any plugin is built.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointPickerConfig {
@@ -112,6 +125,8 @@ pub struct EndpointPickerConfig {
     pub saturation_detector: Option<String>,
     /// `(gate, enabled)` in document order.
     pub feature_gates: Vec<(String, bool)>,
+    /// References from `requestHandler`, `parser` and `dataLayer`, in document order.
+    pub section_refs: Vec<SectionRef>,
     pub warnings: Vec<ConfigWarning>,
 }
 
@@ -162,6 +177,7 @@ impl EndpointPickerConfig {
             }],
             saturation_detector: None,
             feature_gates: Vec::new(),
+            section_refs: Vec::new(),
             warnings: Vec::new(),
         }
     }

@@ -2,9 +2,10 @@
 
 use super::params::json_repr;
 use super::{
-    ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, API_VERSION,
-    DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
+    ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, SectionRef,
+    API_VERSION, DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
 };
+use crate::scheduling::SectionRole;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -76,6 +77,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
         scheduling_profiles: Vec::new(),
         saturation_detector: None,
         feature_gates: Vec::new(),
+        section_refs: Vec::new(),
         warnings: Vec::new(),
     };
     let mut profiles_given = false;
@@ -118,6 +120,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
                     if k == "saturationDetector" {
                         flow_detector = saturation_detector(&path, fv, &mut cfg)?;
                     } else {
+                        flow_control_key(&path, k, fv, &mut cfg.section_refs)?;
                         cfg.warnings.push(ConfigWarning {
                             path,
                             message: String::from("ignored: flow control queues are not implemented"),
@@ -126,12 +129,23 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
                 }
             }
             "featureGates" => cfg.feature_gates = feature_gates(array(key, v)?, &mut cfg.warnings)?,
-            "dataLayer" | "requestHandler" | "parser" => cfg.warnings.push(ConfigWarning {
-                path: key.clone(),
-                message: String::from(
-                    "ignored: metrics collection and request parsing are configured elsewhere",
-                ),
-            }),
+            "dataLayer" => data_layer(key, v, &mut cfg)?,
+            "requestHandler" => {
+                for (k, fv) in object(key, v)? {
+                    let path = format!("{key}.{k}");
+                    if k != "parsers" {
+                        return Err(unknown_field(path, &["parsers"]));
+                    }
+                    for (i, p) in array(&path, fv)?.iter().enumerate() {
+                        let r = plugin_ref(&format!("{path}[{i}]"), p)?;
+                        cfg.section_refs.push(SectionRef { role: Some(SectionRole::Parser), ..r });
+                    }
+                }
+            }
+            "parser" => {
+                let r = plugin_ref(key, v)?;
+                cfg.section_refs.push(SectionRef { role: Some(SectionRole::Parser), ..r });
+            }
             k if own.contains(&k) => {}
             _ => return Err(unknown_field(key.clone(), TOP_LEVEL)),
         }
@@ -146,6 +160,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
         default.plugins.append(&mut cfg.plugins);
         default.saturation_detector = cfg.saturation_detector;
         default.feature_gates = cfg.feature_gates;
+        default.section_refs = cfg.section_refs;
         default.warnings = cfg.warnings;
         return check_references(default, detector_path);
     }
@@ -291,6 +306,146 @@ fn saturation_detector(
     Ok(Some(name))
 }
 
+/// `{pluginRef: name}` at `path`, any other key an error. The role is filled in by the caller.
+fn plugin_ref(path: &str, v: &Value) -> Result<SectionRef, ConfigError> {
+    let obj = object(path, v)?;
+    if let Some(k) = obj.keys().find(|k| *k != "pluginRef") {
+        return Err(unknown_field(format!("{path}.{k}"), &["pluginRef"]));
+    }
+    let p = format!("{path}.pluginRef");
+    let Some(r) = obj.get("pluginRef") else {
+        return Err(ConfigError::new(p, "a plugin name", Some(String::from("nothing"))));
+    };
+    let plugin_ref = non_empty_string(&p, r)?.to_string();
+    Ok(SectionRef { path: p, plugin_ref, role: None })
+}
+
+/// llm-d's `dataLayer`: which sources (each with its extractors) collect endpoint data, and how
+/// endpoints are discovered. Here the collector and the pool section do that work; the section's
+/// references are kept so they can be checked against the plugins they name.
+fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<(), ConfigError> {
+    const FIELDS: &[&str] = &[
+        "injectDefaults",
+        "sources",
+        "discovery",
+        "crossReplicaSyncerPluginRef",
+        "crossReplicaSyncInterval",
+    ];
+    for (k, fv) in object(key, v)? {
+        let path = format!("{key}.{k}");
+        match k.as_str() {
+            "injectDefaults" => {
+                if !fv.is_boolean() {
+                    return err(&path, "true or false", fv);
+                }
+            }
+            "sources" => {
+                for (i, src) in array(&path, fv)?.iter().enumerate() {
+                    let sp = format!("{path}[{i}]");
+                    let obj = object(&sp, src)?;
+                    let mut extractors = Vec::new();
+                    let mut own = None;
+                    for (sk, sv) in obj {
+                        let p = format!("{sp}.{sk}");
+                        match sk.as_str() {
+                            "pluginRef" => own = Some(non_empty_string(&p, sv)?.to_string()),
+                            "extractors" => {
+                                for (j, e) in array(&p, sv)?.iter().enumerate() {
+                                    let r = plugin_ref(&format!("{p}[{j}]"), e)?;
+                                    extractors.push(SectionRef { role: Some(SectionRole::Extractor), ..r });
+                                }
+                            }
+                            _ => return Err(unknown_field(p, &["pluginRef", "extractors"])),
+                        }
+                    }
+                    let Some(plugin_ref) = own else {
+                        return Err(ConfigError::new(
+                            format!("{sp}.pluginRef"),
+                            "a plugin name",
+                            Some(String::from("nothing")),
+                        ));
+                    };
+                    cfg.section_refs.push(SectionRef {
+                        path: format!("{sp}.pluginRef"),
+                        plugin_ref,
+                        role: Some(SectionRole::DataSource),
+                    });
+                    cfg.section_refs.append(&mut extractors);
+                }
+            }
+            "discovery" => {
+                let r = plugin_ref(&path, fv)?;
+                cfg.section_refs.push(SectionRef { role: Some(SectionRole::Discovery), ..r });
+            }
+            "crossReplicaSyncerPluginRef" => {
+                let plugin_ref = non_empty_string(&path, fv)?.to_string();
+                cfg.section_refs.push(SectionRef { path: path.clone(), plugin_ref, role: None });
+                cfg.warnings.push(ConfigWarning {
+                    path,
+                    message: String::from(
+                        "ignored: every gateway worker picks on its own here; what they share is described \
+                         in docs/bench/many-gateways.md",
+                    ),
+                });
+            }
+            "crossReplicaSyncInterval" => {
+                non_empty_string(&path, fv)?;
+            }
+            _ => return Err(unknown_field(path, FIELDS)),
+        }
+    }
+    Ok(())
+}
+
+/// The plugin references inside one `flowControl` key (the section itself is not implemented yet, but a
+/// reference to a plugin that does not exist is still an error).
+fn flow_control_key(path: &str, key: &str, v: &Value, refs: &mut Vec<SectionRef>) -> Result<(), ConfigError> {
+    const BAND: &[&str] = &["priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef"];
+    let band = |p: &str, b: &Value, refs: &mut Vec<SectionRef>| -> Result<(), ConfigError> {
+        for (k, fv) in object(p, b)? {
+            let kp = format!("{p}.{k}");
+            match k.as_str() {
+                "fairnessPolicyRef" | "orderingPolicyRef" => {
+                    let plugin_ref = non_empty_string(&kp, fv)?.to_string();
+                    refs.push(SectionRef { path: kp, plugin_ref, role: None });
+                }
+                k if BAND.contains(&k) => {}
+                _ => return Err(unknown_field(kp, BAND)),
+            }
+        }
+        Ok(())
+    };
+    match key {
+        "defaultPriorityBand" | "defaultNegativePriorityBand" => band(path, v, refs),
+        "priorityBands" => {
+            for (i, b) in array(path, v)?.iter().enumerate() {
+                band(&format!("{path}[{i}]"), b, refs)?;
+            }
+            Ok(())
+        }
+        "usageLimitPolicyPluginRef" => {
+            let plugin_ref = non_empty_string(path, v)?.to_string();
+            refs.push(SectionRef { path: String::from(path), plugin_ref, role: None });
+            Ok(())
+        }
+        "maxBytes" | "maxRequests" | "defaultRequestTTL" | "enableEviction" => Ok(()),
+        _ => Err(unknown_field(
+            String::from(path),
+            &[
+                "maxBytes",
+                "maxRequests",
+                "defaultRequestTTL",
+                "defaultPriorityBand",
+                "defaultNegativePriorityBand",
+                "priorityBands",
+                "usageLimitPolicyPluginRef",
+                "saturationDetector",
+                "enableEviction",
+            ],
+        )),
+    }
+}
+
 fn feature_gates(
     list: &[Value],
     warnings: &mut Vec<ConfigWarning>,
@@ -336,6 +491,15 @@ fn check_references(
                     Some(format!("{:?}", r.plugin_ref)),
                 ));
             }
+        }
+    }
+    for r in &cfg.section_refs {
+        if cfg.plugin(&r.plugin_ref).is_none() {
+            return Err(ConfigError::new(
+                r.path.clone(),
+                format!("the name of an entry in plugins ({})", names()),
+                Some(format!("{:?}", r.plugin_ref)),
+            ));
         }
     }
     if let Some(d) = &cfg.saturation_detector {

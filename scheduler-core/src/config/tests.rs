@@ -304,3 +304,42 @@ fn own_sections_are_skipped_only_when_named() {
     let cfg = EndpointPickerConfig::from_json_with_sections(doc, &["endpoints", "collector"]).unwrap();
     assert_eq!(cfg.plugins.len(), 1);
 }
+
+#[test]
+fn llm_d_sections_name_plugins_of_the_right_kind() {
+    // llm-d v0.10's integration-test shape: a parser and a data source named from their sections.
+    let ok = r#"{"plugins": [{"type": "fixed-scorer"}, {"type": "openai-parser"}],
+                 "requestHandler": {"parsers": [{"pluginRef": "openai-parser"}]},
+                 "parser": {"pluginRef": "openai-parser"},
+                 "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "fixed-scorer"}]}]}"#;
+    let s = build(ok);
+    assert!(s.plugin("openai-parser").is_some());
+    assert_eq!(
+        parse_err(r#"{"plugins": [{"type": "fixed-scorer"}], "parser": {"pluginRef": "openai"}}"#),
+        r#"parser.pluginRef: expected the name of an entry in plugins (fixed-scorer), got "openai""#,
+        "a dangling reference is an error naming it"
+    );
+    assert_eq!(
+        parse_err(
+            r#"{"plugins": [{"type": "fixed-scorer"}], "dataLayer": {"sources": [{"pluginRef": "fixed-scorer", "extractors": [{"pluginRef": "core"}]}]}}"#
+        ),
+        r#"dataLayer.sources[0].extractors[0].pluginRef: expected the name of an entry in plugins (fixed-scorer), got "core""#
+    );
+    assert_eq!(
+        parse_err(
+            r#"{"plugins": [{"type": "fixed-scorer"}], "flowControl": {"priorityBands": [{"priority": 1, "fairnessPolicyRef": "fair"}]}}"#
+        ),
+        r#"flowControl.priorityBands[0].fairnessPolicyRef: expected the name of an entry in plugins (fixed-scorer), got "fair""#
+    );
+    assert_eq!(
+        parse_err(r#"{"plugins": [{"type": "fixed-scorer"}], "requestHandler": {"parser": []}}"#),
+        "requestHandler.parser: expected one of the fields parsers, got an unknown field"
+    );
+    assert_eq!(
+        build_err(
+            r#"{"plugins": [{"type": "fixed-scorer"}], "requestHandler": {"parsers": [{"pluginRef": "fixed-scorer"}]}}"#
+        ),
+        r#"requestHandler.parsers[0].pluginRef: expected the name of a parser plugin, got "fixed-scorer", a scorer"#,
+        "a reference to a plugin of the wrong kind is an error when plugins are built"
+    );
+}

@@ -14,3 +14,4 @@ pub mod registry;
 pub mod scorers;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod upstream;

@@ -30,6 +30,7 @@ use super::scorers::queue_scorer::QueueScorer;
 use super::scorers::running_requests_size_scorer::RunningRequestsSizeScorer;
 use super::scorers::session_affinity_scorer::SessionAffinityScorer;
 use super::scorers::token_load_scorer::TokenLoadScorer;
+use super::upstream;
 use crate::config::params::{parse_params, ParamError};
 use crate::config::ConfigError;
 use crate::scheduling::{BuildContext, Plugin, PluginFactory, SharedState};
@@ -69,6 +70,8 @@ const BUILTIN: &[Entry] = &[
     Entry::of::<PdProfileHandler>(),
     Entry::of::<PrefillFilter>(),
     Entry::of::<DecodeFilter>(),
+    // llm-d types whose work another part does here (plugins/upstream.rs)
+    Entry::of::<upstream::OpenAiParser>(),
 ];
 
 type BuildFn = fn(&Value, &mut BuildContext<'_>) -> Result<Box<dyn Plugin>, ParamError>;
@@ -169,12 +172,17 @@ impl Registry {
 
     /// The entry for `type_name`, or the error for `path` (`plugins[2].type`) naming the known types.
     pub fn entry_at(&self, path: &str, type_name: &str) -> Result<Entry, ConfigError> {
-        self.get(type_name).ok_or_else(|| {
-            ConfigError::new(
+        self.get(type_name).ok_or_else(|| match upstream::refused(type_name) {
+            Some(why) => ConfigError::new(
+                path,
+                "a plugin type wasm-epp can run",
+                Some(format!("{type_name:?}, which it cannot: {why}")),
+            ),
+            None => ConfigError::new(
                 path,
                 format!("a known plugin type ({})", self.types().join(", ")),
                 Some(format!("{type_name:?}")),
-            )
+            ),
         })
     }
 

@@ -12,6 +12,36 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::any::Any;
 
+/// What an llm-d plugin outside the scheduling pipeline is, as its configuration sections refer to it.
+/// Such plugins are accepted because another part of wasm-epp does their work (the collector scrapes,
+/// the request reader parses); see `plugins::upstream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionRole {
+    /// `requestHandler.parsers[]`, `parser`.
+    Parser,
+    /// `dataLayer.sources[]`.
+    DataSource,
+    /// `dataLayer.sources[].extractors[]`.
+    Extractor,
+    /// `dataLayer.discovery`.
+    Discovery,
+    /// Producers of per-request data that scorers name in their parameters.
+    DataProducer,
+}
+
+impl SectionRole {
+    /// The words for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SectionRole::Parser => "parser",
+            SectionRole::DataSource => "data source",
+            SectionRole::Extractor => "data extractor",
+            SectionRole::Discovery => "endpoint discovery plugin",
+            SectionRole::DataProducer => "data producer",
+        }
+    }
+}
+
 /// Everything about a request the scheduler may look at. Built by the caller (filter, shim, simulator)
 /// from the parsed body and the request headers; borrows, so a 1 MB prompt is never copied.
 #[derive(Clone, Debug, Default)]
@@ -176,6 +206,12 @@ pub trait Plugin {
         None
     }
     fn as_saturation_detector(&self) -> Option<&dyn SaturationDetector> {
+        None
+    }
+    /// The part an llm-d plugin that is not a scheduling plugin plays here (a parser, a data source...),
+    /// so the configuration's sections (`requestHandler.parsers`, `dataLayer.sources`...) can be checked
+    /// to name plugins of the right kind.
+    fn section_role(&self) -> Option<SectionRole> {
         None
     }
 

@@ -11,5 +11,5 @@ pub(crate) mod test_support;
 pub use factory::{BuildContext, LookupError, PluginFactory, SharedState};
 pub use framework::{
     CycleState, Filter, Picker, Plugin, ProfileHandler, ProfileRunResult, SaturationDetector,
-    SchedulingContext, SchedulingRequest, ScoredEndpoint, Scorer,
+    SchedulingContext, SchedulingRequest, ScoredEndpoint, Scorer, SectionRole,
 };

@@ -30,6 +30,7 @@ use serde_json::Value;
 pub(super) fn scheduler(cfg: &EndpointPickerConfig, registry: &Registry) -> Result<Scheduler, ConfigError> {
     let mut warnings = cfg.warnings.clone();
     let mut plugins = build_plugins(cfg, registry)?;
+    section_roles(cfg, &plugins)?;
     let refs = profile_refs(cfg, &plugins)?;
     let handler = profile_handler(&mut plugins, refs.len())?;
     let profiles = profiles(refs, &mut plugins, handler)?;
@@ -113,6 +114,23 @@ fn build_plugins<'r>(cfg: &EndpointPickerConfig, registry: &'r Registry) -> Resu
     let mut names = Vec::with_capacity(capacity);
     names.extend(cfg.plugins.iter().map(|spec| spec.name.clone()));
     Ok(Plugins { registry, list, names, shared })
+}
+
+/// Each reference from `requestHandler`, `parser` and `dataLayer` names a plugin of the kind its section
+/// needs (names were checked when the configuration was parsed).
+fn section_roles(cfg: &EndpointPickerConfig, plugins: &Plugins<'_>) -> Result<(), ConfigError> {
+    for r in &cfg.section_refs {
+        let (Some(role), Some(i)) = (r.role, plugins.index_of(&r.plugin_ref)) else { continue };
+        let Some(p) = plugins.get(i) else { continue };
+        if p.section_role() != Some(role) {
+            return Err(ConfigError::new(
+                r.path.clone(),
+                format!("the name of a {} plugin", role.describe()),
+                Some(format!("{:?}, a {}", r.plugin_ref, roles(p))),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A profile's plugin reference: plugin index, configured weight, config path of the reference.
@@ -306,6 +324,9 @@ fn roles(p: &dyn Plugin) -> String {
     }
     if p.as_saturation_detector().is_some() {
         r.push("saturation detector");
+    }
+    if let Some(role) = p.section_role() {
+        r.push(role.describe());
     }
     if r.is_empty() {
         r.push("plugin with no scheduling role");
