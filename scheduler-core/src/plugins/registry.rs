@@ -70,8 +70,6 @@ const BUILTIN: &[Entry] = &[
     Entry::of::<PdProfileHandler>(),
     Entry::of::<PrefillFilter>(),
     Entry::of::<DecodeFilter>(),
-    // llm-d types whose work another part does here (plugins/upstream.rs)
-    Entry::of::<upstream::OpenAiParser>(),
 ];
 
 type BuildFn = fn(&Value, &mut BuildContext<'_>) -> Result<Box<dyn Plugin>, ParamError>;
@@ -139,7 +137,9 @@ impl Default for Registry {
 impl Registry {
     /// Every plugin shipped with wasm-epp.
     pub fn builtin() -> Registry {
-        Registry { entries: BUILTIN.to_vec() }
+        let mut entries = BUILTIN.to_vec();
+        entries.extend(upstream::entries());
+        Registry { entries }
     }
 
     /// No types at all: for embedders that want to choose every plugin themselves.
@@ -210,7 +210,7 @@ mod tests {
             let plugin = r.build(t, &Value::Null).unwrap_or_else(|e| panic!("{t}: {e}"));
             assert_eq!(plugin.type_name(), t);
         }
-        assert_eq!(r.types().len(), BUILTIN.len(), "one entry per type");
+        assert_eq!(r.types().len(), BUILTIN.len() + upstream::entries().count(), "one entry per type");
         for t in [DEFAULT_PICKER, DEFAULT_PROFILE_HANDLER, DEFAULT_SATURATION_DETECTOR] {
             assert!(r.get(t).is_some(), "the system default {t} is built in");
         }

@@ -11,12 +11,18 @@
 //!   naming the parameter, never silently dropped);
 //! - **refused** ([`REFUSED`]): an error that names the type and says why, so the operator can act.
 //!
-//! `docs/upstream-compatibility.md` is the table users read; a test keeps it in step with this file.
+//! The types are grouped by what they do, one file each; a group lists its registry entries, its mapped
+//! and its refused types, and [`ENTRIES`], [`mapped`] and [`refused`] gather the groups.
+//! `docs/upstream-compatibility.md` is the table users read; a test keeps it in step with these files.
+
+mod parsers;
 
 use crate::config::params::{json_repr, ParamError};
-use crate::scheduling::{BuildContext, Plugin, PluginFactory, SectionRole};
+use crate::plugins::registry::Entry;
+use crate::scheduling::SectionRole;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
 /// A mapped type: its name, the part it plays, and where its work is done here.
@@ -34,29 +40,34 @@ pub struct Refused {
 }
 
 /// Checks a mapped type's `parameters` (`Value::Null` when absent).
-type Check = fn(&Value) -> Result<(), ParamError>;
+pub type Check = fn(&Value) -> Result<(), ParamError>;
 
 /// Declares one mapped plugin type: a plugin with no scheduling part and the given section role.
-macro_rules! mapped {
+#[macro_export]
+#[doc(hidden)]
+macro_rules! upstream_mapped_plugin {
     ($(#[$doc:meta])* $name:ident, $type_name:literal, $role:ident, $check:path) => {
         $(#[$doc])*
         pub struct $name;
 
-        impl Plugin for $name {
+        impl $crate::scheduling::Plugin for $name {
             fn type_name(&self) -> &'static str {
                 $type_name
             }
-            fn section_role(&self) -> Option<SectionRole> {
-                Some(SectionRole::$role)
+            fn section_role(&self) -> Option<$crate::scheduling::SectionRole> {
+                Some($crate::scheduling::SectionRole::$role)
             }
         }
 
-        impl PluginFactory for $name {
+        impl $crate::scheduling::PluginFactory for $name {
             const TYPE: &'static str = $type_name;
-            type Params = Value;
+            type Params = serde_json::Value;
 
-            fn build(params: Value, _: &mut BuildContext<'_>) -> Result<$name, ParamError> {
-                let check: Check = $check;
+            fn build(
+                params: serde_json::Value,
+                _: &mut $crate::scheduling::BuildContext<'_>,
+            ) -> Result<$name, $crate::config::params::ParamError> {
+                let check: $crate::plugins::upstream::Check = $check;
                 check(&params)?;
                 Ok($name)
             }
@@ -66,7 +77,10 @@ macro_rules! mapped {
 
 /// Parameters must be absent or an object whose keys are all in `allowed`; returns the object (`None`
 /// when absent).
-fn only_keys<'v>(params: &'v Value, allowed: &[&str]) -> Result<Option<&'v Map<String, Value>>, ParamError> {
+pub fn only_keys<'v>(
+    params: &'v Value,
+    allowed: &[&str],
+) -> Result<Option<&'v Map<String, Value>>, ParamError> {
     let obj = match params {
         Value::Null => return Ok(None),
         Value::Object(o) => o,
@@ -83,31 +97,36 @@ fn only_keys<'v>(params: &'v Value, allowed: &[&str]) -> Result<Option<&'v Map<S
     Ok(Some(obj))
 }
 
-fn no_params(params: &Value) -> Result<(), ParamError> {
+pub fn no_params(params: &Value) -> Result<(), ParamError> {
     only_keys(params, &[]).map(|_| ())
 }
 
-mapped!(
-    /// `openai-parser`: OpenAI completions, chat completions, responses, embeddings bodies — what the
-    /// request reader parses for every request.
-    OpenAiParser,
-    "openai-parser",
-    Parser,
-    no_params
-);
+/// One group of llm-d types: registry entries for the accepted ones, the mapped ones' descriptions, the
+/// refused ones with their reasons.
+pub struct Group {
+    pub entries: &'static [Entry],
+    pub mapped: &'static [Mapped],
+    pub refused: &'static [Refused],
+}
 
-/// Every mapped type, for the registry and the compatibility table.
-pub const MAPPED: &[Mapped] = &[Mapped {
-    type_name: "openai-parser",
-    role: SectionRole::Parser,
-    done_by: "the request reader parses OpenAI completions, chat, responses and embeddings bodies (and \
-              multipart forms) for every request",
-}];
+const GROUPS: &[&Group] = &[&parsers::GROUP];
 
-/// Every refused type.
-pub const REFUSED: &[Refused] = &[];
+/// Registry entries of every accepted llm-d type that is not a plain built-in plugin.
+pub fn entries() -> impl Iterator<Item = Entry> {
+    GROUPS.iter().flat_map(|g| g.entries.iter().copied())
+}
+
+/// Every mapped type (for the compatibility table).
+pub fn mapped() -> Vec<&'static Mapped> {
+    GROUPS.iter().flat_map(|g| g.mapped.iter()).collect()
+}
+
+/// Every refused type (for the compatibility table).
+pub fn all_refused() -> Vec<&'static Refused> {
+    GROUPS.iter().flat_map(|g| g.refused.iter()).collect()
+}
 
 /// Why `type_name` is refused, if it is.
 pub fn refused(type_name: &str) -> Option<&'static str> {
-    REFUSED.iter().find(|r| r.type_name == type_name).map(|r| r.why)
+    GROUPS.iter().flat_map(|g| g.refused.iter()).find(|r| r.type_name == type_name).map(|r| r.why)
 }
