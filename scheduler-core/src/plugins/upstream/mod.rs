@@ -15,7 +15,12 @@
 //! and its refused types, and [`ENTRIES`], [`mapped`] and [`refused`] gather the groups.
 //! `docs/upstream-compatibility.md` is the table users read; a test keeps it in step with these files.
 
+mod data_layer;
+mod disagg;
 mod parsers;
+mod prefix;
+mod request_control;
+mod scheduling;
 
 use crate::config::params::{json_repr, ParamError};
 use crate::plugins::registry::Entry;
@@ -109,7 +114,14 @@ pub struct Group {
     pub refused: &'static [Refused],
 }
 
-const GROUPS: &[&Group] = &[&parsers::GROUP];
+const GROUPS: &[&Group] = &[
+    &parsers::GROUP,
+    &data_layer::GROUP,
+    &prefix::GROUP,
+    &disagg::GROUP,
+    &scheduling::GROUP,
+    &request_control::GROUP,
+];
 
 /// Registry entries of every accepted llm-d type that is not a plain built-in plugin.
 pub fn entries() -> impl Iterator<Item = Entry> {
