@@ -134,6 +134,7 @@ mod tests {
             published_at_ms: 1,
             pool: "p".into(),
             endpoints: vec![EndpointState::new(Endpoint::new(addr))],
+            ..PoolSnapshot::default()
         };
         host.put(&keys.snapshot, &snapshot_codec::encode(&s));
         host.put(&keys.generation, &generation.to_le_bytes());

@@ -139,6 +139,7 @@ fn pool(n: usize, seed: u64) -> PoolSnapshot {
         published_at_ms: NOW_MS,
         pool: String::from("vllm-llama3-8b-instruct"),
         endpoints,
+        ..PoolSnapshot::default()
     };
     snapshot.sort();
     snapshot
@@ -404,8 +405,13 @@ fn pick_as_in_envoy(c: &mut Criterion) {
             state
         })
         .collect();
-    let mut snapshot =
-        PoolSnapshot { generation: 1, published_at_ms: NOW_MS, pool: String::from("bench"), endpoints };
+    let mut snapshot = PoolSnapshot {
+        generation: 1,
+        published_at_ms: NOW_MS,
+        pool: String::from("bench"),
+        endpoints,
+        ..PoolSnapshot::default()
+    };
     snapshot.sort();
     let info = RequestInfo { path: CHAT, request_id: "bench", ..RequestInfo::default() };
     // GIE's default profile spelled out, beside the same pool (the file users merge).

@@ -239,9 +239,19 @@ impl EndpointPicker {
         };
         let mut rng = Rng::new(seed);
         let body_model = parsed.as_ref().map(|r| r.model.as_ref()).unwrap_or("");
+        // The pool's InferenceObjective / InferenceModelRewrite resources (from the collector) apply after
+        // the configuration's own, which win where both speak.
+        let resources = match pool {
+            PoolView::Fresh(s) => Some(&s.resources),
+            PoolView::Unusable { known, .. } => known.map(|s| &s.resources),
+        };
         let rewritten: Option<String> = match info.model_rewrite.filter(|m| !m.is_empty()) {
             Some(m) => Some(String::from(m)),
-            None => self.config.rewrites.rewrite(body_model, &mut rng).map(String::from),
+            None => self
+                .config
+                .rewrites
+                .rewrite_or(resources.map(|r| &r.rewrites), body_model, &mut rng)
+                .map(String::from),
         }
         .filter(|m| m != body_model && json_body);
         // The body must name the model the server runs; a body that cannot is refused before anything is
@@ -261,7 +271,7 @@ impl EndpointPicker {
         }
         let meta = RequestMeta {
             request_id: info.request_id,
-            priority: self.config.objectives.priority(info.objective),
+            priority: self.config.objectives.priority_or(resources.map(|r| &r.objectives), info.objective),
             session_token: info.session_token,
             model_override: rewritten.as_deref(),
         };

@@ -145,8 +145,20 @@ impl ModelRewrites {
         self.rewrites.is_empty()
     }
 
-    fn rule_for(&self, model: &str) -> Option<&Rule> {
-        let rules = || self.rewrites.iter().flat_map(|r| r.rules.iter());
+    /// The specs, oldest resource first.
+    pub fn specs(&self) -> &[InferenceModelRewrite] {
+        &self.rewrites
+    }
+
+    /// The rule for `model`, from these rewrites and then `after` as if every one of them were newer: an
+    /// exact match anywhere beats a catch-all, and among equals these come first.
+    fn rule_for<'a>(&'a self, after: Option<&'a ModelRewrites>, model: &str) -> Option<&'a Rule> {
+        let rules = || {
+            self.rewrites
+                .iter()
+                .chain(after.into_iter().flat_map(|a| a.rewrites.iter()))
+                .flat_map(|r| r.rules.iter())
+        };
         rules()
             .find(|rule| rule.matches.iter().any(|m| m.model.value == model))
             .or_else(|| rules().find(|rule| rule.matches.is_empty()))
@@ -154,7 +166,18 @@ impl ModelRewrites {
 
     /// The model to serve instead of `model`, or `None` when no rule applies.
     pub fn rewrite(&self, model: &str, rng: &mut Rng) -> Option<&str> {
-        let targets = &self.rule_for(model)?.targets;
+        self.rewrite_or(None, model, rng)
+    }
+
+    /// Like [`ModelRewrites::rewrite`] over these rewrites (the configuration's) followed by `after` (the
+    /// pool's Kubernetes resources): where both have an exact rule, or both only a catch-all, these win.
+    pub fn rewrite_or<'a>(
+        &'a self,
+        after: Option<&'a ModelRewrites>,
+        model: &str,
+        rng: &mut Rng,
+    ) -> Option<&'a str> {
+        let targets = &self.rule_for(after, model)?.targets;
         let weight = |t: &Target| t.weight.and_then(|w| u64::try_from(w).ok()).unwrap_or(1);
         let total: u64 = targets.iter().map(weight).sum();
         // Uniform draw in [0, total) by multiply-high: exact range, no modulo bias worth mentioning.
@@ -209,6 +232,31 @@ mod tests {
         );
         assert_eq!(r.rewrite("b", &mut rng), Some("ab-new"));
         assert_eq!(r.rewrite("zzz", &mut rng), Some("catch-all"));
+    }
+
+    #[test]
+    fn configuration_rules_come_before_the_pools_resources() {
+        let config = rewrites(
+            r#"[{"rules": [{"matches": [{"model": {"value": "a"}}], "targets": [{"modelRewrite": "a-config"}]},
+                           {"targets": [{"modelRewrite": "config-catch-all"}]}]}]"#,
+        )
+        .unwrap();
+        let pool = rewrites(
+            r#"[{"rules": [{"matches": [{"model": {"value": "a"}}, {"model": {"value": "b"}}], "targets": [{"modelRewrite": "ab-pool"}]},
+                           {"targets": [{"modelRewrite": "pool-catch-all"}]}]}]"#,
+        )
+        .unwrap();
+        let mut rng = Rng::new(3);
+        assert_eq!(
+            config.rewrite_or(Some(&pool), "a", &mut rng),
+            Some("a-config"),
+            "both exact: configuration"
+        );
+        assert_eq!(config.rewrite_or(Some(&pool), "b", &mut rng), Some("ab-pool"), "exact beats a catch-all");
+        assert_eq!(config.rewrite_or(Some(&pool), "z", &mut rng), Some("config-catch-all"));
+        let empty = ModelRewrites::default();
+        assert_eq!(empty.rewrite_or(Some(&pool), "z", &mut rng), Some("pool-catch-all"));
+        assert_eq!(empty.rewrite_or(None, "z", &mut rng), None);
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! Compact, versioned binary form of a [`PoolSnapshot`]: what the collector writes into proxy shared data and
 //! what the companion collector service serves; readers re-decode only when the generation changed.
 //!
-//! Layout, format version 1 (integers little-endian; `uvar` = unsigned LEB128, at most 10 bytes;
-//! `str` = `uvar` byte length then UTF-8 bytes; `opt32` = `uvar` holding value + 1, with 0 meaning none):
+//! Layout (integers little-endian; `uvar` = unsigned LEB128, at most 10 bytes; `str` = `uvar` byte length
+//! then UTF-8 bytes; `opt32` = `uvar` holding value + 1, with 0 meaning none; `svar` = zigzag `uvar`):
 //!
 //! ```text
 //! offset  size  field
 //!      0     4  magic b"WEPS"
-//!      4     2  format version (u16) = 1
+//!      4     2  format version (u16): 1, or 2 when sections follow the endpoints
 //!      6     8  generation (u64)            <- peek_generation reads only bytes 0..14
 //!     14     8  published_at_ms (u64)
 //!     22        pool: str
@@ -23,20 +23,43 @@
 //!                   running_loras: uvar count + str each; waiting_loras: the same
 //!                   max_lora, block_size, num_gpu_blocks: opt32 each
 //!                   updated_at_ms: uvar (u64)
+//!               version 2 only: section count: uvar, then per section:
+//!                 tag: uvar, length: uvar, then `length` bytes:
+//!                   tag 1, objectives: count: uvar, then (name: str, priority: svar (i32))
+//!                   tag 2, model rewrites (oldest resource first): count: uvar, then per resource:
+//!                     name: str ("" = none), rule count: uvar, then per rule:
+//!                       match count: uvar, then model value: str (type Exact, the only one)
+//!                       target count: uvar, then (modelRewrite: str, weight: opt32)
+//!                   any other tag: skipped (a newer writer's section this build does not know)
 //!               end of buffer (trailing bytes are an error)
 //! ```
+//!
+//! Compatibility: a snapshot without Kubernetes resources ([`PoolResources`] empty) is written as
+//! version 1, byte for byte what earlier builds wrote, so they keep reading it; with resources it is
+//! version 2, which earlier builds refuse with [`DecodeError::UnsupportedVersion`] (the companion
+//! collector serves such pollers version 1 instead: see `shim-ext-proc/src/snapshot_server.rs`). This build
+//! reads both. New kinds of data go into new section tags, which older version-2 readers skip.
 //!
 //! Decoding trusts nothing: every length and count is checked against the bytes that remain before
 //! anything is allocated, so a corrupt or hostile buffer costs at most its own size.
 
-use crate::model::{Endpoint, EndpointState, Engine, InFlight, Metrics, PoolSnapshot, Role};
-use alloc::string::String;
+use crate::config::objectives::{Objective, ObjectivePriorities};
+use crate::model::{Endpoint, EndpointState, Engine, InFlight, Metrics, PoolResources, PoolSnapshot, Role};
+use crate::model_rewrite::{
+    InferenceModelRewrite, Match, MatchType, ModelMatch, ModelRewrites, Rule, Target,
+};
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
 pub const MAGIC: [u8; 4] = *b"WEPS";
-/// The only format version this build reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build reads and writes (it writes 1 when there is nothing for 2 to add).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
+/// Section tags of format version 2.
+const SECTION_OBJECTIVES: u64 = 1;
+const SECTION_REWRITES: u64 = 2;
 /// Bytes before the variable-length part: magic, version, generation, published_at_ms.
 pub const HEADER_LEN: usize = 22;
 
@@ -89,6 +112,12 @@ pub enum DecodeError {
         offset: usize,
         count: usize,
     },
+    /// A section decoded but what it holds is not valid (e.g. a rewrite weight out of range).
+    InvalidSection {
+        offset: usize,
+        section: &'static str,
+        reason: String,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -97,9 +126,10 @@ impl fmt::Display for DecodeError {
             DecodeError::BadMagic { found } => {
                 write!(f, "not a pool snapshot: expected magic {MAGIC:?} at byte 0, found {found:?}")
             }
-            DecodeError::UnsupportedVersion { found, supported } => {
-                write!(f, "pool snapshot format version {found} is not supported (this build reads {supported})")
-            }
+            DecodeError::UnsupportedVersion { found, supported } => write!(
+                f,
+                "pool snapshot format version {found} is not supported (this build reads {OLDEST_FORMAT_VERSION} to {supported})"
+            ),
             DecodeError::Truncated { offset, field, needed } => {
                 write!(f, "pool snapshot truncated at byte {offset}: {field} needs {needed} more byte(s)")
             }
@@ -119,6 +149,9 @@ impl fmt::Display for DecodeError {
             DecodeError::TrailingBytes { offset, count } => {
                 write!(f, "pool snapshot has {count} unexpected byte(s) after the end at byte {offset}")
             }
+            DecodeError::InvalidSection { offset, section, reason } => {
+                write!(f, "pool snapshot section {section} at byte {offset} is not valid: {reason}")
+            }
         }
     }
 }
@@ -128,7 +161,8 @@ pub fn encode(snapshot: &PoolSnapshot) -> Vec<u8> {
     // Rough size: a few dozen bytes per endpoint beyond its strings; avoids most regrowth.
     let mut out = Vec::with_capacity(HEADER_LEN + 16 + snapshot.endpoints.len() * 96);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = if snapshot.resources.is_empty() { OLDEST_FORMAT_VERSION } else { FORMAT_VERSION };
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&snapshot.generation.to_le_bytes());
     out.extend_from_slice(&snapshot.published_at_ms.to_le_bytes());
     put_str(&mut out, &snapshot.pool);
@@ -162,7 +196,72 @@ pub fn encode(snapshot: &PoolSnapshot) -> Vec<u8> {
             }
         }
     }
+    if version >= 2 {
+        put_sections(&mut out, &snapshot.resources);
+    }
     out
+}
+
+/// Encodes `snapshot` for a reader of format version 1 only: the same bytes as [`encode`] without the
+/// pool's Kubernetes resources (which version 1 cannot carry).
+pub fn encode_v1(snapshot: &PoolSnapshot) -> Vec<u8> {
+    if snapshot.resources.is_empty() {
+        return encode(snapshot);
+    }
+    let bare = PoolSnapshot {
+        generation: snapshot.generation,
+        published_at_ms: snapshot.published_at_ms,
+        pool: snapshot.pool.clone(),
+        endpoints: snapshot.endpoints.clone(),
+        resources: PoolResources::default(),
+    };
+    encode(&bare)
+}
+
+/// The format version of an encoding made by [`encode`] (header bytes 4..6), without other checks.
+pub fn peek_version(bytes: &[u8]) -> Option<u16> {
+    let v = bytes.get(4..6)?;
+    Some(u16::from_le_bytes([*v.first()?, *v.get(1)?]))
+}
+
+fn put_sections(out: &mut Vec<u8>, resources: &PoolResources) {
+    let mut sections: Vec<(u64, Vec<u8>)> = Vec::new();
+    if !resources.objectives.is_empty() {
+        let mut body = Vec::new();
+        put_uvar(&mut body, resources.objectives.len() as u64);
+        for o in resources.objectives.iter() {
+            put_str(&mut body, &o.name);
+            put_uvar(&mut body, u64::from(((o.priority << 1) ^ (o.priority >> 31)) as u32));
+        }
+        sections.push((SECTION_OBJECTIVES, body));
+    }
+    if !resources.rewrites.is_empty() {
+        let mut body = Vec::new();
+        put_uvar(&mut body, resources.rewrites.specs().len() as u64);
+        for r in resources.rewrites.specs() {
+            put_str(&mut body, r.name.as_deref().unwrap_or(""));
+            put_uvar(&mut body, r.rules.len() as u64);
+            for rule in &r.rules {
+                put_uvar(&mut body, rule.matches.len() as u64);
+                for m in &rule.matches {
+                    put_str(&mut body, &m.model.value);
+                }
+                put_uvar(&mut body, rule.targets.len() as u64);
+                for t in &rule.targets {
+                    put_str(&mut body, &t.model_rewrite);
+                    let weight = t.weight.and_then(|w| u64::try_from(w).ok());
+                    put_uvar(&mut body, weight.map_or(0, |w| w.saturating_add(1)));
+                }
+            }
+        }
+        sections.push((SECTION_REWRITES, body));
+    }
+    put_uvar(out, sections.len() as u64);
+    for (tag, body) in sections {
+        put_uvar(out, tag);
+        put_uvar(out, body.len() as u64);
+        out.extend_from_slice(&body);
+    }
 }
 
 /// Decodes a buffer written by [`encode`] of this format version.
@@ -176,10 +275,11 @@ pub fn decode(bytes: &[u8]) -> Result<PoolSnapshot, DecodeError> {
     for _ in 0..count {
         endpoints.push(r.endpoint()?);
     }
+    let resources = if r.version >= 2 { r.sections()? } else { PoolResources::default() };
     if r.remaining() > 0 {
         return Err(DecodeError::TrailingBytes { offset: r.pos, count: r.remaining() });
     }
-    Ok(PoolSnapshot { generation, published_at_ms, pool, endpoints })
+    Ok(PoolSnapshot { generation, published_at_ms, pool, endpoints, resources })
 }
 
 /// Reads only the header: the generation, after checking magic and version. Lets a reader skip a decode
@@ -228,11 +328,13 @@ fn engine_tag(engine: Engine) -> u8 {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The format version read from the header (0 before).
+    version: u16,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
+        Reader { buf, pos: 0, version: 0 }
     }
 
     fn remaining(&self) -> usize {
@@ -274,9 +376,10 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::BadMagic { found: magic });
         }
         let version = u16::from_le_bytes(self.array("format version")?);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
+        self.version = version;
         self.u64_le("generation")
     }
 
@@ -398,6 +501,80 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn i32_zigzag(&mut self, field: &'static str) -> Result<i32, DecodeError> {
+        let z = self.u32(field)?;
+        Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
+    }
+
+    /// Version 2's sections, after the endpoints. Each known section must fill its length exactly.
+    fn sections(&mut self) -> Result<PoolResources, DecodeError> {
+        let mut resources = PoolResources::default();
+        // A section is at least a tag, a length and nothing else.
+        let count = self.count("section count", 2)?;
+        for _ in 0..count {
+            let tag = self.uvar("section tag")?;
+            let len = self.count("section length", 1)?;
+            let start = self.pos;
+            let body = self.take(len, "section")?;
+            let mut sub = Reader { buf: body, pos: 0, version: self.version };
+            // Offsets inside a section are reported from the start of the whole buffer.
+            match tag {
+                SECTION_OBJECTIVES => resources.objectives = sub.objectives().map_err(|e| shift(e, start))?,
+                SECTION_REWRITES => resources.rewrites = sub.rewrites().map_err(|e| shift(e, start))?,
+                _ => continue,
+            }
+            if sub.remaining() > 0 {
+                return Err(DecodeError::TrailingBytes { offset: start + sub.pos, count: sub.remaining() });
+            }
+        }
+        Ok(resources)
+    }
+
+    fn objectives(&mut self) -> Result<ObjectivePriorities, DecodeError> {
+        let n = self.count("objective count", 2)?;
+        let mut list = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.string("objective name")?;
+            let priority = self.i32_zigzag("objective priority")?;
+            list.push(Objective { name, priority });
+        }
+        Ok(ObjectivePriorities::new(list))
+    }
+
+    fn rewrites(&mut self) -> Result<ModelRewrites, DecodeError> {
+        let n = self.count("rewrite count", 2)?;
+        let mut list = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.string("rewrite name")?;
+            let rule_count = self.count("rewrite rule count", 2)?;
+            let mut rules = Vec::with_capacity(rule_count);
+            for _ in 0..rule_count {
+                let match_count = self.count("rewrite match count", MIN_STR_LEN)?;
+                let mut matches = Vec::with_capacity(match_count);
+                for _ in 0..match_count {
+                    let value = self.string("rewrite match model")?;
+                    matches.push(Match { model: ModelMatch { match_type: MatchType::Exact, value } });
+                }
+                let target_count = self.count("rewrite target count", 2)?;
+                let mut targets = Vec::with_capacity(target_count);
+                for _ in 0..target_count {
+                    let model_rewrite = self.string("rewrite target model")?;
+                    let weight = self.opt_u32("rewrite target weight")?.map(i64::from);
+                    targets.push(Target { model_rewrite, weight });
+                }
+                rules.push(Rule { matches, targets });
+            }
+            let name = (!name.is_empty()).then_some(name);
+            list.push(InferenceModelRewrite { name, pool_ref: None, rules });
+        }
+        let offset = self.pos;
+        ModelRewrites::new(list).map_err(|e| DecodeError::InvalidSection {
+            offset,
+            section: "model rewrites",
+            reason: e.to_string(),
+        })
+    }
+
     fn metrics(&mut self) -> Result<Metrics, DecodeError> {
         Ok(Metrics {
             waiting: self.u32("metrics.waiting")?,
@@ -410,6 +587,30 @@ impl<'a> Reader<'a> {
             num_gpu_blocks: self.opt_u32("metrics.num_gpu_blocks")?,
             updated_at_ms: self.uvar("metrics.updated_at_ms")?,
         })
+    }
+}
+
+/// `e` with its offset moved by `by` (an error found in a section's own reader).
+fn shift(e: DecodeError, by: usize) -> DecodeError {
+    match e {
+        DecodeError::Truncated { offset, field, needed } => {
+            DecodeError::Truncated { offset: offset + by, field, needed }
+        }
+        DecodeError::LengthTooLarge { offset, field, length, remaining } => {
+            DecodeError::LengthTooLarge { offset: offset + by, field, length, remaining }
+        }
+        DecodeError::InvalidUtf8 { offset, field } => DecodeError::InvalidUtf8 { offset: offset + by, field },
+        DecodeError::BadVarint { offset, field } => DecodeError::BadVarint { offset: offset + by, field },
+        DecodeError::OutOfRange { offset, field, value, max } => {
+            DecodeError::OutOfRange { offset: offset + by, field, value, max }
+        }
+        DecodeError::TrailingBytes { offset, count } => {
+            DecodeError::TrailingBytes { offset: offset + by, count }
+        }
+        DecodeError::InvalidSection { offset, section, reason } => {
+            DecodeError::InvalidSection { offset: offset + by, section, reason }
+        }
+        other => other,
     }
 }
 
@@ -446,7 +647,29 @@ mod tests {
             published_at_ms: 1_757_134_210_900,
             pool: "llama-pool".into(),
             endpoints: vec![a, b],
+            resources: PoolResources::default(),
         }
+    }
+
+    fn sample_resources() -> PoolResources {
+        PoolResources {
+            objectives: ObjectivePriorities::from_json(
+                r#"[{"name": "batch", "priority": -1}, {"name": "chat", "priority": 10},
+                    {"name": "floor", "priority": -2147483648}, {"name": "top", "priority": 2147483647}]"#,
+            )
+            .unwrap(),
+            rewrites: ModelRewrites::from_json(
+                r#"[{"name": "canary", "rules": [
+                      {"matches": [{"model": {"value": "llama"}}], "targets": [{"modelRewrite": "llama-v1", "weight": 90}, {"modelRewrite": "llama-v2", "weight": 10}]},
+                      {"targets": [{"modelRewrite": "fallback"}]}]},
+                    {"rules": [{"matches": [{"model": {"value": "a"}}, {"model": {"value": "b"}}], "targets": [{"modelRewrite": "ab"}]}]}]"#,
+            )
+            .unwrap(),
+        }
+    }
+
+    fn with_resources() -> PoolSnapshot {
+        PoolSnapshot { resources: sample_resources(), ..sample_snapshot() }
     }
 
     #[test]
@@ -489,13 +712,136 @@ mod tests {
     fn version_mismatch_is_reported_not_guessed() {
         let mut bytes = encode(&sample_snapshot());
         if let Some(v) = bytes.get_mut(4..6) {
-            v.copy_from_slice(&2u16.to_le_bytes());
+            v.copy_from_slice(&3u16.to_le_bytes());
         }
-        let expected = Err(DecodeError::UnsupportedVersion { found: 2, supported: 1 });
+        let expected = Err(DecodeError::UnsupportedVersion { found: 3, supported: 2 });
         assert_eq!(decode(&bytes), expected);
         assert_eq!(peek_generation(&bytes), expected.map(|_: PoolSnapshot| 0));
         let shown = decode(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(shown, "pool snapshot format version 2 is not supported (this build reads 1)");
+        assert_eq!(shown, "pool snapshot format version 3 is not supported (this build reads 1 to 2)");
+        if let Some(v) = bytes.get_mut(4..6) {
+            v.copy_from_slice(&0u16.to_le_bytes());
+        }
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion { found: 0, supported: 2 }));
+    }
+
+    /// A version-1 snapshot as earlier builds wrote it (one endpoint `a` with metrics 3 waiting), frozen.
+    const FROZEN_V1: &[u8] = b"WEPS\x01\x00\x07\x00\x00\x00\x00\x00\x00\x00\xe8\x03\x00\x00\x00\x00\x00\x00\x01p\x01\x01a\x00\x00\x00\x00\x00\x00\x01\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+
+    #[test]
+    fn snapshots_without_resources_stay_version_1_byte_for_byte() {
+        let mut snap = PoolSnapshot {
+            generation: 7,
+            published_at_ms: 1000,
+            pool: "p".into(),
+            ..PoolSnapshot::default()
+        };
+        let mut a = EndpointState::new(Endpoint::new("a"));
+        a.metrics = Some(Metrics { waiting: 3, ..Metrics::default() });
+        snap.endpoints.push(a);
+        assert_eq!(encode(&snap), FROZEN_V1, "what earlier builds write and read");
+        assert_eq!(decode(FROZEN_V1), Ok(snap.clone()));
+        assert_eq!(peek_version(FROZEN_V1), Some(1));
+        assert_eq!(encode_v1(&snap), FROZEN_V1);
+    }
+
+    #[test]
+    fn resources_make_version_2_and_round_trip() {
+        let snap = with_resources();
+        let bytes = encode(&snap);
+        assert_eq!(peek_version(&bytes), Some(2));
+        assert_eq!(peek_generation(&bytes), Ok(42));
+        assert_eq!(decode(&bytes), Ok(snap.clone()));
+        // Version 2 is version 1 with the sections appended: the endpoints read the same either way.
+        let v1 = encode_v1(&snap);
+        assert_eq!(peek_version(&v1), Some(1));
+        assert_eq!(bytes.get(6..v1.len()), v1.get(6..));
+        assert_eq!(decode(&v1), Ok(sample_snapshot()), "version 1 carries everything but the resources");
+        // Earlier builds read version 1 only: they refuse this one (UnsupportedVersion) instead of
+        // misreading it.
+        // Priorities survive the zigzag at both ends of i32.
+        let back = decode(&bytes).unwrap().resources;
+        assert_eq!(back.objectives.get("floor"), Some(i32::MIN));
+        assert_eq!(back.objectives.get("top"), Some(i32::MAX));
+        assert_eq!(back.objectives.get("batch"), Some(-1));
+    }
+
+    #[test]
+    fn unknown_sections_are_skipped_and_known_ones_must_fill_their_length() {
+        let snap = PoolSnapshot { resources: sample_resources(), ..PoolSnapshot::default() };
+        let bytes = encode(&snap);
+        // Rebuild with an extra section (tag 99) before the known ones: a newer writer's addition.
+        let base = encode_v1(&snap);
+        let sections = bytes.get(base.len()..).unwrap().to_vec();
+        let mut newer = bytes.get(..base.len()).unwrap().to_vec();
+        let count = sections.first().copied().unwrap();
+        newer.push(count + 1);
+        put_uvar(&mut newer, 99);
+        put_str(&mut newer, "future data");
+        newer.extend_from_slice(sections.get(1..).unwrap());
+        assert_eq!(decode(&newer), Ok(snap.clone()));
+
+        // An objectives section one byte longer than its content.
+        let mut padded = bytes.get(..base.len()).unwrap().to_vec();
+        let mut body = Vec::new();
+        put_uvar(&mut body, 1);
+        put_str(&mut body, "x");
+        put_uvar(&mut body, 2);
+        body.push(0);
+        padded.push(1);
+        put_uvar(&mut padded, SECTION_OBJECTIVES);
+        put_uvar(&mut padded, body.len() as u64);
+        padded.extend_from_slice(&body);
+        assert!(
+            matches!(decode(&padded), Err(DecodeError::TrailingBytes { count: 1, .. })),
+            "{:?}",
+            decode(&padded)
+        );
+    }
+
+    #[test]
+    fn an_invalid_rewrite_in_a_section_is_reported_with_its_reason() {
+        let snap = PoolSnapshot::default();
+        let mut bytes = encode(&snap);
+        if let Some(v) = bytes.get_mut(4..6) {
+            v.copy_from_slice(&2u16.to_le_bytes());
+        }
+        let mut body = Vec::new();
+        put_uvar(&mut body, 1); // one resource
+        put_str(&mut body, "bad");
+        put_uvar(&mut body, 1); // one rule
+        put_uvar(&mut body, 0); // catch-all
+        put_uvar(&mut body, 1); // one target
+        put_str(&mut body, "m");
+        put_uvar(&mut body, 2_000_000 + 1); // weight 2,000,000
+        bytes.push(1);
+        put_uvar(&mut bytes, SECTION_REWRITES);
+        put_uvar(&mut bytes, body.len() as u64);
+        bytes.extend_from_slice(&body);
+        let err = decode(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.starts_with("pool snapshot section model rewrites at byte")
+                && err.ends_with(
+                    "rewrites[0].rules[0].targets[0].weight: expected an integer in 1..=1000000, got 2000000"
+                ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_truncation_of_a_version_2_snapshot_errors_cleanly() {
+        let bytes = encode(&with_resources());
+        for len in 0..bytes.len() {
+            let cut = bytes.get(..len).unwrap_or_default();
+            assert!(
+                matches!(
+                    decode(cut),
+                    Err(DecodeError::Truncated { .. } | DecodeError::LengthTooLarge { .. })
+                ),
+                "prefix of {len} bytes: {:?}",
+                decode(cut)
+            );
+        }
     }
 
     #[test]
@@ -669,15 +1015,53 @@ mod tests {
             })
     }
 
+    fn arb_resources() -> impl Strategy<Value = PoolResources> {
+        let objective =
+            (arb_string(), any::<i32>()).prop_map(|(name, priority)| Objective { name, priority });
+        let target =
+            ("[a-z0-9.-]{1,12}", proptest::option::of(1i64..=i64::from(crate::model_rewrite::MAX_WEIGHT)));
+        let rule = (prop::collection::vec("[a-z0-9.-]{1,12}", 0..3), prop::collection::vec(target, 1..4))
+            .prop_map(|(matches, targets)| {
+                let all_weighted = targets.iter().all(|(_, w)| w.is_some());
+                Rule {
+                    matches: matches
+                        .into_iter()
+                        .map(|value| Match { model: ModelMatch { match_type: MatchType::Exact, value } })
+                        .collect(),
+                    targets: targets
+                        .into_iter()
+                        .map(|(model_rewrite, w)| Target {
+                            model_rewrite,
+                            weight: w.filter(|_| all_weighted),
+                        })
+                        .collect(),
+                }
+            });
+        let rewrite = (proptest::option::of("[a-z]{1,8}"), prop::collection::vec(rule, 0..3))
+            .prop_map(|(name, rules)| InferenceModelRewrite { name, pool_ref: None, rules });
+        (prop::collection::vec(objective, 0..4), prop::collection::vec(rewrite, 0..3)).prop_map(|(o, r)| {
+            PoolResources {
+                objectives: ObjectivePriorities::new(o),
+                rewrites: ModelRewrites::new(r).unwrap(),
+            }
+        })
+    }
+
     fn arb_snapshot() -> impl Strategy<Value = PoolSnapshot> {
-        (any::<u64>(), any::<u64>(), arb_string(), prop::collection::vec(arb_endpoint(), 0..8)).prop_map(
-            |(generation, published_at_ms, pool, endpoints)| PoolSnapshot {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            arb_string(),
+            prop::collection::vec(arb_endpoint(), 0..8),
+            prop_oneof![Just(PoolResources::default()), arb_resources()],
+        )
+            .prop_map(|(generation, published_at_ms, pool, endpoints, resources)| PoolSnapshot {
                 generation,
                 published_at_ms,
                 pool,
                 endpoints,
-            },
-        )
+                resources,
+            })
     }
 
     proptest! {

@@ -111,12 +111,14 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             }
             Discovery::Kubernetes(k) => {
                 let (tx, rx) = watch::channel(None);
+                let (resources_tx, resources_rx) = watch::channel(Default::default());
                 let k = k.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = kubernetes::run(k, tx).await {
+                    if let Err(e) = kubernetes::run(k, tx, resources_tx).await {
                         log::error!("Kubernetes discovery stopped: {e}");
                     }
                 });
+                tokio::spawn(kubernetes::follow_resources(resources_rx, Arc::clone(&pool)));
                 (None, rx)
             }
         };

@@ -3,7 +3,7 @@
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::snapshot_server::{self, plain, GENERATION_HEADER};
+use crate::snapshot_server::{self, plain};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -51,14 +51,7 @@ fn route(req: &Request<Incoming>, pool: &Pool, metrics: &Metrics) -> Response<Fu
             }
             r
         }
-        "/snapshot" => {
-            let have = req
-                .headers()
-                .get(GENERATION_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            snapshot_server::respond(pool, have)
-        }
+        "/snapshot" => snapshot_server::respond(pool, req.headers()),
         "/healthz" | "/readyz" => {
             if pool.is_synced() {
                 plain(StatusCode::OK, "ok\n")

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use scheduler_core::metrics_text::ScrapeFailure;
-use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolResources, PoolSnapshot};
 use scheduler_core::snapshot_codec;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,7 @@ pub struct Published {
 #[derive(Debug, Default)]
 struct State {
     endpoints: BTreeMap<String, EndpointState>,
+    resources: PoolResources,
     generation: u64,
 }
 
@@ -61,6 +62,13 @@ impl Pool {
         self.synced.store(true, Ordering::Release);
     }
 
+    /// Replaces the pool's InferenceObjective / InferenceModelRewrite resources (next publication on).
+    pub fn set_resources(&self, resources: PoolResources) {
+        if let Ok(mut st) = self.state.lock() {
+            st.resources = resources;
+        }
+    }
+
     /// Records one scrape (the core's fold: new metrics, or one more failure in a row with the old
     /// metrics kept, aging).
     pub fn record_scrape(&self, address: &str, result: Result<Metrics, ScrapeFailure>) {
@@ -79,6 +87,7 @@ impl Pool {
                 published_at_ms: now_ms,
                 pool: self.name.clone(),
                 endpoints: st.endpoints.values().cloned().collect(),
+                resources: st.resources.clone(),
             }
         };
         let encoded = Bytes::from(snapshot_codec::encode(&snapshot));

@@ -1,5 +1,7 @@
 //! Discovery-URL mode: instead of scraping M pods, poll one URL (the companion collector service) that
 //! serves the pool already encoded with `snapshot_codec`, check that it decodes, and publish it unchanged.
+//! Each poll names the newest snapshot format this build reads, so the collector includes the pool's
+//! InferenceObjective / InferenceModelRewrite resources (format version 2) for it.
 
 use super::CallResponse;
 use crate::host::{Host, HttpGet};
@@ -7,9 +9,14 @@ use crate::stats::{self, Stats};
 use scheduler_core::config::gateway::{CollectorConfig, DiscoveryConfig};
 use scheduler_core::snapshot_codec;
 
+/// The request header naming the newest snapshot format the poller reads (the collector's contract).
+pub const SNAPSHOT_VERSION_HEADER: &str = "x-epp-snapshot-version";
+
 #[derive(Debug)]
 pub struct Discovery {
     target: DiscoveryConfig,
+    /// `snapshot_codec::FORMAT_VERSION` as the poll's `x-epp-snapshot-version` header value.
+    reads_version: String,
     /// The poll in flight: (token, dispatch time).
     pending: Option<(u32, u64)>,
     dispatch_warned: bool,
@@ -26,7 +33,12 @@ pub enum Polled {
 
 impl Discovery {
     pub fn new(target: DiscoveryConfig) -> Discovery {
-        Discovery { target, pending: None, dispatch_warned: false }
+        Discovery {
+            target,
+            reads_version: snapshot_codec::FORMAT_VERSION.to_string(),
+            pending: None,
+            dispatch_warned: false,
+        }
     }
 
     pub fn owns(&self, token: u32) -> bool {
@@ -46,7 +58,7 @@ impl Discovery {
             cluster: &self.target.cluster,
             authority: &self.target.authority,
             path: &self.target.path,
-            headers: &[],
+            headers: &[(SNAPSHOT_VERSION_HEADER, &self.reads_version)],
             timeout_ms: cfg.timeout_ms,
         };
         match host.http_get(&request) {

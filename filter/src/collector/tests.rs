@@ -1,6 +1,8 @@
 use super::*;
 use crate::host::fake::FakeHost;
+use scheduler_core::config::objectives::ObjectivePriorities;
 use scheduler_core::model::PoolSnapshot;
+use scheduler_core::model_rewrite::ModelRewrites;
 
 const CONFIG: &str = r#"{"pool": {"name": "p", "endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"]},
     "collector": {"intervalMs": 50, "timeoutMs": 200, "cluster": "scrape"}}"#;
@@ -133,10 +135,15 @@ fn discovery_publishes_the_served_snapshot_and_refuses_garbage() {
     let (host, keys, mut c, mut stats) =
         setup(r#"{"pool": {"name": "p", "discoveryUrl": "http://collector.epp:9090/v1/snapshot"}}"#);
     c.tick(&host, &keys, &mut stats);
-    let (token, cluster, authority, path, _) = host.calls()[0].clone();
+    let (token, cluster, authority, path, headers) = host.calls()[0].clone();
     assert_eq!(
         (cluster.as_str(), authority.as_str(), path.as_str()),
         ("collector.epp", "collector.epp:9090", "/v1/snapshot")
+    );
+    assert_eq!(
+        headers,
+        &[("x-epp-snapshot-version".to_string(), snapshot_codec::FORMAT_VERSION.to_string())],
+        "the poll asks for the newest format this build reads (the pool's Kubernetes resources need 2)"
     );
     c.tick(&host, &keys, &mut stats);
     assert_eq!(host.calls().len(), 1, "one poll at a time");
@@ -149,6 +156,18 @@ fn discovery_publishes_the_served_snapshot_and_refuses_garbage() {
     answer(&mut c, &host, &keys, &mut stats, host.calls()[1].0, Some(200), b"not a snapshot");
     assert_eq!(host.get(&keys.generation).unwrap(), 1u64.to_le_bytes(), "garbage is never published");
     assert_eq!(host.metric(stats::SCRAPE_ERRORS), 1);
+    // A version-2 snapshot (the pool's objectives and rewrites) is published as served, and reads back.
+    let resources = scheduler_core::model::PoolResources {
+        objectives: ObjectivePriorities::from_json(r#"[{"name": "batch", "priority": -1}]"#).unwrap(),
+        rewrites: ModelRewrites::from_json(r#"[{"rules": [{"targets": [{"modelRewrite": "m-v2"}]}]}]"#)
+            .unwrap(),
+    };
+    let v2 = snapshot_codec::encode(&PoolSnapshot { generation: 78, resources, ..Default::default() });
+    assert_eq!(snapshot_codec::peek_version(&v2), Some(2));
+    c.tick(&host, &keys, &mut stats);
+    answer(&mut c, &host, &keys, &mut stats, host.calls()[2].0, Some(200), &v2);
+    assert_eq!(host.get(&keys.snapshot).unwrap(), v2);
+    assert_eq!(published(&host, &keys).resources.objectives.get("batch"), Some(-1));
 }
 
 #[test]

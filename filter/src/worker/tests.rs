@@ -24,7 +24,13 @@ fn publish(host: &FakeHost, keys: &Keys, generation: u64, waiting: &[u32]) {
             ..EndpointState::new(Endpoint::new(format!("10.0.0.{}:8000", i + 1)))
         })
         .collect();
-    let s = PoolSnapshot { generation, published_at_ms: NOW, pool: "default".into(), endpoints };
+    let s = PoolSnapshot {
+        generation,
+        published_at_ms: NOW,
+        pool: "default".into(),
+        endpoints,
+        ..PoolSnapshot::default()
+    };
     host.put(&keys.snapshot, &snapshot_codec::encode(&s));
     host.put(&keys.generation, &generation.to_le_bytes());
 }
@@ -340,6 +346,7 @@ fn a_request_not_streamed_is_late_only_once_the_server_shows_nothing_running() {
             published_at_ms: NOW + 5_000,
             pool: "default".into(),
             endpoints: vec![e],
+            ..PoolSnapshot::default()
         };
         host.put(&keys.snapshot, &snapshot_codec::encode(&s));
         host.put(&keys.generation, &generation.to_le_bytes());

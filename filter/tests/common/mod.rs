@@ -96,7 +96,13 @@ pub fn write_snapshot(host: &mut Host, generation: u64, queues: &[u32]) {
             ..EndpointState::new(Endpoint::new(addr(i + 1)))
         })
         .collect();
-    let s = PoolSnapshot { generation, published_at_ms: now, pool: "pool".into(), endpoints };
+    let s = PoolSnapshot {
+        generation,
+        published_at_ms: now,
+        pool: "pool".into(),
+        endpoints,
+        ..PoolSnapshot::default()
+    };
     host.set_shared_data(VM_ID, "epp/pool/snapshot", &snapshot_codec::encode(&s));
     host.set_shared_data(VM_ID, "epp/pool/generation", &generation.to_le_bytes());
     // A worker reads the generation at most once per millisecond: the next request comes a little later.

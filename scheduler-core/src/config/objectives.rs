@@ -46,7 +46,30 @@ impl ObjectivePriorities {
 
     /// Priority for the header value; unknown or absent objective → 0 (GIE).
     pub fn priority(&self, objective: Option<&str>) -> i32 {
-        objective.and_then(|n| self.objectives.iter().find(|o| o.name == n)).map_or(0, |o| o.priority)
+        self.priority_or(None, objective)
+    }
+
+    /// Like [`ObjectivePriorities::priority`], asking `fallback` (the pool's Kubernetes resources) about a
+    /// name this table does not define: the configuration wins where both name the objective.
+    pub fn priority_or(&self, fallback: Option<&ObjectivePriorities>, objective: Option<&str>) -> i32 {
+        objective.and_then(|n| self.get(n).or_else(|| fallback.and_then(|f| f.get(n)))).unwrap_or(0)
+    }
+
+    /// The priority of the objective called `name`, when there is one.
+    pub fn get(&self, name: &str) -> Option<i32> {
+        self.objectives.iter().find(|o| o.name == name).map(|o| o.priority)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Objective> {
+        self.objectives.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.objectives.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objectives.is_empty()
     }
 }
 
@@ -63,5 +86,19 @@ mod tests {
         assert_eq!(t.priority(Some("unknown")), 0);
         assert_eq!(t.priority(None), 0);
         assert!(ObjectivePriorities::from_json(r#"[{"name": "x", "priority": "high"}]"#).is_err());
+    }
+
+    #[test]
+    fn configuration_wins_over_the_pools_resources_and_they_fill_the_rest() {
+        let config = ObjectivePriorities::from_json(r#"[{"name": "batch", "priority": 3}]"#).unwrap();
+        let pool = ObjectivePriorities::from_json(
+            r#"[{"name": "batch", "priority": -1}, {"name": "offline", "priority": -5}]"#,
+        )
+        .unwrap();
+        assert_eq!(config.priority_or(Some(&pool), Some("batch")), 3);
+        assert_eq!(config.priority_or(Some(&pool), Some("offline")), -5);
+        assert_eq!(config.priority_or(Some(&pool), Some("chat")), 0);
+        assert_eq!(config.priority_or(None, Some("offline")), 0);
+        assert_eq!(config.priority_or(Some(&pool), None), 0);
     }
 }

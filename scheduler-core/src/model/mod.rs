@@ -6,4 +6,4 @@ mod snapshot;
 
 pub use endpoint::{validate_address, AddressError, Endpoint, Engine, Role, ENGINE_TYPE_LABEL, ROLE_LABEL};
 pub use metrics::{InFlight, Metrics};
-pub use snapshot::{EndpointState, PoolSnapshot};
+pub use snapshot::{EndpointState, PoolResources, PoolSnapshot};

@@ -1,6 +1,8 @@
 //! The pool as the scheduler sees it at one moment.
 
 use super::{Endpoint, InFlight, Metrics};
+use crate::config::objectives::ObjectivePriorities;
+use crate::model_rewrite::ModelRewrites;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -45,6 +47,25 @@ pub struct PoolSnapshot {
     pub pool: String,
     /// Endpoints sorted by address (the codec and tie-breaking rely on a stable order).
     pub endpoints: Vec<EndpointState>,
+    /// The pool's InferenceObjective and InferenceModelRewrite resources, as the collector read them from
+    /// Kubernetes; empty when it does not watch them.
+    pub resources: PoolResources,
+}
+
+/// What the pool's Kubernetes resources say about requests, beside the picker's own configuration (which
+/// wins where both speak: see `EndpointPicker::decide`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolResources {
+    /// InferenceObjective name → priority.
+    pub objectives: ObjectivePriorities,
+    /// InferenceModelRewrite specs, oldest resource first.
+    pub rewrites: ModelRewrites,
+}
+
+impl PoolResources {
+    pub fn is_empty(&self) -> bool {
+        self.objectives.is_empty() && self.rewrites.is_empty()
+    }
 }
 
 impl PoolSnapshot {

@@ -2,26 +2,47 @@
 //! its selector matches; every target port of every Ready, not-terminating pod is an endpoint, with
 //! the engine from the pod label `inference.networking.k8s.io/engine-type`.
 //!
+//! Beside them, the InferenceObjective and InferenceModelRewrite resources of the pool's namespace whose
+//! `spec.poolRef` names this pool (group `inference.networking.k8s.io`, the CRDs' default) become the
+//! snapshot's [`PoolResources`]: priorities by objective name, rewrites oldest first. As llm-d-router
+//! v0.10 does, each kind is read from `llm-d.ai/v1alpha2` when the cluster serves it there, else from
+//! the legacy `inference.networking.x-k8s.io/v1alpha2` (GIE up to v1.5); a kind served by neither is
+//! looked for again every 30 s.
+//!
 //! kube-rs does the list+watch bookkeeping (resource versions, re-lists, backoff); this module only
-//! turns the two object streams into endpoint lists.
+//! turns the object streams into endpoint lists and resources.
 
 use super::Discovered;
+use crate::pool::Pool;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Config};
-use scheduler_core::model::{validate_address, Endpoint, Engine, Role};
+use scheduler_core::config::objectives::{Objective, ObjectivePriorities};
+use scheduler_core::model::{validate_address, Endpoint, Engine, PoolResources, Role};
+use scheduler_core::model_rewrite::{InferenceModelRewrite, ModelRewrites};
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 
 pub const ENGINE_LABEL: &str = "inference.networking.k8s.io/engine-type";
 /// llm-d's disaggregated-serving role label (`prefill`, `decode`, `both`).
 pub const ROLE_LABEL: &str = "llm-d.ai/role";
+/// The InferencePool's API group, which a resource's `spec.poolRef.group` must name (its default).
+pub const POOL_GROUP: &str = "inference.networking.k8s.io";
+/// Where InferenceObjective and InferenceModelRewrite are served, preferred first (llm-d-router v0.10's
+/// order: it ignores the legacy group when both are installed).
+pub const RESOURCE_GROUPS: [&str; 2] = ["llm-d.ai", "inference.networking.x-k8s.io"];
+pub const RESOURCE_VERSION: &str = "v1alpha2";
+/// How often a kind that no group serves is looked for again (its CRD may be installed later).
+const PROBE_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct KubeSettings {
@@ -80,14 +101,44 @@ fn pool_resource() -> ApiResource {
 
 type Events<K> = Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
 
-/// Watches until the task is dropped, publishing each complete endpoint list on `tx`.
-pub async fn run(settings: KubeSettings, tx: watch::Sender<Discovered>) -> Result<(), KubeError> {
+/// Watches until the task is dropped, publishing each complete endpoint list on `tx` and the pool's
+/// InferenceObjective / InferenceModelRewrite resources on `resources` (whenever they change, once both
+/// kinds' first lists are in or a kind is not served).
+pub async fn run(
+    settings: KubeSettings,
+    tx: watch::Sender<Discovered>,
+    resources: watch::Sender<PoolResources>,
+) -> Result<(), KubeError> {
     let config = match &settings.api_url {
         Some(url) => Config::new(url.parse().map_err(|_| KubeError::Url(url.clone()))?),
         None => Config::infer().await.map_err(|e| KubeError::Config(e.to_string()))?,
     };
     let namespace = settings.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(KubeError::Client)?;
+    let watch_resources =
+        watch_resources(client.clone(), namespace.clone(), settings.pool_name.clone(), resources);
+    let (r, ()) = tokio::join!(watch_pool(client, namespace, settings, tx), watch_resources);
+    r
+}
+
+/// Copies each published set of resources into the pool (which puts it in the next snapshot), until the
+/// sender is dropped.
+pub async fn follow_resources(mut rx: watch::Receiver<PoolResources>, pool: Arc<Pool>) {
+    loop {
+        let next = rx.borrow_and_update().clone();
+        pool.set_resources(next);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn watch_pool(
+    client: Client,
+    namespace: String,
+    settings: KubeSettings,
+    tx: watch::Sender<Discovered>,
+) -> Result<(), KubeError> {
     let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &pool_resource());
     let by_name = watcher::Config::default().fields(&format!("metadata.name={}", settings.pool_name));
     let mut pool_events: Events<DynamicObject> = Box::pin(watcher::watcher(pools, by_name).default_backoff());
@@ -159,6 +210,212 @@ pub async fn run(settings: KubeSettings, tx: watch::Sender<Discovered>) -> Resul
             },
         }
     }
+}
+
+/// One resource kind (InferenceObjective or InferenceModelRewrite): where it is served, its watch, and
+/// the objects of the last complete list plus the events since.
+struct Watched {
+    kind: &'static str,
+    events: Option<Events<DynamicObject>>,
+    /// Served nowhere (told once, then looked for quietly).
+    missing_told: bool,
+    items: BTreeMap<String, DynamicObject>,
+    listing: BTreeMap<String, DynamicObject>,
+    synced: bool,
+}
+
+impl Watched {
+    fn new(kind: &'static str) -> Watched {
+        Watched {
+            kind,
+            events: None,
+            missing_told: false,
+            items: BTreeMap::new(),
+            listing: BTreeMap::new(),
+            synced: false,
+        }
+    }
+
+    /// Finds the group that serves this kind and starts watching it in `namespace`.
+    async fn discover(&mut self, client: &Client, namespace: &str) {
+        for group in RESOURCE_GROUPS {
+            let api_version = format!("{group}/{RESOURCE_VERSION}");
+            let Ok(list) = client.list_api_group_resources(&api_version).await else { continue };
+            let Some(found) = list.resources.iter().find(|r| r.kind == self.kind && !r.name.contains('/'))
+            else {
+                continue;
+            };
+            let gvk = GroupVersionKind::gvk(group, RESOURCE_VERSION, self.kind);
+            let resource = ApiResource::from_gvk_with_plural(&gvk, &found.name);
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+            log::info!("watching {} in {namespace} as {api_version}", self.kind);
+            self.events = Some(Box::pin(watcher::watcher(api, watcher::Config::default()).default_backoff()));
+            return;
+        }
+        if !self.missing_told {
+            log::info!(
+                "no {} CRD is served ({}/{RESOURCE_VERSION} or {}/{RESOURCE_VERSION}); only the configuration's apply",
+                self.kind,
+                RESOURCE_GROUPS[0],
+                RESOURCE_GROUPS[1]
+            );
+            self.missing_told = true;
+        }
+        // Nothing to wait for: an unserved kind counts as an empty list.
+        self.synced = true;
+    }
+
+    /// Folds one event in; true when the visible set may have changed.
+    fn apply(&mut self, ev: Option<Result<Event<DynamicObject>, watcher::Error>>) -> bool {
+        match ev {
+            Some(Ok(Event::Init)) => {
+                self.listing.clear();
+                false
+            }
+            Some(Ok(Event::InitApply(obj))) => {
+                self.listing.insert(obj.metadata.name.clone().unwrap_or_default(), obj);
+                false
+            }
+            Some(Ok(Event::InitDone)) => {
+                self.items = std::mem::take(&mut self.listing);
+                self.synced = true;
+                true
+            }
+            Some(Ok(Event::Apply(obj))) => {
+                self.items.insert(obj.metadata.name.clone().unwrap_or_default(), obj);
+                self.synced
+            }
+            Some(Ok(Event::Delete(obj))) => {
+                self.items.remove(obj.metadata.name.as_deref().unwrap_or_default());
+                self.synced
+            }
+            Some(Err(e)) => {
+                log::warn!("watching {}: {e}", self.kind);
+                false
+            }
+            None => {
+                self.events = None;
+                false
+            }
+        }
+    }
+
+    /// The objects whose `spec.poolRef` names `pool`, not being deleted.
+    fn for_pool<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a DynamicObject> + 'a {
+        self.items
+            .values()
+            .filter(move |o| o.metadata.deletion_timestamp.is_none() && refers_to_pool(o, pool))
+    }
+}
+
+async fn watch_resources(client: Client, namespace: String, pool: String, out: watch::Sender<PoolResources>) {
+    let mut objectives = Watched::new("InferenceObjective");
+    let mut rewrites = Watched::new("InferenceModelRewrite");
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let changed = tokio::select! {
+            _ = probe.tick(), if objectives.events.is_none() || rewrites.events.is_none() => {
+                for w in [&mut objectives, &mut rewrites] {
+                    if w.events.is_none() {
+                        w.discover(&client, &namespace).await;
+                    }
+                }
+                true
+            }
+            ev = next_event(&mut objectives.events) => objectives.apply(ev),
+            ev = next_event(&mut rewrites.events) => rewrites.apply(ev),
+        };
+        if changed && objectives.synced && rewrites.synced {
+            let next = PoolResources {
+                objectives: objectives_of(objectives.for_pool(&pool)),
+                rewrites: rewrites_of(rewrites.for_pool(&pool)),
+            };
+            out.send_if_modified(|cur| {
+                let differs = *cur != next;
+                if differs {
+                    log::info!(
+                        "pool {pool}: {} InferenceObjective(s), {} InferenceModelRewrite(s)",
+                        next.objectives.len(),
+                        next.rewrites.specs().len()
+                    );
+                    *cur = next;
+                }
+                differs
+            });
+        }
+    }
+}
+
+/// True when `spec.poolRef` names `pool` in the InferencePool group (the CRDs default the group).
+pub fn refers_to_pool(obj: &DynamicObject, pool: &str) -> bool {
+    let pool_ref = obj.data.get("spec").and_then(|s| s.get("poolRef"));
+    let name = pool_ref.and_then(|r| r.get("name")).and_then(Value::as_str);
+    let group = pool_ref.and_then(|r| r.get("group")).and_then(Value::as_str).unwrap_or(POOL_GROUP);
+    name == Some(pool) && group == POOL_GROUP
+}
+
+/// InferenceObjective → priority by `metadata.name` (the value of `x-gateway-inference-objective`); an
+/// unset priority is 0.
+pub fn objectives_of<'a>(objects: impl Iterator<Item = &'a DynamicObject>) -> ObjectivePriorities {
+    let mut list = Vec::new();
+    for obj in objects {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let priority = obj.data.get("spec").and_then(|s| s.get("priority"));
+        let priority = match priority {
+            None | Some(Value::Null) => 0,
+            Some(v) => {
+                match v.as_i64().and_then(|p| i32::try_from(p).ok()) {
+                    Some(p) => p,
+                    None => {
+                        log::warn!("InferenceObjective {name}: spec.priority {v} is not a 32-bit integer; ignoring it");
+                        continue;
+                    }
+                }
+            }
+        };
+        list.push(Objective { name, priority });
+    }
+    ObjectivePriorities::new(list)
+}
+
+/// InferenceModelRewrite specs, oldest first (creation time, then name), each checked on its own so one
+/// bad resource does not hide the others. As in llm-d-router, a target without a weight in a rule whose
+/// other targets have one is never chosen, so it is dropped here.
+pub fn rewrites_of<'a>(objects: impl Iterator<Item = &'a DynamicObject>) -> ModelRewrites {
+    let mut objects: Vec<&DynamicObject> = objects.collect();
+    objects.sort_by(|a, b| {
+        (&a.metadata.creation_timestamp, &a.metadata.name)
+            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    });
+    let mut list = Vec::new();
+    for obj in objects {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let rules = obj.data.get("spec").and_then(|s| s.get("rules")).cloned().unwrap_or(Value::Null);
+        let mut spec = match InferenceModelRewrite::deserialize(serde_json::json!({ "rules": rules })) {
+            Ok(spec) => spec,
+            Err(e) => {
+                log::warn!("InferenceModelRewrite {name}: unreadable spec.rules ({e}); ignoring it");
+                continue;
+            }
+        };
+        spec.name = Some(name.clone());
+        for rule in &mut spec.rules {
+            if rule.targets.iter().any(|t| t.weight.is_some())
+                && rule.targets.iter().any(|t| t.weight.is_none())
+            {
+                log::warn!(
+                    "InferenceModelRewrite {name}: targets without a weight beside weighted ones are never chosen"
+                );
+                rule.targets.retain(|t| t.weight.is_some());
+            }
+        }
+        match ModelRewrites::new(vec![spec.clone()]) {
+            Ok(_) => list.push(spec),
+            Err(e) => log::warn!("InferenceModelRewrite {name}: {e}; ignoring it"),
+        }
+    }
+    ModelRewrites::new(list).unwrap_or_default()
 }
 
 async fn next_event<K>(events: &mut Option<Events<K>>) -> Option<Result<Event<K>, watcher::Error>> {
