@@ -24,6 +24,7 @@ mod scheduling;
 
 use crate::config::params::{json_repr, ParamError};
 use crate::plugins::registry::Entry;
+use crate::scheduling::BuildContext;
 use crate::scheduling::SectionRole;
 use alloc::format;
 use alloc::string::String;
@@ -33,7 +34,9 @@ use serde_json::{Map, Value};
 /// A mapped type: its name, the part it plays, and where its work is done here.
 pub struct Mapped {
     pub type_name: &'static str,
-    pub role: SectionRole,
+    /// The section that references it (`None`: active by being declared, like llm-d's admitters,
+    /// request-header plugins and flow-control policies).
+    pub role: Option<SectionRole>,
     /// Completes "Accepted: ...", for the compatibility table.
     pub done_by: &'static str,
 }
@@ -44,14 +47,23 @@ pub struct Refused {
     pub why: &'static str,
 }
 
-/// Checks a mapped type's `parameters` (`Value::Null` when absent).
-pub type Check = fn(&Value) -> Result<(), ParamError>;
+/// Checks a mapped type's `parameters` (`Value::Null` when absent); warnings go to the context.
+pub type Check = fn(&Value, &mut BuildContext<'_>) -> Result<(), ParamError>;
 
-/// Declares one mapped plugin type: a plugin with no scheduling part and the given section role.
+/// Declares one mapped plugin type: a plugin with no scheduling part and the given section role, or
+/// `None` for a type no section references (it is active by being declared).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! upstream_mapped_plugin {
+    ($(#[$doc:meta])* $name:ident, $type_name:literal, None, $check:path) => {
+        $crate::upstream_mapped_plugin!(@define $(#[$doc])* $name, $type_name, None, $check);
+    };
     ($(#[$doc:meta])* $name:ident, $type_name:literal, $role:ident, $check:path) => {
+        $crate::upstream_mapped_plugin!(
+            @define $(#[$doc])* $name, $type_name, Some($crate::scheduling::SectionRole::$role), $check
+        );
+    };
+    (@define $(#[$doc:meta])* $name:ident, $type_name:literal, $role:expr, $check:path) => {
         $(#[$doc])*
         pub struct $name;
 
@@ -60,7 +72,7 @@ macro_rules! upstream_mapped_plugin {
                 $type_name
             }
             fn section_role(&self) -> Option<$crate::scheduling::SectionRole> {
-                Some($crate::scheduling::SectionRole::$role)
+                $role
             }
         }
 
@@ -70,10 +82,10 @@ macro_rules! upstream_mapped_plugin {
 
             fn build(
                 params: serde_json::Value,
-                _: &mut $crate::scheduling::BuildContext<'_>,
+                ctx: &mut $crate::scheduling::BuildContext<'_>,
             ) -> Result<$name, $crate::config::params::ParamError> {
                 let check: $crate::plugins::upstream::Check = $check;
-                check(&params)?;
+                check(&params, ctx)?;
                 Ok($name)
             }
         }
@@ -102,7 +114,7 @@ pub fn only_keys<'v>(
     Ok(Some(obj))
 }
 
-pub fn no_params(params: &Value) -> Result<(), ParamError> {
+pub fn no_params(params: &Value, _: &mut BuildContext<'_>) -> Result<(), ParamError> {
     only_keys(params, &[]).map(|_| ())
 }
 

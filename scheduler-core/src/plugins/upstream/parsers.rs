@@ -17,7 +17,7 @@ pub const GROUP: Group = Group {
     entries: &[Entry::of::<OpenAiParser>()],
     mapped: &[Mapped {
         type_name: "openai-parser",
-        role: SectionRole::Parser,
+        role: Some(SectionRole::Parser),
         done_by:
             "the request reader, which parses OpenAI completions, chat, responses and embeddings bodies \
                   (and multipart forms) for every request",
