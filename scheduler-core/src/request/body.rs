@@ -23,6 +23,8 @@ pub(crate) struct Fields<'de> {
     pub messages: Option<&'de RawValue>,
     pub tools: Option<&'de RawValue>,
     pub input: Option<&'de RawValue>,
+    /// Anthropic Messages' system prompt, raw.
+    pub system: Option<&'de RawValue>,
     pub instructions: Option<Cow<'de, str>>,
     /// Single pass only: `messages` / `input`, validated where it lies (`None` when absent or null).
     pub validated: Option<Validated<'de>>,
@@ -96,7 +98,7 @@ fn skip_ws_back(body: &[u8], end: usize) -> usize {
 }
 
 /// The known top-level fields, in `Seen` bit order.
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
     "model",
     "stream",
     "max_tokens",
@@ -110,6 +112,7 @@ const KNOWN: [&str; 13] = [
     "tools",
     "input",
     "instructions",
+    "system",
 ];
 
 /// Whether `api` defines the top-level field `name`. Fields an API does not define are skipped like any
@@ -118,9 +121,11 @@ fn reads(api: ApiKind, name: &str) -> bool {
     match name {
         "model" => true,
         "stream" | "cache_salt" | "user" => api != ApiKind::Other,
-        "max_tokens" => matches!(api, ApiKind::Completions | ApiKind::ChatCompletions),
+        "max_tokens" => matches!(api, ApiKind::Completions | ApiKind::ChatCompletions | ApiKind::Messages),
         "prompt" | "prompt_embeds" => api == ApiKind::Completions,
-        "max_completion_tokens" | "messages" => api == ApiKind::ChatCompletions,
+        "max_completion_tokens" => api == ApiKind::ChatCompletions,
+        "messages" => matches!(api, ApiKind::ChatCompletions | ApiKind::Messages),
+        "system" => api == ApiKind::Messages,
         "tools" => matches!(api, ApiKind::ChatCompletions | ApiKind::Responses),
         "max_output_tokens" | "input" | "instructions" => api == ApiKind::Responses,
         _ => false,
@@ -214,6 +219,7 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
                 "messages" => fields.messages = map.next_value()?,
                 "tools" => fields.tools = map.next_value()?,
                 "input" => fields.input = map.next_value()?,
+                "system" => fields.system = map.next_value()?,
                 "instructions" => {
                     fields.instructions = map.next_value_seed(Nullable(Text::new(ctx, path)))?;
                 }

@@ -40,6 +40,8 @@ pub enum ApiKind {
     ChatCompletions,
     /// `/v1/responses`
     Responses,
+    /// `/v1/messages` (Anthropic Messages, as llm-d's `anthropic-parser` reads it)
+    Messages,
     /// Any other path (embeddings, rerank, ...): only `model` is read, nothing is hashed.
     Other,
 }
@@ -56,6 +58,8 @@ impl ApiKind {
             ApiKind::Completions
         } else if path.ends_with("/responses") {
             ApiKind::Responses
+        } else if path.ends_with("/messages") {
+            ApiKind::Messages
         } else {
             ApiKind::Other
         }
@@ -66,6 +70,7 @@ impl ApiKind {
             ApiKind::Completions => "completions",
             ApiKind::ChatCompletions => "chat_completions",
             ApiKind::Responses => "responses",
+            ApiKind::Messages => "messages",
             ApiKind::Other => "other",
         }
     }
@@ -102,6 +107,8 @@ pub struct InferenceRequest<'a> {
     ///   as in GIE, so the same messages with different tools share affinity.
     /// - responses: `instructions` text, then the raw JSON of `tools`, then `input` (its text when a
     ///   string, its raw JSON when an item array), concatenated.
+    /// - messages (Anthropic): the raw JSON of `system`, then of `messages`, concatenated (llm-d's
+    ///   `anthropic-parser` gives its prefix producer the same two).
     /// - other APIs: empty (no affinity).
     pub prefix_input: Cow<'a, [u8]>,
     /// Size of the prompt content in bytes, for token estimates (4 bytes per token): the text of
@@ -154,6 +161,10 @@ impl<'a> InferenceRequest<'a> {
 /// body (the caller should not call this for requests that carry no JSON body).
 pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<'a>, RequestError> {
     let api = ApiKind::from_path(path);
+    // Anthropic bodies are only captured and checked for shape: the reference parse is the only one.
+    if api == ApiKind::Messages {
+        return two_pass(api, body);
+    }
     if let Some(request) = single_pass(api, body) {
         return Ok(request);
     }
@@ -199,6 +210,7 @@ fn two_pass(api: ApiKind, body: &[u8]) -> Result<InferenceRequest<'_>, RequestEr
         ApiKind::Completions => completions_input(&mut fields)?,
         ApiKind::ChatCompletions => chat_input(&fields)?,
         ApiKind::Responses => responses_input(&mut fields)?,
+        ApiKind::Messages => messages_input(&fields)?,
         ApiKind::Other => (Cow::Borrowed(&[][..]), body.len()),
     };
     Ok(finish(api, fields, prefix_input, prompt_bytes))
@@ -244,6 +256,38 @@ fn chat_input<'a>(fields: &Fields<'a>) -> Result<Hashed<'a>, RequestError> {
     let path = Path::ROOT.key("messages");
     drive(&ctx, messages.get().as_bytes(), chat::Messages { ctx: &ctx, path: &path })?;
     Ok((Cow::Borrowed(messages.get().as_bytes()), ctx.text_bytes().saturating_add(tools_len)))
+}
+
+/// Anthropic Messages: `messages` a non-empty array, `system` a string or an array when present (as
+/// llm-d's `anthropic-parser` requires); both hashed as raw JSON, their size the prompt size.
+fn messages_input<'a>(fields: &Fields<'a>) -> Result<Hashed<'a>, RequestError> {
+    let path = Path::ROOT.key("messages");
+    let Some(messages) = fields.messages else {
+        return Err(path.error(Problem::Missing));
+    };
+    let raw = messages.get();
+    match raw.strip_prefix('[').map(|r| r.trim_start_matches([' ', '\n', '\t', '\r'])) {
+        Some("]") => {
+            return Err(
+                path.error(Problem::Unexpected { expected: "a non-empty array", found: Found::EmptyArray })
+            )
+        }
+        Some(_) => {}
+        None => {
+            return Err(path.error(Problem::Unexpected { expected: "an array", found: found_raw(messages) }))
+        }
+    }
+    let system = match fields.system {
+        None => None,
+        Some(s) if s.get().starts_with(['"', '[']) => Some(Cow::Borrowed(s.get().as_bytes())),
+        Some(s) => {
+            return Err(Path::ROOT
+                .key("system")
+                .error(Problem::Unexpected { expected: "a string or an array", found: found_raw(s) }))
+        }
+    };
+    let prompt_bytes = raw.len().saturating_add(system.as_ref().map_or(0, |s| s.len()));
+    Ok((concat([system, Some(Cow::Borrowed(raw.as_bytes()))]), prompt_bytes))
 }
 
 fn responses_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestError> {

@@ -734,3 +734,39 @@ proptest! {
         }
     }
 }
+
+// ---- Anthropic Messages (llm-d's anthropic-parser) ----
+
+#[test]
+fn anthropic_messages_hash_system_then_messages() {
+    assert_eq!(ApiKind::from_path("/v1/messages"), ApiKind::Messages);
+    assert_eq!(ApiKind::from_path("/v1/messages/count_tokens"), ApiKind::Other);
+    let body = r#"{"model": "claude", "max_tokens": 64, "stream": true, "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "tools": []}"#;
+    let req = ok("/v1/messages", body);
+    assert_eq!(
+        (req.api, &*req.model, req.stream, req.max_output_tokens()),
+        (ApiKind::Messages, "claude", true, Some(64))
+    );
+    let messages = r#"[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]"#;
+    assert_eq!(&*req.prefix_input, format!("\"Be brief.\"{messages}").as_bytes());
+    assert_eq!(req.prompt_bytes, "\"Be brief.\"".len() + messages.len());
+    // Without a system prompt the messages are hashed as they lie in the body.
+    let req = ok("/v1/messages", r#"{"model": "c", "messages": [{"role": "user", "content": "x"}]}"#);
+    assert!(matches!(req.prefix_input, Cow::Borrowed(_)));
+    assert_eq!(&*req.prefix_input, br#"[{"role": "user", "content": "x"}]"#);
+    assert_eq!(err("/v1/messages", r#"{"model": "c"}"#), "messages: missing");
+    assert_eq!(
+        err("/v1/messages", r#"{"model": "c", "messages": [ ]}"#),
+        "messages: expected a non-empty array, found an empty array"
+    );
+    assert_eq!(
+        err("/v1/messages", r#"{"model": "c", "messages": {}}"#),
+        "messages: expected an array, found an object"
+    );
+    assert_eq!(
+        err("/v1/messages", r#"{"model": "c", "messages": [1], "system": 5}"#),
+        "system: expected a string or an array, found a number"
+    );
+    assert_eq!(err("/v1/messages", r#"{"messages": [1]}"#), "model: missing");
+}
