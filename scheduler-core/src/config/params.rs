@@ -57,6 +57,24 @@ impl fmt::Display for ParamError {
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
+/// Parameters of an llm-d plugin type whose llm-d factory never reads them: any object is accepted
+/// (its keys are kept for the warning [`BuildContext::ignore_params`] gives). Our own plugins that take
+/// none use [`NoParams`], where a key is an error.
+///
+/// [`BuildContext::ignore_params`]: crate::scheduling::BuildContext::ignore_params
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IgnoredParams {
+    /// The keys given, in order.
+    pub keys: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for IgnoredParams {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IgnoredParams, D::Error> {
+        let map = Map::<String, Value>::deserialize(d)?;
+        Ok(IgnoredParams { keys: map.into_iter().map(|(k, _)| k).collect() })
+    }
+}
+
 /// Short JSON rendering of a value for error messages (long values are cut).
 pub fn json_repr(v: &Value) -> String {
     let mut s = serde_json::to_string(v).unwrap_or_default();
@@ -184,6 +202,13 @@ pub fn non_negative_number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Er
 pub fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let v = d.deserialize_any(Bounded { min: 1.0, max: 1e9, integer: true, what: "an integer ≥ 1" })?;
     usize::try_from(v as u64).map_err(|_| D::Error::custom("an integer ≥ 1"))
+}
+
+/// `#[serde(deserialize_with = "integer")]`: any integer (for values whose range the plugin's `build`
+/// handles itself, e.g. llm-d's `maxNumOfEndpoints`, where ≤ 0 means the default).
+pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v = d.deserialize_any(Bounded { min: -9.0e15, max: 9.0e15, integer: true, what: "an integer" })?;
+    Ok(v as i64)
 }
 
 /// `#[serde(deserialize_with = "non_negative_count")]`: an integer ≥ 0.

@@ -207,7 +207,12 @@ mod tests {
     fn builtin_types_build_with_defaults() {
         let r = Registry::builtin();
         for t in r.types() {
-            let plugin = r.build(t, &Value::Null).unwrap_or_else(|e| panic!("{t}: {e}"));
+            let plugin = match r.build(t, &Value::Null) {
+                Ok(p) => p,
+                // A type whose llm-d counterpart requires a parameter (e.g. utilization-filter's conditions).
+                Err(e) if e.to_string().contains("(this parameter is required)") => continue,
+                Err(e) => panic!("{t}: {e}"),
+            };
             assert_eq!(plugin.type_name(), t);
         }
         assert_eq!(r.types().len(), BUILTIN.len() + upstream::entries().count(), "one entry per type");

@@ -3,11 +3,14 @@
 //! neither the scheduler nor a plugin needs another plugin's concrete type.
 
 use super::framework::Plugin;
-use crate::config::params::ParamError;
+use crate::config::params::{json_repr, IgnoredParams, ParamError};
+use crate::config::ConfigWarning;
 use crate::prefix::PrefixHandle;
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// A plugin type: its configuration `type`, its typed parameters, and how to build it from them.
 ///
@@ -123,11 +126,30 @@ pub trait PluginFactory: Plugin + Sized + 'static {
     fn build(params: Self::Params, ctx: &mut BuildContext<'_>) -> Result<Self, ParamError>;
 }
 
-/// What a plugin's [`PluginFactory::build`] may use besides its parameters: its own name, and the state
-/// plugins share by the name of the plugin that produced it.
+/// What a plugin's [`PluginFactory::build`] may use besides its parameters: its own name, the state
+/// plugins share by the name of the plugin that produced it, and a place to leave warnings.
 pub struct BuildContext<'a> {
     name: &'a str,
     shared: &'a mut SharedState,
+    warnings: Vec<ParamWarning>,
+}
+
+/// Something about a plugin's parameters the operator should know although the plugin was built (a
+/// parameter accepted and ignored as llm-d ignores it, a deprecated type name). `field` is the key inside
+/// `parameters`, as in [`ParamError`] (empty: the whole entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamWarning {
+    pub field: String,
+    pub message: String,
+}
+
+impl ParamWarning {
+    /// The configuration warning for this parameter of the entry whose parameters are at `path`
+    /// (`plugins[2].parameters`).
+    pub fn at(self, path: &str) -> ConfigWarning {
+        let path = if self.field.is_empty() { String::from(path) } else { format!("{path}.{}", self.field) };
+        ConfigWarning { path, message: self.message }
+    }
 }
 
 /// Why [`BuildContext::prefix_index`] found no index to share.
@@ -142,7 +164,48 @@ pub enum LookupError {
 impl<'a> BuildContext<'a> {
     /// The context for building the plugin called `name`, sharing `shared` with the other plugins.
     pub fn new(name: &'a str, shared: &'a mut SharedState) -> BuildContext<'a> {
-        BuildContext { name, shared }
+        BuildContext { name, shared, warnings: Vec::new() }
+    }
+
+    /// Records a warning about parameter `field` (empty: the entry as a whole); the scheduler reports
+    /// it with the others ([`Scheduler::warnings`](super::pipeline::Scheduler::warnings)).
+    pub fn warn(&mut self, field: &str, message: impl Into<String>) {
+        self.warnings.push(ParamWarning { field: String::from(field), message: message.into() });
+    }
+
+    /// For a type whose llm-d factory never reads its `parameters`: accepts any, and warns about the
+    /// keys given so a typo does not pass unnoticed.
+    pub fn ignore_params(&mut self, params: &IgnoredParams) {
+        if !params.keys.is_empty() {
+            let message = format!(
+                "{} ignored, as in llm-d (this plugin type reads no parameters)",
+                params.keys.join(", ")
+            );
+            self.warn("", message);
+        }
+    }
+
+    /// [`ignore_params`](Self::ignore_params) for a plugin that keeps its parameters as JSON (`Null`
+    /// when absent); a value that is not an object is ignored too, as llm-d does not look at it.
+    pub fn ignore_json(&mut self, params: &Value) {
+        match params {
+            Value::Null => {}
+            Value::Object(map) => {
+                self.ignore_params(&IgnoredParams { keys: map.keys().cloned().collect() });
+            }
+            other => {
+                let message = format!(
+                    "{} ignored, as in llm-d (this plugin type reads no parameters)",
+                    json_repr(other)
+                );
+                self.warn("", message);
+            }
+        }
+    }
+
+    /// The warnings recorded while building, in order.
+    pub fn take_warnings(&mut self) -> Vec<ParamWarning> {
+        core::mem::take(&mut self.warnings)
     }
 
     /// The name of the entry being built (`plugins[].name`, which defaults to the type).

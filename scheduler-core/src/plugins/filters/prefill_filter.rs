@@ -1,23 +1,30 @@
 //! `prefill-filter` (llm-d): keeps the endpoints that may run a disaggregated prefill.
 //!
-//! Prefill pods, plus pods explicitly labelled as serving both phases; an unlabelled pod is an
-//! aggregated server and must not be handed prefill-only work.
+//! Pods whose `llm-d.ai/role` is one of llm-d's prefill-capable values: `prefill`, `encode-prefill`,
+//! `prefill-decode`, `both`, `encode-prefill-decode`. An unlabelled pod is an aggregated server and
+//! must not be handed prefill-only work; other values are dropped, as llm-d drops them.
 
-use crate::config::params::{NoParams, ParamError};
-use crate::model::{Role, ROLE_LABEL};
+use super::llm_d_role;
+use crate::config::params::{IgnoredParams, ParamError};
 use crate::scheduling::{BuildContext, CycleState, Filter, Plugin, PluginFactory, SchedulingContext};
 use alloc::vec::Vec;
 
 pub const TYPE: &str = "prefill-filter";
+
+/// llm-d's role values that run prefill.
+pub const PREFILL_ROLES: [&str; 5] =
+    ["prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"];
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PrefillFilter;
 
 impl PluginFactory for PrefillFilter {
     const TYPE: &'static str = TYPE;
-    type Params = NoParams;
+    /// llm-d's factory reads no parameters; any given are ignored with a warning.
+    type Params = IgnoredParams;
 
-    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<PrefillFilter, ParamError> {
+    fn build(params: IgnoredParams, ctx: &mut BuildContext<'_>) -> Result<PrefillFilter, ParamError> {
+        ctx.ignore_params(&params);
         Ok(PrefillFilter)
     }
 }
@@ -25,11 +32,10 @@ impl PluginFactory for PrefillFilter {
 impl Filter for PrefillFilter {
     fn filter(&self, ctx: &SchedulingContext<'_>, _state: &mut CycleState, candidates: &mut Vec<usize>) {
         candidates.retain(|&i| {
-            ctx.pool.endpoints.get(i).is_some_and(|e| match e.endpoint.role {
-                Role::Prefill => true,
-                Role::Both => e.endpoint.label(ROLE_LABEL).is_some(),
-                Role::Decode => false,
-            })
+            ctx.pool
+                .endpoints
+                .get(i)
+                .is_some_and(|e| llm_d_role(&e.endpoint).is_some_and(|r| PREFILL_ROLES.contains(&r)))
         });
     }
 }

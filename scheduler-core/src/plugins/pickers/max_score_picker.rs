@@ -4,7 +4,7 @@
 //! tie), so a pool of idle endpoints shares load instead of always feeding the first one. Fallbacks, when
 //! asked for, follow in score order, their ties shuffled.
 
-use super::{primary_then_ranked, PickerParams};
+use super::{primary_then_ranked, PickerConfig, PickerParams};
 use crate::config::params::ParamError;
 use crate::rng::Rng;
 use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
@@ -19,10 +19,10 @@ pub struct MaxScorePicker {
 
 impl PluginFactory for MaxScorePicker {
     const TYPE: &'static str = TYPE;
-    type Params = PickerParams;
+    type Params = PickerConfig;
 
-    fn build(params: PickerParams, _: &mut BuildContext<'_>) -> Result<MaxScorePicker, ParamError> {
-        Ok(MaxScorePicker { params })
+    fn build(config: PickerConfig, ctx: &mut BuildContext<'_>) -> Result<MaxScorePicker, ParamError> {
+        Ok(MaxScorePicker { params: PickerParams::from_config(config, ctx) })
     }
 }
 

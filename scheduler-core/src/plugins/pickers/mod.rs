@@ -7,23 +7,50 @@ pub mod near_best_picker;
 pub mod random_picker;
 pub mod weighted_random_picker;
 
-use crate::config::params::positive_count;
+use crate::config::params::integer;
 use crate::rng::Rng;
-use crate::scheduling::ScoredEndpoint;
+use crate::scheduling::{BuildContext, ScoredEndpoint};
 use alloc::vec::Vec;
 use serde::Deserialize;
 
-/// Parameters shared by every picker (GIE's `PickerParameters`).
+/// Parameters shared by llm-d's pickers (`PickerParameters`), as configured.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct PickerConfig {
+    /// Default 1. As in llm-d, a value ≤ 0 also means 1 (with a warning here).
+    #[serde(deserialize_with = "integer")]
+    pub max_num_of_endpoints: i64,
+}
+
+impl Default for PickerConfig {
+    fn default() -> PickerConfig {
+        PickerConfig { max_num_of_endpoints: 1 }
+    }
+}
+
+/// The parameters a picker runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PickerParams {
-    #[serde(deserialize_with = "positive_count")]
     pub max_num_of_endpoints: usize,
 }
 
 impl Default for PickerParams {
     fn default() -> PickerParams {
         PickerParams { max_num_of_endpoints: 1 }
+    }
+}
+
+impl PickerParams {
+    /// Checks `config` as llm-d does: `maxNumOfEndpoints` ≤ 0 is read as 1, with a warning.
+    pub fn from_config(config: PickerConfig, ctx: &mut BuildContext<'_>) -> PickerParams {
+        let n = config.max_num_of_endpoints;
+        let n = if n <= 0 {
+            ctx.warn("maxNumOfEndpoints", alloc::format!("{n} read as 1, as in llm-d"));
+            1
+        } else {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        };
+        PickerParams { max_num_of_endpoints: n }
     }
 }
 

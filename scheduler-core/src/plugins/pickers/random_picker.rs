@@ -2,7 +2,7 @@
 //!
 //! Useful as a baseline and as the fallback of the weighted picker when no candidate scored above 0.
 
-use super::PickerParams;
+use super::{PickerConfig, PickerParams};
 use crate::config::params::ParamError;
 use crate::rng::Rng;
 use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
@@ -17,10 +17,10 @@ pub struct RandomPicker {
 
 impl PluginFactory for RandomPicker {
     const TYPE: &'static str = TYPE;
-    type Params = PickerParams;
+    type Params = PickerConfig;
 
-    fn build(params: PickerParams, _: &mut BuildContext<'_>) -> Result<RandomPicker, ParamError> {
-        Ok(RandomPicker { params })
+    fn build(config: PickerConfig, ctx: &mut BuildContext<'_>) -> Result<RandomPicker, ParamError> {
+        Ok(RandomPicker { params: PickerParams::from_config(config, ctx) })
     }
 }
 

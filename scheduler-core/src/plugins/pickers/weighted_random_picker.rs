@@ -4,7 +4,7 @@
 //! too. With no positive score at all it degrades to a uniform pick, as GIE does.
 
 use super::random_picker::uniform;
-use super::PickerParams;
+use super::{PickerConfig, PickerParams};
 use crate::config::params::ParamError;
 use crate::rng::Rng;
 use crate::scheduling::{BuildContext, Picker, Plugin, PluginFactory, ScoredEndpoint};
@@ -19,10 +19,10 @@ pub struct WeightedRandomPicker {
 
 impl PluginFactory for WeightedRandomPicker {
     const TYPE: &'static str = TYPE;
-    type Params = PickerParams;
+    type Params = PickerConfig;
 
-    fn build(params: PickerParams, _: &mut BuildContext<'_>) -> Result<WeightedRandomPicker, ParamError> {
-        Ok(WeightedRandomPicker { params })
+    fn build(config: PickerConfig, ctx: &mut BuildContext<'_>) -> Result<WeightedRandomPicker, ParamError> {
+        Ok(WeightedRandomPicker { params: PickerParams::from_config(config, ctx) })
     }
 }
 

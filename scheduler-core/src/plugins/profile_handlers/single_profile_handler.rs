@@ -2,7 +2,7 @@
 //!
 //! The default when the configuration has exactly one profile and names no handler.
 
-use crate::config::params::{NoParams, ParamError};
+use crate::config::params::{IgnoredParams, ParamError};
 use crate::scheduling::{
     BuildContext, CycleState, Plugin, PluginFactory, ProfileHandler, ProfileRunResult, SchedulingContext,
 };
@@ -17,9 +17,11 @@ pub struct SingleProfileHandler;
 
 impl PluginFactory for SingleProfileHandler {
     const TYPE: &'static str = TYPE;
-    type Params = NoParams;
+    /// llm-d's factory reads no parameters; any given are ignored with a warning.
+    type Params = IgnoredParams;
 
-    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<SingleProfileHandler, ParamError> {
+    fn build(params: IgnoredParams, ctx: &mut BuildContext<'_>) -> Result<SingleProfileHandler, ParamError> {
+        ctx.ignore_params(&params);
         Ok(SingleProfileHandler)
     }
 }

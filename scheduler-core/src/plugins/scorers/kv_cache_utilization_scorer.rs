@@ -3,7 +3,7 @@
 //! GIE's formula; an absolute score (not scaled over the candidates), so a nearly full pool scores
 //! low everywhere.
 
-use crate::config::params::{NoParams, ParamError};
+use crate::config::params::{IgnoredParams, ParamError};
 use crate::plugins::candidates::metrics;
 use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
@@ -16,9 +16,14 @@ pub struct KvCacheUtilizationScorer;
 
 impl PluginFactory for KvCacheUtilizationScorer {
     const TYPE: &'static str = TYPE;
-    type Params = NoParams;
+    /// llm-d's factory reads no parameters; any given are ignored with a warning.
+    type Params = IgnoredParams;
 
-    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<KvCacheUtilizationScorer, ParamError> {
+    fn build(
+        params: IgnoredParams,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<KvCacheUtilizationScorer, ParamError> {
+        ctx.ignore_params(&params);
         Ok(KvCacheUtilizationScorer)
     }
 }

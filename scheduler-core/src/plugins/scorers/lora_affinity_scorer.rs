@@ -3,7 +3,7 @@
 //!
 //! GIE's tiers: active 1.0, room 0.8, waiting 0.6, otherwise 0. The adapter is `request.model`.
 
-use crate::config::params::{NoParams, ParamError};
+use crate::config::params::{IgnoredParams, ParamError};
 use crate::plugins::candidates::{has_lora_room, metrics};
 use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
@@ -22,9 +22,11 @@ pub struct LoraAffinityScorer;
 
 impl PluginFactory for LoraAffinityScorer {
     const TYPE: &'static str = TYPE;
-    type Params = NoParams;
+    /// llm-d's factory reads no parameters; any given are ignored with a warning.
+    type Params = IgnoredParams;
 
-    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<LoraAffinityScorer, ParamError> {
+    fn build(params: IgnoredParams, ctx: &mut BuildContext<'_>) -> Result<LoraAffinityScorer, ParamError> {
+        ctx.ignore_params(&params);
         Ok(LoraAffinityScorer)
     }
 }

@@ -1,6 +1,7 @@
 //! Scorers: each gives every candidate a score in [0, 1]; the pipeline weights and sums them.
 
 pub mod active_request_scorer;
+pub mod context_length_aware;
 pub mod inflight_aware_queue_scorer;
 pub mod kv_cache_utilization_scorer;
 pub mod load_aware_scorer;

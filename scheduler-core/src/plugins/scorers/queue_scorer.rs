@@ -3,7 +3,7 @@
 //! GIE's formula exactly (`(maxQ − q) / (maxQ − minQ)`, all equal → 1), so configurations written for
 //! GIE rank endpoints the same way here. Gateway in-flight counts are deliberately not added.
 
-use crate::config::params::{NoParams, ParamError};
+use crate::config::params::{IgnoredParams, ParamError};
 use crate::plugins::candidates::{metrics, score_lower_is_better};
 use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
@@ -16,9 +16,11 @@ pub struct QueueScorer;
 
 impl PluginFactory for QueueScorer {
     const TYPE: &'static str = TYPE;
-    type Params = NoParams;
+    /// llm-d's factory reads no parameters; any given are ignored with a warning.
+    type Params = IgnoredParams;
 
-    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<QueueScorer, ParamError> {
+    fn build(params: IgnoredParams, ctx: &mut BuildContext<'_>) -> Result<QueueScorer, ParamError> {
+        ctx.ignore_params(&params);
         Ok(QueueScorer)
     }
 }
@@ -92,7 +94,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_parameters_are_refused() {
-        assert!(try_build::<QueueScorer>(r#"{"threshold": 1}"#).is_err());
+    fn parameters_are_ignored_as_in_llm_d() {
+        // llm-d's factory never reads them; the scheduler reports them as a warning.
+        assert!(try_build::<QueueScorer>(r#"{"threshold": 1}"#).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //! Same min-max scaling as GIE's (and as `queue-scorer`), applied to running instead of waiting
 //! requests.
 
-use crate::config::params::{NoParams, ParamError};
+use crate::config::params::{IgnoredParams, ParamError};
 use crate::plugins::candidates::{metrics, score_lower_is_better};
 use crate::scheduling::{BuildContext, CycleState, Plugin, PluginFactory, SchedulingContext, Scorer};
 
@@ -16,9 +16,14 @@ pub struct RunningRequestsSizeScorer;
 
 impl PluginFactory for RunningRequestsSizeScorer {
     const TYPE: &'static str = TYPE;
-    type Params = NoParams;
+    /// llm-d's factory reads no parameters; any given are ignored with a warning.
+    type Params = IgnoredParams;
 
-    fn build(_: NoParams, _: &mut BuildContext<'_>) -> Result<RunningRequestsSizeScorer, ParamError> {
+    fn build(
+        params: IgnoredParams,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<RunningRequestsSizeScorer, ParamError> {
+        ctx.ignore_params(&params);
         Ok(RunningRequestsSizeScorer)
     }
 }

@@ -1,8 +1,16 @@
 //! Request parsers (llm-d's `requestHandler.parsers`): the request reader (`request/`) does their work.
 
-use super::{no_params, Group, Mapped};
+use super::{Group, Mapped};
+use crate::config::params::ParamError;
 use crate::plugins::registry::Entry;
-use crate::scheduling::SectionRole;
+use crate::scheduling::{BuildContext, SectionRole};
+use serde_json::Value;
+
+/// llm-d's parser factories read no parameters: any are accepted, with a warning naming them.
+fn ignored(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
+    ctx.ignore_json(params);
+    Ok(())
+}
 
 crate::upstream_mapped_plugin!(
     /// `openai-parser`: OpenAI completions, chat completions, responses and embeddings bodies, which the
@@ -10,7 +18,7 @@ crate::upstream_mapped_plugin!(
     OpenAiParser,
     "openai-parser",
     Parser,
-    no_params
+    ignored
 );
 
 pub const GROUP: Group = Group {

@@ -28,15 +28,16 @@ use alloc::vec::Vec;
 use serde_json::Value;
 
 pub(super) fn scheduler(cfg: &EndpointPickerConfig, registry: &Registry) -> Result<Scheduler, ConfigError> {
-    let mut warnings = cfg.warnings.clone();
     let mut plugins = build_plugins(cfg, registry)?;
     section_roles(cfg, &plugins)?;
     let refs = profile_refs(cfg, &plugins)?;
     let handler = profile_handler(&mut plugins, refs.len())?;
     let profiles = profiles(refs, &mut plugins, handler)?;
-    let detector = saturation_detector(cfg, &mut plugins, &mut warnings)?;
+    let detector = saturation_detector(cfg, &mut plugins)?;
     let profile_names = profiles.iter().map(|p| p.name.clone()).collect();
-    let Plugins { list, names, shared, .. } = plugins;
+    let Plugins { list, names, shared, warnings: built, .. } = plugins;
+    let mut warnings = cfg.warnings.clone();
+    warnings.extend(built);
     Ok(Scheduler {
         plugins: list,
         plugin_names: names,
@@ -53,13 +54,14 @@ pub(super) fn scheduler(cfg: &EndpointPickerConfig, registry: &Registry) -> Resu
     })
 }
 
-/// The plugins built so far (configuration order, then the defaults added), their names, and the state
-/// they share.
+/// The plugins built so far (configuration order, then the defaults added), their names, the state
+/// they share, and the warnings of the build so far.
 struct Plugins<'r> {
     registry: &'r Registry,
     list: Vec<Box<dyn Plugin>>,
     names: Vec<String>,
     shared: SharedState,
+    warnings: Vec<ConfigWarning>,
 }
 
 impl Plugins<'_> {
@@ -80,9 +82,12 @@ impl Plugins<'_> {
         let entry = self.registry.get(type_name).ok_or_else(|| {
             ConfigError::new("plugins", format!("the built-in plugin {type_name:?} to be registered"), None)
         })?;
+        let mut ctx = BuildContext::new(type_name, &mut self.shared);
         let plugin = entry
-            .build(&Value::Null, &mut BuildContext::new(type_name, &mut self.shared))
+            .build(&Value::Null, &mut ctx)
             .map_err(|e| ConfigError::new("plugins", format!("{type_name} defaults: {e}"), None))?;
+        let built = ctx.take_warnings();
+        self.warnings.extend(built.into_iter().map(|w| w.at("plugins")));
         self.list.push(plugin);
         self.names.push(String::from(type_name));
         Ok(self.list.len() - 1)
@@ -98,14 +103,22 @@ fn build_plugins<'r>(cfg: &EndpointPickerConfig, registry: &'r Registry) -> Resu
     }
     let mut shared = SharedState::default();
     let mut built: Vec<Option<Box<dyn Plugin>>> = cfg.plugins.iter().map(|_| None).collect();
+    // Per entry, so they are reported in configuration order whatever the build order.
+    let mut entry_warnings: Vec<Vec<ConfigWarning>> = cfg.plugins.iter().map(|_| Vec::new()).collect();
     for producers in [true, false] {
         for (i, spec) in cfg.plugins.iter().enumerate() {
             let (Some(entry), Some(slot)) = (entries.get(i), built.get_mut(i)) else { continue };
             if entry.is_producer() != producers {
                 continue;
             }
-            let plugin = entry.build(&spec.parameters, &mut BuildContext::new(&spec.name, &mut shared));
-            *slot = Some(plugin.map_err(|e| e.at(&format!("plugins[{i}].parameters")))?);
+            let path = format!("plugins[{i}].parameters");
+            let mut ctx = BuildContext::new(&spec.name, &mut shared);
+            let plugin = entry.build(&spec.parameters, &mut ctx);
+            let found = ctx.take_warnings();
+            *slot = Some(plugin.map_err(|e| e.at(&path))?);
+            if let Some(w) = entry_warnings.get_mut(i) {
+                w.extend(found.into_iter().map(|w| w.at(&path)));
+            }
         }
     }
     let capacity = cfg.plugins.len() + 3;
@@ -113,7 +126,8 @@ fn build_plugins<'r>(cfg: &EndpointPickerConfig, registry: &'r Registry) -> Resu
     list.extend(built.into_iter().flatten());
     let mut names = Vec::with_capacity(capacity);
     names.extend(cfg.plugins.iter().map(|spec| spec.name.clone()));
-    Ok(Plugins { registry, list, names, shared })
+    let warnings = entry_warnings.into_iter().flatten().collect();
+    Ok(Plugins { registry, list, names, shared, warnings })
 }
 
 /// Each reference from `requestHandler`, `parser` and `dataLayer` names a plugin of the kind its section
@@ -232,31 +246,43 @@ fn profiles(
 }
 
 /// One profile from its references, and its picker if it names one.
+///
+/// As in llm-d, a reference to a plugin that is not a filter, scorer or picker (a profile handler, a
+/// producer) plays no part in the profile, and a weight given to a plugin that is not a scorer is not
+/// used; both are warnings, since shipped llm-d configurations contain them.
 fn profile(
     name: String,
     refs: Vec<Ref>,
-    plugins: &Plugins<'_>,
+    plugins: &mut Plugins<'_>,
 ) -> Result<(Profile, Option<usize>), ConfigError> {
     let mut profile = Profile { name, filters: Vec::new(), scorers: Vec::new(), picker: usize::MAX };
     let mut picker = None;
+    let mut warnings = Vec::new();
     for (idx, weight, path) in refs {
         let Some(p) = plugins.get(idx) else { continue };
         let plugin_name = plugins.name(idx);
         let (is_filter, is_scorer, is_picker) =
             (p.as_filter().is_some(), p.as_scorer().is_some(), p.as_picker().is_some());
         if !is_filter && !is_scorer && !is_picker {
-            return Err(ConfigError::new(
-                format!("{path}.pluginRef"),
-                "a filter, scorer or picker",
-                Some(format!("{plugin_name:?}, a {}", roles(p))),
-            ));
+            warnings.push(ConfigWarning {
+                path: format!("{path}.pluginRef"),
+                message: format!(
+                    "{plugin_name:?} is a {}, not a filter, scorer or picker: it plays no part in profile {:?} \
+                     (ignored, as in llm-d)",
+                    roles(p),
+                    profile.name
+                ),
+            });
+            continue;
         }
         if let (Some(w), false) = (weight, is_scorer) {
-            return Err(ConfigError::new(
-                format!("{path}.weight"),
-                format!("no weight ({plugin_name:?} is a {}, only scorers take one)", roles(p)),
-                Some(format!("{w}")),
-            ));
+            warnings.push(ConfigWarning {
+                path: format!("{path}.weight"),
+                message: format!(
+                    "weight {w} ignored, as in llm-d: {plugin_name:?} is a {}, and only scorers are weighted",
+                    roles(p)
+                ),
+            });
         }
         if is_filter {
             profile.filters.push(idx);
@@ -275,6 +301,7 @@ fn profile(
             picker = Some(idx);
         }
     }
+    plugins.warnings.extend(warnings);
     Ok((profile, picker))
 }
 
@@ -283,7 +310,6 @@ fn profile(
 fn saturation_detector(
     cfg: &EndpointPickerConfig,
     plugins: &mut Plugins<'_>,
-    warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Option<usize>, ConfigError> {
     let name = cfg.saturation_detector.as_deref().unwrap_or(DEFAULT_SATURATION_DETECTOR);
     if let Some(i) = plugins.index_of(name) {
@@ -300,7 +326,7 @@ fn saturation_detector(
     if plugins.registry.get(DEFAULT_SATURATION_DETECTOR).is_some() {
         return plugins.add_default(DEFAULT_SATURATION_DETECTOR).map(Some);
     }
-    warnings.push(ConfigWarning {
+    plugins.warnings.push(ConfigWarning {
         path: String::from("saturationDetector"),
         message: format!("{DEFAULT_SATURATION_DETECTOR} is not available; sheddable requests are never shed"),
     });
