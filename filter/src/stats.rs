@@ -45,6 +45,15 @@ pub const LEADER: &str = "epp_collector_leader";
 /// Tokens the model servers reported in responses (`usage`), summed.
 pub const USAGE_PROMPT_TOKENS: &str = "epp_usage_prompt_tokens";
 pub const USAGE_COMPLETION_TOKENS: &str = "epp_usage_completion_tokens";
+/// Pool load over the endpoints that get traffic, set once per heartbeat (docs/metrics.md maps them to
+/// the reference picker's pool gauges): how many, and the sums of their queues, running batches and
+/// KV-cache use in thousandths (Envoy gauges are integers; divide by the count for the average).
+pub const POOL_READY_ENDPOINTS: &str = "epp_pool_ready_endpoints";
+pub const POOL_QUEUE_SIZE: &str = "epp_pool_queue_size";
+pub const POOL_RUNNING_REQUESTS: &str = "epp_pool_running_requests";
+pub const POOL_KV_CACHE_PERMILLE: &str = "epp_pool_kv_cache_permille";
+/// Per endpoint `epp_endpoint_queue_size.<ip_port>`: requests waiting in its queue (last scrape).
+pub const ENDPOINT_QUEUE_SIZE: &str = "epp_endpoint_queue_size";
 /// Per-endpoint upstream 5xx counters are named `epp_upstream_5xx.<ip_port>`; at most this many exist.
 pub const MAX_ENDPOINT_METRICS: usize = 256;
 

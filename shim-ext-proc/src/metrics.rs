@@ -1,7 +1,12 @@
 //! The shim's own Prometheus metrics (decisions, decision latency, sheds, fallbacks, scrapes, usage,
-//! per-endpoint metrics age), kept in atomics and small maps and rendered as text on demand.
+//! per-endpoint metrics age), kept in atomics and small maps and rendered as text on demand, followed by
+//! the reference picker's names for the same quantities ([`reference`], docs/metrics.md).
+
+pub mod reference;
 
 use crate::pool::Pool;
+pub use reference::{request_model, RequestRecord};
+use reference::{EndpointLoad, Histogram, Requests, SCHEDULER_BUCKETS};
 use scheduler_core::endpoint_picker::Outcome;
 use scheduler_core::health::Unusable;
 use scheduler_core::model::InFlight;
@@ -39,6 +44,10 @@ pub struct Metrics {
     active_streams: AtomicI64,
     /// Gateway-side in-flight work per endpoint, as the picker thread last left it.
     in_flight: Mutex<Vec<(String, InFlight)>>,
+    /// Per-model request series under the reference picker's names.
+    requests: Mutex<Requests>,
+    /// Decision latency with the reference picker's buckets (created on first use).
+    scheduler: Mutex<Option<Histogram>>,
 }
 
 impl Metrics {
@@ -69,6 +78,52 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if let Ok(mut h) = self.scheduler.lock() {
+            h.get_or_insert_with(|| Histogram::new(SCHEDULER_BUCKETS)).observe(secs);
+        }
+    }
+
+    /// The stream's request was decided: `model` is what the client asked for ([`request_model`]).
+    pub fn request_decided(&self, record: &mut RequestRecord, model: &str, outcome: &Outcome) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.decided(record, model, outcome);
+        }
+    }
+
+    /// The stream's request was answered before a decision (see [`Metrics::record_early_reply`]).
+    pub fn request_refused_early(&self, record: &mut RequestRecord) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.refused_early(record);
+        }
+    }
+
+    /// The model server answered the stream's request with `status`.
+    pub fn request_answered(&self, record: &mut RequestRecord, status: u16) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.answered(record, status);
+        }
+    }
+
+    /// The usage the stream's response reported (also counted in `epp_shim_usage_tokens_total`).
+    pub fn request_usage(&self, record: &mut RequestRecord, prompt: u64, completion: u64) {
+        self.record_usage(prompt, completion);
+        if let Ok(mut r) = self.requests.lock() {
+            r.usage(record, prompt, completion);
+        }
+    }
+
+    /// The stream's response ended ([`RequestRecord::observe`] said so).
+    pub fn response_complete(&self, record: &mut RequestRecord) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.complete(record);
+        }
+    }
+
+    /// The stream ended, however: its error is counted once and it stops running.
+    pub fn request_ended(&self, record: &mut RequestRecord) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.ended(record);
+        }
     }
 
     /// A request answered before any decision was asked for (a body over the limit).
@@ -269,6 +324,7 @@ impl Metrics {
                 )?;
             }
         }
+        self.write_reference(out, pool)?;
         let Some(published) = pool.latest() else { return Ok(()) };
         let snap = &published.snapshot;
         writeln!(out, "# HELP epp_shim_pool_endpoints Endpoints in the published snapshot.")?;
@@ -289,5 +345,34 @@ impl Metrics {
             }
         }
         Ok(())
+    }
+
+    /// The reference picker's names for what this process measures ([`reference`]).
+    fn write_reference(&self, out: &mut String, pool: &Pool) -> std::fmt::Result {
+        if let Ok(r) = self.requests.lock() {
+            r.write(out)?;
+        }
+        let scheduler = self.scheduler.lock().ok().and_then(|h| h.clone());
+        reference::write_scheduler(out, &scheduler.unwrap_or_else(|| Histogram::new(SCHEDULER_BUCKETS)))?;
+        let failed = self.scrapes_failed.load(Ordering::Relaxed);
+        let missing = self.scrapes_missing_gauges.load(Ordering::Relaxed);
+        reference::write_datalayer(out, failed.saturating_sub(missing), missing)?;
+        reference::write_streams(out, self.active_streams.load(Ordering::Relaxed))?;
+        let Some(published) = pool.latest() else { return Ok(()) };
+        // Ready: what the picker last judged usable. Without a picker (collector only) there is no such
+        // judgement, and every endpoint with metrics counts.
+        let usable: Option<Vec<String>> = self.health.lock().ok().filter(|h| !h.is_empty()).map(|h| {
+            h.iter().filter(|(_, verdict)| verdict.is_none()).map(|(address, _)| address.clone()).collect()
+        });
+        let mut ready = Vec::new();
+        let mut queues = Vec::new();
+        for e in &published.snapshot.endpoints {
+            let Some(m) = &e.metrics else { continue };
+            queues.push((e.address().to_string(), m.waiting));
+            if usable.as_ref().is_none_or(|u| u.iter().any(|a| a == e.address())) {
+                ready.push(EndpointLoad { kv_usage: m.kv_usage, waiting: m.waiting, running: m.running });
+            }
+        }
+        reference::write_pool(out, pool.name(), &ready, &queues)
     }
 }

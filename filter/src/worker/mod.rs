@@ -342,6 +342,22 @@ impl Worker {
                     self.stats.gauge(host, &name, n);
                 }
             }
+            // Pool load over the usable endpoints (what the reference picker's pool gauges average).
+            let (mut ready, mut queue, mut running, mut kv_permille) = (0u64, 0u64, 0u64, 0u64);
+            for (e, (address, verdict)) in s.endpoints.iter().zip(&verdicts) {
+                let Some(m) = &e.metrics else { continue };
+                self.stats.endpoint_gauge(host, stats::ENDPOINT_QUEUE_SIZE, address, u64::from(m.waiting));
+                if verdict.is_none() {
+                    ready += 1;
+                    queue += u64::from(m.waiting);
+                    running += u64::from(m.running);
+                    kv_permille += (m.kv_usage.clamp(0.0, 1.0) * 1000.0).round() as u64;
+                }
+            }
+            self.stats.gauge(host, stats::POOL_READY_ENDPOINTS, ready);
+            self.stats.gauge(host, stats::POOL_QUEUE_SIZE, queue);
+            self.stats.gauge(host, stats::POOL_RUNNING_REQUESTS, running);
+            self.stats.gauge(host, stats::POOL_KV_CACHE_PERMILLE, kv_permille);
         }
     }
 

@@ -361,3 +361,29 @@ fn a_request_not_streamed_is_late_only_once_the_server_shows_nothing_running() {
     w.on_tick(&host);
     assert_eq!(host.metric(stats::FIRST_BYTE_TIMEOUTS), 3);
 }
+
+#[test]
+fn the_heartbeat_reports_pool_load_over_the_usable_endpoints() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, r#"{"health": {"baseEjectionTimeMs": 5000}}"#);
+    publish(&host, w.keys(), 1, &[2, 5]);
+    let (_, routed, _) = w.decide(&host, &info("a"), Some(CHAT));
+    w.finish(&host, &routed.unwrap());
+    host.set_now(NOW + 1_000);
+    w.on_tick(&host);
+    let pool = |host: &FakeHost| {
+        [stats::POOL_READY_ENDPOINTS, stats::POOL_QUEUE_SIZE, stats::POOL_KV_CACHE_PERMILLE]
+            .map(|m| host.metric(m))
+    };
+    assert_eq!(pool(&host), [2, 7, 200]);
+    assert_eq!(host.metric(&stats::endpoint_metric(stats::ENDPOINT_QUEUE_SIZE, "10.0.0.2:8000")), 5);
+    // An ejected endpoint leaves the pool's load (its queue is still reported on its own).
+    for _ in 0..3 {
+        w.answered(&host, "10.0.0.1:8000", 503);
+    }
+    host.set_now(NOW + 2_000);
+    w.on_tick(&host);
+    assert_eq!(pool(&host), [1, 5, 100]);
+    assert_eq!(host.metric(&stats::endpoint_metric(stats::ENDPOINT_QUEUE_SIZE, "10.0.0.1:8000")), 2);
+}

@@ -2,7 +2,7 @@
 //! asks the picker thread when the machine says so, and writes the responses back in order.
 
 use super::machine::{Machine, Step, StreamSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{request_model, Metrics, RequestRecord};
 use crate::picker::PickerHandle;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -39,6 +39,8 @@ struct StreamGuard {
     in_flight: Option<(String, u64)>,
     /// The picker waits for the response headers under this ticket.
     ticket: Option<u64>,
+    /// The request as the reference picker's metrics count it.
+    record: RequestRecord,
 }
 
 impl Drop for StreamGuard {
@@ -49,6 +51,7 @@ impl Drop for StreamGuard {
         if let Some((address, tokens)) = self.in_flight.take() {
             self.picker.finish(&address, tokens);
         }
+        self.metrics.request_ended(&mut self.record);
         self.metrics.stream_ended();
     }
 }
@@ -69,6 +72,7 @@ impl ExternalProcessor for ExtProcService {
             metrics: Arc::clone(&self.metrics),
             in_flight: None,
             ticket: None,
+            record: RequestRecord::new(),
         };
         let machine = Machine::new(Arc::clone(&self.settings));
         tokio::spawn(drive(inbound, tx, machine, guard));
@@ -88,6 +92,7 @@ async fn drive(
             // Half-close (NGINX's bridge after its last message) or the gateway went away.
             Ok(None) | Err(_) => break 'stream,
         };
+        let response_ends = guard.record.observe(&msg);
         let steps = match machine.on_message(msg) {
             Ok(s) => s,
             Err(e) => {
@@ -100,7 +105,9 @@ async fn drive(
             let sent = match step {
                 Step::Send(r) => tx.send(Ok(r)).await.is_ok(),
                 Step::Decide(input) => {
+                    let model = request_model(input.facts.content_type.as_deref(), input.body.as_deref());
                     let (outcome, ticket) = guard.picker.decide(input).await;
+                    guard.metrics.request_decided(&mut guard.record, &model, &outcome);
                     guard.ticket = ticket;
                     let responses = machine.on_outcome(outcome);
                     guard.in_flight = machine.in_flight().map(|f| (f.address, f.tokens));
@@ -118,6 +125,7 @@ async fn drive(
                 }
                 Step::EarlyReply(reason) => {
                     guard.metrics.record_early_reply(reason);
+                    guard.metrics.request_refused_early(&mut guard.record);
                     true
                 }
                 Step::Answered { endpoint, status } => {
@@ -129,16 +137,20 @@ async fn drive(
                         guard.metrics.record_upstream_5xx(&endpoint);
                     }
                     guard.picker.answered(&endpoint, status);
+                    guard.metrics.request_answered(&mut guard.record, status);
                     true
                 }
                 Step::Usage(u) => {
-                    guard.metrics.record_usage(u.prompt_tokens, u.completion_tokens);
+                    guard.metrics.request_usage(&mut guard.record, u.prompt_tokens, u.completion_tokens);
                     true
                 }
             };
             if !sent {
                 break 'stream;
             }
+        }
+        if response_ends {
+            guard.metrics.response_complete(&mut guard.record);
         }
     }
     // Release the in-flight count before the gateway sees the stream end, so the next request's pick
