@@ -1,5 +1,5 @@
 //! Project commands: `cargo xtask test` (everything CI checks) and, as the project grows, `demo` and
-//! `bench`. Plain std, no dependencies, so it builds in seconds on a fresh machine.
+//! `bench`. Plain std and three small crates (for `image`), so it builds in seconds on a fresh machine.
 // A developer tool: the workspace denies these for code that runs in the proxy, not here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -8,6 +8,7 @@ mod cmd;
 mod demo;
 mod envoy;
 mod faults;
+mod image;
 mod overhead;
 mod test;
 mod tools;
@@ -32,6 +33,9 @@ commands:
   bench faults [--quick]
                 routing around a failing pod (kill -9, SIGSTOP, hung /metrics, 5xx, missing gauge) through
                 the filter, the ext_proc shim and round-robin Envoy on 4 simulated replicas (BENCHMARKS.md)
+  image [--format compat|oci|both] [--out DIR] [--tag NAME:TAG] [--wasm FILE] | --verify
+                the filter as OCI image layouts Istio and Envoy Gateway pull (no Docker; reproducible
+                digests); --verify round-trips them through a local registry (docs/deploy/oci-image.md)
 ";
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Some("envoy-check") => test::envoy_check(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("image") => image::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -16,6 +16,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     envoy_configs()?;
     unit_and_integration_tests()?;
     core_tests_as_wasm()?;
+    // The filter as an OCI image through a real registry (installs docker-registry and skopeo).
+    crate::image::verify()?;
     eprintln!("\nxtask test: all steps passed");
     Ok(())
 }

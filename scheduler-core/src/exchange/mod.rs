@@ -33,10 +33,9 @@ mod response;
 mod tests;
 
 use crate::config::gateway::{GatewayConfig, ServedFrom};
-use crate::config::params::parse_params;
 use crate::config::EndpointPickerConfig;
 use crate::endpoint_picker::{Outcome, Reply, RequestInfo};
-use crate::plugins::profile_handlers::pd_profile_handler;
+use crate::plugins::profile_handlers::disagg_profile_handler::configured_prefill_profile;
 use crate::plugins::scorers::session_affinity_scorer::{self, encode_session_token};
 use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
@@ -90,11 +89,10 @@ impl SessionTokenOf {
             return Some(SessionTokenOf::Served);
         }
         // The handler's own parameters (and defaults); a configuration that built has valid ones.
-        let prefill_profile =
-            picker.plugins.iter().filter(|p| p.type_name == pd_profile_handler::TYPE).any(|p| {
-                parse_params::<pd_profile_handler::PdParams>(&p.parameters)
-                    .is_ok_and(|params| params.prefill_profile == profile)
-            });
+        let prefill_profile = picker
+            .plugins
+            .iter()
+            .any(|p| configured_prefill_profile(&p.type_name, &p.parameters).is_some_and(|pre| pre == profile));
         Some(if prefill_profile { SessionTokenOf::Prefill } else { SessionTokenOf::Served })
     }
 }

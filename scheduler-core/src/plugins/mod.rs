@@ -6,6 +6,7 @@
 //! name the field) and makes the plugin. CONTRIBUTING.md walks through adding one.
 
 pub mod candidates;
+pub mod deciders;
 pub mod detectors;
 pub mod filters;
 pub mod pickers;

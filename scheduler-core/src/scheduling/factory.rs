@@ -2,11 +2,12 @@
 //! and the [`BuildContext`] through which plugins share state by producer name (GIE's plugin handle), so
 //! neither the scheduler nor a plugin needs another plugin's concrete type.
 
-use super::framework::Plugin;
+use super::framework::{PdDecider, Plugin};
 use crate::config::params::{json_repr, IgnoredParams, ParamError};
 use crate::config::ConfigWarning;
 use crate::prefix::PrefixHandle;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::de::DeserializeOwned;
@@ -226,6 +227,17 @@ impl<'a> BuildContext<'a> {
         self.shared.add_prefix_index(self.name, index, false);
     }
 
+    /// Offers this plugin as a P/D decider, which profile handlers name in their parameters.
+    pub fn produce_pd_decider(&mut self, decider: Rc<dyn PdDecider>) {
+        self.shared.deciders.retain(|d| d.owner != self.name);
+        self.shared.deciders.push(OwnedDecider { owner: String::from(self.name), decider });
+    }
+
+    /// The P/D decider the plugin named `name` offers (`None`: no such plugin, or not a decider).
+    pub fn pd_decider(&self, name: &str) -> Option<Rc<dyn PdDecider>> {
+        self.shared.deciders.iter().find(|d| d.owner == name).map(|d| Rc::clone(&d.decider))
+    }
+
     /// The prefix index the plugin named `producer` produces; with no name, the only one produced
     /// (`Ok(None)` when no plugin produces one).
     pub fn prefix_index(&self, producer: Option<&str>) -> Result<Option<PrefixHandle>, LookupError> {
@@ -250,6 +262,18 @@ impl<'a> BuildContext<'a> {
 #[derive(Debug, Default)]
 pub struct SharedState {
     prefix: Vec<OwnedPrefixIndex>,
+    deciders: Vec<OwnedDecider>,
+}
+
+struct OwnedDecider {
+    owner: String,
+    decider: Rc<dyn PdDecider>,
+}
+
+impl core::fmt::Debug for OwnedDecider {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OwnedDecider").field("owner", &self.owner).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

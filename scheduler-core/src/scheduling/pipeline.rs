@@ -182,7 +182,7 @@ impl Scheduler {
         let mut done: Vec<ProfileRunResult> = Vec::with_capacity(2);
         // Each profile runs at most once, so a handler that keeps asking cannot loop forever.
         for _ in 0..=profiles.len() {
-            let next = handler.pick_profiles(ctx, &state, profile_names, &done);
+            let next = handler.pick_profiles(ctx, &mut state, profile_names, &done);
             let mut ran = false;
             for name in next {
                 if done.iter().any(|r| r.profile == name) {

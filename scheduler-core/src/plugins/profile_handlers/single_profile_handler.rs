@@ -30,7 +30,7 @@ impl ProfileHandler for SingleProfileHandler {
     fn pick_profiles(
         &self,
         _ctx: &SchedulingContext<'_>,
-        _state: &CycleState,
+        _state: &mut CycleState,
         profiles: &[String],
         done: &[ProfileRunResult],
     ) -> Vec<String> {
