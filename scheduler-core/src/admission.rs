@@ -188,6 +188,10 @@ pub fn admit_excluding(
             }
         }
     }
+    // llm-d's admitters (probabilistic-admitter) then judge the request on its candidates.
+    if let Some(message) = refused_by_admitter(scheduler, &ctx, &candidates, rng) {
+        return Decision::reject(RejectReason::Saturated, message);
+    }
     // GIE answers every scheduler failure with 429.
     let result = match scheduler.schedule(&ctx, &candidates, rng) {
         Ok(r) => r,
@@ -205,6 +209,18 @@ pub fn admit_excluding(
         prefill,
         prefix_hashes: result.prefix_hashes,
     }
+}
+
+/// The first configured admitter's refusal, if one refuses.
+fn refused_by_admitter(
+    scheduler: &Scheduler,
+    ctx: &SchedulingContext<'_>,
+    candidates: &[usize],
+    rng: &mut Rng,
+) -> Option<String> {
+    let mut admitters =
+        scheduler.plugin_names().iter().filter_map(|n| scheduler.plugin(n)).filter_map(|p| p.as_admitter());
+    admitters.find_map(|a| a.admit(ctx, candidates, rng).err())
 }
 
 #[cfg(test)]

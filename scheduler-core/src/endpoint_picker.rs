@@ -210,12 +210,15 @@ impl EndpointPicker {
         if let Some(reply) = body.and_then(|b| self.body_too_large(b.len())) {
             return Outcome::Reply(reply);
         }
-        if let Some(reply) = body.and_then(|_| unsupported_encoding(info.content_encoding)) {
+        // A body the configured passthrough parser claims is not read at all (llm-d's passthrough-parser).
+        let read = self.config.parsers.reads_body(info.path);
+        let body_read = body.filter(|_| read);
+        if let Some(reply) = body_read.and_then(|_| unsupported_encoding(info.content_encoding)) {
             return Outcome::Reply(reply);
         }
         // Only a JSON body can have its model rewritten; any other body is routed as it came.
-        let mut json_body = true;
-        let parsed: Option<InferenceRequest<'_>> = match (body, BodyFormat::of(info.content_type)) {
+        let mut json_body = read;
+        let parsed: Option<InferenceRequest<'_>> = match (body_read, BodyFormat::of(info.content_type)) {
             (Some(b), BodyFormat::Json) => match parse_request(info.path, b) {
                 Ok(r) => Some(r),
                 Err(e) => {

@@ -135,3 +135,25 @@ fn fallbacks_and_prefill_become_addresses() {
         }
     );
 }
+
+#[test]
+fn probabilistic_admitter_sheds_sheddable_requests_over_the_candidates() {
+    // llm-d's deploy/config/probabilistic-admitter-epp-config: the detector never saturates, the
+    // admitter alone sheds.
+    let mut s = scheduler(
+        r#"{"plugins": [{"type": "probabilistic-admitter"}, {"type": "random-picker"},
+            {"type": "fixed-detector", "parameters": {"saturation": 0.0}}],
+          "flowControl": {"saturationDetector": {"pluginRef": "fixed-detector"}}}"#,
+    );
+    let mut p = pool(2);
+    for e in &mut p.endpoints {
+        e.metrics = Some(crate::model::Metrics { waiting: 5, ..crate::model::Metrics::default() });
+    }
+    // Load 1.0: every sheddable request is refused, with 429; the others are routed.
+    let d = admit_with(&mut s, -1, &p, None);
+    assert_eq!(status(&d), Some((429, RejectReason::Saturated)), "{d:?}");
+    assert_eq!(status(&admit_with(&mut s, 0, &p, None)), None);
+    // Only the candidates count: an idle endpoint in the subset admits.
+    p.endpoints[1].metrics = Some(crate::model::Metrics::default());
+    assert_eq!(status(&admit_with(&mut s, -1, &p, Some(&["10.0.0.1:8000"]))), None);
+}

@@ -11,6 +11,7 @@ use super::params::{json_repr, parse_params};
 use super::{ConfigError, EndpointPickerConfig};
 use crate::model::{validate_address, Endpoint, Engine, Role};
 use crate::model_rewrite::{InferenceModelRewrite, ModelRewrites};
+use crate::plugins::upstream::{metrics_source, RequestParsers, METRICS_DATA_SOURCE};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -240,6 +241,9 @@ pub struct GatewayConfig {
     pub rewrites: ModelRewrites,
     /// Which endpoints get no traffic (failing scrapes, stale metrics, the gateway's own failures).
     pub health: HealthConfig,
+    /// Which request bodies are read, from llm-d's parser list (a passthrough parser leaves the bodies
+    /// it claims unread).
+    pub parsers: RequestParsers,
 }
 
 impl GatewayConfig {
@@ -280,6 +284,7 @@ impl GatewayConfig {
                 Some(String::from("0")),
             ));
         }
+        let collector = with_metrics_source(collector, section("collector"), &picker)?;
         let routing: RoutingConfig = parse_params(section("routing")).map_err(|e| e.at("routing"))?;
         if routing.max_endpoints == 0 {
             return Err(ConfigError::new("routing.maxEndpoints", "an integer >= 1", Some(String::from("0"))));
@@ -344,6 +349,7 @@ impl GatewayConfig {
             })?,
         };
         let health = HealthConfig::from_value(section("health")).map_err(|e| e.at("health"))?;
+        let parsers = RequestParsers::of(&picker);
         Ok(GatewayConfig {
             picker,
             pool,
@@ -355,8 +361,54 @@ impl GatewayConfig {
             objectives,
             rewrites,
             health,
+            parsers,
         })
     }
+}
+
+/// llm-d's `metrics-data-source` tells the collector what to scrape: its `path` and `interval` become
+/// `collector.metricsPath` and `collector.intervalMs`, unless the collector section sets them otherwise
+/// (an error naming both). One source only: the collector scrapes each endpoint once.
+fn with_metrics_source(
+    mut collector: CollectorConfig,
+    own: &Value,
+    picker: &EndpointPickerConfig,
+) -> Result<CollectorConfig, ConfigError> {
+    let mut sources = picker.plugins.iter().enumerate().filter(|(_, p)| p.type_name == METRICS_DATA_SOURCE);
+    let Some((i, spec)) = sources.next() else { return Ok(collector) };
+    if let Some((j, _)) = sources.next() {
+        return Err(ConfigError::new(
+            format!("plugins[{j}].type"),
+            format!("one {METRICS_DATA_SOURCE} (the collector scrapes each endpoint once)"),
+            Some(format!("a second one, after plugins[{i}]")),
+        ));
+    }
+    let at = format!("plugins[{i}].parameters");
+    let source = metrics_source(&spec.parameters).map_err(|e| e.at(&at))?;
+    let conflict = |field: &str, ours: String, theirs: String| {
+        ConfigError::new(
+            format!("collector.{field}"),
+            format!("the value {at} sets ({theirs}), or no collector.{field}"),
+            Some(ours),
+        )
+    };
+    if let Some(path) = source.path {
+        if own.get("metricsPath").is_some() && collector.metrics_path != path {
+            return Err(conflict(
+                "metricsPath",
+                format!("{:?}", collector.metrics_path),
+                format!("{path:?}"),
+            ));
+        }
+        collector.metrics_path = path;
+    }
+    if let Some(ms) = source.interval_ms {
+        if own.get("intervalMs").is_some() && collector.interval_ms != ms {
+            return Err(conflict("intervalMs", format!("{}", collector.interval_ms), format!("{ms} ms")));
+        }
+        collector.interval_ms = ms;
+    }
+    Ok(collector)
 }
 
 fn is_header_name(s: &str) -> bool {
@@ -509,6 +561,45 @@ mod tests {
         assert_eq!(c.objectives.priority(Some("batch")), -1);
         assert!(!c.rewrites.is_empty());
         assert_eq!(c.picker.plugins.len(), 1);
+    }
+
+    #[test]
+    fn llm_d_metrics_source_configures_the_collector() {
+        let source = |params: &str, collector: &str| {
+            GatewayConfig::from_json(&format!(
+                r#"{{"plugins": [{{"type": "queue-scorer"}}, {{"type": "metrics-data-source", "parameters": {params}}},
+                    {{"type": "core-metrics-extractor"}}]{collector}}}"#
+            ))
+        };
+        // The Helm chart's default: what the collector does anyway.
+        let c = source(r#"{"scheme": "http", "path": "/metrics", "insecureSkipVerify": true}"#, "").unwrap();
+        assert_eq!((c.collector.metrics_path.as_str(), c.collector.interval_ms), ("/metrics", 50));
+        let c = source(r#"{"path": "/engine/metrics", "interval": "1s"}"#, "").unwrap();
+        assert_eq!((c.collector.metrics_path.as_str(), c.collector.interval_ms), ("/engine/metrics", 1_000));
+        let same = r#", "collector": {"metricsPath": "/engine/metrics", "intervalMs": 1000}"#;
+        assert!(source(r#"{"path": "/engine/metrics", "interval": "1s"}"#, same).is_ok());
+        assert_eq!(
+            source(r#"{"path": "/m"}"#, r#", "collector": {"metricsPath": "/metrics"}"#)
+                .unwrap_err()
+                .to_string(),
+            "collector.metricsPath: expected the value plugins[1].parameters sets (\"/m\"), or no \
+             collector.metricsPath, got \"/metrics\""
+        );
+        assert!(source(r#"{"interval": "2s"}"#, r#", "collector": {"intervalMs": 100}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("collector.intervalMs: expected the value plugins[1].parameters sets (2000 ms)"));
+        assert!(source(r#"{"scheme": "https"}"#, "")
+            .unwrap_err()
+            .to_string()
+            .starts_with("plugins[1].parameters.scheme: expected \"http\""));
+        let two = GatewayConfig::from_json(
+            r#"{"plugins": [{"type": "metrics-data-source"}, {"name": "b", "type": "metrics-data-source"}]}"#,
+        );
+        assert!(two
+            .unwrap_err()
+            .to_string()
+            .starts_with("plugins[1].type: expected one metrics-data-source"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::{
     ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, SectionRef,
     API_VERSION, DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
 };
+use crate::plugins::upstream::{METRICS_DATA_SOURCE, PARSER_TYPES};
 use crate::scheduling::SectionRole;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -83,6 +84,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
     let mut profiles_given = false;
     let mut legacy_detector: Option<String> = None;
     let mut flow_detector: Option<String> = None;
+    let mut no_default_source = false;
     for (key, v) in root {
         match key.as_str() {
             "apiVersion" => match v.as_str() {
@@ -129,7 +131,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
                 }
             }
             "featureGates" => cfg.feature_gates = feature_gates(array(key, v)?, &mut cfg.warnings)?,
-            "dataLayer" => data_layer(key, v, &mut cfg)?,
+            "dataLayer" => no_default_source = data_layer(key, v, &mut cfg)?,
             "requestHandler" => {
                 for (k, fv) in object(key, v)? {
                     let path = format!("{key}.{k}");
@@ -150,6 +152,16 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
             _ => return Err(unknown_field(key.clone(), TOP_LEVEL)),
         }
     }
+    // llm-d then scrapes no metrics at all unless a source is configured; the collector here always does.
+    if no_default_source && cfg.plugins.iter().all(|p| p.type_name != METRICS_DATA_SOURCE) {
+        return Err(ConfigError::new(
+            "dataLayer.injectDefaults",
+            format!(
+                "true, or a {METRICS_DATA_SOURCE} plugin (wasm-epp always scrapes the model servers' metrics)"
+            ),
+            Some(String::from("false")),
+        ));
+    }
     // The newer field wins when both are set (llm-d).
     let detector_path =
         if flow_detector.is_some() { "flowControl.saturationDetector" } else { "saturationDetector" };
@@ -162,9 +174,22 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
         default.feature_gates = cfg.feature_gates;
         default.section_refs = cfg.section_refs;
         default.warnings = cfg.warnings;
-        return check_references(default, detector_path);
+        return check_references(with_named_parsers(default), detector_path);
     }
-    check_references(cfg, detector_path)
+    check_references(with_named_parsers(cfg), detector_path)
+}
+
+/// A parser reference may name an llm-d parser type that no `plugins` entry declares: llm-d creates that
+/// parser, named after its type, and so does this (a refused type is then refused by name).
+fn with_named_parsers(mut cfg: EndpointPickerConfig) -> EndpointPickerConfig {
+    for r in &cfg.section_refs {
+        let named = r.role == Some(SectionRole::Parser) && PARSER_TYPES.contains(&r.plugin_ref.as_str());
+        if named && cfg.plugins.iter().all(|p| p.name != r.plugin_ref) {
+            let name = r.plugin_ref.clone();
+            cfg.plugins.push(PluginSpec { name: name.clone(), type_name: name, parameters: Value::Null });
+        }
+    }
+    cfg
 }
 
 fn plugins(list: &[Value]) -> Result<Vec<PluginSpec>, ConfigError> {
@@ -322,8 +347,9 @@ fn plugin_ref(path: &str, v: &Value) -> Result<SectionRef, ConfigError> {
 
 /// llm-d's `dataLayer`: which sources (each with its extractors) collect endpoint data, and how
 /// endpoints are discovered. Here the collector and the pool section do that work; the section's
-/// references are kept so they can be checked against the plugins they name.
-fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<(), ConfigError> {
+/// references are kept so they can be checked against the plugins they name. Returns whether
+/// `injectDefaults` is false (no default metrics source).
+fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<bool, ConfigError> {
     const FIELDS: &[&str] = &[
         "injectDefaults",
         "sources",
@@ -331,14 +357,14 @@ fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<()
         "crossReplicaSyncerPluginRef",
         "crossReplicaSyncInterval",
     ];
+    let mut no_default_source = false;
     for (k, fv) in object(key, v)? {
         let path = format!("{key}.{k}");
         match k.as_str() {
-            "injectDefaults" => {
-                if !fv.is_boolean() {
-                    return err(&path, "true or false", fv);
-                }
-            }
+            "injectDefaults" => match fv.as_bool() {
+                Some(inject) => no_default_source = !inject,
+                None => return err(&path, "true or false", fv),
+            },
             "sources" => {
                 for (i, src) in array(&path, fv)?.iter().enumerate() {
                     let sp = format!("{path}[{i}]");
@@ -394,7 +420,7 @@ fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<()
             _ => return Err(unknown_field(path, FIELDS)),
         }
     }
-    Ok(())
+    Ok(no_default_source)
 }
 
 /// The plugin references inside one `flowControl` key (the section itself is not implemented yet, but a

@@ -433,3 +433,46 @@ fn compressed_bodies_get_415_naming_the_encoding() {
     let gz = RequestInfo { content_encoding: Some("gzip"), ..info("/v1/models") };
     assert!(matches!(p.decide(&gz, None, PoolView::Fresh(&pool), 1_010, 1), Outcome::Route(_)));
 }
+
+#[test]
+fn a_passthrough_parser_leaves_the_bodies_it_claims_unread() {
+    // llm-d's chart payload-agnostic config, with a rewrite rule that must not apply to unread bodies.
+    let mut p = EndpointPicker::from_json(
+        r#"{"plugins": [{"type": "passthrough-parser"}, {"type": "queue-scorer"}],
+            "requestHandler": {"parsers": [{"pluginRef": "passthrough-parser"}]},
+            "modelRewrites": [{"rules": [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
+                                          "targets": [{"modelRewrite": "m2", "weight": 1}]}]}]}"#,
+    )
+    .unwrap();
+    let pool = pool(&[3, 0]);
+    // Neither invalid JSON nor a compressed body is refused: the body is not read.
+    for body in [&b"not json"[..], CHAT] {
+        let r = route(p.decide(&info("/v1/chat/completions"), Some(body), PoolView::Fresh(&pool), 1_010, 1));
+        assert_eq!(r.destination, "10.0.0.2:8000");
+        assert_eq!(
+            (r.body, r.rewritten_model, r.estimated_tokens, r.prefix_hashes.len()),
+            (None, None, 0, 0)
+        );
+    }
+    let gz = RequestInfo { content_encoding: Some("gzip"), ..info("/v1/completions") };
+    assert_eq!(
+        route(p.decide(&gz, Some(b"\x1f\x8b"), PoolView::Fresh(&pool), 1_010, 1)).destination,
+        "10.0.0.2:8000"
+    );
+
+    // OpenAI listed first: its paths are read (400 for a bad body), the rest passed through.
+    let mut p = EndpointPicker::from_json(
+        r#"{"plugins": [{"type": "queue-scorer"}],
+            "requestHandler": {"parsers": [{"pluginRef": "openai-parser"}, {"pluginRef": "passthrough-parser"}]}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        reply(p.decide(&info("/v1/completions"), Some(b"not json"), PoolView::Fresh(&pool), 1_010, 1)).status,
+        400
+    );
+    let other = info("/v1/audio/speech");
+    assert_eq!(
+        route(p.decide(&other, Some(b"not json"), PoolView::Fresh(&pool), 1_010, 1)).destination,
+        "10.0.0.2:8000"
+    );
+}

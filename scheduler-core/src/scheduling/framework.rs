@@ -158,12 +158,11 @@ pub trait ProfileHandler {
     /// Names of the profiles to run next, given those already run. Return an empty list to stop.
     /// Called repeatedly (so P/D can decide on prefill after seeing the decode result).
     /// `state` is the cycle's scratch space, already filled by the plugins of the profiles that ran
-    /// (P/D reads the prefix match of the decode pick from it, as GIE's handler does, and computes it
-    /// there when no plugin of the decode profile did).
+    /// (P/D reads the prefix match of the decode pick from it, as GIE's handler does).
     fn pick_profiles(
         &self,
         ctx: &SchedulingContext<'_>,
-        state: &mut CycleState,
+        state: &CycleState,
         profiles: &[String],
         done: &[ProfileRunResult],
     ) -> Vec<String>;
@@ -183,23 +182,15 @@ pub trait ProfileHandler {
     }
 }
 
-/// Decides whether a request's prefill runs on a pod of its own (llm-d's P/D deciders), once the decode
-/// pod is picked. Profile handlers find the decider their parameters name through the build context.
-pub trait PdDecider {
-    /// `input_tokens` is the prompt's estimated length; `cached_tokens` says how many of those tokens the
-    /// decode pick probably holds in its KV cache (computed only when called).
-    fn disaggregate(&self, input_tokens: u64, cached_tokens: &mut dyn FnMut() -> u64) -> bool;
-
-    /// Whether the decision reads the decode pick's prefix-cache hits, so that the handler needs a
-    /// prefix index even when no prefix plugin is configured (llm-d then creates its default producer).
-    fn reads_prefix_cache(&self) -> bool {
-        false
-    }
-}
-
 /// Says how saturated the pool is (1.0 = saturated): drives shedding of sheddable requests.
 pub trait SaturationDetector {
     fn saturation(&self, ctx: &SchedulingContext<'_>) -> f64;
+}
+
+/// Decides, once the candidates are known and before any profile runs, whether a request is served at
+/// all (llm-d's admitters). `Err` is the sentence the client gets with a 429.
+pub trait Admitter {
+    fn admit(&self, ctx: &SchedulingContext<'_>, candidates: &[usize], rng: &mut Rng) -> Result<(), String>;
 }
 
 /// A configured plugin instance. Implement the parts the plugin plays; a plugin type is made known to
@@ -221,6 +212,9 @@ pub trait Plugin {
         None
     }
     fn as_saturation_detector(&self) -> Option<&dyn SaturationDetector> {
+        None
+    }
+    fn as_admitter(&self) -> Option<&dyn Admitter> {
         None
     }
     /// The part an llm-d plugin that is not a scheduling plugin plays here (a parser, a data source...),

@@ -22,6 +22,9 @@ mod prefix;
 mod request_control;
 mod scheduling;
 
+pub use data_layer::{metrics_source, MetricsSource, METRICS_DATA_SOURCE};
+pub use parsers::{RequestParsers, PARSER_TYPES};
+
 use crate::config::params::{json_repr, ParamError};
 use crate::plugins::registry::Entry;
 use crate::scheduling::BuildContext;
