@@ -158,11 +158,12 @@ pub trait ProfileHandler {
     /// Names of the profiles to run next, given those already run. Return an empty list to stop.
     /// Called repeatedly (so P/D can decide on prefill after seeing the decode result).
     /// `state` is the cycle's scratch space, already filled by the plugins of the profiles that ran
-    /// (P/D reads the prefix match of the decode pick from it, as GIE's handler does).
+    /// (P/D reads the prefix match of the decode pick from it, as GIE's handler does, and computes it
+    /// there when no plugin of the decode profile did).
     fn pick_profiles(
         &self,
         ctx: &SchedulingContext<'_>,
-        state: &CycleState,
+        state: &mut CycleState,
         profiles: &[String],
         done: &[ProfileRunResult],
     ) -> Vec<String>;
@@ -179,6 +180,20 @@ pub trait ProfileHandler {
 
     fn prefill_profile<'r>(&self, _done: &'r [ProfileRunResult]) -> Option<&'r ProfileRunResult> {
         None
+    }
+}
+
+/// Decides whether a request's prefill runs on a pod of its own (llm-d's P/D deciders), once the decode
+/// pod is picked. Profile handlers find the decider their parameters name through the build context.
+pub trait PdDecider {
+    /// `input_tokens` is the prompt's estimated length; `cached_tokens` says how many of those tokens the
+    /// decode pick probably holds in its KV cache (computed only when called).
+    fn disaggregate(&self, input_tokens: u64, cached_tokens: &mut dyn FnMut() -> u64) -> bool;
+
+    /// Whether the decision reads the decode pick's prefix-cache hits, so that the handler needs a
+    /// prefix index even when no prefix plugin is configured (llm-d then creates its default producer).
+    fn reads_prefix_cache(&self) -> bool {
+        false
     }
 }
 

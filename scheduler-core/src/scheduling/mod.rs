@@ -10,6 +10,6 @@ pub(crate) mod test_support;
 
 pub use factory::{BuildContext, LookupError, PluginFactory, SharedState};
 pub use framework::{
-    Admitter, CycleState, Filter, Picker, Plugin, ProfileHandler, ProfileRunResult, SaturationDetector,
-    SchedulingContext, SchedulingRequest, ScoredEndpoint, Scorer, SectionRole,
+    Admitter, CycleState, Filter, PdDecider, Picker, Plugin, ProfileHandler, ProfileRunResult,
+    SaturationDetector, SchedulingContext, SchedulingRequest, ScoredEndpoint, Scorer, SectionRole,
 };
