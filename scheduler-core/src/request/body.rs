@@ -25,6 +25,9 @@ pub(crate) struct Fields<'de> {
     pub input: Option<&'de RawValue>,
     /// Anthropic Messages' system prompt, raw.
     pub system: Option<&'de RawValue>,
+    /// vLLM generate's prompt and sampling parameters, raw.
+    pub token_ids: Option<&'de RawValue>,
+    pub sampling_params: Option<&'de RawValue>,
     pub instructions: Option<Cow<'de, str>>,
     /// Single pass only: `messages` / `input`, validated where it lies (`None` when absent or null).
     pub validated: Option<Validated<'de>>,
@@ -98,7 +101,7 @@ fn skip_ws_back(body: &[u8], end: usize) -> usize {
 }
 
 /// The known top-level fields, in `Seen` bit order.
-const KNOWN: [&str; 14] = [
+const KNOWN: [&str; 16] = [
     "model",
     "stream",
     "max_tokens",
@@ -113,6 +116,8 @@ const KNOWN: [&str; 14] = [
     "input",
     "instructions",
     "system",
+    "token_ids",
+    "sampling_params",
 ];
 
 /// Whether `api` defines the top-level field `name`. Fields an API does not define are skipped like any
@@ -126,6 +131,7 @@ fn reads(api: ApiKind, name: &str) -> bool {
         "max_completion_tokens" => api == ApiKind::ChatCompletions,
         "messages" => matches!(api, ApiKind::ChatCompletions | ApiKind::Messages),
         "system" => api == ApiKind::Messages,
+        "token_ids" | "sampling_params" => api == ApiKind::Generate,
         "tools" => matches!(api, ApiKind::ChatCompletions | ApiKind::Responses),
         "max_output_tokens" | "input" | "instructions" => api == ApiKind::Responses,
         _ => false,
@@ -220,6 +226,8 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
                 "tools" => fields.tools = map.next_value()?,
                 "input" => fields.input = map.next_value()?,
                 "system" => fields.system = map.next_value()?,
+                "token_ids" => fields.token_ids = map.next_value()?,
+                "sampling_params" => fields.sampling_params = map.next_value()?,
                 "instructions" => {
                     fields.instructions = map.next_value_seed(Nullable(Text::new(ctx, path)))?;
                 }
@@ -230,6 +238,8 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
             fields.span = Some(KeySpan { key: key_at, next_key: None });
         }
         match fields.model.as_deref() {
+            // vLLM's generate API serves its one model without being told (llm-d reads none then).
+            None if self.api == ApiKind::Generate => {}
             None => return self.at.missing("model"),
             Some("") => {
                 let path = Path::ROOT.key("model");

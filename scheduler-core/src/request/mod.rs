@@ -42,6 +42,8 @@ pub enum ApiKind {
     Responses,
     /// `/v1/messages` (Anthropic Messages, as llm-d's `anthropic-parser` reads it)
     Messages,
+    /// `/inference/v1/generate` (vLLM's generate API on token ids, as llm-d's `vllmhttp-parser` reads it)
+    Generate,
     /// Any other path (embeddings, rerank, ...): only `model` is read, nothing is hashed.
     Other,
 }
@@ -60,6 +62,8 @@ impl ApiKind {
             ApiKind::Responses
         } else if path.ends_with("/messages") {
             ApiKind::Messages
+        } else if path.ends_with("/inference/v1/generate") {
+            ApiKind::Generate
         } else {
             ApiKind::Other
         }
@@ -71,6 +75,7 @@ impl ApiKind {
             ApiKind::ChatCompletions => "chat_completions",
             ApiKind::Responses => "responses",
             ApiKind::Messages => "messages",
+            ApiKind::Generate => "generate",
             ApiKind::Other => "other",
         }
     }
@@ -91,7 +96,7 @@ pub struct OutputLimits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InferenceRequest<'a> {
     pub api: ApiKind,
-    /// The `model` the client asked for (never empty).
+    /// The `model` the client asked for (never empty, except for a generate request without one).
     pub model: Cow<'a, str>,
     pub stream: bool,
     pub limits: OutputLimits,
@@ -109,6 +114,7 @@ pub struct InferenceRequest<'a> {
     ///   string, its raw JSON when an item array), concatenated.
     /// - messages (Anthropic): the raw JSON of `system`, then of `messages`, concatenated (llm-d's
     ///   `anthropic-parser` gives its prefix producer the same two).
+    /// - generate (vLLM): `token_ids` as little-endian `u32` bytes, like completions token ids.
     /// - other APIs: empty (no affinity).
     pub prefix_input: Cow<'a, [u8]>,
     /// Size of the prompt content in bytes, for token estimates (4 bytes per token): the text of
@@ -161,8 +167,9 @@ impl<'a> InferenceRequest<'a> {
 /// body (the caller should not call this for requests that carry no JSON body).
 pub fn parse_request<'a>(path: &str, body: &'a [u8]) -> Result<InferenceRequest<'a>, RequestError> {
     let api = ApiKind::from_path(path);
-    // Anthropic bodies are only captured and checked for shape: the reference parse is the only one.
-    if api == ApiKind::Messages {
+    // Anthropic and generate bodies are only captured and checked for shape: the reference parse is the
+    // only one.
+    if matches!(api, ApiKind::Messages | ApiKind::Generate) {
         return two_pass(api, body);
     }
     if let Some(request) = single_pass(api, body) {
@@ -211,6 +218,7 @@ fn two_pass(api: ApiKind, body: &[u8]) -> Result<InferenceRequest<'_>, RequestEr
         ApiKind::ChatCompletions => chat_input(&fields)?,
         ApiKind::Responses => responses_input(&mut fields)?,
         ApiKind::Messages => messages_input(&fields)?,
+        ApiKind::Generate => generate_input(&mut fields)?,
         ApiKind::Other => (Cow::Borrowed(&[][..]), body.len()),
     };
     Ok(finish(api, fields, prefix_input, prompt_bytes))
@@ -225,7 +233,7 @@ fn finish<'a>(
     let Fields { model, stream, limits, cache_salt, user, .. } = fields;
     InferenceRequest {
         api,
-        // `BodySeed` refuses a body without a model, so the default is never used.
+        // `BodySeed` refuses a body without a model, except a generate request's (llm-d: no model).
         model: model.unwrap_or_default(),
         stream: stream.unwrap_or(false),
         limits,
@@ -288,6 +296,31 @@ fn messages_input<'a>(fields: &Fields<'a>) -> Result<Hashed<'a>, RequestError> {
     };
     let prompt_bytes = raw.len().saturating_add(system.as_ref().map_or(0, |s| s.len()));
     Ok((concat([system, Some(Cow::Borrowed(raw.as_bytes()))]), prompt_bytes))
+}
+
+/// vLLM generate: `token_ids` a non-empty array of token ids (as llm-d's `vllmhttp-parser` requires),
+/// hashed as little-endian `u32` bytes; `sampling_params.max_tokens` the output limit when it is a count.
+fn generate_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestError> {
+    let path = Path::ROOT.key("token_ids");
+    let Some(raw) = fields.token_ids else {
+        return Err(path.error(Problem::Missing));
+    };
+    let ids: Vec<u32> = serde_json::from_str(raw.get()).map_err(|_| {
+        path.error(Problem::Unexpected { expected: "an array of token ids", found: found_raw(raw) })
+    })?;
+    if ids.is_empty() {
+        return Err(path.error(Problem::Unexpected {
+            expected: "a non-empty array of token ids",
+            found: Found::EmptyArray,
+        }));
+    }
+    if let Some(sampling) = fields.sampling_params {
+        let params: serde_json::Value = serde_json::from_str(sampling.get()).unwrap_or_default();
+        fields.limits.max_tokens = params.get("max_tokens").and_then(serde_json::Value::as_u64);
+    }
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    let prompt_bytes = bytes.len();
+    Ok((Cow::Owned(bytes), prompt_bytes))
 }
 
 fn responses_input<'a>(fields: &mut Fields<'a>) -> Result<Hashed<'a>, RequestError> {

@@ -770,3 +770,29 @@ fn anthropic_messages_hash_system_then_messages() {
     );
     assert_eq!(err("/v1/messages", r#"{"messages": [1]}"#), "model: missing");
 }
+
+// ---- vLLM generate (llm-d's vllmhttp-parser) ----
+
+#[test]
+fn vllm_generate_hashes_token_ids_and_needs_no_model() {
+    assert_eq!(ApiKind::from_path("/inference/v1/generate"), ApiKind::Generate);
+    let req = ok(
+        "/inference/v1/generate",
+        r#"{"token_ids": [1, 258], "sampling_params": {"max_tokens": 16, "temperature": 0}, "stream": true}"#,
+    );
+    assert_eq!((req.api, &*req.model, req.stream, req.max_output_tokens()), (ApiKind::Generate, "", true, Some(16)));
+    assert_eq!(&*req.prefix_input, &[1, 0, 0, 0, 2, 1, 0, 0]);
+    assert_eq!(req.prompt_bytes, 8);
+    let req = ok("/inference/v1/generate", r#"{"model": "m", "token_ids": [7], "sampling_params": {"max_tokens": 1.5}}"#);
+    assert_eq!((&*req.model, req.max_output_tokens()), ("m", None));
+    assert_eq!(err("/inference/v1/generate", r#"{"model": "m"}"#), "token_ids: missing");
+    assert_eq!(
+        err("/inference/v1/generate", r#"{"token_ids": []}"#),
+        "token_ids: expected a non-empty array of token ids, found an empty array"
+    );
+    assert_eq!(
+        err("/inference/v1/generate", r#"{"token_ids": ["a"]}"#),
+        "token_ids: expected an array of token ids, found an array"
+    );
+    assert_eq!(err("/inference/v1/generate", r#"{"token_ids": [1], "model": ""}"#), "model: expected a non-empty string, found an empty string");
+}

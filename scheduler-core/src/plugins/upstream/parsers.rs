@@ -35,6 +35,14 @@ crate::upstream_mapped_plugin!(
     ignored
 );
 crate::upstream_mapped_plugin!(
+    /// `vllmhttp-parser`: vLLM's generate API on token ids (`/inference/v1/generate`), which the request
+    /// reader parses.
+    VllmHttpParser,
+    "vllmhttp-parser",
+    Parser,
+    ignored
+);
+crate::upstream_mapped_plugin!(
     /// `passthrough-parser`: requests it claims are routed without reading their body.
     PassthroughParser,
     "passthrough-parser",
@@ -120,7 +128,8 @@ impl RequestParsers {
 }
 
 pub const GROUP: Group = Group {
-    entries: &[Entry::of::<OpenAiParser>(), Entry::of::<AnthropicParser>(), Entry::of::<PassthroughParser>()],
+    entries: &[Entry::of::<OpenAiParser>(), Entry::of::<AnthropicParser>(),
+        Entry::of::<VllmHttpParser>(), Entry::of::<PassthroughParser>()],
     mapped: &[
         Mapped {
             type_name: OPENAI_PARSER,
@@ -136,6 +145,12 @@ pub const GROUP: Group = Group {
                       max_tokens, and `system` then `messages` hashed for prefix affinity, as llm-d does",
         },
         Mapped {
+            type_name: "vllmhttp-parser",
+            role: Some(SectionRole::Parser),
+            done_by: "the request reader, which reads vLLM generate bodies (`/inference/v1/generate`): model \
+                      when given, stream, sampling_params.max_tokens, and `token_ids` hashed for prefix affinity",
+        },
+        Mapped {
             type_name: PASSTHROUGH_PARSER,
             role: Some(SectionRole::Parser),
             done_by: "the request reader, which leaves the body of every request the passthrough parser \
@@ -143,12 +158,6 @@ pub const GROUP: Group = Group {
         },
     ],
     refused: &[
-        Refused {
-            type_name: "vllmhttp-parser",
-            why: "wasm-epp's request reader does not read vLLM's tokenized /inference/v1/generate bodies \
-                  (llm-d hashes their `token_ids` for prefix affinity); send OpenAI requests, or list \
-                  passthrough-parser to route them on load",
-        },
         Refused {
             type_name: "vllmgrpc-parser",
             why: "wasm-epp reads HTTP JSON request bodies, not vLLM's gRPC (protobuf) API; serve vLLM over \
