@@ -5,7 +5,7 @@ use super::{
     ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, SectionRef,
     API_VERSION, DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
 };
-use crate::plugins::upstream::{METRICS_DATA_SOURCE, PARSER_TYPES};
+use crate::plugins::upstream::{METRICS_DATA_SOURCE, PARSER_TYPES, PASSTHROUGH_PARSER};
 use crate::scheduling::SectionRole;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -181,6 +181,8 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
 
 /// A parser reference may name an llm-d parser type that no `plugins` entry declares: llm-d creates that
 /// parser, named after its type, and so does this (a refused type is then refused by name).
+/// A parser listed after a `passthrough-parser` never gets a request (the passthrough parser claims every
+/// path left): a warning, as llm-d logs one.
 fn with_named_parsers(mut cfg: EndpointPickerConfig) -> EndpointPickerConfig {
     for r in &cfg.section_refs {
         let named = r.role == Some(SectionRole::Parser) && PARSER_TYPES.contains(&r.plugin_ref.as_str());
@@ -188,6 +190,19 @@ fn with_named_parsers(mut cfg: EndpointPickerConfig) -> EndpointPickerConfig {
             let name = r.plugin_ref.clone();
             cfg.plugins.push(PluginSpec { name: name.clone(), type_name: name, parameters: Value::Null });
         }
+    }
+    let mut after_passthrough = false;
+    for r in cfg.section_refs.iter().filter(|r| r.path.starts_with("requestHandler.parsers[")) {
+        if after_passthrough {
+            cfg.warnings.push(ConfigWarning {
+                path: r.path.clone(),
+                message: format!(
+                    "ignored: the {PASSTHROUGH_PARSER} listed before it takes every request (as in llm-d)"
+                ),
+            });
+        }
+        let type_name = cfg.plugin(&r.plugin_ref).map(|p| p.type_name.as_str());
+        after_passthrough |= type_name == Some(PASSTHROUGH_PARSER);
     }
     cfg
 }

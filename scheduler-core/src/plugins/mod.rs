@@ -10,6 +10,7 @@ pub mod deciders;
 pub mod detectors;
 pub mod filters;
 pub mod pickers;
+pub mod producers;
 pub mod profile_handlers;
 pub mod registry;
 pub mod scorers;

@@ -9,12 +9,16 @@
 //! [`prefix_match`], the others read it, and `pre_request` (and the Wasm filter, which streams
 //! `(endpoint, hashes)` records to the other workers) read the hashes from it.
 //!
-//! How the handle reaches both: each `prefix-cache-scorer` produces one under its plugin name through
-//! the build context (`scheduling::factory`); each `prefix-cache-affinity-filter` asks the context for
-//! the one named by its `prefixMatchInfoProducerName` (or the only one), and keeps an index of its own
-//! when no scorer produces one. The cycle state holds one match per request, so a scheduler is meant
-//! to have one prefix index (scorers with separate indexes would read whichever match was computed
-//! first).
+//! How the handle reaches them: the plugin that owns an index produces it under its plugin name through
+//! the build context (`scheduling::factory`): an `approx-prefix-cache-producer` (llm-d v0.10, which
+//! moved hashing out of the scorer), or a `prefix-cache-scorer` with no producer to read (GIE, and
+//! llm-d before v0.10). Readers (`prefix-cache-scorer` following a producer,
+//! `prefix-cache-affinity-filter`, `no-hit-lru-scorer`...) ask the context for the one named by their
+//! `prefixMatchInfoProducerName` (or the only one). The owner records the picks (`pre_request`); a
+//! reader that finds no index keeps one of its own and records them itself. The cycle state holds one
+//! match per request, so a scheduler is meant to have one prefix index (scorers with separate indexes
+//! would read whichever match was computed first); `approx-prefix-cache-producer` refuses to be a
+//! second one.
 
 pub mod hash;
 pub mod index;
@@ -51,6 +55,9 @@ pub struct PrefixConfig {
     pub lru_capacity_per_server: usize,
     /// Take the block size and LRU capacity from the endpoints' metrics when they report them.
     pub auto_tune: bool,
+    /// Blocks are never smaller than this, whether configured or auto-tuned (llm-d v0.10 hashes at
+    /// least 64 tokens per block, so that its index holds fewer entries); 0 for none (GIE).
+    pub min_block_bytes: usize,
 }
 
 impl Default for PrefixConfig {
@@ -61,6 +68,7 @@ impl Default for PrefixConfig {
             max_prefix_bytes: 0,
             lru_capacity_per_server: DEFAULT_LRU_CAPACITY_PER_SERVER,
             auto_tune: true,
+            min_block_bytes: 0,
         }
     }
 }
@@ -68,15 +76,15 @@ impl Default for PrefixConfig {
 impl PrefixConfig {
     /// Block size in bytes for this pool. Auto-tuned (GIE style) from the KV block size of the first
     /// endpoint, in address order, that reports one: the pool serves one model on one engine config.
+    /// Never below `min_block_bytes`.
     pub fn block_bytes_for(&self, pool: &PoolSnapshot) -> usize {
-        if self.auto_tune {
-            let reported =
-                pool.endpoints.iter().filter_map(|e| e.metrics.as_ref()?.block_size).find(|&b| b > 0);
-            if let Some(tokens) = reported {
-                return (tokens as usize).saturating_mul(BYTES_PER_TOKEN);
-            }
-        }
-        self.block_bytes
+        let reported = match self.auto_tune {
+            true => pool.endpoints.iter().filter_map(|e| e.metrics.as_ref()?.block_size).find(|&b| b > 0),
+            false => None,
+        };
+        let bytes =
+            reported.map_or(self.block_bytes, |tokens| (tokens as usize).saturating_mul(BYTES_PER_TOKEN));
+        bytes.max(self.min_block_bytes)
     }
 
     /// Blocks hashed at most for a given block size.
@@ -152,6 +160,16 @@ impl PrefixMatch {
 
     pub fn matched(&self, endpoint: usize) -> u32 {
         self.matched_blocks.get(endpoint).copied().unwrap_or(0)
+    }
+
+    /// Block size in (estimated) tokens, as llm-d's `PrefixCacheMatchInfo` reports it.
+    pub fn block_tokens(&self) -> usize {
+        self.block_bytes / BYTES_PER_TOKEN
+    }
+
+    /// True when no endpoint in `candidates` holds even the first block (llm-d's "cold" request).
+    pub fn is_cold(&self, candidates: &[usize]) -> bool {
+        candidates.iter().all(|&c| self.matched(c) == 0)
     }
 
     /// GIE's prefix score: matched / total blocks, 0 when the prompt has no whole block.
@@ -251,6 +269,11 @@ mod tests {
         assert_eq!(cfg.block_bytes_for(&pool(Some(0), None)), 64);
         let off = PrefixConfig { auto_tune: false, ..cfg };
         assert_eq!(off.block_bytes_for(&pool(Some(32), None)), 64);
+        // llm-d's floor applies to the configured and the reported size alike.
+        let floor = PrefixConfig { min_block_bytes: 256, ..cfg };
+        assert_eq!(floor.block_bytes_for(&pool(None, None)), 256);
+        assert_eq!(floor.block_bytes_for(&pool(Some(16), None)), 256);
+        assert_eq!(floor.block_bytes_for(&pool(Some(128), None)), 512);
         let p = pool(None, Some(900));
         assert_eq!(cfg.capacity_for(&p.endpoints[0]), 900);
         assert_eq!(off.capacity_for(&p.endpoints[0]), 31_250);

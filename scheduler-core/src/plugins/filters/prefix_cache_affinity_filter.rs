@@ -6,15 +6,21 @@
 //! index); because filters run before scorers, it is usually the filter that computes the match and the
 //! scorer that reuses it.
 //!
+//! Its index is the one named by `prefixMatchInfoProducerName` (an `approx-prefix-cache-producer`, or a
+//! `prefix-cache-scorer` that owns its index), else the only one configured, else its own.
+//!
+//! Defaults are llm-d v0.10's (threshold 0.8, no exploration, TTFT gate at 18 s, 15928 prefill tokens/s).
 //! Differences from llm-d, on purpose:
-//! - Exploration (skipping the gate with probability `explorationProbability`, default 0.01) draws its
-//!   coin from an xxHash64 of the request id, the clock and the prompt size instead of a global RNG: the
-//!   `Filter` trait has no RNG, and this keeps a pick a pure function of (snapshot, request, clock). With
+//! - Exploration (skipping the gate with probability `explorationProbability`) draws its coin from an
+//!   xxHash64 of the request id, the clock and the prompt size instead of a global RNG: the `Filter`
+//!   trait has no RNG, and this keeps a pick a pure function of (snapshot, request, clock). With
 //!   distinct request ids (Envoy's `x-request-id`) the coin is uniform across requests.
-//! - The TTFT load gate is off by default: llm-d's latency-predictor source does not exist here. Setting
-//!   `maxTTFTPenaltyMs` > 0 enables llm-d's `prefillThroughput` source, which estimates an endpoint's
-//!   TTFT as `in-flight tokens / peakPrefillThroughput`; our in-flight tokens are the gateway's estimate
-//!   (input + expected output), so the estimate leans high for endpoints with long outputs in flight.
+//! - The TTFT gate's only source is `prefillThroughput`: an endpoint's TTFT is estimated as
+//!   `in-flight tokens / peakPrefillThroughput`. llm-d counts the uncached input tokens of requests in
+//!   flight until their first response byte; our in-flight tokens are the gateway's estimate (input +
+//!   expected output, until the response ends), so the estimate leans high for endpoints with long
+//!   outputs in flight and the gate opens somewhat sooner. `latencyPredictor` needs llm-d's
+//!   latency-predictor sidecars and is refused.
 
 use crate::config::params::ParamError;
 use crate::plugins::scorers::prefix_cache_scorer::{follow, FollowedIndex};
@@ -39,31 +45,38 @@ const EXPLORATION_SEED: u64 = 0x6578_706c_6f72_6521; // "explore!"
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrefixCacheAffinityFilterParams {
-    /// Endpoints whose prefix score is at least this are "sticky". In [0, 1]; 0 disables the filter.
+    /// Endpoints whose prefix score is at least this are "sticky". At most 1; ≤ 0 disables the filter.
     pub affinity_threshold: f64,
     /// Probability of keeping every candidate regardless of affinity. In [0, 1].
     pub exploration_probability: f64,
     /// Break stickiness when the best sticky endpoint's estimated TTFT is worse than the best other
-    /// endpoint's by more than this (ms). 0 = never break (the default here).
+    /// endpoint's by more than this (ms). 0 = never break.
     #[serde(rename = "maxTTFTPenaltyMs")]
     pub max_ttft_penalty_ms: f64,
     /// Prefill tokens per second one endpoint sustains (llm-d's default, calibrated on H100).
     pub peak_prefill_throughput: f64,
     /// Only `prefillThroughput` is available.
     pub ttft_source: Option<String>,
-    /// Name of the `prefix-cache-scorer` whose index to use; by default the only one configured.
+    /// Name of the plugin owning the prefix index to read; by default the only one configured.
     pub prefix_match_info_producer_name: Option<String>,
+    /// llm-d: the predicted-latency-producer read with `ttftSource: latencyPredictor` (refused here);
+    /// unused with `prefillThroughput`, as in llm-d.
+    pub latency_prediction_info_producer_name: Option<String>,
+    /// llm-d: the inflight-load-producer to read; here in-flight load is always the gateway's own count.
+    pub in_flight_load_producer_name: Option<String>,
 }
 
 impl Default for PrefixCacheAffinityFilterParams {
     fn default() -> PrefixCacheAffinityFilterParams {
         PrefixCacheAffinityFilterParams {
             affinity_threshold: 0.80,
-            exploration_probability: 0.01,
-            max_ttft_penalty_ms: 0.0,
+            exploration_probability: 0.0,
+            max_ttft_penalty_ms: 18_000.0,
             peak_prefill_throughput: 15_928.0,
             ttft_source: None,
             prefix_match_info_producer_name: None,
+            latency_prediction_info_producer_name: None,
+            in_flight_load_producer_name: None,
         }
     }
 }
@@ -80,9 +93,9 @@ impl PluginFactory for PrefixCacheAffinityFilter {
     const TYPE: &'static str = TYPE;
     type Params = PrefixCacheAffinityFilterParams;
 
-    /// Shares the index of the `prefix-cache-scorer` named by `prefixMatchInfoProducerName` (else of
-    /// the only one), which records the picks; without a prefix scorer it keeps an index of its own,
-    /// with GIE's default hashing, and records the picks itself.
+    /// Shares the index owned by the plugin named `prefixMatchInfoProducerName` (else the only one),
+    /// which records the picks; without an index owner it keeps an index of its own, with GIE's default
+    /// hashing, and records the picks itself.
     fn build(
         params: PrefixCacheAffinityFilterParams,
         ctx: &mut BuildContext<'_>,
@@ -94,12 +107,12 @@ impl PluginFactory for PrefixCacheAffinityFilter {
     }
 }
 
-/// The ranges serde does not check.
+/// The ranges serde does not check (llm-d's rules).
 fn check(p: &PrefixCacheAffinityFilterParams) -> Result<(), ParamError> {
     let err =
         |field: &str, expected: &str, got: f64| Err(ParamError::new(field, expected, Some(format!("{got}"))));
-    if !(0.0..=1.0).contains(&p.affinity_threshold) {
-        return err("affinityThreshold", "a number in [0, 1]", p.affinity_threshold);
+    if p.affinity_threshold > 1.0 {
+        return err("affinityThreshold", "a number <= 1 (<= 0 disables the filter)", p.affinity_threshold);
     }
     if !(0.0..=1.0).contains(&p.exploration_probability) {
         return err("explorationProbability", "a number in [0, 1]", p.exploration_probability);
@@ -107,14 +120,22 @@ fn check(p: &PrefixCacheAffinityFilterParams) -> Result<(), ParamError> {
     if !(p.max_ttft_penalty_ms >= 0.0 && p.max_ttft_penalty_ms.is_finite()) {
         return err("maxTTFTPenaltyMs", "a finite number >= 0", p.max_ttft_penalty_ms);
     }
-    if !(p.peak_prefill_throughput > 0.0 && p.peak_prefill_throughput.is_finite()) {
-        return err("peakPrefillThroughput", "a finite number > 0", p.peak_prefill_throughput);
+    if !(p.peak_prefill_throughput >= 0.0 && p.peak_prefill_throughput.is_finite()) {
+        return err("peakPrefillThroughput", "a finite number >= 0", p.peak_prefill_throughput);
+    }
+    if p.max_ttft_penalty_ms > 0.0 && p.peak_prefill_throughput == 0.0 {
+        return err(
+            "peakPrefillThroughput",
+            "a number > 0 when maxTTFTPenaltyMs > 0",
+            p.peak_prefill_throughput,
+        );
     }
     match p.ttft_source.as_deref() {
         None | Some(TTFT_SOURCE_PREFILL_THROUGHPUT) => Ok(()),
         Some(other) => Err(ParamError::new(
             "ttftSource",
-            "\"prefillThroughput\" (no latency predictor in this build)",
+            "\"prefillThroughput\" (\"latencyPredictor\" needs llm-d's latency-predictor sidecars, which \
+             wasm-epp does not run)",
             Some(format!("{other:?}")),
         )),
     }
@@ -279,7 +300,7 @@ mod tests {
         let mut shared = SharedState::default();
         let scorer = producer(&mut shared);
         warmed(scorer.handle(), &prompt);
-        let f = built_with::<PrefixCacheAffinityFilter>("{}", &mut shared);
+        let f = built_with::<PrefixCacheAffinityFilter>(r#"{"explorationProbability": 0.01}"#, &mut shared);
         let pool = pool([0; 3]);
         let mut skipped = 0;
         for i in 0..10_000 {
@@ -316,8 +337,12 @@ mod tests {
         assert_eq!(run(&f, &pool([3000, 1500, 0]), &req), [0, 1, 2]);
         // 900 ms penalty is tolerated.
         assert_eq!(run(&f, &pool([3000, 900, 0]), &req), [0, 1]);
-        // The default (gate off) sticks whatever the load.
-        let f = built_with::<PrefixCacheAffinityFilter>(NO_EXPLORATION, &mut shared);
+        // With the gate off it sticks whatever the load; llm-d's default gate (18 s at 15928 tokens/s)
+        // tolerates 94 ms.
+        let off = r#"{"maxTTFTPenaltyMs": 0, "explorationProbability": 0}"#;
+        let f = built_with::<PrefixCacheAffinityFilter>(off, &mut shared);
+        assert_eq!(run(&f, &pool([3000, 1500, 0]), &req), [0, 1]);
+        let f = built_with::<PrefixCacheAffinityFilter>("{}", &mut shared);
         assert_eq!(run(&f, &pool([3000, 1500, 0]), &req), [0, 1]);
     }
 
@@ -389,7 +414,7 @@ mod tests {
         assert_eq!(
             err.err().map(|e| e.to_string()).as_deref(),
             Some(
-                r#"prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got "nope""#
+                r#"prefixMatchInfoProducerName: expected the name of an approx-prefix-cache-producer or prefix-cache-scorer plugin that owns a prefix index, got "nope""#
             )
         );
     }
@@ -407,16 +432,25 @@ mod tests {
         );
         assert_eq!(
             build_err::<PrefixCacheAffinityFilter>(r#"{"affinityThreshold": 1.5}"#).to_string(),
-            "affinityThreshold: expected a number in [0, 1], got 1.5"
+            "affinityThreshold: expected a number <= 1 (<= 0 disables the filter), got 1.5"
         );
         let err = build_err::<PrefixCacheAffinityFilter>(r#"{"ttftSource": "latencyPredictor"}"#);
         assert_eq!(
             err.to_string(),
-            r#"ttftSource: expected "prefillThroughput" (no latency predictor in this build), got "latencyPredictor""#
+            r#"ttftSource: expected "prefillThroughput" ("latencyPredictor" needs llm-d's latency-predictor sidecars, which wasm-epp does not run), got "latencyPredictor""#
         );
+        // As in llm-d: a throughput of 0 is an error only when the gate needs it; a negative threshold
+        // disables the filter.
+        let err = build_err::<PrefixCacheAffinityFilter>(r#"{"peakPrefillThroughput": 0}"#);
         assert_eq!(
-            build_err::<PrefixCacheAffinityFilter>(r#"{"peakPrefillThroughput": 0}"#).field,
-            "peakPrefillThroughput"
+            err.to_string(),
+            "peakPrefillThroughput: expected a number > 0 when maxTTFTPenaltyMs > 0, got 0"
+        );
+        built::<PrefixCacheAffinityFilter>(r#"{"peakPrefillThroughput": 0, "maxTTFTPenaltyMs": 0}"#);
+        built::<PrefixCacheAffinityFilter>(r#"{"affinityThreshold": -1}"#);
+        // llm-d's producer names for the other inputs are accepted.
+        built::<PrefixCacheAffinityFilter>(
+            r#"{"latencyPredictionInfoProducerName": "p", "inFlightLoadProducerName": "q"}"#,
         );
         assert_eq!(build_err::<PrefixCacheAffinityFilter>(r#"{"threshold": 1}"#).field, "threshold");
     }

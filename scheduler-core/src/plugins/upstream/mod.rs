@@ -23,7 +23,7 @@ mod request_control;
 mod scheduling;
 
 pub use data_layer::{metrics_source, MetricsSource, METRICS_DATA_SOURCE};
-pub use parsers::{RequestParsers, PARSER_TYPES};
+pub use parsers::{RequestParsers, PARSER_TYPES, PASSTHROUGH_PARSER};
 
 use crate::config::params::{json_repr, ParamError};
 use crate::plugins::registry::Entry;

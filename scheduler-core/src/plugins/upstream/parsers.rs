@@ -214,6 +214,14 @@ mod tests {
                 "parser": {"pluginRef": "passthrough-parser"}}"#,
         );
         assert!(!first.reads_body("/v1/chat/completions"), "the deprecated `parser` counts too");
+
+        // Parsers after the passthrough one get a warning.
+        let cfg = EndpointPickerConfig::from_json(
+            r#"{"requestHandler": {"parsers": [{"pluginRef": "passthrough-parser"}, {"pluginRef": "openai-parser"}]}}"#,
+        )
+        .unwrap();
+        let warned: Vec<&str> = cfg.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(warned, ["requestHandler.parsers[1].pluginRef"]);
     }
 
     #[test]

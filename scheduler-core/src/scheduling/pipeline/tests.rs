@@ -239,7 +239,7 @@ fn affinity_filter_with_an_unknown_producer_is_a_config_error() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of a prefix-cache-scorer plugin, got \"nope\""
+        "plugins[0].parameters.prefixMatchInfoProducerName: expected the name of an approx-prefix-cache-producer or prefix-cache-scorer plugin that owns a prefix index, got \"nope\""
     );
 }
 
