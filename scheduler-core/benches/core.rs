@@ -199,6 +199,7 @@ impl SharedPrefixRequests {
             max_output_tokens: Some(256),
             priority: -1,
             session_token: None,
+            headers: &[],
         }
     }
 }

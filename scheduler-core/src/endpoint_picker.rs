@@ -39,6 +39,8 @@ pub struct RequestInfo<'a> {
     pub content_type: Option<&'a str>,
     /// `content-encoding`: anything but `identity` on a body is answered 415.
     pub content_encoding: Option<&'a str>,
+    /// The request headers configured plugins read (see `SchedulingRequest::headers`).
+    pub headers: &'a [(String, String)],
 }
 
 /// Why the picker could not decide from metrics.
@@ -277,6 +279,7 @@ impl EndpointPicker {
             priority: self.config.objectives.priority_or(resources.map(|r| &r.objectives), info.objective),
             session_token: info.session_token,
             model_override: rewritten.as_deref(),
+            headers: info.headers,
         };
         let req = match &parsed {
             Some(p) => p.scheduling_request(meta),
@@ -285,6 +288,7 @@ impl EndpointPicker {
                 model: rewritten.as_deref().unwrap_or(""),
                 priority: meta.priority,
                 session_token: info.session_token,
+                headers: info.headers,
                 ..SchedulingRequest::default()
             },
         };

@@ -23,7 +23,7 @@ fn pool() -> PoolSnapshot {
 
 fn route(s: &mut Scheduler, pool: &PoolSnapshot, body: &[u8], seed: u64) -> (String, Vec<u64>) {
     let parsed = parse_request("/v1/chat/completions", body).unwrap();
-    let meta = RequestMeta { request_id: "r", priority: 0, session_token: None, model_override: None };
+    let meta = RequestMeta { request_id: "r", priority: 0, session_token: None, ..RequestMeta::default() };
     match admit(s, &parsed.scheduling_request(meta), pool, None, 1_010, &mut Rng::new(seed)) {
         Decision::Route { destination, prefix_hashes, .. } => (destination, prefix_hashes),
         other => panic!("expected a route, got {other:?}"),

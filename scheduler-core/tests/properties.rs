@@ -131,7 +131,7 @@ fn run_one(
 ) -> Option<Decision> {
     let Call { priority, subset, now_ms, seed } = call;
     let parsed = parse_request(path, body).ok()?;
-    let meta = RequestMeta { request_id: "req-1", priority, session_token: None, model_override: None };
+    let meta = RequestMeta { request_id: "req-1", priority, session_token: None, ..RequestMeta::default() };
     let req: SchedulingRequest<'_> = parsed.scheduling_request(meta);
     let subset_refs: Option<Vec<&str>> = subset.map(|s| s.iter().map(String::as_str).collect());
     Some(admit(scheduler, &req, pool, subset_refs.as_deref(), now_ms, &mut Rng::new(seed)))

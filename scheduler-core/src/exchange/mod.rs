@@ -36,6 +36,8 @@ use crate::config::gateway::{GatewayConfig, ServedFrom};
 use crate::config::EndpointPickerConfig;
 use crate::endpoint_picker::{Outcome, Reply, RequestInfo};
 use crate::plugins::profile_handlers::disagg_profile_handler::configured_prefill_profile;
+use crate::plugins::profile_handlers::header_profile_handler;
+use crate::plugins::scorers::header_label_affinity_scorer;
 use crate::plugins::scorers::session_affinity_scorer::{self, encode_session_token};
 use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
@@ -62,6 +64,26 @@ pub struct ExchangeSettings {
     /// Which endpoint the response's `x-session-token` names, when a profile uses the
     /// `session-affinity-scorer`; `None` (no token, no work) otherwise.
     pub session_token: Option<SessionTokenOf>,
+    /// Lower-case names of the request headers configured plugins read while scheduling (kept in
+    /// [`RequestFacts::headers`]); empty for most configurations.
+    pub scheduling_headers: Vec<String>,
+}
+
+/// The request headers the configured plugins read (`header-profile-handler`'s `headerName`,
+/// `header-label-affinity-scorer`'s), lower-case, sorted, once each.
+fn scheduling_headers(picker: &EndpointPickerConfig) -> Vec<String> {
+    let mut names: Vec<String> = picker
+        .plugins
+        .iter()
+        .filter_map(|p| match p.type_name.as_str() {
+            header_profile_handler::TYPE => Some(header_profile_handler::header_name(&p.parameters)),
+            header_label_affinity_scorer::TYPE => header_label_affinity_scorer::header_name(&p.parameters),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The endpoint a response's session token encodes (see [`ExchangeSettings::session_token`]).
@@ -117,6 +139,7 @@ impl ExchangeSettings {
             max_body_bytes: config.limits.max_body_bytes,
             max_response_body_bytes: config.limits.max_response_body_bytes,
             session_token: SessionTokenOf::of(&config.picker),
+            scheduling_headers: scheduling_headers(&config.picker),
         }
     }
 }
@@ -145,6 +168,8 @@ pub struct RequestFacts {
     pub content_type: Option<String>,
     /// `content-encoding`: a compressed body is answered 415.
     pub content_encoding: Option<String>,
+    /// The headers of [`ExchangeSettings::scheduling_headers`] the request has (name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 impl RequestFacts {
@@ -160,6 +185,7 @@ impl RequestFacts {
             subset,
             content_type: self.content_type.as_deref(),
             content_encoding: self.content_encoding.as_deref(),
+            headers: &self.headers,
         }
     }
 
@@ -332,6 +358,7 @@ impl Exchange {
             content_length: headers.is_some_and(|h| h.get(headers::CONTENT_LENGTH).is_some()),
             content_type: text(headers::CONTENT_TYPE),
             content_encoding: text(headers::CONTENT_ENCODING),
+            headers: s.scheduling_headers.iter().filter_map(|n| Some((n.clone(), text(n)?))).collect(),
         };
         let next = if end_of_stream {
             self.phase = Phase::Deciding;

@@ -135,6 +135,8 @@ pub struct RequestMeta<'r> {
     pub session_token: Option<&'r str>,
     /// The model to serve instead of the body's (`x-gateway-model-name-rewrite` or a rewrite rule).
     pub model_override: Option<&'r str>,
+    /// The request headers plugins read (see `SchedulingRequest::headers`).
+    pub headers: &'r [(alloc::string::String, alloc::string::String)],
 }
 
 impl<'a> InferenceRequest<'a> {
@@ -156,6 +158,7 @@ impl<'a> InferenceRequest<'a> {
             max_output_tokens: self.max_output_tokens(),
             priority: meta.priority,
             session_token: meta.session_token,
+            headers: meta.headers,
         }
     }
 }

@@ -446,8 +446,13 @@ fn deep_nesting_in_unread_fields_is_harmless_and_in_read_fields_is_refused() {
 #[test]
 fn scheduling_request_borrows_body_and_header_facts() {
     let req = ok(COMPLETIONS, r#"{"model":"base","prompt":"12345678","max_tokens":4,"cache_salt":"s"}"#);
-    let meta =
-        RequestMeta { request_id: "rid", priority: -1, session_token: Some("tok"), model_override: None };
+    let meta = RequestMeta {
+        request_id: "rid",
+        priority: -1,
+        session_token: Some("tok"),
+        model_override: None,
+        ..RequestMeta::default()
+    };
     let s = req.scheduling_request(meta);
     assert_eq!(
         (s.request_id, s.model, s.prefix_input, s.cache_salt),

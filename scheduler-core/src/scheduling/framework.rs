@@ -62,9 +62,18 @@ pub struct SchedulingRequest<'a> {
     pub priority: i32,
     /// `x-session-token` (session-affinity scorer).
     pub session_token: Option<&'a str>,
+    /// The request headers configured plugins read while scheduling (`header-profile-handler`,
+    /// `header-label-affinity-scorer`): lower-case name and value, only those names, copied once when
+    /// the request headers arrive.
+    pub headers: &'a [(String, String)],
 }
 
-impl SchedulingRequest<'_> {
+impl<'a> SchedulingRequest<'a> {
+    /// The value of request header `name` (lower-case), if a plugin asked for it and the request has it.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
     /// Estimated input tokens (GIE's 4 bytes per token).
     pub fn estimated_input_tokens(&self) -> u64 {
         (self.prompt_bytes as u64).div_ceil(4)

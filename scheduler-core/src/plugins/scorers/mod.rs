@@ -2,6 +2,7 @@
 
 pub mod active_request_scorer;
 pub mod context_length_aware;
+pub mod header_label_affinity_scorer;
 pub mod inflight_aware_queue_scorer;
 pub mod kv_cache_utilization_scorer;
 pub mod load_aware_scorer;

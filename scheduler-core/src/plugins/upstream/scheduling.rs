@@ -1,17 +1,21 @@
 //! Scheduling filters and scorers of llm-d that wasm-epp maps or refuses.
 //!
-//! The ones it runs are ordinary plugins (`plugins/filters`, `plugins/scorers`) registered here because
-//! they exist for llm-d's configurations: the label-selector filters (with llm-d's deprecated names),
-//! `utilization-filter`, `encode-filter` and `context-length-aware`. The refused ones need data this
-//! gateway does not have; each reason says what is missing and, where there is one, what to use.
+//! The ones it runs are ordinary plugins (`plugins/filters`, `plugins/scorers`, `plugins/profile_handlers`)
+//! registered here because they exist for llm-d's configurations: the label-selector filters (with
+//! llm-d's deprecated names), `utilization-filter`, `encode-filter`, `context-length-aware` and the two
+//! that read a request header (`header-profile-handler`, `header-label-affinity-scorer`; the exchange
+//! keeps the headers they name for the scheduler). The refused ones need data this gateway does not
+//! have; each reason says what is missing and, where there is one, what to use.
 
 use super::{Group, Refused};
 use crate::plugins::filters::by_label_filter::ByLabelFilter;
 use crate::plugins::filters::encode_filter::EncodeFilter;
 use crate::plugins::filters::label_selector_filter::{ByLabelSelector, LabelSelectorFilter};
 use crate::plugins::filters::utilization_filter::UtilizationFilter;
+use crate::plugins::profile_handlers::header_profile_handler::HeaderProfileHandler;
 use crate::plugins::registry::Entry;
 use crate::plugins::scorers::context_length_aware::ContextLengthAware;
+use crate::plugins::scorers::header_label_affinity_scorer::HeaderLabelAffinityScorer;
 
 const MULTICLUSTER: &str = "routing between clusters (endpoints that are peer gateways, addressed by host name and \
      scored on their pickers' pool-average metrics) is not implemented: wasm-epp routes to the pods of its own \
@@ -20,10 +24,6 @@ const MULTICLUSTER: &str = "routing between clusters (endpoints that are peer ga
 const LATENCY_PREDICTOR: &str = "it needs TTFT/TPOT predictions from llm-d's latency-predictor sidecars \
      (predicted-latency-producer), which wasm-epp does not run; use load-based scorers (queue-scorer, \
      kv-cache-utilization-scorer, active-request-scorer) instead";
-
-const REQUEST_HEADERS: &str =
-    "it needs the request's headers while scheduling, and wasm-epp's scheduler sees \
-     only the model, the prompt, the objective and the session token";
 
 const ENDPOINT_ATTRIBUTES: &str =
     "it reads custom per-endpoint attributes (written by llm-d's dcgm-extractor \
@@ -43,11 +43,11 @@ pub const GROUP: Group = Group {
         Entry::of::<EncodeFilter>(),
         Entry::of::<UtilizationFilter>(),
         Entry::of::<ContextLengthAware>(),
+        Entry::of::<HeaderProfileHandler>(),
+        Entry::of::<HeaderLabelAffinityScorer>(),
     ],
     mapped: &[],
     refused: &[
-        Refused { type_name: "header-profile-handler", why: REQUEST_HEADERS },
-        Refused { type_name: "header-label-affinity-scorer", why: REQUEST_HEADERS },
         Refused { type_name: "endpoint-attribute-filter", why: ENDPOINT_ATTRIBUTES },
         Refused { type_name: "endpoint-attribute-scorer", why: ENDPOINT_ATTRIBUTES },
         Refused { type_name: "topology-affinity-filter", why: TOPOLOGY },
@@ -167,10 +167,72 @@ mod tests {
 
     #[test]
     fn refused_types_say_why() {
-        let err = build(r#"{"plugins": [{"type": "header-profile-handler"}]}"#).unwrap_err();
+        let err = build(r#"{"plugins": [{"type": "latency-scorer"}]}"#).unwrap_err();
         assert!(
-            err.starts_with(r#"plugins[0].type: expected a plugin type wasm-epp can run, got "header-profile-handler", which it cannot: it needs the request's headers"#),
+            err.starts_with(r#"plugins[0].type: expected a plugin type wasm-epp can run, got "latency-scorer", which it cannot: it needs TTFT/TPOT predictions"#),
             "{err}"
+        );
+    }
+
+    /// The exchange keeps the headers the configured plugins name, and the decision sees them: the
+    /// profile is the one `x-tier` names, and in it the pod whose zone label matches `x-zone` wins.
+    #[test]
+    fn request_headers_reach_header_plugins_through_the_exchange() {
+        use crate::config::gateway::GatewayConfig;
+        use crate::endpoint_picker::{EndpointPicker, Outcome, PoolView};
+        use crate::exchange::{Exchange, ExchangeSettings, HeaderLookup};
+        use crate::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+        use alloc::borrow::Cow;
+        use alloc::format;
+
+        struct Headers(Vec<(&'static str, &'static str)>);
+        impl HeaderLookup for Headers {
+            fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+                self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| Cow::Borrowed(*v))
+            }
+        }
+        let json = r#"{"plugins": [
+              {"type": "header-profile-handler", "parameters": {"headerName": "X-Tier", "defaultProfile": "standard"}},
+              {"name": "gold-pods", "type": "label-selector-filter", "parameters": {"matchLabels": {"tier": "gold"}}},
+              {"type": "header-label-affinity-scorer", "parameters": {"headerName": "X-Zone", "labelKey": "zone"}},
+              {"type": "max-score-picker"}],
+            "schedulingProfiles": [
+              {"name": "standard", "plugins": [{"pluginRef": "header-label-affinity-scorer"}]},
+              {"name": "gold", "plugins": [{"pluginRef": "gold-pods"}, {"pluginRef": "header-label-affinity-scorer"}]}]}"#;
+        let config = GatewayConfig::from_json(json).unwrap();
+        let settings = ExchangeSettings::new(&config);
+        assert_eq!(settings.scheduling_headers, ["x-tier", "x-zone"]);
+        let mut picker = EndpointPicker::new(config).unwrap();
+
+        // Pods: 1 gold in zone a, 2 gold in zone b, 3 plain in zone c.
+        let mut pool = PoolSnapshot { generation: 1, published_at_ms: 1_000, ..PoolSnapshot::default() };
+        for (n, tier, zone) in [(1, "gold", "a"), (2, "gold", "b"), (3, "plain", "c")] {
+            let mut e = Endpoint::new(format!("10.0.0.{n}:8000"));
+            e.labels = alloc::vec![
+                (String::from("tier"), String::from(tier)),
+                (String::from("zone"), String::from(zone))
+            ];
+            let metrics = Metrics { updated_at_ms: 1_000, ..Metrics::default() };
+            pool.endpoints.push(EndpointState { metrics: Some(metrics), ..EndpointState::new(e) });
+        }
+        let body: &[u8] = br#"{"model": "m", "prompt": "hi"}"#;
+        let mut decide = |headers: &[(&'static str, &'static str)]| {
+            let mut x = Exchange::new();
+            let mut all = alloc::vec![(":path", "/v1/completions"), ("x-request-id", "r")];
+            all.extend_from_slice(headers);
+            x.on_request_headers(&settings, Some(&Headers(all)), None, false, &mut || String::from("id"));
+            match picker.decide(&x.facts().info(None), Some(body), PoolView::Fresh(&pool), 1_010, 3) {
+                Outcome::Route(r) => r.destination,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(decide(&[("x-tier", "gold"), ("x-zone", "b")]), "10.0.0.2:8000");
+        assert_eq!(decide(&[("x-tier", "gold"), ("x-zone", "a")]), "10.0.0.1:8000");
+        assert_eq!(decide(&[("x-zone", "c")]), "10.0.0.3:8000", "no x-tier: the standard profile");
+        assert_ne!(
+            decide(&[("x-tier", "gold"), ("x-zone", "c")]),
+            "10.0.0.3:8000",
+            "gold keeps plain pods out"
         );
     }
 }
