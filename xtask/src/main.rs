@@ -20,8 +20,8 @@ usage: cargo xtask <command>
 
 commands:
   test          fmt check, dependency licenses and bans (cargo-deny, deny.toml), clippy (-D warnings),
-                every test in the workspace, the core's tests as Wasm, and every Envoy config under
-                envoy-config/ through `envoy --mode validate`
+                every test in the workspace, the core's tests as Wasm, every Envoy config under
+                envoy-config/ through `envoy --mode validate`, and `image --verify`
   envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
   demo          picker vs round-robin Envoy on 4 simulated vLLM replicas: installs what is missing, replays
                 a seeded shared-prefix chat workload through both and prints a table (target/demo/ttft.png)
