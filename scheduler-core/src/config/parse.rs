@@ -438,17 +438,36 @@ fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<bo
     Ok(no_default_source)
 }
 
+/// Flow-control policy references: checked against `plugins` unless they name one of llm-d's built-in
+/// policies.
+struct FlowRefs<'a> {
+    refs: &'a mut Vec<SectionRef>,
+    built_in: &'static [&'static str],
+}
+
+impl FlowRefs<'_> {
+    fn push(&mut self, path: String, plugin_ref: &str) {
+        if !self.built_in.contains(&plugin_ref) {
+            self.refs.push(SectionRef { path, plugin_ref: plugin_ref.to_string(), role: None });
+        }
+    }
+}
+
 /// The plugin references inside one `flowControl` key (the section itself is not implemented yet, but a
 /// reference to a plugin that does not exist is still an error).
 fn flow_control_key(path: &str, key: &str, v: &Value, refs: &mut Vec<SectionRef>) -> Result<(), ConfigError> {
     const BAND: &[&str] = &["priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef"];
-    let band = |p: &str, b: &Value, refs: &mut Vec<SectionRef>| -> Result<(), ConfigError> {
+    // llm-d registers these policies by name whether or not `plugins` declares them.
+    const BUILT_IN_POLICIES: &[&str] =
+        &["fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy"];
+    let mut refs = FlowRefs { refs, built_in: BUILT_IN_POLICIES };
+    let band = |p: &str, b: &Value, refs: &mut FlowRefs<'_>| -> Result<(), ConfigError> {
         for (k, fv) in object(p, b)? {
             let kp = format!("{p}.{k}");
             match k.as_str() {
                 "fairnessPolicyRef" | "orderingPolicyRef" => {
-                    let plugin_ref = non_empty_string(&kp, fv)?.to_string();
-                    refs.push(SectionRef { path: kp, plugin_ref, role: None });
+                    let plugin_ref = non_empty_string(&kp, fv)?;
+                    refs.push(kp, plugin_ref);
                 }
                 k if BAND.contains(&k) => {}
                 _ => return Err(unknown_field(kp, BAND)),
@@ -457,16 +476,16 @@ fn flow_control_key(path: &str, key: &str, v: &Value, refs: &mut Vec<SectionRef>
         Ok(())
     };
     match key {
-        "defaultPriorityBand" | "defaultNegativePriorityBand" => band(path, v, refs),
+        "defaultPriorityBand" | "defaultNegativePriorityBand" => band(path, v, &mut refs),
         "priorityBands" => {
             for (i, b) in array(path, v)?.iter().enumerate() {
-                band(&format!("{path}[{i}]"), b, refs)?;
+                band(&format!("{path}[{i}]"), b, &mut refs)?;
             }
             Ok(())
         }
         "usageLimitPolicyPluginRef" => {
-            let plugin_ref = non_empty_string(path, v)?.to_string();
-            refs.push(SectionRef { path: String::from(path), plugin_ref, role: None });
+            let plugin_ref = non_empty_string(path, v)?;
+            refs.push(String::from(path), plugin_ref);
             Ok(())
         }
         "maxBytes" | "maxRequests" | "defaultRequestTTL" | "enableEviction" => Ok(()),

@@ -121,6 +121,62 @@ pub fn no_params(params: &Value, _: &mut BuildContext<'_>) -> Result<(), ParamEr
     only_keys(params, &[]).map(|_| ())
 }
 
+/// An llm-d type that wasm-epp implements itself under the same name, with what differs (for the
+/// compatibility table; empty when nothing does).
+pub struct Supported {
+    pub type_name: &'static str,
+    pub note: &'static str,
+}
+
+/// llm-d's types that are wasm-epp plugins of the same name.
+pub const SUPPORTED: &[Supported] = &[
+    Supported { type_name: "queue-scorer", note: "an endpoint not yet scraped scores 0 here (llm-d: as if idle)" },
+    Supported {
+        type_name: "kv-cache-utilization-scorer",
+        note: "an endpoint not yet scraped scores 0 here (llm-d: as if empty)",
+    },
+    Supported { type_name: "lora-affinity-scorer", note: "" },
+    Supported {
+        type_name: "prefix-cache-scorer",
+        note: "a bare scorer keeps its own prefix index with wasm-epp's defaults (16-token blocks); \
+               name an approx-prefix-cache-producer for llm-d's",
+    },
+    Supported { type_name: "running-requests-size-scorer", note: "" },
+    Supported { type_name: "token-load-scorer", note: "input tokens estimated as bytes / 4" },
+    Supported { type_name: "active-request-scorer", note: "" },
+    Supported { type_name: "load-aware-scorer", note: "" },
+    Supported {
+        type_name: "session-affinity-scorer",
+        note: "the token is the served endpoint's address (base64 of ip:port), set on every response",
+    },
+    Supported { type_name: "prefix-cache-affinity-filter", note: "" },
+    Supported { type_name: "decode-filter", note: "" },
+    Supported { type_name: "prefill-filter", note: "" },
+    Supported { type_name: "max-score-picker", note: "" },
+    Supported { type_name: "random-picker", note: "" },
+    Supported { type_name: "weighted-random-picker", note: "" },
+    Supported { type_name: "single-profile-handler", note: "" },
+    Supported {
+        type_name: "pd-profile-handler",
+        note: "llm-d v0.10's parameters (deciderPluginName, prefixPluginName/Type, prefixMatchInfoProducerName) \
+               and wasm-epp's earlier threshold (used when no decider is named or configured); primaryPort \
+               other than 0 is refused (data-parallel rewrite)",
+    },
+    Supported {
+        type_name: "disagg-profile-handler",
+        note: "decode-first and prefill-first, nested and deprecated flat parameters; deciders.encode is \
+               refused (encode disaggregation); without a prefix producer the handler keeps a prefix index \
+               of its own, with wasm-epp's defaults, so its decider sees real hits",
+    },
+    Supported {
+        type_name: "prefix-based-pd-decider",
+        note: "prompt tokens estimated as bytes / 4; cached tokens = the decode pick's matched blocks × block \
+               size of the prefix index the handler reads",
+    },
+    Supported { type_name: "always-disagg-pd-decider", note: "" },
+    Supported { type_name: "utilization-detector", note: "" },
+];
+
 /// One group of llm-d types: registry entries for the accepted ones, the mapped ones' descriptions, the
 /// refused ones with their reasons.
 pub struct Group {
