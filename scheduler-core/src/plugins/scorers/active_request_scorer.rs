@@ -47,14 +47,23 @@ impl PluginFactory for ActiveRequestScorer {
     const TYPE: &'static str = TYPE;
     type Params = Params;
 
-    /// llm-d silently falls back to the defaults for out-of-range values; here they are errors.
-    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<ActiveRequestScorer, ParamError> {
-        let idle_threshold = u64::try_from(params.idle_threshold)
-            .map_err(|_| ParamError::invalid("idleThreshold", "an integer >= 0"))?;
-        if !(0.0..=1.0).contains(&params.max_busy_score) {
-            return Err(ParamError::invalid("maxBusyScore", "a number in [0, 1]"));
+    /// As llm-d, out-of-range values fall back to the defaults (with a warning here), so a
+    /// configuration means the same in both.
+    fn build(params: Params, ctx: &mut BuildContext<'_>) -> Result<ActiveRequestScorer, ParamError> {
+        let idle_threshold = u64::try_from(params.idle_threshold).unwrap_or_else(|_| {
+            ctx.warn("idleThreshold", alloc::format!("{} read as 0, as in llm-d", params.idle_threshold));
+            0
+        });
+        let max_busy_score = if (0.0..=1.0).contains(&params.max_busy_score) {
+            params.max_busy_score
+        } else {
+            ctx.warn("maxBusyScore", alloc::format!("{} read as 1, as in llm-d", params.max_busy_score));
+            1.0
+        };
+        if params.request_timeout.is_some() {
+            ctx.warn("requestTimeout", "ignored, as in llm-d (deprecated)");
         }
-        Ok(ActiveRequestScorer { idle_threshold, max_busy_score: params.max_busy_score })
+        Ok(ActiveRequestScorer { idle_threshold, max_busy_score })
     }
 }
 
@@ -130,8 +139,9 @@ mod tests {
     fn parameters() {
         let p: Params = params(r#"{"requestTimeout": "2m", "inFlightLoadProducerName": "x"}"#);
         assert_eq!(p.idle_threshold, 0);
-        assert_eq!(build_err::<ActiveRequestScorer>(r#"{"idleThreshold": -1}"#).field, "idleThreshold");
-        assert_eq!(build_err::<ActiveRequestScorer>(r#"{"maxBusyScore": 1.5}"#).field, "maxBusyScore");
+        // Out of range: llm-d's defaults (the scheduler reports a warning).
+        let s = built::<ActiveRequestScorer>(r#"{"idleThreshold": -1, "maxBusyScore": 1.5}"#);
+        assert_eq!((s.idle_threshold, s.max_busy_score), (0, 1.0));
         assert_eq!(build_err::<ActiveRequestScorer>(r#"{"idle": 1}"#).field, "idle");
     }
 }

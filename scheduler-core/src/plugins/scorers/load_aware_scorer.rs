@@ -39,11 +39,18 @@ impl PluginFactory for LoadAwareScorer {
     type Params = Params;
 
     /// llm-d replaces a non-positive threshold with 128; here it is an error.
-    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<LoadAwareScorer, ParamError> {
-        if params.threshold <= 0 {
-            return Err(ParamError::invalid("threshold", "an integer > 0"));
-        }
-        Ok(LoadAwareScorer { threshold: params.threshold as f64 })
+    /// As llm-d, a threshold ≤ 0 means the default (with a warning here).
+    fn build(params: Params, ctx: &mut BuildContext<'_>) -> Result<LoadAwareScorer, ParamError> {
+        let threshold = if params.threshold <= 0 {
+            ctx.warn(
+                "threshold",
+                alloc::format!("{} read as {DEFAULT_THRESHOLD}, as in llm-d", params.threshold),
+            );
+            DEFAULT_THRESHOLD
+        } else {
+            params.threshold
+        };
+        Ok(LoadAwareScorer { threshold: threshold as f64 })
     }
 }
 
@@ -94,7 +101,8 @@ mod tests {
         let s = built::<LoadAwareScorer>(r#"{"threshold": 10}"#);
         let p = pool(vec![ep(1, 1, 0, 0.0)]);
         assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.45]);
-        assert_eq!(build_err::<LoadAwareScorer>(r#"{"threshold": 0}"#).field, "threshold");
-        assert_eq!(build_err::<LoadAwareScorer>(r#"{"threshold": -5}"#).field, "threshold");
+        // ≤ 0: llm-d's default, 128 (the scheduler reports a warning).
+        let s = built::<LoadAwareScorer>(r#"{"threshold": 0}"#);
+        assert_close(&scores(&s, &p, &SchedulingRequest::default()), &[0.5 * (1.0 - 1.0 / 128.0)]);
     }
 }

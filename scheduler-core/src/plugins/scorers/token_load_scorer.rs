@@ -44,11 +44,19 @@ impl PluginFactory for TokenLoadScorer {
 
     /// llm-d silently replaces a non-positive threshold with the default; here it is an error so a
     /// typo does not go unnoticed (and the formula never divides by zero).
-    fn build(params: Params, _: &mut BuildContext<'_>) -> Result<TokenLoadScorer, ParamError> {
-        if params.queue_threshold_tokens <= 0 {
-            return Err(ParamError::invalid("queueThresholdTokens", "an integer > 0"));
-        }
-        Ok(TokenLoadScorer { threshold: params.queue_threshold_tokens as f64 })
+    /// As llm-d, a threshold ≤ 0 means the default (with a warning here).
+    fn build(params: Params, ctx: &mut BuildContext<'_>) -> Result<TokenLoadScorer, ParamError> {
+        let threshold = if params.queue_threshold_tokens <= 0 {
+            let message = alloc::format!(
+                "{} read as {DEFAULT_QUEUE_THRESHOLD_TOKENS}, as in llm-d",
+                params.queue_threshold_tokens
+            );
+            ctx.warn("queueThresholdTokens", message);
+            DEFAULT_QUEUE_THRESHOLD_TOKENS
+        } else {
+            params.queue_threshold_tokens
+        };
+        Ok(TokenLoadScorer { threshold: threshold as f64 })
     }
 }
 
@@ -108,7 +116,8 @@ mod tests {
     fn parameters() {
         let p: Params = params(r#"{"inFlightLoadProducerName": "x"}"#);
         assert_eq!(p.queue_threshold_tokens, DEFAULT_QUEUE_THRESHOLD_TOKENS);
-        let err = build_err::<TokenLoadScorer>(r#"{"queueThresholdTokens": 0}"#);
-        assert_eq!(alloc::string::ToString::to_string(&err), "queueThresholdTokens: expected an integer > 0");
+        // ≤ 0: llm-d's default (the scheduler reports a warning).
+        let s = built::<TokenLoadScorer>(r#"{"queueThresholdTokens": 0}"#);
+        assert_eq!(s.threshold, DEFAULT_QUEUE_THRESHOLD_TOKENS as f64);
     }
 }

@@ -151,6 +151,26 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_values_fall_back_to_llm_d_s_defaults_with_a_warning() {
+        let w = warnings(
+            r#"{"plugins": [
+                {"type": "active-request-scorer", "parameters": {"idleThreshold": -2, "maxBusyScore": 3, "requestTimeout": "2m"}},
+                {"type": "load-aware-scorer", "parameters": {"threshold": 0}},
+                {"type": "token-load-scorer", "parameters": {"queueThresholdTokens": -1}}]}"#,
+        );
+        assert_eq!(
+            w,
+            [
+                "plugins[0].parameters.idleThreshold: -2 read as 0, as in llm-d",
+                "plugins[0].parameters.maxBusyScore: 3 read as 1, as in llm-d",
+                "plugins[0].parameters.requestTimeout: ignored, as in llm-d (deprecated)",
+                "plugins[1].parameters.threshold: 0 read as 128, as in llm-d",
+                "plugins[2].parameters.queueThresholdTokens: -1 read as 4194304, as in llm-d",
+            ]
+        );
+    }
+
+    #[test]
     fn deprecated_names_load_with_a_warning() {
         let w = warnings(
             r#"{"plugins": [{"type": "by-label-selector", "parameters": {"matchLabels": {"a": "b"}}},
