@@ -7,31 +7,45 @@
 //! latency-predictor sidecars, multimodal item hashes) are refused.
 
 use super::{only_keys, Group, Mapped, Refused};
-use crate::config::params::{json_repr, ParamError};
+use crate::config::params::ParamError;
 use crate::plugins::producers::approx_prefix_cache_producer::ApproxPrefixCacheProducer;
 use crate::plugins::registry::Entry;
 use crate::plugins::scorers::no_hit_lru_scorer::NoHitLruScorer;
 use crate::scheduling::{BuildContext, SectionRole};
 use serde_json::Value;
 
-/// What `token-producer` means here, for the errors naming a tokenizer backend.
-const NO_TOKENIZER: &str = "no tokenizer backend: wasm-epp does not tokenize with the model's tokenizer (vLLM's \
-                            /render or a tokenizer sidecar); it estimates 4 bytes per token, as llm-d's default \
-                            estimate backend does, so remove modelName, vllm and udsTokenizerConfig";
+/// Why a tokenizer backend is refused: completes `got "<type>", which it cannot: `, the registry's
+/// wording for a refused type, so the error reads like one.
+const NO_TOKENIZER: &str = "wasm-epp does not tokenize with the model's tokenizer (vLLM's /render or a \
+                            tokenizer sidecar); remove modelName, vllm and udsTokenizerConfig, and token counts \
+                            are estimated at 4 bytes per token, as llm-d's default estimate backend does";
+
+/// The error for a tokenizer backend selected by `key`.
+fn tokenizer_backend(key: &str, type_name: &str) -> ParamError {
+    ParamError::new(
+        key,
+        "the estimate backend (the only one wasm-epp can run)",
+        Some(alloc::format!("a tokenizer backend for {type_name:?}, which it cannot: {NO_TOKENIZER}")),
+    )
+}
 
 /// `token-producer` parameters: only the tokenizer-free `estimate` backend, untuned.
 fn estimate_only(params: &Value, _: &mut BuildContext<'_>) -> Result<(), ParamError> {
+    check_estimate(params, "token-producer")
+}
+
+fn check_estimate(params: &Value, type_name: &str) -> Result<(), ParamError> {
     let Some(obj) = only_keys(params, &["modelName", "vllm", "udsTokenizerConfig", "estimate"])? else {
         return Ok(());
     };
     for key in ["vllm", "udsTokenizerConfig"] {
         if obj.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(ParamError::new(key, NO_TOKENIZER, None));
+            return Err(tokenizer_backend(key, type_name));
         }
     }
     // llm-d selects the vLLM backend for a non-empty model name.
-    if let Some(name) = obj.get("modelName").filter(|v| !v.is_null() && v.as_str() != Some("")) {
-        return Err(ParamError::new("modelName", NO_TOKENIZER, Some(json_repr(name))));
+    if obj.get("modelName").is_some_and(|v| !v.is_null() && v.as_str() != Some("")) {
+        return Err(tokenizer_backend("modelName", type_name));
     }
     let estimate = obj.get("estimate").unwrap_or(&Value::Null);
     let Some(tuning) = only_keys(estimate, &["image", "video"]).map_err(|e| nested("estimate", e))? else {
@@ -51,7 +65,7 @@ fn estimate_only(params: &Value, _: &mut BuildContext<'_>) -> Result<(), ParamEr
 /// `tokenizer`: llm-d's deprecated name of `token-producer`.
 fn legacy_estimate_only(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
     ctx.warn("", "the plugin type tokenizer is deprecated in llm-d; its name is now token-producer");
-    estimate_only(params, ctx)
+    check_estimate(params, "tokenizer")
 }
 
 /// `e` for a key inside `parent`.
@@ -164,7 +178,10 @@ mod tests {
         let err =
             build_err::<TokenProducer>(r#"{"modelName": "m", "vllm": {"url": "http://localhost:8000"}}"#);
         assert_eq!(err.field, "vllm");
-        assert!(err.to_string().contains("4 bytes per token"), "{err}");
+        assert!(
+            err.to_string().contains(r#"got a tokenizer backend for "token-producer", which it cannot: "#),
+            "{err}"
+        );
         assert_eq!(build_err::<TokenProducer>(r#"{"modelName": "Qwen/Qwen3-8B"}"#).field, "modelName");
         assert_eq!(
             build_err::<TokenProducer>(r#"{"udsTokenizerConfig": {"socketFile": "/s"}}"#).field,
