@@ -243,6 +243,7 @@ mod tests {
             x.on_request_headers(&settings, Some(&Headers(all)), None, false, &mut || String::from("id"));
             match picker.decide(&x.facts().info(None), Some(body), PoolView::Fresh(&pool), 1_010, 3) {
                 Outcome::Route(r) => r.destination,
+                Outcome::Reply(r) => format!("{} {}", r.status, r.reason),
                 other => panic!("{other:?}"),
             }
         };
@@ -254,5 +255,7 @@ mod tests {
             "10.0.0.3:8000",
             "gold keeps plain pods out"
         );
+        // A profile nobody configured: no destination, answered as every scheduling failure (llm-d too).
+        assert_eq!(decide(&[("x-tier", "bronze")]), "429 all_filtered");
     }
 }
