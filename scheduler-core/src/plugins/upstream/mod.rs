@@ -141,21 +141,66 @@ pub const SUPPORTED: &[Supported] = &[
         note: "a bare scorer keeps its own prefix index with wasm-epp's defaults (16-token blocks); \
                name an approx-prefix-cache-producer for llm-d's",
     },
-    Supported { type_name: "running-requests-size-scorer", note: "" },
-    Supported { type_name: "token-load-scorer", note: "input tokens estimated as bytes / 4" },
-    Supported { type_name: "active-request-scorer", note: "" },
-    Supported { type_name: "load-aware-scorer", note: "" },
+    Supported {
+        type_name: "running-requests-size-scorer",
+        note: "an endpoint not yet scraped scores 0 here (llm-d: as if idle)",
+    },
+    Supported {
+        type_name: "token-load-scorer",
+        note: "in-flight tokens are this gateway's estimate (input as bytes / 4 plus expected output) of the \
+               requests it sent and that have not finished; llm-d counts their uncached input and adds the \
+               request's own uncached tokens on each endpoint",
+    },
+    Supported {
+        type_name: "active-request-scorer",
+        note: "counts the requests this gateway has in flight (llm-d: its picker's); inFlightLoadProducerName \
+               is accepted and ignored",
+    },
+    Supported {
+        type_name: "load-aware-scorer",
+        note: "an endpoint not yet scraped scores 0 here (llm-d: 0.5, as if idle)",
+    },
     Supported {
         type_name: "session-affinity-scorer",
-        note: "the token is the served endpoint's address (base64 of ip:port), set on every response",
+        note: "the token is the served endpoint's address (base64 of ip:port), set on every response; only \
+               the encoded_endpoint_header strategy and the x-session-token header; llm-d-router's tokens \
+               (namespace/pod) express no preference here",
     },
     Supported { type_name: "prefix-cache-affinity-filter", note: "" },
-    Supported { type_name: "decode-filter", note: "" },
-    Supported { type_name: "prefill-filter", note: "" },
+    Supported {
+        type_name: "decode-filter",
+        note: "a static endpoint configured with a role and no llm-d.ai/role label counts as labelled with it",
+    },
+    Supported {
+        type_name: "prefill-filter",
+        note: "a static endpoint configured with a role and no llm-d.ai/role label counts as labelled with it",
+    },
+    Supported { type_name: "encode-filter", note: "" },
+    Supported {
+        type_name: "label-selector-filter",
+        note: "pod labels from Kubernetes discovery, or the labels of static endpoints",
+    },
+    Supported { type_name: "by-label-selector", note: "llm-d's deprecated name for label-selector-filter (warning)" },
+    Supported { type_name: "by-label", note: "deprecated in llm-d (warning)" },
+    Supported {
+        type_name: "utilization-filter",
+        note: "active-requests counts the requests this gateway has in flight; inFlightLoadProducerName is \
+               accepted and ignored",
+    },
+    Supported {
+        type_name: "context-length-aware",
+        note: "the request's length is its prompt bytes / 4 (llm-d's estimate flattens chat messages a little \
+               differently)",
+    },
+    Supported { type_name: "header-profile-handler", note: "" },
+    Supported { type_name: "header-label-affinity-scorer", note: "" },
     Supported { type_name: "max-score-picker", note: "" },
     Supported { type_name: "random-picker", note: "" },
     Supported { type_name: "weighted-random-picker", note: "" },
-    Supported { type_name: "single-profile-handler", note: "" },
+    Supported {
+        type_name: "single-profile-handler",
+        note: "more than one profile is refused when the configuration loads (llm-d: each request fails)",
+    },
     Supported {
         type_name: "pd-profile-handler",
         note: "llm-d v0.10's parameters (deciderPluginName, prefixPluginName/Type, prefixMatchInfoProducerName) \
