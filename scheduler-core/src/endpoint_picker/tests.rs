@@ -147,6 +147,47 @@ fn model_rewrites_from_header_and_rules() {
 }
 
 #[test]
+fn the_pools_kubernetes_resources_apply_after_the_configuration() {
+    use crate::config::objectives::ObjectivePriorities;
+    use crate::model::PoolResources;
+    use crate::model_rewrite::ModelRewrites;
+    let resources = PoolResources {
+        objectives: ObjectivePriorities::from_json(
+            r#"[{"name": "batch", "priority": -1}, {"name": "chat", "priority": -1}]"#,
+        )
+        .unwrap(),
+        rewrites: ModelRewrites::from_json(r#"[{"rules": [{"targets": [{"modelRewrite": "m-k8s"}]}]}]"#)
+            .unwrap(),
+    };
+    let saturated = PoolSnapshot { resources: resources.clone(), ..pool(&[50, 60]) };
+    let idle = PoolSnapshot { resources, ..pool(&[0]) };
+    let mut i = info("/v1/chat/completions");
+    // Only Kubernetes names these: batch is sheddable, the catch-all rewrite applies.
+    let mut p = EndpointPicker::from_json("").unwrap();
+    i.objective = Some("batch");
+    assert_eq!(reply(p.decide(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1)).status, 429);
+    let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&idle), 1_010, 1));
+    assert_eq!(r.rewritten_model.as_deref(), Some("m-k8s"));
+    // The configuration wins where both speak: chat is not sheddable, the configured exact rule applies.
+    let mut p = EndpointPicker::from_json(
+        r#"{"objectives": [{"name": "chat", "priority": 0}],
+            "modelRewrites": [{"rules": [{"matches": [{"model": {"value": "m"}}], "targets": [{"modelRewrite": "m-config"}]}]}]}"#,
+    )
+    .unwrap();
+    i.objective = Some("chat");
+    route(p.decide(&i, Some(CHAT), PoolView::Fresh(&saturated), 1_010, 1));
+    let r = route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&idle), 1_010, 1));
+    assert_eq!(r.rewritten_model.as_deref(), Some("m-config"));
+    // Stale metrics: the last known snapshot's resources still rewrite.
+    let stale = PoolView::Unusable { reason: Fallback::StaleSnapshot, known: Some(&idle) };
+    let mut p = EndpointPicker::from_json("").unwrap();
+    match p.decide(&info("/v1/chat/completions"), Some(CHAT), stale, 1_010, 1) {
+        Outcome::FailOpen { route: Some(r), .. } => assert_eq!(r.rewritten_model.as_deref(), Some("m-k8s")),
+        other => panic!("expected a blind route, got {other:?}"),
+    }
+}
+
+#[test]
 fn requests_without_a_body_are_routed_on_load() {
     let mut p = EndpointPicker::from_json("").unwrap();
     let pool = pool(&[5, 0]);

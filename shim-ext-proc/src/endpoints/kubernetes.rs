@@ -240,7 +240,15 @@ impl Watched {
     async fn discover(&mut self, client: &Client, namespace: &str) {
         for group in RESOURCE_GROUPS {
             let api_version = format!("{group}/{RESOURCE_VERSION}");
-            let Ok(list) = client.list_api_group_resources(&api_version).await else { continue };
+            let list = match client.list_api_group_resources(&api_version).await {
+                Ok(list) => list,
+                // The group or version is not served: try the next one.
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(e) => {
+                    log::warn!("looking for {} in {api_version}: {e}; counting it as not served", self.kind);
+                    continue;
+                }
+            };
             let Some(found) = list.resources.iter().find(|r| r.kind == self.kind && !r.name.contains('/'))
             else {
                 continue;
