@@ -79,6 +79,7 @@ type BuildFn = fn(&Value, &mut BuildContext<'_>) -> Result<Box<dyn Plugin>, Para
 pub struct Entry {
     type_name: &'static str,
     producer: bool,
+    reads_producers: bool,
     build: BuildFn,
 }
 
@@ -91,7 +92,12 @@ impl Entry {
     /// Plugin type `F` under another type name: a stand-in for a built-in type (tests, or an embedder's
     /// replacement).
     pub const fn named<F: PluginFactory>(type_name: &'static str) -> Entry {
-        Entry { type_name, producer: F::PRODUCER, build: parse_and_build::<F> }
+        Entry {
+            type_name,
+            producer: F::PRODUCER,
+            reads_producers: F::READS_PRODUCERS,
+            build: parse_and_build::<F>,
+        }
     }
 
     pub fn type_name(&self) -> &'static str {
@@ -101,6 +107,16 @@ impl Entry {
     /// Whether plugins of this type publish shared state (and so are built first).
     pub fn is_producer(&self) -> bool {
         self.producer
+    }
+
+    /// When plugins of this type are built: 0 producers, 1 producers that read other producers'
+    /// state, 2 the rest.
+    pub fn build_stage(&self) -> u8 {
+        match (self.producer, self.reads_producers) {
+            (true, false) => 0,
+            (true, true) => 1,
+            (false, _) => 2,
+        }
     }
 
     /// Parses `parameters` (`Value::Null` when absent) and builds the plugin.

@@ -119,6 +119,11 @@ pub trait PluginFactory: Plugin + Sized + 'static {
     /// a consumer finds its producer wherever the two entries are in the configuration.
     const PRODUCER: bool = false;
 
+    /// True for a producer that may itself read another producer's state (a `prefix-cache-scorer`
+    /// reading an `approx-prefix-cache-producer`'s index, or offering its own): built after the other
+    /// producers and before the rest, so that chain too holds whatever the order of the entries.
+    const READS_PRODUCERS: bool = false;
+
     /// The entry's `parameters`; `#[serde(default, deny_unknown_fields, rename_all = "camelCase")]` (or
     /// [`NoParams`](crate::config::params::NoParams) for a plugin that takes none).
     type Params: DeserializeOwned;

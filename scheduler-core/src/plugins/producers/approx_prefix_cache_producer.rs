@@ -128,8 +128,9 @@ impl PluginFactory for ApproxPrefixCacheProducer {
     const PRODUCER: bool = true;
     type Params = ApproxPrefixCacheProducerParams;
 
-    /// A scheduler keeps one prefix index (one match per request in the cycle state), so a producer
-    /// built after another index owner is an error rather than an index nobody reads consistently.
+    /// A scheduler keeps one prefix index (one match per request in the cycle state), so a second
+    /// producer is an error rather than an index nobody reads consistently. (Producers are built before
+    /// the scorers that may own an index, see `PluginFactory::READS_PRODUCERS`.)
     fn build(
         params: ApproxPrefixCacheProducerParams,
         ctx: &mut BuildContext<'_>,
@@ -138,10 +139,9 @@ impl PluginFactory for ApproxPrefixCacheProducer {
         if !matches!(ctx.prefix_index(None), Ok(None)) {
             return Err(ParamError::new(
                 "",
-                "the only prefix index of the configuration (wasm-epp keeps one per scheduler: declare one \
-                 approx-prefix-cache-producer, before the prefix-cache-scorer that reads it, and give hashing \
-                 parameters to no prefix-cache-scorer)",
-                Some(format!("{:?}, another plugin listed earlier already keeps one", ctx.name())),
+                "the only approx-prefix-cache-producer of the configuration (wasm-epp keeps one prefix index \
+                 per scheduler)",
+                Some(format!("{:?}, a second one", ctx.name())),
             ));
         }
         let handle = PrefixHandle::new(config);
@@ -281,7 +281,7 @@ mod tests {
         try_build_with::<ApproxPrefixCacheProducer>("{}", &mut shared).unwrap();
         let mut second = BuildContext::new("tier2", &mut shared);
         let err = ApproxPrefixCacheProducer::build(Default::default(), &mut second).err().unwrap();
-        assert!(err.to_string().contains("the only prefix index"), "{err}");
+        assert!(err.to_string().contains("the only approx-prefix-cache-producer"), "{err}");
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
         assert!(producer.as_scorer().is_none() && producer.as_filter().is_none());
     }
 
-    /// llm-d's deploy/config/sim-epp-config.yaml, and its producer listed after the scorer.
+    /// llm-d's deploy/config/sim-epp-config.yaml, also with its producer listed after the scorer.
     #[test]
     fn an_llm_d_configuration_schedules_on_the_producers_index() {
         use crate::rng::Rng;
@@ -347,7 +347,17 @@ mod tests {
             r#"{"plugins": [{"type": "prefix-cache-scorer"}, "#,
             1,
         );
-        let err = Scheduler::from_json(&reversed).err().unwrap().to_string();
-        assert!(err.starts_with("plugins[1].parameters: expected the only prefix index"), "{err}");
+        let s = Scheduler::from_json(&reversed).unwrap();
+        assert_eq!(s.shared().prefix_indexes().count(), 1, "the scorer reads the producer listed after it");
+        let tiered = sim.replacen(
+            r#"{"type": "prefix-cache-scorer"}"#,
+            r#"{"type": "prefix-cache-scorer"}, {"name": "cpu", "type": "approx-prefix-cache-producer"}"#,
+            1,
+        );
+        let err = Scheduler::from_json(&tiered).err().unwrap().to_string();
+        assert!(
+            err.starts_with("plugins[2].parameters: expected the only approx-prefix-cache-producer"),
+            "{err}"
+        );
     }
 }

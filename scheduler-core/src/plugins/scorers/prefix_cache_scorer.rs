@@ -131,13 +131,15 @@ pub struct PrefixCacheScorer {
 
 impl PluginFactory for PrefixCacheScorer {
     const TYPE: &'static str = TYPE;
-    /// Its own index is offered to the affinity filters, which may come first in the configuration.
+    /// Its own index is offered to the affinity filters, which may come first in the configuration;
+    /// it may read a producer's index instead, so it is built after the plain producers.
     const PRODUCER: bool = true;
+    const READS_PRODUCERS: bool = true;
     type Params = PrefixCacheScorerParams;
 
-    /// Reads the producer named by `prefixMatchInfoProducerName` (an error if none was built before
-    /// it), else the one named `approx-prefix-cache-producer`, else owns an index hashed with GIE's
-    /// parameters. Hashing parameters beside a producer are an error: the producer's settings rule.
+    /// Reads the producer named by `prefixMatchInfoProducerName` (an error if there is none), else the
+    /// one named `approx-prefix-cache-producer`, else owns an index hashed with GIE's parameters.
+    /// Hashing parameters beside a producer are an error: the producer's settings rule.
     fn build(
         params: PrefixCacheScorerParams,
         ctx: &mut BuildContext<'_>,
@@ -171,7 +173,7 @@ impl PluginFactory for PrefixCacheScorer {
             _ if named.is_some() => {
                 return Err(ParamError::new(
                     "prefixMatchInfoProducerName",
-                    "the name of an approx-prefix-cache-producer plugin listed before this scorer",
+                    "the name of an approx-prefix-cache-producer plugin",
                     Some(format!("{producer:?}")),
                 ))
             }
@@ -470,7 +472,7 @@ mod tests {
         assert!(s.handle().same_index(producer.handle()) && !s.records);
         assert_eq!(shared.prefix_indexes().count(), 1, "readers add no index");
 
-        // A custom name, found wherever... as long as the producer is built first.
+        // A custom name (the scheduler builds producers before the scorers that read them).
         let mut shared = SharedState::default();
         build_named::<ApproxPrefixCacheProducer>("gpu", "{}", &mut shared).unwrap();
         let s = built_with::<PrefixCacheScorer>(r#"{"prefixMatchInfoProducerName": "gpu"}"#, &mut shared);
@@ -488,7 +490,7 @@ mod tests {
         assert_eq!(
             err.err().map(|e| e.to_string()).as_deref(),
             Some(
-                r#"prefixMatchInfoProducerName: expected the name of an approx-prefix-cache-producer plugin listed before this scorer, got "nope""#
+                r#"prefixMatchInfoProducerName: expected the name of an approx-prefix-cache-producer plugin, got "nope""#
             )
         );
         built_with::<ApproxPrefixCacheProducer>("{}", &mut shared);

@@ -115,10 +115,10 @@ pub const GROUP: Group = Group {
                       settings (blocks of at least 64 tokens, auto-tuned from block_size and num_gpu_blocks, a \
                       131072-token cap, the deprecated blockSize in tokens), read by prefix-cache-scorer, \
                       prefix-cache-affinity-filter and no-hit-lru-scorer through prefixMatchInfoProducerName; \
-                      one per configuration, declared before the prefix-cache-scorer that reads it. Difference: \
-                      a prefix-cache-scorer with no producer keeps an index of its own with GIE's defaults \
-                      (16-token blocks, the first 256 blocks of the prompt), where llm-d v0.10 auto-creates this \
-                      producer with its defaults: declare approx-prefix-cache-producer to get llm-d's",
+                      one per configuration. Difference: a prefix-cache-scorer with no producer keeps an index \
+                      of its own with GIE's defaults (16-token blocks, the first 256 blocks of the prompt), \
+                      where llm-d v0.10 auto-creates this producer with its defaults: declare \
+                      approx-prefix-cache-producer to get llm-d's",
         },
         Mapped { type_name: "token-producer", role: Some(SectionRole::DataProducer), done_by: TOKENS_DONE_BY },
         Mapped {

@@ -94,8 +94,10 @@ impl Plugins<'_> {
     }
 }
 
-/// Step 1. Producers of shared state are built first, so a consumer finds the producer it names
-/// wherever the two entries are; the list keeps configuration order.
+/// Step 1. Producers of shared state are built first (those that read another producer's state
+/// after the others, see [`Entry::build_stage`](crate::plugins::registry::Entry::build_stage)), so a
+/// consumer finds the producer it names wherever the two entries are; the list keeps configuration
+/// order.
 fn build_plugins<'r>(cfg: &EndpointPickerConfig, registry: &'r Registry) -> Result<Plugins<'r>, ConfigError> {
     let mut entries = Vec::with_capacity(cfg.plugins.len());
     for (i, spec) in cfg.plugins.iter().enumerate() {
@@ -105,10 +107,10 @@ fn build_plugins<'r>(cfg: &EndpointPickerConfig, registry: &'r Registry) -> Resu
     let mut built: Vec<Option<Box<dyn Plugin>>> = cfg.plugins.iter().map(|_| None).collect();
     // Per entry, so they are reported in configuration order whatever the build order.
     let mut entry_warnings: Vec<Vec<ConfigWarning>> = cfg.plugins.iter().map(|_| Vec::new()).collect();
-    for producers in [true, false] {
+    for stage in 0..=2 {
         for (i, spec) in cfg.plugins.iter().enumerate() {
             let (Some(entry), Some(slot)) = (entries.get(i), built.get_mut(i)) else { continue };
-            if entry.is_producer() != producers {
+            if entry.build_stage() != stage {
                 continue;
             }
             let path = format!("plugins[{i}].parameters");
