@@ -25,7 +25,9 @@ Configuration:
                               default, no static endpoints]
 
 Endpoints (default: the configuration's pool.endpoints):
-  --kubernetes                discover endpoints from an InferencePool and its Ready pods
+  --kubernetes                discover endpoints from an InferencePool and its Ready pods, and apply
+                              (and publish in /snapshot) the InferenceObjectives and
+                              InferenceModelRewrites whose poolRef names it
   --pool-name <NAME>          InferencePool to watch [default: the configuration's pool.name]
   --pool-namespace <NS>       its namespace [default: the service account's or kubeconfig's]
   --k8s-api-url <URL>         talk to this API server without credentials (kubectl proxy, tests)
