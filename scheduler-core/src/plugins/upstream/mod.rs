@@ -138,8 +138,15 @@ pub const SUPPORTED: &[Supported] = &[
     Supported { type_name: "lora-affinity-scorer", note: "" },
     Supported {
         type_name: "prefix-cache-scorer",
-        note: "a bare scorer keeps its own prefix index with wasm-epp's defaults (16-token blocks); \
-               name an approx-prefix-cache-producer for llm-d's",
+        note: "with no approx-prefix-cache-producer configured it keeps its own prefix index with GIE's \
+               defaults (16-token blocks, the first 256 blocks = 4096 tokens of the prompt); llm-d v0.10 \
+               auto-creates the producer with 64-token blocks and a 131072-token cap: declare \
+               approx-prefix-cache-producer for those",
+    },
+    Supported {
+        type_name: "no-hit-lru-scorer",
+        note: "the recency list is per decision point (each Envoy worker keeps its own); prefixPluginType and \
+               prefixPluginName are ignored with a warning, as llm-d ignores them",
     },
     Supported {
         type_name: "running-requests-size-scorer",
@@ -166,7 +173,12 @@ pub const SUPPORTED: &[Supported] = &[
                the encoded_endpoint_header strategy and the x-session-token header; llm-d-router's tokens \
                (namespace/pod) express no preference here",
     },
-    Supported { type_name: "prefix-cache-affinity-filter", note: "" },
+    Supported {
+        type_name: "prefix-cache-affinity-filter",
+        note: "the TTFT gate's in-flight tokens are this gateway's estimate (input plus expected output, until \
+               the response ends; llm-d: uncached input until the first byte), so it opens somewhat sooner; \
+               the exploration coin hashes the request id and clock; ttftSource latencyPredictor is refused",
+    },
     Supported {
         type_name: "decode-filter",
         note: "a static endpoint configured with a role and no llm-d.ai/role label counts as labelled with it",
