@@ -214,7 +214,8 @@ pub fn prefix_match<'s>(
 
 /// Records the request's hashes on the first target of every profile result in `destination`: the
 /// primary (decode) endpoint and, for P/D, the prefill endpoint, which computed the KV. Each endpoint's
-/// LRU capacity follows its current metrics. Does nothing when no match was computed this cycle.
+/// LRU capacity follows its current metrics. Does nothing when no match was computed this cycle, or when
+/// it was cut into blocks of another size than this index's (computed on another index).
 pub fn record_destination(
     ctx: &SchedulingContext<'_>,
     state: &CycleState,
@@ -227,6 +228,9 @@ pub fn record_destination(
     }
     let Ok(mut s) = handle.0.try_borrow_mut() else { return };
     let PrefixState { config, index } = &mut *s;
+    if config.block_bytes_for(ctx.pool) != m.block_bytes {
+        return;
+    }
     for ep in destination_endpoints(ctx, destination) {
         index.record(ep.address(), &m.hashes, config.capacity_for(ep));
     }
@@ -311,5 +315,11 @@ mod tests {
         let m = compute_match(&ctx, &handle).unwrap();
         assert_eq!((m.score(0), m.score(1)), (1.0, 1.0));
         assert_eq!(handle.index().unwrap().endpoint_capacity("10.0.0.1:8000"), Some(50));
+
+        // A match cut for another index (other block size) is not recorded in this one.
+        let other =
+            PrefixHandle::new(PrefixConfig { block_bytes: 128, auto_tune: false, ..PrefixConfig::default() });
+        record_destination(&ctx, &state, &dest, &other);
+        assert_eq!(other.index().unwrap().stats().entries, 0);
     }
 }

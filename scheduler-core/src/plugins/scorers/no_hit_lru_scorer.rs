@@ -263,4 +263,35 @@ mod tests {
         s.score(&ctx, &mut CycleState::default(), &[2], &mut scores);
         assert_eq!(scores, [1.0]);
     }
+
+    /// llm-d's perf optimized-baseline: new prompts go round the idle endpoints instead of piling up on
+    /// one, and a repeated prompt follows its cache.
+    #[test]
+    fn with_an_llm_d_configuration_new_prompts_spread_and_repeats_stick() {
+        use crate::rng::Rng;
+        use crate::scheduling::pipeline::Scheduler;
+        let mut s = Scheduler::from_json(
+            r#"{"plugins": [{"type": "approx-prefix-cache-producer", "parameters": {"maxPrefixTokensToMatch": 100000}},
+                            {"type": "prefix-cache-scorer"}, {"type": "no-hit-lru-scorer"}],
+                "schedulingProfiles": [{"name": "default", "plugins": [
+                    {"pluginRef": "prefix-cache-scorer", "weight": 3}, {"pluginRef": "no-hit-lru-scorer", "weight": 2}]}]}"#,
+        )
+        .unwrap();
+        let pool = pool();
+        let prompts: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; 1024]).collect();
+        let mut picks = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let req = SchedulingRequest { model: "m", prefix_input: prompt, ..SchedulingRequest::default() };
+            let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
+            let r = s.schedule(&ctx, &[0, 1, 2, 3], &mut Rng::new(i as u64)).unwrap();
+            picks.push(r.targets.first().copied().unwrap());
+        }
+        picks.sort_unstable();
+        assert_eq!(picks, [0, 1, 2, 3], "four new prompts, four endpoints");
+        let req = SchedulingRequest { model: "m", prefix_input: &prompts[2], ..SchedulingRequest::default() };
+        let ctx = SchedulingContext { request: &req, pool: &pool, now_ms: 0 };
+        let first = s.schedule(&ctx, &[0, 1, 2, 3], &mut Rng::new(9)).unwrap().targets;
+        let again = s.schedule(&ctx, &[0, 1, 2, 3], &mut Rng::new(10)).unwrap().targets;
+        assert_eq!(first.first(), again.first());
+    }
 }
