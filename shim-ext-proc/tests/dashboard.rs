@@ -278,7 +278,7 @@ fn destination(r: &ProcessingResponse) -> Option<String> {
 
 /// One request the way Envoy drives the stream: request headers and body, then (when routed) the
 /// request goes to the chosen model-sim for real, and its response headers and body come back through
-/// the stream. Returns the endpoint it went to.
+/// the stream (a streamed answer in two chunks, split between events). Returns the endpoint it went to.
 async fn gateway_request(channel: Channel, body: &'static [u8]) -> Option<String> {
     let mut client = ExternalProcessorClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -318,16 +318,32 @@ async fn gateway_request(channel: Channel, body: &'static [u8]) -> Option<String
     .unwrap();
     let content_type = resp_headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
     let mut headers = vec![header(":status", &status.to_string())];
-    headers.extend(content_type.map(|v| header("content-type", &v)));
+    headers.extend(content_type.as_deref().map(|v| header("content-type", v)));
     tx.send(message(In::ResponseHeaders(HttpHeaders {
         headers: Some(HeaderMap { headers }),
         ..HttpHeaders::default()
     })))
     .await
     .unwrap();
-    tx.send(message(In::ResponseBody(HttpBody { body: reply, end_of_stream: true, ..HttpBody::default() })))
-        .await
-        .unwrap();
+    let split = match reply.windows(2).skip(reply.len() / 2).position(|w| w == b"\n\n") {
+        Some(i) if content_type.as_deref().is_some_and(|c| c.contains("text/event-stream")) => {
+            reply.len() / 2 + i + 2
+        }
+        _ => 0,
+    };
+    let (first, rest) = reply.split_at(split);
+    if !first.is_empty() {
+        tx.send(message(In::ResponseBody(HttpBody { body: first.to_vec(), ..HttpBody::default() })))
+            .await
+            .unwrap();
+    }
+    tx.send(message(In::ResponseBody(HttpBody {
+        body: rest.to_vec(),
+        end_of_stream: true,
+        ..HttpBody::default()
+    })))
+    .await
+    .unwrap();
     drop(tx);
     while stream.message().await.unwrap().is_some() {}
     Some(dest)
@@ -335,8 +351,9 @@ async fn gateway_request(channel: Channel, body: &'static [u8]) -> Option<String
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const CHAT: &[u8] = br#"{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hello"}],"max_tokens":4}"#;
+const STREAM: &[u8] = br#"{"model":"meta-llama/Llama-3.1-8B-Instruct","messages":[{"role":"user","content":"hello"}],"max_tokens":4,"stream":true,"stream_options":{"include_usage":true}}"#;
 
-/// The shim's `/metrics` after three routed requests and one refused.
+/// The shim's `/metrics` after four routed requests (one streamed) and one refused.
 async fn shim_page() -> String {
     let (a, b) = (model_sim(&[]), model_sim(&[]));
     let eps: Vec<String> =
@@ -356,6 +373,7 @@ async fn shim_page() -> String {
     for _ in 0..3 {
         assert!(gateway_request(channel.clone(), CHAT).await.is_some(), "routed");
     }
+    assert!(gateway_request(channel.clone(), STREAM).await.is_some(), "routed");
     assert_eq!(gateway_request(channel, b"{not json").await, None, "refused with 400");
     let (_, _, page) =
         tokio::task::spawn_blocking(move || http(http_addr, "GET", "/metrics", &[], b"")).await.unwrap();
@@ -368,14 +386,18 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     // The reference names carry what happened, with upstream's labels.
     let pair = format!("model_name=\"{MODEL}\",target_model_name=\"{MODEL}\"");
     for line in [
-        format!("llm_d_epp_request_total{{{pair}}} 3"),
-        format!("inference_objective_request_total{{{pair}}} 3"),
-        format!("llm_d_epp_request_duration_seconds_count{{{pair}}} 3"),
-        format!("llm_d_epp_request_output_tokens_count{{{pair}}} 3"),
+        format!("llm_d_epp_request_total{{{pair}}} 4"),
+        format!("inference_objective_request_total{{{pair}}} 4"),
+        format!("llm_d_epp_request_duration_seconds_count{{{pair}}} 4"),
+        format!("llm_d_epp_request_output_tokens_count{{{pair}}} 4"),
         format!("llm_d_epp_request_running{{{pair}}} 0"),
+        format!("llm_d_epp_request_ttft_seconds_count{{{pair},streaming=\"false\"}} 3"),
+        format!("llm_d_epp_request_ttft_seconds_count{{{pair},streaming=\"true\"}} 1"),
+        format!("llm_d_epp_request_streaming_tpot_seconds_count{{{pair}}} 1"),
+        format!("llm_d_epp_request_streaming_itl_seconds_count{{{pair}}} 1"),
         "llm_d_epp_request_error_total{model_name=\"\",target_model_name=\"\",error_code=\"BadRequest\"} 1"
             .into(),
-        "llm_d_epp_scheduler_e2e_duration_seconds_count 4".into(),
+        "llm_d_epp_scheduler_e2e_duration_seconds_count 5".into(),
         "inference_pool_ready_pods{name=\"sim\"} 2".into(),
     ] {
         assert!(page.contains(&format!("{line}\n")), "missing `{line}` in:\n{page}");

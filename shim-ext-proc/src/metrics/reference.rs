@@ -40,6 +40,19 @@ pub const OUTPUT_TOKEN_BUCKETS: &[f64] =
 /// Seconds per output token.
 pub const NTPOT_BUCKETS: &[f64] =
     &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+/// Request to the first response byte, 5 ms to 2 min.
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0,
+    20.0, 30.0, 45.0, 60.0, 120.0,
+];
+/// Time per output token after the first, streamed responses.
+pub const TPOT_BUCKETS: &[f64] = &[
+    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8,
+    1.0, 2.0,
+];
+/// Between two response body chunks, streamed responses.
+pub const ITL_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0];
 /// One scheduling decision, 0.1 ms to 100 ms.
 pub const SCHEDULER_BUCKETS: &[f64] = &[0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
 
@@ -77,6 +90,15 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Adds `other`'s observations (same bounds).
+    fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// `name_bucket{labels,le=…}` lines, then `_sum` and `_count`; `labels` is `a="x",b="y"` or empty.
     fn write(&self, out: &mut String, name: &str, labels: &str) -> std::fmt::Result {
         let sep = if labels.is_empty() { "" } else { "," };
@@ -103,6 +125,10 @@ struct ModelSeries {
     input_tokens: Histogram,
     output_tokens: Histogram,
     ntpot: Histogram,
+    /// Time to first byte: not streamed, streamed.
+    ttft: [Histogram; 2],
+    tpot: Histogram,
+    itl: Histogram,
 }
 
 impl ModelSeries {
@@ -116,6 +142,9 @@ impl ModelSeries {
             input_tokens: Histogram::new(INPUT_TOKEN_BUCKETS),
             output_tokens: Histogram::new(OUTPUT_TOKEN_BUCKETS),
             ntpot: Histogram::new(NTPOT_BUCKETS),
+            ttft: [Histogram::new(TTFT_BUCKETS), Histogram::new(TTFT_BUCKETS)],
+            tpot: Histogram::new(TPOT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
         }
     }
 }
@@ -202,6 +231,12 @@ pub struct RequestRecord {
     /// Upstream's error code for this request; counted once, when the stream ends.
     error: Option<&'static str>,
     completed: bool,
+    /// The client asked for a stream, or the server answered with server-sent events.
+    streaming: bool,
+    first_byte: Option<Instant>,
+    last_chunk: Option<Instant>,
+    /// Gaps between body chunks of a streamed response, merged into the series when it completes.
+    itl: Option<Histogram>,
 }
 
 impl Default for RequestRecord {
@@ -222,6 +257,10 @@ impl RequestRecord {
             running: false,
             error: None,
             completed: false,
+            streaming: false,
+            first_byte: None,
+            last_chunk: None,
+            itl: None,
         }
     }
 
@@ -233,9 +272,28 @@ impl RequestRecord {
                 self.request_bytes += b.body.len() as u64;
                 false
             }
-            Some(In::ResponseHeaders(h)) => h.end_of_stream,
+            Some(In::ResponseHeaders(h)) => {
+                let sse = h.headers.iter().flat_map(|m| &m.headers).any(|v| {
+                    let value = if v.raw_value.is_empty() { v.value.as_bytes() } else { &v.raw_value };
+                    v.key.eq_ignore_ascii_case("content-type")
+                        && value.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+                });
+                self.streaming |= sse;
+                h.end_of_stream
+            }
             Some(In::ResponseBody(b)) => {
                 self.response_bytes += b.body.len() as u64;
+                if !b.body.is_empty() {
+                    let now = Instant::now();
+                    self.first_byte.get_or_insert(now);
+                    if self.streaming {
+                        if let Some(last) = self.last_chunk {
+                            let gap = now.saturating_duration_since(last).as_secs_f64();
+                            self.itl.get_or_insert_with(|| Histogram::new(ITL_BUCKETS)).observe(gap);
+                        }
+                        self.last_chunk = Some(now);
+                    }
+                }
                 b.end_of_stream
             }
             Some(In::ResponseTrailers(_)) => true,
@@ -281,6 +339,7 @@ impl Requests {
         let model = self.bound(model);
         let (forwarded, target) = match outcome {
             Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } => {
+                rec.streaming |= r.streaming;
                 (true, r.rewritten_model.as_deref().map(|t| self.bound(t)))
             }
             Outcome::FailOpen { route: None, .. } => (true, None),
@@ -327,7 +386,9 @@ impl Requests {
         }
     }
 
-    /// The response ended: its duration since the request headers, its size, and time per output token.
+    /// The response ended: its duration since the request headers, its size, time per output token, time
+    /// to the first byte, and for a streamed response the time per token after the first and the gaps
+    /// between chunks.
     pub fn complete(&mut self, rec: &mut RequestRecord) {
         if rec.completed {
             return;
@@ -340,6 +401,18 @@ impl Requests {
         s.response_sizes.observe(rec.response_bytes as f64);
         if rec.output_tokens > 0 {
             s.ntpot.observe(took / rec.output_tokens as f64);
+        }
+        if let Some(first) = rec.first_byte {
+            let ttft = first.saturating_duration_since(rec.started).as_secs_f64();
+            if let Some(h) = s.ttft.get_mut(usize::from(rec.streaming)) {
+                h.observe(ttft);
+            }
+            if rec.streaming && rec.output_tokens > 1 {
+                s.tpot.observe((took - ttft).max(0.0) / (rec.output_tokens - 1) as f64);
+            }
+        }
+        if let Some(itl) = rec.itl.take() {
+            s.itl.merge(&itl);
         }
     }
 
@@ -376,6 +449,42 @@ impl Requests {
                 for ((m, t), s) in &self.series {
                     get(s).write(out, name, &pair(m, t))?;
                 }
+            }
+        }
+        // Streaming latencies: current names only (upstream has no legacy twins).
+        family(
+            out,
+            "llm_d_epp_request_ttft_seconds",
+            "histogram",
+            "Request headers to the first response byte.",
+        )?;
+        for ((m, t), s) in &self.series {
+            for (streaming, h) in ["false", "true"].iter().zip(&s.ttft) {
+                if h.count > 0 {
+                    h.write(
+                        out,
+                        "llm_d_epp_request_ttft_seconds",
+                        &format!("{},streaming=\"{streaming}\"", pair(m, t)),
+                    )?;
+                }
+            }
+        }
+        let streamed: [(&str, &str, HistogramOf); 2] = [
+            (
+                "llm_d_epp_request_streaming_tpot_seconds",
+                "Streamed responses: (duration - TTFT) / (output tokens - 1).",
+                |s| &s.tpot,
+            ),
+            (
+                "llm_d_epp_request_streaming_itl_seconds",
+                "Streamed responses: time between response body chunks.",
+                |s| &s.itl,
+            ),
+        ];
+        for (name, help, get) in streamed {
+            family(out, name, "histogram", help)?;
+            for ((m, t), s) in &self.series {
+                get(s).write(out, name, &pair(m, t))?;
             }
         }
         // Running requests: legacy per model only, current per model and target model.
