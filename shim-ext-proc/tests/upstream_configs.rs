@@ -131,3 +131,101 @@ fn every_upstream_config_is_accepted_or_refused_with_a_reason_in_both_paths() {
         report.join("\n")
     );
 }
+
+/// The `type`s of a fixture's `plugins`.
+fn plugin_types(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let list = doc.get("plugins").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    list.iter().filter_map(|p| p.get("type").and_then(|t| t.as_str()).map(String::from)).collect()
+}
+
+/// The source named in a fixture's header line.
+fn source(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("# Source: ").trim_start_matches("github.com/llm-d/llm-d-router ").to_string()
+}
+
+/// `(status, what it means here)` for an llm-d plugin type, from the registry's own tables.
+fn classify(type_name: &str) -> Option<(&'static str, String)> {
+    use scheduler_core::plugins::upstream;
+    if let Some(s) = upstream::SUPPORTED.iter().find(|s| s.type_name == type_name) {
+        return Some(("supported", s.note.to_string()));
+    }
+    if let Some(m) = upstream::mapped().into_iter().find(|m| m.type_name == type_name) {
+        return Some(("mapped", format!("Accepted: {}", m.done_by)));
+    }
+    if let Some(r) = upstream::all_refused().into_iter().find(|r| r.type_name == type_name) {
+        return Some(("refused", r.why.to_string()));
+    }
+    None
+}
+
+fn replace_generated(doc: &str, marker: &str, body: &str) -> String {
+    let begin = format!("<!-- BEGIN GENERATED: {marker}");
+    let start = doc.find(&begin).unwrap_or_else(|| panic!("no {begin:?} in the doc"));
+    let after_begin = start + doc[start..].find("-->").unwrap() + 3;
+    let end = after_begin + doc[after_begin..].find("<!-- END GENERATED -->").unwrap();
+    format!("{}\n{}{}", &doc[..after_begin], body, &doc[end..])
+}
+
+/// The compatibility table in the docs is what the registry says, for every type the fixtures use and every
+/// type the registry knows from llm-d; `UPDATE_DOCS=1` rewrites it.
+#[test]
+fn the_compatibility_table_matches_the_registry() {
+    use scheduler_core::plugins::registry::Registry;
+    use scheduler_core::plugins::upstream;
+    let files = fixture_files();
+    let mut used: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &files {
+        for t in plugin_types(&fixtures().join(f)) {
+            *used.entry(t).or_default() += 1;
+        }
+    }
+    let mut types: Vec<String> = used.keys().cloned().collect();
+    types.extend(upstream::SUPPORTED.iter().map(|s| s.type_name.to_string()));
+    types.extend(upstream::mapped().iter().map(|m| m.type_name.to_string()));
+    types.extend(upstream::all_refused().iter().map(|r| r.type_name.to_string()));
+    types.sort();
+    types.dedup();
+    let registry = Registry::builtin();
+    let mut unknown = Vec::new();
+    let mut table =
+        String::from("| Type | Here | What it means here | Fixtures using it |\n|---|---|---|---:|\n");
+    for t in &types {
+        let Some((status, text)) = classify(t) else {
+            unknown.push(t.clone());
+            continue;
+        };
+        if status != "refused" {
+            assert!(registry.get(t).is_some(), "{t} is {status} but not in the registry");
+        }
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
+        let n = used.get(t).copied().unwrap_or(0);
+        table.push_str(&format!("| `{t}` | {status} | {text} | {n} |\n"));
+    }
+    assert!(
+        unknown.is_empty(),
+        "plugin types the fixtures use that are neither supported, mapped nor refused: {unknown:?}"
+    );
+
+    let expected = expected();
+    let mut configs = String::from("| Source (llm-d-router v0.10.0) | Here |\n|---|---|\n");
+    for f in &files {
+        let outcome = expected.get(f).cloned().unwrap_or_default();
+        configs.push_str(&format!("| `{}` | {} |\n", source(&fixtures().join(f)), outcome));
+    }
+
+    let doc_path = workspace_root().join("docs/upstream-compatibility.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    let want = replace_generated(&replace_generated(&doc, "plugin table", &table), "fixture table", &configs);
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&doc_path, &want).unwrap();
+    } else {
+        assert!(
+            doc == want,
+            "docs/upstream-compatibility.md is out of date: run UPDATE_DOCS=1 cargo test -p epp-shim --test upstream_configs"
+        );
+    }
+}
