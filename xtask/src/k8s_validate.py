@@ -1,0 +1,229 @@
+"""Validates Kubernetes manifests offline, as an API server with strict field validation would.
+
+Run by `cargo xtask test` (xtask/src/k8s.rs) with the project venv's python, where `kubernetes-validate`
+is installed (it ships Kubernetes' own JSON schemas and brings jsonschema and PyYAML).
+
+usage: k8s_validate.py CRD_DIR KUBERNETES_VERSION[,VERSION...] MANIFEST...
+
+- Core kinds (Deployment, Service, ServiceAccount, Role, RoleBinding, ...) are checked with
+  kubernetes_validate in strict mode (unknown fields are errors) for every version given.
+- Custom resources are checked against the openAPIV3Schema of the CustomResourceDefinitions under
+  CRD_DIR, turned into JSON Schema the way the API server reads it: unknown fields are errors unless the
+  schema preserves them, `x-kubernetes-int-or-string` takes either, `nullable` admits null, and
+  `metadata` is Kubernetes' ObjectMeta. CEL rules (`x-kubernetes-validations`) are not evaluated; the
+  run says how many the manifests' kinds carry.
+
+Every failure names the file, the document's index (1-based) and kind/name, the field path and the
+schema's complaint; the exit status is 1 when any document fails, 2 on a usage or fixture error.
+"""
+
+import os
+import re
+import sys
+
+import jsonschema
+import kubernetes_validate
+import yaml
+from kubernetes_validate import utils as kv
+from referencing import Registry, Resource
+
+OBJECT_META = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+# What the API server requires of metadata.name (DNS-1123 subdomain; Services: DNS-1035 label).
+SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Annotation keys only: they say nothing about what is valid.
+DROPPED = {"description", "example", "externalDocs", "format", "default", "nullable"}
+
+
+def convert(node, cel):
+    """One openAPIV3Schema node as JSON Schema (draft 2020-12); counts CEL rules into cel[0]."""
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: convert(sub, cel) for name, sub in value.items()}
+        elif key in ("items", "not"):
+            out[key] = convert(value, cel)
+        elif key == "additionalProperties":
+            out[key] = convert(value, cel) if isinstance(value, dict) else value
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [convert(sub, cel) for sub in value]
+        elif key == "x-kubernetes-validations":
+            cel[0] += len(value)
+        elif key.startswith("x-kubernetes-") or key in DROPPED:
+            continue
+        else:
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = out.get("anyOf", []) + [{"type": "integer"}, {"type": "string"}]
+    # Structural schemas prune unknown fields; with strict field validation (kubectl's default) they
+    # are errors. Only nodes that declare their own type and properties get closed: anyOf/allOf branches
+    # of a structural schema declare no type.
+    if (
+        node.get("type") == "object"
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def load_crds(crd_dir):
+    """(apiVersion, kind) -> (JSON Schema, CRD file, CEL rule count) for every served version."""
+    schemas = {}
+    files = sorted(f for f in os.listdir(crd_dir) if f.endswith(".yaml"))
+    if not files:
+        raise SystemExit(f"k8s_validate: no CRDs (*.yaml) in {crd_dir}")
+    for name in files:
+        with open(os.path.join(crd_dir, name)) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        for crd in docs:
+            if crd.get("kind") != "CustomResourceDefinition":
+                raise SystemExit(f"k8s_validate: {name}: expected only CustomResourceDefinition documents, "
+                                 f"got kind {crd.get('kind')!r}")
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                if not version.get("served", False):
+                    continue
+                cel = [0]
+                schema = convert(version["schema"]["openAPIV3Schema"], cel)
+                # The API server adds these three to every custom resource's schema.
+                root = schema.setdefault("properties", {})
+                root["metadata"] = {"$ref": OBJECT_META}
+                root["apiVersion"] = {"type": "string"}
+                root["kind"] = {"type": "string"}
+                schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+                key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+                schemas[key] = (schema, name, cel[0])
+    return schemas
+
+
+def definitions_registry(k8s_version):
+    """Kubernetes' strict definitions (ObjectMeta and friends) as a referencing registry."""
+    version = schema_version(k8s_version)
+    defs = kv.schema_contents(f"kubernetes-json-schema/v{version}-local-strict/_definitions.json", k8s_version)
+    return Resource.from_contents(defs) @ Registry()
+
+
+def core_schema(api_version, kind, k8s_version):
+    """Kubernetes' strict schema for a core kind, as kubernetes_validate.validate finds it (that function
+    stops at the first error; this one is used to report them all)."""
+    version = schema_version(k8s_version)
+    # rbac.authorization.k8s.io/v1 -> rbac-v1, v1 -> v1
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        return kv.schema_contents(
+            f"kubernetes-json-schema/v{version}-local-strict/{kind.lower()}-{group_version}.json", k8s_version
+        )
+    except FileNotFoundError:
+        return None
+
+
+def schema_version(k8s_version):
+    """The newest schema set kubernetes-validate ships that is not newer than k8s_version."""
+    versions = [v for v in kv.all_versions() if kv.major_minor(v) <= kv.major_minor(k8s_version)]
+    if not versions or kv.major_minor(k8s_version) > kv.latest_version():
+        raise SystemExit(
+            f"k8s_validate: kubernetes-validate {kubernetes_validate.__version__} has no schemas for "
+            f"Kubernetes {k8s_version} (it has {kv.all_versions()[0]}..{kv.latest_version()})"
+        )
+    return versions[-1]
+
+
+def path_of(error):
+    parts = []
+    for p in error.absolute_path:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(document)"
+
+
+def name_errors(doc):
+    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(name, str):
+        return ["metadata.name: required, a string"]
+    if doc.get("kind") == "Service" and doc.get("apiVersion") == "v1":
+        if not LABEL_1035.match(name) or len(name) > 63:
+            return [f"metadata.name: {name!r} is not a DNS-1035 label (a Service name)"]
+    elif not SUBDOMAIN.match(name) or len(name) > 253:
+        return [f"metadata.name: {name!r} is not a DNS-1123 subdomain"]
+    return []
+
+
+def validate_doc(doc, crds, versions, registries):
+    """Errors for one document, and the number of CEL rules its kind carries that were not checked."""
+    if not isinstance(doc, dict):
+        return [f"expected a mapping (a Kubernetes object), got {type(doc).__name__}"], 0
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return ["apiVersion and kind: required, strings"], 0
+    errors = name_errors(doc)
+    crd = crds.get((api_version, kind))
+    if crd is not None:
+        schema, _, cel = crd
+        # A CRD's schema does not change with the Kubernetes version; ObjectMeta barely does.
+        validator = jsonschema.Draft202012Validator(schema, registry=registries[versions[0]])
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+            errors.append(f"{path_of(e)}: {e.message} (CRD {crd[1]})")
+        return errors, cel
+    for version in versions:
+        schema = core_schema(api_version, kind, version)
+        if schema is None:
+            return errors + [
+                f"no schema for {api_version} {kind}: neither a Kubernetes kind nor a served version of "
+                f"a CRD in the fixtures"
+            ], 0
+        validator = jsonschema.Draft202012Validator(schema, registry=registries[version])
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+            errors.append(f"{path_of(e)}: {e.message} (Kubernetes {version} schema)")
+    return errors, 0
+
+
+def main(argv):
+    if len(argv) < 4:
+        print(__doc__.split("\n\n")[2], file=sys.stderr)
+        return 2
+    crd_dir, versions, files = argv[1], argv[2].split(","), argv[3:]
+    crds = load_crds(crd_dir)
+    registries = {v: definitions_registry(v) for v in versions}
+    failures, documents, cel_total = 0, 0, 0
+    for path in files:
+        try:
+            with open(path) as f:
+                docs = list(yaml.safe_load_all(f))
+        except (OSError, yaml.YAMLError) as e:
+            print(f"{path}: cannot read as YAML: {e}")
+            failures += 1
+            continue
+        index = 0
+        for doc in docs:
+            if doc is None:
+                continue
+            index += 1
+            documents += 1
+            errors, cel = validate_doc(doc, crds, versions, registries)
+            cel_total += cel
+            if errors:
+                failures += 1
+                what = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}" if isinstance(doc, dict) else ""
+                for e in errors:
+                    print(f"{path} document {index} ({what}): {e}")
+    sys.stdout.flush()
+    print(
+        f"    {documents} Kubernetes documents in {len(files)} files checked against Kubernetes "
+        f"{', '.join(versions)} and {len(crds)} CRD versions; {failures} invalid; "
+        f"{cel_total} CEL rules on their kinds not evaluated",
+        file=sys.stderr,
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
