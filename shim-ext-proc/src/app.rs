@@ -7,6 +7,7 @@ use crate::endpoints::{static_list, Discovered};
 use crate::extproc::machine::{BodyMode, StreamSettings};
 use crate::extproc::service::ExtProcService;
 use crate::metrics::Metrics;
+use crate::pick_server::{self, PickService};
 use crate::picker::{PickerHandle, SpawnError};
 use crate::pool::Pool;
 use crate::scrape::{self, ScrapeSettings};
@@ -47,6 +48,10 @@ pub struct Settings {
     pub health_port: u16,
     pub http_port: u16,
     pub tls: TlsMode,
+    /// The plain-HTTP pick endpoint for NGINX (`pick_server`), when asked for.
+    pub pick_port: Option<u16>,
+    /// How long a pick holds its in-flight count without `/pick/done`.
+    pub pick_lease: std::time::Duration,
     /// Serve only the snapshot (and metrics/health): no ext_proc, no picker.
     pub collector_only: bool,
     pub discovery: Discovery,
@@ -156,6 +161,17 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         .map_err(AppError::Picker)?;
     let stream_settings =
         StreamSettings::new(&settings.config, settings.default_body_mode, settings.forced_body_mode);
+    if let Some(port) = settings.pick_port {
+        let listener = bind("pick", settings.host, port).await?;
+        announce("pick", "http", &listener)?;
+        let pick = PickService::new(
+            picker.clone(),
+            stream_settings.exchange.clone(),
+            Arc::clone(&metrics),
+            settings.pick_lease,
+        );
+        tokio::spawn(pick_server::serve(listener, pick));
+    }
     let service = ExtProcService::new(picker, stream_settings, Arc::clone(&metrics)).into_server();
     // gRPC health on the ext_proc port too, as the reference picker serves it (see `health`).
     let (ext_proc_reporter, ext_proc_health) = tonic_health::server::health_reporter();

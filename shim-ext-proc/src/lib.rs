@@ -12,6 +12,7 @@ pub mod health;
 pub mod http_server;
 pub mod logging;
 pub mod metrics;
+pub mod pick_server;
 pub mod picker;
 pub mod pool;
 pub mod scrape;

@@ -39,6 +39,10 @@ Serving:
   --grpc-health-port <PORT>   gRPC health port: \"\", liveness, readiness, inference-extension and
                               envoy.service.ext_proc.v3.ExternalProcessor [default: 9003]
   --metrics-port <PORT>       HTTP port for /metrics, /snapshot and /healthz [default: 9090]
+  --pick-port <PORT>          also serve the plain-HTTP pick endpoint for NGINX (POST /pick, then
+                              POST /pick/done; envoy-config/nginx/); 0 picks a free one [default: off]
+  --pick-lease-secs <S>       release a pick's in-flight count when NGINX has not reported the end
+                              of its response after this long [default: 600]
   --plaintext                 serve ext_proc without TLS (default: TLS, ALPN h2, self-signed
                               certificate generated at start; gateways skip verification)
   --cert-path <FILE>          PEM certificate to serve instead of a self-signed one (with --key-path)
@@ -90,6 +94,8 @@ struct Flags {
     grpc_port: Option<u16>,
     health_port: Option<u16>,
     metrics_port: Option<u16>,
+    pick_port: Option<u16>,
+    pick_lease_secs: Option<u64>,
     plaintext: bool,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -133,6 +139,8 @@ fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, CliError
                     "--grpc-port" => "--grpc-port",
                     "--grpc-health-port" => "--grpc-health-port",
                     "--metrics-port" => "--metrics-port",
+                    "--pick-port" => "--pick-port",
+                    "--pick-lease-secs" => "--pick-lease-secs",
                     "--cert-path" => "--cert-path",
                     "--key-path" => "--key-path",
                     "--body-mode" => "--body-mode",
@@ -155,6 +163,8 @@ fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, CliError
                     "--grpc-port" => f.grpc_port = Some(parse_num(flag, v, "a port (0-65535)")?),
                     "--grpc-health-port" => f.health_port = Some(parse_num(flag, v, "a port (0-65535)")?),
                     "--metrics-port" => f.metrics_port = Some(parse_num(flag, v, "a port (0-65535)")?),
+                    "--pick-port" => f.pick_port = Some(parse_num(flag, v, "a port (0-65535)")?),
+                    "--pick-lease-secs" => f.pick_lease_secs = Some(positive(flag, v)?),
                     "--cert-path" => f.cert = Some(PathBuf::from(v)),
                     "--key-path" => f.key = Some(PathBuf::from(v)),
                     "--body-mode" => {
@@ -218,6 +228,8 @@ fn settings(f: Flags, config: GatewayConfig) -> Settings {
         grpc_port: f.grpc_port.unwrap_or(9002),
         health_port: f.health_port.unwrap_or(9003),
         http_port: f.metrics_port.unwrap_or(9090),
+        pick_port: f.pick_port,
+        pick_lease: Duration::from_secs(f.pick_lease_secs.unwrap_or(600)),
         tls,
         collector_only: f.collector_only,
         discovery,
@@ -313,6 +325,8 @@ mod tests {
             "--grpc-port",
             "--grpc-health-port",
             "--metrics-port",
+            "--pick-port",
+            "--pick-lease-secs",
             "--plaintext",
             "--cert-path",
             "--key-path",

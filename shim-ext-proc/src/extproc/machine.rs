@@ -496,7 +496,7 @@ fn streamed_chunks(body: &[u8], eos: bool, request: bool) -> Vec<ProcessingRespo
 }
 
 /// A process-unique request id for requests that arrive without one.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
