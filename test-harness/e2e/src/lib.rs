@@ -42,6 +42,7 @@ macro_rules! require {
 mod binaries;
 mod envoy;
 mod http;
+mod nginx;
 mod process;
 mod shim;
 mod sim;
@@ -49,6 +50,7 @@ pub mod template;
 
 pub use envoy::{envoy_binary, filter_wasm, Envoy, EnvoyOptions, EnvoyTemplate};
 pub use http::{Request, Response};
+pub use nginx::{nginx_binary, Nginx, NginxOptions, NJS_MODULE};
 pub use process::Process;
 pub use proxy_wasm_emulator::{build_wasm_crate, build_wasm_crate_with, workspace_root};
 pub use shim::{epp_shim_binary, EppShim};
