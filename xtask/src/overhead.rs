@@ -3,8 +3,7 @@
 //! `overhead` binary of `test-harness/benchmarks`.
 
 use crate::cmd::{cargo, step};
-use crate::tools::{ensure_envoy, ensure_wasm_target};
-use std::process::Command;
+use crate::tools::{ensure_apt_packages, ensure_envoy, ensure_wasm_target, Need};
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let extra = crate::bench::bench_args(args);
@@ -24,36 +23,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
 /// nginx (the backend) and wrk (the load) from the distribution, and perf when sampling, installed with
 /// apt-get when missing.
 fn ensure_packages(perf: bool) -> Result<(), String> {
-    let perf = perf.then_some(("perf", "linux-perf"));
-    let missing: Vec<&str> = [("nginx", "nginx-light"), ("wrk", "wrk")]
+    let perf = perf.then_some((Need::Program("perf"), "linux-perf"));
+    let needs: Vec<(Need, &str)> = [(Need::Program("nginx"), "nginx-light"), (Need::Program("wrk"), "wrk")]
         .into_iter()
         .chain(perf)
-        .filter(|(program, _)| !on_path(program))
-        .map(|(_, package)| package)
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !on_path("apt-get") {
-        return Err(format!(
-            "the overhead benchmark needs {} (not found, and no apt-get to install them)",
-            missing.join(" and ")
-        ));
-    }
-    eprintln!("\nxtask: installing {} with apt-get", missing.join(", "));
-    step("apt-get update", Command::new("apt-get").args(["update", "-q"]))?;
-    step(
-        "install benchmark tools",
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-            || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(program).is_file())
-    })
+    ensure_apt_packages("the overhead benchmark", &needs)
 }

@@ -16,6 +16,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     envoy_configs()?;
     // Every Kubernetes manifest against the real CRDs and Kubernetes' schemas (installs kubernetes-validate).
     crate::k8s::validate_all()?;
+    // The NGINX end-to-end tests run Debian's NGINX and njs (installed here when missing).
+    crate::tools::ensure_nginx_njs()?;
     unit_and_integration_tests()?;
     core_tests_as_wasm()?;
     // The filter as an OCI image through a real registry (installs docker-registry and skopeo).

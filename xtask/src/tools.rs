@@ -118,3 +118,64 @@ pub fn ensure_envoy() -> Result<PathBuf, String> {
     }
     Ok(envoy)
 }
+
+/// Something a step needs from Debian, and how to tell it is there.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// A program on `PATH` (or in `/usr/sbin`, `/sbin`, which a non-root `PATH` may lack).
+    Program(&'static str),
+    /// A file a package installs (a module, not a program).
+    File(&'static str),
+}
+
+impl Need {
+    fn present(self) -> bool {
+        match self {
+            Need::Program(p) => on_path(p),
+            Need::File(f) => std::path::Path::new(f).is_file(),
+        }
+    }
+}
+
+/// Installs with apt-get (`--no-install-recommends`) the packages of whatever in `needs` is missing;
+/// `what` names the step that needs them, for the messages.
+pub fn ensure_apt_packages(what: &str, needs: &[(Need, &'static str)]) -> Result<(), String> {
+    let missing: Vec<&str> =
+        needs.iter().filter(|(n, _)| !n.present()).map(|(_, package)| *package).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        return Err(format!(
+            "{what} needs {} (Debian packages; not found, and no apt-get to install them)",
+            missing.join(" and ")
+        ));
+    }
+    eprintln!("\nxtask: installing {} with apt-get for {what}", missing.join(", "));
+    step("apt-get update", Command::new("apt-get").args(["update", "-q"]))?;
+    step(
+        &format!("install {}", missing.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Where Debian's `libnginx-mod-http-js` puts the njs module `envoy-config/nginx/nginx.conf` loads.
+pub const NJS_MODULE: &str = "/usr/lib/nginx/modules/ngx_http_js_module.so";
+
+/// NGINX and njs for the NGINX end-to-end tests (`test-harness/e2e/tests/nginx.rs`).
+pub fn ensure_nginx_njs() -> Result<(), String> {
+    ensure_apt_packages(
+        "the NGINX end-to-end tests",
+        &[(Need::Program("nginx"), "nginx-light"), (Need::File(NJS_MODULE), "libnginx-mod-http-js")],
+    )
+}
+
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+            || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(program).is_file())
+    })
+}
