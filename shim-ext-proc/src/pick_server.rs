@@ -397,6 +397,112 @@ pub async fn serve(listener: TcpListener, service: Arc<PickService>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Pool;
+    use scheduler_core::config::gateway::GatewayConfig;
+    use scheduler_core::model::{Endpoint, Metrics as EndpointMetrics};
+    use std::io::{Read, Write};
+
+    /// A pick server over a two-endpoint pool with fresh metrics, on a loopback port.
+    async fn start(config: &str, lease: Duration) -> (std::net::SocketAddr, Arc<PickService>) {
+        let config = GatewayConfig::from_json(config).unwrap();
+        let pool = Pool::new("p");
+        pool.set_endpoints(&[Endpoint::new("10.0.0.1:8000"), Endpoint::new("10.0.0.2:8000")]);
+        for a in ["10.0.0.1:8000", "10.0.0.2:8000"] {
+            pool.record_scrape(a, Ok(EndpointMetrics::default()));
+        }
+        pool.publish(crate::unix_ms()).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let picker = PickerHandle::spawn(config.clone(), pool, Arc::clone(&metrics)).unwrap();
+        let service = PickService::new(picker, ExchangeSettings::new(&config), metrics, lease);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::clone(&service)));
+        (addr, service)
+    }
+
+    /// One HTTP/1.1 exchange (blocking, on a helper thread): status, lower-case headers, body.
+    async fn call(
+        addr: std::net::SocketAddr,
+        head: &str,
+        body: Vec<u8>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let head = head.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let req = format!("{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            s.write_all(req.as_bytes()).unwrap();
+            s.write_all(&body).unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).unwrap();
+            let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+            let mut lines = head.split("\r\n");
+            let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+            let headers = lines
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect();
+            (status, headers, body.to_string())
+        })
+        .await
+        .unwrap()
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+    #[tokio::test]
+    async fn a_pick_holds_its_endpoint_until_done_is_reported_once() {
+        let (addr, service) = start("{}", Duration::from_secs(600)).await;
+        let head = "POST /pick HTTP/1.1\r\nhost: x\r\nx-epp-path: /v1/chat/completions\r\ncontent-type: application/json\r\nx-gateway-destination-endpoint: 127.0.0.1:1";
+        let (status, headers, body) = call(addr, head, CHAT.into()).await;
+        assert_eq!(status, 200, "{body}");
+        let to = header(&headers, DESTINATION).unwrap();
+        assert!(["10.0.0.1:8000", "10.0.0.2:8000"].contains(&to), "a client's header does not steer: {to}");
+        assert!(header(&headers, REQUEST_ID).is_some_and(|id| !id.is_empty()), "an id is generated");
+        let ticket = header(&headers, PICK_HEADER).unwrap().to_string();
+        assert_eq!(service.open(), 1);
+
+        let done = format!("POST /pick/done HTTP/1.1\r\nhost: x\r\nx-epp-pick: {ticket}\r\nx-epp-upstream: {to}\r\nx-epp-status: 200");
+        assert_eq!(call(addr, &done, Vec::new()).await.0, 204);
+        assert_eq!(service.open(), 0);
+        let (status, _, body) = call(addr, &done, Vec::new()).await;
+        assert_eq!(status, 404, "reported twice: {body}");
+        assert!(body.contains("x-epp-pick"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_unreported_pick_is_released_when_its_lease_ends() {
+        let (addr, service) = start("{}", Duration::from_secs(30)).await;
+        let head = "POST /pick HTTP/1.1\r\nhost: x\r\nx-epp-path: /v1/chat/completions\r\ncontent-type: application/json";
+        assert_eq!(call(addr, head, CHAT.into()).await.0, 200);
+        assert_eq!(service.expire(Instant::now()), 0, "not yet");
+        assert_eq!(service.expire(Instant::now() + Duration::from_secs(31)), 1);
+        assert_eq!(service.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn local_replies_carry_their_status_reason_and_openai_body() {
+        let (addr, service) = start(r#"{"limits": {"maxBodyBytes": 1024}}"#, Duration::from_secs(600)).await;
+        let head =
+            "POST /pick HTTP/1.1\r\nhost: x\r\nx-epp-path: /v1/completions\r\ncontent-type: application/json";
+        let (status, headers, body) = call(addr, head, "{oops".into()).await;
+        assert_eq!((status, header(&headers, LOCAL_REPLY_HEADER)), (400, Some("bad_request")), "{body}");
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        assert!(body.starts_with(r#"{"error":{"#), "{body}");
+        let big = format!(r#"{{"model":"m","prompt":"{}"}}"#, "x".repeat(2000));
+        let (status, headers, body) = call(addr, head, big.into_bytes()).await;
+        assert_eq!((status, header(&headers, LOCAL_REPLY_HEADER)), (413, Some("body_too_large")), "{body}");
+        assert_eq!(service.open(), 0, "nothing routed, nothing held");
+
+        // A call NGINX's config got wrong is not a local reply: the proxy then follows its failure mode.
+        let (status, headers, body) = call(addr, "POST /pick HTTP/1.1\r\nhost: x", CHAT.into()).await;
+        assert_eq!((status, header(&headers, LOCAL_REPLY_HEADER)), (400, None));
+        assert!(body.contains("x-epp-path"), "{body}");
+        assert_eq!(call(addr, "GET /pick HTTP/1.1\r\nhost: x", Vec::new()).await.0, 405);
+    }
 
     #[test]
     fn the_last_upstream_nginx_tried_is_the_one_that_served() {
