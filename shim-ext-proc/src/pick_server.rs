@@ -83,10 +83,18 @@ struct Lease {
     expires: Instant,
 }
 
-#[derive(Default)]
 struct Leases {
+    /// The last ticket given. Starts at random, so that a `/pick/done` for a ticket of an earlier
+    /// process (NGINX outlived a shim restart) finds nothing rather than another request's count.
     next: u64,
     open: HashMap<u64, Lease>,
+}
+
+impl Default for Leases {
+    fn default() -> Leases {
+        use std::hash::{BuildHasher, RandomState};
+        Leases { next: RandomState::new().hash_one(0u64), open: HashMap::new() }
+    }
 }
 
 /// Shared by every connection of the pick server.
