@@ -96,9 +96,13 @@ fn kubernetes_manifests_parse_and_name_their_kind() {
     }
     for expected in [
         "inference.networking.k8s.io/v1 InferencePool",
-        "inference.networking.x-k8s.io/v1alpha2 InferenceObjective",
+        "llm-d.ai/v1alpha2 InferenceObjective",
         "extensions.istio.io/v1alpha1 WasmPlugin",
         "gateway.envoyproxy.io/v1alpha1 EnvoyExtensionPolicy",
+        "gateway.networking.k8s.io/v1 Gateway",
+        "gateway.networking.k8s.io/v1 HTTPRoute",
+        "apps/v1 Deployment",
+        "v1 Service",
     ] {
         assert!(kinds.iter().any(|k| k == expected), "no {expected} in {kinds:?}");
     }
