@@ -99,6 +99,26 @@ fn settle(shim: &EppShim) {
     }
 }
 
+/// Waits until the shim has scraped every one of `sims`, and `busy` (if any) shows a waiting queue.
+fn wait_scraped(shim: &EppShim, sims: &[ModelSim], busy: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = Request::get("/metrics").send(shim.addr("http")).unwrap().text();
+        let queue = |addr: &str| {
+            let key = format!("model_server_endpoint=\"{addr}\"}} ");
+            text.lines()
+                .filter(|l| l.starts_with("llm_d_epp_per_endpoint_queue_size{"))
+                .find_map(|l| l.split_once(&key).and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        };
+        let all = sims.iter().all(|s| queue(s.addr()).is_some());
+        if all && busy.is_none_or(|b| queue(b).is_some_and(|q| q > 0.0)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the shim never scraped {:?}:\n{text}", addrs(sims));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn served(reply: &Response) -> String {
     assert_eq!(reply.status, 200, "{}", reply.text());
     let served = reply.header("x-gateway-destination-endpoint-served").expect("served header").to_string();
@@ -208,7 +228,7 @@ fn picks_avoid_a_saturated_replica_and_count_what_nginx_has_in_flight() {
     let sims = vec![busy, idle];
     let shim = shim(&config(&sims, json!({})));
     let nginx = nginx(shim.addr("pick"), &sims, "FailClose");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_scraped(&shim, &sims, Some(sims[0].addr()));
     let mut counts: HashMap<String, u32> = HashMap::new();
     for i in 0..20 {
         let reply = chat(&format!("distinct prompt number {i}")).send(nginx.addr()).unwrap();
@@ -313,13 +333,13 @@ fn nginx_makes_the_same_decisions_as_envoy_through_ext_proc() {
         let envoy =
             Envoy::start(&template, &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() })
                 .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_scraped(&shim, &sims, None);
         run_traffic(envoy.listener(), &shim)
     };
     let nginx_run = {
         let shim = shim(&config);
         let nginx = nginx(shim.addr("pick"), &sims, "FailClose");
-        std::thread::sleep(Duration::from_millis(300));
+        wait_scraped(&shim, &sims, None);
         run_traffic(nginx.addr(), &shim)
     };
     assert_eq!(nginx_run, envoy_run, "the same replicas, the same traffic: the same decisions");
