@@ -23,7 +23,8 @@ commands:
   test          fmt check, dependency licenses and bans (cargo-deny, deny.toml), clippy (-D warnings),
                 every test in the workspace, the core's tests as Wasm, every Envoy config under
                 envoy-config/ through `envoy --mode validate`, every Kubernetes manifest against the real CRDs
-                and Kubernetes' schemas (k8s-check), and `image --verify`
+                and Kubernetes' schemas (k8s-check), and `image --verify`; installs Debian's nginx-light
+                and libnginx-mod-http-js with apt-get when missing (the NGINX end-to-end tests)
   envoy-check   install Envoy 1.40 into .venv/ if missing and validate the configs in envoy-config/
   k8s-check     install kubernetes-validate into .venv/ if missing and validate envoy-config/kubernetes/ against
                 Kubernetes' schemas and the CRDs in test-harness/fixtures/crds/ (offline)
