@@ -23,7 +23,9 @@ function unavailable(r) {
 async function pick(r) {
     const headers = {};
     for (const name in r.headersIn) {
-        if (!SKIP.includes(name.toLowerCase())) {
+        const lower = name.toLowerCase();
+        // x-epp-*: the pick protocol's own headers, never the client's.
+        if (!SKIP.includes(lower) && !lower.startsWith('x-epp-')) {
             headers[name] = r.headersIn[name];
         }
     }

@@ -151,11 +151,13 @@ fn requests_route_through_the_pick_endpoint_and_local_replies_arrive_as_openai_j
     let reply = Request::post_json("/v1/chat/completions", body.to_string()).send(nginx.addr()).unwrap();
     assert!(pool.contains(&served(&reply)), "{}", reply.text());
 
-    // A client's routing header does not steer: every request lands on a pool member, never on 127.0.0.1:1.
+    // A client's routing headers do not steer: every request lands on a pool member, never on 127.0.0.1:1.
     for i in 0..6 {
         let reply = chat(&format!("steer {i}"))
             .header("x-gateway-destination-endpoint", "127.0.0.1:1")
             .header("x-gateway-destination-endpoint-served", "127.0.0.1:1")
+            // The pick protocol's own header, forged: the shim would read a chat body as a completion.
+            .header("X-Epp-Path", "/v1/completions")
             .send(nginx.addr())
             .unwrap();
         assert!(pool.contains(&served(&reply)));
