@@ -2,6 +2,10 @@
 //! against Kubernetes' own schemas and the real CRDs (`test-harness/fixtures/crds/`, each naming the
 //! repository, path and release it came from), so a manifest a cluster would refuse fails CI.
 //!
+//! The manifests are one set applied together: every name one of them gives another (route parents and
+//! backends, policy targets, the picker's endpointPickerRef and collector Service, RBAC subjects) must be
+//! defined by one of them.
+//!
 //! The validator is `xtask/src/k8s_validate.py`, run with the project venv's python where the PyPI package
 //! `kubernetes-validate` is installed on demand (it ships Kubernetes' JSON schemas in its wheel and brings
 //! `jsonschema` and `PyYAML`); nothing is fetched at validation time.
@@ -62,6 +66,8 @@ const MUST_FAIL_ERRORS: &[&str] = &[
      allowed ('portz' was unexpected)",
     "document 3 (Nothing x): no schema for example.com/v1 Nothing",
     "document 4 (HTTPRoute r): spec.rules[0].backendRefs[0].port: 'x' is not of type 'integer'",
+    "document 4 (HTTPRoute r): spec.parentRefs[0]: no Gateway 'g' among the manifests",
+    "document 1 (InferencePool bad-pool): spec.endpointPickerRef: no Service 'epp' among the manifests",
 ];
 
 /// The Kubernetes manifests the project ships: every `.yaml`/`.yml` under `envoy-config/kubernetes/`, and

@@ -13,6 +13,11 @@ usage: k8s_validate.py CRD_DIR KUBERNETES_VERSION[,VERSION...] MANIFEST...
   `metadata` is Kubernetes' ObjectMeta. CEL rules (`x-kubernetes-validations`) are not evaluated; the
   run says how many the manifests' kinds carry.
 
+The files are one set, applied together in one namespace: a name one document gives another (an
+HTTPRoute's parent and backends, a policy's targetRefs, an InferencePool's endpointPickerRef, a
+RoleBinding's role and subjects, a Deployment's service account, the picker's pool.discoveryUrl Service and
+port) must be defined by one of them.
+
 Every failure names the file, the document's index (1-based) and kind/name, the field path and the
 schema's complaint; the exit status is 1 when any document fails, 2 on a usage or fixture error.
 """
@@ -186,6 +191,59 @@ def validate_doc(doc, crds, versions, registries):
     return errors, 0
 
 
+def reference_errors(doc, objects):
+    """Names a controller resolves in the object's own namespace that no shipped manifest defines (the
+    manifests are one set, applied together). Kinds the platform creates itself (GatewayClass "istio")
+    are not checked."""
+    kind, spec, errors = doc.get("kind"), doc.get("spec") or {}, []
+
+    def need(ref_kind, name, where, port=None):
+        target = objects.get((ref_kind, name))
+        if target is None:
+            errors.append(f"{where}: no {ref_kind} {name!r} among the manifests")
+        elif port is not None and ref_kind == "Service":
+            ports = [p.get("port") for p in (target.get("spec") or {}).get("ports") or []]
+            if port not in ports:
+                errors.append(f"{where}: Service {name!r} has no port {port} (it has {ports})")
+
+    for i, ref in enumerate(spec.get("targetRefs") or []):
+        need(ref.get("kind"), ref.get("name"), f"spec.targetRefs[{i}]")
+    if kind == "HTTPRoute":
+        for i, ref in enumerate(spec.get("parentRefs") or []):
+            need(ref.get("kind", "Gateway"), ref.get("name"), f"spec.parentRefs[{i}]")
+        for r, rule in enumerate(spec.get("rules") or []):
+            for b, ref in enumerate(rule.get("backendRefs") or []):
+                need(ref.get("kind", "Service"), ref.get("name"), f"spec.rules[{r}].backendRefs[{b}]", ref.get("port"))
+    elif kind == "InferencePool" and spec.get("endpointPickerRef"):
+        ref = spec["endpointPickerRef"]
+        need(ref.get("kind", "Service"), ref.get("name"), "spec.endpointPickerRef", (ref.get("port") or {}).get("number"))
+    elif kind == "InferenceObjective":
+        need("InferencePool", (spec.get("poolRef") or {}).get("name"), "spec.poolRef")
+    elif kind == "RoleBinding":
+        need(doc.get("roleRef", {}).get("kind"), doc.get("roleRef", {}).get("name"), "roleRef")
+        for i, subject in enumerate(doc.get("subjects") or []):
+            if subject.get("kind") == "ServiceAccount":
+                need("ServiceAccount", subject.get("name"), f"subjects[{i}]")
+    elif kind == "Deployment":
+        account = ((spec.get("template") or {}).get("spec") or {}).get("serviceAccountName")
+        if account:
+            need("ServiceAccount", account, "spec.template.spec.serviceAccountName")
+    # The picker's collector URL names a Service of the set: http://<service>.<namespace>.svc...:<port>/...
+    configs = []
+    if kind == "WasmPlugin":
+        configs.append(("spec.pluginConfig", spec.get("pluginConfig") or {}))
+    elif kind == "EnvoyExtensionPolicy":
+        configs += [(f"spec.wasm[{i}].config", w.get("config") or {}) for i, w in enumerate(spec.get("wasm") or [])]
+    for where, config in configs:
+        url = (config.get("pool") or {}).get("discoveryUrl")
+        match = re.match(r"^http://([a-z0-9-]+)\.[a-z0-9-]+\.svc(?:\.cluster\.local)?:(\d+)/", url or "")
+        if url and match:
+            need("Service", match.group(1), f"{where}.pool.discoveryUrl", int(match.group(2)))
+        elif url:
+            errors.append(f"{where}.pool.discoveryUrl: {url!r} is not http://<service>.<namespace>.svc[.cluster.local]:<port>/...")
+    return errors
+
+
 def main(argv):
     if len(argv) < 4:
         print(__doc__.split("\n\n")[2], file=sys.stderr)
@@ -193,32 +251,34 @@ def main(argv):
     crd_dir, versions, files = argv[1], argv[2].split(","), argv[3:]
     crds = load_crds(crd_dir)
     registries = {v: definitions_registry(v) for v in versions}
-    failures, documents, cel_total = 0, 0, 0
+    failures, cel_total = 0, 0
+    loaded = []  # (file, index, document)
     for path in files:
         try:
             with open(path) as f:
-                docs = list(yaml.safe_load_all(f))
+                docs = [d for d in yaml.safe_load_all(f) if d is not None]
         except (OSError, yaml.YAMLError) as e:
             print(f"{path}: cannot read as YAML: {e}")
             failures += 1
             continue
-        index = 0
-        for doc in docs:
-            if doc is None:
-                continue
-            index += 1
-            documents += 1
-            errors, cel = validate_doc(doc, crds, versions, registries)
-            cel_total += cel
-            if errors:
-                failures += 1
-                what = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}" if isinstance(doc, dict) else ""
-                for e in errors:
-                    print(f"{path} document {index} ({what}): {e}")
+        loaded += [(path, index, doc) for index, doc in enumerate(docs, start=1)]
+    objects = {
+        (doc.get("kind"), (doc.get("metadata") or {}).get("name")): doc for _, _, doc in loaded if isinstance(doc, dict)
+    }
+    for path, index, doc in loaded:
+        errors, cel = validate_doc(doc, crds, versions, registries)
+        if isinstance(doc, dict):
+            errors += reference_errors(doc, objects)
+        cel_total += cel
+        if errors:
+            failures += 1
+            what = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}" if isinstance(doc, dict) else ""
+            for e in errors:
+                print(f"{path} document {index} ({what}): {e}")
     sys.stdout.flush()
     print(
-        f"    {documents} Kubernetes documents in {len(files)} files checked against Kubernetes "
-        f"{', '.join(versions)} and {len(crds)} CRD versions; {failures} invalid; "
+        f"    {len(loaded)} Kubernetes documents in {len(files)} files checked against Kubernetes "
+        f"{', '.join(versions)}, {len(crds)} CRD versions and each other's names; {failures} invalid; "
         f"{cel_total} CEL rules on their kinds not evaluated",
         file=sys.stderr,
     )
