@@ -8,6 +8,7 @@ mod cmd;
 mod demo;
 mod envoy;
 mod faults;
+mod fuzz;
 mod image;
 mod k8s;
 mod overhead;
@@ -38,6 +39,9 @@ commands:
   bench faults [--quick]
                 routing around a failing pod (kill -9, SIGSTOP, hung /metrics, 5xx, missing gauge) through
                 the filter, the ext_proc shim and round-robin Envoy on 4 simulated replicas (BENCHMARKS.md)
+  fuzz [--seconds N] [TARGET]
+                each coverage-guided fuzz target in fuzz/ (or one) for N seconds (default 60): installs
+                nightly and cargo-fuzz when missing, prints executions, coverage and crashes
   image [--format compat|oci|both] [--out DIR] [--tag NAME:TAG] [--wasm FILE] | --verify
                 the filter as OCI image layouts Istio and Envoy Gateway pull (no Docker; reproducible
                 digests); --verify round-trips them through a local registry (docs/deploy/oci-image.md)
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

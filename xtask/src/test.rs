@@ -20,6 +20,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     crate::tools::ensure_nginx_njs()?;
     unit_and_integration_tests()?;
     core_tests_as_wasm()?;
+    // Every fuzz target for a few seconds (installs nightly and cargo-fuzz; docs/reliability.md).
+    crate::fuzz::smoke()?;
     // The filter as an OCI image through a real registry (installs docker-registry and skopeo).
     crate::image::verify()?;
     eprintln!("\nxtask test: all steps passed");
