@@ -55,17 +55,15 @@ fn run(handler: &str) -> Vec<(Option<String>, Option<String>)> {
 fn the_prefill_pod_is_named_only_for_prompts_the_decode_pod_has_not_cached() {
     let decode = Some(addr(2));
     let prefill = Some(addr(1));
-    let expected = vec![
-        (decode.clone(), prefill.clone()),
-        (decode.clone(), None),
-        (decode.clone(), prefill.clone()),
-    ];
+    let expected =
+        vec![(decode.clone(), prefill.clone()), (decode.clone(), None), (decode.clone(), prefill.clone())];
     // The current parameters, and the deprecated flat ones.
     let nested = r#"{"type": "disagg-profile-handler", "parameters": {"deciders": {"prefill": "prefix-based-pd-decider"}}}"#;
     assert_eq!(run(nested), expected);
     let flat = r#"{"type": "disagg-profile-handler", "parameters": {"deciderPluginName": "prefix-based-pd-decider"}}"#;
     assert_eq!(run(flat), expected);
     // pd-profile-handler with llm-d v0.10's parameters means the same.
-    let pd = r#"{"type": "pd-profile-handler", "parameters": {"deciderPluginName": "prefix-based-pd-decider"}}"#;
+    let pd =
+        r#"{"type": "pd-profile-handler", "parameters": {"deciderPluginName": "prefix-based-pd-decider"}}"#;
     assert_eq!(run(pd), expected);
 }

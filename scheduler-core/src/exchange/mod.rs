@@ -111,10 +111,9 @@ impl SessionTokenOf {
             return Some(SessionTokenOf::Served);
         }
         // The handler's own parameters (and defaults); a configuration that built has valid ones.
-        let prefill_profile = picker
-            .plugins
-            .iter()
-            .any(|p| configured_prefill_profile(&p.type_name, &p.parameters).is_some_and(|pre| pre == profile));
+        let prefill_profile = picker.plugins.iter().any(|p| {
+            configured_prefill_profile(&p.type_name, &p.parameters).is_some_and(|pre| pre == profile)
+        });
         Some(if prefill_profile { SessionTokenOf::Prefill } else { SessionTokenOf::Served })
     }
 }

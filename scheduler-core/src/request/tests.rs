@@ -785,10 +785,16 @@ fn vllm_generate_hashes_token_ids_and_needs_no_model() {
         "/inference/v1/generate",
         r#"{"token_ids": [1, 258], "sampling_params": {"max_tokens": 16, "temperature": 0}, "stream": true}"#,
     );
-    assert_eq!((req.api, &*req.model, req.stream, req.max_output_tokens()), (ApiKind::Generate, "", true, Some(16)));
+    assert_eq!(
+        (req.api, &*req.model, req.stream, req.max_output_tokens()),
+        (ApiKind::Generate, "", true, Some(16))
+    );
     assert_eq!(&*req.prefix_input, &[1, 0, 0, 0, 2, 1, 0, 0]);
     assert_eq!(req.prompt_bytes, 8);
-    let req = ok("/inference/v1/generate", r#"{"model": "m", "token_ids": [7], "sampling_params": {"max_tokens": 1.5}}"#);
+    let req = ok(
+        "/inference/v1/generate",
+        r#"{"model": "m", "token_ids": [7], "sampling_params": {"max_tokens": 1.5}}"#,
+    );
     assert_eq!((&*req.model, req.max_output_tokens()), ("m", None));
     assert_eq!(err("/inference/v1/generate", r#"{"model": "m"}"#), "token_ids: missing");
     assert_eq!(
@@ -799,5 +805,8 @@ fn vllm_generate_hashes_token_ids_and_needs_no_model() {
         err("/inference/v1/generate", r#"{"token_ids": ["a"]}"#),
         "token_ids: expected an array of token ids, found an array"
     );
-    assert_eq!(err("/inference/v1/generate", r#"{"token_ids": [1], "model": ""}"#), "model: expected a non-empty string, found an empty string");
+    assert_eq!(
+        err("/inference/v1/generate", r#"{"token_ids": [1], "model": ""}"#),
+        "model: expected a non-empty string, found an empty string"
+    );
 }

@@ -170,7 +170,10 @@ mod tests {
     #[test]
     fn bad_conditions_name_the_field() {
         let err = |json: &str| build_err::<UtilizationFilter>(json).to_string();
-        assert_eq!(err("{}"), "conditions: expected at least one condition (this parameter is required), got none");
+        assert_eq!(
+            err("{}"),
+            "conditions: expected at least one condition (this parameter is required), got none"
+        );
         assert_eq!(
             err(r#"{"conditions": [{"metric": "queue", "maxValue": 1}]}"#),
             r#"conditions[0].metric: expected one of active-requests, running-requests, waiting-queue, kv-cache-utilization, got "queue""#
