@@ -22,14 +22,23 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-/// The fields every API reads, as serde_json sees them (unknown fields skipped, a duplicate refused).
+/// What chat reads, as serde_json sees it (unknown fields skipped, a duplicate refused). Only the fields
+/// the API reads: a field captured here that the core skips would be checked for UTF-8 here alone.
 #[derive(Deserialize)]
-struct Top<'a> {
+struct Chat<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
     #[serde(borrow)]
     messages: Option<&'a RawValue>,
+}
+
+/// What completions reads.
+#[derive(Deserialize)]
+struct Completions<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
     #[serde(borrow)]
     prompt: Option<&'a RawValue>,
 }
@@ -65,24 +74,26 @@ fuzz_target!(|data: &[u8]| {
         assert!(!req.stream, "stream is not read for an API the core does not know");
         return;
     }
-    let top: Top<'_> = match serde_json::from_slice(body) {
-        Ok(t) => t,
-        Err(e) => panic!("the reader read {req:?}, serde_json refuses the fields: {e}"),
-    };
-    assert_eq!(top.model.as_deref(), Some(req.model.as_ref()), "model");
-    assert_eq!(top.stream.unwrap_or(false), req.stream, "stream");
+    let refused =
+        |e: serde_json::Error| -> ! { panic!("the reader read {req:?}, serde_json refuses the fields: {e}") };
     match req.api {
         ApiKind::ChatCompletions => {
+            let top: Chat<'_> = serde_json::from_slice(body).unwrap_or_else(|e| refused(e));
+            assert_eq!(top.model.as_deref(), Some(req.model.as_ref()), "model");
+            assert_eq!(top.stream.unwrap_or(false), req.stream, "stream");
             let messages = top.messages.map(|m| m.get().as_bytes());
             assert_eq!(messages, Some(req.prefix_input.as_ref()), "chat prompt bytes");
         }
         ApiKind::Completions => {
+            let top: Completions<'_> = serde_json::from_slice(body).unwrap_or_else(|e| refused(e));
+            assert_eq!(top.model.as_deref(), Some(req.model.as_ref()), "model");
+            assert_eq!(top.stream.unwrap_or(false), req.stream, "stream");
             // A text prompt is hashed and measured as its decoded text.
             if let Some(Ok(text)) = top.prompt.map(|p| serde_json::from_str::<String>(p.get())) {
                 assert_eq!(text.as_bytes(), req.prefix_input.as_ref(), "completions prompt bytes");
                 assert_eq!(text.len(), req.prompt_bytes, "completions prompt size");
             }
         }
-        _ => {}
+        other => panic!("{other:?} is not among this target's paths"),
     }
 });
