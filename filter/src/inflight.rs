@@ -100,17 +100,14 @@ impl InFlightState {
     }
 
     /// The first token of a request counted by [`InFlightState::start`] came: its `prompt_tokens` no
-    /// longer await it. Publishes the table as [`InFlightState::start`] does.
-    pub fn first_token(
-        &mut self,
-        host: &dyn Host,
-        to: Publish<'_>,
-        address: &str,
-        prompt_tokens: u64,
-        now_ms: u64,
-    ) {
+    /// longer await it. Published with the table's next write (this worker's next start or finish, or
+    /// the next tick), not on its own: a short request's end usually follows within the same
+    /// millisecond, and a write for the first token would hold that end back until the tick (other
+    /// workers would count a finished request for up to [`FLUSH_TICK_MS`]).
+    pub fn first_token(&mut self, to: Publish<'_>, address: &str, prompt_tokens: u64) {
         self.table.first_token(address, prompt_tokens);
-        self.changed(host, to, now_ms);
+        // Written by the next change or tick (`heartbeat` writes what is unwritten).
+        self.unwritten |= to.others;
     }
 
     /// Ends a request counted by [`InFlightState::start`] (`count.awaiting`: its prompt tokens still
@@ -269,7 +266,7 @@ mod tests {
         assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150, awaiting_first_token: 75 });
         assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7, awaiting_first_token: 3 });
         // a's request gets its first token: the other worker sees its prompt no longer awaiting.
-        a.first_token(&host, to(&keys, 1), "10.0.0.1:80", 50, host.now_ms());
+        a.first_token(to(&keys, 1), "10.0.0.1:80", 50);
         a.heartbeat(&host, &keys, Some(1), host.now_ms());
         host.advance(1);
         b.merge_into(&host, &keys, Some(2), &[1, 2], &mut p, host.now_ms()).unwrap();

@@ -252,7 +252,7 @@ impl HttpContext for Stream {
         }
         // A response not streamed (or an error) comes whole: its headers mark the first token.
         if let (Some(prompt_tokens), Some(address)) = (step.first_token, self.exchange.counted_on()) {
-            w.first_token(&*self.host, address, prompt_tokens);
+            w.first_token(address, prompt_tokens);
         }
         if step.body_changes_length {
             // The headers leave before the body does: no length rather than a wrong one.
@@ -265,7 +265,7 @@ impl HttpContext for Stream {
         // A streamed response's first chunk is its first token, whether or not its bytes are read.
         if let Some(first) = self.exchange.on_response_data() {
             match self.worker.as_ref().map(|w| w.try_borrow_mut()) {
-                Some(Ok(mut w)) => w.first_token(&*self.host, first.address, first.prompt_tokens),
+                Some(Ok(mut w)) => w.first_token(first.address, first.prompt_tokens),
                 Some(Err(_)) => log::warn!("first token at {} not counted (worker busy)", first.address),
                 None => {}
             }

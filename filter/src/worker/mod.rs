@@ -235,9 +235,9 @@ impl Worker {
 
     /// The first token of a routed request came (see `Exchange::on_response_data`): its `prompt_tokens`
     /// no longer await it at `address`.
-    pub fn first_token(&mut self, host: &dyn Host, address: &str, prompt_tokens: u64) {
+    pub fn first_token(&mut self, address: &str, prompt_tokens: u64) {
         let to = publish(&self.keys, self.id, &self.directory);
-        self.inflight.first_token(host, to, address, prompt_tokens, host.now_ms());
+        self.inflight.first_token(to, address, prompt_tokens);
     }
 
     /// The routed stream ended (completed, reset or answered locally).
