@@ -415,7 +415,7 @@ fn a_prompt_awaits_its_first_token_until_a_streamed_chunk_a_whole_answer_or_the_
     let whole = chat(&mut host, worker, CHAT, &[]);
     let reset = chat(&mut host, worker, STREAMED, &[]);
     let all = awaiting_after_heartbeat(&mut host);
-    assert!(all > 0 && all % 3 == 0, "three prompts of the same length: {all}");
+    assert!(all > 0 && all.is_multiple_of(3), "three prompts of the same length: {all}");
     let one = all / 3;
     // vLLM sends a stream's headers before it generates: they release nothing.
     host.response_headers(streamed, &[(":status", "200"), ("content-type", "text/event-stream")], false)
