@@ -7,9 +7,9 @@
 //! question. The gateway knows those tokens for what it sent: every request it routed carries its prompt
 //! estimate until its first token comes back (its first streamed response chunk; a response that is not
 //! streamed only when it is complete, see `InFlight::awaiting_first_token`). Across decision points
-//! the count is as fresh as the in-flight counts (other workers about a millisecond late; other gateway
-//! replicas not at all); what other gateways send shows only in the next scrape, through the load
-//! scorers.
+//! the count is as fresh as the in-flight counts (other workers about a millisecond late, a first token
+//! with that worker's next write, within its 50 ms tick; other gateway replicas not at all); what other
+//! gateways send shows only in the next scrape, through the load scorers.
 //!
 //! # Formula
 //!
