@@ -65,6 +65,16 @@ pub struct Publish<'k> {
     pub others: bool,
 }
 
+/// One request's share of an endpoint's count.
+#[derive(Clone, Copy, Debug)]
+pub struct Count<'a> {
+    pub address: &'a str,
+    /// Estimated tokens (input + expected output).
+    pub tokens: u64,
+    /// Prompt tokens awaiting the first token.
+    pub awaiting: u64,
+}
+
 /// What reading the other workers' tables found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Others {
@@ -81,17 +91,29 @@ impl InFlightState {
         &self.table
     }
 
-    /// Counts a routed request; publishes the table, stamped `now_ms`, if other workers read it (at once,
-    /// or coalesced: see the module documentation).
-    pub fn start(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
-        self.table.start(address, tokens);
+    /// Counts a routed request holding `count.tokens`, `count.awaiting` of them prompt tokens awaiting
+    /// the first token; publishes the table, stamped `now_ms`, if other workers read it (at once, or
+    /// coalesced: see the module documentation).
+    pub fn start(&mut self, host: &dyn Host, to: Publish<'_>, count: Count<'_>, now_ms: u64) {
+        self.table.start(count.address, count.tokens, count.awaiting);
         self.changed(host, to, now_ms);
     }
 
-    /// Ends a request counted by [`InFlightState::start`]; publishes the table as [`InFlightState::start`]
-    /// does.
-    pub fn finish(&mut self, host: &dyn Host, to: Publish<'_>, address: &str, tokens: u64, now_ms: u64) {
-        self.table.finish(address, tokens);
+    /// The first token of a request counted by [`InFlightState::start`] came: its `prompt_tokens` no
+    /// longer await it. Published with the table's next write (this worker's next start or finish, or
+    /// the next tick), not on its own: a short request's end usually follows within the same
+    /// millisecond, and a write for the first token would hold that end back until the tick (other
+    /// workers would count a finished request for up to [`FLUSH_TICK_MS`]).
+    pub fn first_token(&mut self, to: Publish<'_>, address: &str, prompt_tokens: u64) {
+        self.table.first_token(address, prompt_tokens);
+        // Written by the next change or tick (`heartbeat` writes what is unwritten).
+        self.unwritten |= to.others;
+    }
+
+    /// Ends a request counted by [`InFlightState::start`] (`count.awaiting`: its prompt tokens still
+    /// awaiting a first token); publishes the table as [`InFlightState::start`] does.
+    pub fn finish(&mut self, host: &dyn Host, to: Publish<'_>, count: Count<'_>, now_ms: u64) {
+        self.table.finish(count.address, count.tokens, count.awaiting);
         self.changed(host, to, now_ms);
     }
 
@@ -219,6 +241,10 @@ mod tests {
         }
     }
 
+    fn count(address: &str, tokens: u64) -> Count<'_> {
+        Count { address, tokens, awaiting: tokens / 2 }
+    }
+
     /// Worker `me`'s key, with other workers listed.
     fn to(keys: &Keys, me: u32) -> Publish<'_> {
         Publish { keys, me: Some(me), others: true }
@@ -229,21 +255,27 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(10_000);
         let (mut a, mut b) = (InFlightState::default(), InFlightState::default());
-        a.start(&host, to(&keys, 1), "10.0.0.1:80", 100, host.now_ms());
-        b.start(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
-        b.start(&host, to(&keys, 2), "10.0.0.2:80", 7, host.now_ms());
+        a.start(&host, to(&keys, 1), count("10.0.0.1:80", 100), host.now_ms());
+        b.start(&host, to(&keys, 2), count("10.0.0.1:80", 50), host.now_ms());
+        b.start(&host, to(&keys, 2), count("10.0.0.2:80", 7), host.now_ms());
         // b's second start came in the millisecond of its first write: its tick writes it.
         b.heartbeat(&host, &keys, Some(2), host.now_ms());
         let mut p = pool();
         let others = a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
         assert_eq!(others.live, vec![2]);
-        assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150 });
-        assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7 });
+        assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 2, tokens: 150, awaiting_first_token: 75 });
+        assert_eq!(p.endpoints[1].in_flight, InFlight { requests: 1, tokens: 7, awaiting_first_token: 3 });
+        // a's request gets its first token: the other worker sees its prompt no longer awaiting.
+        a.first_token(to(&keys, 1), "10.0.0.1:80", 50);
+        a.heartbeat(&host, &keys, Some(1), host.now_ms());
+        host.advance(1);
+        b.merge_into(&host, &keys, Some(2), &[1, 2], &mut p, host.now_ms()).unwrap();
+        assert_eq!(p.endpoints[0].in_flight.awaiting_first_token, 25);
         // Merging again (a millisecond later: reads are reused within one) replaces, never accumulates.
         host.advance(1);
-        b.finish(&host, to(&keys, 2), "10.0.0.1:80", 50, host.now_ms());
+        b.finish(&host, to(&keys, 2), count("10.0.0.1:80", 50), host.now_ms());
         a.merge_into(&host, &keys, Some(1), &[1, 2], &mut p, host.now_ms()).unwrap();
-        assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100 });
+        assert_eq!(p.endpoints[0].in_flight, InFlight { requests: 1, tokens: 100, awaiting_first_token: 0 });
     }
 
     #[test]
@@ -251,7 +283,7 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(1_000);
         let mut dead = InFlightState::default();
-        dead.start(&host, to(&keys, 2), "10.0.0.1:80", 5, host.now_ms());
+        dead.start(&host, to(&keys, 2), count("10.0.0.1:80", 5), host.now_ms());
         host.put(&keys.inflight(3), b"junk");
         let mut me = InFlightState::default();
         host.advance(LIVE_MS + 1);
@@ -269,23 +301,23 @@ mod tests {
         let (host, keys) = (FakeHost::default(), Keys::new("p"));
         host.set_now(10_000);
         let (mut a, mut b) = (InFlightState::default(), InFlightState::default());
-        a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        a.start(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         let mut p = pool();
         let seen = |b: &mut InFlightState, p: &mut PoolSnapshot| {
             b.merge_into(&host, &keys, Some(2), &[1, 2], p, host.now_ms()).unwrap();
             p.endpoints[0].in_flight.requests
         };
         assert_eq!(seen(&mut b, &mut p), 1);
-        a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        a.start(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         a.publish_now(&host, to(&keys, 1), host.now_ms());
         assert_eq!(seen(&mut b, &mut p), 1, "same millisecond: the read is reused");
         // b's own counts are always current.
-        b.start(&host, to(&keys, 2), "10.0.0.1:80", 1, host.now_ms());
+        b.start(&host, to(&keys, 2), count("10.0.0.1:80", 1), host.now_ms());
         assert_eq!(seen(&mut b, &mut p), 2);
         host.advance(1);
         assert_eq!(seen(&mut b, &mut p), 3);
         // A changed directory is read at once.
-        a.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        a.start(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         b.merge_into(&host, &keys, Some(2), &[2, 1], &mut p, host.now_ms()).unwrap();
         assert_eq!(p.endpoints[0].in_flight.requests, 4);
     }
@@ -297,7 +329,7 @@ mod tests {
         let mut s = InFlightState::default();
         assert!(s.heartbeat(&host, &keys, Some(1), host.now_ms()));
         let alone = Publish { keys: &keys, me: Some(1), others: false };
-        s.start(&host, alone, "10.0.0.1:80", 9, host.now_ms());
+        s.start(&host, alone, count("10.0.0.1:80", 9), host.now_ms());
         let published = || InFlightTable::decode(&host.get(&keys.inflight(1)).unwrap()).unwrap();
         assert!(published().is_empty(), "not written per request");
         assert_eq!(s.table().iter().count(), 1, "but counted");
@@ -306,7 +338,7 @@ mod tests {
         assert_eq!(published().iter().count(), 1);
         // Once another worker is listed, changes are written (at most once per millisecond).
         host.advance(1);
-        s.finish(&host, to(&keys, 1), "10.0.0.1:80", 9, host.now_ms());
+        s.finish(&host, to(&keys, 1), count("10.0.0.1:80", 9), host.now_ms());
         assert!(published().is_empty());
     }
 
@@ -321,21 +353,21 @@ mod tests {
             t.iter().map(|(a, f)| (a.to_string(), f.requests)).collect::<Vec<_>>()
         };
         let one = |n| vec![("10.0.0.1:80".to_string(), n)];
-        s.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        s.start(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         let first = writes();
         assert_eq!(published(), one(1));
         // Two more changes in the same millisecond: counted, not written.
-        s.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
-        s.start(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        s.start(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
+        s.start(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         assert_eq!(writes(), first);
         assert_eq!(published(), one(1));
         // The first change in a later millisecond writes them all.
         host.advance(1);
-        s.finish(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        s.finish(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         assert_eq!(writes(), first + 1);
         assert_eq!(published(), one(2));
         // A change held back when traffic stops goes out with the next tick, even within the millisecond.
-        s.finish(&host, to(&keys, 1), "10.0.0.1:80", 1, host.now_ms());
+        s.finish(&host, to(&keys, 1), count("10.0.0.1:80", 1), host.now_ms());
         assert_eq!(published(), one(2));
         assert!(!s.heartbeat(&host, &keys, Some(1), host.now_ms()), "no heartbeat due");
         assert_eq!(published(), one(1));

@@ -393,3 +393,43 @@ fn failing_shared_data_writes_degrade_to_local_state_without_trapping() {
     assert!(!host.vm_failed(worker));
     assert_no_traps(&host);
 }
+
+/// The worker's published prompt tokens awaiting a first token, after a heartbeat.
+fn awaiting_after_heartbeat(host: &mut proxy_wasm_emulator::Host) -> u64 {
+    host.advance(std::time::Duration::from_millis(2001));
+    host.shared_data_all(VM_ID)
+        .iter()
+        .filter(|(k, _)| k.starts_with("epp/pool/inflight/"))
+        .map(|(_, (v, _))| {
+            let t = scheduler_core::shared_state::InFlightTable::decode(v).unwrap();
+            t.iter().map(|(_, f)| f.awaiting_first_token).sum::<u64>()
+        })
+        .sum()
+}
+
+#[test]
+fn a_prompt_awaits_its_first_token_until_a_streamed_chunk_a_whole_answer_or_the_end() {
+    const STREAMED: &str = r#"{"model": "llama", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16, "stream": true}"#;
+    let (mut host, worker) = deployment(2, "", &[0, 0]);
+    let streamed = chat(&mut host, worker, STREAMED, &[]);
+    let whole = chat(&mut host, worker, CHAT, &[]);
+    let reset = chat(&mut host, worker, STREAMED, &[]);
+    let all = awaiting_after_heartbeat(&mut host);
+    assert!(all > 0 && all.is_multiple_of(3), "three prompts of the same length: {all}");
+    let one = all / 3;
+    // vLLM sends a stream's headers before it generates: they release nothing.
+    host.response_headers(streamed, &[(":status", "200"), ("content-type", "text/event-stream")], false)
+        .unwrap();
+    assert_eq!(awaiting_after_heartbeat(&mut host), all);
+    host.response_body(streamed, b"data: {\"choices\": []}\n\n", false).unwrap();
+    assert_eq!(awaiting_after_heartbeat(&mut host), 2 * one, "the first chunk is the first token");
+    host.response_body(streamed, b"data: [DONE]\n\n", true).unwrap();
+    // An answer that is not streamed comes whole: its headers release it.
+    host.respond(whole, 200, b"{}").unwrap();
+    assert_eq!(awaiting_after_heartbeat(&mut host), one);
+    // A stream that ends before its first token releases it with the count.
+    host.reset_stream(reset).unwrap();
+    assert_eq!(awaiting_after_heartbeat(&mut host), 0);
+    assert_eq!(in_flight_total(&host), 0);
+    assert_no_traps(&host);
+}

@@ -130,7 +130,11 @@ fn pool(n: usize, seed: u64) -> PoolSnapshot {
                 endpoint,
                 metrics: Some(metrics),
                 consecutive_scrape_failures: 0,
-                in_flight: InFlight { requests: rng.below(8) as u32, tokens: rng.below(40_000) as u64 },
+                in_flight: InFlight {
+                    requests: rng.below(8) as u32,
+                    tokens: rng.below(40_000) as u64,
+                    ..InFlight::default()
+                },
             }
         })
         .collect();

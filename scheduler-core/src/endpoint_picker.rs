@@ -97,6 +97,9 @@ pub struct Route {
     pub client_model: Option<String>,
     /// Estimated tokens this request will hold on the server (input + expected output), for in-flight.
     pub estimated_tokens: u64,
+    /// Estimated prompt tokens (the scorers' estimate), counted as awaiting the first token until the
+    /// response shows it (`prefill-backlog-scorer`).
+    pub prompt_tokens: u64,
     /// Prefix block hashes recorded on the destination (for other workers' `learn_prefix`).
     pub prefix_hashes: Vec<u64>,
     /// The client asked for a streamed response (its headers come before any token is generated).
@@ -293,13 +296,16 @@ impl EndpointPicker {
             },
         };
         let estimated_tokens = req.estimated_total_tokens();
-        let streaming = parsed.as_ref().is_some_and(|p| p.stream);
+        let response = ResponseExpected {
+            streaming: parsed.as_ref().is_some_and(|p| p.stream),
+            prompt_tokens: req.estimated_input_tokens(),
+        };
 
         let snapshot = match pool {
             PoolView::Fresh(s) => s,
             PoolView::Unusable { reason, known } => {
                 let outcome = self.fail_open_or_closed(reason, known, info.subset, estimated_tokens);
-                return with_rewrite(outcome, rewritten, rewritten_body, streaming);
+                return with_rewrite(outcome, rewritten, rewritten_body, response);
             }
         };
         if snapshot.generation != self.health_generation {
@@ -310,7 +316,7 @@ impl EndpointPicker {
         if exclusions.all_unusable && self.config.failure_mode == FailureMode::FailClose {
             let outcome =
                 self.fail_open_or_closed(Fallback::NoUsableEndpoint, Some(snapshot), info.subset, 0);
-            return with_rewrite(outcome, rewritten, rewritten_body, streaming);
+            return with_rewrite(outcome, rewritten, rewritten_body, response);
         }
         let decision =
             admit_excluding(&mut self.scheduler, &req, snapshot, info.subset, &exclusions, now_ms, &mut rng);
@@ -332,6 +338,7 @@ impl EndpointPicker {
                     body: None,
                     client_model: None,
                     estimated_tokens,
+                    prompt_tokens: 0,
                     prefix_hashes,
                     streaming: false,
                 })
@@ -345,7 +352,7 @@ impl EndpointPicker {
             }
             other => other,
         };
-        with_rewrite(outcome, rewritten, rewritten_body, streaming)
+        with_rewrite(outcome, rewritten, rewritten_body, response)
     }
 
     fn fail_open_or_closed(
@@ -404,6 +411,7 @@ impl EndpointPicker {
                 body: None,
                 client_model: None,
                 estimated_tokens,
+                prompt_tokens: 0,
                 prefix_hashes: Vec::new(),
                 streaming: false,
             }),
@@ -411,25 +419,35 @@ impl EndpointPicker {
     }
 }
 
+/// What a route tells the response path about the response to come.
+#[derive(Clone, Copy)]
+struct ResponseExpected {
+    streaming: bool,
+    prompt_tokens: u64,
+}
+
 /// Puts what the request asked for on a route: the rewrite (the model, the rewritten body, the client's
-/// model) and whether the response is streamed.
+/// model), whether the response is streamed and the prompt tokens awaiting its first token.
 fn with_rewrite(
     outcome: Outcome,
     model: Option<String>,
     body: Option<(Vec<u8>, String)>,
-    streaming: bool,
+    response: ResponseExpected,
 ) -> Outcome {
+    let ResponseExpected { streaming, prompt_tokens } = response;
     let (body, client_model) = match body {
         Some((b, m)) => (Some(b), Some(m)),
         None => (None, None),
     };
     match outcome {
         Outcome::Route(mut r) => {
-            (r.rewritten_model, r.body, r.client_model, r.streaming) = (model, body, client_model, streaming);
+            (r.rewritten_model, r.body, r.client_model) = (model, body, client_model);
+            (r.streaming, r.prompt_tokens) = (streaming, prompt_tokens);
             Outcome::Route(r)
         }
         Outcome::FailOpen { reason, route: Some(mut r) } => {
-            (r.rewritten_model, r.body, r.client_model, r.streaming) = (model, body, client_model, streaming);
+            (r.rewritten_model, r.body, r.client_model) = (model, body, client_model);
+            (r.streaming, r.prompt_tokens) = (streaming, prompt_tokens);
             Outcome::FailOpen { reason, route: Some(r) }
         }
         other => other,

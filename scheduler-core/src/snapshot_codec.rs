@@ -487,8 +487,11 @@ impl<'a> Reader<'a> {
             labels.push((key, value));
         }
         let consecutive_scrape_failures = self.u32("consecutive_scrape_failures")?;
-        let in_flight =
-            InFlight { requests: self.u32("in_flight.requests")?, tokens: self.uvar("in_flight.tokens")? };
+        let in_flight = InFlight {
+            requests: self.u32("in_flight.requests")?,
+            tokens: self.uvar("in_flight.tokens")?,
+            ..InFlight::default()
+        };
         let metrics = match self.tag("metrics flag", 1)? {
             0 => None,
             _ => Some(self.metrics()?),
@@ -640,7 +643,7 @@ mod tests {
             updated_at_ms: 1_757_134_210_881,
         });
         a.consecutive_scrape_failures = 2;
-        a.in_flight = InFlight { requests: 5, tokens: 12_345 };
+        a.in_flight = InFlight { requests: 5, tokens: 12_345, ..InFlight::default() };
         let b = EndpointState::new(Endpoint::new("[fd00::7]:8000"));
         PoolSnapshot {
             generation: 42,
@@ -1010,7 +1013,7 @@ mod tests {
                     },
                     metrics,
                     consecutive_scrape_failures: failures,
-                    in_flight: InFlight { requests, tokens },
+                    in_flight: InFlight { requests, tokens, ..InFlight::default() },
                 }
             })
     }

@@ -77,7 +77,7 @@ fn pool_strategy() -> impl Strategy<Value = PoolSnapshot> {
                     endpoint: e,
                     metrics,
                     consecutive_scrape_failures: fails,
-                    in_flight: InFlight { requests: reqs, tokens },
+                    in_flight: InFlight { requests: reqs, tokens, ..InFlight::default() },
                 });
             }
             pool.sort();

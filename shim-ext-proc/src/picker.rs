@@ -24,11 +24,19 @@ enum Command {
     Finish {
         address: String,
         tokens: u64,
+        /// Prompt tokens still awaiting a first token.
+        awaiting: u64,
     },
     Move {
         from: String,
         to: String,
         tokens: u64,
+        awaiting: u64,
+    },
+    /// The first token of a request routed to `address` came.
+    FirstToken {
+        address: String,
+        prompt_tokens: u64,
     },
     Answered {
         address: String,
@@ -78,6 +86,7 @@ impl std::fmt::Debug for Command {
         f.write_str(match self {
             Command::Decide { .. } => "Decide",
             Command::Finish { .. } => "Finish",
+            Command::FirstToken { .. } => "FirstToken",
             Command::Move { .. } => "Move",
             Command::Answered { .. } => "Answered",
             Command::FirstByte { .. } => "FirstByte",
@@ -183,9 +192,15 @@ impl PickerHandle {
         let _ = self.tx.send(Command::FirstByte { ticket, alive });
     }
 
-    /// The request routed to `address` ended.
-    pub fn finish(&self, address: &str, tokens: u64) {
-        let _ = self.tx.send(Command::Finish { address: address.to_string(), tokens });
+    /// The request routed to `address` ended, `awaiting` of its prompt tokens still awaiting a first
+    /// token (0 once [`PickerHandle::first_token`] released them).
+    pub fn finish(&self, address: &str, tokens: u64, awaiting: u64) {
+        let _ = self.tx.send(Command::Finish { address: address.to_string(), tokens, awaiting });
+    }
+
+    /// The first token of a request routed to `address` came: its `prompt_tokens` no longer await it.
+    pub fn first_token(&self, address: &str, prompt_tokens: u64) {
+        let _ = self.tx.send(Command::FirstToken { address: address.to_string(), prompt_tokens });
     }
 
     /// `address` answered with `status` (the gateway's own 502/503/504 included).
@@ -193,9 +208,11 @@ impl PickerHandle {
         let _ = self.tx.send(Command::Answered { address: address.to_string(), status });
     }
 
-    /// The gateway served the request on `to` rather than `from`.
-    pub fn moved(&self, from: &str, to: &str, tokens: u64) {
-        let _ = self.tx.send(Command::Move { from: from.to_string(), to: to.to_string(), tokens });
+    /// The gateway served the request on `to` rather than `from` (`awaiting`: its prompt tokens still
+    /// awaiting a first token, moved with it).
+    pub fn moved(&self, from: &str, to: &str, tokens: u64, awaiting: u64) {
+        let (from, to) = (from.to_string(), to.to_string());
+        let _ = self.tx.send(Command::Move { from, to, tokens, awaiting });
     }
 }
 
@@ -259,10 +276,11 @@ impl Worker {
                 self.metrics.record_first_byte_timeouts(late as u64);
                 self.health_events();
             }
-            Command::Finish { address, tokens } => self.table.finish(&address, tokens),
-            Command::Move { from, to, tokens } => {
-                self.table.finish(&from, tokens);
-                self.table.start(&to, tokens);
+            Command::Finish { address, tokens, awaiting } => self.table.finish(&address, tokens, awaiting),
+            Command::FirstToken { address, prompt_tokens } => self.table.first_token(&address, prompt_tokens),
+            Command::Move { from, to, tokens, awaiting } => {
+                self.table.finish(&from, tokens, awaiting);
+                self.table.start(&to, tokens, awaiting);
             }
             Command::Answered { address, status } => {
                 let now = (self.clock)();
@@ -315,7 +333,7 @@ impl Worker {
         self.metrics.record_decision(&outcome, started.elapsed());
         let mut ticket = None;
         if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = &outcome {
-            self.table.start(&r.destination, r.estimated_tokens);
+            self.table.start(&r.destination, r.estimated_tokens, r.prompt_tokens);
             self.tickets = self.tickets.wrapping_add(1);
             self.picker.health_mut().sent(self.tickets, &r.destination, r.streaming, now);
             ticket = Some(self.tickets);

@@ -243,12 +243,16 @@ impl HttpContext for Stream {
             log_err(name, abi::replace_header(MapType::HttpResponseHeaders, name, value.as_bytes()));
         }
         if let Some(m) = &step.moved {
-            w.moved(&*self.host, &m.from, &m.to, m.tokens);
+            w.moved(&*self.host, m);
             // Envoy retried elsewhere: the first attempt failed before any response.
             w.answered(&*self.host, &m.from, 503);
         }
         if let Some((address, status)) = &step.answered {
             w.answered(&*self.host, address, *status);
+        }
+        // A response not streamed (or an error) comes whole: its headers mark the first token.
+        if let (Some(prompt_tokens), Some(address)) = (step.first_token, self.exchange.counted_on()) {
+            w.first_token(address, prompt_tokens);
         }
         if step.body_changes_length {
             // The headers leave before the body does: no length rather than a wrong one.
@@ -258,6 +262,14 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // A streamed response's first chunk is its first token, whether or not its bytes are read.
+        if let Some(first) = self.exchange.on_response_data() {
+            match self.worker.as_ref().map(|w| w.try_borrow_mut()) {
+                Some(Ok(mut w)) => w.first_token(first.address, first.prompt_tokens),
+                Some(Err(_)) => log::warn!("first token at {} not counted (worker busy)", first.address),
+                None => {}
+            }
+        }
         if !self.exchange.reads_response_body() {
             return Action::Continue;
         }

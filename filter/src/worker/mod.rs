@@ -4,7 +4,7 @@
 
 use crate::ejections::SharedEjections;
 use crate::host::Host;
-use crate::inflight::{InFlightState, Publish, HEARTBEAT_MS};
+use crate::inflight::{Count, InFlightState, Publish, HEARTBEAT_MS};
 use crate::keys::Keys;
 use crate::prefix_sync::PrefixSync;
 use crate::snapshot_cache::{Refresh, SnapshotCache};
@@ -15,7 +15,7 @@ use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{
     request_seed, EndpointPicker, Fallback, Outcome, PoolView, Reply, RequestInfo, Route,
 };
-use scheduler_core::exchange::{ExchangeSettings, InFlight};
+use scheduler_core::exchange::{ExchangeSettings, InFlight, Moved};
 use scheduler_core::health::{HealthEvent, Unusable};
 use scheduler_core::model::PoolSnapshot;
 use std::rc::Rc;
@@ -226,16 +226,26 @@ impl Worker {
 
     fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> InFlight {
         let to = publish(&self.keys, self.id, &self.directory);
-        self.inflight.start(host, to, &route.destination, route.estimated_tokens, now_ms);
+        let (address, tokens, awaiting) =
+            (route.destination.as_str(), route.estimated_tokens, route.prompt_tokens);
+        self.inflight.start(host, to, Count { address, tokens, awaiting }, now_ms);
         self.prefix.broadcast(host, &self.keys, share_with, &route.destination, &route.prefix_hashes, now_ms);
-        InFlight { address: route.destination.clone(), tokens: route.estimated_tokens }
+        InFlight { address: route.destination.clone(), tokens, awaiting }
+    }
+
+    /// The first token of a routed request came (see `Exchange::on_response_data`): its `prompt_tokens`
+    /// no longer await it at `address`.
+    pub fn first_token(&mut self, address: &str, prompt_tokens: u64) {
+        let to = publish(&self.keys, self.id, &self.directory);
+        self.inflight.first_token(to, address, prompt_tokens);
     }
 
     /// The routed stream ended (completed, reset or answered locally).
     pub fn finish(&mut self, host: &dyn Host, routed: &InFlight) {
         let now_ms = host.now_ms();
         let to = publish(&self.keys, self.id, &self.directory);
-        self.inflight.finish(host, to, &routed.address, routed.tokens, now_ms);
+        let count = Count { address: &routed.address, tokens: routed.tokens, awaiting: routed.awaiting };
+        self.inflight.finish(host, to, count, now_ms);
         self.prefix.flush_if_due(host, &self.keys, now_ms);
     }
 
@@ -274,13 +284,14 @@ impl Worker {
         }
     }
 
-    /// The proxy served the request on `to` rather than where it was counted (a retry, a fallback).
-    pub fn moved(&mut self, host: &dyn Host, from: &str, to: &str, tokens: u64) {
+    /// The proxy served the request on `m.to` rather than where it was counted (a retry, a fallback).
+    pub fn moved(&mut self, host: &dyn Host, m: &Moved) {
         let now_ms = host.now_ms();
+        let (tokens, awaiting) = (m.tokens, m.awaiting);
         let publish_to = publish(&self.keys, self.id, &self.directory);
-        self.inflight.finish(host, publish_to, from, tokens, now_ms);
+        self.inflight.finish(host, publish_to, Count { address: &m.from, tokens, awaiting }, now_ms);
         let publish_to = publish(&self.keys, self.id, &self.directory);
-        self.inflight.start(host, publish_to, to, tokens, now_ms);
+        self.inflight.start(host, publish_to, Count { address: &m.to, tokens, awaiting }, now_ms);
     }
 
     /// Heartbeat: sends prefixes still waiting, keeps this worker's table alive, its directory entry

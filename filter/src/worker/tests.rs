@@ -387,3 +387,31 @@ fn the_heartbeat_reports_pool_load_over_the_usable_endpoints() {
     assert_eq!(pool(&host), [1, 5, 100]);
     assert_eq!(host.metric(&stats::endpoint_metric(stats::ENDPOINT_QUEUE_SIZE, "10.0.0.1:8000")), 2);
 }
+
+#[test]
+fn a_routed_prompt_awaits_its_first_token_in_the_published_table_until_released() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut a = worker(&host, "");
+    let b = worker(&host, "");
+    publish(&host, a.keys(), 1, &[0, 0]);
+    let queue_a = host.queue_resolve(&a.keys().prefix_queue(a.id().unwrap())).unwrap().unwrap();
+    assert!(a.on_queue_ready(&host, queue_a));
+    host.advance(1);
+    let (o, routed, _) = a.decide(&host, &info("x"), Some(CHAT));
+    let routed = routed.unwrap();
+    let Outcome::Route(route) = &o else { panic!("{o:?}") };
+    assert!(route.prompt_tokens > 0);
+    assert_eq!(routed.awaiting, route.prompt_tokens);
+    let key = a.keys().inflight(a.id().unwrap());
+    let published = || InFlightTable::decode(&host.get(&key).unwrap()).unwrap().get(&routed.address);
+    assert_eq!(published().awaiting_first_token, route.prompt_tokens);
+    // The first token: the prompt no longer awaits it, published with the table's next write (here the
+    // request's end in the same millisecond, which is not held back by it).
+    host.advance(1);
+    a.first_token(&routed.address, routed.awaiting);
+    assert_eq!(published().awaiting_first_token, route.prompt_tokens, "not written on its own");
+    a.finish(&host, &InFlight { awaiting: 0, ..routed.clone() });
+    assert_eq!(published(), scheduler_core::model::InFlight::default());
+    drop(b);
+}

@@ -25,6 +25,11 @@
 //! - The response body is read only up to `limits.maxResponseBodyBytes`: a JSON answer is held (to put
 //!   the client's model name back) or copied (for usage) up to that size, and passes through untouched
 //!   past it; server-sent events are filtered line by line whatever their length.
+//! - A routed request's prompt tokens await its first token (per endpoint, beside the in-flight count)
+//!   until the response shows it: the first response body chunk of a streamed response (vLLM and
+//!   SGLang send a stream's headers before they generate), the response headers otherwise (a response
+//!   that is not streamed, or an error, comes whole) or the end of the stream, whichever comes first,
+//!   exactly once; a retry to another endpoint moves them with the in-flight count.
 
 pub mod headers;
 mod response;
@@ -242,6 +247,8 @@ pub struct Forward {
 pub struct InFlight {
     pub address: String,
     pub tokens: u64,
+    /// Prompt tokens still awaiting the first token (0 once released).
+    pub awaiting: u64,
 }
 
 /// The gateway served the request on another endpoint than the one counted (a retry, a fallback).
@@ -250,6 +257,15 @@ pub struct Moved {
     pub from: String,
     pub to: String,
     pub tokens: u64,
+    /// Prompt tokens awaiting the first token, moved with the count.
+    pub awaiting: u64,
+}
+
+/// A routed request's first token came: its prompt tokens no longer await it on `address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstToken<'a> {
+    pub address: &'a str,
+    pub prompt_tokens: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -273,6 +289,10 @@ struct Routed {
     /// Where the in-flight count sits now.
     accounted: String,
     tokens: u64,
+    /// Prompt tokens awaiting the first token; 0 once released.
+    awaiting: u64,
+    /// The client asked for a streamed response: its first body chunk is the first token.
+    streaming: bool,
     /// The model the client asked for, when the server was sent another one.
     client_model: Option<String>,
     /// The prefill endpoint (disaggregated serving), kept only for a prefill session token.
@@ -429,6 +449,8 @@ impl Exchange {
         self.routed = Some(Routed {
             accounted: route.destination,
             tokens: route.estimated_tokens,
+            awaiting: route.prompt_tokens,
+            streaming: route.streaming,
             client_model: route.client_model,
             prefill: route.prefill.filter(|_| s.session_token == Some(SessionTokenOf::Prefill)),
         });
@@ -437,7 +459,29 @@ impl Exchange {
 
     /// Where this request's in-flight count sits and how many tokens it holds.
     pub fn in_flight(&self) -> Option<InFlight> {
-        self.routed.as_ref().map(|r| InFlight { address: r.accounted.clone(), tokens: r.tokens })
+        self.routed.as_ref().map(|r| InFlight {
+            address: r.accounted.clone(),
+            tokens: r.tokens,
+            awaiting: r.awaiting,
+        })
+    }
+
+    /// The endpoint this request's in-flight count sits on, if routed.
+    pub fn counted_on(&self) -> Option<&str> {
+        self.routed.as_ref().map(|r| r.accounted.as_str())
+    }
+
+    /// A response body chunk arrived (whatever is done with its bytes): the first one releases the
+    /// prompt tokens awaiting the first token, if the headers did not. Call it before reading the chunk.
+    pub fn on_response_data(&mut self) -> Option<FirstToken<'_>> {
+        if self.phase != Phase::Forwarded {
+            return None;
+        }
+        let r = self.routed.as_mut()?;
+        match core::mem::take(&mut r.awaiting) {
+            0 => None,
+            prompt_tokens => Some(FirstToken { address: r.accounted.as_str(), prompt_tokens }),
+        }
     }
 
     /// True when the response path wants the proxy's report of the upstream address (it was routed and
@@ -460,12 +504,23 @@ impl Exchange {
                 };
                 let served = reported.map_or_else(|| r.accounted.clone(), String::from);
                 if served != r.accounted {
-                    step.moved =
-                        Some(Moved { from: r.accounted.clone(), to: served.clone(), tokens: r.tokens });
+                    step.moved = Some(Moved {
+                        from: r.accounted.clone(),
+                        to: served.clone(),
+                        tokens: r.tokens,
+                        awaiting: r.awaiting,
+                    });
                     r.accounted = served.clone();
                 }
                 if let Some(status) = head.status {
                     step.answered = Some((served.clone(), status));
+                }
+                // Only a successful stream generates after its headers; anything else comes whole.
+                let whole = !r.streaming
+                    || head.end_of_stream
+                    || head.status.is_some_and(|s| !(200..300).contains(&s));
+                if whole && r.awaiting > 0 {
+                    step.first_token = Some(core::mem::take(&mut r.awaiting));
                 }
                 step.session_token = s.session_token.map(|of| {
                     let endpoint = match (of, &r.prefill) {
@@ -515,9 +570,10 @@ impl Exchange {
         self.response.trailers()
     }
 
-    /// The stream ended (completed, reset or answered locally): the in-flight count to release, once.
+    /// The stream ended (completed, reset or answered locally): the in-flight count to release, once,
+    /// with the prompt tokens still awaiting a first token (a stream that ended without one).
     pub fn on_stream_end(&mut self) -> Option<InFlight> {
         self.response = response::ResponseBody::default();
-        self.routed.take().map(|r| InFlight { address: r.accounted, tokens: r.tokens })
+        self.routed.take().map(|r| InFlight { address: r.accounted, tokens: r.tokens, awaiting: r.awaiting })
     }
 }

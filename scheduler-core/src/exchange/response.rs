@@ -37,6 +37,11 @@ pub struct ResponseHeadStep {
     pub body_changes_length: bool,
     /// The body is held until its end (a host that can should hold the headers with it).
     pub holds_body: bool,
+    /// The headers mark the request's first token: release these prompt tokens from awaiting it, on the
+    /// endpoint the request is counted on ([`Exchange::counted_on`](super::Exchange::counted_on), after
+    /// `moved`). A response that is not streamed comes whole, so its first token is counted as awaited
+    /// until then: the backlog is over-counted by its decode time.
+    pub first_token: Option<u64>,
 }
 
 /// What to do with one response body chunk.

@@ -35,6 +35,7 @@ fn route(destination: &str) -> Route {
         body: None,
         client_model: None,
         estimated_tokens: 40,
+        prompt_tokens: 16,
         prefix_hashes: Vec::new(),
         streaming: false,
     }
@@ -181,8 +182,9 @@ fn a_route_sets_the_routing_headers_and_a_rewritten_body_with_its_length() {
         ]
     );
     assert_eq!(f.body.as_deref(), Some(&b"{\"model\":\"m2\"}"[..]));
-    assert_eq!(x.in_flight(), Some(InFlight { address: "10.0.0.1:8000".to_owned(), tokens: 40 }));
-    assert_eq!(x.on_stream_end(), Some(InFlight { address: "10.0.0.1:8000".to_owned(), tokens: 40 }));
+    let counted = InFlight { address: "10.0.0.1:8000".to_owned(), tokens: 40, awaiting: 16 };
+    assert_eq!(x.in_flight(), Some(counted.clone()));
+    assert_eq!(x.on_stream_end(), Some(counted), "ended before its first token: the prompt is released too");
     assert_eq!(x.on_stream_end(), None, "released once");
 }
 
@@ -229,7 +231,10 @@ fn the_served_endpoint_is_the_proxys_report_and_moves_the_in_flight_count() {
     let step = x.on_response_headers(&s, &head(503, "application/json", Some("10.0.0.2:8000")));
     let served = "10.0.0.2:8000".to_owned();
     assert_eq!(step.served, Some(("x-gateway-destination-endpoint-served".to_owned(), served.clone())));
-    assert_eq!(step.moved, Some(Moved { from: "10.0.0.1:8000".to_owned(), to: served.clone(), tokens: 40 }));
+    let moved = Moved { from: "10.0.0.1:8000".to_owned(), to: served.clone(), tokens: 40, awaiting: 16 };
+    assert_eq!(step.moved, Some(moved));
+    assert_eq!(step.first_token, Some(16), "an error comes whole: its headers release the prompt");
+    assert_eq!(x.counted_on(), Some(served.as_str()));
     assert_eq!(step.answered, Some((served.clone(), 503)));
     assert_eq!(x.on_stream_end().map(|f| f.address), Some(served));
 
@@ -427,4 +432,60 @@ fn a_prefill_profile_session_token_names_the_prefill_endpoint() {
     let y = &mut routed(&s, None);
     let step = y.on_response_headers(&s, &head(200, "application/json", None));
     assert_eq!(step.session_token.map(|(_, v)| v), Some(encode_session_token("10.0.0.1:8000")));
+}
+
+/// An exchange routed to `10.0.0.1:8000` for a client that asked for a streamed response.
+fn routed_streaming(s: &ExchangeSettings) -> Exchange {
+    let mut x = Exchange::new();
+    x.on_request_headers(s, Some(&map(&[("x-request-id", "r")])), None, false, &mut no_id);
+    x.on_request_body(s, 10, true);
+    let mut r = route("10.0.0.1:8000");
+    r.streaming = true;
+    assert!(matches!(x.on_outcome(s, Outcome::Route(r)), Decided::Forward(_)));
+    x
+}
+
+#[test]
+fn a_streamed_response_releases_the_prompt_at_its_first_body_chunk_once() {
+    let s = settings("");
+    let mut x = routed_streaming(&s);
+    let step = x.on_response_headers(&s, &head(200, "text/event-stream", None));
+    assert_eq!(step.first_token, None, "stream headers come before the first token");
+    assert_eq!(x.in_flight().map(|f| f.awaiting), Some(16));
+    let first = x.on_response_data();
+    assert_eq!(first, Some(FirstToken { address: "10.0.0.1:8000", prompt_tokens: 16 }));
+    assert_eq!(x.on_response_data(), None, "released once");
+    let end = x.on_stream_end().unwrap();
+    assert_eq!((end.tokens, end.awaiting), (40, 0));
+}
+
+#[test]
+fn a_response_not_streamed_or_failed_releases_the_prompt_at_its_headers() {
+    let s = settings("");
+    let mut x = routed(&s, None);
+    assert_eq!(x.on_response_headers(&s, &head(200, "application/json", None)).first_token, Some(16));
+    assert_eq!(x.on_response_data(), None);
+    assert_eq!(x.on_stream_end().map(|f| f.awaiting), Some(0));
+
+    let mut failed = routed_streaming(&s);
+    let step = failed.on_response_headers(&s, &head(429, "application/json", None));
+    assert_eq!(step.first_token, Some(16), "an error answer generates nothing after its headers");
+
+    let mut empty = routed_streaming(&s);
+    let headers_only = ResponseHead { end_of_stream: true, ..head(200, "text/event-stream", None) };
+    assert_eq!(empty.on_response_headers(&s, &headers_only).first_token, Some(16));
+}
+
+#[test]
+fn a_streamed_request_reset_before_its_first_token_releases_the_prompt_with_the_count() {
+    let s = settings("");
+    let mut x = routed_streaming(&s);
+    // Retried on another endpoint: the prompt awaits its first token there now.
+    let step = x.on_response_headers(&s, &head(200, "text/event-stream", Some("10.0.0.2:8000")));
+    assert_eq!(step.moved.map(|m| m.awaiting), Some(16));
+    assert_eq!(step.first_token, None);
+    let end = x.on_stream_end().unwrap();
+    assert_eq!((end.address.as_str(), end.awaiting), ("10.0.0.2:8000", 16));
+    assert_eq!(x.on_response_data(), None);
+    assert_eq!(x.on_stream_end(), None);
 }

@@ -47,6 +47,9 @@ pub struct InFlight {
     pub requests: u32,
     /// Estimated tokens (input + expected output) of those requests.
     pub tokens: u64,
+    /// Estimated prompt tokens of those requests that have not produced their first token yet: prefill
+    /// queued or running on the endpoint (`prefill-backlog-scorer`).
+    pub awaiting_first_token: u64,
 }
 
 impl InFlight {
@@ -60,8 +63,19 @@ impl InFlight {
         self.tokens = self.tokens.saturating_sub(tokens);
     }
 
+    /// A routed request with `prompt_tokens` waits for its first token.
+    pub fn await_first_token(&mut self, prompt_tokens: u64) {
+        self.awaiting_first_token = self.awaiting_first_token.saturating_add(prompt_tokens);
+    }
+
+    /// A request counted by [`InFlight::await_first_token`] produced its first token (or ended).
+    pub fn first_token(&mut self, prompt_tokens: u64) {
+        self.awaiting_first_token = self.awaiting_first_token.saturating_sub(prompt_tokens);
+    }
+
     pub fn merge(&mut self, other: InFlight) {
         self.requests = self.requests.saturating_add(other.requests);
         self.tokens = self.tokens.saturating_add(other.tokens);
+        self.awaiting_first_token = self.awaiting_first_token.saturating_add(other.awaiting_first_token);
     }
 }

@@ -24,6 +24,7 @@ use super::scorers::kv_cache_utilization_scorer::KvCacheUtilizationScorer;
 use super::scorers::load_aware_scorer::LoadAwareScorer;
 use super::scorers::lora_affinity_scorer::LoraAffinityScorer;
 use super::scorers::lora_slot_scorer::LoraSlotScorer;
+use super::scorers::prefill_backlog_scorer::PrefillBacklogScorer;
 use super::scorers::prefix_cache_scorer::PrefixCacheScorer;
 use super::scorers::prefix_owner_scorer::PrefixOwnerScorer;
 use super::scorers::queue_scorer::QueueScorer;
@@ -53,6 +54,7 @@ const BUILTIN: &[Entry] = &[
     Entry::of::<InflightAwareQueueScorer>(),
     Entry::of::<LoraSlotScorer>(),
     Entry::of::<PrefixOwnerScorer>(),
+    Entry::of::<PrefillBacklogScorer>(),
     // Filters and detectors
     Entry::of::<PrefixCacheAffinityFilter>(),
     Entry::of::<LeastQueueFilter>(),

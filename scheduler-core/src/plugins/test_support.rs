@@ -67,7 +67,7 @@ pub fn lora_tiers_pool() -> PoolSnapshot {
 
 /// Same endpoint with gateway in-flight work.
 pub fn inflight(mut s: EndpointState, requests: u32, tokens: u64) -> EndpointState {
-    s.in_flight = InFlight { requests, tokens };
+    s.in_flight = InFlight { requests, tokens, ..InFlight::default() };
     s
 }
 

@@ -5,7 +5,14 @@
 //! than a cut-off belongs to a VM that died (its streams died with it) and is ignored.
 //!
 //! Layout (little-endian): magic `b"IF"`, version u8 (=1), heartbeat_ms u64, count u32, then per entry:
-//! address length u16, address bytes (UTF-8), requests u32, tokens u64.
+//! address length u16, address bytes (UTF-8), requests u32, tokens u64; then the awaiting-first-token
+//! section: tag `b"AF"`, then per entry, in the same order, awaiting_first_token u64.
+//!
+//! The section was added after version 1 shipped, without a new version, so that workers of both builds
+//! keep reading each other during a VM reload: a build that predates it reads the entries and ignores
+//! the bytes after them (it never checked for trailing bytes), and this build reads a table without the
+//! section (or with a section tag it does not know, from a later build) as nothing awaiting a first
+//! token. A section with the `AF` tag that is cut short is an error, like any other truncation.
 
 use super::bytes::Reader;
 use crate::model::InFlight;
@@ -17,6 +24,8 @@ const MAGIC: &[u8; 2] = b"IF";
 const VERSION: u8 = 1;
 /// Smallest possible entry: empty address + u32 + u64.
 const MIN_ENTRY: usize = 2 + 4 + 8;
+/// Tag of the awaiting-first-token section after the entries.
+const AWAITING_TAG: &[u8; 2] = b"AF";
 
 /// In-flight counts per endpoint address for one worker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,28 +70,39 @@ impl InFlightTable {
         self.entries.is_empty()
     }
 
-    /// Counts a request routed to `address` carrying an estimated `tokens`.
-    pub fn start(&mut self, address: &str, tokens: u64) {
+    /// Counts a request routed to `address` carrying an estimated `tokens`, of which `prompt_tokens`
+    /// wait for the first token.
+    pub fn start(&mut self, address: &str, tokens: u64, prompt_tokens: u64) {
+        let mut added = InFlight::default();
+        added.add(tokens);
+        added.await_first_token(prompt_tokens);
         match self.position(address) {
             Ok(i) => {
                 if let Some((_, f)) = self.entries.get_mut(i) {
-                    f.add(tokens);
+                    f.merge(added);
                 }
             }
-            Err(i) => {
-                let mut f = InFlight::default();
-                f.add(tokens);
-                self.entries.insert(i, (String::from(address), f));
-            }
+            Err(i) => self.entries.insert(i, (String::from(address), added)),
         }
     }
 
-    /// Ends a request started with [`InFlightTable::start`]; unknown addresses are ignored.
-    pub fn finish(&mut self, address: &str, tokens: u64) {
+    /// A request started with [`InFlightTable::start`] produced its first token: its `prompt_tokens`
+    /// no longer wait. Unknown addresses are ignored.
+    pub fn first_token(&mut self, address: &str, prompt_tokens: u64) {
+        if let Some((_, f)) = self.position(address).ok().and_then(|i| self.entries.get_mut(i)) {
+            f.first_token(prompt_tokens);
+        }
+    }
+
+    /// Ends a request started with [`InFlightTable::start`], `awaiting` of its prompt tokens still
+    /// waiting for a first token (0 once [`InFlightTable::first_token`] released them); unknown
+    /// addresses are ignored.
+    pub fn finish(&mut self, address: &str, tokens: u64, awaiting: u64) {
         if let Ok(i) = self.position(address) {
             let now_zero = match self.entries.get_mut(i) {
                 Some((_, f)) => {
                     f.remove(tokens);
+                    f.first_token(awaiting);
                     f.requests == 0
                 }
                 None => false,
@@ -98,7 +118,7 @@ impl InFlightTable {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(15 + self.entries.len() * 32);
+        let mut out = Vec::with_capacity(17 + self.entries.len() * 40);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&self.heartbeat_ms.to_le_bytes());
@@ -110,6 +130,10 @@ impl InFlightTable {
             out.extend_from_slice(a);
             out.extend_from_slice(&f.requests.to_le_bytes());
             out.extend_from_slice(&f.tokens.to_le_bytes());
+        }
+        out.extend_from_slice(AWAITING_TAG);
+        for (_, f) in &self.entries {
+            out.extend_from_slice(&f.awaiting_first_token.to_le_bytes());
         }
         out
     }
@@ -135,7 +159,14 @@ impl InFlightTable {
             let addr = core::str::from_utf8(addr).map_err(|_| TableError::BadAddress)?;
             let requests = r.u32().ok_or(TableError::Truncated)?;
             let tokens = r.u64().ok_or(TableError::Truncated)?;
-            entries.push((String::from(addr), InFlight { requests, tokens }));
+            entries.push((String::from(addr), InFlight { requests, tokens, awaiting_first_token: 0 }));
+        }
+        // The awaiting-first-token section: absent from an older writer, unknown from a later one.
+        if r.remaining() >= AWAITING_TAG.len() && r.take(AWAITING_TAG.len()) == Some(AWAITING_TAG.as_slice())
+        {
+            for (_, f) in entries.iter_mut() {
+                f.awaiting_first_token = r.u64().ok_or(TableError::Truncated)?;
+            }
         }
         // A writer always sorts; re-sort instead of trusting bytes from shared memory.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -176,32 +207,71 @@ mod tests {
     #[test]
     fn start_finish_round_trip() {
         let mut t = InFlightTable { heartbeat_ms: 42, ..Default::default() };
-        t.start("10.0.0.2:8000", 100);
-        t.start("10.0.0.1:8000", 10);
-        t.start("10.0.0.2:8000", 50);
-        assert_eq!(t.get("10.0.0.2:8000"), InFlight { requests: 2, tokens: 150 });
+        t.start("10.0.0.2:8000", 100, 40);
+        t.start("10.0.0.1:8000", 10, 4);
+        t.start("10.0.0.2:8000", 50, 20);
+        assert_eq!(t.get("10.0.0.2:8000"), InFlight { requests: 2, tokens: 150, awaiting_first_token: 60 });
         let d = InFlightTable::decode(&t.encode()).unwrap();
         assert_eq!(d, t);
-        t.finish("10.0.0.2:8000", 100);
-        t.finish("10.0.0.2:8000", 50);
-        t.finish("10.9.9.9:1", 5);
+        t.first_token("10.0.0.2:8000", 40);
+        assert_eq!(t.get("10.0.0.2:8000").awaiting_first_token, 20);
+        assert_eq!(InFlightTable::decode(&t.encode()).unwrap(), t);
+        // The first request ends after its first token, the second before (a reset): each released once.
+        t.finish("10.0.0.2:8000", 100, 0);
+        t.finish("10.0.0.2:8000", 50, 20);
+        t.finish("10.9.9.9:1", 5, 5);
+        t.first_token("10.9.9.9:1", 5);
         assert_eq!(t.get("10.0.0.2:8000"), InFlight::default());
         assert_eq!(t.iter().count(), 1, "entries that reach zero are dropped");
+    }
+
+    /// The version-1 bytes a build without the awaiting-first-token section writes.
+    fn v1_bytes(heartbeat_ms: u64, entries: &[(&str, u32, u64)]) -> Vec<u8> {
+        let mut out = b"IF\x01".to_vec();
+        out.extend_from_slice(&heartbeat_ms.to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for (a, requests, tokens) in entries {
+            out.extend_from_slice(&(a.len() as u16).to_le_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(&requests.to_le_bytes());
+            out.extend_from_slice(&tokens.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn an_older_build_reads_this_table_and_this_build_reads_an_older_one() {
+        let mut t = InFlightTable { heartbeat_ms: 7, ..Default::default() };
+        t.start("10.0.0.1:80", 30, 12);
+        t.start("10.0.0.2:80", 5, 2);
+        let old = v1_bytes(7, &[("10.0.0.1:80", 1, 30), ("10.0.0.2:80", 1, 5)]);
+        // An older build reads the entries and stops: what it reads is exactly the table it would write.
+        let new = t.encode();
+        assert_eq!(&new[..old.len()], old.as_slice());
+        assert_eq!(&new[old.len()..old.len() + 2], b"AF");
+        // This build reads an older worker's table as nothing awaiting a first token.
+        let back = InFlightTable::decode(&old).unwrap();
+        assert_eq!(back.get("10.0.0.1:80"), InFlight { requests: 1, tokens: 30, awaiting_first_token: 0 });
+        // ... and a section it does not know (from a later build) the same way.
+        let mut later = old.clone();
+        later.extend_from_slice(b"ZZ\x01\x02");
+        assert_eq!(InFlightTable::decode(&later).unwrap(), back);
+        assert_eq!(InFlightTable::decode(&new).unwrap().get("10.0.0.1:80").awaiting_first_token, 12);
     }
 
     #[test]
     fn dead_workers_are_ignored_when_summing() {
         let mut live = InFlightTable { heartbeat_ms: 1_000, ..Default::default() };
-        live.start("a:1", 10);
+        live.start("a:1", 10, 4);
         let mut dead = InFlightTable { heartbeat_ms: 100, ..Default::default() };
-        dead.start("a:1", 10);
+        dead.start("a:1", 10, 4);
         let (l, d) = (live.encode(), dead.encode());
         let mut sum = BTreeMap::new();
         let bad = sum_live([l.as_slice(), d.as_slice(), b"junk".as_slice()], 1_500, 600, |a, f| {
             sum.entry(String::from(a)).or_insert_with(InFlight::default).merge(f)
         });
         assert_eq!(bad, 1);
-        assert_eq!(sum.get("a:1"), Some(&InFlight { requests: 1, tokens: 10 }));
+        assert_eq!(sum.get("a:1"), Some(&InFlight { requests: 1, tokens: 10, awaiting_first_token: 4 }));
     }
 
     #[test]
@@ -212,10 +282,13 @@ mod tests {
             Err(TableError::UnsupportedVersion { found: 9, supported: 1 })
         );
         let mut t = InFlightTable::default();
-        t.start("10.0.0.1:80", 1);
+        t.start("10.0.0.1:80", 1, 1);
         let enc = t.encode();
+        // Cut at the end of the entries, or inside the section's tag, it reads as an older build's table.
+        let entries_end = enc.len() - 2 - 8;
         for cut in 0..enc.len() {
-            assert!(InFlightTable::decode(&enc[..cut]).is_err(), "cut at {cut}");
+            let ok = InFlightTable::decode(&enc[..cut]).is_ok();
+            assert_eq!(ok, (entries_end..entries_end + 2).contains(&cut), "cut at {cut}");
         }
         // A count that claims more entries than bytes exist must not allocate for them.
         let mut huge = enc[..11].to_vec();
@@ -230,31 +303,37 @@ mod tests {
         }
 
         #[test]
-        fn counts_match_a_model(ops in proptest::collection::vec((0u8..4, any::<bool>(), 0u64..1000), 0..64)) {
+        fn counts_match_a_model(ops in proptest::collection::vec((0u8..4, 0u8..3, 0u64..1000), 0..64)) {
             let mut t = InFlightTable::default();
-            let mut model: BTreeMap<u8, (u32, u64)> = BTreeMap::new();
-            for (ep, start, tok) in ops {
+            // Per endpoint: the requests in flight, each (tokens, prompt tokens still awaiting).
+            let mut model: BTreeMap<u8, Vec<(u64, u64)>> = BTreeMap::new();
+            for (ep, op, tok) in ops {
                 let addr = alloc::format!("10.0.0.{ep}:80");
-                if start {
-                    t.start(&addr, tok);
-                    let e = model.entry(ep).or_default();
-                    e.0 += 1;
-                    e.1 += tok;
-                } else if let Some(e) = model.get_mut(&ep) {
-                    // Only finish what was started with the same tokens, as the filter does.
-                    if e.0 > 0 && e.1 >= tok {
-                        t.finish(&addr, tok);
-                        e.0 -= 1;
-                        e.1 -= tok;
-                        if e.0 == 0 { model.remove(&ep); }
+                let reqs = model.entry(ep).or_default();
+                match (op, reqs.last_mut()) {
+                    (0, _) => {
+                        t.start(&addr, tok, tok / 3);
+                        reqs.push((tok, tok / 3));
                     }
+                    // Only release what was started, once, as the filter does.
+                    (1, Some(last)) if last.1 > 0 => {
+                        t.first_token(&addr, last.1);
+                        last.1 = 0;
+                    }
+                    (2, Some(_)) => {
+                        if let Some((tok, awaiting)) = reqs.pop() {
+                            t.finish(&addr, tok, awaiting);
+                        }
+                    }
+                    _ => {}
                 }
             }
             let back = InFlightTable::decode(&t.encode()).unwrap();
-            for (ep, (n, tok)) in &model {
+            for (ep, reqs) in &model {
                 let f = back.get(&alloc::format!("10.0.0.{ep}:80"));
-                prop_assert_eq!(f.requests, *n);
-                prop_assert_eq!(f.tokens, *tok);
+                prop_assert_eq!(f.requests as usize, reqs.len());
+                prop_assert_eq!(f.tokens, reqs.iter().map(|r| r.0).sum::<u64>());
+                prop_assert_eq!(f.awaiting_first_token, reqs.iter().map(|r| r.1).sum::<u64>());
             }
         }
     }

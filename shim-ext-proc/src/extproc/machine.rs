@@ -101,6 +101,16 @@ pub enum Step {
         routed: String,
         served: String,
         tokens: u64,
+        /// Prompt tokens awaiting the first token, moved with the count.
+        awaiting: u64,
+    },
+    /// The request's first token came: its prompt tokens no longer await it on `endpoint`. With the
+    /// response body in full duplex, at the first body chunk of a streamed response; in the other
+    /// modes the gateway sends the body (if at all) only once complete, so the response headers stand
+    /// for the first token of every response, streamed or not.
+    FirstToken {
+        endpoint: String,
+        prompt_tokens: u64,
     },
     Usage(Usage),
     /// The request was answered before any decision (count it as a reply with this reason).
@@ -365,9 +375,17 @@ impl Machine {
         if let Some(m) = step.moved {
             // The gateway retried elsewhere: the first attempt failed before any response.
             steps.push(Step::Answered { endpoint: m.from.clone(), status: 503 });
-            steps.push(Step::Served { routed: m.from, served: m.to, tokens: m.tokens });
+            steps.push(Step::Served { routed: m.from, served: m.to, tokens: m.tokens, awaiting: m.awaiting });
         }
         steps.extend(step.answered.map(|(endpoint, status)| Step::Answered { endpoint, status }));
+        let first_token = match self.response_mode {
+            BodyMode::FullDuplex => step.first_token,
+            // No body chunk will come as it is generated: the headers are the first sign of an answer.
+            BodyMode::Buffered | BodyMode::None => {
+                step.first_token.or_else(|| self.exchange.on_response_data().map(|f| f.prompt_tokens))
+            }
+        };
+        steps.extend(self.first_token(first_token));
         let mut mutation = Mutation::default();
         for (name, value) in step.served.iter().chain(&step.session_token) {
             mutation.set(name, value);
@@ -389,12 +407,20 @@ impl Machine {
         steps
     }
 
+    /// The step releasing `prompt_tokens` from awaiting the first token where the request is counted.
+    fn first_token(&self, prompt_tokens: Option<u64>) -> Option<Step> {
+        let endpoint = self.exchange.counted_on()?.to_string();
+        Some(Step::FirstToken { endpoint, prompt_tokens: prompt_tokens? })
+    }
+
     fn response_body(&mut self, b: HttpBody) -> Vec<Step> {
         let s = std::sync::Arc::clone(&self.settings);
+        let first = self.exchange.on_response_data().map(|f| f.prompt_tokens);
+        let first = self.first_token(first);
         if self.response_mode != BodyMode::FullDuplex {
             // One body message is the whole body (trailers, if any, come after it).
             let step = self.exchange.on_response_body(&s.exchange, &b.body, true);
-            let mut steps: Vec<Step> = step.usage.map(Step::Usage).into_iter().collect();
+            let mut steps: Vec<Step> = first.into_iter().chain(step.usage.map(Step::Usage)).collect();
             let replaced = match step.out {
                 BodyOut::Replace(bytes) if bytes != b.body => Some(bytes),
                 BodyOut::Release { body, changed: true } => Some(body),
@@ -411,7 +437,7 @@ impl Machine {
             return steps;
         }
         let step = self.exchange.on_response_body(&s.exchange, &b.body, b.end_of_stream);
-        let mut steps: Vec<Step> = step.usage.map(Step::Usage).into_iter().collect();
+        let mut steps: Vec<Step> = first.into_iter().chain(step.usage.map(Step::Usage)).collect();
         match step.out {
             BodyOut::Pass => steps.push(Step::Send(streamed(b.body, b.end_of_stream, false))),
             BodyOut::Replace(bytes) => {

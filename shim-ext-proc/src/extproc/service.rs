@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use scheduler_core::exchange::InFlight;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,7 +37,7 @@ impl ExtProcService {
 struct StreamGuard {
     picker: PickerHandle,
     metrics: Arc<Metrics>,
-    in_flight: Option<(String, u64)>,
+    in_flight: Option<InFlight>,
     /// The picker waits for the response headers under this ticket.
     ticket: Option<u64>,
     /// The request as the reference picker's metrics count it.
@@ -48,8 +49,8 @@ impl Drop for StreamGuard {
         if let Some(ticket) = self.ticket.take() {
             self.picker.first_byte(ticket, false);
         }
-        if let Some((address, tokens)) = self.in_flight.take() {
-            self.picker.finish(&address, tokens);
+        if let Some(f) = self.in_flight.take() {
+            self.picker.finish(&f.address, f.tokens, f.awaiting);
         }
         self.metrics.request_ended(&mut self.record);
         self.metrics.stream_ended();
@@ -110,17 +111,24 @@ async fn drive(
                     guard.metrics.request_decided(&mut guard.record, &model, &outcome);
                     guard.ticket = ticket;
                     let responses = machine.on_outcome(outcome);
-                    guard.in_flight = machine.in_flight().map(|f| (f.address, f.tokens));
+                    guard.in_flight = machine.in_flight();
                     let mut ok = true;
                     for r in responses {
                         ok = ok && tx.send(Ok(r)).await.is_ok();
                     }
                     ok
                 }
-                Step::Served { routed, served, tokens } => {
-                    guard.picker.moved(&routed, &served, tokens);
+                Step::Served { routed, served, tokens, awaiting } => {
+                    guard.picker.moved(&routed, &served, tokens, awaiting);
                     guard.metrics.record_served_elsewhere();
-                    guard.in_flight = Some((served, tokens));
+                    guard.in_flight = Some(InFlight { address: served, tokens, awaiting });
+                    true
+                }
+                Step::FirstToken { endpoint, prompt_tokens } => {
+                    guard.picker.first_token(&endpoint, prompt_tokens);
+                    if let Some(f) = &mut guard.in_flight {
+                        f.awaiting = 0;
+                    }
                     true
                 }
                 Step::EarlyReply(reason) => {

@@ -13,7 +13,7 @@ use crate::policy::{GatewayRequest, Policy};
 use crate::topology::{Connections, Pods, Topology};
 use crate::workload::{Arrival, BYTES_PER_TOKEN};
 use model_sim::{Engine, EngineConfig, EngineMetrics, Event, EventKind, Prompt, Request, StepModel};
-use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+use scheduler_core::model::{Endpoint, EndpointState, InFlight, Metrics, PoolSnapshot};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -171,12 +171,40 @@ struct Pending {
     decision_point: usize,
     endpoint: usize,
     estimated_tokens: u64,
+    /// Prompt tokens awaiting the first token (0 once it came).
+    awaiting: u64,
+}
+
+/// A change to one endpoint's gateway in-flight count, as the filter makes it. Every simulated client
+/// streams, so the first token is the response's first body chunk, where the filter releases the
+/// prompt tokens awaiting it.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Routed { tokens: u64, prompt_tokens: u64 },
+    FirstToken { prompt_tokens: u64 },
+    Finished { tokens: u64, awaiting: u64 },
+}
+
+impl Change {
+    fn apply(self, f: &mut InFlight) {
+        match self {
+            Change::Routed { tokens, prompt_tokens } => {
+                f.add(tokens);
+                f.await_first_token(prompt_tokens);
+            }
+            Change::FirstToken { prompt_tokens } => f.first_token(prompt_tokens),
+            Change::Finished { tokens, awaiting } => {
+                f.remove(tokens);
+                f.first_token(awaiting);
+            }
+        }
+    }
 }
 
 /// Something that happens later than the moment it was decided.
 enum Deferred {
     /// A decision point learns of a sibling's in-flight change.
-    InFlight { decision_point: usize, endpoint: usize, tokens: u64, add: bool },
+    InFlight { decision_point: usize, endpoint: usize, change: Change },
     /// A decision point learns of a sibling's routed prefix.
     PeerRouted { decision_point: usize, endpoint: usize, hashes: Rc<Vec<u64>> },
     /// A request leaves the gateway for its endpoint after an ext_proc round trip.
@@ -355,7 +383,8 @@ pub fn run_decision_points(
             .flatten()
             .min();
         let Some(t) = t else { break };
-        let mut done = Done { records: &mut records, pending: &pending, pools: &mut pools, layout: &layout };
+        let mut done =
+            Done { records: &mut records, pending: &mut pending, pools: &mut pools, layout: &layout };
         if let Some((te, i)) = engine_next.filter(|&(te, _)| te == t) {
             if let Some(e) = engines.get_mut(i) {
                 events.clear();
@@ -394,14 +423,10 @@ pub fn run_decision_points(
         if later.next_time() == Some(t) {
             let Some(q) = later.pop() else { break };
             match q.what {
-                Deferred::InFlight { decision_point, endpoint, tokens, add } => {
+                Deferred::InFlight { decision_point, endpoint, change } => {
                     if let Some(s) = pools.get_mut(decision_point).and_then(|p| p.endpoints.get_mut(endpoint))
                     {
-                        if add {
-                            s.in_flight.add(tokens);
-                        } else {
-                            s.in_flight.remove(tokens);
-                        }
+                        change.apply(&mut s.in_flight);
                     }
                 }
                 Deferred::PeerRouted { decision_point, endpoint, hashes } => {
@@ -434,8 +459,9 @@ pub fn run_decision_points(
         let model = a.model();
         let request_id = format!("req-{}", a.id);
         let body = format!(r#"{{"model":"{model}","prompt":"{text}","max_tokens":{}}}"#, a.output_tokens);
-        let estimated_tokens =
-            (text.len() as u64).div_ceil(BYTES_PER_TOKEN as u64) + u64::from(a.output_tokens);
+        // The scorers' prompt estimate (`SchedulingRequest::estimated_input_tokens`).
+        let prompt_tokens = (text.len() as u64).div_ceil(BYTES_PER_TOKEN as u64);
+        let estimated_tokens = prompt_tokens + u64::from(a.output_tokens);
         let req = GatewayRequest {
             id: a.id,
             connection,
@@ -467,16 +493,15 @@ pub fn run_decision_points(
         } else if let Some(e) = engines.get_mut(pick) {
             e.submit(engine_req, t).map_err(|e| SimError::Refused { id: a.id, reason: e.to_string() })?;
         }
+        let change = Change::Routed { tokens: estimated_tokens, prompt_tokens };
         if let Some(state) = pool.endpoints.get_mut(pick) {
-            state.in_flight.add(estimated_tokens);
+            change.apply(&mut state.in_flight);
         }
         for &s in siblings {
-            let what =
-                Deferred::InFlight { decision_point: s, endpoint: pick, tokens: estimated_tokens, add: true };
-            later.push(t + inflight_delay, what);
+            later.push(t + inflight_delay, Deferred::InFlight { decision_point: s, endpoint: pick, change });
         }
         if let Some(p) = pending.get_mut(a.id as usize) {
-            *p = Pending { decision_point: dp, endpoint: pick, estimated_tokens };
+            *p = Pending { decision_point: dp, endpoint: pick, estimated_tokens, awaiting: prompt_tokens };
         }
         if let Some(r) = records.get_mut(a.id as usize) {
             r.endpoint = Some(pick);
@@ -492,9 +517,30 @@ pub fn run_decision_points(
 /// routed the request (at once) and of its siblings (late).
 struct Done<'a> {
     records: &'a mut [RequestRecord],
-    pending: &'a [Pending],
+    pending: &'a mut [Pending],
     pools: &'a mut [PoolSnapshot],
     layout: &'a Layout,
+}
+
+/// Applies `change` to the count of `p`'s endpoint at the decision point that routed `p` at once, and
+/// at its siblings `inflight_delay` after `at`.
+fn spread(
+    pools: &mut [PoolSnapshot],
+    layout: &Layout,
+    p: Pending,
+    change: Change,
+    at: u64,
+    later: &mut Later,
+    inflight_delay: u64,
+) {
+    let own = pools.get_mut(p.decision_point).and_then(|pool| pool.endpoints.get_mut(p.endpoint));
+    if let Some(state) = own {
+        change.apply(&mut state.in_flight);
+    }
+    for &s in layout.siblings(p.decision_point) {
+        let what = Deferred::InFlight { decision_point: s, endpoint: p.endpoint, change };
+        later.push(at + inflight_delay, what);
+    }
 }
 
 impl Done<'_> {
@@ -510,10 +556,14 @@ impl Done<'_> {
     ) {
         for ev in events {
             let Some(r) = self.records.get_mut(ev.id as usize) else { continue };
-            let Some(&p) = self.pending.get(ev.id as usize) else { continue };
+            let Some(pending) = self.pending.get_mut(ev.id as usize) else { continue };
+            let p = *pending;
             match ev.kind {
                 EventKind::FirstToken => {
                     r.first_token_us = Some(ev.time_us);
+                    let prompt_tokens = std::mem::take(&mut pending.awaiting);
+                    let change = Change::FirstToken { prompt_tokens };
+                    spread(self.pools, self.layout, p, change, ev.time_us, later, inflight_delay);
                     if let Some(policy) = policies.get_mut(p.decision_point) {
                         policy.on_first_token(replica, ev.id);
                     }
@@ -522,22 +572,10 @@ impl Done<'_> {
                     r.finish_us = Some(ev.time_us);
                     r.cached_tokens = usage.cached_prompt_tokens;
                     *makespan = (*makespan).max(ev.time_us);
-                    let own = self
-                        .pools
-                        .get_mut(p.decision_point)
-                        .and_then(|pool| pool.endpoints.get_mut(p.endpoint));
-                    if let Some(state) = own {
-                        state.in_flight.remove(p.estimated_tokens);
-                    }
-                    for &s in self.layout.siblings(p.decision_point) {
-                        let what = Deferred::InFlight {
-                            decision_point: s,
-                            endpoint: p.endpoint,
-                            tokens: p.estimated_tokens,
-                            add: false,
-                        };
-                        later.push(ev.time_us + inflight_delay, what);
-                    }
+                    // A request that ends without a first token releases its prompt here.
+                    let awaiting = std::mem::take(&mut pending.awaiting);
+                    let change = Change::Finished { tokens: p.estimated_tokens, awaiting };
+                    spread(self.pools, self.layout, p, change, ev.time_us, later, inflight_delay);
                     if let Some(policy) = policies.get_mut(p.decision_point) {
                         policy.on_finish(replica, ev.id);
                     }
@@ -599,12 +637,17 @@ mod tests {
             finishes: Vec<u64>,
             max_in_flight: u32,
             last_pool_in_flight: u32,
+            max_awaiting: u64,
         }
         impl Policy for Counting {
             fn pick(&mut self, r: &GatewayRequest<'_>, pool: &PoolSnapshot, now: u64) -> Option<usize> {
                 let total: u32 = pool.endpoints.iter().map(|e| e.in_flight.requests).sum();
                 self.max_in_flight = self.max_in_flight.max(total);
                 self.last_pool_in_flight = total;
+                let awaiting: u64 = pool.endpoints.iter().map(|e| e.in_flight.awaiting_first_token).sum();
+                let tokens: u64 = pool.endpoints.iter().map(|e| e.in_flight.tokens).sum();
+                assert!(awaiting <= tokens, "awaiting {awaiting} of {tokens} in-flight tokens");
+                self.max_awaiting = self.max_awaiting.max(awaiting);
                 self.inner.pick(r, pool, now)
             }
             fn on_finish(&mut self, _: usize, id: u64) {
@@ -617,6 +660,7 @@ mod tests {
             finishes: vec![],
             max_in_flight: 0,
             last_pool_in_flight: 0,
+            max_awaiting: 0,
         };
         run(&t, &mut p, &small_cluster()).unwrap();
         let mut ids = p.finishes.clone();
@@ -626,6 +670,7 @@ mod tests {
         assert_eq!(p.finishes.len(), t.len());
         // Under a burst the gateway really had many requests in flight at once.
         assert!(p.max_in_flight > 10, "{}", p.max_in_flight);
+        assert!(p.max_awaiting > 0, "prompts awaiting their first token were counted");
     }
 
     #[test]

@@ -233,7 +233,7 @@ mod tests {
             .iter()
             .zip(in_flight_tokens)
             .map(|(a, tokens)| EndpointState {
-                in_flight: InFlight { requests: 1, tokens },
+                in_flight: InFlight { requests: 1, tokens, ..InFlight::default() },
                 ..EndpointState::new(Endpoint::new(*a))
             })
             .collect();

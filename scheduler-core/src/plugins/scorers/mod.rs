@@ -9,6 +9,7 @@ pub mod load_aware_scorer;
 pub mod lora_affinity_scorer;
 pub mod lora_slot_scorer;
 pub mod no_hit_lru_scorer;
+pub mod prefill_backlog_scorer;
 pub mod prefix_cache_scorer;
 pub mod prefix_owner_scorer;
 pub mod queue_scorer;

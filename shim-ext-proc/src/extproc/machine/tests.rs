@@ -208,8 +208,8 @@ fn full_duplex_holds_headers_until_the_body_ends_then_headers_body_in_order() {
     assert_eq!(streamed_part(&out[1]), (CHAT.as_bytes().to_vec(), true));
     assert_eq!(
         h.machine.in_flight(),
-        Some(InFlight { address: "10.0.0.2:8000".into(), tokens: 11 }),
-        "1 prompt token + max_tokens 10"
+        Some(InFlight { address: "10.0.0.2:8000".into(), tokens: 11, awaiting: 1 }),
+        "1 prompt token + max_tokens 10; the prompt awaits its first token"
     );
 }
 
@@ -420,11 +420,21 @@ fn model_rewrite_is_undone_in_a_json_response_with_usage_and_served_endpoint() {
         h.steps,
         vec![
             Step::Answered { endpoint: "10.0.0.2:8000".into(), status: 503 },
-            Step::Served { routed: "10.0.0.2:8000".into(), served: "10.0.0.3:8000".into(), tokens: 11 },
+            Step::Served {
+                routed: "10.0.0.2:8000".into(),
+                served: "10.0.0.3:8000".into(),
+                tokens: 11,
+                awaiting: 1
+            },
             Step::Answered { endpoint: "10.0.0.3:8000".into(), status: 200 },
+            // Not streamed: the answer comes whole, its headers mark the first token.
+            Step::FirstToken { endpoint: "10.0.0.3:8000".into(), prompt_tokens: 1 },
         ]
     );
-    assert_eq!(h.machine.in_flight(), Some(InFlight { address: "10.0.0.3:8000".into(), tokens: 11 }));
+    assert_eq!(
+        h.machine.in_flight(),
+        Some(InFlight { address: "10.0.0.3:8000".into(), tokens: 11, awaiting: 0 })
+    );
     let reply =
         br#"{"id":"c1","model":"llama-v2","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}"#;
     assert!(h.send(response_body(&reply[..30], false)).is_empty());
@@ -517,4 +527,45 @@ fn session_affinity_sets_the_token_and_honours_it() {
     let mut plain = Harness::default();
     let (served, token) = served_and_token(&mut plain, vec![]);
     assert_eq!((served.as_deref(), token), (Some("10.0.0.2:8000"), None));
+}
+
+const STREAMED_CHAT: &str =
+    r#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"max_tokens":10,"stream":true}"#;
+
+fn first_tokens(steps: &[Step]) -> Vec<(String, u64)> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::FirstToken { endpoint, prompt_tokens } => Some((endpoint.clone(), *prompt_tokens)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_streamed_response_releases_the_prompt_at_its_first_body_chunk_in_full_duplex() {
+    let mut h = Harness::default();
+    h.send(request_headers(vec![], false));
+    h.send(request_body(STREAMED_CHAT.as_bytes(), true));
+    assert_eq!(h.machine.in_flight().map(|f| f.awaiting), Some(1));
+    h.send(response_headers("text/event-stream"));
+    assert!(first_tokens(&h.steps).is_empty(), "stream headers come before the first token");
+    h.send(response_body(b"data: {\"choices\":[]}\n\n", false));
+    h.send(response_body(b"data: [DONE]\n\n", true));
+    assert_eq!(first_tokens(&h.steps), vec![("10.0.0.2:8000".to_string(), 1)], "once");
+    assert_eq!(h.machine.in_flight().map(|f| f.awaiting), Some(0));
+}
+
+#[test]
+fn without_streamed_response_bodies_the_headers_release_the_prompt() {
+    let config = GatewayConfig::from_json("").unwrap();
+    let buffered = Arc::new(StreamSettings::new(&config, BodyMode::Buffered, Some(BodyMode::Buffered)));
+    let mut h = Harness::default();
+    h.machine = Machine::new(buffered);
+    h.send(request_headers(vec![], false));
+    h.send(request_body(STREAMED_CHAT.as_bytes(), true));
+    h.send(response_headers("text/event-stream"));
+    assert_eq!(first_tokens(&h.steps), vec![("10.0.0.2:8000".to_string(), 1)]);
+    h.send(response_body(b"data: [DONE]\n\n", true));
+    assert_eq!(first_tokens(&h.steps).len(), 1, "once");
 }
