@@ -69,7 +69,7 @@ fn snapshot(
             endpoint,
             metrics,
             consecutive_scrape_failures: e.failures,
-            in_flight: InFlight { requests: e.in_flight.0, tokens: e.in_flight.1 },
+            in_flight: InFlight { requests: e.in_flight.0, tokens: e.in_flight.1, ..InFlight::default() },
         });
     }
     s.endpoints.sort_by(|a, b| a.endpoint.address.cmp(&b.endpoint.address));

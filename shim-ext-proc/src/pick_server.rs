@@ -275,8 +275,13 @@ impl PickService {
         let step = lease.exchange.on_response_headers(s, &head);
         if let Some(m) = step.moved {
             self.picker.answered(&m.from, 503);
-            self.picker.moved(&m.from, &m.to, m.tokens);
+            self.picker.moved(&m.from, &m.to, m.tokens, m.awaiting);
             self.metrics.record_served_elsewhere();
+        }
+        // NGINX reports a response only when it has ended, so its first token is released here (a
+        // stream's backlog is over-counted by its generation time on this path).
+        if let (Some(prompt_tokens), Some(endpoint)) = (step.first_token, lease.exchange.counted_on()) {
+            self.picker.first_token(endpoint, prompt_tokens);
         }
         if let Some((endpoint, status)) = step.answered {
             if status >= 500 {
@@ -287,7 +292,7 @@ impl PickService {
             self.metrics.response_complete(&mut lease.record);
         }
         if let Some(f) = lease.exchange.on_stream_end() {
-            self.picker.finish(&f.address, f.tokens);
+            self.picker.finish(&f.address, f.tokens, f.awaiting);
         }
         self.end(&mut lease.record);
     }
