@@ -10,7 +10,7 @@
 //! target binary, fix the code, and keep the input as a `#[test]` in the crate that owns the code.
 //! `cargo xtask test` runs every target for a few seconds as a smoke check (`smoke`).
 
-use crate::cmd::{cargo, have, step, target_dir, workspace_root};
+use crate::cmd::{have, step, target_dir, workspace_root};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -248,18 +248,7 @@ fn ensure_cargo_fuzz() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("\nxtask: cargo-fuzz is missing; installing it from crates.io (under a minute, once)");
-    step(
-        "install cargo-fuzz",
-        cargo()
-            .args(["install", "--locked", "cargo-fuzz", "--version"])
-            .arg(format!("~{CARGO_FUZZ_VERSION}"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET_DIR")
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
-            .env("CARGO_PROFILE_RELEASE_LTO", "false")
-            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "256")
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false"),
-    )
+    crate::tools::cargo_install_unoptimised("cargo-fuzz", CARGO_FUZZ_VERSION)
 }
 
 /// Writes the seeds of `target` into `dir` (emptied first): test fixtures and known-good inputs, each

@@ -29,12 +29,18 @@ pub fn ensure_cargo_deny() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("\nxtask: cargo-deny is missing; installing it from crates.io (about a minute, once)");
+    cargo_install_unoptimised("cargo-deny", CARGO_DENY_VERSION)
+}
+
+/// `cargo install --locked <krate> --version ~<version>`, built without optimisation (these tools only
+/// drive cargo or read a small tree; the release profile's build takes several times longer on 2 cores) in
+/// cargo's own temporary directory, not the workspace's target/.
+pub fn cargo_install_unoptimised(krate: &str, version: &str) -> Result<(), String> {
     step(
-        "install cargo-deny",
+        &format!("install {krate}"),
         cargo()
-            .args(["install", "--locked", "cargo-deny", "--version"])
-            .arg(format!("~{CARGO_DENY_VERSION}"))
-            // Built in cargo's own temporary directory, not in the workspace's target/.
+            .args(["install", "--locked", krate, "--version"])
+            .arg(format!("~{version}"))
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_BUILD_TARGET_DIR")
             .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0")
