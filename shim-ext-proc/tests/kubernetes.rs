@@ -319,3 +319,38 @@ async fn objectives_and_rewrites_of_the_pool_are_watched_in_the_group_that_serve
     assert_eq!(server.resource_watches.load(Ordering::SeqCst), 2);
     task.abort();
 }
+
+#[test]
+fn the_engine_comes_from_llm_d_s_label_first_then_gie_s() {
+    let spec: kubernetes::PoolSpec = serde_json::from_value(serde_json::json!({
+        "selector": {"matchLabels": {"app": "m"}}, "targetPorts": [{"number": 8000}]
+    }))
+    .unwrap();
+    let pod = |ip: &str, labels: serde_json::Value| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": ip, "labels": labels},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    };
+    let pods = [
+        pod("10.2.0.1", serde_json::json!({"app": "m", "llm-d.ai/engine-type": "sglang"})),
+        pod(
+            "10.2.0.2",
+            serde_json::json!({"app": "m", "llm-d.ai/engine-type": "sglang", "inference.networking.k8s.io/engine-type": "vllm"}),
+        ),
+        pod("10.2.0.3", serde_json::json!({"app": "m", "inference.networking.k8s.io/engine-type": "sglang"})),
+        pod("10.2.0.4", serde_json::json!({"app": "m"})),
+    ];
+    let got: Vec<(String, String)> = kubernetes::endpoints(&spec, pods.iter())
+        .into_iter()
+        .map(|e| (e.address, e.engine.as_str().to_string()))
+        .collect();
+    let want = [
+        ("10.2.0.1:8000", "sglang"),
+        ("10.2.0.2:8000", "sglang"),
+        ("10.2.0.3:8000", "sglang"),
+        ("10.2.0.4:8000", "vllm"),
+    ];
+    assert_eq!(got, want.map(|(a, e)| (a.to_string(), e.to_string())));
+}

@@ -6,6 +6,10 @@ use core::fmt;
 
 /// Label that carries the engine type of a pod (GIE convention).
 pub const ENGINE_TYPE_LABEL: &str = "inference.networking.k8s.io/engine-type";
+/// llm-d-router's engine label, which it reads before [`ENGINE_TYPE_LABEL`].
+pub const LLMD_ENGINE_TYPE_LABEL: &str = "llm-d.ai/engine-type";
+/// The labels a pod's engine is read from, first present wins (llm-d-router's order).
+pub const ENGINE_LABELS: [&str; 2] = [LLMD_ENGINE_TYPE_LABEL, ENGINE_TYPE_LABEL];
 /// Label that carries the prefill/decode role of a pod (llm-d convention).
 pub const ROLE_LABEL: &str = "llm-d.ai/role";
 

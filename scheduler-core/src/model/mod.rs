@@ -4,6 +4,9 @@ mod endpoint;
 mod metrics;
 mod snapshot;
 
-pub use endpoint::{validate_address, AddressError, Endpoint, Engine, Role, ENGINE_TYPE_LABEL, ROLE_LABEL};
+pub use endpoint::{
+    validate_address, AddressError, Endpoint, Engine, Role, ENGINE_LABELS, ENGINE_TYPE_LABEL,
+    LLMD_ENGINE_TYPE_LABEL, ROLE_LABEL,
+};
 pub use metrics::{InFlight, Metrics};
 pub use snapshot::{EndpointState, PoolResources, PoolSnapshot};

@@ -1,6 +1,7 @@
 //! Discovery from Kubernetes: watch one InferencePool (`inference.networking.k8s.io/v1`) and the pods
 //! its selector matches; every target port of every Ready, not-terminating pod is an endpoint, with
-//! the engine from the pod label `inference.networking.k8s.io/engine-type`.
+//! the engine from the pod label `llm-d.ai/engine-type`, else `inference.networking.k8s.io/engine-type`
+//! (llm-d-router's order).
 //!
 //! Beside them, the InferenceObjective and InferenceModelRewrite resources of the pool's namespace whose
 //! `spec.poolRef` names this pool (group `inference.networking.k8s.io`, the CRDs' default) become the
@@ -32,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 
-pub const ENGINE_LABEL: &str = "inference.networking.k8s.io/engine-type";
+pub use scheduler_core::model::ENGINE_LABELS;
 /// llm-d's disaggregated-serving role label (`prefill`, `decode`, `both`).
 pub const ROLE_LABEL: &str = "llm-d.ai/role";
 /// The InferencePool's API group, which a resource's `spec.poolRef.group` must name (its default).
@@ -474,7 +475,11 @@ pub fn endpoints<'p>(spec: &PoolSpec, pods: impl Iterator<Item = &'p Pod>) -> Ve
         else {
             continue;
         };
-        let engine = labels.get(ENGINE_LABEL).and_then(|e| Engine::parse(e)).unwrap_or_default();
+        let engine = ENGINE_LABELS
+            .iter()
+            .find_map(|k| labels.get(*k))
+            .and_then(|e| Engine::parse(e))
+            .unwrap_or_default();
         let role = labels.get(ROLE_LABEL).and_then(|r| Role::parse(r)).unwrap_or_default();
         for port in &spec.target_ports {
             let address = if ip.contains(':') {
