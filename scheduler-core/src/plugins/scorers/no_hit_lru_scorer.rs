@@ -148,8 +148,7 @@ impl Plugin for NoHitLruScorer {
         destination: &[ProfileRunResult],
     ) {
         if state.get::<bool>(COLD_STATE_KEY) == Some(&true) {
-            let picked: Vec<usize> = destination.iter().filter_map(|r| r.targets.first().copied()).collect();
-            for i in picked {
+            for i in destination.iter().filter_map(|r| r.targets.first().copied()) {
                 if let Some(e) = ctx.pool.endpoints.get(i) {
                     self.given(e.address());
                 }
