@@ -89,8 +89,10 @@ fn hung_pod_is_caught(envoy: &Envoy, sims: &[ModelSim], product: &str) {
     // (A request sent just before the switch may reach the pod after it.)
     let before = hang_at - Duration::from_millis(100);
     assert_eq!(failed(Duration::ZERO), failed(before), "{product}: failures before the fault");
+    // The fault is switched on by an HTTP call after `hang_at`: a request sent in that window is answered.
+    let switched = hang_at + Duration::from_millis(100);
     assert!(
-        sent.iter().all(|s| s.sent < hang_at || s.replica.as_deref() != Some(sims[0].replica())),
+        sent.iter().all(|s| s.sent < switched || s.replica.as_deref() != Some(sims[0].replica())),
         "{product}: the hung pod answered"
     );
     // Afterwards only the back-off's trial requests go there (after 1 s, then 2 s; each gateway worker
