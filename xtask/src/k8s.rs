@@ -8,7 +8,8 @@
 //!
 //! The validator is `xtask/src/k8s_validate.py`, run with the project venv's python where the PyPI package
 //! `kubernetes-validate` is installed on demand (it ships Kubernetes' JSON schemas in its wheel and brings
-//! `jsonschema` and `PyYAML`); nothing is fetched at validation time.
+//! `jsonschema` and `PyYAML`), with `cel-python`, which evaluates the CRDs' CEL rules
+//! (`x-kubernetes-validations`) as the API server does on create; nothing is fetched at validation time.
 
 use crate::cmd::{have, step, workspace_root};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ const KUBERNETES_VALIDATE_VERSION: &str = "1.37";
 /// The Kubernetes versions every manifest is checked against: the oldest minor the manifests claim to
 /// support and the newest `kubernetes-validate` ships.
 const KUBERNETES_VERSIONS: &str = "1.33,1.37";
+
+/// The `cel-python` release line the validator's CEL evaluation is written for.
+const CEL_PYTHON_VERSION: &str = "0.5";
 
 /// Where the CRDs live (relative to the workspace root).
 const CRD_DIR: &str = "test-harness/fixtures/crds";
@@ -55,6 +59,18 @@ metadata: {name: r}
 spec:
   parentRefs: [{name: g}]
   rules: [{backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: p, port: x}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: no-port}
+spec:
+  rules: [{backendRefs: [{name: bad-pool}]}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: ftp}
+spec:
+  url: ftp://example.com/picker.wasm
 ";
 
 const MUST_FAIL_ERRORS: &[&str] = &[
@@ -68,6 +84,9 @@ const MUST_FAIL_ERRORS: &[&str] = &[
     "document 4 (HTTPRoute r): spec.rules[0].backendRefs[0].port: 'x' is not of type 'integer'",
     "document 4 (HTTPRoute r): spec.parentRefs[0]: no Gateway 'g' among the manifests",
     "document 1 (InferencePool bad-pool): spec.endpointPickerRef: no Service 'epp' among the manifests",
+    // CEL rules, after the defaults (backendRefs' kind Service, group "") are applied.
+    "document 5 (HTTPRoute no-port): spec.rules[0].backendRefs[0]: Must have port for Service reference (CEL)",
+    "document 6 (WasmPlugin ftp): spec.url: url must have schema one of [http, https, file, oci] (CEL)",
 ];
 
 /// The Kubernetes manifests the project ships: every `.yaml`/`.yml` under `envoy-config/kubernetes/`, and
@@ -170,8 +189,8 @@ fn run_validator(
     }
 }
 
-/// Returns the venv's python with `kubernetes-validate` importable, creating `.venv/` (the venv Envoy is
-/// installed into) and installing the package from PyPI when missing.
+/// Returns the venv's python with `kubernetes-validate` and `celpy` importable, creating `.venv/` (the venv
+/// Envoy is installed into) and installing the packages from PyPI when missing.
 fn ensure_validator() -> Result<PathBuf, String> {
     let venv = workspace_root().join(".venv");
     let python = venv.join("bin/python");
@@ -184,21 +203,33 @@ fn ensure_validator() -> Result<PathBuf, String> {
         }
         step("create venv", Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    let probe = "import kubernetes_validate as k; print(k.__version__)";
+    let probe = "import importlib.metadata as m; import kubernetes_validate, celpy; \
+                 print(m.version('kubernetes-validate'), m.version('cel-python'))";
     let installed = Command::new(&python).args(["-c", probe]).output();
-    let wanted = format!("{KUBERNETES_VALIDATE_VERSION}.");
-    if installed.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with(&wanted))
-    {
+    let ready = installed.is_ok_and(|o| {
+        let versions = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut v = versions.split_whitespace();
+        o.status.success()
+            && v.next().is_some_and(|k| k.starts_with(&format!("{KUBERNETES_VALIDATE_VERSION}.")))
+            && v.next().is_some_and(|c| c.starts_with(&format!("{CEL_PYTHON_VERSION}.")))
+    });
+    if ready {
         return Ok(python);
     }
     eprintln!(
-        "\nxtask: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} is missing; installing it into {}",
+        "\nxtask: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} or cel-python {CEL_PYTHON_VERSION} is \
+         missing; installing them into {}",
         venv.display()
     );
-    let spec = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}.*");
+    let specs = [
+        format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}.*"),
+        format!("cel-python=={CEL_PYTHON_VERSION}.*"),
+    ];
     step(
-        "install kubernetes-validate",
-        Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", &spec]),
+        "install kubernetes-validate and cel-python",
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"])
+            .args(&specs),
     )?;
     Ok(python)
 }

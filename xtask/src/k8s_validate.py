@@ -1,7 +1,7 @@
 """Validates Kubernetes manifests offline, as an API server with strict field validation would.
 
 Run by `cargo xtask test` (xtask/src/k8s.rs) with the project venv's python, where `kubernetes-validate`
-is installed (it ships Kubernetes' own JSON schemas and brings jsonschema and PyYAML).
+(it ships Kubernetes' own JSON schemas and brings jsonschema and PyYAML) and `cel-python` are installed.
 
 usage: k8s_validate.py CRD_DIR KUBERNETES_VERSION[,VERSION...] MANIFEST...
 
@@ -10,8 +10,14 @@ usage: k8s_validate.py CRD_DIR KUBERNETES_VERSION[,VERSION...] MANIFEST...
 - Custom resources are checked against the openAPIV3Schema of the CustomResourceDefinitions under
   CRD_DIR, turned into JSON Schema the way the API server reads it: unknown fields are errors unless the
   schema preserves them, `x-kubernetes-int-or-string` takes either, `nullable` admits null, and
-  `metadata` is Kubernetes' ObjectMeta. CEL rules (`x-kubernetes-validations`) are not evaluated; the
-  run says how many the manifests' kinds carry.
+  `metadata` is Kubernetes' ObjectMeta.
+- Then, as the API server does on create, the schema's defaults are applied and every CEL rule
+  (`x-kubernetes-validations`) on a node the object has is evaluated with `self` bound to that node; a rule
+  that is false fails with its message, one that cannot be evaluated fails too (the API server refuses
+  such an object as well). Transition rules (those reading `oldSelf`) apply only to updates and are
+  skipped; the run counts both. Kubernetes' CEL libraries beyond standard CEL that the CRDs use are
+  provided here: `lowerAscii`, `upperAscii`, `split` (strings), `isURL`, `url`, `getScheme` (URLs; `isURL`
+  as Go's url.ParseRequestURI: an absolute URI or an absolute path).
 
 The files are one set, applied together in one namespace: a name one document gives another (an
 HTTPRoute's parent and backends, a policy's targetRefs, an InferencePool's endpointPickerRef, a
@@ -22,9 +28,14 @@ Every failure names the file, the document's index (1-based) and kind/name, the 
 schema's complaint; the exit status is 1 when any document fails, 2 on a usage or fixture error.
 """
 
+import copy
 import os
 import re
 import sys
+from urllib.parse import urlsplit
+
+import celpy
+from celpy import celtypes
 
 import jsonschema
 import kubernetes_validate
@@ -79,7 +90,8 @@ def convert(node, cel):
 
 
 def load_crds(crd_dir):
-    """(apiVersion, kind) -> (JSON Schema, CRD file, CEL rule count) for every served version."""
+    """(apiVersion, kind) -> (JSON Schema, CRD file, CEL rule count, openAPIV3Schema) for every served
+    version."""
     schemas = {}
     files = sorted(f for f in os.listdir(crd_dir) if f.endswith(".yaml"))
     if not files:
@@ -104,7 +116,7 @@ def load_crds(crd_dir):
                 root["kind"] = {"type": "string"}
                 schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
                 key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
-                schemas[key] = (schema, name, cel[0])
+                schemas[key] = (schema, name, cel[0], version["schema"]["openAPIV3Schema"])
     return schemas
 
 
@@ -162,8 +174,115 @@ def name_errors(doc):
     return []
 
 
-def validate_doc(doc, crds, versions, registries):
-    """Errors for one document, and the number of CEL rules its kind carries that were not checked."""
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def cel_is_url(s):
+    text = str(s)
+    if not (URI_SCHEME.match(text) or text.startswith("/")):
+        return celtypes.BoolType(False)
+    try:
+        urlsplit(text)
+    except ValueError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+def cel_url(s):
+    if not cel_is_url(s):
+        raise ValueError(f"URL parse error during conversion from string: {str(s)!r}")
+    return celtypes.StringType(str(s))
+
+
+CEL_FUNCTIONS = {
+    "lowerAscii": lambda s: celtypes.StringType(str(s).lower()),
+    "upperAscii": lambda s: celtypes.StringType(str(s).upper()),
+    "split": lambda s, sep: celtypes.ListType([celtypes.StringType(x) for x in str(s).split(str(sep))]),
+    "isURL": cel_is_url,
+    "url": cel_url,
+    "getScheme": lambda u: celtypes.StringType(urlsplit(str(u)).scheme),
+}
+
+
+class Cel:
+    """Evaluates a CRD's CEL rules on an object, compiling each distinct rule once."""
+
+    def __init__(self):
+        self.env = celpy.Environment()
+        self.programs = {}
+        self.evaluated = 0
+        self.transition = 0
+
+    def program(self, rule):
+        if rule not in self.programs:
+            self.programs[rule] = self.env.program(self.env.compile(rule), functions=CEL_FUNCTIONS)
+        return self.programs[rule]
+
+    def errors(self, schema, value, path, errors):
+        if not isinstance(schema, dict):
+            return
+        for rule in schema.get("x-kubernetes-validations") or []:
+            text = rule["rule"]
+            where = path or "(document)"
+            if "oldSelf" in text:
+                self.transition += 1
+                continue
+            try:
+                result = self.program(text).evaluate({"self": celpy.json_to_cel(value)})
+            except Exception as e:  # a rule the API server could not evaluate refuses the object too
+                errors.append(f"{where}: CEL rule {text!r} could not be evaluated: {e}")
+                continue
+            if isinstance(result, celpy.CELEvalError):
+                errors.append(f"{where}: CEL rule {text!r} could not be evaluated: {result.args[0]}")
+                continue
+            self.evaluated += 1
+            if not bool(result):
+                errors.append(f"{where}: {rule.get('message') or 'failed rule: ' + text} (CEL)")
+        if isinstance(value, dict):
+            props = schema.get("properties") or {}
+            extra = schema.get("additionalProperties")
+            for key, sub in value.items():
+                sub_path = f"{path}.{key}" if path else key
+                if key in props:
+                    self.errors(props[key], sub, sub_path, errors)
+                elif isinstance(extra, dict):
+                    self.errors(extra, sub, sub_path, errors)
+        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for i, sub in enumerate(value):
+                self.errors(schema["items"], sub, f"{path}[{i}]", errors)
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in schema.get(key) or []:
+                self.errors(sub, value, path, errors)
+
+
+def with_defaults(schema, value):
+    """`value` with the schema's defaults filled in, as the API server does before validating."""
+    value = copy.deepcopy(value)
+
+    def fill(node, v):
+        if not isinstance(node, dict):
+            return
+        if isinstance(v, dict):
+            props = node.get("properties") or {}
+            for key, sub in props.items():
+                if key not in v and isinstance(sub, dict) and "default" in sub:
+                    v[key] = copy.deepcopy(sub["default"])
+            extra = node.get("additionalProperties")
+            for key, sub in v.items():
+                if key in props:
+                    fill(props[key], sub)
+                elif isinstance(extra, dict):
+                    fill(extra, sub)
+        elif isinstance(v, list) and isinstance(node.get("items"), dict):
+            for sub in v:
+                fill(node["items"], sub)
+
+    fill(schema, value)
+    return value
+
+
+def validate_doc(doc, crds, versions, registries, cel):
+    """Errors for one document, and the number of CEL rules its kind carries."""
     if not isinstance(doc, dict):
         return [f"expected a mapping (a Kubernetes object), got {type(doc).__name__}"], 0
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
@@ -172,12 +291,18 @@ def validate_doc(doc, crds, versions, registries):
     errors = name_errors(doc)
     crd = crds.get((api_version, kind))
     if crd is not None:
-        schema, _, cel = crd
+        schema, crd_file, rules, raw = crd
         # A CRD's schema does not change with the Kubernetes version; ObjectMeta barely does.
         validator = jsonschema.Draft202012Validator(schema, registry=registries[versions[0]])
-        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
-            errors.append(f"{path_of(e)}: {e.message} (CRD {crd[1]})")
-        return errors, cel
+        schema_errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+        for e in schema_errors:
+            errors.append(f"{path_of(e)}: {e.message} (CRD {crd_file})")
+        # The API server runs CEL rules only on objects that passed the schema.
+        if not schema_errors:
+            cel_errors = []
+            cel.errors(raw, with_defaults(raw, doc), "", cel_errors)
+            errors += [f"{e} (CRD {crd_file})" for e in cel_errors]
+        return errors, rules
     for version in versions:
         schema = core_schema(api_version, kind, version)
         if schema is None:
@@ -251,7 +376,7 @@ def main(argv):
     crd_dir, versions, files = argv[1], argv[2].split(","), argv[3:]
     crds = load_crds(crd_dir)
     registries = {v: definitions_registry(v) for v in versions}
-    failures, cel_total = 0, 0
+    failures, cel_total, cel = 0, 0, Cel()
     loaded = []  # (file, index, document)
     for path in files:
         try:
@@ -266,10 +391,10 @@ def main(argv):
         (doc.get("kind"), (doc.get("metadata") or {}).get("name")): doc for _, _, doc in loaded if isinstance(doc, dict)
     }
     for path, index, doc in loaded:
-        errors, cel = validate_doc(doc, crds, versions, registries)
+        errors, rules = validate_doc(doc, crds, versions, registries, cel)
         if isinstance(doc, dict):
             errors += reference_errors(doc, objects)
-        cel_total += cel
+        cel_total += rules
         if errors:
             failures += 1
             what = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('name')}" if isinstance(doc, dict) else ""
@@ -279,7 +404,8 @@ def main(argv):
     print(
         f"    {len(loaded)} Kubernetes documents in {len(files)} files checked against Kubernetes "
         f"{', '.join(versions)}, {len(crds)} CRD versions and each other's names; {failures} invalid; "
-        f"{cel_total} CEL rules on their kinds not evaluated",
+        f"CEL: {cel.evaluated} rule evaluations on the fields present (of {cel_total} rules their kinds "
+        f"carry), {cel.transition} transition rules skipped (updates only)",
         file=sys.stderr,
     )
     return 1 if failures else 0
