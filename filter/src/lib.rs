@@ -50,6 +50,7 @@
 
 pub mod collector;
 pub mod ejections;
+pub mod flow_share;
 pub mod header_map;
 pub mod host;
 pub mod inflight;

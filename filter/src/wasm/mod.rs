@@ -7,6 +7,7 @@ mod host_impl;
 mod logger;
 mod root;
 mod stream;
+mod waiting;
 
 proxy_wasm::main! {{
     logger::install();
