@@ -12,6 +12,7 @@
 //! | `epp/<pool>/ejections` | any worker (CAS) | endpoints ejected for the gateway's failures ([`crate::ejections`]) |
 //! | `epp/<pool>/flow/<id>` | worker `<id>` only | its flow-control queue per band ([`crate::flow_share`]) |
 //! | queue `epp/<pool>/prefix/<id>` | any worker → worker `<id>` | routed prefix hashes to learn |
+//! | queue `epp/<pool>/flow-wake/<id>` | worker `<id>` → itself | "a request ended": dispatch now, in its own event |
 
 use std::format;
 use std::string::String;
@@ -50,6 +51,11 @@ impl Keys {
     /// Worker `id`'s flow-control queue lengths per band.
     pub fn flow(&self, id: u32) -> String {
         format!("{}flow/{id}", self.prefix)
+    }
+
+    /// The queue worker `id` wakes its own root with when a request ends while others wait.
+    pub fn flow_wake(&self, id: u32) -> String {
+        format!("{}flow-wake/{id}", self.prefix)
     }
 
     /// The queue worker `id` learns other workers' prefix picks from.

@@ -125,6 +125,22 @@ fn a_burst_of_three_times_capacity_is_served_in_priority_order_across_workers() 
 }
 
 #[test]
+fn a_request_that_ends_dispatches_the_next_at_once_without_waiting_for_the_tick() {
+    let mut host = host();
+    let vms = workers(&mut host, 1, "");
+    let a = vms[0];
+    let running: Vec<StreamId> = (0..2).map(|i| chat(&mut host, a, &body(i), &[])).collect();
+    let waiting = chat(&mut host, a, &body(2), &[]);
+    assert!(!sent(&host, waiting));
+    // No time passes: the wake-up on the worker's own queue runs the dispatch round.
+    host.respond(running[0], 200, b"{}").unwrap();
+    assert!(sent(&host, waiting));
+    assert!(host.shared_data_all(VM_ID).keys().all(|k| !k.contains("flow-wake")), "a queue, not shared data");
+    assert_eq!(host.queue_len(VM_ID, "epp/pool/flow-wake/1"), Some(0), "drained");
+    assert_no_traps(&host);
+}
+
+#[test]
 fn a_full_queue_refuses_with_429_and_an_openai_error() {
     let mut host = host();
     let vms = workers(&mut host, 2, r#""maxRequests": 2"#);

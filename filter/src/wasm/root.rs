@@ -280,8 +280,15 @@ impl RootContext for Root {
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Role::Picker { worker, .. } = &self.role {
+        if let Role::Picker { worker, waiting, .. } = &self.role {
             if let Ok(mut w) = worker.try_borrow_mut() {
+                if w.take_wake(&*self.host, queue_id) {
+                    if let Ok(mut waiting) = waiting.try_borrow_mut() {
+                        let settings = w.exchange_settings();
+                        waiting.dispatch(&mut w, &self.host, &settings);
+                    }
+                    return;
+                }
                 w.on_queue_ready(&*self.host, queue_id);
             }
         }

@@ -183,6 +183,8 @@ impl Stream {
                 }
                 if let Some(f) = &in_flight {
                     w.finish(&*self.host, f);
+                    // A place freed: the root dispatches at once, in an event of its own.
+                    w.wake(&*self.host);
                 }
             }
             Err(_) => log::warn!("in-flight count for {:?} not released (worker busy)", in_flight),

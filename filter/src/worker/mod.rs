@@ -86,6 +86,8 @@ pub struct Worker {
     flow_share: FlowShare,
     /// Flow-control stats as last reported to the proxy.
     flow_stats: stats::FlowReported,
+    /// This worker's own queue for "a request ended while others wait" (see [`Worker::wake`]).
+    wake_queue: Option<u32>,
     /// Set by the first `start_once` (the first HTTP stream this VM sees).
     started: bool,
     exchange: Rc<ExchangeSettings>,
@@ -113,6 +115,7 @@ impl Worker {
             stats_reported_ms: None,
             flow_share: FlowShare::default(),
             flow_stats: stats::FlowReported::default(),
+            wake_queue: None,
             started: false,
             exchange,
             directory: Vec::new(),
@@ -130,6 +133,14 @@ impl Worker {
                 self.inflight.heartbeat(host, &self.keys, self.id, now_ms);
                 if let Err(e) = self.prefix.register(host, &self.keys, id) {
                     log::warn!("worker {id}: prefix queue not registered, prefixes stay local: {e}");
+                }
+                if self.flow_enabled() {
+                    match host.queue_register(&self.keys.flow_wake(id)) {
+                        Ok(q) => self.wake_queue = Some(q),
+                        Err(e) => {
+                            log::warn!("worker {id}: no wake-up queue, waiting requests go on the tick: {e}")
+                        }
+                    }
                 }
                 // The workers already listed re-read the directory once per heartbeat: tell them now, so
                 // they count this worker's requests and send it their prefixes from its first request.
@@ -298,6 +309,32 @@ impl Worker {
     /// Whether requests wait in this worker's queue (the glue ticks faster meanwhile).
     pub fn flow_waiting(&self) -> bool {
         self.picker.flow_control().is_some_and(|fc| !fc.is_empty())
+    }
+
+    /// A request ended while others wait here: asks for a dispatch round in an event of its own (a
+    /// message on this worker's own shared queue; the proxy delivers it to the root context after the
+    /// current callback, never nested in the ending stream's teardown). The tick covers a refusal.
+    pub fn wake(&self, host: &dyn Host) {
+        if let (Some(q), true) = (self.wake_queue, self.flow_waiting()) {
+            if let Err(e) = host.queue_enqueue(q, b"w") {
+                log::debug!("wake-up not queued ({e}): the next tick dispatches");
+            }
+        }
+    }
+
+    /// True (after emptying it) if `queue` is this worker's wake-up queue.
+    pub fn take_wake(&mut self, host: &dyn Host, queue: u32) -> bool {
+        if self.wake_queue != Some(queue) {
+            return false;
+        }
+        // Bounded: wake-ups are one per request end.
+        for _ in 0..100_000 {
+            match host.queue_dequeue(queue) {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        true
     }
 
     /// Whether flow control is on.
