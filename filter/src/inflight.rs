@@ -13,8 +13,8 @@
 //! one tick. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its streams died with it) and
 //! its table is ignored.
 //!
-//! With flow control on, every change is written at once (see [`Publish::eager`]): two writes per
-//! request, for a dispatch gate no more than a millisecond behind.
+//! With flow control on, every change is written at once, alone or not (see [`Publish::eager`]): two
+//! writes per request, for a dispatch gate no more than a millisecond behind.
 //!
 //! A worker that knows of no other worker (a one-worker proxy) writes its table only with the heartbeat:
 //! nobody reads it per request. A worker that joins later sees those counts up to one heartbeat old
@@ -66,8 +66,9 @@ pub struct Publish<'k> {
     pub keys: &'k Keys,
     pub me: Option<u32>,
     pub others: bool,
-    /// Write every change at once, not coalesced (flow control is on: its dispatch gate reads these
-    /// counts, and a change held back until the tick would let other workers overshoot the pool).
+    /// Write every change at once, not coalesced, even with no other worker listed (flow control is
+    /// on: its dispatch gate reads these counts, and a change held back would let other workers,
+    /// including one that joins now, overshoot the pool).
     pub eager: bool,
 }
 
@@ -124,7 +125,9 @@ impl InFlightState {
     }
 
     fn changed(&mut self, host: &dyn Host, to: Publish<'_>, now_ms: u64) {
-        if !to.others {
+        // Alone, nobody reads the table per request, unless flow control is on: a worker that joins
+        // decides its very first request on it, before this one learns of it.
+        if !to.others && !to.eager {
             return;
         }
         if !to.eager && self.last_write_ms.is_some_and(|t| now_ms.saturating_sub(t) < WRITE_EVERY_MS) {

@@ -141,6 +141,26 @@ fn a_request_that_ends_dispatches_the_next_at_once_without_waiting_for_the_tick(
 }
 
 #[test]
+fn a_worker_that_joins_sees_the_first_workers_requests_from_its_first_decision() {
+    let mut host = host();
+    let vms = workers(&mut host, 2, "");
+    let (a, b) = (vms[0], vms[1]);
+    // Worker a alone takes the whole capacity; b has not served anything yet.
+    let running: Vec<StreamId> = (0..2).map(|i| chat(&mut host, a, &body(i), &[])).collect();
+    assert!(running.iter().all(|s| sent(&host, *s)));
+    host.advance(Duration::from_millis(2));
+    // Decided at its headers (no body), in the very callback where b joins: before a can have heard of b.
+    let first_at_b = host.start_request(b, &chat_headers(&[]), true).unwrap();
+    let st = host.stream(first_at_b);
+    assert!(st.upstream_request.is_none() && st.local_reply.is_none(), "b's first request must wait: {st:?}");
+    host.respond(running[0], 200, b"{}").unwrap();
+    host.advance(Duration::from_millis(12));
+    let st = host.stream(first_at_b);
+    assert!(st.upstream_request.is_some() || st.local_reply.is_some(), "settled once a place freed");
+    assert_no_traps(&host);
+}
+
+#[test]
 fn a_full_queue_refuses_with_429_and_an_openai_error() {
     let mut host = host();
     let vms = workers(&mut host, 2, r#""maxRequests": 2"#);

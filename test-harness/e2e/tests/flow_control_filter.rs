@@ -150,6 +150,7 @@ fn a_burst_of_three_times_capacity_is_served_in_priority_order_and_a_full_queue_
         }
         now == (0, 0)
     });
+    eprintln!("queue gauges (high, default) after each change: {drops:?}");
     for h in handles {
         let r = h.join().unwrap().unwrap();
         assert_eq!(r.status, 200, "nothing lost: {}", r.text());
@@ -183,6 +184,7 @@ fn a_client_that_leaves_while_waiting_leaves_queue_and_in_flight_at_zero() {
 /// The gateway with its listener from a file (LDS): replacing the file swaps the filter, here onto a new
 /// copy of the module, so Envoy starts new VMs for new connections while the old ones keep theirs.
 const LDS_BOOTSTRAP: &str = r#"
+node: {id: e2e-gateway, cluster: e2e}
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_ADMIN}}}}}
 bootstrap_extensions:
 - name: envoy.bootstrap.wasm
