@@ -161,6 +161,37 @@ fn a_worker_that_joins_sees_the_first_workers_requests_from_its_first_decision()
 }
 
 #[test]
+fn after_acting_on_a_waiting_stream_the_root_scrapes_as_itself() {
+    // A picker that also collects (leader-elected): its scrape callouts in the tick that answered a
+    // waiting stream must belong to the root, not to that stream (a stream's callouts die with it).
+    let mut host = host();
+    let cfg = fc_config(r#""defaultRequestTTL": "100ms""#).replacen(
+        '{',
+        r#"{"collector": {"mode": "leader-elected", "intervalMs": 50}, "#,
+        1,
+    );
+    let a = host.start_vm(picker(&cfg)).unwrap();
+    let pages = |_: &str| Some(proxy_wasm_emulator::CalloutResponse::new(200).body(vllm(0, 0.1)));
+    for _ in 0..3 {
+        host.advance(Duration::from_millis(50));
+        answer_scrapes(&mut host, pages);
+    }
+    let _running: Vec<StreamId> = (0..2).map(|i| chat(&mut host, a, &body(i), &[])).collect();
+    let late = chat(&mut host, a, &body(2), &[]);
+    assert!(!sent(&host, late) && host.stream(late).local_reply.is_none());
+    for _ in 0..20 {
+        host.advance(Duration::from_millis(10));
+        answer_scrapes(&mut host, pages);
+    }
+    assert_eq!(host.stream(late).response_status(), Some(429), "answered from the root's tick");
+    let ctx = host.stream(late).context_id.unwrap();
+    let callouts = host.callouts();
+    assert!(callouts.len() > 6);
+    assert!(callouts.iter().all(|c| c.context_id == 1), "a scrape was made as stream {ctx}: {callouts:?}");
+    assert_no_traps(&host);
+}
+
+#[test]
 fn a_full_queue_refuses_with_429_and_an_openai_error() {
     let mut host = host();
     let vms = workers(&mut host, 2, r#""maxRequests": 2"#);

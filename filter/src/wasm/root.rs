@@ -70,13 +70,15 @@ enum Role {
 }
 
 pub struct Root {
+    /// This root context's id: host calls go back to it after acting on a waiting stream.
+    id: u32,
     host: Rc<ProxyHost>,
     role: Role,
 }
 
 impl Root {
-    pub fn new() -> Root {
-        Root { host: Rc::new(ProxyHost::new(String::new())), role: Role::Unconfigured }
+    pub fn new(id: u32) -> Root {
+        Root { id, host: Rc::new(ProxyHost::new(String::new())), role: Role::Unconfigured }
     }
 
     fn configure(&mut self) -> Result<(), String> {
@@ -136,7 +138,7 @@ impl Root {
         let tick_ms =
             if collecting.is_some() { config.collector.interval_ms.min(HEARTBEAT_MS) } else { FLUSH_TICK_MS };
         set_tick(tick_ms);
-        let waiting = Rc::new(RefCell::new(Waiting::new(tick_ms)));
+        let waiting = Rc::new(RefCell::new(Waiting::new(tick_ms, self.id)));
         self.role = Role::Picker { worker: Rc::new(RefCell::new(worker)), waiting, collecting };
         Ok(())
     }

@@ -51,11 +51,21 @@ pub struct Waiting {
     /// The tick period while nothing waits; [`FLOW_TICK_MS`] while something does.
     base_tick_ms: u64,
     fast: bool,
+    /// The root context: made effective again after acting on streams, so what the root does next
+    /// (a scrape callout, above all) is not attributed to a stream (a stream's callouts die with it).
+    root_id: u32,
 }
 
 impl Waiting {
-    pub fn new(base_tick_ms: u64) -> Waiting {
-        Waiting { waiters: BTreeMap::new(), leases: BTreeMap::new(), base_tick_ms, fast: false }
+    pub fn new(base_tick_ms: u64, root_id: u32) -> Waiting {
+        Waiting { waiters: BTreeMap::new(), leases: BTreeMap::new(), base_tick_ms, fast: false, root_id }
+    }
+
+    /// Host calls act on the root context again.
+    fn back_to_root(&self) {
+        if let Err(e) = abi::set_effective_context(self.root_id) {
+            log::warn!("root context {} not made effective again: {e}", self.root_id);
+        }
     }
 
     /// A stream paused under `ticket`. The root ticks fast from now on, until nothing waits.
@@ -132,6 +142,7 @@ impl Waiting {
                     release(worker, host, d.routed.as_ref(), d.health, d.lease);
                 }
             }
+            self.back_to_root();
             for revoked in polled.revoked {
                 match self.leases.get(&revoked.lease.0) {
                     Some(&ctx) if abi::set_effective_context(ctx).is_ok() => {
@@ -141,6 +152,7 @@ impl Waiting {
                     _ => worker.flow_finished(host, revoked.lease),
                 }
             }
+            self.back_to_root();
         }
         if self.fast && self.waiters.is_empty() && !worker.flow_waiting() {
             self.fast = !set_tick(self.base_tick_ms);
@@ -168,6 +180,7 @@ impl Waiting {
                 }
             }
         }
+        self.back_to_root();
         self.leases.clear();
         worker.flow_shutdown(host);
     }
