@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 enum Command {
     Decide {
-        input: DecisionInput,
+        /// Boxed: the request's facts are large next to the other commands.
+        input: Box<DecisionInput>,
         reply: oneshot::Sender<(Outcome, Option<u64>)>,
     },
     Finish {
@@ -212,7 +213,7 @@ impl PickerHandle {
     /// client went away) takes the request out of the queue.
     pub async fn decide(&self, input: DecisionInput) -> (Outcome, Option<u64>) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Decide { input, reply }).is_ok() {
+        if self.tx.send(Command::Decide { input: Box::new(input), reply }).is_ok() {
             let mut wait = Waiting { rx, tx: &self.tx, done: false };
             if let Ok(decided) = (&mut wait.rx).await {
                 wait.done = true;
@@ -341,7 +342,7 @@ impl Worker {
                 Some((outcome, lease)) => self.answer(outcome, lease, reply),
                 None => {
                     if let Some(ticket) = self.queued.take() {
-                        self.waiting.insert(ticket, Waiter { input, reply });
+                        self.waiting.insert(ticket, Waiter { input: *input, reply });
                     }
                     self.metrics.set_flow_control(self.picker.flow_control());
                     return;
