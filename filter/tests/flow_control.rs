@@ -192,6 +192,37 @@ fn after_acting_on_a_waiting_stream_the_root_scrapes_as_itself() {
 }
 
 #[test]
+fn in_flight_eviction_answers_a_sheddable_request_already_sent_429() {
+    let mut host = host();
+    let cfg = fc_config(r#""enableEviction": true"#).replace(
+        r#""objectives": [{"name": "high", "priority": 10}]"#,
+        r#""objectives": [{"name": "high", "priority": 10}, {"name": "low", "priority": -1}]"#,
+    );
+    let a = host.start_vm(picker(&cfg)).unwrap();
+    write_snapshot(&mut host, 1, &[0, 0]);
+    let normal = chat(&mut host, a, &body(0), &[]);
+    let low = chat(&mut host, a, &body(1), &[("x-gateway-inference-objective", "low")]);
+    assert!(sent(&host, normal) && sent(&host, low), "room for both");
+    // The pool is full when a high request comes: the sheddable one in flight makes room.
+    let high = chat(&mut host, a, &body(2), &HIGH);
+    for _ in 0..80 {
+        host.advance(Duration::from_millis(10));
+    }
+    let st = host.stream(low);
+    assert_eq!(st.response_status(), Some(429), "{st:?}");
+    assert!(reply_body(&st)["error"]["message"].as_str().unwrap().contains("evicted"));
+    assert!(sent(&host, high), "the high request took its place");
+    assert!(host.stream(normal).local_reply.is_none(), "priority 0 is never evicted");
+    assert_eq!(gauge(&host, "epp_flow_control_revocations"), 1);
+    host.respond(normal, 200, b"{}").unwrap();
+    host.respond(high, 200, b"{}").unwrap();
+    host.advance(Duration::from_millis(60));
+    assert_eq!(gauge(&host, "epp_in_flight_requests"), 0);
+    assert_eq!(in_flight_total(&host), 0);
+    assert_no_traps(&host);
+}
+
+#[test]
 fn a_full_queue_refuses_with_429_and_an_openai_error() {
     let mut host = host();
     let vms = workers(&mut host, 2, r#""maxRequests": 2"#);
