@@ -91,13 +91,16 @@ fn wait(shim: &EppShim, what: &str, f: impl Fn(&str) -> bool) {
     }
 }
 
+/// Answers in the order they came back: (position, label, the response or why none came).
+type Answers = Arc<Mutex<Vec<(usize, &'static str, Result<Response, String>)>>>;
+
 /// Sends `request` on its own thread; the answer lands in `answers` with the order it came back in.
 fn send_async(
     envoy: &Envoy,
     label: &'static str,
     request: Request,
     order: &Arc<AtomicUsize>,
-    answers: &Arc<Mutex<Vec<(usize, &'static str, Result<Response, String>)>>>,
+    answers: &Answers,
 ) -> std::thread::JoinHandle<()> {
     let (addr, order, answers) = (envoy.listener().to_string(), Arc::clone(order), Arc::clone(answers));
     std::thread::spawn(move || {
@@ -113,7 +116,7 @@ fn a_burst_of_three_times_capacity_is_served_band_by_band_with_nothing_lost() {
     let (_sims, shim, envoy) =
         setup(r#"{"saturationDetector": {"pluginRef": "concurrency-detector"}, "defaultRequestTTL": "30s"}"#);
     let order = Arc::new(AtomicUsize::new(0));
-    let answers = Arc::new(Mutex::new(Vec::new()));
+    let answers: Answers = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
     // The pool's 4 places, then 12 more (3× capacity), lowest band first: the queue must reorder them.
     for _ in 0..4 {
@@ -169,7 +172,7 @@ fn a_full_band_refuses_429_and_a_client_that_leaves_frees_its_place() {
             "priorityBands": [{"priority": 0, "maxRequests": 2}]}"#,
     );
     let order = Arc::new(AtomicUsize::new(0));
-    let answers = Arc::new(Mutex::new(Vec::new()));
+    let answers: Answers = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
     for _ in 0..4 {
         threads.push(send_async(&envoy, "first", post(None), &order, &answers));
