@@ -298,6 +298,8 @@ fn a_filter_update_that_brings_new_vms_drops_no_waiting_request() {
     });
 
     // The filter moves to new VMs (a new VM configuration), for new connections.
+    let joins = |envoy: &Envoy| envoy.process().log().matches("joined pool").count();
+    let joined_before = joins(&envoy);
     let before = envoy.stat("listener_manager.lds.update_success").unwrap_or(0);
     write_lds(&lds_path, &lds(port, &wasm, &config, "generation-2"));
     wait_until(Duration::from_secs(20), "the listener update", || {
@@ -317,11 +319,8 @@ fn a_filter_update_that_brings_new_vms_drops_no_waiting_request() {
     wait_until(Duration::from_secs(5), "queues empty", || queued(&envoy) == (0, 0));
     wait_until(Duration::from_secs(5), "in-flight gauge at zero", || envoy.stat(IN_FLIGHT) == Some(0));
     let log = envoy.process().log();
-    // The requests after the update ran in new VMs: a worker joined beyond the two of the first module.
-    assert!(log.contains("worker 3 joined"), "no new VM served a request after the update");
+    // The requests after the update ran in new VMs: a worker joined after it.
+    assert!(joins(&envoy) > joined_before, "no new VM served a request after the update");
     assert!(!log.contains("waiting requests 503"), "no waiting request was answered 503");
-    for line in log.lines().filter(|l| l.contains("wasm log picker") || l.contains("POST")) {
-        eprintln!("{line}");
-    }
     let _ = std::fs::remove_file(&lds_path);
 }
