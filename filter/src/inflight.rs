@@ -13,6 +13,9 @@
 //! one tick. A worker whose heartbeat is older than [`LIVE_MS`] is dead (its streams died with it) and
 //! its table is ignored.
 //!
+//! With flow control on, every change is written at once, alone or not (see [`Publish::eager`]): two
+//! writes per request, for a dispatch gate no more than a millisecond behind.
+//!
 //! A worker that knows of no other worker (a one-worker proxy) writes its table only with the heartbeat:
 //! nobody reads it per request. A worker that joins later sees those counts up to one heartbeat old
 //! until the first one learns of it (its announcement on the prefix queue, or the next directory read)
@@ -63,6 +66,10 @@ pub struct Publish<'k> {
     pub keys: &'k Keys,
     pub me: Option<u32>,
     pub others: bool,
+    /// Write every change at once, not coalesced, even with no other worker listed (flow control is
+    /// on: its dispatch gate reads these counts, and a change held back would let other workers,
+    /// including one that joins now, overshoot the pool).
+    pub eager: bool,
 }
 
 /// One request's share of an endpoint's count.
@@ -118,10 +125,12 @@ impl InFlightState {
     }
 
     fn changed(&mut self, host: &dyn Host, to: Publish<'_>, now_ms: u64) {
-        if !to.others {
+        // Alone, nobody reads the table per request, unless flow control is on: a worker that joins
+        // decides its very first request on it, before this one learns of it.
+        if !to.others && !to.eager {
             return;
         }
-        if self.last_write_ms.is_some_and(|t| now_ms.saturating_sub(t) < WRITE_EVERY_MS) {
+        if !to.eager && self.last_write_ms.is_some_and(|t| now_ms.saturating_sub(t) < WRITE_EVERY_MS) {
             self.unwritten = true;
         } else {
             self.write(host, to.keys, to.me, now_ms);
@@ -247,7 +256,7 @@ mod tests {
 
     /// Worker `me`'s key, with other workers listed.
     fn to(keys: &Keys, me: u32) -> Publish<'_> {
-        Publish { keys, me: Some(me), others: true }
+        Publish { keys, me: Some(me), others: true, eager: false }
     }
 
     #[test]
@@ -328,7 +337,7 @@ mod tests {
         host.set_now(5_000);
         let mut s = InFlightState::default();
         assert!(s.heartbeat(&host, &keys, Some(1), host.now_ms()));
-        let alone = Publish { keys: &keys, me: Some(1), others: false };
+        let alone = Publish { keys: &keys, me: Some(1), others: false, eager: false };
         s.start(&host, alone, count("10.0.0.1:80", 9), host.now_ms());
         let published = || InFlightTable::decode(&host.get(&keys.inflight(1)).unwrap()).unwrap();
         assert!(published().is_empty(), "not written per request");

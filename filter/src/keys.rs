@@ -10,7 +10,9 @@
 //! | `epp/<pool>/workers` | every worker | directory: u32 LE worker ids (CAS) |
 //! | `epp/<pool>/inflight/<id>` | worker `<id>` only | `InFlightTable` with heartbeat |
 //! | `epp/<pool>/ejections` | any worker (CAS) | endpoints ejected for the gateway's failures ([`crate::ejections`]) |
+//! | `epp/<pool>/flow/<id>` | worker `<id>` only | its flow-control queue per band ([`crate::flow_share`]) |
 //! | queue `epp/<pool>/prefix/<id>` | any worker → worker `<id>` | routed prefix hashes to learn |
+//! | queue `epp/<pool>/flow-wake/<id>` | worker `<id>` → itself | "a request ended": dispatch now, in its own event |
 
 use std::format;
 use std::string::String;
@@ -46,6 +48,16 @@ impl Keys {
         format!("{}inflight/{id}", self.prefix)
     }
 
+    /// Worker `id`'s flow-control queue lengths per band.
+    pub fn flow(&self, id: u32) -> String {
+        format!("{}flow/{id}", self.prefix)
+    }
+
+    /// The queue worker `id` wakes its own root with when a request ends while others wait.
+    pub fn flow_wake(&self, id: u32) -> String {
+        format!("{}flow-wake/{id}", self.prefix)
+    }
+
     /// The queue worker `id` learns other workers' prefix picks from.
     pub fn prefix_queue(&self, id: u32) -> String {
         format!("{}prefix/{id}", self.prefix)
@@ -63,6 +75,7 @@ mod tests {
         assert_eq!(k.snapshot, "epp/llama/snapshot");
         assert_eq!(k.inflight(3), "epp/llama/inflight/3");
         assert_eq!(k.prefix_queue(3), "epp/llama/prefix/3");
+        assert_eq!(k.flow(3), "epp/llama/flow/3");
         assert_ne!(Keys::new("other").snapshot, k.snapshot);
     }
 }

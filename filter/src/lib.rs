@@ -28,6 +28,13 @@
 //!   batches sent at most once per 10 ms, and are learned in `on_queue_ready` ([`prefix_sync`]).
 //!   Staleness: under load up to 10 ms plus one event-loop turn of the other thread; the last picks of a
 //!   burst go out with the next stream end after the interval or the next tick.
+//! - Flow control (`featureGates: [flowControl]`): each worker queues its own paused streams (only its
+//!   VM can resume them) and owns `flow/<id>`, its queued requests and bytes per band, written when they
+//!   change; the others' tables count against capacity and strict priority ([`flow_share`]). A waiting
+//!   stream is resumed or answered by the root context through `proxy_set_effective_context`, on a
+//!   wake-up message on the worker's own queue when a request ends, or on the 10 ms tick
+//!   (`wasm/waiting.rs`). With flow control on, in-flight tables are written on every change.
+//!   Staleness: a millisecond. See docs/flow-control.md.
 //! - Worker ids and directory ([`worker_directory`]); the collector lease (`collector::leader`). Each
 //!   worker keeps a copy of the directory, re-read once per heartbeat and whenever a joining worker announces itself
 //!   on the prefix queues, so a request reads only the other workers' in-flight tables. A picker VM joins
@@ -50,6 +57,7 @@
 
 pub mod collector;
 pub mod ejections;
+pub mod flow_share;
 pub mod header_map;
 pub mod host;
 pub mod inflight;

@@ -3,6 +3,7 @@
 
 use crate::host::{Host, MetricKind};
 use scheduler_core::endpoint_picker::Fallback;
+use scheduler_core::flow_control::{FlowStats, QueueOutcome};
 use scheduler_core::response::Usage;
 use std::collections::BTreeMap;
 use std::format;
@@ -54,6 +55,20 @@ pub const POOL_RUNNING_REQUESTS: &str = "epp_pool_running_requests";
 pub const POOL_KV_CACHE_PERMILLE: &str = "epp_pool_kv_cache_permille";
 /// Per endpoint `epp_endpoint_queue_size.<ip_port>`: requests waiting in its queue (last scrape).
 pub const ENDPOINT_QUEUE_SIZE: &str = "epp_endpoint_queue_size";
+/// Requests this proxy has routed and not yet seen end, summed over every worker (each adds and
+/// subtracts its own: Envoy keeps one gauge per name for the whole process).
+pub const IN_FLIGHT: &str = "epp_in_flight_requests";
+/// Flow control (names parallel to llm-d's `flow_control_*` metrics): per band
+/// `epp_flow_control_queue_size.band_<priority>` and `epp_flow_control_queue_bytes.band_<priority>`
+/// (`band_neg1` for -1), gauges summed over workers; `epp_flow_control_requests.<outcome>` counters by
+/// llm-d's outcome label (`Dispatched`, `RejectedCapacity`, `RejectedNoEndpoints`, `EvictedTTL`,
+/// `EvictedNoEndpoints`, `EvictedContextCancelled`); `epp_flow_control_revocations`: requests in flight
+/// that eviction ended; `epp_flow_control_queue_duration_ms`: how long each request waited (ms).
+pub const FLOW_QUEUE_SIZE: &str = "epp_flow_control_queue_size";
+pub const FLOW_QUEUE_BYTES: &str = "epp_flow_control_queue_bytes";
+pub const FLOW_REQUESTS: &str = "epp_flow_control_requests";
+pub const FLOW_REVOCATIONS: &str = "epp_flow_control_revocations";
+pub const FLOW_QUEUE_DURATION_MS: &str = "epp_flow_control_queue_duration_ms";
 /// Per-endpoint upstream 5xx counters are named `epp_upstream_5xx.<ip_port>`; at most this many exist.
 pub const MAX_ENDPOINT_METRICS: usize = 256;
 
@@ -107,6 +122,16 @@ impl Stats {
         }
     }
 
+    /// Moves a gauge by `delta` (the process-wide gauge then sums every worker's share).
+    pub fn gauge_add(&mut self, host: &dyn Host, name: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.id(host, MetricKind::Gauge, name) {
+            let _ = host.metric_add(id, delta);
+        }
+    }
+
     pub fn histogram(&mut self, host: &dyn Host, name: &str, value: u64) {
         if let Some(id) = self.id(host, MetricKind::Histogram, name) {
             let _ = host.metric_record(id, value);
@@ -144,6 +169,56 @@ impl Stats {
         if self.ids.contains_key(&name) || self.ids.len() < MAX_ENDPOINT_METRICS {
             self.count(host, &name);
         }
+    }
+}
+
+/// Flow control's stats as this worker last reported them: the proxy's stats move by the difference.
+#[derive(Debug, Default)]
+pub struct FlowReported {
+    /// Per band: (priority, queued, bytes, outcomes, in-flight evictions).
+    bands: Vec<(i32, u64, u64, [u64; 6], u64)>,
+}
+
+impl FlowReported {
+    pub fn report(&mut self, host: &dyn Host, stats: &mut Stats, flow: &FlowStats) {
+        for band in &flow.bands {
+            let i = match self.bands.iter().position(|b| b.0 == band.priority) {
+                Some(i) => i,
+                None => {
+                    self.bands.push((band.priority, 0, 0, [0; 6], 0));
+                    self.bands.len() - 1
+                }
+            };
+            let Some(last) = self.bands.get_mut(i) else { continue };
+            let suffix = band_suffix(band.priority);
+            let delta = |now: u64, before: u64| {
+                i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
+            };
+            stats.gauge_add(host, &format!("{FLOW_QUEUE_SIZE}.{suffix}"), delta(band.queued, last.1));
+            stats.gauge_add(host, &format!("{FLOW_QUEUE_BYTES}.{suffix}"), delta(band.bytes, last.2));
+            for (k, outcome) in QueueOutcome::ALL.iter().enumerate() {
+                let (now, before) = (band.count(*outcome), last.3.get(k).copied().unwrap_or(0));
+                if now > before {
+                    stats.add(host, &format!("{FLOW_REQUESTS}.{}", outcome.as_str()), now - before);
+                }
+                if let Some(slot) = last.3.get_mut(k) {
+                    *slot = now;
+                }
+            }
+            if band.evicted_in_flight > last.4 {
+                stats.add(host, FLOW_REVOCATIONS, band.evicted_in_flight - last.4);
+            }
+            *last = (band.priority, band.queued, band.bytes, last.3, band.evicted_in_flight);
+        }
+    }
+}
+
+/// `band_10`, `band_0`, `band_neg1`: Envoy stat names are split on `.`, and Prometheus takes no `-`.
+pub fn band_suffix(priority: i32) -> String {
+    if priority < 0 {
+        format!("band_neg{}", priority.unsigned_abs())
+    } else {
+        format!("band_{priority}")
     }
 }
 

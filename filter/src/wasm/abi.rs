@@ -15,6 +15,8 @@ use std::ptr::{null, null_mut};
 extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -149,6 +151,20 @@ pub fn set_tick_period_ms(ms: u64) -> Result<(), Status> {
     let ms = u32::try_from(ms).unwrap_or(u32::MAX);
     // SAFETY: plain integers.
     check(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// Makes host calls act on context `id` (a paused stream this VM owns) until the current callback
+/// returns. BadArgument when the context no longer exists.
+pub fn set_effective_context(id: u32) -> Result<(), Status> {
+    // SAFETY: a plain integer.
+    check(unsafe { proxy_set_effective_context(id) })
+}
+
+/// Resumes the (effective) stream's paused request; the proxy continues it once the callback returned.
+/// Its header maps and body are unavailable from then on.
+pub fn continue_request() -> Result<(), Status> {
+    // SAFETY: a plain integer (0: the HTTP request).
+    check(unsafe { proxy_continue_stream(0) })
 }
 
 /// Up to `max` bytes of a buffer from `start`; a buffer the proxy does not have (`NotFound`) or returns

@@ -7,8 +7,9 @@ mod host_impl;
 mod logger;
 mod root;
 mod stream;
+mod waiting;
 
 proxy_wasm::main! {{
     logger::install();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new(id)) });
 }}

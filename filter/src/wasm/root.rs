@@ -6,6 +6,7 @@
 use super::abi;
 use super::host_impl::ProxyHost;
 use super::stream::Stream;
+use super::waiting::Waiting;
 use crate::collector::leader::{Leadership, Step};
 use crate::collector::{CallResponse, Collector};
 use crate::host::Host;
@@ -50,6 +51,10 @@ struct Collecting {
     election: Option<Leadership>,
     keys: Keys,
     stats: Stats,
+    /// The VM's tick can be faster than the scrape interval (flow control ticks every 10 ms while
+    /// requests wait): collection runs at most once per `every_ms`.
+    every_ms: u64,
+    last_ms: Option<u64>,
 }
 
 enum Role {
@@ -57,19 +62,23 @@ enum Role {
     Unconfigured,
     Picker {
         worker: Rc<RefCell<Worker>>,
+        /// Streams paused in flow control's queue (and in flight under an eviction lease).
+        waiting: Rc<RefCell<Waiting>>,
         collecting: Option<Collecting>,
     },
     Collector(Collecting),
 }
 
 pub struct Root {
+    /// This root context's id: host calls go back to it after acting on a waiting stream.
+    id: u32,
     host: Rc<ProxyHost>,
     role: Role,
 }
 
 impl Root {
-    pub fn new() -> Root {
-        Root { host: Rc::new(ProxyHost::new(String::new())), role: Role::Unconfigured }
+    pub fn new(id: u32) -> Root {
+        Root { id, host: Rc::new(ProxyHost::new(String::new())), role: Role::Unconfigured }
     }
 
     fn configure(&mut self) -> Result<(), String> {
@@ -124,13 +133,13 @@ impl Root {
             _ => None,
         };
         // A collecting VM scrapes on every tick, so it ticks with the scrape interval; the others tick
-        // often enough to write what coalescing held back soon after a burst ends.
-        set_tick(if collecting.is_some() {
-            config.collector.interval_ms.min(HEARTBEAT_MS)
-        } else {
-            FLUSH_TICK_MS
-        });
-        self.role = Role::Picker { worker: Rc::new(RefCell::new(worker)), collecting };
+        // often enough to write what coalescing held back soon after a burst ends. While requests wait
+        // in flow control's queue the tick is faster (see `waiting::FLOW_TICK_MS`).
+        let tick_ms =
+            if collecting.is_some() { config.collector.interval_ms.min(HEARTBEAT_MS) } else { FLUSH_TICK_MS };
+        set_tick(tick_ms);
+        let waiting = Rc::new(RefCell::new(Waiting::new(tick_ms, self.id)));
+        self.role = Role::Picker { worker: Rc::new(RefCell::new(worker)), waiting, collecting };
         Ok(())
     }
 
@@ -149,6 +158,8 @@ fn collecting(config: &GatewayConfig, election: Option<Leadership>) -> Collectin
         election,
         keys: Keys::new(&config.pool.name),
         stats: Stats::default(),
+        every_ms: config.collector.interval_ms.min(HEARTBEAT_MS),
+        last_ms: None,
     }
 }
 
@@ -171,7 +182,14 @@ fn set_tick(ms: u64) {
 
 impl Collecting {
     fn tick(&mut self, host: &dyn Host) {
-        let Collecting { collector, election, keys, stats } = self;
+        let now_ms = host.now_ms();
+        // A tenth of slack: a timer that fires a little early must not skip a whole interval.
+        let due_after = self.every_ms.saturating_sub((self.every_ms / 10).max(1));
+        if self.last_ms.is_some_and(|t| now_ms.saturating_sub(t) < due_after) {
+            return;
+        }
+        self.last_ms = Some(now_ms);
+        let Collecting { collector, election, keys, stats, .. } = self;
         if let Some(lead) = election {
             match lead.step(host, keys, collector.lease_ttl_ms()) {
                 Step::Lead { became } => {
@@ -196,6 +214,17 @@ impl Collecting {
 }
 
 impl Context for Root {
+    /// The VM (or this plugin) is going away: no waiting stream is dropped in silence.
+    fn on_done(&mut self) -> bool {
+        if let Role::Picker { worker, waiting, .. } = &self.role {
+            if let (Ok(mut w), Ok(mut waiting)) = (worker.try_borrow_mut(), waiting.try_borrow_mut()) {
+                let settings = w.exchange_settings();
+                waiting.shutdown(&mut w, &self.host, &settings);
+            }
+        }
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         let host = self.host.clone();
         let Some(c) = self.collecting() else { return };
@@ -238,9 +267,13 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         super::logger::follow_proxy_level();
         let host = self.host.clone();
-        if let Role::Picker { worker, .. } = &self.role {
+        if let Role::Picker { worker, waiting, .. } = &self.role {
             if let Ok(mut w) = worker.try_borrow_mut() {
                 w.on_tick(&*host);
+                if let Ok(mut waiting) = waiting.try_borrow_mut() {
+                    let settings = w.exchange_settings();
+                    waiting.dispatch(&mut w, &host, &settings);
+                }
             }
         }
         if let Some(c) = self.collecting() {
@@ -249,25 +282,32 @@ impl RootContext for Root {
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Role::Picker { worker, .. } = &self.role {
+        if let Role::Picker { worker, waiting, .. } = &self.role {
             if let Ok(mut w) = worker.try_borrow_mut() {
+                if w.take_wake(&*self.host, queue_id) {
+                    if let Ok(mut waiting) = waiting.try_borrow_mut() {
+                        let settings = w.exchange_settings();
+                        waiting.dispatch(&mut w, &self.host, &settings);
+                    }
+                    return;
+                }
                 w.on_queue_ready(&*self.host, queue_id);
             }
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK would panic. Without a picker the stream passes through.
-        let worker = match &self.role {
-            Role::Picker { worker, .. } => {
+        let (worker, waiting) = match &self.role {
+            Role::Picker { worker, waiting, .. } => {
                 if let Ok(mut w) = worker.try_borrow_mut() {
                     w.start_once(&*self.host);
                 }
-                Some(worker.clone())
+                (Some(worker.clone()), Some(waiting.clone()))
             }
-            _ => None,
+            _ => (None, None),
         };
-        Some(Box::new(Stream::new(worker, self.host.clone())))
+        Some(Box::new(Stream::new(worker, waiting, self.host.clone(), context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

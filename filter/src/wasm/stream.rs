@@ -6,29 +6,34 @@
 use super::abi;
 use super::headers;
 use super::host_impl::ProxyHost;
+use super::waiting::{SharedState, StreamState, Waiting};
 use crate::header_map::HeaderMap;
-use crate::worker::Worker;
+use crate::host::Host;
+use crate::worker::{Admitted, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use scheduler_core::endpoint_picker::Reply;
+use scheduler_core::endpoint_picker::{Admission, Reply};
 use scheduler_core::exchange::headers::{CONTENT_LENGTH, CONTENT_TYPE, STATUS};
 use scheduler_core::exchange::{
-    BodyOut, Decided, Exchange, ExchangeSettings, HeaderLookup, RequestStep, ResponseBodyStep, ResponseHead,
+    BodyOut, Decided, ExchangeSettings, FlowEnd, Forward, HeaderLookup, RequestStep, ResponseBodyStep,
+    ResponseHead,
 };
 use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
+    /// The worker's waiting streams (flow control), shared with the root context.
+    waiting: Option<Rc<RefCell<Waiting>>>,
     host: Rc<ProxyHost>,
-    exchange: Exchange,
+    context_id: u32,
+    /// The exchange and the health ticket, shared with the root while the request waits.
+    state: SharedState,
     /// The worker's settings, from the request headers on.
     settings: Rc<ExchangeSettings>,
     /// Response body bytes the exchange already has while the body is held (the proxy's buffer then
     /// holds them too, followed by the new ones).
     response_seen: usize,
-    /// The worker waits for this routed request's response headers under this ticket.
-    ticket: Option<u64>,
 }
 
 /// Host calls that change the request or response: a refusal is logged, never fatal.
@@ -39,12 +44,18 @@ fn log_err<E: std::fmt::Display>(what: &str, r: Result<(), E>) {
 }
 
 impl Stream {
-    pub fn new(worker: Option<Rc<RefCell<Worker>>>, host: Rc<ProxyHost>) -> Stream {
+    pub fn new(
+        worker: Option<Rc<RefCell<Worker>>>,
+        waiting: Option<Rc<RefCell<Waiting>>>,
+        host: Rc<ProxyHost>,
+        context_id: u32,
+    ) -> Stream {
         let settings = match &worker {
             Some(w) => w.try_borrow().map(|w| w.exchange_settings()).unwrap_or_default(),
             None => Rc::default(),
         };
-        Stream { worker, host, exchange: Exchange::new(), settings, response_seen: 0, ticket: None }
+        let state = Rc::new(RefCell::new(StreamState::default()));
+        Stream { worker, waiting, host, context_id, state, settings, response_seen: 0 }
     }
 
     fn worker(&self) -> Option<Rc<RefCell<Worker>>> {
@@ -52,7 +63,13 @@ impl Stream {
     }
 
     /// Carries out a request step: wait, decide, reply or pass.
-    fn request_step(&mut self, w: &mut Worker, step: RequestStep, body_size: usize) -> Action {
+    fn request_step(
+        &mut self,
+        w: &mut Worker,
+        st: &mut StreamState,
+        step: RequestStep,
+        body_size: usize,
+    ) -> Action {
         match step {
             RequestStep::Wait => Action::Pause,
             RequestStep::Pass => Action::Continue,
@@ -60,12 +77,13 @@ impl Stream {
                 w.count_reply(&*self.host, &reply);
                 reply_locally(&reply)
             }
-            RequestStep::Decide { with_body } => self.decide(w, with_body.then_some(body_size)),
+            RequestStep::Decide { with_body } => self.decide(w, st, with_body.then_some(body_size)),
         }
     }
 
-    /// Decides on the buffered body (`None`: from the headers alone) and applies the outcome.
-    fn decide(&mut self, w: &mut Worker, body_size: Option<usize>) -> Action {
+    /// Admits the request on the buffered body (`None`: from the headers alone): applies the decision,
+    /// or keeps the stream paused in flow control's queue, for the root to resume.
+    fn decide(&mut self, w: &mut Worker, st: &mut StreamState, body_size: Option<usize>) -> Action {
         let body = match body_size.map(|n| abi::get_buffer(BufferType::HttpRequestBody, 0, n)) {
             Some(Ok(b)) => Some(b),
             Some(Err(s)) => {
@@ -74,44 +92,99 @@ impl Stream {
             }
             None => None,
         };
-        let facts = self.exchange.facts();
-        let subset = facts.subset_refs();
-        let (outcome, _, ticket) = w.decide(&*self.host, &facts.info(subset.as_deref()), body.as_deref());
-        self.ticket = ticket;
-        match self.exchange.on_outcome(&self.settings, outcome) {
+        let admitted = {
+            let facts = st.exchange.facts();
+            let subset = facts.subset_refs();
+            w.admit(&*self.host, &facts.info(subset.as_deref()), body.as_deref())
+        };
+        let (outcome, health, lease) = match admitted {
+            Admitted::Queued(ticket) => {
+                st.exchange.on_admission(&self.settings, Admission::Queued(ticket));
+                match &self.waiting {
+                    Some(waiting) => match waiting.try_borrow_mut() {
+                        Ok(mut waiting) => {
+                            let now_ms = self.host.now_ms();
+                            waiting.queued(ticket, self.context_id, Rc::clone(&self.state), now_ms);
+                            log::debug!("request {:?} waits in the queue", st.exchange.facts().request_id);
+                            return Action::Pause;
+                        }
+                        Err(_) => log::warn!("waiting list busy: the request is withdrawn from the queue"),
+                    },
+                    None => log::warn!("no waiting list: the request is withdrawn from the queue"),
+                }
+                // Never left paused with nobody to resume it: withdrawn and answered.
+                if let Some(FlowEnd::Cancel(t)) = st.exchange.flow_at_end() {
+                    w.cancel(&*self.host, t, 0);
+                }
+                let reply = scheduler_core::endpoint_picker::shutdown_reply();
+                return reply_locally(&reply);
+            }
+            Admitted::Decided { outcome, routed: _, health, lease } => (outcome, health, lease),
+        };
+        st.health = health;
+        let action = match st.exchange.on_outcome(&self.settings, outcome) {
             Decided::Reply(reply) => reply_locally(&reply),
             Decided::Forward(forward) => {
                 log::debug!(
                     "request {:?} routed to {:?}",
-                    self.exchange.facts().request_id,
+                    st.exchange.facts().request_id,
                     forward.destination
                 );
-                // Before continuing: host calls on the request are refused once it continued.
-                for (name, value) in &forward.set {
-                    log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
-                }
-                if let (Some(new), Some(size)) = (&forward.body, body_size) {
-                    log_err("request body", abi::set_buffer(BufferType::HttpRequestBody, 0, size, new));
-                }
+                apply_forward(&forward, body_size);
                 Action::Continue
             }
+        };
+        st.exchange.on_lease(lease);
+        if let (Some(lease), Some(waiting)) = (lease, &self.waiting) {
+            if let Ok(mut waiting) = waiting.try_borrow_mut() {
+                waiting.leased(lease, self.context_id);
+            }
         }
+        action
     }
 
     fn finish(&mut self) {
-        let ticket = self.ticket.take();
-        let in_flight = self.exchange.on_stream_end();
-        if ticket.is_none() && in_flight.is_none() {
+        let (flow_end, ticket, in_flight) = match self.state.try_borrow_mut() {
+            Ok(mut st) => (st.exchange.flow_at_end(), st.health.take(), st.exchange.on_stream_end()),
+            Err(_) => {
+                log::warn!("stream state busy at the stream's end: nothing released");
+                return;
+            }
+        };
+        if flow_end.is_none() && ticket.is_none() && in_flight.is_none() {
             return;
         }
         let Some(worker) = &self.worker else { return };
+        let now_ms = self.host.now_ms();
+        let waited = match (flow_end, &self.waiting) {
+            (Some(FlowEnd::Cancel(t)), Some(waiting)) => {
+                waiting.try_borrow_mut().ok().and_then(|mut waiting| waiting.forget(t, now_ms))
+            }
+            (Some(FlowEnd::Finished(l)), Some(waiting)) => {
+                if let Ok(mut waiting) = waiting.try_borrow_mut() {
+                    waiting.lease_ended(l);
+                }
+                None
+            }
+            _ => None,
+        };
         match worker.try_borrow_mut() {
             Ok(mut w) => {
+                match flow_end {
+                    Some(FlowEnd::Cancel(t)) => {
+                        log::debug!("client left while waiting: its place in the queue is freed");
+                        w.cancel(&*self.host, t, waited.unwrap_or(0));
+                    }
+                    Some(FlowEnd::Finished(l)) => w.flow_finished(&*self.host, l),
+                    None => {}
+                }
                 if let Some(t) = ticket {
                     w.first_byte(t, false);
                 }
                 if let Some(f) = &in_flight {
                     w.finish(&*self.host, f);
+                    // A place freed: the root dispatches at once, in an event of its own.
+                    w.wake(&*self.host);
                 }
             }
             Err(_) => log::warn!("in-flight count for {:?} not released (worker busy)", in_flight),
@@ -148,8 +221,19 @@ impl Stream {
     }
 }
 
+/// Sets the routing headers (and the new body, if the decision changed it) of the current or effective
+/// stream. Before continuing it: host calls on the request are refused once it continued.
+pub fn apply_forward(forward: &Forward, body_size: Option<usize>) {
+    for (name, value) in &forward.set {
+        log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
+    }
+    if let (Some(new), Some(size)) = (&forward.body, body_size) {
+        log_err("request body", abi::set_buffer(BufferType::HttpRequestBody, 0, size, new));
+    }
+}
+
 /// Sends `reply` as the answer; the request goes no further.
-fn reply_locally(reply: &Reply) -> Action {
+pub fn reply_locally(reply: &Reply) -> Action {
     log::debug!("answered {} ({})", reply.status, reply.reason);
     let headers: [(&str, &[u8]); 1] = [(CONTENT_TYPE, b"application/json")];
     if let Err(e) = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes()) {
@@ -175,8 +259,10 @@ impl HttpContext for Stream {
             .map_err(|e| log::warn!("request headers not readable, removing every routing header: {e}"))
             .ok();
         let host = Rc::clone(&self.host);
+        let state = Rc::clone(&self.state);
+        let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         let mut new_id = || w.new_request_id(&*host);
-        let step = self.exchange.on_request_headers(
+        let step = st.exchange.on_request_headers(
             &self.settings,
             map.as_ref().map(|m| m as &dyn HeaderLookup),
             None,
@@ -190,32 +276,45 @@ impl HttpContext for Stream {
             log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
         }
         // Waiting for the body: with `allow_on_headers_stop_iteration` Envoy keeps feeding it to us.
-        self.request_step(&mut w, step.next, 0)
+        self.request_step(&mut w, &mut st, step.next, 0)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        let step = self.exchange.on_request_body(&self.settings, body_size, end_of_stream);
-        self.request_step(&mut w, step, body_size)
+        let state = Rc::clone(&self.state);
+        let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
+        if st.exchange.waiting().is_some() {
+            // Already complete and queued (a late empty chunk): stay paused.
+            return Action::Pause;
+        }
+        let step = st.exchange.on_request_body(&self.settings, body_size, end_of_stream);
+        self.request_step(&mut w, &mut st, step, body_size)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        let step = self.exchange.on_request_trailers();
-        let size = self.exchange.request_body_len();
-        self.request_step(&mut w, step, size)
+        let state = Rc::clone(&self.state);
+        let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
+        if st.exchange.waiting().is_some() {
+            return Action::Pause;
+        }
+        let step = st.exchange.on_request_trailers();
+        let size = st.exchange.request_body_len();
+        self.request_step(&mut w, &mut st, step, size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if !self.exchange.follows_response() {
+        let state = Rc::clone(&self.state);
+        let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
+        if !st.exchange.follows_response() {
             return Action::Continue;
         }
         let Some(worker) = self.worker() else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
-        let ticket = self.ticket.take();
-        let upstream = match self.exchange.wants_upstream_address(&self.settings) {
+        let ticket = st.health.take();
+        let upstream = match st.exchange.wants_upstream_address(&self.settings) {
             true => abi::get_property(&["upstream", "address"])
                 .ok()
                 .flatten()
@@ -234,7 +333,7 @@ impl HttpContext for Stream {
             upstream: upstream.as_deref(),
             end_of_stream,
         };
-        let step = self.exchange.on_response_headers(&self.settings, &head);
+        let step = st.exchange.on_response_headers(&self.settings, &head);
         if let Some(t) = ticket {
             let alive = step.moved.is_none() && step.answered.as_ref().is_some_and(|(_, s)| *s < 500);
             w.first_byte(t, alive);
@@ -251,7 +350,7 @@ impl HttpContext for Stream {
             w.answered(&*self.host, address, *status);
         }
         // A response not streamed (or an error) comes whole: its headers mark the first token.
-        if let (Some(prompt_tokens), Some(address)) = (step.first_token, self.exchange.counted_on()) {
+        if let (Some(prompt_tokens), Some(address)) = (step.first_token, st.exchange.counted_on()) {
             w.first_token(address, prompt_tokens);
         }
         if step.body_changes_length {
@@ -262,15 +361,17 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let state = Rc::clone(&self.state);
+        let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         // A streamed response's first chunk is its first token, whether or not its bytes are read.
-        if let Some(first) = self.exchange.on_response_data() {
+        if let Some(first) = st.exchange.on_response_data() {
             match self.worker.as_ref().map(|w| w.try_borrow_mut()) {
                 Some(Ok(mut w)) => w.first_token(first.address, first.prompt_tokens),
                 Some(Err(_)) => log::warn!("first token at {} not counted (worker busy)", first.address),
                 None => {}
             }
         }
-        if !self.exchange.reads_response_body() {
+        if !st.exchange.reads_response_body() {
             return Action::Continue;
         }
         let start = self.response_seen.min(body_size);
@@ -279,17 +380,21 @@ impl HttpContext for Stream {
         let chunk =
             if len == 0 { Ok(Vec::new()) } else { abi::get_buffer(BufferType::HttpResponseBody, start, len) };
         let step = match chunk {
-            Ok(chunk) => self.exchange.on_response_body(&self.settings, &chunk, end_of_stream),
+            Ok(chunk) => st.exchange.on_response_body(&self.settings, &chunk, end_of_stream),
             Err(s) => {
                 log::debug!("response body not readable: {s}");
-                self.exchange.response_body_unreadable()
+                st.exchange.response_body_unreadable()
             }
         };
+        drop(st);
         self.response_step(step, start, body_size)
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        let step = self.exchange.on_response_trailers();
+        let step = match self.state.try_borrow_mut() {
+            Ok(mut st) => st.exchange.on_response_trailers(),
+            Err(_) => return Action::Continue,
+        };
         if let BodyOut::Replace(rest) = &step.out {
             // The proxy offers no way to add body bytes with the trailers.
             log::debug!("{} bytes of an unfinished event line dropped at the trailers", rest.len());

@@ -3,6 +3,7 @@
 //! reports when a routed stream ends; everything here runs natively against the fake host in tests.
 
 use crate::ejections::SharedEjections;
+use crate::flow_share::{self, FlowShare};
 use crate::host::Host;
 use crate::inflight::{Count, InFlightState, Publish, HEARTBEAT_MS};
 use crate::keys::Keys;
@@ -13,14 +14,58 @@ use crate::worker_directory;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{
-    request_seed, EndpointPicker, Fallback, Outcome, PoolView, Reply, RequestInfo, Route,
+    request_seed, Admission, EndpointPicker, Fallback, Outcome, PoolView, Reply, RequestInfo, Revoked, Route,
+    WaitingRequests,
 };
 use scheduler_core::exchange::{ExchangeSettings, InFlight, Moved};
+use scheduler_core::flow_control::Ticket;
 use scheduler_core::health::{HealthEvent, Unusable};
 use scheduler_core::model::PoolSnapshot;
 use std::rc::Rc;
 use std::string::String;
 use std::vec::Vec;
+
+/// Replies flow control gives (queue full, timed out, ...) carry reasons with this prefix.
+const FLOW_REASON_PREFIX: &str = "flow_control";
+
+/// What [`Worker::admit`] did with a complete request.
+// Once per request, as `Outcome` is.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Admitted {
+    /// Decided now: apply `outcome`. `routed` is counted in flight until [`Worker::finish`], `health`
+    /// waits for the first byte ([`Worker::first_byte`]), `lease` is reported with
+    /// [`Worker::flow_finished`].
+    Decided { outcome: Outcome, routed: Option<InFlight>, health: Option<u64>, lease: Option<Ticket> },
+    /// Waiting in flow control's queue: keep the stream paused under this ticket.
+    Queued(Ticket),
+}
+
+/// A waiting request [`Worker::poll`] settled: decided now (a route, or a reply), or timed out.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub ticket: Ticket,
+    pub outcome: Outcome,
+    pub routed: Option<InFlight>,
+    pub health: Option<u64>,
+    pub lease: Option<Ticket>,
+    pub waited_ms: u64,
+}
+
+/// What one [`Worker::poll`] released.
+#[derive(Debug, Default)]
+pub struct Polled {
+    pub settled: Vec<Dispatch>,
+    /// Requests in flight that eviction ends: answer each its reply now.
+    pub revoked: Vec<Revoked>,
+}
+
+fn unusable_reason(view: PoolView<'_>) -> Option<Fallback> {
+    match view {
+        PoolView::Unusable { reason, .. } => Some(reason),
+        PoolView::Fresh(_) => None,
+    }
+}
 
 pub struct Worker {
     picker: EndpointPicker,
@@ -37,6 +82,12 @@ pub struct Worker {
     unnamed: u64,
     /// When the snapshot age and health stats were last reported.
     stats_reported_ms: Option<u64>,
+    /// This worker's flow-control queue as the other workers see it, and theirs.
+    flow_share: FlowShare,
+    /// Flow-control stats as last reported to the proxy.
+    flow_stats: stats::FlowReported,
+    /// This worker's own queue for "a request ended while others wait" (see [`Worker::wake`]).
+    wake_queue: Option<u32>,
     /// Set by the first `start_once` (the first HTTP stream this VM sees).
     started: bool,
     exchange: Rc<ExchangeSettings>,
@@ -62,6 +113,9 @@ impl Worker {
             decisions: 0,
             unnamed: 0,
             stats_reported_ms: None,
+            flow_share: FlowShare::default(),
+            flow_stats: stats::FlowReported::default(),
+            wake_queue: None,
             started: false,
             exchange,
             directory: Vec::new(),
@@ -79,6 +133,14 @@ impl Worker {
                 self.inflight.heartbeat(host, &self.keys, self.id, now_ms);
                 if let Err(e) = self.prefix.register(host, &self.keys, id) {
                     log::warn!("worker {id}: prefix queue not registered, prefixes stay local: {e}");
+                }
+                if self.flow_enabled() {
+                    match host.queue_register(&self.keys.flow_wake(id)) {
+                        Ok(q) => self.wake_queue = Some(q),
+                        Err(e) => {
+                            log::warn!("worker {id}: no wake-up queue, waiting requests go on the tick: {e}")
+                        }
+                    }
                 }
                 // The workers already listed re-read the directory once per heartbeat: tell them now, so
                 // they count this worker's requests and send it their prefixes from its first request.
@@ -140,8 +202,9 @@ impl Worker {
         std::format!("epp-{worker:x}-{:x}-{:x}", host.now_us(), self.unnamed)
     }
 
-    /// Decides for one request; a route is counted in flight until [`Worker::finish`], and waited for
-    /// under the returned ticket until [`Worker::first_byte`] (see `health.firstByteTimeoutMs`).
+    /// Decides for one request now, never queueing it (flow control's queue is bypassed: see
+    /// [`Worker::admit`]); a route is counted in flight until [`Worker::finish`], and waited for under the
+    /// returned ticket until [`Worker::first_byte`] (see `health.firstByteTimeoutMs`).
     pub fn decide(
         &mut self,
         host: &dyn Host,
@@ -150,18 +213,150 @@ impl Worker {
     ) -> (Outcome, Option<InFlight>, Option<u64>) {
         let started_us = host.now_us();
         let started_ms = started_us / 1_000;
-        match self.cache.refresh(host, &self.keys, started_ms) {
+        let live_others = self.refresh(host, started_ms);
+        let undecodable = self.cache.undecodable();
+        let view = self.picker.view(self.cache.snapshot(), undecodable, started_ms);
+        let unusable = unusable_reason(view);
+        self.decisions = self.decisions.wrapping_add(1);
+        let seed = seed_for(info.request_id, self.decisions);
+        let outcome = self.picker.decide(info, body, view, started_ms, seed);
+        let (routed, ticket) = self.account(host, &outcome, unusable, &live_others, started_ms);
+        let elapsed_us = host.now_us().saturating_sub(started_us);
+        self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);
+        (outcome, routed, ticket)
+    }
+
+    /// Admits a complete request: decided now (as [`Worker::decide`]), or, with flow control on and no
+    /// room in the pool, queued under a ticket until [`Worker::poll`] settles it or
+    /// [`Worker::cancel`] withdraws it. The other workers' queues count (see [`crate::flow_share`]).
+    pub fn admit(&mut self, host: &dyn Host, info: &RequestInfo<'_>, body: Option<&[u8]>) -> Admitted {
+        if self.picker.flow_control().is_none() {
+            let (outcome, routed, health) = self.decide(host, info, body);
+            return Admitted::Decided { outcome, routed, health, lease: None };
+        }
+        let started_us = host.now_us();
+        let started_ms = started_us / 1_000;
+        let live_others = self.refresh(host, started_ms);
+        self.read_peers(host, started_ms);
+        let undecodable = self.cache.undecodable();
+        let view = self.picker.view(self.cache.snapshot(), undecodable, started_ms);
+        let unusable = unusable_reason(view);
+        self.decisions = self.decisions.wrapping_add(1);
+        let seed = seed_for(info.request_id, self.decisions);
+        let admission = self.picker.decide_or_queue(info, body, view, started_ms, seed);
+        let admitted = match admission {
+            Admission::Queued(ticket) => Admitted::Queued(ticket),
+            Admission::Decided { outcome, lease } => {
+                let (routed, health) = self.account(host, &outcome, unusable, &live_others, started_ms);
+                Admitted::Decided { outcome, routed, health, lease }
+            }
+        };
+        self.flow_changed(host, started_ms);
+        let elapsed_us = host.now_us().saturating_sub(started_us);
+        self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);
+        admitted
+    }
+
+    /// Lets flow control go on (on a tick, and when a request ends): requests whose time ran out are
+    /// answered, and waiting requests are decided, best first, while the pool has room. `waiting`
+    /// gives back each request's facts and body. Every route is counted in flight as in
+    /// [`Worker::decide`].
+    pub fn poll(&mut self, host: &dyn Host, waiting: &mut dyn WaitingRequests) -> Polled {
+        let mut out = Polled::default();
+        if self.picker.flow_control().is_none_or(|fc| fc.is_empty()) {
+            return out;
+        }
+        let now_ms = host.now_ms();
+        let live_others = self.refresh(host, now_ms);
+        self.read_peers(host, now_ms);
+        let undecodable = self.cache.undecodable();
+        let polled = self.picker.poll(self.cache.snapshot_mut(), undecodable, now_ms, waiting);
+        let unusable = unusable_reason(self.picker.view(self.cache.snapshot(), undecodable, now_ms));
+        for s in polled.settled {
+            self.stats.histogram(host, stats::FLOW_QUEUE_DURATION_MS, s.waited_ms);
+            let (routed, health) = self.account(host, &s.outcome, unusable, &live_others, now_ms);
+            out.settled.push(Dispatch {
+                ticket: s.ticket,
+                outcome: s.outcome,
+                routed,
+                health,
+                lease: s.lease,
+                waited_ms: s.waited_ms,
+            });
+        }
+        out.revoked = polled.revoked;
+        self.flow_changed(host, now_ms);
+        out
+    }
+
+    /// The client of a waiting request went away (or the VM is ending): the request leaves the queue.
+    /// False if `ticket` was not waiting.
+    pub fn cancel(&mut self, host: &dyn Host, ticket: Ticket, waited_ms: u64) -> bool {
+        let now_ms = host.now_ms();
+        let cancelled = self.picker.cancel(ticket, now_ms);
+        if cancelled {
+            self.stats.histogram(host, stats::FLOW_QUEUE_DURATION_MS, waited_ms);
+            self.flow_changed(host, now_ms);
+        }
+        cancelled
+    }
+
+    /// A request flow control tracked in flight under `lease` ended.
+    pub fn flow_finished(&mut self, host: &dyn Host, lease: Ticket) {
+        self.picker.finished(lease, host.now_ms());
+    }
+
+    /// Whether requests wait in this worker's queue (the glue ticks faster meanwhile).
+    pub fn flow_waiting(&self) -> bool {
+        self.picker.flow_control().is_some_and(|fc| !fc.is_empty())
+    }
+
+    /// A request ended while others wait here: asks for a dispatch round in an event of its own (a
+    /// message on this worker's own shared queue; the proxy delivers it to the root context after the
+    /// current callback, never nested in the ending stream's teardown). The tick covers a refusal.
+    pub fn wake(&self, host: &dyn Host) {
+        if let (Some(q), true) = (self.wake_queue, self.flow_waiting()) {
+            if let Err(e) = host.queue_enqueue(q, b"w") {
+                log::debug!("wake-up not queued ({e}): the next tick dispatches");
+            }
+        }
+    }
+
+    /// True (after emptying it) if `queue` is this worker's wake-up queue.
+    pub fn take_wake(&mut self, host: &dyn Host, queue: u32) -> bool {
+        if self.wake_queue != Some(queue) {
+            return false;
+        }
+        // Bounded: wake-ups are one per request end.
+        for _ in 0..100_000 {
+            match host.queue_dequeue(queue) {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        true
+    }
+
+    /// Whether flow control is on.
+    pub fn flow_enabled(&self) -> bool {
+        self.picker.flow_control().is_some()
+    }
+
+    /// Refreshes what a decision reads: the snapshot, the directory (once per heartbeat), ejections, and
+    /// every worker's in-flight counts merged into the snapshot. Returns the live other workers.
+    fn refresh(&mut self, host: &dyn Host, now_ms: u64) -> Vec<u32> {
+        match self.cache.refresh(host, &self.keys, now_ms) {
             Refresh::Undecodable(why) => log::warn!("published snapshot ignored: {why}"),
             Refresh::HostError(why) => log::warn!("snapshot not refreshed: {why}"),
             Refresh::Reloaded | Refresh::Unchanged | Refresh::Missing => {}
         }
-        if self.directory_read_ms.is_none_or(|t| started_ms.saturating_sub(t) >= HEARTBEAT_MS) {
-            self.read_directory(host, started_ms);
+        if self.directory_read_ms.is_none_or(|t| now_ms.saturating_sub(t) >= HEARTBEAT_MS) {
+            self.read_directory(host, now_ms);
         }
-        self.ejections.read(host, &self.keys, self.picker.health_mut(), started_ms);
+        self.ejections.read(host, &self.keys, self.picker.health_mut(), now_ms);
         let mut live_others: Vec<u32> = Vec::new();
         if let Some(pool) = self.cache.snapshot_mut() {
-            match self.inflight.merge_into(host, &self.keys, self.id, &self.directory, pool, started_ms) {
+            match self.inflight.merge_into(host, &self.keys, self.id, &self.directory, pool, now_ms) {
                 Ok(others) => {
                     live_others = others.live;
                     if !others.long_dead.is_empty()
@@ -173,32 +368,53 @@ impl Worker {
                 Err(e) => log::debug!("other workers' in-flight counts not read: {e}"),
             }
         }
-        let undecodable = self.cache.undecodable();
-        let view = self.picker.view(self.cache.snapshot(), undecodable, started_ms);
-        self.decisions = self.decisions.wrapping_add(1);
-        let seed = seed_for(info.request_id, self.decisions);
-        let outcome = self.picker.decide(info, body, view, started_ms, seed);
+        live_others
+    }
 
-        let routed = match &outcome {
+    /// Hands flow control the other workers' queues (when another worker is listed).
+    fn read_peers(&mut self, host: &dyn Host, now_ms: u64) {
+        if !self.directory.iter().any(|id| Some(*id) != self.id) {
+            return;
+        }
+        match self.flow_share.peers(host, &self.keys, self.id, &self.directory, now_ms) {
+            Ok(peers) => {
+                if let Some(fc) = self.picker.flow_control_mut() {
+                    fc.set_peers(peers);
+                }
+            }
+            Err(e) => log::debug!("other workers' queues not read, the last reading stays: {e}"),
+        }
+    }
+
+    /// Counts a decision and records a route in flight (and with health). Flow control's own answers
+    /// (queue full, time out) are counted by [`Worker::flow_changed`], not as shed or unavailable.
+    fn account(
+        &mut self,
+        host: &dyn Host,
+        outcome: &Outcome,
+        unusable: Option<Fallback>,
+        live_others: &[u32],
+        now_ms: u64,
+    ) -> (Option<InFlight>, Option<u64>) {
+        let routed = match outcome {
             Outcome::Route(route) => {
                 self.stats.count(host, stats::DECISIONS_ROUTED);
-                Some(self.after_route(host, route, &live_others, started_ms))
+                Some(self.after_route(host, route, live_others, now_ms))
             }
             Outcome::FailOpen { reason, route } => {
                 self.stats.count(host, stats::DECISIONS_FAIL_OPEN);
                 self.stats.fallback(host, *reason);
-                route.as_ref().map(|r| self.after_route(host, r, &[], started_ms))
+                route.as_ref().map(|r| self.after_route(host, r, &[], now_ms))
             }
+            Outcome::Reply(reply) if reply.reason.starts_with(FLOW_REASON_PREFIX) => None,
             Outcome::Reply(reply) => {
                 self.stats.count(host, stats::DECISIONS_REPLIED);
                 self.stats.reply(host, reply.status);
-                match view {
+                match unusable {
                     // Failing closed is a fallback too (a 400 while metrics are missing is not).
-                    PoolView::Unusable { reason, .. } if reply.reason == reason.as_str() => {
-                        self.stats.fallback(host, reason)
-                    }
+                    Some(reason) if reply.reason == reason.as_str() => self.stats.fallback(host, reason),
                     // Failing closed because no endpoint is usable.
-                    PoolView::Fresh(_) if reply.reason == Fallback::NoUsableEndpoint.as_str() => {
+                    None if reply.reason == Fallback::NoUsableEndpoint.as_str() => {
                         self.stats.fallback(host, Fallback::NoUsableEndpoint)
                     }
                     _ => {}
@@ -206,16 +422,36 @@ impl Worker {
                 None
             }
         };
-        let ticket = match &outcome {
+        let ticket = match outcome {
             Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } => {
-                self.picker.health_mut().sent(self.decisions, &r.destination, r.streaming, started_ms);
+                self.picker.health_mut().sent(self.decisions, &r.destination, r.streaming, now_ms);
                 Some(self.decisions)
             }
             _ => None,
         };
-        let elapsed_us = host.now_us().saturating_sub(started_us);
-        self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);
-        (outcome, routed, ticket)
+        if routed.is_some() {
+            self.stats.gauge_add(host, stats::IN_FLIGHT, 1);
+        }
+        (routed, ticket)
+    }
+
+    /// After anything that may have changed flow control's queue: publishes this worker's queue for
+    /// the others and moves the Envoy stats (gauges by difference, so every worker's share adds up
+    /// in the process-wide stat).
+    fn flow_changed(&mut self, host: &dyn Host, now_ms: u64) {
+        let Some(fc) = self.picker.flow_control() else { return };
+        let flow = fc.stats();
+        let bands: flow_share::Bands =
+            flow.bands.iter().filter(|b| b.queued > 0).map(|b| (b.priority, b.queued, b.bytes)).collect();
+        self.flow_share.update(host, &self.keys, self.id, bands, now_ms);
+        self.flow_stats.report(host, &mut self.stats, flow);
+    }
+
+    /// The VM is ending: this worker's queue no longer counts for the others.
+    pub fn flow_shutdown(&mut self, host: &dyn Host) {
+        let now_ms = host.now_ms();
+        self.flow_changed(host, now_ms);
+        self.flow_share.clear(host, &self.keys, self.id, now_ms);
     }
 
     /// The response headers of the request sent under `ticket` came (`alive`: from the server it was
@@ -225,7 +461,7 @@ impl Worker {
     }
 
     fn after_route(&mut self, host: &dyn Host, route: &Route, share_with: &[u32], now_ms: u64) -> InFlight {
-        let to = publish(&self.keys, self.id, &self.directory);
+        let to = publish(&self.keys, self.id, &self.directory, self.picker.flow_control().is_some());
         let (address, tokens, awaiting) =
             (route.destination.as_str(), route.estimated_tokens, route.prompt_tokens);
         self.inflight.start(host, to, Count { address, tokens, awaiting }, now_ms);
@@ -236,16 +472,17 @@ impl Worker {
     /// The first token of a routed request came (see `Exchange::on_response_data`): its `prompt_tokens`
     /// no longer await it at `address`.
     pub fn first_token(&mut self, address: &str, prompt_tokens: u64) {
-        let to = publish(&self.keys, self.id, &self.directory);
+        let to = publish(&self.keys, self.id, &self.directory, self.picker.flow_control().is_some());
         self.inflight.first_token(to, address, prompt_tokens);
     }
 
     /// The routed stream ended (completed, reset or answered locally).
     pub fn finish(&mut self, host: &dyn Host, routed: &InFlight) {
         let now_ms = host.now_ms();
-        let to = publish(&self.keys, self.id, &self.directory);
+        let to = publish(&self.keys, self.id, &self.directory, self.picker.flow_control().is_some());
         let count = Count { address: &routed.address, tokens: routed.tokens, awaiting: routed.awaiting };
         self.inflight.finish(host, to, count, now_ms);
+        self.stats.gauge_add(host, stats::IN_FLIGHT, -1);
         self.prefix.flush_if_due(host, &self.keys, now_ms);
     }
 
@@ -288,9 +525,9 @@ impl Worker {
     pub fn moved(&mut self, host: &dyn Host, m: &Moved) {
         let now_ms = host.now_ms();
         let (tokens, awaiting) = (m.tokens, m.awaiting);
-        let publish_to = publish(&self.keys, self.id, &self.directory);
+        let publish_to = publish(&self.keys, self.id, &self.directory, self.picker.flow_control().is_some());
         self.inflight.finish(host, publish_to, Count { address: &m.from, tokens, awaiting }, now_ms);
-        let publish_to = publish(&self.keys, self.id, &self.directory);
+        let publish_to = publish(&self.keys, self.id, &self.directory, self.picker.flow_control().is_some());
         self.inflight.start(host, publish_to, Count { address: &m.to, tokens, awaiting }, now_ms);
     }
 
@@ -301,6 +538,7 @@ impl Worker {
         let now_ms = host.now_ms();
         // Prefixes routed at the end of a burst, when no decision or stream end came after them.
         self.prefix.flush(host, &self.keys, now_ms);
+        self.flow_share.tick(host, &self.keys, self.id, now_ms);
         if self.stats_reported_ms.is_none_or(|t| now_ms.saturating_sub(t) >= HEARTBEAT_MS) {
             self.stats_reported_ms = Some(now_ms);
             self.report(host, now_ms);
@@ -405,7 +643,7 @@ impl Worker {
             self.directory_read_ms = None;
             let now_ms = host.now_ms();
             self.read_directory(host, now_ms);
-            let to = publish(&self.keys, self.id, &self.directory);
+            let to = publish(&self.keys, self.id, &self.directory, self.picker.flow_control().is_some());
             self.inflight.publish_now(host, to, now_ms);
         }
         true
@@ -432,8 +670,8 @@ fn seed_for(request_id: &str, n: u64) -> u64 {
 
 /// Where worker `me`'s in-flight changes go: written at once only if another worker is listed in its
 /// copy of the directory.
-fn publish<'k>(keys: &'k Keys, me: Option<u32>, directory: &[u32]) -> Publish<'k> {
-    Publish { keys, me, others: directory.iter().any(|id| Some(*id) != me) }
+fn publish<'k>(keys: &'k Keys, me: Option<u32>, directory: &[u32], eager: bool) -> Publish<'k> {
+    Publish { keys, me, others: directory.iter().any(|id| Some(*id) != me), eager }
 }
 
 #[cfg(test)]

@@ -17,8 +17,10 @@ impl Host {
         headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<StreamId, HarnessError> {
-        if vm.0 >= self.vms.len() {
-            return Err(HarnessError::UnknownVm(vm));
+        match self.vms.get(vm.0) {
+            None => return Err(HarnessError::UnknownVm(vm)),
+            Some(v) if v.stopped => return Err(HarnessError::VmStopped(vm)),
+            Some(_) => {}
         }
         let id = {
             let mut w = self.world();
@@ -578,7 +580,7 @@ impl Host {
         }
     }
 
-    fn reset(&mut self, id: StreamId) {
+    pub(super) fn reset(&mut self, id: StreamId) {
         let fresh = self
             .with_stream(id, |s| {
                 if s.completed {

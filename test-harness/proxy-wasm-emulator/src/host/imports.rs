@@ -874,16 +874,18 @@ fn proxy_set_effective_context(mut c: C<'_>, context_id: i32) -> R {
     if let Some(s) = fault(&mut c, NAME)? {
         return Ok(s);
     }
+    // proxy-wasm-cpp-host: any context of this VM that still exists (a root, or a stream whose filter
+    // Envoy has not destroyed), else BadArgument. The choice lasts until the callback returns (each
+    // callback starts on its own context again). Recorded against the calling context.
     let ctx = context_id as u32;
-    let data = c.data_mut();
+    let data = c.data();
     let known = ctx == data.root_context_id || data.stream_of_context.contains_key(&ctx);
-    let status = if known {
-        data.current_context = ctx;
-        Status::Ok
-    } else {
-        Status::BadArgument
-    };
-    done(&mut c, NAME, format!("ctx {ctx}"), status)
+    let status = if known { Status::Ok } else { Status::BadArgument };
+    let result = done(&mut c, NAME, format!("ctx {ctx}"), status);
+    if known {
+        c.data_mut().current_context = ctx;
+    }
+    result
 }
 
 fn proxy_done(mut c: C<'_>) -> R {

@@ -169,6 +169,8 @@ impl std::error::Error for StartError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HarnessError {
     UnknownVm(VmId),
+    /// The VM was shut down with [`Host::stop_vm`]: Envoy sends no new stream to a removed plugin.
+    VmStopped(VmId),
     UnknownStream(StreamId),
     UnknownCallout(CalloutId),
     /// Body sent before headers on this side of the stream.
@@ -186,6 +188,7 @@ impl fmt::Display for HarnessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HarnessError::UnknownVm(vm) => write!(f, "no VM {vm} in this host"),
+            HarnessError::VmStopped(vm) => write!(f, "VM {vm} was stopped: it takes no new streams"),
             HarnessError::UnknownStream(s) => write!(f, "no stream {} in this host", s.0),
             HarnessError::UnknownCallout(c) => write!(f, "no callout {} in this host", c.0),
             HarnessError::BodyBeforeHeaders(s) => write!(f, "stream {}: body sent before headers", s.0),
@@ -324,6 +327,8 @@ struct Vm {
     live: Option<LiveVm>,
     generation: u32,
     reloads: u32,
+    /// Shut down by the test ([`Host::stop_vm`]): never reloaded, takes no new streams.
+    stopped: bool,
 }
 
 /// An emulated Envoy process for one test: VMs, the data they share, a virtual clock, and every stream.
@@ -365,7 +370,7 @@ impl Host {
         let vm = VmId(self.vms.len());
         let plugin = Arc::new(plugin);
         let live = LiveVm::start(self.world.clone(), vm, plugin.clone(), &compiled)?;
-        self.vms.push(Vm { plugin, compiled, live: Some(live), generation: 0, reloads: 0 });
+        self.vms.push(Vm { plugin, compiled, live: Some(live), generation: 0, reloads: 0, stopped: false });
         self.flush_deferred();
         self.run();
         Ok(vm)
@@ -532,10 +537,70 @@ impl Host {
         result
     }
 
+    /// Shuts a VM down the way Envoy does when the proxy stops or the plugin goes away for good
+    /// (proxy-wasm-cpp-host's `WasmBase::startShutdown`): the root context's `proxy_on_done` runs and
+    /// what it asked for (local replies or continues on streams it made its effective context) is
+    /// applied; `proxy_on_delete` follows when `on_done` returned true. Streams still open on the VM
+    /// then are reset (each one's `on_log`, `on_done`, `on_delete` run, as when Envoy closes its
+    /// connections at shutdown). The VM is gone afterwards: its ticks stop and new streams are refused
+    /// ([`HarnessError::VmStopped`]).
+    ///
+    /// Envoy calls a root's `on_done` only once no stream holds its plugin any more, or when the whole
+    /// proxy stops; a test that stops a VM with streams open emulates the latter.
+    pub fn stop_vm(&mut self, vm: VmId) -> Result<(), HarnessError> {
+        let v = self.vms.get_mut(vm.0).ok_or(HarnessError::UnknownVm(vm))?;
+        if v.stopped {
+            return Ok(());
+        }
+        v.stopped = true;
+        if v.live.is_none() {
+            return Ok(());
+        }
+        let root = self.root_context(vm);
+        let done = self.call(vm, "proxy_on_done", root, &[root as i32]);
+        self.flush_deferred();
+        self.run();
+        let open: Vec<StreamId> = {
+            let generation = self.vms.get(vm.0).map_or(0, |v| v.generation);
+            let w = self.world();
+            w.streams
+                .iter()
+                .filter(|s| s.vm == vm && s.generation == generation && s.context_id.is_some())
+                .filter(|s| !s.completed && !s.bypassed)
+                .map(|s| s.id)
+                .collect()
+        };
+        if !open.is_empty() {
+            self.world().note(Some(vm), format!("VM stopping: {} open streams reset", open.len()));
+        }
+        for id in open {
+            self.reset(id);
+        }
+        self.run();
+        if let CallResult::Returned(Some(r)) = done {
+            if r != 0 {
+                self.call(vm, "proxy_on_delete", root, &[root as i32]);
+            }
+        }
+        self.pending.clear();
+        if let Some(v) = self.vms.get_mut(vm.0) {
+            v.live = None;
+        }
+        let mut w = self.world();
+        w.ticks.remove(&vm);
+        w.note(Some(vm), "VM stopped");
+        Ok(())
+    }
+
+    /// True once [`Host::stop_vm`] shut the VM down.
+    pub fn vm_stopped(&self, vm: VmId) -> bool {
+        self.vms.get(vm.0).is_some_and(|v| v.stopped)
+    }
+
     /// Restarts a crashed VM whose plugin says FAIL_RELOAD.
     fn ensure_live(&mut self, vm: VmId) {
         let Some(v) = self.vms.get_mut(vm.0) else { return };
-        if v.live.is_some() || v.plugin.failure_policy != FailurePolicy::FailReload {
+        if v.stopped || v.live.is_some() || v.plugin.failure_policy != FailurePolicy::FailReload {
             return;
         }
         match LiveVm::start(self.world.clone(), vm, v.plugin.clone(), &v.compiled) {
