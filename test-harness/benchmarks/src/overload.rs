@@ -1,0 +1,842 @@
+//! The overload suite (issue 19): priority bands and tenants on a trace, the gateway's admission modes
+//! compared on it, and what they are judged by.
+//!
+//! - Bands are InferenceObjectives with priorities, as llm-d's flow-control guide sets them up:
+//!   `critical` (100), `standard` (0) and `sheddable` (-10, negative: sheddable). Every request names
+//!   its objective and its tenant (the fairness id); one tenant is noisy (half of the standard and
+//!   sheddable traffic).
+//! - Modes, all through `scheduler-core`'s `EndpointPicker` with the default scheduling profile:
+//!   [`Mode::NoAdmission`] (the gateway is not told the objective, so nothing is shed and everything
+//!   goes to the pods' queues), [`Mode::Shedding`] (today's default: a sheddable request is answered
+//!   429 while the saturation detector says the pool is full; others go to the pods' queues) and
+//!   flow control (requests wait in the gateway's queue, dispatched by priority and fairness while the
+//!   detector says there is room).
+//! - Measures: goodput (requests completed within the SLO, [`Slo`]), p99 TTFT per band, rejections per
+//!   band, and how often a request of a band was rejected while a request of a lower band waited in
+//!   the gateway's queue (a priority inversion; target 0 for the highest band).
+
+use crate::chart::{bar_chart, BarSeries};
+use crate::policy::{Admission, GatewayRequest, Picker, Policy, OURS_CONFIG};
+use crate::sim::{self, RequestRecord, RunResult, SimConfig};
+use crate::stats::quantile;
+use crate::workload::{self, Arrival, SharedPrefixShape, TraceSpec, WorkloadKind};
+use scheduler_core::model::PoolSnapshot;
+use scheduler_core::rng::Rng;
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A priority band: the InferenceObjective a request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Band {
+    Critical,
+    Standard,
+    Sheddable,
+}
+
+impl Band {
+    /// Highest priority first.
+    pub const ALL: [Band; 3] = [Band::Critical, Band::Standard, Band::Sheddable];
+
+    /// The objective's name (`x-gateway-inference-objective`).
+    pub fn objective(self) -> &'static str {
+        match self {
+            Band::Critical => "critical",
+            Band::Standard => "standard",
+            Band::Sheddable => "sheddable",
+        }
+    }
+
+    /// The objective's priority (llm-d's guide: premium 100, standard 0, best-effort -10).
+    pub fn priority(self) -> i32 {
+        match self {
+            Band::Critical => 100,
+            Band::Standard => 0,
+            Band::Sheddable => -10,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The tenants (fairness ids); the last one is the noisy neighbour.
+pub const TENANTS: [&str; 4] = ["tenant-a", "tenant-b", "tenant-c", "tenant-noisy"];
+/// Index of the noisy tenant in [`TENANTS`].
+pub const NOISY: u8 = 3;
+
+/// Who sent a request, and at which priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Class {
+    pub band: Band,
+    /// Index into [`TENANTS`].
+    pub tenant: u8,
+}
+
+impl Class {
+    pub fn tenant_name(&self) -> &'static str {
+        TENANTS.get(usize::from(self.tenant)).copied().unwrap_or("tenant-a")
+    }
+}
+
+/// Shares of the traffic: bands, and the noisy tenant's share of the standard and sheddable bands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mix {
+    pub critical: f64,
+    pub standard: f64,
+    /// Of the standard and sheddable requests, the share the noisy tenant sends; the rest, and every
+    /// critical request, spread evenly over the other tenants.
+    pub noisy: f64,
+}
+
+impl Default for Mix {
+    /// 20 % critical, 50 % standard, 30 % sheddable; the noisy tenant sends half of the standard and
+    /// sheddable traffic (40 % of all requests, the three others 20 % each).
+    fn default() -> Mix {
+        Mix { critical: 0.2, standard: 0.5, noisy: 0.5 }
+    }
+}
+
+/// Gives every request of `trace` a band and a tenant, reproducibly from `seed` (independent of the
+/// arrival times and lengths, so one trace per load point serves every mode).
+pub fn classify(trace: &mut [Arrival], mix: Mix, seed: u64) {
+    let mut rng = Rng::new(seed ^ 0xC1A5_5E5D_0B1E_C7ED);
+    let quiet = NOISY.max(1);
+    for a in trace.iter_mut() {
+        let u = rng.next_f64();
+        let band = if u < mix.critical {
+            Band::Critical
+        } else if u < mix.critical + mix.standard {
+            Band::Standard
+        } else {
+            Band::Sheddable
+        };
+        let noisy = band != Band::Critical && rng.next_f64() < mix.noisy;
+        let tenant = if noisy { NOISY } else { rng.below(usize::from(quiet)) as u8 };
+        a.class = Some(Class { band, tenant });
+    }
+}
+
+/// `base` (a scheduling configuration) with the three bands as InferenceObjectives.
+pub fn with_objectives(base: &str) -> Result<String, String> {
+    let mut v: Value = serde_json::from_str(base).map_err(|e| format!("picker config: {e}"))?;
+    let Some(o) = v.as_object_mut() else { return Err(String::from("picker config: not a JSON object")) };
+    let objectives: Vec<Value> = Band::ALL
+        .iter()
+        .map(|b| serde_json::json!({"name": b.objective(), "priority": b.priority()}))
+        .collect();
+    o.insert(String::from("objectives"), Value::Array(objectives));
+    Ok(v.to_string())
+}
+
+/// How the gateway treats requests when the pool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Nothing shed: the objective is not passed to the picker, everything goes to the pods' queues.
+    NoAdmission,
+    /// Today's default: sheddable requests 429 while the saturation detector reads ≥ 1.
+    Shedding,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::NoAdmission, Mode::Shedding];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::NoAdmission => "no-admission-control",
+            Mode::Shedding => "shedding",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The decision point, with `config` (a scheduling configuration; the objectives are added here).
+    pub fn build(self, config: &str, seed: u64) -> Result<Box<dyn Policy>, String> {
+        let picker = Picker::new(&with_objectives(config)?, seed)?;
+        Ok(match self {
+            Mode::NoAdmission => Box::new(Unprioritised { inner: picker }),
+            Mode::Shedding => Box::new(picker),
+        })
+    }
+}
+
+/// The default scheduling configuration every mode schedules with.
+pub const SCHEDULING: &str = OURS_CONFIG;
+
+/// A picker that is never told the request's objective: every request has priority 0, so none is shed.
+struct Unprioritised {
+    inner: Picker,
+}
+
+impl Policy for Unprioritised {
+    fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize> {
+        self.inner.pick(&GatewayRequest { objective: None, ..*req }, pool, now_ms)
+    }
+
+    fn admit(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Admission {
+        self.inner.admit(&GatewayRequest { objective: None, ..*req }, pool, now_ms)
+    }
+
+    fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
+        self.inner.take_routed_prefix()
+    }
+
+    fn on_peer_routed(&mut self, endpoint: usize, hashes: &[u64], pool: &PoolSnapshot) {
+        self.inner.on_peer_routed(endpoint, hashes, pool);
+    }
+}
+
+/// What "finished within the SLO" means for goodput.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slo {
+    /// Time to first token, from the client's send (gateway queueing included).
+    pub ttft_ms: f64,
+    /// Mean time per output token after the first.
+    pub tpot_ms: f64,
+}
+
+impl Default for Slo {
+    /// TTFT ≤ 2 s and TPOT ≤ 100 ms: an interactive answer that starts within two seconds and streams
+    /// faster than people read.
+    fn default() -> Slo {
+        Slo { ttft_ms: 2000.0, tpot_ms: 100.0 }
+    }
+}
+
+impl Slo {
+    pub fn met(&self, r: &RequestRecord) -> bool {
+        let (Some(ttft), Some(_)) = (r.ttft_ms(), r.finish_us) else { return false };
+        ttft <= self.ttft_ms && r.tpot_ms().is_none_or(|t| t <= self.tpot_ms)
+    }
+}
+
+/// One band's outcome in one cell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BandSummary {
+    pub requests: usize,
+    pub completed: usize,
+    /// Completed within the SLO.
+    pub good: usize,
+    /// Answered by the gateway: 429 (shed, queue full, evicted) and 503 (queue time-to-live).
+    pub rejected_429: usize,
+    pub rejected_503: usize,
+    pub rejected_other: usize,
+    /// Held in the gateway's queue at some point.
+    pub queued: usize,
+    pub p50_ttft_ms: f64,
+    pub p99_ttft_ms: f64,
+    /// Rejected while a request of a lower band was waiting in the gateway's queue.
+    pub rejected_over_lower: usize,
+}
+
+impl BandSummary {
+    pub fn rejected(&self) -> usize {
+        self.rejected_429 + self.rejected_503 + self.rejected_other
+    }
+}
+
+/// One (workload, load, mode) cell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OverloadSummary {
+    pub workload: String,
+    /// Offered load as a multiple of the pool's capacity.
+    pub load: f64,
+    pub qps: f64,
+    pub mode: String,
+    pub requests: usize,
+    /// Requests completed within the SLO per second of the measured window.
+    pub goodput_rps: f64,
+    /// The same as a share of the measured requests.
+    pub goodput_share: f64,
+    pub bands: [BandSummary; 3],
+    /// p99 TTFT of the standard band per tenant (index as [`TENANTS`]); NaN when a tenant has none.
+    pub standard_p99_by_tenant: [f64; 4],
+    /// Output tokens delivered per second within the measured window.
+    pub output_tokens_per_s: f64,
+}
+
+/// Which cell a run is.
+#[derive(Clone, Copy, Debug)]
+pub struct Label<'a> {
+    pub workload: &'a str,
+    pub load: f64,
+    pub qps: f64,
+    pub mode: &'a str,
+}
+
+/// Measures one run of `trace` (the trace the run replayed, classified): requests arriving before
+/// `warmup_us` are simulated, not measured.
+pub fn summarize(
+    label: Label<'_>,
+    trace: &[Arrival],
+    run: &RunResult,
+    warmup_us: u64,
+    slo: Slo,
+) -> OverloadSummary {
+    let Label { workload, load, qps, mode } = label;
+    let end = trace.last().map_or(0, |a| a.at_us);
+    let window_s = end.saturating_sub(warmup_us) as f64 / 1e6;
+    let measured = |r: &RequestRecord| r.arrival_us >= warmup_us;
+    let class_of = |i: usize| trace.get(i).and_then(|a| a.class);
+    let waiting = Waiting::new(trace, &run.records);
+    let mut bands: [BandSummary; 3] = Default::default();
+    let mut ttfts: [Vec<f64>; 3] = Default::default();
+    let mut tenant_ttfts: [Vec<f64>; 4] = Default::default();
+    let mut good = 0usize;
+    let mut requests = 0usize;
+    for (i, r) in run.records.iter().enumerate() {
+        if !measured(r) {
+            continue;
+        }
+        requests += 1;
+        let Some(class) = class_of(i) else { continue };
+        let Some(b) = bands.get_mut(class.band.index()) else { continue };
+        b.requests += 1;
+        if r.finish_us.is_some() {
+            b.completed += 1;
+        }
+        if slo.met(r) {
+            b.good += 1;
+            good += 1;
+        }
+        if r.queued_us.is_some() {
+            b.queued += 1;
+        }
+        match r.reject_status {
+            Some(429) => b.rejected_429 += 1,
+            Some(503) => b.rejected_503 += 1,
+            Some(_) => b.rejected_other += 1,
+            None => {}
+        }
+        if let Some(t) = r.rejected_us {
+            if waiting.lower_band_waiting(class.band, t) {
+                b.rejected_over_lower += 1;
+            }
+        }
+        if let Some(ttft) = r.ttft_ms() {
+            if let Some(v) = ttfts.get_mut(class.band.index()) {
+                v.push(ttft);
+            }
+            if class.band == Band::Standard {
+                if let Some(v) = tenant_ttfts.get_mut(usize::from(class.tenant)) {
+                    v.push(ttft);
+                }
+            }
+        }
+    }
+    for (b, v) in bands.iter_mut().zip(&ttfts) {
+        b.p50_ttft_ms = quantile(v, 0.5);
+        b.p99_ttft_ms = quantile(v, 0.99);
+    }
+    let mut standard_p99_by_tenant = [f64::NAN; 4];
+    for (slot, v) in standard_p99_by_tenant.iter_mut().zip(&tenant_ttfts) {
+        *slot = quantile(v, 0.99);
+    }
+    let in_window = |t: Option<u64>| t.is_some_and(|t| t >= warmup_us && t <= end);
+    let delivered: u64 =
+        run.records.iter().filter(|x| in_window(x.finish_us)).map(|x| u64::from(x.output_tokens)).sum();
+    OverloadSummary {
+        workload: workload.to_string(),
+        load,
+        qps,
+        mode: mode.to_string(),
+        requests,
+        goodput_rps: if window_s > 0.0 { good as f64 / window_s } else { 0.0 },
+        goodput_share: if requests > 0 { good as f64 / requests as f64 } else { 0.0 },
+        bands,
+        standard_p99_by_tenant,
+        output_tokens_per_s: if window_s > 0.0 { delivered as f64 / window_s } else { 0.0 },
+    }
+}
+
+/// When requests of each band waited in the gateway's queue, to answer "was a lower band waiting at
+/// t?" in O(log n).
+struct Waiting {
+    /// Per band: waiting intervals `[queued, left)` sorted by start, with the running maximum of
+    /// their ends.
+    bands: [Vec<(u64, u64)>; 3],
+}
+
+impl Waiting {
+    fn new(trace: &[Arrival], records: &[RequestRecord]) -> Waiting {
+        let mut bands: [Vec<(u64, u64)>; 3] = Default::default();
+        for (a, r) in trace.iter().zip(records) {
+            let (Some(class), Some(queued)) = (a.class, r.queued_us) else { continue };
+            // It left the queue when it was dispatched or answered.
+            let left = r.rejected_us.or(r.dispatched_us).unwrap_or(u64::MAX);
+            if let Some(v) = bands.get_mut(class.band.index()) {
+                v.push((queued, left));
+            }
+        }
+        for v in bands.iter_mut() {
+            v.sort_unstable();
+            let mut max_end = 0u64;
+            for iv in v.iter_mut() {
+                max_end = max_end.max(iv.1);
+                iv.1 = max_end;
+            }
+        }
+        Waiting { bands }
+    }
+
+    /// Whether a request of a band below `band` was waiting at `t` (queued at or before `t`, not yet
+    /// gone).
+    fn lower_band_waiting(&self, band: Band, t: u64) -> bool {
+        Band::ALL.iter().filter(|b| b.index() > band.index()).any(|b| {
+            let Some(v) = self.bands.get(b.index()) else { return false };
+            let n = v.partition_point(|&(start, _)| start <= t);
+            n > 0 && v.get(n - 1).is_some_and(|&(_, max_end)| max_end > t)
+        })
+    }
+}
+
+/// The workloads of the overload suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// ShareGPT-like lengths, Poisson arrivals at the load.
+    Steady,
+    /// The same lengths, the suite's bursts (each 5 s: 1 s at 3× the mean rate, 4 s at 0.5×).
+    Bursty,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 2] = [Shape::Steady, Shape::Bursty];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Steady => "steady",
+            Shape::Bursty => "bursty",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Shape> {
+        Shape::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    fn kind(self) -> WorkloadKind {
+        match self {
+            Shape::Steady => WorkloadKind::ShareGpt,
+            Shape::Bursty => WorkloadKind::Bursty,
+        }
+    }
+}
+
+/// The pool's capacity on ShareGPT-like requests: 70 QPS per H100 / Llama-3.1-8B replica, where TTFT
+/// jumps from milliseconds to seconds (the quality suite's sharegpt knee, see BENCHMARKS.md).
+pub const CAPACITY_QPS_PER_REPLICA: f64 = 70.0;
+
+/// What one overload run covers.
+#[derive(Clone, Debug)]
+pub struct Grid {
+    pub shapes: Vec<Shape>,
+    /// Offered load, multiples of the pool's capacity.
+    pub loads: Vec<f64>,
+    pub modes: Vec<Mode>,
+    pub replicas: usize,
+    /// Virtual seconds of arrivals per cell (the first 20 % of arrivals are warm-up).
+    pub seconds: f64,
+    pub seed: u64,
+    pub mix: Mix,
+    pub slo: Slo,
+    pub threads: usize,
+}
+
+impl Default for Grid {
+    fn default() -> Grid {
+        Grid {
+            shapes: Shape::ALL.to_vec(),
+            loads: vec![0.8, 1.2, 2.0],
+            modes: Mode::ALL.to_vec(),
+            replicas: 4,
+            seconds: 60.0,
+            seed: 1,
+            mix: Mix::default(),
+            slo: Slo::default(),
+            threads: 2,
+        }
+    }
+}
+
+/// One load point's classified trace, shared by every mode.
+struct Point {
+    shape: Shape,
+    load: f64,
+    qps: f64,
+    trace: Vec<Arrival>,
+}
+
+/// Runs every (shape, load, mode) cell of `grid`; summaries in grid order. `progress` gets one line per
+/// finished cell.
+pub fn run_grid(grid: &Grid, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<OverloadSummary>, String> {
+    let capacity = CAPACITY_QPS_PER_REPLICA * grid.replicas as f64;
+    let mut points = Vec::new();
+    for &shape in &grid.shapes {
+        for &load in &grid.loads {
+            let qps = (load * capacity * 10.0).round() / 10.0;
+            let requests = ((qps * grid.seconds) as usize).max(100);
+            let spec = TraceSpec {
+                kind: shape.kind(),
+                qps,
+                requests,
+                seed: grid.seed,
+                shared_prefix: SharedPrefixShape::scaled(
+                    SimConfig::h100(grid.replicas).cluster_kv_tokens(),
+                    0.7,
+                ),
+            };
+            let mut trace = workload::generate(&spec);
+            classify(&mut trace, grid.mix, grid.seed);
+            points.push(Point { shape, load, qps, trace });
+        }
+    }
+    let jobs: Vec<(usize, Mode)> =
+        (0..points.len()).flat_map(|p| grid.modes.iter().map(move |&m| (p, m))).collect();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::new());
+    let failure = Mutex::new(None::<String>);
+    std::thread::scope(|s| {
+        for _ in 0..grid.threads.max(1) {
+            s.spawn(|| {
+                while let Some(&(p, mode)) = jobs.get(next.fetch_add(1, AtomicOrdering::Relaxed)) {
+                    let Some(point) = points.get(p) else { break };
+                    let started = Instant::now();
+                    let cfg = SimConfig::h100(grid.replicas);
+                    let outcome = mode
+                        .build(SCHEDULING, grid.seed)
+                        .and_then(|mut policy| sim::run(&point.trace, policy.as_mut(), &cfg).map_err(|e| e.to_string()));
+                    match outcome {
+                        Ok(run) => {
+                            let warmup = point.trace.get(point.trace.len() / 5).map_or(0, |a| a.at_us);
+                            let label = Label {
+                                workload: point.shape.name(),
+                                load: point.load,
+                                qps: point.qps,
+                                mode: mode.name(),
+                            };
+                            let s = summarize(
+                                label,
+                                &point.trace,
+                                &run,
+                                warmup,
+                                grid.slo,
+                            );
+                            let [c, st, sh] = &s.bands;
+                            progress(&format!(
+                                "  {:<7} {:>4.1}x {:>6.1} QPS  {:<21} goodput {:>6.1}/s  p99 TTFT c/s/s {:>8} {:>8} {:>8}  rejected {} {} {}  ({:.1} s)",
+                                point.shape.name(),
+                                point.load,
+                                point.qps,
+                                mode.name(),
+                                s.goodput_rps,
+                                crate::report::ms(c.p99_ttft_ms),
+                                crate::report::ms(st.p99_ttft_ms),
+                                crate::report::ms(sh.p99_ttft_ms),
+                                c.rejected(),
+                                st.rejected(),
+                                sh.rejected(),
+                                started.elapsed().as_secs_f64()
+                            ));
+                            if let Ok(mut r) = results.lock() {
+                                r.push((p, mode, s));
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failure.lock() {
+                                *f = Some(format!("{} at {}x, {}: {e}", point.shape.name(), point.load, mode.name()));
+                            }
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut r = results.into_inner().map_err(|_| String::from("a worker thread panicked"))?;
+    let order = |m: Mode| grid.modes.iter().position(|&x| x == m).unwrap_or(usize::MAX);
+    r.sort_by_key(|a| (a.0, order(a.1)));
+    Ok(r.into_iter().map(|(_, _, s)| s).collect())
+}
+
+fn ms_or_dash(v: f64) -> String {
+    if v.is_finite() {
+        crate::report::ms(v)
+    } else {
+        String::from("—")
+    }
+}
+
+/// The cells as a markdown table: goodput, p99 TTFT per band, rejections per band (429 / 503), and
+/// rejections of a band while a lower band waited.
+pub fn table(cells: &[OverloadSummary]) -> String {
+    let mut out = String::from(
+        "| workload | load | QPS | mode | goodput /s | goodput % | p99 TTFT critical | p99 TTFT standard | p99 TTFT sheddable | rejected critical | rejected standard | rejected sheddable | critical rejected while lower waits | any band rejected while lower waits | out tok/s |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in cells {
+        let [cr, st, sh] = &c.bands;
+        let rej = |b: &BandSummary| {
+            if b.rejected() == 0 {
+                String::from("0")
+            } else {
+                format!("{} ({} / {})", b.rejected(), b.rejected_429, b.rejected_503)
+            }
+        };
+        let over: usize = c.bands.iter().map(|b| b.rejected_over_lower).sum();
+        out.push_str(&format!(
+            "| {} | {:.1}× | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            c.workload,
+            c.load,
+            c.qps,
+            c.mode,
+            c.goodput_rps,
+            c.goodput_share * 100.0,
+            ms_or_dash(cr.p99_ttft_ms),
+            ms_or_dash(st.p99_ttft_ms),
+            ms_or_dash(sh.p99_ttft_ms),
+            rej(cr),
+            rej(st),
+            rej(sh),
+            cr.rejected_over_lower,
+            over,
+            c.output_tokens_per_s,
+        ));
+    }
+    out
+}
+
+/// Fairness: p99 TTFT of the standard band per tenant.
+pub fn tenant_table(cells: &[OverloadSummary]) -> String {
+    let mut out = String::from("| workload | load | mode |");
+    for t in TENANTS {
+        out.push_str(&format!(" {t} |"));
+    }
+    out.push_str("\n|---|---:|---|");
+    for _ in TENANTS {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for c in cells {
+        out.push_str(&format!("| {} | {:.1}× | {} |", c.workload, c.load, c.mode));
+        for v in c.standard_p99_by_tenant {
+            out.push_str(&format!(" {} |", ms_or_dash(v)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Every number of every cell, one row per (cell, band).
+pub fn csv(cells: &[OverloadSummary]) -> String {
+    let mut out = String::from(
+        "workload,load,qps,mode,goodput_rps,goodput_share,output_tokens_per_s,band,requests,completed,good,queued,rejected_429,rejected_503,rejected_other,rejected_while_lower_waits,p50_ttft_ms,p99_ttft_ms\n",
+    );
+    for c in cells {
+        for (band, b) in Band::ALL.iter().zip(&c.bands) {
+            out.push_str(&format!(
+                "{},{},{},{},{:.3},{:.4},{:.0},{},{},{},{},{},{},{},{},{},{:.1},{:.1}\n",
+                c.workload,
+                c.load,
+                c.qps,
+                c.mode,
+                c.goodput_rps,
+                c.goodput_share,
+                c.output_tokens_per_s,
+                band.objective(),
+                b.requests,
+                b.completed,
+                b.good,
+                b.queued,
+                b.rejected_429,
+                b.rejected_503,
+                b.rejected_other,
+                b.rejected_over_lower,
+                b.p50_ttft_ms,
+                b.p99_ttft_ms
+            ));
+        }
+    }
+    out
+}
+
+/// Per shape: goodput and the critical band's p99 TTFT against the load, one bar per mode
+/// (`flow-control-<shape>-goodput.png`, `flow-control-<shape>-critical-ttft.png`).
+pub fn charts(cells: &[OverloadSummary], grid: &Grid) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    let groups: Vec<String> = grid.loads.iter().map(|l| format!("{l}× capacity")).collect();
+    for shape in &grid.shapes {
+        let value = |mode: Mode, load: f64, f: &dyn Fn(&OverloadSummary) -> f64| {
+            cells
+                .iter()
+                .find(|c| c.workload == shape.name() && c.mode == mode.name() && c.load == load)
+                .map_or(f64::NAN, f)
+        };
+        let series = |f: &dyn Fn(&OverloadSummary) -> f64| -> Vec<BarSeries> {
+            grid.modes
+                .iter()
+                .map(|&m| BarSeries {
+                    name: m.name().to_string(),
+                    values: grid.loads.iter().map(|&l| value(m, l, f)).collect(),
+                    stacked: false,
+                    colour: None,
+                })
+                .collect()
+        };
+        let goodput = series(&|c: &OverloadSummary| c.goodput_rps);
+        let title = format!(
+            "{}: goodput (TTFT ≤ {} s, TPOT ≤ {} ms), {} replicas",
+            shape.name(),
+            grid.slo.ttft_ms / 1000.0,
+            grid.slo.tpot_ms,
+            grid.replicas
+        );
+        out.push((
+            format!("flow-control-{}-goodput.png", shape.name()),
+            bar_chart(&title, "offered load", "requests / s within the SLO", &groups, &goodput)?,
+        ));
+        let critical = series(&|c: &OverloadSummary| c.bands[0].p99_ttft_ms / 1000.0);
+        let title = format!("{}: p99 TTFT of the critical band, {} replicas", shape.name(), grid.replicas);
+        out.push((
+            format!("flow-control-{}-critical-ttft.png", shape.name()),
+            bar_chart(&title, "offered load", "p99 TTFT (s)", &groups, &critical)?,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(n: usize) -> Vec<Arrival> {
+        let spec = TraceSpec {
+            kind: WorkloadKind::ShareGpt,
+            qps: 50.0,
+            requests: n,
+            seed: 3,
+            shared_prefix: SharedPrefixShape::scaled(1_000_000, 0.7),
+        };
+        workload::generate(&spec)
+    }
+
+    #[test]
+    fn classes_follow_the_mix_reproducibly() {
+        let mut a = trace(20_000);
+        let mut b = a.clone();
+        classify(&mut a, Mix::default(), 9);
+        classify(&mut b, Mix::default(), 9);
+        assert_eq!(a, b);
+        let mut c = a.clone();
+        classify(&mut c, Mix::default(), 10);
+        assert_ne!(a, c);
+        let n = a.len() as f64;
+        let share = |f: &dyn Fn(&Class) -> bool| {
+            a.iter().filter(|x| x.class.as_ref().is_some_and(f)).count() as f64 / n
+        };
+        assert!((share(&|c| c.band == Band::Critical) - 0.2).abs() < 0.015);
+        assert!((share(&|c| c.band == Band::Standard) - 0.5).abs() < 0.015);
+        assert!((share(&|c| c.band == Band::Sheddable) - 0.3).abs() < 0.015);
+        assert!((share(&|c| c.tenant == NOISY) - 0.4).abs() < 0.015);
+        assert_eq!(share(&|c| c.tenant == NOISY && c.band == Band::Critical), 0.0);
+        for t in 0..NOISY {
+            assert!((share(&|c| c.tenant == t) - 0.2).abs() < 0.015, "tenant {t}");
+        }
+    }
+
+    #[test]
+    fn objectives_are_added_to_the_scheduling_configuration() {
+        let cfg = with_objectives(SCHEDULING).unwrap();
+        let picker = scheduler_core::endpoint_picker::EndpointPicker::from_json(&cfg).unwrap();
+        let o = &picker.config().objectives;
+        assert_eq!(o.get("critical"), Some(100));
+        assert_eq!(o.get("standard"), Some(0));
+        assert_eq!(o.get("sheddable"), Some(-10));
+    }
+
+    const LABEL: Label<'static> = Label { workload: "w", load: 1.0, qps: 1.0, mode: "m" };
+
+    fn record(arrival_ms: u64) -> RequestRecord {
+        RequestRecord { arrival_us: arrival_ms * 1000, ..RequestRecord::default() }
+    }
+
+    #[test]
+    fn goodput_bands_rejections_and_inversions_are_counted() {
+        let class = |band, tenant| Some(Class { band, tenant });
+        let mut t: Vec<Arrival> = trace(6);
+        for (i, a) in t.iter_mut().enumerate() {
+            a.at_us = i as u64 * 1_000_000;
+        }
+        t[0].class = class(Band::Critical, 0);
+        t[1].class = class(Band::Sheddable, 3);
+        t[2].class = class(Band::Critical, 1);
+        t[3].class = class(Band::Standard, 2);
+        t[4].class = class(Band::Standard, 3);
+        t[5].class = class(Band::Critical, 0);
+        let mut r: Vec<RequestRecord> = (0..6).map(|i| record(i * 1000)).collect();
+        // 0: critical, served in 100 ms, 20 tokens at 10 ms: within the SLO.
+        r[0].first_token_us = Some(100_000);
+        r[0].finish_us = Some(290_000);
+        r[0].output_tokens = 20;
+        // 1: sheddable, queued at 1 s, still waiting until 3.5 s, then 503.
+        r[1].queued_us = Some(1_000_000);
+        r[1].rejected_us = Some(3_500_000);
+        r[1].reject_status = Some(503);
+        // 2: critical, rejected 429 at 2.5 s while 1 waits: an inversion.
+        r[2].rejected_us = Some(2_500_000);
+        r[2].reject_status = Some(429);
+        // 3: standard, queued, dispatched at 3.2 s, first token at 3.4 s (TTFT 400 ms), slow tokens.
+        r[3].queued_us = Some(3_000_000);
+        r[3].dispatched_us = Some(3_200_000);
+        r[3].first_token_us = Some(3_400_000);
+        r[3].finish_us = Some(13_400_000);
+        r[3].output_tokens = 11;
+        // 4: standard, rejected at 4 s: nobody lower waits any more.
+        r[4].rejected_us = Some(4_000_000);
+        r[4].reject_status = Some(429);
+        // 5: critical, TTFT 2.5 s: completed, not good.
+        r[5].first_token_us = Some(7_500_000);
+        r[5].finish_us = Some(7_600_000);
+        r[5].output_tokens = 2;
+        let run = RunResult { records: r, makespan_us: 13_400_000, per_replica: vec![3] };
+        let s = summarize(LABEL, &t, &run, 0, Slo::default());
+        let [c, st, sh] = &s.bands;
+        assert_eq!((c.requests, c.completed, c.good, c.rejected_429), (3, 2, 1, 1));
+        assert_eq!(c.rejected_over_lower, 1);
+        assert_eq!((st.requests, st.completed, st.good, st.rejected_429, st.queued), (2, 1, 0, 1, 1));
+        assert_eq!(st.rejected_over_lower, 0);
+        assert_eq!((sh.requests, sh.rejected_503, sh.rejected_over_lower), (1, 1, 0));
+        assert_eq!(s.goodput_share, 1.0 / 6.0);
+        assert_eq!(s.goodput_rps, 1.0 / 5.0);
+        assert_eq!(c.p99_ttft_ms, 2500.0);
+        assert_eq!(st.p99_ttft_ms, 400.0);
+        assert_eq!(s.standard_p99_by_tenant[2], 400.0);
+        assert!(s.standard_p99_by_tenant[3].is_nan());
+        // Warm-up excluded: only requests from 2 s on.
+        let later = summarize(LABEL, &t, &run, 2_000_000, Slo::default());
+        assert_eq!(later.requests, 4);
+        assert_eq!(later.bands[0].requests, 2);
+    }
+
+    #[test]
+    fn shedding_rejects_only_sheddable_requests_and_no_admission_rejects_none() {
+        let mut t = trace(3000);
+        for a in t.iter_mut() {
+            a.at_us /= 8; // 400 QPS on one replica: far past saturation.
+        }
+        classify(&mut t, Mix::default(), 1);
+        let cfg = SimConfig::h100(1);
+        let mut shed = Mode::Shedding.build(SCHEDULING, 1).unwrap();
+        let r = sim::run(&t, shed.as_mut(), &cfg).unwrap();
+        let s = summarize(LABEL, &t, &r, 0, Slo::default());
+        assert!(s.bands[2].rejected_429 > 100, "{:?}", s.bands[2]);
+        assert_eq!(s.bands[0].rejected() + s.bands[1].rejected(), 0);
+        let mut none = Mode::NoAdmission.build(SCHEDULING, 1).unwrap();
+        let r = sim::run(&t, none.as_mut(), &cfg).unwrap();
+        assert!(r.records.iter().all(|x| x.finish_us.is_some() && x.rejected_us.is_none()));
+    }
+}
