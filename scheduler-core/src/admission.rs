@@ -141,6 +141,30 @@ pub fn admit_excluding(
     now_ms: u64,
     rng: &mut Rng,
 ) -> Decision {
+    admit_with(scheduler, req, pool, Admit { subset, exclusions, shed_sheddable: true }, now_ms, rng)
+}
+
+/// How [`admit_with`] admits.
+#[derive(Clone, Copy, Debug)]
+pub struct Admit<'a> {
+    /// The gateway's subset hint; `None` when the key is absent.
+    pub subset: Option<&'a [&'a str]>,
+    pub exclusions: &'a Exclusions,
+    /// Refuse a sheddable request (429) while the pool is saturated. False when flow control admitted
+    /// it: the queue held it until the pool had room (llm-d buffers sheddable requests then).
+    pub shed_sheddable: bool,
+}
+
+/// [`admit_excluding`], with the sheddable check optional.
+pub fn admit_with(
+    scheduler: &mut Scheduler,
+    req: &SchedulingRequest<'_>,
+    pool: &PoolSnapshot,
+    how: Admit<'_>,
+    now_ms: u64,
+    rng: &mut Rng,
+) -> Decision {
+    let Admit { subset, exclusions, shed_sheddable } = how;
     if pool.endpoints.is_empty() {
         return Decision::reject(
             RejectReason::NoEndpoints,
@@ -178,7 +202,7 @@ pub fn admit_excluding(
         candidates
     };
     let ctx = SchedulingContext { request: req, pool, now_ms };
-    if req.priority < 0 {
+    if req.priority < 0 && shed_sheddable {
         if let Some(saturation) = scheduler.saturation(&ctx) {
             if saturation >= 1.0 {
                 return Decision::reject(

@@ -7,16 +7,17 @@
 //! conversation around the decision (headers stripped, body buffered, response read) is
 //! [`crate::exchange`].
 
-use crate::admission::{admit_excluding, Decision, RejectReason};
+use crate::admission::{admit_with, Admit, Decision, RejectReason};
 use crate::config::gateway::{FailOpenStrategy, FailureMode, GatewayConfig};
 use crate::config::ConfigError;
+use crate::flow_control::{FlowController, Gate, QueueOutcome, QueueRequest, Ticket};
 use crate::health::{HealthTracker, UpstreamResult};
 use crate::model::{EndpointState, PoolSnapshot};
 use crate::openai_error::OpenAiError;
 use crate::request::{parse_form, parse_request, rewrite_model, BodyFormat, InferenceRequest, RequestMeta};
 use crate::rng::Rng;
 use crate::scheduling::pipeline::Scheduler;
-use crate::scheduling::SchedulingRequest;
+use crate::scheduling::{SchedulingContext, SchedulingRequest};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -29,6 +30,9 @@ pub struct RequestInfo<'a> {
     pub request_id: &'a str,
     /// `x-gateway-inference-objective`.
     pub objective: Option<&'a str>,
+    /// `x-llm-d-inference-fairness-id` (or `x-gateway-inference-fairness-id`): the request's flow in
+    /// flow control; `None` → `default-flow`.
+    pub fairness_id: Option<&'a str>,
     /// `x-gateway-model-name-rewrite`: forces the target model.
     pub model_rewrite: Option<&'a str>,
     /// `x-session-token`.
@@ -139,6 +143,57 @@ pub struct EndpointPicker {
     health_generation: u64,
     /// Cursor for fail-open round-robin.
     next_blind: usize,
+    /// Flow control's queues, when the `flowControl` feature gate is on.
+    flow: Option<FlowController>,
+}
+
+/// The answer to [`EndpointPicker::decide_or_queue`].
+// Returned by value once per request, as `Outcome` is: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    /// Decided now. `lease`: flow control tracks this request in flight (in-flight eviction is on and
+    /// it is sheddable): report its end with [`EndpointPicker::finished`].
+    Decided { outcome: Outcome, lease: Option<Ticket> },
+    /// Waiting in flow control. The ticket ends exactly once: dispatched or expired by
+    /// [`EndpointPicker::poll`], or cancelled by [`EndpointPicker::cancel`].
+    Queued(Ticket),
+}
+
+/// The caller's store of waiting requests: what it gave [`EndpointPicker::decide_or_queue`] for a
+/// ticket, given back at dispatch time (the body stays with the caller while the request waits).
+pub trait WaitingRequests {
+    /// Calls `f` with the request facts and body (`None`: no body) of the waiting request `ticket`;
+    /// returns false, without calling `f`, when the caller no longer holds it.
+    fn with_request(&mut self, ticket: Ticket, f: &mut dyn FnMut(&RequestInfo<'_>, Option<&[u8]>)) -> bool;
+}
+
+/// A waiting request that left the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settled {
+    pub ticket: Ticket,
+    /// Dispatched: the decision made now, on the current snapshot (a route, or a reply such as 429 when
+    /// every endpoint was filtered out). Expired: the queue's reply (429, or 503 with no endpoints).
+    pub outcome: Outcome,
+    /// Dispatched and tracked for in-flight eviction: report its end with [`EndpointPicker::finished`].
+    pub lease: Option<Ticket>,
+    pub waited_ms: u64,
+    /// How it left: `Dispatched`, `EvictedTTL` or `EvictedNoEndpoints`.
+    pub how: QueueOutcome,
+}
+
+/// A request already sent that in-flight eviction ends: answer it `reply` (429) and abort it upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub lease: Ticket,
+    pub reply: Reply,
+}
+
+/// What one [`EndpointPicker::poll`] released.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Poll {
+    pub settled: Vec<Settled>,
+    pub revoked: Vec<Revoked>,
 }
 
 impl EndpointPicker {
@@ -147,7 +202,8 @@ impl EndpointPicker {
         let mut scheduler = Scheduler::from_config(&config.picker)?;
         scheduler.set_max_endpoints(config.routing.max_endpoints);
         let health = HealthTracker::new(config.health, config.limits.snapshot_max_age_ms);
-        Ok(EndpointPicker { scheduler, config, health, health_generation: 0, next_blind: 0 })
+        let flow = config.picker.flow_control.clone().map(FlowController::new);
+        Ok(EndpointPicker { scheduler, config, health, health_generation: 0, next_blind: 0, flow })
     }
 
     pub fn from_json(text: &str) -> Result<EndpointPicker, ConfigError> {
@@ -203,6 +259,194 @@ impl EndpointPicker {
         (body_len > limit).then(|| body_too_large(limit))
     }
 
+    /// Flow control's queues and stats, when it is on.
+    pub fn flow_control(&self) -> Option<&FlowController> {
+        self.flow.as_ref()
+    }
+
+    pub fn flow_control_mut(&mut self) -> Option<&mut FlowController> {
+        self.flow.as_mut()
+    }
+
+    /// What the dispatch gate reads of `pool`: the configured saturation detector's value on a fresh
+    /// snapshot (in-flight counts merged in, so it moves as requests finish when the detector counts
+    /// them), nothing when metrics are unusable (the request then fails open or closed when decided).
+    pub fn gate(&self, pool: PoolView<'_>, now_ms: u64) -> Gate {
+        match pool {
+            PoolView::Fresh(s) => {
+                let req = SchedulingRequest::default();
+                let ctx = SchedulingContext { request: &req, pool: s, now_ms };
+                Gate {
+                    saturation: Some(self.scheduler.saturation(&ctx).unwrap_or(0.0)),
+                    no_endpoints: s.endpoints.is_empty(),
+                }
+            }
+            PoolView::Unusable { known, .. } => Gate {
+                saturation: None,
+                no_endpoints: known.map_or(self.config.pool.endpoints.is_empty(), |s| s.endpoints.is_empty()),
+            },
+        }
+    }
+
+    /// The request's priority: its objective in the configuration, else in the pool's resources, else 0.
+    fn priority(&self, info: &RequestInfo<'_>, pool: PoolView<'_>) -> i32 {
+        let resources = match pool {
+            PoolView::Fresh(s) => Some(&s.resources),
+            PoolView::Unusable { known, .. } => known.map(|s| &s.resources),
+        };
+        self.config.objectives.priority_or(resources.map(|r| &r.objectives), info.objective)
+    }
+
+    /// Decides for one request, or queues it when flow control is on and the pool has no room for it
+    /// (see [`crate::flow_control`]). Without flow control, the same as [`EndpointPicker::decide`].
+    /// A request that would wait is first checked as [`EndpointPicker::decide`] would (413, 415, 400),
+    /// so a bad request never takes a place in the queue.
+    pub fn decide_or_queue(
+        &mut self,
+        info: &RequestInfo<'_>,
+        body: Option<&[u8]>,
+        pool: PoolView<'_>,
+        now_ms: u64,
+        seed: u64,
+    ) -> Admission {
+        if self.flow.is_none() {
+            return Admission::Decided { outcome: self.decide(info, body, pool, now_ms, seed), lease: None };
+        }
+        let gate = self.gate(pool, now_ms);
+        let priority = self.priority(info, pool);
+        let req = QueueRequest {
+            priority,
+            flow: info.fairness_id.unwrap_or(""),
+            bytes: body.map_or(0, |b| b.len() as u64),
+        };
+        let goes_now = self.flow.as_mut().is_some_and(|fc| fc.goes_now(&req, &gate, now_ms));
+        if !goes_now {
+            if let Some(reply) = self.precheck(info, body) {
+                return Admission::Decided { outcome: Outcome::Reply(reply), lease: None };
+            }
+            let queued = self.flow.as_mut().map(|fc| fc.enqueue(&req, now_ms));
+            match queued {
+                Some(Ok(ticket)) => return Admission::Queued(ticket),
+                Some(Err(outcome)) => {
+                    return Admission::Decided { outcome: Outcome::Reply(flow_reply(outcome)), lease: None }
+                }
+                None => {}
+            }
+        }
+        let outcome = self.decide_with(info, body, pool, now_ms, seed, false);
+        let lease = match (&outcome, self.flow.as_mut()) {
+            (Outcome::Route(_) | Outcome::FailOpen { route: Some(_), .. }, Some(fc)) => {
+                fc.lease(None, priority, now_ms)
+            }
+            _ => None,
+        };
+        Admission::Decided { outcome, lease }
+    }
+
+    /// The checks [`EndpointPicker::decide`] answers before anything else (413, 415, 400), alone.
+    fn precheck(&self, info: &RequestInfo<'_>, body: Option<&[u8]>) -> Option<Reply> {
+        let body = body?;
+        if let Some(reply) = self.body_too_large(body.len()) {
+            return Some(reply);
+        }
+        if !self.config.parsers.reads_body(info.path) {
+            return None;
+        }
+        if let Some(reply) = unsupported_encoding(info.content_encoding) {
+            return Some(reply);
+        }
+        match BodyFormat::of(info.content_type) {
+            BodyFormat::Json => match parse_request(info.path, body) {
+                Ok(_) => None,
+                Err(e) => Some(Reply {
+                    status: 400,
+                    body: OpenAiError::invalid_request(&e).body(),
+                    reason: "bad_request",
+                }),
+            },
+            _ => None,
+        }
+    }
+
+    /// Lets flow control go on: answers the waiting requests whose time ran out, then dispatches
+    /// waiting requests while the gate is open, deciding each on the snapshot as it is now. Call it on
+    /// a short tick (10–20 ms) and whenever a request finishes. `snapshot` is the caller's working copy
+    /// (in-flight merged in): each request dispatched is counted on its destination there at once, so
+    /// the next one sees it; the caller still records every route in its own in-flight table, as for any
+    /// decision. Tickets `waiting` no longer holds are dropped (they count as dispatched).
+    pub fn poll(
+        &mut self,
+        mut snapshot: Option<&mut PoolSnapshot>,
+        undecodable: bool,
+        now_ms: u64,
+        waiting: &mut dyn WaitingRequests,
+    ) -> Poll {
+        let mut out = Poll::default();
+        let Some(mut fc) = self.flow.take() else { return out };
+        let gate = self.gate(self.view(snapshot.as_deref(), undecodable, now_ms), now_ms);
+        for r in fc.expire(&gate, now_ms) {
+            out.settled.push(Settled {
+                ticket: r.ticket,
+                outcome: Outcome::Reply(flow_reply(r.outcome)),
+                lease: None,
+                waited_ms: r.waited_ms,
+                how: r.outcome,
+            });
+        }
+        loop {
+            let view = self.view(snapshot.as_deref(), undecodable, now_ms);
+            let gate = self.gate(view, now_ms);
+            let in_flight = match view {
+                PoolView::Fresh(s) => s.endpoints.iter().map(|e| u64::from(e.in_flight.requests)).sum(),
+                PoolView::Unusable { .. } => 0,
+            };
+            let Some(released) = fc.next(&gate, in_flight, now_ms) else { break };
+            let mut decided = None;
+            waiting.with_request(released.ticket, &mut |info, body| {
+                decided =
+                    Some(self.decide_with(info, body, view, now_ms, request_seed(info.request_id), false));
+            });
+            let Some(outcome) = decided else { continue };
+            let route = match &outcome {
+                Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } => Some(r),
+                _ => None,
+            };
+            let lease = match route {
+                Some(r) => {
+                    if let Some(e) = snapshot.as_deref_mut().and_then(|s| s.find_mut(&r.destination)) {
+                        e.in_flight.add(r.estimated_tokens);
+                    }
+                    fc.lease(Some(released.ticket), released.priority, now_ms)
+                }
+                None => None,
+            };
+            out.settled.push(Settled {
+                ticket: released.ticket,
+                outcome,
+                lease,
+                waited_ms: released.waited_ms,
+                how: released.outcome,
+            });
+        }
+        for (lease, _) in fc.take_revoked() {
+            out.revoked.push(Revoked { lease, reply: evicted_reply() });
+        }
+        self.flow = Some(fc);
+        out
+    }
+
+    /// The client of a waiting request went away: it leaves the queue (false if it was not waiting).
+    pub fn cancel(&mut self, ticket: Ticket, now_ms: u64) -> bool {
+        self.flow.as_mut().is_some_and(|fc| fc.cancel(ticket, now_ms))
+    }
+
+    /// A request decided with a lease ended (answered, failed, reset or evicted).
+    pub fn finished(&mut self, lease: Ticket, now_ms: u64) {
+        if let Some(fc) = self.flow.as_mut() {
+            fc.finished(lease, now_ms);
+        }
+    }
+
     /// Decides for one request. `body` is `None` for requests without one (picked on load alone).
     pub fn decide(
         &mut self,
@@ -211,6 +455,20 @@ impl EndpointPicker {
         pool: PoolView<'_>,
         now_ms: u64,
         seed: u64,
+    ) -> Outcome {
+        self.decide_with(info, body, pool, now_ms, seed, true)
+    }
+
+    /// [`EndpointPicker::decide`]; `shed` false when flow control admitted the request (a sheddable
+    /// request is then held by the queue, not refused for saturation).
+    fn decide_with(
+        &mut self,
+        info: &RequestInfo<'_>,
+        body: Option<&[u8]>,
+        pool: PoolView<'_>,
+        now_ms: u64,
+        seed: u64,
+        shed: bool,
     ) -> Outcome {
         if let Some(reply) = body.and_then(|b| self.body_too_large(b.len())) {
             return Outcome::Reply(reply);
@@ -318,8 +576,14 @@ impl EndpointPicker {
                 self.fail_open_or_closed(Fallback::NoUsableEndpoint, Some(snapshot), info.subset, 0);
             return with_rewrite(outcome, rewritten, rewritten_body, response);
         }
-        let decision =
-            admit_excluding(&mut self.scheduler, &req, snapshot, info.subset, &exclusions, now_ms, &mut rng);
+        let decision = admit_with(
+            &mut self.scheduler,
+            &req,
+            snapshot,
+            Admit { subset: info.subset, exclusions: &exclusions, shed_sheddable: shed },
+            now_ms,
+            &mut rng,
+        );
         if let Decision::Route { destination, .. } = &decision {
             self.health.routed(destination, now_ms);
         }
@@ -488,6 +752,47 @@ pub fn request_seed(request_id: &str) -> u64 {
 fn in_subset(address: &str, hint: &[&str]) -> bool {
     let ip = address.rsplit_once(':').map_or(address, |(ip, _)| ip);
     hint.iter().flat_map(|h| h.split(',')).map(str::trim).any(|h| h == address || h == ip)
+}
+
+/// Flow control's answer to a request it refused or let expire (llm-d's status for each).
+pub fn flow_reply(outcome: QueueOutcome) -> Reply {
+    let (status, message, reason) = match outcome {
+        QueueOutcome::RejectedNoEndpoints => (
+            503,
+            "the gateway's request queue is full and the pool has no endpoints",
+            "flow_control_no_endpoints",
+        ),
+        QueueOutcome::EvictedNoEndpoints => (
+            503,
+            "the request timed out in the gateway's queue and the pool has no endpoints",
+            "flow_control_ttl_no_endpoints",
+        ),
+        QueueOutcome::EvictedTtl => {
+            (429, "the request timed out in the gateway's queue (the pool is saturated)", "flow_control_ttl")
+        }
+        QueueOutcome::EvictedContextCancelled => {
+            (503, "the client disconnected while the request waited", "flow_control_cancelled")
+        }
+        QueueOutcome::RejectedCapacity | QueueOutcome::Dispatched => {
+            (429, "the gateway's request queue is full (the pool is saturated)", "flow_control_capacity")
+        }
+    };
+    let err = match status {
+        429 => OpenAiError::too_many_requests(message, Some(reason)),
+        _ => OpenAiError::service_unavailable(message, Some(reason)),
+    };
+    Reply { status: err.status, body: err.body(), reason }
+}
+
+/// The answer to a sheddable request in flight that eviction ended to make room for a higher band
+/// (429, as llm-d).
+pub fn evicted_reply() -> Reply {
+    let reason = "flow_control_evicted";
+    let err = OpenAiError::too_many_requests(
+        "the request was evicted to make room for higher-priority requests (it is sheddable)",
+        Some(reason),
+    );
+    Reply { status: err.status, body: err.body(), reason }
 }
 
 fn reject_reply(reason: RejectReason, message: &str) -> Reply {

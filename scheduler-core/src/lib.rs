@@ -13,6 +13,7 @@ pub mod admission;
 pub mod config;
 pub mod endpoint_picker;
 pub mod exchange;
+pub mod flow_control;
 pub mod health;
 pub mod metrics_text;
 pub mod model;

@@ -127,6 +127,9 @@ pub struct EndpointPickerConfig {
     pub saturation_detector: Option<String>,
     /// `(gate, enabled)` in document order.
     pub feature_gates: Vec<(String, bool)>,
+    /// The `flowControl` section, built; `Some` only with the `flowControl` feature gate on (llm-d:
+    /// the gate turns flow control on, the section tunes it, defaults filling what it leaves out).
+    pub flow_control: Option<crate::flow_control::FlowControlConfig>,
     /// References from `requestHandler`, `parser` and `dataLayer`, in document order.
     pub section_refs: Vec<SectionRef>,
     pub warnings: Vec<ConfigWarning>,
@@ -179,6 +182,7 @@ impl EndpointPickerConfig {
             }],
             saturation_detector: None,
             feature_gates: Vec::new(),
+            flow_control: None,
             section_refs: Vec::new(),
             warnings: Vec::new(),
         }

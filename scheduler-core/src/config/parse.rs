@@ -5,6 +5,8 @@ use super::{
     ConfigError, ConfigWarning, EndpointPickerConfig, PluginSpec, ProfilePluginRef, ProfileSpec, SectionRef,
     API_VERSION, DEFAULT_SATURATION_DETECTOR, DEPRECATED_API_VERSION, KIND,
 };
+use crate::flow_control::config::FEATURE_GATE as FLOW_CONTROL_GATE;
+use crate::flow_control::FlowControlConfig;
 use crate::plugins::upstream::{METRICS_DATA_SOURCE, PARSER_TYPES, PASSTHROUGH_PARSER};
 use crate::scheduling::SectionRole;
 use alloc::format;
@@ -25,13 +27,13 @@ const TOP_LEVEL: &[&str] = &[
     "parser",
 ];
 
-/// The feature gates of GIE and llm-d, each with why it changes nothing here. None is implemented, so
-/// each one configured gets a warning; a name not listed gets a warning that it is unknown (a typo, or a
-/// gate newer than this list), never an error, so configurations written for those pickers still load.
+/// The feature gates of GIE and llm-d that change nothing here, each with why: each one configured gets a
+/// warning; a name not listed (nor `flowControl`, which is implemented) gets a warning that it is unknown
+/// (a typo, or a gate newer than this list), never an error, so configurations written for those
+/// pickers still load.
 const KNOWN_FEATURE_GATES: &[(&str, &str)] = &[
     ("dataLayer", "metrics collection is configured by the pool and collector sections"),
     ("dynamicPD", "prefill and decode roles come from endpoint labels and are not reassigned at run time"),
-    ("flowControl", "flow control queues are not implemented"),
     ("prepareDataPlugins", "the prefix match is always computed, by the first prefix plugin that needs it"),
 ];
 
@@ -78,9 +80,11 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
         scheduling_profiles: Vec::new(),
         saturation_detector: None,
         feature_gates: Vec::new(),
+        flow_control: None,
         section_refs: Vec::new(),
         warnings: Vec::new(),
     };
+    let mut flow_section: Option<&Value> = None;
     let mut profiles_given = false;
     let mut legacy_detector: Option<String> = None;
     let mut flow_detector: Option<String> = None;
@@ -117,18 +121,11 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
                 });
             }
             "flowControl" => {
-                for (k, fv) in object(key, v)? {
-                    let path = format!("{key}.{k}");
-                    if k == "saturationDetector" {
-                        flow_detector = saturation_detector(&path, fv, &mut cfg)?;
-                    } else {
-                        flow_control_key(&path, k, fv, &mut cfg.section_refs)?;
-                        cfg.warnings.push(ConfigWarning {
-                            path,
-                            message: String::from("ignored: flow control queues are not implemented"),
-                        });
-                    }
+                if let Some(fv) = object(key, v)?.get("saturationDetector") {
+                    flow_detector = saturation_detector("flowControl.saturationDetector", fv, &mut cfg)?;
                 }
+                // Built once the plugins it names and the feature gates are known.
+                flow_section = Some(v);
             }
             "featureGates" => cfg.feature_gates = feature_gates(array(key, v)?, &mut cfg.warnings)?,
             "dataLayer" => no_default_source = data_layer(key, v, &mut cfg)?,
@@ -162,6 +159,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
             Some(String::from("false")),
         ));
     }
+    flow_control(flow_section, &mut cfg)?;
     // The newer field wins when both are set (llm-d).
     let detector_path =
         if flow_detector.is_some() { "flowControl.saturationDetector" } else { "saturationDetector" };
@@ -172,6 +170,7 @@ pub(super) fn from_value(value: &Value, own: &[&str]) -> Result<EndpointPickerCo
         default.plugins.append(&mut cfg.plugins);
         default.saturation_detector = cfg.saturation_detector;
         default.feature_gates = cfg.feature_gates;
+        default.flow_control = cfg.flow_control;
         default.section_refs = cfg.section_refs;
         default.warnings = cfg.warnings;
         return check_references(with_named_parsers(default), detector_path);
@@ -438,72 +437,29 @@ fn data_layer(key: &str, v: &Value, cfg: &mut EndpointPickerConfig) -> Result<bo
     Ok(no_default_source)
 }
 
-/// Flow-control policy references: checked against `plugins` unless they name one of llm-d's built-in
-/// policies.
-struct FlowRefs<'a> {
-    refs: &'a mut Vec<SectionRef>,
-    built_in: &'static [&'static str],
-}
-
-impl FlowRefs<'_> {
-    fn push(&mut self, path: String, plugin_ref: &str) {
-        if !self.built_in.contains(&plugin_ref) {
-            self.refs.push(SectionRef { path, plugin_ref: plugin_ref.to_string(), role: None });
-        }
-    }
-}
-
-/// The plugin references inside one `flowControl` key (the section itself is not implemented yet, but a
-/// reference to a plugin that does not exist is still an error).
-fn flow_control_key(path: &str, key: &str, v: &Value, refs: &mut Vec<SectionRef>) -> Result<(), ConfigError> {
-    const BAND: &[&str] = &["priority", "maxBytes", "maxRequests", "fairnessPolicyRef", "orderingPolicyRef"];
-    // llm-d registers these policies by name whether or not `plugins` declares them.
-    const BUILT_IN_POLICIES: &[&str] =
-        &["fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy"];
-    let mut refs = FlowRefs { refs, built_in: BUILT_IN_POLICIES };
-    let band = |p: &str, b: &Value, refs: &mut FlowRefs<'_>| -> Result<(), ConfigError> {
-        for (k, fv) in object(p, b)? {
-            let kp = format!("{p}.{k}");
-            match k.as_str() {
-                "fairnessPolicyRef" | "orderingPolicyRef" => {
-                    let plugin_ref = non_empty_string(&kp, fv)?;
-                    refs.push(kp, plugin_ref);
-                }
-                k if BAND.contains(&k) => {}
-                _ => return Err(unknown_field(kp, BAND)),
-            }
-        }
-        Ok(())
+/// Builds the `flowControl` section (checked whether or not it is used) and turns flow control on when
+/// the `flowControl` feature gate is, as llm-d does; without the gate the section is ignored, with a
+/// warning, except `saturationDetector`.
+fn flow_control(section: Option<&Value>, cfg: &mut EndpointPickerConfig) -> Result<(), ConfigError> {
+    let gate =
+        cfg.feature_gates.iter().rev().find(|(g, _)| g == FLOW_CONTROL_GATE).is_some_and(|(_, on)| *on);
+    let built = match section {
+        Some(v) => FlowControlConfig::from_value("flowControl", v, &cfg.plugins, &mut cfg.warnings)?,
+        None => FlowControlConfig::default(),
     };
-    match key {
-        "defaultPriorityBand" | "defaultNegativePriorityBand" => band(path, v, &mut refs),
-        "priorityBands" => {
-            for (i, b) in array(path, v)?.iter().enumerate() {
-                band(&format!("{path}[{i}]"), b, &mut refs)?;
-            }
-            Ok(())
-        }
-        "usageLimitPolicyPluginRef" => {
-            let plugin_ref = non_empty_string(path, v)?;
-            refs.push(String::from(path), plugin_ref);
-            Ok(())
-        }
-        "maxBytes" | "maxRequests" | "defaultRequestTTL" | "enableEviction" => Ok(()),
-        _ => Err(unknown_field(
-            String::from(path),
-            &[
-                "maxBytes",
-                "maxRequests",
-                "defaultRequestTTL",
-                "defaultPriorityBand",
-                "defaultNegativePriorityBand",
-                "priorityBands",
-                "usageLimitPolicyPluginRef",
-                "saturationDetector",
-                "enableEviction",
-            ],
-        )),
+    if gate {
+        cfg.flow_control = Some(built);
+    } else if section.and_then(Value::as_object).is_some_and(|o| o.keys().any(|k| k != "saturationDetector"))
+    {
+        cfg.warnings.push(ConfigWarning {
+            path: String::from("flowControl"),
+            message: String::from(
+                "ignored except saturationDetector: flow control is off without the flowControl feature \
+                 gate (featureGates: [\"flowControl\"]), as in llm-d",
+            ),
+        });
     }
+    Ok(())
 }
 
 fn feature_gates(
@@ -524,13 +480,18 @@ fn feature_gates(
         };
         let name = name.trim();
         let message = match KNOWN_FEATURE_GATES.iter().find(|(gate, _)| *gate == name) {
-            Some((_, why)) => format!("feature gate {name:?} has no effect here: {why}"),
+            _ if name == FLOW_CONTROL_GATE => None,
+            Some((_, why)) => Some(format!("feature gate {name:?} has no effect here: {why}")),
             None => {
-                let known: Vec<&str> = KNOWN_FEATURE_GATES.iter().map(|(gate, _)| *gate).collect();
-                format!("unknown feature gate {name:?} ignored (GIE/llm-d gates: {})", known.join(", "))
+                let mut known: Vec<&str> = KNOWN_FEATURE_GATES.iter().map(|(gate, _)| *gate).collect();
+                known.push(FLOW_CONTROL_GATE);
+                known.sort_unstable();
+                Some(format!("unknown feature gate {name:?} ignored (GIE/llm-d gates: {})", known.join(", ")))
             }
         };
-        warnings.push(ConfigWarning { path, message });
+        if let Some(message) = message {
+            warnings.push(ConfigWarning { path, message });
+        }
         out.push((String::from(name), enabled));
     }
     Ok(out)

@@ -155,11 +155,11 @@ fn feature_gates() {
     assert_eq!(
         warnings,
         [
-            "featureGates[0]: feature gate \"flowControl\" has no effect here: flow control queues are not implemented",
             "featureGates[1]: feature gate \"prepareDataPlugins\" has no effect here: the prefix match is always computed, by the first prefix plugin that needs it",
         ],
-        "known gates are accepted with a warning, enabled or not"
+        "known gates are accepted with a warning, enabled or not; flowControl is implemented"
     );
+    assert!(cfg.flow_control.is_some(), "the gate alone turns flow control on, with llm-d's defaults");
     let cfg = EndpointPickerConfig::from_json(r#"{"featureGates": ["dataLayer", "flowControll"]}"#).unwrap();
     assert_eq!(
         cfg.warnings[1].to_string(),
@@ -315,7 +315,7 @@ fn llm_d_sections_name_plugins_of_the_right_kind() {
         parse_err(
             r#"{"plugins": [{"type": "fixed-scorer"}], "flowControl": {"priorityBands": [{"priority": 1, "fairnessPolicyRef": "fair"}]}}"#
         ),
-        r#"flowControl.priorityBands[0].fairnessPolicyRef: expected the name of an entry in plugins (fixed-scorer), got "fair""#
+        r#"flowControl.priorityBands[0].fairnessPolicyRef: expected the name of an entry in plugins or a built-in policy (fixed-scorer, global-strict-fairness-policy), got "fair""#
     );
     assert_eq!(
         parse_err(r#"{"plugins": [{"type": "fixed-scorer"}], "requestHandler": {"parser": []}}"#),

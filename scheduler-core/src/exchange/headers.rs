@@ -8,6 +8,8 @@ pub const PATH: &str = ":path";
 pub const REQUEST_ID: &str = "x-request-id";
 /// The InferenceObjective the request belongs to (its priority).
 pub const OBJECTIVE: &str = "x-gateway-inference-objective";
+/// The request's flow (tenant) in flow control: llm-d's current name, then its deprecated alias.
+pub const FAIRNESS_ID: [&str; 2] = ["x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id"];
 /// Forces the model the server runs.
 pub const MODEL_REWRITE: &str = "x-gateway-model-name-rewrite";
 /// Session affinity token.

@@ -39,7 +39,8 @@ mod tests;
 
 use crate::config::gateway::{GatewayConfig, ServedFrom};
 use crate::config::EndpointPickerConfig;
-use crate::endpoint_picker::{Outcome, Reply, RequestInfo};
+use crate::endpoint_picker::{Admission, Outcome, Reply, RequestInfo};
+use crate::flow_control::Ticket;
 use crate::plugins::profile_handlers::disagg_profile_handler::configured_prefill_profile;
 use crate::plugins::profile_handlers::header_profile_handler;
 use crate::plugins::scorers::header_label_affinity_scorer;
@@ -162,6 +163,8 @@ pub struct RequestFacts {
     /// Never empty once the headers were seen (the exchange supplies one when the client sent none).
     pub request_id: String,
     pub objective: Option<String>,
+    /// The fairness id (flow control's flow), when the request names one.
+    pub fairness_id: Option<String>,
     pub model_rewrite: Option<String>,
     pub session_token: Option<String>,
     /// The gateway's subset hint (`ip:port` or bare `ip` entries), when it sent one.
@@ -184,6 +187,7 @@ impl RequestFacts {
             path: &self.path,
             request_id: &self.request_id,
             objective: self.objective.as_deref(),
+            fairness_id: self.fairness_id.as_deref(),
             model_rewrite: self.model_rewrite.as_deref(),
             session_token: self.session_token.as_deref(),
             subset,
@@ -277,6 +281,8 @@ enum Phase {
     Body,
     /// A decision was asked for and not yet applied.
     Deciding,
+    /// Waiting in flow control's queue under this ticket.
+    Waiting(Ticket),
     /// Forwarded upstream (routed or failing open).
     Forwarded,
     /// Answered locally.
@@ -307,7 +313,18 @@ pub struct Exchange {
     /// Request body bytes buffered so far.
     body_len: usize,
     routed: Option<Routed>,
+    /// Flow control tracks this request in flight (in-flight eviction): report its end.
+    lease: Option<Ticket>,
     response: response::ResponseBody,
+}
+
+/// What flow control must hear when a stream ends ([`Exchange::flow_at_end`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowEnd {
+    /// The request was still waiting: cancel its ticket (`EndpointPicker::cancel`).
+    Cancel(Ticket),
+    /// The request was in flight under a lease: `EndpointPicker::finished`.
+    Finished(Ticket),
 }
 
 impl Exchange {
@@ -371,6 +388,7 @@ impl Exchange {
             path: text(headers::PATH).unwrap_or_default(),
             request_id,
             objective: text(headers::OBJECTIVE),
+            fairness_id: headers::FAIRNESS_ID.iter().find_map(|n| text(n)),
             model_rewrite: text(headers::MODEL_REWRITE),
             session_token: text(headers::SESSION_TOKEN),
             subset,
@@ -420,9 +438,55 @@ impl Exchange {
         RequestStep::Decide { with_body: self.body_len > 0 }
     }
 
-    /// Applies the decision asked for by [`RequestStep::Decide`].
+    /// Applies the answer of `EndpointPicker::decide_or_queue`: a decision (as
+    /// [`Exchange::on_outcome`], `None` returned), or a ticket to wait under (`None`: hold the request
+    /// until `EndpointPicker::poll` settles the ticket, then call [`Exchange::on_outcome`]).
+    pub fn on_admission(&mut self, s: &ExchangeSettings, admission: Admission) -> Option<Decided> {
+        match admission {
+            Admission::Decided { outcome, lease } => {
+                let decided = self.on_outcome(s, outcome);
+                self.on_lease(lease);
+                Some(decided)
+            }
+            Admission::Queued(ticket) => {
+                if self.phase == Phase::Deciding {
+                    self.phase = Phase::Waiting(ticket);
+                }
+                None
+            }
+        }
+    }
+
+    /// The ticket this request waits under, while it waits.
+    pub fn waiting(&self) -> Option<Ticket> {
+        match self.phase {
+            Phase::Waiting(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Flow control tracks this forwarded request in flight under `lease` (from a settled ticket or
+    /// an admission).
+    pub fn on_lease(&mut self, lease: Option<Ticket>) {
+        if self.phase == Phase::Forwarded && self.routed.is_some() {
+            self.lease = lease;
+        }
+    }
+
+    /// At the end of the stream: the ticket to cancel (still waiting) or the lease to report finished,
+    /// once.
+    pub fn flow_at_end(&mut self) -> Option<FlowEnd> {
+        if let Phase::Waiting(t) = self.phase {
+            self.phase = Phase::Replied;
+            return Some(FlowEnd::Cancel(t));
+        }
+        self.lease.take().map(FlowEnd::Finished)
+    }
+
+    /// Applies the decision asked for by [`RequestStep::Decide`] (or the settled ticket of a request
+    /// that waited).
     pub fn on_outcome(&mut self, s: &ExchangeSettings, outcome: Outcome) -> Decided {
-        if self.phase != Phase::Deciding {
+        if !matches!(self.phase, Phase::Deciding | Phase::Waiting(_)) {
             // A decision nobody asked for: never route on it.
             return Decided::Forward(Forward::default());
         }

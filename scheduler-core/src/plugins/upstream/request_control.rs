@@ -1,10 +1,10 @@
 //! Request control (admitters, reporters, screeners, request-header plugins) and flow-control policies.
 //!
 //! In llm-d these are active by being declared in `plugins` (no section lists them; flow-control
-//! policies are named from `flowControl`). `probabilistic-admitter` runs here as an [`Admitter`];
-//! flow-control policies and `agent-identity` are accepted with a warning, because flow control (the
-//! queues they order, share and gate) is not implemented: requests are dispatched at once, which is what
-//! llm-d does without its `flowControl` feature gate.
+//! policies are named from `flowControl`). `probabilistic-admitter` runs here as an [`Admitter`]; the
+//! flow-control policies implemented (`crate::flow_control`) are built from the `flowControl` section
+//! that names them, and are checked here; those not implemented and `agent-identity` are accepted with
+//! a warning.
 
 use super::{no_params, only_keys, Group, Mapped, Refused};
 use crate::config::params::{json_repr, ParamError};
@@ -15,13 +15,13 @@ use alloc::format;
 use alloc::string::String;
 use serde_json::{Map, Value};
 
-/// The warning of every flow-control policy.
-const NO_FLOW_CONTROL: &str = "has no effect: flow control (queues, fairness between flows, dispatch \
-                               limits) is not implemented, so requests are dispatched at once, as llm-d \
-                               does without the flowControl feature gate";
+/// The warning of a flow-control policy that is not implemented.
+const NOT_IMPLEMENTED: &str =
+    "is not implemented: a flowControl band or usageLimitPolicyPluginRef naming it \
+                               gets llm-d's default policy instead (see the warning there)";
 
-fn warn_no_flow_control(ctx: &mut BuildContext<'_>) {
-    ctx.warn("", NO_FLOW_CONTROL);
+fn warn_not_implemented(ctx: &mut BuildContext<'_>) {
+    ctx.warn("", NOT_IMPLEMENTED);
 }
 
 /// `parameters` must be absent or an object; llm-d's factory reads none of them, so any given are
@@ -89,41 +89,47 @@ fn check_program_aware(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(),
         number(obj, "lasDecayFactor", "a factor in (0, 1]", |n| n > 0.0 && n <= 1.0)?;
         number(obj, "lasHalfLifeSeconds", "a number of seconds >= 0", |n| n >= 0.0)?;
     }
-    warn_no_flow_control(ctx);
+    warn_not_implemented(ctx);
     Ok(())
 }
 
-fn check_static_usage_limit(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
+fn check_static_usage_limit(params: &Value, _: &mut BuildContext<'_>) -> Result<(), ParamError> {
     if let Some(obj) = only_keys(params, &["threshold"])? {
         number(obj, "threshold", "a fraction in [0, 1]", |n| (0.0..=1.0).contains(&n))?;
     }
-    warn_no_flow_control(ctx);
     Ok(())
 }
 
-fn check_priority_holdback(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
+fn check_priority_holdback(params: &Value, _: &mut BuildContext<'_>) -> Result<(), ParamError> {
     if let Some(obj) = only_keys(params, &["shape", "domain", "minCeiling", "maxCeiling"])? {
         for key in ["shape", "domain"] {
             if let Some(v) = obj.get(key).filter(|v| !v.is_null() && !v.is_string()) {
                 return Err(ParamError::new(key, "a string", Some(json_repr(v))));
             }
         }
-        number(obj, "minCeiling", "a fraction in [0, 1]", |n| (0.0..=1.0).contains(&n))?;
-        number(obj, "maxCeiling", "a fraction in [0, 1]", |n| (0.0..=1.0).contains(&n))?;
+        number(obj, "minCeiling", "a fraction in [0, 1)", |n| (0.0..1.0).contains(&n))?;
+        number(obj, "maxCeiling", "a fraction in (0, 1]", |n| n > 0.0 && n <= 1.0)?;
+        one_of(obj, "shape", &["linear"])?;
+        one_of(obj, "domain", &["rank", "value"])?;
     }
-    warn_no_flow_control(ctx);
     Ok(())
 }
 
 fn check_soft_reflective_ceiling(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
     no_params(params, ctx)?;
-    warn_no_flow_control(ctx);
+    warn_not_implemented(ctx);
     Ok(())
 }
 
+/// An implemented policy without parameters (global-strict, round-robin, FCFS, EDF, and the eviction
+/// filter and order, which in-flight eviction always applies).
 fn check_flow_policy(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
+    ignored(params, ctx)
+}
+
+fn check_unimplemented_flow_policy(params: &Value, ctx: &mut BuildContext<'_>) -> Result<(), ParamError> {
     ignored(params, ctx)?;
-    warn_no_flow_control(ctx);
+    warn_not_implemented(ctx);
     Ok(())
 }
 
@@ -144,8 +150,8 @@ fn check_agent_identity(params: &Value, ctx: &mut BuildContext<'_>) -> Result<()
     }
     ctx.warn(
         "",
-        "has no effect: the agent identity only feeds flow control's fairness queues, which are not \
-         implemented (llm-d too ignores it without the flowControl feature gate)",
+        "has no effect: the fairness id comes from the x-llm-d-inference-fairness-id (or \
+         x-gateway-inference-fairness-id) header only; deriving it from an agent identity is not implemented",
     );
     Ok(())
 }
@@ -211,7 +217,7 @@ crate::upstream_mapped_plugin!(
     SloDeadlineOrderingPolicy,
     "slo-deadline-ordering-policy",
     None,
-    check_flow_policy
+    check_unimplemented_flow_policy
 );
 crate::upstream_mapped_plugin!(
     /// `sheddable-eviction-filter`: which queued requests flow control may evict.
@@ -396,12 +402,17 @@ impl PluginFactory for ProbabilisticAdmitter {
 }
 
 const FLOW_CONTROL_DONE_BY: &str =
-    "nothing: flow control is not implemented, requests are dispatched at once \
-                                    (as llm-d does without the flowControl feature gate); accepted with a \
-                                    warning";
+    "flow control (scheduler-core/src/flow_control), when a flowControl band or usageLimitPolicyPluginRef \
+     names it and the flowControl feature gate is on";
+const NOT_DONE_BY: &str = "nothing: not implemented; a flowControl reference to it gets llm-d's default \
+                           policy, with a warning";
 
 const fn flow(type_name: &'static str) -> Mapped {
     Mapped { type_name, role: None, done_by: FLOW_CONTROL_DONE_BY }
+}
+
+const fn not_done(type_name: &'static str) -> Mapped {
+    Mapped { type_name, role: None, done_by: NOT_DONE_BY }
 }
 
 pub const GROUP: Group = Group {
@@ -431,18 +442,18 @@ pub const GROUP: Group = Group {
         Mapped {
             type_name: "agent-identity",
             role: None,
-            done_by: "nothing: the agent identity only names flow control's fairness queues, which are not \
-                      implemented; accepted with a warning (additionalSessionHeaders checked)",
+            done_by: "nothing: the fairness id comes from its header only; accepted with a warning \
+                      (additionalSessionHeaders checked)",
         },
-        flow("program-aware-fairness"),
-        flow("soft-reflective-ceiling-policy"),
+        not_done("program-aware-fairness"),
+        not_done("soft-reflective-ceiling-policy"),
         flow("static-usage-limit-policy"),
         flow("priority-holdback-policy"),
         flow("global-strict-fairness-policy"),
         flow("round-robin-fairness-policy"),
         flow("fcfs-ordering-policy"),
         flow("edf-ordering-policy"),
-        flow("slo-deadline-ordering-policy"),
+        not_done("slo-deadline-ordering-policy"),
         flow("sheddable-eviction-filter"),
         flow("priority-then-time-eviction-order-policy"),
     ],
