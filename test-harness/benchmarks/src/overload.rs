@@ -187,8 +187,7 @@ impl Mode {
     pub fn parse(s: &str) -> Option<Mode> {
         let mut rest = s;
         let mut mode = Mode::NO_ADMISSION;
-        loop {
-            let Some((head, tail)) = rest.rsplit_once('-') else { break };
+        while let Some((head, tail)) = rest.rsplit_once('-') {
             let (tag, digits) = tail.split_at(tail.len().min(1));
             if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
                 break;
