@@ -26,11 +26,15 @@ usage: quality-bench [--quick] [--validate] [--overload] [--out DIR] [--replicas
   --validate      only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
   --overload      only the overload suite (flow control, issue 19): priority bands (critical 100,
                   standard 0, sheddable -10: 20/50/30 %) from four tenants, one noisy; admission modes
-                  no-admission-control, shedding, flow-control; writes overload.md, overload.csv and
-                  charts to --out. Its options: --loads x,y (multiples of the pool's capacity, 70 QPS
-                  per replica; default 0.8,1.2,2), --shapes steady,bursty, --modes a,b, --seconds N
-                  (virtual seconds of arrivals per cell, default 60), --slo-ttft-ms, --slo-tpot-ms;
-                  --replicas defaults to 4 here
+                  compared on the same traces; writes overload.md, overload.csv and charts to --out.
+                  Its options: --loads x,y (multiples of the pool's capacity, 70 QPS per replica;
+                  default 0.8,1,1.2,2), --shapes steady,bursty, --seconds N (virtual seconds of
+                  arrivals per cell, default 120), --slo-ttft-ms (2000), --slo-tpot-ms (100),
+                  --modes a,b: no-admission-control, shedding, flow-control, each with -c<n>
+                  (concurrency-detector, maxConcurrency n per pod), flow control also -h<percent>
+                  (priority-holdback-policy minCeiling) and -t<seconds> (defaultRequestTTL);
+                  default no-admission-control, shedding, shedding-c1024, flow-control,
+                  flow-control-c1024-t2, flow-control-c1024-h50-t2. --replicas defaults to 4 here
   --out DIR       where results.csv, topology.csv and the PNG charts go (default target/quality-bench)
   --llama2-kv     replicas with Llama-2-7B's KV footprint (GIE's benchmark model)
   --qps x,y       load points instead of the workload's ladder (applies to every selected workload)
