@@ -917,7 +917,8 @@ pub fn csv(cells: &[OverloadSummary]) -> String {
 /// (`flow-control-<shape>-goodput.png`, `flow-control-<shape>-critical-ttft.png`).
 pub fn charts(cells: &[OverloadSummary], grid: &Grid) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
-    let groups: Vec<String> = grid.loads.iter().map(|l| format!("{l}× capacity")).collect();
+    // ASCII only: the charts' font has no "×" or "≤".
+    let groups: Vec<String> = grid.loads.iter().map(|l| format!("{l}x capacity")).collect();
     for shape in &grid.shapes {
         let value = |mode: Mode, load: f64, f: &dyn Fn(&OverloadSummary) -> f64| {
             cells
@@ -938,7 +939,7 @@ pub fn charts(cells: &[OverloadSummary], grid: &Grid) -> Result<Vec<(String, Vec
         };
         let goodput = series(&|c: &OverloadSummary| c.goodput_rps);
         let title = format!(
-            "{}: goodput (TTFT ≤ {} s, TPOT ≤ {} ms), {} replicas",
+            "{}: goodput (TTFT <= {} s, TPOT <= {} ms), {} replicas",
             shape.name(),
             grid.slo.ttft_ms / 1000.0,
             grid.slo.tpot_ms,
