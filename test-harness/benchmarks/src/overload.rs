@@ -15,7 +15,7 @@
 //!   band, and how often a request of a band was rejected while a request of a lower band waited in
 //!   the gateway's queue (a priority inversion; target 0 for the highest band).
 
-use crate::chart::{bar_chart, BarSeries};
+use crate::chart::{bar_chart, BarSeries, PALETTE};
 use crate::policy::{Admission, GatewayRequest, Picker, Policy, Release, OURS_CONFIG};
 use crate::sim::{self, RequestRecord, RunResult, SimConfig};
 use crate::stats::quantile;
@@ -929,11 +929,13 @@ pub fn charts(cells: &[OverloadSummary], grid: &Grid) -> Result<Vec<(String, Vec
         let series = |f: &dyn Fn(&OverloadSummary) -> f64| -> Vec<BarSeries> {
             grid.modes
                 .iter()
-                .map(|&m| BarSeries {
+                .enumerate()
+                .map(|(k, &m)| BarSeries {
                     name: m.name().to_string(),
                     values: grid.loads.iter().map(|&l| value(m, l, f)).collect(),
                     stacked: false,
-                    colour: None,
+                    // One colour per mode in both charts, though the second leaves one out.
+                    colour: PALETTE.get(k % PALETTE.len().max(1)).copied(),
                 })
                 .collect()
         };
