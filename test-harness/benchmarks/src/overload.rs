@@ -5,12 +5,12 @@
 //!   `critical` (100), `standard` (0) and `sheddable` (-10, negative: sheddable). Every request names
 //!   its objective and its tenant (the fairness id); one tenant is noisy (half of the standard and
 //!   sheddable traffic).
-//! - Modes, all through `scheduler-core`'s `EndpointPicker` with the default scheduling profile:
-//!   [`Mode::NoAdmission`] (the gateway is not told the objective, so nothing is shed and everything
-//!   goes to the pods' queues), [`Mode::Shedding`] (today's default: a sheddable request is answered
-//!   429 while the saturation detector says the pool is full; others go to the pods' queues) and
-//!   flow control (requests wait in the gateway's queue, dispatched by priority and fairness while the
-//!   detector says there is room).
+//! - Modes ([`Mode`]), all through `scheduler-core`'s `EndpointPicker` with the default scheduling
+//!   profile: no admission control (the gateway is not told the objective, so nothing is shed and
+//!   everything goes to the pods' queues), shedding (today's default: a sheddable request is answered
+//!   429 while the saturation detector says the pool is full; others go to the pods' queues) and flow
+//!   control (requests wait in the gateway's queue, dispatched by priority and fairness while the
+//!   detector says there is room; `decide_or_queue` on arrival, `poll` on a tick and on every finish).
 //! - Measures: goodput (requests completed within the SLO, [`Slo`]), p99 TTFT per band, rejections per
 //!   band, and how often a request of a band was rejected while a request of a lower band waited in
 //!   the gateway's queue (a priority inversion; target 0 for the highest band).
@@ -343,6 +343,8 @@ fn admission_of(outcome: &Outcome, pool: &PoolSnapshot) -> Admission {
 }
 
 impl Policy for FlowControl {
+    /// Never called by the simulator, which asks [`Policy::admit`]: a request that must wait has no
+    /// answer here.
     fn pick(&mut self, _: &GatewayRequest<'_>, _: &PoolSnapshot, _: u64) -> Option<usize> {
         None
     }
@@ -357,6 +359,7 @@ impl Policy for FlowControl {
         };
         let seed = self.seed ^ req.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         match self.picker.decide_or_queue(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
+            // A lease comes only with in-flight eviction (`enableEviction`), which no mode turns on.
             FcAdmission::Decided { outcome, .. } => admission_of(&outcome, pool),
             FcAdmission::Queued(ticket) => {
                 let held = Held {

@@ -26,7 +26,8 @@ usage: quality-bench [--quick] [--validate] [--overload] [--out DIR] [--replicas
   --validate      only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
   --overload      only the overload suite (flow control, issue 19): priority bands (critical 100,
                   standard 0, sheddable -10: 20/50/30 %) from four tenants, one noisy; admission modes
-                  compared on the same traces; writes overload.md, overload.csv and charts to --out.
+                  compared on the same traces; writes flow-control-tables.md, flow-control.csv and
+                  charts to --out.
                   Its options: --loads x,y (multiples of the pool's capacity, 70 QPS per replica;
                   default 0.8,1,1.2,2), --shapes steady,bursty, --seconds N (virtual seconds of
                   arrivals per cell, default 120), --slo-ttft-ms (2000), --slo-tpot-ms (100),
@@ -622,11 +623,13 @@ fn overload_suite(o: &Options) -> Result<(), String> {
         eprintln!("wrote {}", path.display());
         Ok::<(), String>(())
     };
-    write(
-        "overload.md",
-        format!("{main}\n#### p99 TTFT of the standard band per tenant\n\n{tenants}").as_bytes(),
-    )?;
-    write("overload.csv", overload::csv(&cells).as_bytes())?;
+    let tables = format!(
+        "# Flow control under overload: every cell\n\nWritten by `quality-bench --overload`; method, tuning and \
+         findings in [flow-control.md](flow-control.md). p99 TTFT in ms unless marked s; rejected = total \
+         (429 / 503).\n\n{main}\n## p99 TTFT of the standard band per tenant\n\n{tenants}"
+    );
+    write("flow-control-tables.md", tables.as_bytes())?;
+    write("flow-control.csv", overload::csv(&cells).as_bytes())?;
     for (name, png) in overload::charts(&cells, &grid)? {
         write(&name, &png)?;
     }
