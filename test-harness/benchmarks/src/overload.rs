@@ -159,17 +159,21 @@ pub struct Mode {
     pub holdback_pct: Option<u32>,
     /// Flow control: `defaultRequestTTL` in seconds (`None`: the guide's 60 s).
     pub ttl_s: Option<u32>,
+    /// Flow control: `enableEviction` (in-flight sheddable requests ended 429 to make room for a
+    /// blocked higher band).
+    pub eviction: bool,
 }
 
 impl Mode {
     pub const NO_ADMISSION: Mode =
-        Mode { admit: Admit::None, max_concurrency: None, holdback_pct: None, ttl_s: None };
+        Mode { admit: Admit::None, max_concurrency: None, holdback_pct: None, ttl_s: None, eviction: false };
     pub const SHEDDING: Mode = Mode { admit: Admit::Shedding, ..Mode::NO_ADMISSION };
     pub const FLOW_CONTROL: Mode = Mode { admit: Admit::FlowControl, ..Mode::NO_ADMISSION };
     pub const ALL: [Mode; 3] = [Mode::NO_ADMISSION, Mode::SHEDDING, Mode::FLOW_CONTROL];
 
     /// `no-admission-control`, `shedding`, `flow-control`, then `-c<n>` for the concurrency detector,
-    /// `-h<percent>` for priority holdback and `-t<seconds>` for the time-to-live.
+    /// `-h<percent>` for priority holdback, `-t<seconds>` for the time-to-live and `-e` for in-flight
+    /// eviction.
     pub fn name(self) -> String {
         let mut name = String::from(match self.admit {
             Admit::None => "no-admission-control",
@@ -181,12 +185,19 @@ impl Mode {
                 name.push_str(&format!("-{tag}{v}"));
             }
         }
+        if self.eviction {
+            name.push_str("-e");
+        }
         name
     }
 
     pub fn parse(s: &str) -> Option<Mode> {
         let mut rest = s;
         let mut mode = Mode::NO_ADMISSION;
+        if let Some(head) = rest.strip_suffix("-e") {
+            mode.eviction = true;
+            rest = head;
+        }
         while let Some((head, tail)) = rest.rsplit_once('-') {
             let (tag, digits) = tail.split_at(tail.len().min(1));
             if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
@@ -207,7 +218,7 @@ impl Mode {
             "flow-control" => Admit::FlowControl,
             _ => return None,
         };
-        let tuned = mode.holdback_pct.is_some() || mode.ttl_s.is_some();
+        let tuned = mode.holdback_pct.is_some() || mode.ttl_s.is_some() || mode.eviction;
         (mode.admit == Admit::FlowControl || !tuned).then_some(mode)
     }
 
@@ -257,6 +268,11 @@ impl Mode {
                 "defaultRequestTTL": format!("{}s", self.ttl_s.unwrap_or(60)),
                 "priorityBands": [band(100, "500"), band(0, "200"), band(-10, "50")]
             });
+            if self.eviction {
+                if let Some(f) = section.as_object_mut() {
+                    f.insert(String::from("enableEviction"), Value::Bool(true));
+                }
+            }
             if self.holdback_pct.is_some() {
                 if let Some(f) = section.as_object_mut() {
                     f.insert(
@@ -281,7 +297,14 @@ impl Mode {
                 if picker.flow_control().is_none() {
                     return Err(String::from("flow control is not on in the configuration"));
                 }
-                Box::new(FlowControl { picker, seed, waiting: Waiting::default() })
+                Box::new(FlowControl {
+                    picker,
+                    seed,
+                    waiting: Waiting::default(),
+                    lease_of: HashMap::new(),
+                    leased: HashMap::new(),
+                    ended: Vec::new(),
+                })
             }
         })
     }
@@ -326,6 +349,27 @@ struct FlowControl {
     picker: EndpointPicker,
     seed: u64,
     waiting: Waiting,
+    /// In-flight eviction: the lease of each routed request that has one, both ways.
+    lease_of: HashMap<u64, Ticket>,
+    leased: HashMap<Ticket, u64>,
+    /// Leases whose request ended since the last call into the picker (reported with that call's clock,
+    /// the same instant: the simulator polls right after a finish).
+    ended: Vec<Ticket>,
+}
+
+impl FlowControl {
+    fn lease(&mut self, id: u64, lease: Option<Ticket>) {
+        if let Some(l) = lease {
+            self.lease_of.insert(id, l);
+            self.leased.insert(l, id);
+        }
+    }
+
+    fn report_ended(&mut self, now_ms: u64) {
+        for l in std::mem::take(&mut self.ended) {
+            self.picker.finished(l, now_ms);
+        }
+    }
 }
 
 /// What the simulator does with a decided outcome.
@@ -358,9 +402,17 @@ impl Policy for FlowControl {
             ..RequestInfo::default()
         };
         let seed = self.seed ^ req.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.report_ended(now_ms);
         match self.picker.decide_or_queue(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
-            // A lease comes only with in-flight eviction (`enableEviction`), which no mode turns on.
-            FcAdmission::Decided { outcome, .. } => admission_of(&outcome, pool),
+            FcAdmission::Decided { outcome, lease } => {
+                let admission = admission_of(&outcome, pool);
+                if matches!(admission, Admission::Route(_)) {
+                    self.lease(req.id, lease);
+                } else if let Some(l) = lease {
+                    self.picker.finished(l, now_ms);
+                }
+                admission
+            }
             FcAdmission::Queued(ticket) => {
                 let held = Held {
                     id: req.id,
@@ -378,20 +430,43 @@ impl Policy for FlowControl {
     fn poll(&mut self, pool: &PoolSnapshot, now_ms: u64, out: &mut Vec<Release>) {
         // The core adds what it dispatches to the snapshot it is given, for its next gate reading within
         // this poll; the simulator counts the routes itself, on its own pool.
+        self.report_ended(now_ms);
         let mut overlay = pool.clone();
         let polled = self.picker.poll(Some(&mut overlay), false, now_ms, &mut self.waiting);
         for s in polled.settled {
             let Some(held) = self.waiting.held.remove(&s.ticket) else { continue };
-            out.push(match admission_of(&s.outcome, pool) {
-                Admission::Route(endpoint) => Release::Route { id: held.id, endpoint },
-                Admission::Reject(status) => Release::Reject { id: held.id, status },
-                Admission::Hold => Release::Reject { id: held.id, status: 503 },
-            });
+            let release = match admission_of(&s.outcome, pool) {
+                Admission::Route(endpoint) => {
+                    self.lease(held.id, s.lease);
+                    Release::Route { id: held.id, endpoint }
+                }
+                other => {
+                    if let Some(l) = s.lease {
+                        self.picker.finished(l, now_ms);
+                    }
+                    let status = if let Admission::Reject(status) = other { status } else { 503 };
+                    Release::Reject { id: held.id, status }
+                }
+            };
+            out.push(release);
+        }
+        for r in polled.revoked {
+            if let Some(&id) = self.leased.get(&r.lease) {
+                out.push(Release::Abort { id, status: r.reply.status });
+            }
         }
     }
 
+    fn on_finish(&mut self, _endpoint: usize, id: u64) {
+        if let Some(l) = self.lease_of.remove(&id) {
+            self.leased.remove(&l);
+            self.ended.push(l);
+        }
+    }
+
+    /// Waiting requests, and ended leases not yet reported (so the loop polls at the finish).
     fn holding(&self) -> usize {
-        self.waiting.held.len()
+        self.waiting.held.len() + self.ended.len()
     }
 
     fn tick_interval_us(&self) -> Option<u64> {
@@ -462,6 +537,8 @@ pub struct BandSummary {
     pub rejected_other: usize,
     /// Held in the gateway's queue at some point.
     pub queued: usize,
+    /// Ended by the gateway after it was routed (in-flight eviction; also counted in the rejections).
+    pub evicted: usize,
     pub p50_ttft_ms: f64,
     pub p99_ttft_ms: f64,
     /// Rejected while a request of a lower band was waiting in the gateway's queue.
@@ -541,6 +618,9 @@ pub fn summarize(
         if r.queued_us.is_some() {
             b.queued += 1;
         }
+        if r.endpoint.is_some() && r.rejected_us.is_some() {
+            b.evicted += 1;
+        }
         match r.reject_status {
             Some(429) => b.rejected_429 += 1,
             Some(503) => b.rejected_503 += 1,
@@ -602,7 +682,7 @@ impl Timeline {
         for (a, r) in trace.iter().zip(records) {
             let (Some(class), Some(queued)) = (a.class, r.queued_us) else { continue };
             // It left the queue when it was dispatched or answered.
-            let left = r.rejected_us.or(r.dispatched_us).unwrap_or(u64::MAX);
+            let left = r.dispatched_us.or(r.rejected_us).unwrap_or(u64::MAX);
             if let Some(v) = bands.get_mut(class.band.index()) {
                 v.push((queued, left));
             }
@@ -832,12 +912,10 @@ pub fn table(cells: &[OverloadSummary]) -> String {
     );
     for c in cells {
         let [cr, st, sh] = &c.bands;
-        let rej = |b: &BandSummary| {
-            if b.rejected() == 0 {
-                String::from("0")
-            } else {
-                format!("{} ({} / {})", b.rejected(), b.rejected_429, b.rejected_503)
-            }
+        let rej = |b: &BandSummary| match (b.rejected(), b.evicted) {
+            (0, _) => String::from("0"),
+            (n, 0) => format!("{n} ({} / {})", b.rejected_429, b.rejected_503),
+            (n, e) => format!("{n} ({} / {}; {e} evicted)", b.rejected_429, b.rejected_503),
         };
         let over: usize = c.bands.iter().map(|b| b.rejected_over_lower).sum();
         out.push_str(&format!(
@@ -886,12 +964,12 @@ pub fn tenant_table(cells: &[OverloadSummary]) -> String {
 /// Every number of every cell, one row per (cell, band).
 pub fn csv(cells: &[OverloadSummary]) -> String {
     let mut out = String::from(
-        "workload,load,qps,mode,goodput_rps,goodput_share,output_tokens_per_s,band,requests,completed,good,queued,rejected_429,rejected_503,rejected_other,rejected_while_lower_waits,p50_ttft_ms,p99_ttft_ms\n",
+        "workload,load,qps,mode,goodput_rps,goodput_share,output_tokens_per_s,band,requests,completed,good,queued,rejected_429,rejected_503,rejected_other,rejected_while_lower_waits,p50_ttft_ms,p99_ttft_ms,evicted\n",
     );
     for c in cells {
         for (band, b) in Band::ALL.iter().zip(&c.bands) {
             out.push_str(&format!(
-                "{},{},{},{},{:.3},{:.4},{:.0},{},{},{},{},{},{},{},{},{},{:.1},{:.1}\n",
+                "{},{},{},{},{:.3},{:.4},{:.0},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{}\n",
                 c.workload,
                 c.load,
                 c.qps,
@@ -909,7 +987,8 @@ pub fn csv(cells: &[OverloadSummary]) -> String {
                 b.rejected_other,
                 b.rejected_over_lower,
                 b.p50_ttft_ms,
-                b.p99_ttft_ms
+                b.p99_ttft_ms,
+                b.evicted
             ));
         }
     }
@@ -1048,6 +1127,33 @@ mod tests {
     }
 
     #[test]
+    fn in_flight_eviction_ends_routed_sheddable_requests_once() {
+        let mut t = trace(3000);
+        for a in t.iter_mut() {
+            a.at_us = a.at_us * 5 / 14; // 140 QPS on one replica: twice its capacity.
+        }
+        classify(&mut t, Mix::default(), 1);
+        let mut fc = Mode::parse("flow-control-c256-e").unwrap().build(SCHEDULING, 1).unwrap();
+        let r = sim::run(&t, fc.as_mut(), &SimConfig::h100(1)).unwrap();
+        assert_eq!(fc.holding(), 0);
+        let s = summarize(LABEL, &t, &r, 0, Slo::default());
+        let [c, st, sh] = &s.bands;
+        assert!(sh.evicted > 0, "{sh:?}");
+        assert_eq!(c.evicted + st.evicted, 0);
+        for (a, x) in t.iter().zip(&r.records) {
+            assert_ne!(x.finish_us.is_some(), x.rejected_us.is_some(), "each request ends exactly once");
+            if x.endpoint.is_some() && x.rejected_us.is_some() {
+                assert_eq!(a.class.map(|c| c.band), Some(Band::Sheddable));
+                assert_eq!(x.reject_status, Some(429));
+            }
+        }
+        // Without eviction nothing routed is ended.
+        let mut plain = Mode::parse("flow-control-c256").unwrap().build(SCHEDULING, 1).unwrap();
+        let r = sim::run(&t, plain.as_mut(), &SimConfig::h100(1)).unwrap();
+        assert!(r.records.iter().all(|x| x.endpoint.is_none() || x.rejected_us.is_none()));
+    }
+
+    #[test]
     fn mode_names_round_trip() {
         for name in [
             "no-admission-control",
@@ -1057,12 +1163,16 @@ mod tests {
             "flow-control-c768",
             "flow-control-c768-h80-t2",
             "flow-control-h50",
+            "flow-control-c1024-t2-e",
+            "flow-control-e",
         ] {
             let m = Mode::parse(name).unwrap();
             assert_eq!(m.name(), name);
             m.build(SCHEDULING, 1).unwrap();
         }
-        for bad in ["flow", "shedding-h80", "flow-control-c0", "flow-control-x3", "flow-control-h100"] {
+        for bad in
+            ["flow", "shedding-h80", "shedding-e", "flow-control-c0", "flow-control-x3", "flow-control-h100"]
+        {
             assert_eq!(Mode::parse(bad), None, "{bad}");
         }
     }

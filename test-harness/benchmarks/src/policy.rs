@@ -51,8 +51,20 @@ pub enum Admission {
 /// A held request leaving the gateway's queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
-    Route { id: u64, endpoint: usize },
-    Reject { id: u64, status: u16 },
+    Route {
+        id: u64,
+        endpoint: usize,
+    },
+    Reject {
+        id: u64,
+        status: u16,
+    },
+    /// A request already routed that the gateway ends now (flow control's in-flight eviction): the
+    /// replica drops it, the client gets `status`.
+    Abort {
+        id: u64,
+        status: u16,
+    },
 }
 
 /// A routing policy at one decision point (one worker of one gateway). `pool` carries the last scrape

@@ -614,6 +614,29 @@ impl Gateway<'_> {
         }
     }
 
+    /// Ends routed request `id` at `t` (in-flight eviction): the replica drops it, the gateway's
+    /// in-flight counts release it as if it had finished, and its decision point hears that it ended.
+    /// Nothing happens to a request that already finished.
+    fn abort(&mut self, id: u64, status: u16, t: u64, policies: &mut [&mut dyn Policy]) {
+        let Some(r) = self.records.get(id as usize) else { return };
+        if r.finish_us.is_some() || r.rejected_us.is_some() {
+            return;
+        }
+        let Some(p) = self.pending.get_mut(id as usize) else { return };
+        let dropped = self.engines.get_mut(p.endpoint).is_some_and(|e| e.abort(id));
+        if !dropped {
+            return;
+        }
+        let awaiting = std::mem::take(&mut p.awaiting);
+        let p = *p;
+        let change = Change::Finished { tokens: p.estimated_tokens, awaiting };
+        spread(self.pools, self.layout, p, change, t, self.later, self.cfg.topology.inflight_delay_us);
+        self.reject(id, status, t);
+        if let Some(policy) = policies.get_mut(p.decision_point) {
+            policy.on_finish(p.endpoint, id);
+        }
+    }
+
     /// Sends request `a`, decided at decision point `dp` at `t`, to replica `pick`: the decision point's
     /// in-flight count at once, its siblings' (and their prefix indexes) late, the replica after the
     /// policy's decision latency.
@@ -694,6 +717,7 @@ impl Gateway<'_> {
             for r in std::mem::take(released) {
                 match r {
                     Release::Reject { id, status } => self.reject(id, status, t),
+                    Release::Abort { id, status } => self.abort(id, status, t, policies),
                     Release::Route { id, endpoint } => {
                         let Some(a) = trace.get(id as usize) else { continue };
                         let connection = connection_of.get(id as usize).copied().unwrap_or(0);
