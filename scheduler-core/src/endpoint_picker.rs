@@ -795,6 +795,17 @@ pub fn evicted_reply() -> Reply {
     Reply { status: err.status, body: err.body(), reason }
 }
 
+/// The answer to a request still waiting when its queue goes away (the proxy stops or reloads the
+/// filter): 503, as llm-d answers requests its flow controller drops while shutting down.
+pub fn shutdown_reply() -> Reply {
+    let reason = "flow_control_shutting_down";
+    let err = OpenAiError::service_unavailable(
+        "the gateway's request queue is shutting down (the proxy is reloading or stopping)",
+        Some(reason),
+    );
+    Reply { status: err.status, body: err.body(), reason }
+}
+
 fn reject_reply(reason: RejectReason, message: &str) -> Reply {
     let err = match reason.status() {
         429 => OpenAiError::too_many_requests(message, Some(reason.as_str())),

@@ -8,6 +8,7 @@ use crate::pool::Pool;
 pub use reference::{request_model, RequestRecord};
 use reference::{EndpointLoad, Histogram, Requests, SCHEDULER_BUCKETS};
 use scheduler_core::endpoint_picker::Outcome;
+use scheduler_core::flow_control::{FlowController, FlowStats, QueueOutcome, WAIT_BUCKETS_S};
 use scheduler_core::health::Unusable;
 use scheduler_core::model::InFlight;
 use std::collections::BTreeMap;
@@ -48,6 +49,18 @@ pub struct Metrics {
     requests: Mutex<Requests>,
     /// Decision latency with the reference picker's buckets (created on first use).
     scheduler: Mutex<Option<Histogram>>,
+    /// Flow control's queues as the picker thread last left them (`None`: flow control is off).
+    flow: Mutex<Option<FlowView>>,
+}
+
+/// What `/metrics` shows of flow control: its counts and each band's capacity.
+#[derive(Clone, Debug, Default)]
+struct FlowView {
+    stats: FlowStats,
+    /// `(priority, maxRequests, maxBytes)` of every band in `stats`.
+    capacity: Vec<(i32, u64, u64)>,
+    /// Global `(maxRequests, maxBytes)`; 0: none.
+    global: (u64, u64),
 }
 
 impl Metrics {
@@ -80,6 +93,44 @@ impl Metrics {
         self.latency_sum_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         if let Ok(mut h) = self.scheduler.lock() {
             h.get_or_insert_with(|| Histogram::new(SCHEDULER_BUCKETS)).observe(secs);
+        }
+    }
+
+    /// A request that waited in flow control was decided at dispatch (or answered at its TTL): counted
+    /// among decisions, not timed (the core decides it inside a poll of the whole queue).
+    pub fn record_queued_decision(&self, outcome: &Outcome) {
+        let key = match outcome {
+            Outcome::Route(_) => ("route", ""),
+            Outcome::FailOpen { reason, .. } => ("fail_open", reason.as_str()),
+            Outcome::Reply(r) => {
+                if r.status == 429 {
+                    self.shed.fetch_add(1, Ordering::Relaxed);
+                }
+                ("reply", r.reason)
+            }
+        };
+        if let Ok(mut d) = self.decisions.lock() {
+            *d.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Flow control's state after the picker thread changed it.
+    pub fn set_flow_control(&self, flow: Option<&FlowController>) {
+        let view = flow.map(|f| {
+            let stats = f.stats().clone();
+            let cfg = f.config();
+            let capacity = stats
+                .bands
+                .iter()
+                .map(|b| {
+                    let band = cfg.band(b.priority);
+                    (b.priority, band.max_requests, band.max_bytes)
+                })
+                .collect();
+            FlowView { stats, capacity, global: (cfg.max_requests, cfg.max_bytes) }
+        });
+        if let Ok(mut f) = self.flow.lock() {
+            *f = view;
         }
     }
 
@@ -358,6 +409,10 @@ impl Metrics {
         let missing = self.scrapes_missing_gauges.load(Ordering::Relaxed);
         reference::write_datalayer(out, failed.saturating_sub(missing), missing)?;
         reference::write_streams(out, self.active_streams.load(Ordering::Relaxed))?;
+        let flow = self.flow.lock().ok().and_then(|f| f.clone());
+        if let Some(flow) = &flow {
+            write_flow_control(out, pool.name(), flow)?;
+        }
         let Some(published) = pool.latest() else { return Ok(()) };
         // Ready: what the picker last judged usable. Without a picker (collector only) there is no such
         // judgement, and every endpoint with metrics counts.
@@ -375,4 +430,113 @@ impl Metrics {
         }
         reference::write_pool(out, pool.name(), &ready, &queues)
     }
+}
+
+/// llm-d's flow-control metrics (`llm_d_epp_flow_control_*`, and the legacy `inference_extension_*` names
+/// of those that have one), per priority band: the flows inside a band are not told apart, so
+/// `fairness_id` and the model labels are left out (docs/metrics.md).
+fn write_flow_control(out: &mut String, pool: &str, flow: &FlowView) -> std::fmt::Result {
+    let bands = &flow.stats.bands;
+    for (prefix, legacy) in [("llm_d_epp", false), ("inference_extension", true)] {
+        let dep = if legacy { "[Deprecated: use llm_d_epp_flow_control_queue_size] " } else { "" };
+        writeln!(
+            out,
+            "# HELP {prefix}_flow_control_queue_size {dep}Requests waiting in the flow-control queue."
+        )?;
+        writeln!(out, "# TYPE {prefix}_flow_control_queue_size gauge")?;
+        for b in bands {
+            writeln!(
+                out,
+                "{prefix}_flow_control_queue_size{{priority=\"{}\",inference_pool=\"{pool}\"}} {}",
+                b.priority, b.queued
+            )?;
+        }
+        let dep = if legacy { "[Deprecated: use llm_d_epp_flow_control_queue_bytes] " } else { "" };
+        writeln!(
+            out,
+            "# HELP {prefix}_flow_control_queue_bytes {dep}Body bytes waiting in the flow-control queue."
+        )?;
+        writeln!(out, "# TYPE {prefix}_flow_control_queue_bytes gauge")?;
+        for b in bands {
+            writeln!(
+                out,
+                "{prefix}_flow_control_queue_bytes{{priority=\"{}\",inference_pool=\"{pool}\"}} {}",
+                b.priority, b.bytes
+            )?;
+        }
+        let name = format!("{prefix}_flow_control_request_queue_duration_seconds");
+        let dep = if legacy {
+            "[Deprecated: use llm_d_epp_flow_control_request_queue_duration_seconds] "
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "# HELP {name} {dep}Time requests spent in flow control, from enqueue to their outcome."
+        )?;
+        writeln!(out, "# TYPE {name} histogram")?;
+        for b in bands {
+            for outcome in QueueOutcome::ALL {
+                let Some(h) = b.wait(outcome).filter(|h| h.count() > 0) else { continue };
+                let labels = format!(
+                    "priority=\"{}\",outcome=\"{}\",inference_pool=\"{pool}\"",
+                    b.priority,
+                    outcome.as_str()
+                );
+                let mut cumulative = 0u64;
+                for (bound, n) in WAIT_BUCKETS_S.iter().zip(h.counts.iter()) {
+                    cumulative += n;
+                    writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}")?;
+                }
+                writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count())?;
+                writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_ms as f64 / 1e3)?;
+                writeln!(out, "{name}_count{{{labels}}} {}", h.count())?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "# HELP llm_d_epp_flow_control_requests_total Requests that left flow control, by outcome."
+    )?;
+    writeln!(out, "# TYPE llm_d_epp_flow_control_requests_total counter")?;
+    for b in bands {
+        for outcome in QueueOutcome::ALL {
+            let n = b.count(outcome);
+            if n > 0 {
+                writeln!(
+                    out,
+                    "llm_d_epp_flow_control_requests_total{{outcome=\"{}\",priority=\"{}\",inference_pool=\"{pool}\"}} {n}",
+                    outcome.as_str(),
+                    b.priority
+                )?;
+            }
+        }
+    }
+    for (what, idx) in [("requests", 0usize), ("bytes", 1usize)] {
+        let name = format!("llm_d_epp_flow_control_capacity_utilization_{what}");
+        writeln!(out, "# HELP {name} Share of each priority band's {what} capacity in use (0-1).")?;
+        writeln!(out, "# TYPE {name} gauge")?;
+        for (b, &(priority, max_requests, max_bytes)) in bands.iter().zip(&flow.capacity) {
+            let (used, cap) = if idx == 0 { (b.queued, max_requests) } else { (b.bytes, max_bytes) };
+            if cap > 0 {
+                let ratio = used as f64 / cap as f64;
+                writeln!(out, "{name}{{priority=\"{priority}\",inference_pool=\"{pool}\"}} {ratio}")?;
+            }
+        }
+        let (cap, used) =
+            if idx == 0 { (flow.global.0, flow.stats.queued()) } else { (flow.global.1, flow.stats.bytes()) };
+        if cap > 0 {
+            let name = format!("llm_d_epp_flow_control_global_capacity_utilization_{what}");
+            writeln!(out, "# HELP {name} Share of the global {what} capacity in use (0-1).")?;
+            writeln!(out, "# TYPE {name} gauge")?;
+            writeln!(out, "{name}{{inference_pool=\"{pool}\"}} {}", used as f64 / cap as f64)?;
+        }
+    }
+    writeln!(
+        out,
+        "# HELP epp_shim_flow_control_evicted_in_flight_total Sent requests in-flight eviction ended."
+    )?;
+    writeln!(out, "# TYPE epp_shim_flow_control_evicted_in_flight_total counter")?;
+    writeln!(out, "epp_shim_flow_control_evicted_in_flight_total {}", flow.stats.evicted_in_flight())?;
+    Ok(())
 }

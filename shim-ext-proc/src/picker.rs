@@ -7,18 +7,23 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
-use scheduler_core::endpoint_picker::{request_seed, EndpointPicker, Outcome, Reply};
+use scheduler_core::endpoint_picker::{
+    request_seed, Admission, EndpointPicker, Outcome, Reply, RequestInfo, WaitingRequests,
+};
+use scheduler_core::flow_control::Ticket;
 use scheduler_core::health::HealthEvent;
 use scheduler_core::model::PoolSnapshot;
 use scheduler_core::openai_error::OpenAiError;
 use scheduler_core::shared_state::inflight_table::InFlightTable;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 enum Command {
     Decide {
-        input: DecisionInput,
+        /// Boxed: the request's facts are large next to the other commands.
+        input: Box<DecisionInput>,
         reply: oneshot::Sender<(Outcome, Option<u64>)>,
     },
     Finish {
@@ -49,10 +54,16 @@ enum Command {
     },
     /// Periodic: requests past `health.firstByteTimeoutMs` without response headers count as failures.
     Sweep,
+    /// Flow control's tick (and a nudge when a waiting stream went away): answer expired requests,
+    /// forget those whose stream is gone, dispatch while the pool has room.
+    Poll,
 }
 
 /// How often the picker thread looks for requests past `health.firstByteTimeoutMs` (the filter's tick).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// Flow control's tick: how often waiting requests are looked at when nothing else happens (a request
+/// finishing, a new one arriving, a waiting client leaving also trigger a look).
+const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Why the picker could not start.
 #[derive(Debug)]
@@ -91,6 +102,7 @@ impl std::fmt::Debug for Command {
             Command::Answered { .. } => "Answered",
             Command::FirstByte { .. } => "FirstByte",
             Command::Sweep => "Sweep",
+            Command::Poll => "Poll",
         })
     }
 }
@@ -116,6 +128,7 @@ impl PickerHandle {
     ) -> Result<PickerHandle, SpawnError> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let flow_control = config.picker.flow_control.is_some();
         std::thread::Builder::new()
             .name("epp-picker".into())
             .spawn(move || {
@@ -130,6 +143,13 @@ impl PickerHandle {
                     log::warn!("configuration: {warning}");
                 }
                 picker.scheduler_mut().set_prefix_table_seed(table_seed());
+                if picker.flow_control().is_some_and(|f| f.config().enable_eviction) {
+                    log::warn!(
+                        "configuration: flowControl.enableEviction: in-flight eviction is not done by the \
+                         ext_proc shim (requests once sent are never ended early); queued requests still \
+                         wait, expire and dispatch by priority"
+                    );
+                }
                 let _ = ready_tx.send(Ok(()));
                 let mut worker = Worker {
                     picker,
@@ -140,6 +160,8 @@ impl PickerHandle {
                     working: None,
                     health_reported_ms: None,
                     tickets: 0,
+                    waiting: HashMap::new(),
+                    queued: None,
                 };
                 while let Some(cmd) = rx.blocking_recv() {
                     worker.handle(cmd);
@@ -159,23 +181,45 @@ impl PickerHandle {
             })
             .map_err(SpawnError::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(PickerHandle { tx }),
-            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
-                Err(SpawnError::Thread(std::io::Error::other("the picker thread exited while starting")))
+                return Err(SpawnError::Thread(std::io::Error::other(
+                    "the picker thread exited while starting",
+                )))
             }
         }
+        if flow_control {
+            let weak = tx.downgrade();
+            std::thread::Builder::new()
+                .name("epp-flow-tick".into())
+                .spawn(move || loop {
+                    std::thread::sleep(POLL_EVERY);
+                    match weak.upgrade() {
+                        Some(tx) if tx.send(Command::Poll).is_ok() => {}
+                        _ => return,
+                    }
+                })
+                .map_err(SpawnError::Thread)?;
+        }
+        Ok(PickerHandle { tx })
     }
 
     /// Decides for one request. If the picker thread is gone the answer is a 503, never a hang. A routed
     /// request comes with its ticket: the picker waits for its response headers until
     /// [`PickerHandle::first_byte`] (see `health.firstByteTimeoutMs`).
+    ///
+    /// With flow control on, the answer may wait while the request is queued; dropping this future (the
+    /// client went away) takes the request out of the queue.
     pub async fn decide(&self, input: DecisionInput) -> (Outcome, Option<u64>) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Decide { input, reply }).is_ok() {
-            if let Ok(decided) = rx.await {
+        if self.tx.send(Command::Decide { input: Box::new(input), reply }).is_ok() {
+            let mut wait = Waiting { rx, tx: &self.tx, done: false };
+            if let Ok(decided) = (&mut wait.rx).await {
+                wait.done = true;
                 return decided;
             }
+            wait.done = true;
         }
         let down = Outcome::Reply(Reply {
             status: 503,
@@ -216,6 +260,43 @@ impl PickerHandle {
     }
 }
 
+/// A decision being awaited. Dropped before its answer (the stream or HTTP request went away while it
+/// was queued), it nudges the picker thread, which then sees the closed channel and cancels the ticket
+/// at once rather than at the next tick.
+struct Waiting<'a> {
+    rx: oneshot::Receiver<(Outcome, Option<u64>)>,
+    tx: &'a mpsc::UnboundedSender<Command>,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.rx.close();
+            let _ = self.tx.send(Command::Poll);
+        }
+    }
+}
+
+/// A request waiting in flow control: what it gave to be decided, and where the answer goes.
+struct Waiter {
+    input: DecisionInput,
+    reply: oneshot::Sender<(Outcome, Option<u64>)>,
+}
+
+/// The waiting requests, as the core asks for them at dispatch time.
+struct Queue<'a>(&'a mut HashMap<Ticket, Waiter>);
+
+impl WaitingRequests for Queue<'_> {
+    fn with_request(&mut self, t: Ticket, f: &mut dyn FnMut(&RequestInfo<'_>, Option<&[u8]>)) -> bool {
+        let Some(w) = self.0.get(&t) else { return false };
+        let subset = w.input.facts.subset_refs();
+        let info = w.input.facts.info(subset.as_deref());
+        f(&info, w.input.body.as_deref());
+        true
+    }
+}
+
 /// A secret seed for the prefix index's table, new for every process: std keys each `RandomState` from
 /// the OS random generator.
 fn table_seed() -> u64 {
@@ -235,6 +316,10 @@ struct Worker {
     health_reported_ms: Option<u64>,
     /// Routed requests so far: the next ticket.
     tickets: u64,
+    /// Requests waiting in flow control, by ticket.
+    waiting: HashMap<Ticket, Waiter>,
+    /// The ticket [`Worker::decide`] just queued a request under.
+    queued: Option<Ticket>,
 }
 
 impl Worker {
@@ -253,12 +338,19 @@ impl Worker {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Decide { input, reply } => {
-                let decided = self.decide(&input);
-                if let (Some(ticket), Err(_)) = (decided.1, reply.send(decided)) {
-                    // The stream is gone: nobody will report its headers.
-                    self.picker.health_mut().first_byte(ticket, false);
+            Command::Decide { input, reply } => match self.decide(&input) {
+                Some((outcome, lease)) => self.answer(outcome, lease, reply),
+                None => {
+                    if let Some(ticket) = self.queued.take() {
+                        self.waiting.insert(ticket, Waiter { input: *input, reply });
+                    }
+                    self.metrics.set_flow_control(self.picker.flow_control());
+                    return;
                 }
+            },
+            Command::Poll => {
+                self.poll();
+                return;
             }
             Command::FirstByte { ticket, alive } => {
                 self.picker.health_mut().first_byte(ticket, alive);
@@ -276,7 +368,13 @@ impl Worker {
                 self.metrics.record_first_byte_timeouts(late as u64);
                 self.health_events();
             }
-            Command::Finish { address, tokens, awaiting } => self.table.finish(&address, tokens, awaiting),
+            Command::Finish { address, tokens, awaiting } => {
+                self.table.finish(&address, tokens, awaiting);
+                // A place may have freed: waiting requests go now, not at the next tick.
+                if !self.waiting.is_empty() {
+                    self.poll();
+                }
+            }
             Command::FirstToken { address, prompt_tokens } => self.table.first_token(&address, prompt_tokens),
             Command::Move { from, to, tokens, awaiting } => {
                 self.table.finish(&from, tokens, awaiting);
@@ -290,6 +388,9 @@ impl Worker {
         }
         self.report_health();
         self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
+        if self.picker.flow_control().is_some() {
+            self.metrics.set_flow_control(self.picker.flow_control());
+        }
     }
 
     /// Counts and logs what health learned.
@@ -309,8 +410,8 @@ impl Worker {
         }
     }
 
-    fn decide(&mut self, input: &DecisionInput) -> (Outcome, Option<u64>) {
-        let now = (self.clock)();
+    /// The published snapshot, copied when it changed, with the gateway's in-flight counts merged in.
+    fn refresh(&mut self) {
         let latest = self.pool.latest();
         let current = self.working.as_ref().map(|w| w.generation);
         if let Some(p) = &latest {
@@ -323,21 +424,85 @@ impl Worker {
                 e.in_flight = self.table.get(&e.endpoint.address);
             }
         }
+    }
+
+    /// Decides now (`Some`: the outcome and the flow-control lease, if any), or queues the request
+    /// (`None`: it waits in [`Worker::waiting`] once the caller stores it — see [`Worker::handle`]).
+    fn decide(&mut self, input: &DecisionInput) -> Option<(Outcome, Option<Ticket>)> {
+        let now = (self.clock)();
+        self.refresh();
         let subset = input.facts.subset_refs();
         let info = input.facts.info(subset.as_deref());
         let started = Instant::now();
         // The id is never empty here: the stream generates one when the gateway sent none.
         let view = self.picker.view(self.working.as_ref(), false, now);
         let seed = request_seed(&input.facts.request_id);
-        let outcome = self.picker.decide(&info, input.body.as_deref(), view, now, seed);
-        self.metrics.record_decision(&outcome, started.elapsed());
+        match self.picker.decide_or_queue(&info, input.body.as_deref(), view, now, seed) {
+            Admission::Decided { outcome, lease } => {
+                self.metrics.record_decision(&outcome, started.elapsed());
+                Some((outcome, lease))
+            }
+            Admission::Queued(ticket) => {
+                self.queued = Some(ticket);
+                None
+            }
+        }
+    }
+
+    /// Sends a decision to whoever awaits it, counting a routed one in flight. If they are gone, the
+    /// count and the health wait are undone at once (no stream is left to release them).
+    fn answer(
+        &mut self,
+        outcome: Outcome,
+        lease: Option<Ticket>,
+        reply: oneshot::Sender<(Outcome, Option<u64>)>,
+    ) {
+        let now = (self.clock)();
+        // The shim does not end requests early, so a lease is released at once (see `spawn`).
+        if let Some(l) = lease {
+            self.picker.finished(l, now);
+        }
         let mut ticket = None;
+        let mut counted = None;
         if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = &outcome {
             self.table.start(&r.destination, r.estimated_tokens, r.prompt_tokens);
             self.tickets = self.tickets.wrapping_add(1);
             self.picker.health_mut().sent(self.tickets, &r.destination, r.streaming, now);
             ticket = Some(self.tickets);
+            counted = Some((r.destination.clone(), r.estimated_tokens, r.prompt_tokens));
         }
-        (outcome, ticket)
+        if reply.send((outcome, ticket)).is_err() {
+            // The stream is gone: nobody will report its headers or its end.
+            if let Some(t) = ticket {
+                self.picker.health_mut().first_byte(t, false);
+            }
+            if let Some((address, tokens, awaiting)) = counted {
+                self.table.finish(&address, tokens, awaiting);
+            }
+        }
+    }
+
+    /// Flow control's turn: cancels the requests whose stream went away, then lets the core answer
+    /// expired requests and dispatch while there is room.
+    fn poll(&mut self) {
+        let now = (self.clock)();
+        let gone: Vec<Ticket> =
+            self.waiting.iter().filter(|(_, w)| w.reply.is_closed()).map(|(t, _)| *t).collect();
+        for t in gone {
+            self.waiting.remove(&t);
+            self.picker.cancel(t, now);
+        }
+        if self.picker.flow_control().is_some_and(|f| !f.is_empty()) {
+            self.refresh();
+            let mut queue = Queue(&mut self.waiting);
+            let poll = self.picker.poll(self.working.as_mut(), false, now, &mut queue);
+            for settled in poll.settled {
+                let Some(w) = self.waiting.remove(&settled.ticket) else { continue };
+                self.metrics.record_queued_decision(&settled.outcome);
+                self.answer(settled.outcome, settled.lease, w.reply);
+            }
+        }
+        self.metrics.set_flow_control(self.picker.flow_control());
+        self.metrics.set_in_flight(self.table.iter().map(|(a, f)| (a.to_string(), f)));
     }
 }

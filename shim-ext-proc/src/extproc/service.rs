@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use scheduler_core::exchange::InFlight;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -87,11 +88,16 @@ async fn drive(
     mut machine: Machine,
     mut guard: StreamGuard,
 ) {
+    // Messages that came while the request waited in flow control, handled once it is decided.
+    let mut held: VecDeque<ProcessingRequest> = VecDeque::new();
     'stream: loop {
-        let msg = match inbound.message().await {
-            Ok(Some(m)) => m,
-            // Half-close (NGINX's bridge after its last message) or the gateway went away.
-            Ok(None) | Err(_) => break 'stream,
+        let msg = match held.pop_front() {
+            Some(m) => m,
+            None => match inbound.message().await {
+                Ok(Some(m)) => m,
+                // Half-close (NGINX's bridge after its last message) or the gateway went away.
+                Ok(None) | Err(_) => break 'stream,
+            },
         };
         let response_ends = guard.record.observe(&msg);
         let steps = match machine.on_message(msg) {
@@ -107,7 +113,24 @@ async fn drive(
                 Step::Send(r) => tx.send(Ok(r)).await.is_ok(),
                 Step::Decide(input) => {
                     let model = request_model(input.facts.content_type.as_deref(), input.body.as_deref());
-                    let (outcome, ticket) = guard.picker.decide(input).await;
+                    // The answer may wait in flow control's queue. If the gateway resets the stream (the
+                    // client went away) meanwhile, dropping the wait takes the request out of the queue.
+                    let decide = guard.picker.decide(input);
+                    tokio::pin!(decide);
+                    let mut half_closed = false;
+                    let decided = loop {
+                        tokio::select! {
+                            d = &mut decide => break Some(d),
+                            () = tx.closed() => break None,
+                            m = inbound.message(), if !half_closed => match m {
+                                Ok(Some(m)) => held.push_back(m),
+                                // NGINX's bridge half-closes after its last message: keep waiting.
+                                Ok(None) => half_closed = true,
+                                Err(_) => break None,
+                            },
+                        }
+                    };
+                    let Some((outcome, ticket)) = decided else { break 'stream };
                     guard.metrics.request_decided(&mut guard.record, &model, &outcome);
                     guard.ticket = ticket;
                     let responses = machine.on_outcome(outcome);
