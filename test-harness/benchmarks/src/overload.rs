@@ -162,11 +162,20 @@ pub struct Mode {
     /// Flow control: `enableEviction` (in-flight sheddable requests ended 429 to make room for a
     /// blocked higher band).
     pub eviction: bool,
+    /// With `max_concurrency`: `concurrencyMode` `hybrid` with `maxTokenConcurrency` this many thousand
+    /// estimated tokens per endpoint (a pod is full at either limit).
+    pub max_ktokens: Option<u32>,
 }
 
 impl Mode {
-    pub const NO_ADMISSION: Mode =
-        Mode { admit: Admit::None, max_concurrency: None, holdback_pct: None, ttl_s: None, eviction: false };
+    pub const NO_ADMISSION: Mode = Mode {
+        admit: Admit::None,
+        max_concurrency: None,
+        holdback_pct: None,
+        ttl_s: None,
+        eviction: false,
+        max_ktokens: None,
+    };
     pub const SHEDDING: Mode = Mode { admit: Admit::Shedding, ..Mode::NO_ADMISSION };
     pub const FLOW_CONTROL: Mode = Mode { admit: Admit::FlowControl, ..Mode::NO_ADMISSION };
     pub const ALL: [Mode; 3] = [Mode::NO_ADMISSION, Mode::SHEDDING, Mode::FLOW_CONTROL];
@@ -180,7 +189,12 @@ impl Mode {
             Admit::Shedding => "shedding",
             Admit::FlowControl => "flow-control",
         });
-        for (tag, v) in [("c", self.max_concurrency), ("h", self.holdback_pct), ("t", self.ttl_s)] {
+        for (tag, v) in [
+            ("c", self.max_concurrency),
+            ("k", self.max_ktokens),
+            ("h", self.holdback_pct),
+            ("t", self.ttl_s),
+        ] {
             if let Some(v) = v {
                 name.push_str(&format!("-{tag}{v}"));
             }
@@ -206,6 +220,7 @@ impl Mode {
             let v = digits.parse::<u32>().ok()?;
             match tag {
                 "c" if v > 0 => mode.max_concurrency = Some(v),
+                "k" if v > 0 => mode.max_ktokens = Some(v),
                 "h" if v < 100 => mode.holdback_pct = Some(v),
                 "t" => mode.ttl_s = Some(v),
                 _ => return None,
@@ -219,7 +234,8 @@ impl Mode {
             _ => return None,
         };
         let tuned = mode.holdback_pct.is_some() || mode.ttl_s.is_some() || mode.eviction;
-        (mode.admit == Admit::FlowControl || !tuned).then_some(mode)
+        let tokens_alone = mode.max_ktokens.is_some() && mode.max_concurrency.is_none();
+        ((mode.admit == Admit::FlowControl || !tuned) && !tokens_alone).then_some(mode)
     }
 
     /// The picker's configuration: `scheduling` with the bands as objectives, the detector, and for flow
@@ -232,9 +248,15 @@ impl Mode {
         let plugins = o.entry("plugins").or_insert_with(|| Value::Array(Vec::new()));
         let Some(plugins) = plugins.as_array_mut() else { return Err(String::from("plugins: not a list")) };
         if let Some(n) = self.max_concurrency {
-            plugins.push(
-                serde_json::json!({"type": "concurrency-detector", "parameters": {"maxConcurrency": n}}),
-            );
+            let parameters = match self.max_ktokens {
+                Some(k) => serde_json::json!({
+                    "maxConcurrency": n,
+                    "concurrencyMode": "hybrid",
+                    "maxTokenConcurrency": u64::from(k) * 1000
+                }),
+                None => serde_json::json!({"maxConcurrency": n}),
+            };
+            plugins.push(serde_json::json!({"type": "concurrency-detector", "parameters": parameters}));
             o.insert(
                 String::from("saturationDetector"),
                 serde_json::json!({"pluginRef": "concurrency-detector"}),
@@ -1165,14 +1187,22 @@ mod tests {
             "flow-control-h50",
             "flow-control-c1024-t2-e",
             "flow-control-e",
+            "flow-control-c1024-k400-t2",
+            "shedding-c1024-k400",
         ] {
             let m = Mode::parse(name).unwrap();
             assert_eq!(m.name(), name);
             m.build(SCHEDULING, 1).unwrap();
         }
-        for bad in
-            ["flow", "shedding-h80", "shedding-e", "flow-control-c0", "flow-control-x3", "flow-control-h100"]
-        {
+        for bad in [
+            "flow",
+            "shedding-h80",
+            "shedding-e",
+            "flow-control-k400",
+            "flow-control-c0",
+            "flow-control-x3",
+            "flow-control-h100",
+        ] {
             assert_eq!(Mode::parse(bad), None, "{bad}");
         }
     }
