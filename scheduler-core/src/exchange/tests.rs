@@ -1,5 +1,6 @@
 use super::*;
-use crate::endpoint_picker::Route;
+use crate::endpoint_picker::{Admission, Route};
+use crate::flow_control::Ticket;
 use crate::plugins::scorers::session_affinity_scorer;
 use crate::response::Usage;
 use alloc::borrow::ToOwned;
@@ -488,4 +489,52 @@ fn a_streamed_request_reset_before_its_first_token_releases_the_prompt_with_the_
     assert_eq!((end.address.as_str(), end.awaiting), ("10.0.0.2:8000", 16));
     assert_eq!(x.on_response_data(), None);
     assert_eq!(x.on_stream_end(), None);
+}
+
+#[test]
+fn a_queued_request_waits_then_takes_its_outcome_and_a_stream_end_cancels_it_once() {
+    let s = settings("{}");
+    let start = |fairness: Option<&str>| {
+        let mut x = Exchange::new();
+        let mut pairs = vec![(":path", "/v1/completions"), ("x-request-id", "r1")];
+        if let Some(f) = fairness {
+            pairs.push(("x-gateway-inference-fairness-id", f));
+        }
+        x.on_request_headers(&s, Some(&map(&pairs)), None, false, &mut no_id);
+        assert_eq!(x.on_request_body(&s, 10, true), RequestStep::Decide { with_body: true });
+        x
+    };
+    let mut x = start(Some("tenant-a"));
+    assert_eq!(x.facts().fairness_id.as_deref(), Some("tenant-a"));
+    assert_eq!(x.facts().info(None).fairness_id, Some("tenant-a"));
+    assert_eq!(x.on_admission(&s, Admission::Queued(Ticket(7))), None, "nothing to apply yet");
+    assert_eq!(x.waiting(), Some(Ticket(7)));
+    assert!(!x.decided());
+    // Dispatched: the outcome applies as to any decided request, and a lease is kept for its end.
+    assert!(matches!(x.on_outcome(&s, Outcome::Route(route("10.0.0.1:8000"))), Decided::Forward(_)));
+    x.on_lease(Some(Ticket(7)));
+    assert_eq!(x.waiting(), None);
+    assert_eq!(x.flow_at_end(), Some(FlowEnd::Finished(Ticket(7))));
+    assert_eq!(x.flow_at_end(), None, "reported once");
+
+    // The client leaves while waiting: cancel, once; a late outcome is never routed on.
+    let mut x = start(None);
+    assert_eq!(x.facts().fairness_id, None);
+    x.on_admission(&s, Admission::Queued(Ticket(8)));
+    assert_eq!(x.flow_at_end(), Some(FlowEnd::Cancel(Ticket(8))));
+    assert_eq!(x.flow_at_end(), None);
+    assert_eq!(
+        x.on_outcome(&s, Outcome::Route(route("10.0.0.1:8000"))),
+        Decided::Forward(Forward::default())
+    );
+    assert_eq!(x.in_flight(), None);
+
+    // Decided at once: applied on the spot, the lease remembered.
+    let mut x = start(None);
+    let d = x.on_admission(
+        &s,
+        Admission::Decided { outcome: Outcome::Route(route("10.0.0.2:8000")), lease: None },
+    );
+    assert!(matches!(d, Some(Decided::Forward(_))));
+    assert_eq!(x.flow_at_end(), None);
 }

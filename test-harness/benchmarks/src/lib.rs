@@ -11,6 +11,7 @@
 //! - `demo` (`cargo xtask demo`): the picker against round-robin Envoy on simulated replicas.
 
 pub mod chart;
+pub mod overload;
 pub mod policy;
 pub mod report;
 pub mod sim;

@@ -31,6 +31,40 @@ pub struct GatewayRequest<'a> {
     pub max_tokens: u32,
     /// What the gateway adds to the endpoint's in-flight tokens (input bytes / 4 + `max_tokens`).
     pub estimated_tokens: u64,
+    /// `x-gateway-inference-objective` (the request's InferenceObjective, hence its priority).
+    pub objective: Option<&'a str>,
+    /// The fairness id header (the tenant), for flow control.
+    pub fairness_id: Option<&'a str>,
+}
+
+/// What a decision point does with a request when it arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Send it to this endpoint now.
+    Route(usize),
+    /// Answer it with this status (429 shed, 503, ...).
+    Reject(u16),
+    /// Keep it in the gateway's queue; [`Policy::poll`] releases it later.
+    Hold,
+}
+
+/// A held request leaving the gateway's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    Route {
+        id: u64,
+        endpoint: usize,
+    },
+    Reject {
+        id: u64,
+        status: u16,
+    },
+    /// A request already routed that the gateway ends now (flow control's in-flight eviction): the
+    /// replica drops it, the client gets `status`.
+    Abort {
+        id: u64,
+        status: u16,
+    },
 }
 
 /// A routing policy at one decision point (one worker of one gateway). `pool` carries the last scrape
@@ -39,6 +73,25 @@ pub struct GatewayRequest<'a> {
 pub trait Policy {
     /// Index into `pool.endpoints`, or `None` when the policy rejects the request.
     fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize>;
+    /// The request arrives: route it, answer it, or hold it. By default what `pick` says (a refusal is
+    /// a 429).
+    fn admit(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Admission {
+        match self.pick(req, pool, now_ms) {
+            Some(i) => Admission::Route(i),
+            None => Admission::Reject(429),
+        }
+    }
+    /// Requests held earlier that leave the queue now (routed or answered), appended to `out`. The
+    /// loop calls it on every tick and whenever a request this decision point routed finishes.
+    fn poll(&mut self, _pool: &PoolSnapshot, _now_ms: u64, _out: &mut Vec<Release>) {}
+    /// How many requests this decision point holds.
+    fn holding(&self) -> usize {
+        0
+    }
+    /// The period of the tick that polls the queue while requests are held.
+    fn tick_interval_us(&self) -> Option<u64> {
+        None
+    }
     /// The first token streamed back (the gateway sees it on the response path).
     fn on_first_token(&mut self, _endpoint: usize, _id: u64) {}
     fn on_finish(&mut self, _endpoint: usize, _id: u64) {}
@@ -258,7 +311,7 @@ fn index_of(pool: &PoolSnapshot, address: &str) -> Option<usize> {
 }
 
 /// A configuration run through `EndpointPicker`, exactly the call the Wasm filter makes.
-struct Picker {
+pub(crate) struct Picker {
     picker: EndpointPicker,
     seed: u64,
     /// The prefix hashes the last decision recorded (`Route::prefix_hashes`, what the filter sends to
@@ -267,7 +320,7 @@ struct Picker {
 }
 
 impl Picker {
-    fn new(config: &str, seed: u64) -> Result<Picker, String> {
+    pub(crate) fn new(config: &str, seed: u64) -> Result<Picker, String> {
         let picker = EndpointPicker::from_json(config).map_err(|e| format!("picker config: {e}"))?;
         Ok(Picker { picker, seed, routed_prefix: Vec::new() })
     }
@@ -275,16 +328,30 @@ impl Picker {
 
 impl Policy for Picker {
     fn pick(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Option<usize> {
-        let info =
-            RequestInfo { path: "/v1/completions", request_id: req.request_id, ..RequestInfo::default() };
+        match self.admit(req, pool, now_ms) {
+            Admission::Route(i) => Some(i),
+            Admission::Reject(_) | Admission::Hold => None,
+        }
+    }
+
+    /// The picker's answer: a route, or its local reply's status (a sheddable request 429 while the
+    /// pool is saturated, when the request names a sheddable objective).
+    fn admit(&mut self, req: &GatewayRequest<'_>, pool: &PoolSnapshot, now_ms: u64) -> Admission {
+        let info = RequestInfo {
+            path: "/v1/completions",
+            request_id: req.request_id,
+            objective: req.objective,
+            ..RequestInfo::default()
+        };
         let seed = self.seed ^ req.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let route = match self.picker.decide(&info, Some(req.body), PoolView::Fresh(pool), now_ms, seed) {
             Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } => r,
-            Outcome::FailOpen { route: None, .. } | Outcome::Reply(_) => return None,
+            Outcome::FailOpen { route: None, .. } => return Admission::Reject(503),
+            Outcome::Reply(reply) => return Admission::Reject(reply.status),
         };
-        let pick = index_of(pool, &route.destination);
+        let Some(pick) = index_of(pool, &route.destination) else { return Admission::Reject(503) };
         self.routed_prefix = route.prefix_hashes;
-        pick
+        Admission::Route(pick)
     }
 
     fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
@@ -617,6 +684,8 @@ mod tests {
             body: body.as_bytes(),
             max_tokens: 8,
             estimated_tokens: 15,
+            objective: None,
+            fairness_id: None,
         };
         policy.pick(&req, pool, NOW)
     }
@@ -666,6 +735,8 @@ mod tests {
                 body: body.as_bytes(),
                 max_tokens: 8,
                 estimated_tokens: 10,
+                objective: None,
+                fairness_id: None,
             };
             p.pick(&req, pool, NOW)
         };

@@ -394,6 +394,7 @@ mod tests {
             output_tokens: 11,
             cached_tokens: 50,
             preemptions: 0,
+            ..RequestRecord::default()
         };
         // A third request inside the warm-up is not measured.
         let early = RequestRecord { first_token_us: Some(1), finish_us: Some(2), ..rec(0) };

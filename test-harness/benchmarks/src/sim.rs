@@ -9,7 +9,7 @@
 //! Gateway replicas share nothing: each scrapes on its own phase. With one gateway of one worker (the
 //! default) this is exactly the single-gateway loop the suite always ran.
 
-use crate::policy::{GatewayRequest, Policy};
+use crate::policy::{Admission, GatewayRequest, Policy, Release};
 use crate::topology::{Connections, Pods, Topology};
 use crate::workload::{Arrival, BYTES_PER_TOKEN};
 use model_sim::{Engine, EngineConfig, EngineMetrics, Event, EventKind, Prompt, Request, StepModel};
@@ -71,6 +71,14 @@ pub struct RequestRecord {
     pub output_tokens: u32,
     pub cached_tokens: u32,
     pub preemptions: u32,
+    /// When the gateway held the request in its flow-control queue (`None`: decided on arrival).
+    pub queued_us: Option<u64>,
+    /// When a held request left the gateway's queue for its endpoint.
+    pub dispatched_us: Option<u64>,
+    /// When the gateway answered the request itself instead of routing it (429, 503, ...).
+    pub rejected_us: Option<u64>,
+    /// The status of that answer.
+    pub reject_status: Option<u16>,
 }
 
 impl RequestRecord {
@@ -368,23 +376,58 @@ pub fn run_decision_points(
     let mut events: Vec<Event> = Vec::new();
     let mut makespan = 0u64;
     let inflight_delay = cfg.topology.inflight_delay_us;
-    let prefix_delay = cfg.topology.prefix_delay_us;
+    // Held requests: each one's client connection, the decision points a finish just woke, the next
+    // tick of the decision points' queues (`None` while none holds anything).
+    let mut connection_of = vec![0usize; trace.len()];
+    let mut woken: Vec<usize> = Vec::new();
+    let mut released: Vec<Release> = Vec::new();
+    let mut next_tick: Option<u64> = None;
+    let mut last_t = 0u64;
 
     loop {
+        if !woken.is_empty() {
+            // A request finished: its decision point may dispatch what it holds, at the same instant.
+            let mut dps = std::mem::take(&mut woken);
+            dps.sort_unstable();
+            dps.dedup();
+            let now = last_t;
+            let mut gw = Gateway {
+                engines: &mut engines,
+                pools: &mut pools,
+                later: &mut later,
+                layout: &layout,
+                pending: &mut pending,
+                records: &mut records,
+                per_replica: &mut per_replica,
+                cfg,
+            };
+            gw.poll(dps, now, trace, &connection_of, policies, &mut released)?;
+        }
         let engine_next =
             engines.iter().enumerate().filter_map(|(i, e)| Some((e.next_event_time()?, i))).min();
         let arrival_at = trace.get(next_arrival).map(|a| a.at_us);
-        if engine_next.is_none() && arrival_at.is_none() && later.submits == 0 {
+        let holding = policies.iter().any(|p| p.holding() > 0);
+        if !holding {
+            next_tick = None;
+        }
+        if engine_next.is_none() && arrival_at.is_none() && later.submits == 0 && !holding {
             break;
         }
         let scrape = next_scrape.iter().enumerate().map(|(g, &t)| (t, g)).min();
-        let t = [engine_next.map(|(t, _)| t), arrival_at, scrape.map(|(t, _)| t), later.next_time()]
-            .into_iter()
-            .flatten()
-            .min();
+        let t =
+            [engine_next.map(|(t, _)| t), arrival_at, scrape.map(|(t, _)| t), later.next_time(), next_tick]
+                .into_iter()
+                .flatten()
+                .min();
         let Some(t) = t else { break };
-        let mut done =
-            Done { records: &mut records, pending: &mut pending, pools: &mut pools, layout: &layout };
+        last_t = t;
+        let mut done = Done {
+            records: &mut records,
+            pending: &mut pending,
+            pools: &mut pools,
+            layout: &layout,
+            woken: &mut woken,
+        };
         if let Some((te, i)) = engine_next.filter(|&(te, _)| te == t) {
             if let Some(e) = engines.get_mut(i) {
                 events.clear();
@@ -420,6 +463,23 @@ pub fn run_decision_points(
             }
             continue;
         }
+        if next_tick == Some(t) {
+            let holders: Vec<usize> =
+                policies.iter().enumerate().filter(|(_, p)| p.holding() > 0).map(|(dp, _)| dp).collect();
+            let mut gw = Gateway {
+                engines: &mut engines,
+                pools: &mut pools,
+                later: &mut later,
+                layout: &layout,
+                pending: &mut pending,
+                records: &mut records,
+                per_replica: &mut per_replica,
+                cfg,
+            };
+            gw.poll(holders, t, trace, &connection_of, policies, &mut released)?;
+            next_tick = tick_after(policies, t);
+            continue;
+        }
         if later.next_time() == Some(t) {
             let Some(q) = later.pop() else { break };
             match q.what {
@@ -453,64 +513,221 @@ pub fn run_decision_points(
         let Some(a) = trace.get(next_arrival) else { break };
         next_arrival += 1;
         let (connection, dp) = connections.next_request();
-        let Some(policy) = policies.get_mut(dp) else { continue };
-        let Some(pool) = pools.get_mut(dp) else { continue };
+        if let Some(c) = connection_of.get_mut(a.id as usize) {
+            *c = connection;
+        }
+        let parts = Parts::of(a, connection);
+        let (Some(policy), Some(pool)) = (policies.get_mut(dp), pools.get(dp)) else { continue };
+        let admission = policy.admit(&parts.gateway_request(), pool, t / 1000);
+        let mut gw = Gateway {
+            engines: &mut engines,
+            pools: &mut pools,
+            later: &mut later,
+            layout: &layout,
+            pending: &mut pending,
+            records: &mut records,
+            per_replica: &mut per_replica,
+            cfg,
+        };
+        match admission {
+            Admission::Route(pick) => gw.route(&parts, dp, pick, t, policies)?,
+            Admission::Reject(status) => gw.reject(a.id, status, t),
+            Admission::Hold => {
+                if let Some(r) = gw.records.get_mut(a.id as usize) {
+                    r.queued_us = Some(t);
+                }
+                if next_tick.is_none() {
+                    next_tick = tick_after(policies, t);
+                }
+            }
+        }
+    }
+    Ok(RunResult { records, makespan_us: makespan, per_replica })
+}
+
+/// The first tick after `t` of the decision points that hold requests (one tick period for all: the
+/// smallest any of them asks for).
+fn tick_after(policies: &[&mut dyn Policy], t: u64) -> Option<u64> {
+    let period = policies.iter().filter_map(|p| p.tick_interval_us()).min()?.max(1);
+    Some((t / period + 1) * period)
+}
+
+/// What the gateway sends for one trace entry.
+struct Parts<'a> {
+    a: &'a Arrival,
+    /// The client connection it came on.
+    connection: usize,
+    text: String,
+    model: String,
+    request_id: String,
+    body: String,
+    /// The scorers' prompt estimate (`SchedulingRequest::estimated_input_tokens`).
+    prompt_tokens: u64,
+    estimated_tokens: u64,
+}
+
+impl<'a> Parts<'a> {
+    fn of(a: &'a Arrival, connection: usize) -> Parts<'a> {
         let text = a.prompt_text();
         let model = a.model();
         let request_id = format!("req-{}", a.id);
         let body = format!(r#"{{"model":"{model}","prompt":"{text}","max_tokens":{}}}"#, a.output_tokens);
-        // The scorers' prompt estimate (`SchedulingRequest::estimated_input_tokens`).
         let prompt_tokens = (text.len() as u64).div_ceil(BYTES_PER_TOKEN as u64);
         let estimated_tokens = prompt_tokens + u64::from(a.output_tokens);
-        let req = GatewayRequest {
+        Parts { a, connection, text, model, request_id, body, prompt_tokens, estimated_tokens }
+    }
+
+    fn gateway_request(&self) -> GatewayRequest<'_> {
+        let (a, connection) = (self.a, self.connection);
+        GatewayRequest {
             id: a.id,
             connection,
-            request_id: &request_id,
-            model: &model,
-            prompt: &text,
-            body: body.as_bytes(),
+            request_id: &self.request_id,
+            model: &self.model,
+            prompt: &self.text,
+            body: self.body.as_bytes(),
             max_tokens: a.output_tokens,
-            estimated_tokens,
-        };
-        let Some(pick) = policy.pick(&req, pool, t / 1000) else { continue };
-        if pick >= engines.len() {
-            return Err(SimError::BadPick { id: a.id, index: pick, replicas: engines.len() });
+            estimated_tokens: self.estimated_tokens,
+            objective: a.class.map(|c| c.band.objective()),
+            fairness_id: a.class.map(|c| c.tenant_name()),
         }
-        let siblings = layout.siblings(dp);
+    }
+}
+
+/// The cluster as the request path changes it: routing a request to a replica, or answering it.
+struct Gateway<'a> {
+    engines: &'a mut Vec<Engine>,
+    pools: &'a mut Vec<PoolSnapshot>,
+    later: &'a mut Later,
+    layout: &'a Layout,
+    pending: &'a mut Vec<Pending>,
+    records: &'a mut Vec<RequestRecord>,
+    per_replica: &'a mut Vec<u64>,
+    cfg: &'a SimConfig,
+}
+
+impl Gateway<'_> {
+    fn reject(&mut self, id: u64, status: u16, t: u64) {
+        if let Some(r) = self.records.get_mut(id as usize) {
+            r.rejected_us = Some(t);
+            r.reject_status = Some(status);
+        }
+    }
+
+    /// Ends routed request `id` at `t` (in-flight eviction): the replica drops it, the gateway's
+    /// in-flight counts release it as if it had finished, and its decision point hears that it ended.
+    /// Nothing happens to a request that already finished.
+    fn abort(&mut self, id: u64, status: u16, t: u64, policies: &mut [&mut dyn Policy]) {
+        let Some(r) = self.records.get(id as usize) else { return };
+        if r.finish_us.is_some() || r.rejected_us.is_some() {
+            return;
+        }
+        let Some(p) = self.pending.get_mut(id as usize) else { return };
+        let dropped = self.engines.get_mut(p.endpoint).is_some_and(|e| e.abort(id));
+        if !dropped {
+            return;
+        }
+        let awaiting = std::mem::take(&mut p.awaiting);
+        let p = *p;
+        let change = Change::Finished { tokens: p.estimated_tokens, awaiting };
+        spread(self.pools, self.layout, p, change, t, self.later, self.cfg.topology.inflight_delay_us);
+        self.reject(id, status, t);
+        if let Some(policy) = policies.get_mut(p.decision_point) {
+            policy.on_finish(p.endpoint, id);
+        }
+    }
+
+    /// Sends request `a`, decided at decision point `dp` at `t`, to replica `pick`: the decision point's
+    /// in-flight count at once, its siblings' (and their prefix indexes) late, the replica after the
+    /// policy's decision latency.
+    fn route(
+        &mut self,
+        parts: &Parts<'_>,
+        dp: usize,
+        pick: usize,
+        t: u64,
+        policies: &mut [&mut dyn Policy],
+    ) -> Result<(), SimError> {
+        let a = parts.a;
+        if pick >= self.engines.len() {
+            return Err(SimError::BadPick { id: a.id, index: pick, replicas: self.engines.len() });
+        }
+        let Some(policy) = policies.get_mut(dp) else { return Ok(()) };
+        let siblings = self.layout.siblings(dp);
+        let (inflight_delay, prefix_delay) =
+            (self.cfg.topology.inflight_delay_us, self.cfg.topology.prefix_delay_us);
         if let Some(hashes) = policy.take_routed_prefix().filter(|_| !siblings.is_empty()) {
             let hashes = Rc::new(hashes);
             for &s in siblings {
                 let what =
                     Deferred::PeerRouted { decision_point: s, endpoint: pick, hashes: Rc::clone(&hashes) };
-                later.push(t + prefix_delay, what);
+                self.later.push(t + prefix_delay, what);
             }
         }
-        let hop = policy.decision_latency_us(&req);
-        let prompt = Prompt::from_text(&text, cfg.engine.block_size);
+        let hop = policy.decision_latency_us(&parts.gateway_request());
+        let prompt = Prompt::from_text(&parts.text, self.cfg.engine.block_size);
         let engine_req = Request { id: a.id, prompt, max_tokens: a.output_tokens, lora: a.lora };
         if hop > 0 {
-            later.push(t + hop, Deferred::Submit { endpoint: pick, request: engine_req });
-        } else if let Some(e) = engines.get_mut(pick) {
+            self.later.push(t + hop, Deferred::Submit { endpoint: pick, request: engine_req });
+        } else if let Some(e) = self.engines.get_mut(pick) {
             e.submit(engine_req, t).map_err(|e| SimError::Refused { id: a.id, reason: e.to_string() })?;
         }
+        let (estimated_tokens, prompt_tokens) = (parts.estimated_tokens, parts.prompt_tokens);
         let change = Change::Routed { tokens: estimated_tokens, prompt_tokens };
-        if let Some(state) = pool.endpoints.get_mut(pick) {
+        if let Some(state) = self.pools.get_mut(dp).and_then(|p| p.endpoints.get_mut(pick)) {
             change.apply(&mut state.in_flight);
         }
         for &s in siblings {
-            later.push(t + inflight_delay, Deferred::InFlight { decision_point: s, endpoint: pick, change });
+            self.later
+                .push(t + inflight_delay, Deferred::InFlight { decision_point: s, endpoint: pick, change });
         }
-        if let Some(p) = pending.get_mut(a.id as usize) {
+        if let Some(p) = self.pending.get_mut(a.id as usize) {
             *p = Pending { decision_point: dp, endpoint: pick, estimated_tokens, awaiting: prompt_tokens };
         }
-        if let Some(r) = records.get_mut(a.id as usize) {
+        if let Some(r) = self.records.get_mut(a.id as usize) {
             r.endpoint = Some(pick);
+            if r.queued_us.is_some() {
+                r.dispatched_us = Some(t);
+            }
         }
-        if let Some(n) = per_replica.get_mut(pick) {
+        if let Some(n) = self.per_replica.get_mut(pick) {
             *n += 1;
         }
+        Ok(())
     }
-    Ok(RunResult { records, makespan_us: makespan, per_replica })
+
+    /// Asks every decision point in `dps` for the requests it releases from its queue at `t`, and
+    /// routes or answers them.
+    fn poll(
+        &mut self,
+        dps: impl IntoIterator<Item = usize>,
+        t: u64,
+        trace: &[Arrival],
+        connection_of: &[usize],
+        policies: &mut [&mut dyn Policy],
+        released: &mut Vec<Release>,
+    ) -> Result<(), SimError> {
+        for dp in dps {
+            released.clear();
+            let (Some(policy), Some(pool)) = (policies.get_mut(dp), self.pools.get(dp)) else { continue };
+            if policy.holding() == 0 {
+                continue;
+            }
+            policy.poll(pool, t / 1000, released);
+            for r in std::mem::take(released) {
+                match r {
+                    Release::Reject { id, status } => self.reject(id, status, t),
+                    Release::Abort { id, status } => self.abort(id, status, t, policies),
+                    Release::Route { id, endpoint } => {
+                        let Some(a) = trace.get(id as usize) else { continue };
+                        let connection = connection_of.get(id as usize).copied().unwrap_or(0);
+                        self.route(&Parts::of(a, connection), dp, endpoint, t, policies)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the response path updates: latencies, and the in-flight counts of the decision point that
@@ -520,6 +737,8 @@ struct Done<'a> {
     pending: &'a mut [Pending],
     pools: &'a mut [PoolSnapshot],
     layout: &'a Layout,
+    /// Decision points whose requests finished (they may dispatch what they hold).
+    woken: &'a mut Vec<usize>,
 }
 
 /// Applies `change` to the count of `p`'s endpoint at the decision point that routed `p` at once, and
@@ -579,6 +798,7 @@ impl Done<'_> {
                     if let Some(policy) = policies.get_mut(p.decision_point) {
                         policy.on_finish(replica, ev.id);
                     }
+                    self.woken.push(p.decision_point);
                 }
                 EventKind::Preempted => r.preemptions += 1,
                 EventKind::Token => {}
@@ -671,6 +891,106 @@ mod tests {
         // Under a burst the gateway really had many requests in flight at once.
         assert!(p.max_in_flight > 10, "{}", p.max_in_flight);
         assert!(p.max_awaiting > 0, "prompts awaiting their first token were counted");
+    }
+
+    /// Holds every request and lets at most `limit` be in flight, oldest first; a request that waited
+    /// longer than `ttl_ms` is answered 503 instead.
+    struct Gate {
+        inner: Box<dyn Policy>,
+        limit: usize,
+        ttl_ms: u64,
+        queue: std::collections::VecDeque<(u64, u64, Vec<u8>)>,
+        in_flight: usize,
+        max_in_flight: usize,
+        polls: usize,
+    }
+
+    impl Policy for Gate {
+        fn pick(&mut self, _: &GatewayRequest<'_>, _: &PoolSnapshot, _: u64) -> Option<usize> {
+            None
+        }
+        fn admit(&mut self, req: &GatewayRequest<'_>, _: &PoolSnapshot, now_ms: u64) -> Admission {
+            self.queue.push_back((req.id, now_ms, req.body.to_vec()));
+            Admission::Hold
+        }
+        fn poll(&mut self, pool: &PoolSnapshot, now_ms: u64, out: &mut Vec<Release>) {
+            self.polls += 1;
+            while let Some(&(id, at, _)) = self.queue.front() {
+                if now_ms.saturating_sub(at) > self.ttl_ms {
+                    self.queue.pop_front();
+                    out.push(Release::Reject { id, status: 503 });
+                    continue;
+                }
+                if self.in_flight >= self.limit {
+                    break;
+                }
+                let Some((id, _, body)) = self.queue.pop_front() else { break };
+                let req = GatewayRequest {
+                    id,
+                    connection: 0,
+                    request_id: "r",
+                    model: "m",
+                    prompt: "",
+                    body: &body,
+                    max_tokens: 1,
+                    estimated_tokens: 1,
+                    objective: None,
+                    fairness_id: None,
+                };
+                let endpoint = self.inner.pick(&req, pool, now_ms).unwrap_or(0);
+                self.in_flight += 1;
+                self.max_in_flight = self.max_in_flight.max(self.in_flight);
+                out.push(Release::Route { id, endpoint });
+            }
+        }
+        fn on_finish(&mut self, _: usize, _: u64) {
+            self.in_flight -= 1;
+        }
+        fn holding(&self) -> usize {
+            self.queue.len()
+        }
+        fn tick_interval_us(&self) -> Option<u64> {
+            Some(10_000)
+        }
+    }
+
+    #[test]
+    fn held_requests_are_dispatched_from_polls_or_answered_and_each_ends_once() {
+        let t = trace(WorkloadKind::Bursty, 80.0, 400, 2);
+        let gate = |limit, ttl_ms| Gate {
+            inner: PolicyKind::RoundRobin.build(0).unwrap(),
+            limit,
+            ttl_ms,
+            queue: Default::default(),
+            in_flight: 0,
+            max_in_flight: 0,
+            polls: 0,
+        };
+        let mut g = gate(6, u64::MAX / 2);
+        let r = run(&t, &mut g, &small_cluster()).unwrap();
+        assert_eq!(g.max_in_flight, 6);
+        assert!(g.queue.is_empty() && g.in_flight == 0 && g.polls > 400);
+        for (rec, a) in r.records.iter().zip(&t) {
+            assert_eq!(rec.queued_us, Some(a.at_us));
+            let sent = rec.dispatched_us.unwrap();
+            assert!(sent >= a.at_us && rec.first_token_us.unwrap() > sent && rec.finish_us.is_some());
+            assert_eq!((rec.rejected_us, rec.reject_status), (None, None));
+        }
+        // Some waited for a finish, some were sent at once (a poll at their arrival's next tick).
+        assert!(r.records.iter().any(|x| x.dispatched_us.unwrap() > x.arrival_us + 100_000));
+        // With a 50 ms time-to-live the backlog is answered instead, on a tick after its deadline.
+        let mut g = gate(2, 50);
+        let r = run(&t, &mut g, &small_cluster()).unwrap();
+        let answered: Vec<&RequestRecord> = r.records.iter().filter(|x| x.rejected_us.is_some()).collect();
+        assert!(answered.len() > 50, "{}", answered.len());
+        for x in &r.records {
+            assert_ne!(x.rejected_us.is_some(), x.finish_us.is_some(), "each request ends exactly once");
+        }
+        for x in answered {
+            let waited = x.rejected_us.unwrap() - x.arrival_us;
+            assert!(x.reject_status == Some(503) && waited > 50_000 && waited <= 61_000, "{waited}");
+            assert_eq!(x.endpoint, None);
+        }
     }
 
     #[test]
@@ -776,6 +1096,7 @@ mod tests {
                 pieces: vec![crate::workload::Piece { seed: i, tokens: 50 }],
                 output_tokens: 2000,
                 lora: None,
+                class: None,
             })
             .collect();
         run_decision_points(&t, &mut policies, &cfg).unwrap();
@@ -911,6 +1232,7 @@ mod tests {
                 pieces: vec![crate::workload::Piece { seed: i, tokens: 200 + 30 * i as u32 }],
                 output_tokens: 50,
                 lora: None,
+                class: None,
             })
             .collect();
         let mut rr = PolicyKind::RoundRobin.build(0).unwrap();

@@ -191,6 +191,7 @@ pub fn arrivals(requests: &[TraceRequest], speed: f64) -> Vec<Arrival> {
             pieces: pieces(r),
             output_tokens: r.output_length,
             lora: None,
+            class: None,
         })
         .collect();
     out.sort_by_key(|a| a.at_us);

@@ -28,6 +28,8 @@ pub struct Arrival {
     pub output_tokens: u32,
     /// LoRA adapter, `None` for the base model.
     pub lora: Option<u32>,
+    /// Priority band and tenant (the overload suite's workloads; `None`: no objective, no fairness id).
+    pub class: Option<crate::overload::Class>,
 }
 
 impl Arrival {
@@ -286,7 +288,7 @@ fn single_turn(spec: &TraceSpec, i: u64, at_us: u64, rng: &mut Rng) -> Arrival {
             (vec![Piece { seed: unique(1), tokens: p }], o, None)
         }
     };
-    Arrival { id: i, at_us, pieces, output_tokens, lora }
+    Arrival { id: i, at_us, pieces, output_tokens, lora, class: None }
 }
 
 /// Multi-turn chat (GIE's shape, lengths scaled down so a full ladder runs in minutes): sessions start
@@ -315,6 +317,7 @@ fn multi_turn(spec: &TraceSpec, rng: &mut Rng) -> Vec<Arrival> {
                 pieces: history.clone(),
                 output_tokens,
                 lora: None,
+                class: None,
             });
             // The answer becomes part of the next prompt.
             history.push(Piece { seed: (5 << 56) ^ session_key, tokens: output_tokens });

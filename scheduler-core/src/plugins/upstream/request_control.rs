@@ -402,14 +402,18 @@ impl PluginFactory for ProbabilisticAdmitter {
 }
 
 const FLOW_CONTROL_DONE_BY: &str =
-    "flow control (scheduler-core/src/flow_control), when a flowControl band or usageLimitPolicyPluginRef \
-     names it and the flowControl feature gate is on";
+    "flow control (scheduler-core/src/flow_control), when a flowControl band (fairness, ordering) or \
+     usageLimitPolicyPluginRef (usage limit) names it and the flowControl feature gate is on";
 const NOT_DONE_BY: &str = "nothing: not implemented; a flowControl reference to it gets llm-d's default \
                            policy, with a warning";
 
 const fn flow(type_name: &'static str) -> Mapped {
     Mapped { type_name, role: None, done_by: FLOW_CONTROL_DONE_BY }
 }
+
+const EVICTION_DONE_BY: &str = "flow control's in-flight eviction (flowControl.enableEviction with the flowControl \
+                                feature gate), which always evicts sheddable requests only, lowest priority and \
+                                most recently dispatched first";
 
 const fn not_done(type_name: &'static str) -> Mapped {
     Mapped { type_name, role: None, done_by: NOT_DONE_BY }
@@ -454,8 +458,12 @@ pub const GROUP: Group = Group {
         flow("fcfs-ordering-policy"),
         flow("edf-ordering-policy"),
         not_done("slo-deadline-ordering-policy"),
-        flow("sheddable-eviction-filter"),
-        flow("priority-then-time-eviction-order-policy"),
+        Mapped { type_name: "sheddable-eviction-filter", role: None, done_by: EVICTION_DONE_BY },
+        Mapped {
+            type_name: "priority-then-time-eviction-order-policy",
+            role: None,
+            done_by: EVICTION_DONE_BY,
+        },
     ],
     refused: &[
         Refused {

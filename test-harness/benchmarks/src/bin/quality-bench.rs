@@ -2,6 +2,7 @@
 //! `cargo xtask bench quality [--quick]` builds it in release mode and runs it.
 
 use benchmarks::chart::{self, Series};
+use benchmarks::overload;
 use benchmarks::policy::PolicyKind;
 use benchmarks::report::{self, CellSummary};
 use benchmarks::sim::{self, SimConfig};
@@ -16,13 +17,25 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 const USAGE: &str = "\
-usage: quality-bench [--quick] [--validate] [--out DIR] [--replicas N] [--requests N] [--threads N]
+usage: quality-bench [--quick] [--validate] [--overload] [--out DIR] [--replicas N] [--requests N] [--threads N]
                      [--workloads a,b] [--policies a,b] [--qps x,y] [--seed N] [--llama2-kv]
                      [--gateways G,..] [--workers W,..] [--connections C] [--pods a,b]
                      [--trace PATH] [--trace-speed x,y] [--trace-limit N]
 
   --quick         fewer requests and load points (CI smoke run, a few minutes on 2 cores)
   --validate      only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
+  --overload      only the overload suite (flow control, issue 19): priority bands (critical 100,
+                  standard 0, sheddable -10: 20/50/30 %) from four tenants, one noisy; admission modes
+                  compared on the same traces; writes flow-control-tables.md, flow-control.csv and
+                  charts to --out.
+                  Its options: --loads x,y (multiples of the pool's capacity, 70 QPS per replica;
+                  default 0.8,1,1.2,2), --shapes steady,bursty, --seconds N (virtual seconds of
+                  arrivals per cell, default 120), --slo-ttft-ms (2000), --slo-tpot-ms (100),
+                  --modes a,b: no-admission-control, shedding, flow-control, each with -c<n>
+                  (concurrency-detector, maxConcurrency n per pod), flow control also -h<percent>
+                  (priority-holdback-policy minCeiling) and -t<seconds> (defaultRequestTTL);
+                  default no-admission-control, shedding, shedding-c1024, flow-control,
+                  flow-control-c1024-t2, flow-control-c1024-h50-t2. --replicas defaults to 4 here
   --out DIR       where results.csv, topology.csv and the PNG charts go (default target/quality-bench)
   --llama2-kv     replicas with Llama-2-7B's KV footprint (GIE's benchmark model)
   --qps x,y       load points instead of the workload's ladder (applies to every selected workload)
@@ -89,6 +102,9 @@ const QUICK_LADDER: [f64; 3] = [0.5, 0.9, 1.1];
 struct Options {
     quick: bool,
     validate: bool,
+    overload: bool,
+    grid: overload::Grid,
+    replicas_given: bool,
     out: PathBuf,
     replicas: usize,
     requests: Option<usize>,
@@ -157,6 +173,9 @@ fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         quick: false,
         validate: false,
+        overload: false,
+        grid: overload::Grid::default(),
+        replicas_given: false,
         out: PathBuf::from("target/quality-bench"),
         replicas: 8,
         requests: None,
@@ -183,9 +202,25 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--validate" => o.validate = true,
+            "--overload" => o.overload = true,
+            "--loads" => o.grid.loads = parse_list(&value()?, "load", positive_f64)?,
+            "--shapes" => o.grid.shapes = parse_list(&value()?, "shape", overload::Shape::parse)?,
+            "--modes" => o.grid.modes = parse_list(&value()?, "mode", overload::Mode::parse)?,
+            "--seconds" => {
+                o.grid.seconds = positive_f64(&value()?).ok_or("--seconds: expected a number > 0")?
+            }
+            "--slo-ttft-ms" => {
+                o.grid.slo.ttft_ms = positive_f64(&value()?).ok_or("--slo-ttft-ms: expected a number > 0")?
+            }
+            "--slo-tpot-ms" => {
+                o.grid.slo.tpot_ms = positive_f64(&value()?).ok_or("--slo-tpot-ms: expected a number > 0")?
+            }
             "--llama2-kv" => o.llama2_kv = true,
             "--out" => o.out = PathBuf::from(value()?),
-            "--replicas" => o.replicas = number(value()?)?.max(1),
+            "--replicas" => {
+                o.replicas = number(value()?)?.max(1);
+                o.replicas_given = true;
+            }
             "--requests" => o.requests = Some(number(value()?)?.max(10)),
             "--threads" => o.threads = number(value()?)?.max(1),
             "--seed" => o.seed = number(value()?)? as u64,
@@ -218,6 +253,10 @@ fn parse_args() -> Result<Options, String> {
         _ => {}
     }
     Ok(o)
+}
+
+fn positive_f64(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0)
 }
 
 fn positive(s: &str) -> Option<usize> {
@@ -557,6 +596,46 @@ fn validate(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// The overload suite: every (shape, load, mode) cell, its tables, CSV and charts.
+fn overload_suite(o: &Options) -> Result<(), String> {
+    let mut grid = o.grid.clone();
+    grid.seed = o.seed;
+    grid.threads = o.threads;
+    if o.replicas_given {
+        grid.replicas = o.replicas;
+    }
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("creating {}: {e}", o.out.display()))?;
+    eprintln!(
+        "\n== overload: {} replicas ({} QPS capacity), {} s of arrivals per cell, SLO TTFT ≤ {} ms and TPOT ≤ {} ms",
+        grid.replicas,
+        overload::CAPACITY_QPS_PER_REPLICA * grid.replicas as f64,
+        grid.seconds,
+        grid.slo.ttft_ms,
+        grid.slo.tpot_ms
+    );
+    let cells = overload::run_grid(&grid, &|line: &str| eprintln!("{line}"))?;
+    let main = overload::table(&cells);
+    let tenants = overload::tenant_table(&cells);
+    println!("\n{main}\n{tenants}");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = o.out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+        Ok::<(), String>(())
+    };
+    let tables = format!(
+        "# Flow control under overload: every cell\n\nWritten by `quality-bench --overload`; method, tuning and \
+         findings in [flow-control.md](flow-control.md). p99 TTFT in ms unless marked s; rejected = total \
+         (429 / 503).\n\n{main}\n## p99 TTFT of the standard band per tenant\n\n{tenants}"
+    );
+    write("flow-control-tables.md", tables.as_bytes())?;
+    write("flow-control.csv", overload::csv(&cells).as_bytes())?;
+    for (name, png) in overload::charts(&cells, &grid)? {
+        write(&name, &png)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let o = match parse_args() {
         Ok(o) => o,
@@ -569,7 +648,13 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let result = if o.validate { validate(&o) } else { suite(&o) };
+    let result = if o.overload {
+        overload_suite(&o)
+    } else if o.validate {
+        validate(&o)
+    } else {
+        suite(&o)
+    };
     match result {
         Ok(()) => {
             eprintln!("quality-bench: done in {:.0} s", started.elapsed().as_secs_f64());
