@@ -10,7 +10,7 @@ use crate::header_map::HeaderMap;
 use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use scheduler_core::endpoint_picker::Reply;
+use scheduler_core::endpoint_picker::{read_body, Reply};
 use scheduler_core::exchange::headers::{CONTENT_LENGTH, CONTENT_TYPE, STATUS};
 use scheduler_core::exchange::{
     BodyOut, Decided, Exchange, ExchangeSettings, HeaderLookup, RequestStep, ResponseBodyStep, ResponseHead,
@@ -76,7 +76,23 @@ impl Stream {
         };
         let facts = self.exchange.facts();
         let subset = facts.subset_refs();
-        let (outcome, _, ticket) = w.decide(&*self.host, &facts.info(subset.as_deref()), body.as_deref());
+        let info = facts.info(subset.as_deref());
+        let mut read = read_body(w.config(), &info, body.as_deref());
+        if let (Some(bbr), Ok(r)) = (&w.config().bbr, &read) {
+            // Body-based routing in the picker's own filter, on the same read (see `bbr.rs`).
+            match bbr.headers(r, info.content_type) {
+                Ok(set) => {
+                    for (name, value) in &set {
+                        log_err(
+                            name,
+                            abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()),
+                        );
+                    }
+                }
+                Err(reply) => read = Err(reply),
+            }
+        }
+        let (outcome, _, ticket) = w.decide_read(&*self.host, &info, read);
         self.ticket = ticket;
         match self.exchange.on_outcome(&self.settings, outcome) {
             Decided::Reply(reply) => reply_locally(&reply),
@@ -149,7 +165,7 @@ impl Stream {
 }
 
 /// Sends `reply` as the answer; the request goes no further.
-fn reply_locally(reply: &Reply) -> Action {
+pub(super) fn reply_locally(reply: &Reply) -> Action {
     log::debug!("answered {} ({})", reply.status, reply.reason);
     let headers: [(&str, &[u8]); 1] = [(CONTENT_TYPE, b"application/json")];
     if let Err(e) = abi::send_local_response(u32::from(reply.status), &headers, reply.body.as_bytes()) {
