@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 const QWEN: &str = "Qwen/Qwen3-32B";
 const QWEN_ADAPTER: &str = "food-review-1";
@@ -140,7 +139,7 @@ fn check_two_models(envoy: &Envoy, pools: &Pools) {
     assert_eq!(json_of(&r)["error"]["type"], "invalid_request_error");
 }
 
-/// An HTTP/1.1 upstream that records each request body (by its content-length) and answers a small JSON
+/// An HTTP/1.1 upstream that records each request body (by content-length or chunked) and answers a small JSON
 /// 200: what arrived, byte for byte, which model-sim does not report.
 fn recording_upstream() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -166,18 +165,53 @@ fn recording_upstream() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
                         }
                     };
                     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                    while buf.len() < head_end + len {
-                        match conn.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    let chunked =
+                        head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+                    let (body, used) = if chunked {
+                        // Chunk by chunk until the zero-size one (no trailers expected).
+                        let mut body = Vec::new();
+                        let mut at = head_end;
+                        loop {
+                            let line_end = loop {
+                                if let Some(p) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                                    break at + p;
+                                }
+                                match conn.read(&mut chunk) {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            };
+                            let size_text = String::from_utf8_lossy(&buf[at..line_end]).to_string();
+                            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                                .unwrap();
+                            let end = line_end + 2 + size + 2;
+                            while buf.len() < end {
+                                match conn.read(&mut chunk) {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                            at = end;
+                            if size == 0 {
+                                break (body, at);
+                            }
                         }
-                    }
-                    seen.lock().unwrap().push(buf[head_end..head_end + len].to_vec());
-                    buf.drain(..head_end + len);
+                    } else {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        while buf.len() < head_end + len {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        (buf[head_end..head_end + len].to_vec(), head_end + len)
+                    };
+                    seen.lock().unwrap().push(body);
+                    buf.drain(..used);
                     let answer =
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
                     if conn.write_all(answer).is_err() {
