@@ -23,7 +23,7 @@ fn router(limits: &str) -> (Host, VmId) {
             Plugin::new(wasm())
                 .root_id("bbr")
                 .vm_id("bbr")
-                .configuration(&cfg)
+                .configuration(cfg.as_str())
                 .allow_on_headers_stop_iteration(true),
         )
         .unwrap();
@@ -119,7 +119,7 @@ fn a_picker_with_a_bbr_section_promotes_the_headers_and_picks_on_the_same_read()
     assert_eq!(destination(&st), Some(addr(2).as_str()));
     assert_eq!(st.upstream_header("x-gateway-model-name"), Some("sql-lora"));
     assert_eq!(st.upstream_header("x-gateway-base-model-name"), Some("llama"));
-    // An unknown model is answered before anything is picked or counted in flight.
+    // An unknown model is answered instead of being picked (counted as a reply, as the picker's 400s are).
     let s = chat(
         &mut host,
         worker,
@@ -129,7 +129,8 @@ fn a_picker_with_a_bbr_section_promotes_the_headers_and_picks_on_the_same_read()
     let st = host.stream(s);
     assert_eq!(st.response_status(), Some(404));
     assert_eq!(destination(&st), None);
-    assert_eq!(in_flight_total(&host), 1, "only the first request is in flight");
+    assert_eq!(host.metric_value("epp_decisions_routed"), Some(1), "only the first request was routed");
+    assert_eq!(host.metric_value("epp_decisions_replied"), Some(1));
     // Without a bbr section a picker promotes nothing and leaves these headers alone.
     let mut plain = common::host();
     let w = plain.start_vm(picker(&config(1, ""))).unwrap();
