@@ -131,6 +131,20 @@ fn a_picker_with_a_bbr_section_promotes_the_headers_and_picks_on_the_same_read()
     assert_eq!(destination(&st), None);
     assert_eq!(host.metric_value("epp_decisions_routed"), Some(1), "only the first request was routed");
     assert_eq!(host.metric_value("epp_decisions_replied"), Some(1));
+    // A client's copies go even when nothing replaces them (a request without a body).
+    let s = host
+        .request(
+            worker,
+            &[
+                (":method", "GET"),
+                (":path", "/v1/models"),
+                (":authority", "g"),
+                ("x-gateway-base-model-name", "qwen"),
+            ],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(host.stream(s).upstream_header("x-gateway-base-model-name"), None);
     // Without a bbr section a picker promotes nothing and leaves these headers alone.
     let mut plain = common::host();
     let w = plain.start_vm(picker(&config(1, ""))).unwrap();

@@ -202,6 +202,15 @@ impl HttpContext for Stream {
         for name in &step.remove {
             log_err(name, abi::remove_header(MapType::HttpRequestHeaders, name));
         }
+        // A picker that also routes on the body (`bbr` section) owns those headers: a client's copies go
+        // (unreadable headers: all of them), as the `bbr` role removes them.
+        if let Some(bbr) = &w.config().bbr {
+            for name in bbr.strip() {
+                if map.as_ref().is_none_or(|m| m.get(name).is_some()) {
+                    log_err(name, abi::remove_header(MapType::HttpRequestHeaders, name));
+                }
+            }
+        }
         for (name, value) in &step.set {
             log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
         }

@@ -131,8 +131,6 @@ impl ExchangeSettings {
                 .into_iter()
                 .cloned()
                 .chain(headers::DEFAULT_ROUTING_HEADERS.iter().map(|s| String::from(*s)))
-                // Body-routing headers the same filter sets (a client must not choose the route).
-                .chain(config.bbr.iter().flat_map(|b| b.strip().iter().cloned()))
                 .collect();
         strip.sort();
         strip.dedup();
