@@ -66,6 +66,8 @@ fn every_envoy_template_renders_to_yaml_with_the_documented_placeholders() {
                 );
             }
         }
+        // bbr-two-models/ carries its (router) configuration inline, not as {{GATEWAY_CONFIG}}.
+        let configured = t.placeholders().iter().any(|n| n == "GATEWAY_CONFIG");
         let rendered = t
             .wasm(Path::new("/opt/epp/epp_filter.wasm"))
             .gateway_config(
@@ -79,7 +81,7 @@ fn every_envoy_template_renders_to_yaml_with_the_documented_placeholders() {
         let text = doc.to_string();
         assert!(!text.contains("{{"), "{rel}: a placeholder survived");
         // The filter configuration arrives as one string holding the JSON, escapes intact.
-        if text.contains("StringValue") {
+        if configured && text.contains("StringValue") {
             assert!(text.contains(r#"quote \\\" and \\\\ survive"#), "{rel}: configuration mangled: {text}");
         }
     }
