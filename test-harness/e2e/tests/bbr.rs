@@ -295,3 +295,104 @@ fn shim_router_over_ext_proc_sends_each_model_to_its_pool() {
     let strip = |s: &str| s.split_whitespace().collect::<String>();
     assert!(strip(&file).contains(&strip(BBR_CONFIG)), "bbr-two-models/envoy.yaml and BBR_CONFIG differ");
 }
+
+/// GIE's whole shape from one shim: its BBR port, then its picker port, in one Envoy chain (the router's
+/// headers choose the route, the picker's header the pod). The picker must pass the router's headers on:
+/// its headers response clears the route cache again.
+const TWO_SERVERS: &str = r#"
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_ADMIN}}}}}
+static_resources:
+  listeners:
+  - name: gateway
+    address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_LISTENER}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          route_config:
+            virtual_hosts:
+            - name: inference
+              domains: ["*"]
+              routes:
+              - match:
+                  prefix: "/"
+                  headers:
+                  - {name: x-gateway-base-model-name, string_match: {exact: "Qwen/Qwen3-32B"}}
+                  - {name: x-gateway-destination-endpoint, present_match: true}
+                route: {cluster: pool, timeout: 60s}
+              - match: {prefix: "/"}
+                direct_response: {status: 404, body: {inline_string: "no route"}}
+          http_filters:
+          - name: bbr
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {envoy_grpc: {cluster_name: bbr}, timeout: 10s}
+              message_timeout: 1000s
+              processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND}
+          - name: picker
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {envoy_grpc: {cluster_name: epp}, timeout: 10s}
+              message_timeout: 1000s
+              processing_mode: {request_header_mode: SEND, response_header_mode: SEND, request_body_mode: FULL_DUPLEX_STREAMED, response_body_mode: FULL_DUPLEX_STREAMED, request_trailer_mode: SEND, response_trailer_mode: SEND}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: pool
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+    original_dst_lb_config: {use_http_header: true, http_header_name: x-gateway-destination-endpoint}
+  - name: bbr
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment: {cluster_name: bbr, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_BBR}}}}}}]}]}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+  - name: epp
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment: {cluster_name: epp, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_EXT_PROC}}}}}}]}]}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"#;
+
+#[test]
+fn one_shim_serves_both_of_gies_servers_in_one_chain() {
+    require!(envoy);
+    let pools = Pools::start();
+    let qwen = Pools::addrs(&pools.qwen);
+    let config = BBR_CONFIG.replacen(
+        "{\"bbr\"",
+        &format!(
+            "{{\"pool\": {{\"name\": \"qwen\", \"endpoints\": [\"{}\", \"{}\"]}}, \"bbr\"",
+            qwen[0], qwen[1]
+        ),
+        1,
+    );
+    let shim = EppShim::start(&config, &["--bbr-port", "0", "--plaintext"]).unwrap();
+    let port = |what: &str| shim.addr(what).rsplit_once(':').map(|(_, p)| p.to_string()).unwrap();
+    let template = EnvoyTemplate::inline("bbr-then-picker", TWO_SERVERS)
+        .set("PORT_BBR", port("bbr"))
+        .set("PORT_EXT_PROC", port("ext_proc"));
+    let envoy =
+        Envoy::start(&template, &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() })
+            .unwrap();
+    let replicas = Pools::replicas(&pools.qwen);
+    for model in [QWEN, QWEN_ADAPTER, QWEN, QWEN_ADAPTER] {
+        let r = envoy.send(&chat(model, json!({}))).unwrap();
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let served = r.header("x-gateway-destination-endpoint-served").expect("the picker's served header");
+        assert_eq!(r.header("x-model-sim-replica"), Some(served), "the pod the picker chose answered");
+        assert!(replicas.contains(&served), "{served}");
+    }
+    // The other model has no route here: the router's headers, not the client's, decided.
+    let r = envoy.send(&chat(DEEPSEEK, json!({})).header("x-gateway-base-model-name", QWEN)).unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+}
