@@ -83,6 +83,9 @@ fn the_router_refuses_what_the_picker_refuses_and_unknown_models() {
         assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
         assert_eq!(v["error"]["code"], code, "{v}");
     }
+    assert_eq!(host.metric_value("epp_unknown_model"), Some(1));
+    assert_eq!(host.metric_value("epp_parse_errors"), Some(2));
+    assert_eq!(host.metric_value("epp_body_too_large"), Some(1));
     // No body: nothing promoted, the client's header removed, the route table decides.
     let s = host
         .request(
@@ -99,6 +102,8 @@ fn the_router_refuses_what_the_picker_refuses_and_unknown_models() {
     let st = host.stream(s);
     assert!(st.local_reply.is_none());
     assert_eq!(st.upstream_header("x-gateway-model-name"), None);
+    assert_eq!(host.metric_value("epp_bbr_nothing_promoted"), Some(1));
+    assert_eq!(host.metric_value("epp_bbr_promoted").unwrap_or(0), 0);
     assert_no_traps(&host);
 }
 

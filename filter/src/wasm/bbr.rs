@@ -10,18 +10,32 @@
 
 use super::abi;
 use super::headers;
+use super::host_impl::ProxyHost;
 use super::stream::reply_locally;
+use crate::host::Host;
+use crate::stats::{self, Stats};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use scheduler_core::bbr::{BbrExchange, BbrStep, BodyRouting};
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::exchange::HeaderLookup;
+use std::cell::RefCell;
 use std::rc::Rc;
 
-/// What every stream of the role reads.
+/// What every stream of the role reads, and the VM's counters.
 pub struct BbrRole {
     pub config: GatewayConfig,
     pub routing: BodyRouting,
+    pub host: Rc<ProxyHost>,
+    pub stats: RefCell<Stats>,
+}
+
+impl BbrRole {
+    fn count(&self, f: impl FnOnce(&mut Stats, &dyn Host)) {
+        if let Ok(mut s) = self.stats.try_borrow_mut() {
+            f(&mut s, &*self.host);
+        }
+    }
 }
 
 pub struct BbrStream {
@@ -38,7 +52,10 @@ impl BbrStream {
         match step {
             BbrStep::Wait => Action::Pause,
             BbrStep::Pass => Action::Continue,
-            BbrStep::Reply(reply) => reply_locally(&reply),
+            BbrStep::Reply(reply) => {
+                self.role.count(|s, h| s.reply(h, reply.status));
+                reply_locally(&reply)
+            }
             BbrStep::Route { with_body } => {
                 let body = match with_body.then(|| abi::get_buffer(BufferType::HttpRequestBody, 0, body_size))
                 {
@@ -53,6 +70,9 @@ impl BbrStream {
                 let role = &self.role;
                 match role.routing.route(&role.config, self.exchange.facts(), body.as_deref()) {
                     Ok(set) => {
+                        let counter =
+                            if set.is_empty() { stats::BBR_NOTHING_PROMOTED } else { stats::BBR_PROMOTED };
+                        role.count(|s, h| s.count(h, counter));
                         for (name, value) in &set {
                             // Each change clears Envoy's route cache: the route is chosen on these.
                             if let Err(e) =
@@ -63,7 +83,10 @@ impl BbrStream {
                         }
                         Action::Continue
                     }
-                    Err(reply) => reply_locally(&reply),
+                    Err(reply) => {
+                        role.count(|s, h| s.reply(h, reply.status));
+                        reply_locally(&reply)
+                    }
                 }
             }
         }

@@ -96,7 +96,8 @@ impl Root {
         let mode = config.collector.mode;
         if root_id == BBR_ROOT_ID {
             let routing = config.bbr.clone().unwrap_or_default();
-            self.role = Role::Bbr(Rc::new(BbrRole { config, routing }));
+            let (host, stats) = (Rc::clone(&self.host), RefCell::new(Stats::default()));
+            self.role = Role::Bbr(Rc::new(BbrRole { config, routing, host, stats }));
             log::info!("body-based routing configured");
             return Ok(());
         }
