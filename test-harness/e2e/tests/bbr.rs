@@ -396,3 +396,86 @@ fn one_shim_serves_both_of_gies_servers_in_one_chain() {
     let r = envoy.send(&chat(DEEPSEEK, json!({})).header("x-gateway-base-model-name", QWEN)).unwrap();
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+/// A picker whose configuration has a `bbr` section: one filter, one body read, the headers set in the
+/// same body callback as the destination. The route is chosen after it (Envoy clears the route cache when
+/// a Wasm filter changes request headers), on the router's header and the picker's.
+const PICKER_WITH_BBR: &str = r#"
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_ADMIN}}}}}
+static_resources:
+  listeners:
+  - name: gateway
+    address: {socket_address: {address: 127.0.0.1, port_value: {{PORT_LISTENER}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          route_config:
+            virtual_hosts:
+            - name: inference
+              domains: ["*"]
+              routes:
+              - match:
+                  prefix: "/"
+                  headers:
+                  - {name: x-gateway-base-model-name, string_match: {exact: "Qwen/Qwen3-32B"}}
+                  - {name: x-gateway-destination-endpoint, present_match: true}
+                route: {cluster: pool, timeout: 60s}
+              - match: {prefix: "/"}
+                direct_response: {status: 404, body: {inline_string: "no route"}}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: picker
+                root_id: picker
+                allow_on_headers_stop_iteration: true
+                configuration: {"@type": type.googleapis.com/google.protobuf.StringValue, value: {{GATEWAY_CONFIG}}}
+                vm_config: {vm_id: epp, runtime: envoy.wasm.runtime.v8, code: {local: {filename: "{{WASM_PATH}}"}}}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: pool
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+    original_dst_lb_config: {use_http_header: true, http_header_name: x-gateway-destination-endpoint}
+"#;
+
+#[test]
+fn a_picker_with_a_bbr_section_routes_on_its_own_headers() {
+    let wasm = require!(filter);
+    let pools = Pools::start();
+    let qwen = Pools::addrs(&pools.qwen);
+    // No collector: the picker fails open over its static endpoints, which is enough to route.
+    let config = BBR_CONFIG.replacen(
+        "{\"bbr\"",
+        &format!(
+            "{{\"pool\": {{\"name\": \"qwen\", \"endpoints\": [\"{}\", \"{}\"]}}, \"bbr\"",
+            qwen[0], qwen[1]
+        ),
+        1,
+    );
+    let template =
+        EnvoyTemplate::inline("picker-with-bbr", PICKER_WITH_BBR).wasm(&wasm).gateway_config(&config);
+    let envoy =
+        Envoy::start(&template, &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() })
+            .unwrap();
+    let replicas = Pools::replicas(&pools.qwen);
+    for model in [QWEN, QWEN_ADAPTER, QWEN] {
+        let r = envoy.send(&chat(model, json!({}))).unwrap();
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        assert!(replicas.contains(&r.header("x-model-sim-replica").unwrap()));
+    }
+    // DeepSeek is known to the router but has no route here: picked, then refused by the route table,
+    // whatever the client claims.
+    let r = envoy.send(&chat(DEEPSEEK, json!({})).header("x-gateway-base-model-name", QWEN)).unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.text(), "no route");
+    let r = envoy.send(&chat("gpt-4o", json!({}))).unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(json_of(&r)["error"]["code"], "model_not_found");
+}
