@@ -2,7 +2,9 @@
 //! model-sim replicas (one pool also serving a LoRA adapter), the model header set from the body before
 //! the route is chosen. Once by the Wasm module's `bbr` role (`envoy-config/bbr-two-models/`), once by
 //! the epp-shim's BBR port over ext_proc (`envoy-config/bbr-two-models-ext-proc/`). A small recording
-//! upstream stands in for one pool in a second Envoy to show that the body arrives byte for byte.
+//! upstream stands in for one pool in a second Envoy to show that the body arrives byte for byte. Then
+//! both roles in one chain: the shim's two ports (GIE's two servers), and a picker with a `bbr` section
+//! (one filter, one body read).
 // Test code: the workspace denies these for code that runs in the proxy, not for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
