@@ -9,6 +9,10 @@
 //!   (or answers 400/413/429/503 with an OpenAI-shaped body), and on the way back adds the served header,
 //!   counts upstream 5xx per endpoint, moves the in-flight count when the proxy served the request
 //!   elsewhere and ends it (on_log/on_done, whatever the end).
+//! - **bbr** (`root_id: bbr`): body-based routing only, GIE's Body-Based Router in the proxy: promotes
+//!   `model` (and configured body fields, the base model of a LoRA adapter) into request headers before
+//!   the route is chosen (`scheduler_core::bbr`). A picker whose configuration has a `bbr` section does
+//!   the same in its own filter, on the one body read it makes anyway.
 //! - **collector** (`root_id: collector`, e.g. an `envoy.bootstrap.wasm` singleton with the same `vm_id`):
 //!   scrapes every endpoint's `/metrics` (or polls one discovery URL serving a ready snapshot) and
 //!   publishes the pool snapshot. With `collector.mode: leader-elected` (Istio: no singleton) every

@@ -36,6 +36,11 @@ pub const UNSUPPORTED_ENCODING: &str = "epp_unsupported_encoding";
 pub const BODY_TOO_LARGE: &str = "epp_body_too_large";
 /// 503 local replies (no endpoints, subset, fail closed).
 pub const UNAVAILABLE: &str = "epp_unavailable";
+/// 404 local replies: a model body-based routing does not know (`bbr.unknownModels: reject`).
+pub const UNKNOWN_MODEL: &str = "epp_unknown_model";
+/// Requests the `bbr` role let through with headers promoted (at least one), and with none.
+pub const BBR_PROMOTED: &str = "epp_bbr_promoted";
+pub const BBR_NOTHING_PROMOTED: &str = "epp_bbr_nothing_promoted";
 pub const SNAPSHOT_AGE_MS: &str = "epp_snapshot_age_ms";
 pub const DECISION_TIME_US: &str = "epp_decision_time_us";
 pub const UPSTREAM_5XX: &str = "epp_upstream_5xx";
@@ -149,6 +154,7 @@ impl Stats {
             413 => BODY_TOO_LARGE,
             415 => UNSUPPORTED_ENCODING,
             429 => SHED,
+            404 => UNKNOWN_MODEL,
             _ => UNAVAILABLE,
         };
         self.count(host, name);

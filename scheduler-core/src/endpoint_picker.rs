@@ -470,39 +470,36 @@ impl EndpointPicker {
         seed: u64,
         shed: bool,
     ) -> Outcome {
-        if let Some(reply) = body.and_then(|b| self.body_too_large(b.len())) {
-            return Outcome::Reply(reply);
+        match read_body(&self.config, info, body) {
+            Ok(read) => self.decide_read_with(info, read, pool, now_ms, seed, shed),
+            Err(reply) => Outcome::Reply(reply),
         }
-        // A body the configured passthrough parser claims is not read at all (llm-d's passthrough-parser).
-        let read = self.config.parsers.reads_body(info.path);
-        let body_read = body.filter(|_| read);
-        if let Some(reply) = body_read.and_then(|_| unsupported_encoding(info.content_encoding)) {
-            return Outcome::Reply(reply);
-        }
-        // Only a JSON body can have its model rewritten; any other body is routed as it came.
-        let mut json_body = read;
-        let parsed: Option<InferenceRequest<'_>> = match (body_read, BodyFormat::of(info.content_type)) {
-            (Some(b), BodyFormat::Json) => match parse_request(info.path, b) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    return Outcome::Reply(Reply {
-                        status: 400,
-                        body: OpenAiError::invalid_request(&e).body(),
-                        reason: "bad_request",
-                    })
-                }
-            },
-            (Some(b), BodyFormat::Form { boundary }) => {
-                json_body = false;
-                parse_form(b, boundary)
-            }
-            (Some(b), BodyFormat::Other) => {
-                let r = parse_request(info.path, b).ok();
-                json_body = r.is_some();
-                r
-            }
-            (None, _) => None,
-        };
+    }
+
+    /// [`EndpointPicker::decide`] on a body already read by [`read_body`] (with this picker's
+    /// configuration): a gateway that also routes on the body ([`crate::bbr`]) reads it once for both.
+    pub fn decide_read(
+        &mut self,
+        info: &RequestInfo<'_>,
+        read: ReadBody<'_>,
+        pool: PoolView<'_>,
+        now_ms: u64,
+        seed: u64,
+    ) -> Outcome {
+        self.decide_read_with(info, read, pool, now_ms, seed, true)
+    }
+
+    /// [`EndpointPicker::decide_read`]; `shed` as in [`EndpointPicker::decide_with`].
+    fn decide_read_with(
+        &mut self,
+        info: &RequestInfo<'_>,
+        read: ReadBody<'_>,
+        pool: PoolView<'_>,
+        now_ms: u64,
+        seed: u64,
+        shed: bool,
+    ) -> Outcome {
+        let ReadBody { body, parsed, json_body } = read;
         let mut rng = Rng::new(seed);
         let body_model = parsed.as_ref().map(|r| r.model.as_ref()).unwrap_or("");
         // The pool's InferenceObjective / InferenceModelRewrite resources (from the collector) apply after
@@ -692,6 +689,59 @@ struct ResponseExpected {
 
 /// Puts what the request asked for on a route: the rewrite (the model, the rewritten body, the client's
 /// model), whether the response is streamed and the prompt tokens awaiting its first token.
+/// A request body as the picker reads it: the bytes, what parsing found, and whether the body is JSON
+/// (only a JSON body can have its model rewritten).
+#[derive(Clone, Debug)]
+pub struct ReadBody<'b> {
+    pub body: Option<&'b [u8]>,
+    pub parsed: Option<InferenceRequest<'b>>,
+    pub json_body: bool,
+}
+
+/// Reads a request body the way every decision does: 413 over `limits.maxBodyBytes`, 415 for an encoded
+/// body, 400 (naming the field) for a JSON body the API refuses; a body the configured passthrough
+/// parser claims, or one of another type that is not JSON, is not parsed.
+pub fn read_body<'b>(
+    config: &GatewayConfig,
+    info: &RequestInfo<'_>,
+    body: Option<&'b [u8]>,
+) -> Result<ReadBody<'b>, Reply> {
+    if body.is_some_and(|b| b.len() > config.limits.max_body_bytes) {
+        return Err(body_too_large(config.limits.max_body_bytes));
+    }
+    // A body the configured passthrough parser claims is not read at all (llm-d's passthrough-parser).
+    let read = config.parsers.reads_body(info.path);
+    let body_read = body.filter(|_| read);
+    if let Some(reply) = body_read.and_then(|_| unsupported_encoding(info.content_encoding)) {
+        return Err(reply);
+    }
+    // Only a JSON body can have its model rewritten; any other body is routed as it came.
+    let mut json_body = read;
+    let parsed: Option<InferenceRequest<'b>> = match (body_read, BodyFormat::of(info.content_type)) {
+        (Some(b), BodyFormat::Json) => match parse_request(info.path, b) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                return Err(Reply {
+                    status: 400,
+                    body: OpenAiError::invalid_request(&e).body(),
+                    reason: "bad_request",
+                })
+            }
+        },
+        (Some(b), BodyFormat::Form { boundary }) => {
+            json_body = false;
+            parse_form(b, boundary)
+        }
+        (Some(b), BodyFormat::Other) => {
+            let r = parse_request(info.path, b).ok();
+            json_body = r.is_some();
+            r
+        }
+        (None, _) => None,
+    };
+    Ok(ReadBody { body, parsed, json_body })
+}
+
 fn with_rewrite(
     outcome: Outcome,
     model: Option<String>,

@@ -10,6 +10,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod admission;
+pub mod bbr;
 pub mod config;
 pub mod endpoint_picker;
 pub mod exchange;

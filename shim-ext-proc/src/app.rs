@@ -2,6 +2,7 @@
 //! Each server prints one `epp-shim <what> listening on <url>` line on stdout once it is bound, so
 //! scripts and tests can start the binary on port 0 and read where it went.
 
+use crate::bbr::BbrSettings;
 use crate::endpoints::kubernetes::{self, KubeSettings};
 use crate::endpoints::{static_list, Discovered};
 use crate::extproc::machine::{BodyMode, StreamSettings};
@@ -60,6 +61,8 @@ pub struct Settings {
     pub default_body_mode: BodyMode,
     /// Ignore what the gateway announces.
     pub forced_body_mode: Option<BodyMode>,
+    /// Also serve body-based routing over ext_proc on this port ([`crate::bbr`]), with the same TLS.
+    pub bbr_port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -178,18 +181,25 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     tokio::spawn(health::follow_ext_proc_port(ext_proc_reporter, ready_rx));
     let service = health::WithHealth::new(service, ext_proc_health);
     let mut builder = tonic::transport::Server::builder();
-    let scheme = match &settings.tls {
-        TlsMode::Plaintext => "grpc",
+    let (scheme, tls_config) = match &settings.tls {
+        TlsMode::Plaintext => ("grpc", None),
         TlsMode::SelfSigned | TlsMode::Files { .. } => {
             let pair = match &settings.tls {
                 TlsMode::Files { cert, key } => tls::from_files(cert, key),
                 _ => tls::self_signed(&["localhost", "epp-shim"]),
             }
             .map_err(AppError::Tls)?;
-            builder = builder.tls_config(tls::server_config(&pair)).map_err(AppError::TlsConfig)?;
-            "grpcs"
+            let config = tls::server_config(&pair);
+            builder = builder.tls_config(config.clone()).map_err(AppError::TlsConfig)?;
+            ("grpcs", Some(config))
         }
     };
+    if let Some(port) = settings.bbr_port {
+        let listener = bind("bbr", settings.host, port).await?;
+        announce("bbr", scheme, &listener)?;
+        let bbr = BbrSettings::new(&settings.config, settings.default_body_mode, settings.forced_body_mode);
+        tokio::spawn(crate::bbr::serve(listener, bbr, tls_config));
+    }
     let ext_proc = bind("ext_proc", settings.host, settings.grpc_port).await?;
     announce("ext_proc", scheme, &ext_proc)?;
     let ext_proc_server = builder.serve_with_incoming_shutdown(service, nodelay(ext_proc), shutdown());
@@ -204,7 +214,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
 /// Accepted connections with Nagle's algorithm off. tonic ignores its own `tcp_nodelay` setting when
 /// given a listener (`serve_with_incoming*`), and with Nagle on, small ext_proc responses wait for the
 /// peer's delayed ACK (~40 ms per exchange: the 89 ms p99 the overhead benchmark measured at 4 KiB).
-fn nodelay(
+pub(crate) fn nodelay(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
@@ -225,7 +235,7 @@ async fn follow_readiness(mut discovered: watch::Receiver<Discovered>, ready: wa
     }
 }
 
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     #[cfg(unix)]
     {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());

@@ -5,6 +5,7 @@
 //! the gRPC stream, discovery, scraping, and the HTTP/health/metrics endpoints.
 
 pub mod app;
+pub mod bbr;
 pub mod config;
 pub mod endpoints;
 pub mod extproc;

@@ -21,7 +21,7 @@ USAGE: epp-shim [FLAGS]
 Configuration:
   --config <FILE>             gateway configuration, JSON or YAML: the GIE/llm-d EndpointPickerConfig
                               keys plus pool, collector, routing, failureMode, failOpen, limits,
-                              objectives, modelRewrites (the Wasm filter's document) [default: every
+                              objectives, modelRewrites, bbr (the Wasm filter's document) [default: every
                               default, no static endpoints]
 
 Endpoints (default: the configuration's pool.endpoints):
@@ -43,6 +43,10 @@ Serving:
                               POST /pick/done; envoy-config/nginx/); 0 picks a free one [default: off]
   --pick-lease-secs <S>       release a pick's in-flight count when NGINX has not reported the end
                               of its response after this long [default: 600]
+  --bbr-port <PORT>           also serve body-based routing (GIE's Body-Based Router: body fields such
+                              as model promoted to headers before the route is chosen; the
+                              configuration's bbr section) over ext_proc on this port, with the same
+                              TLS and body mode; 0 picks a free one [default: off]
   --plaintext                 serve ext_proc without TLS (default: TLS, ALPN h2, self-signed
                               certificate generated at start; gateways skip verification)
   --cert-path <FILE>          PEM certificate to serve instead of a self-signed one (with --key-path)
@@ -96,6 +100,7 @@ struct Flags {
     metrics_port: Option<u16>,
     pick_port: Option<u16>,
     pick_lease_secs: Option<u64>,
+    bbr_port: Option<u16>,
     plaintext: bool,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -141,6 +146,7 @@ fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, CliError
                     "--metrics-port" => "--metrics-port",
                     "--pick-port" => "--pick-port",
                     "--pick-lease-secs" => "--pick-lease-secs",
+                    "--bbr-port" => "--bbr-port",
                     "--cert-path" => "--cert-path",
                     "--key-path" => "--key-path",
                     "--body-mode" => "--body-mode",
@@ -165,6 +171,7 @@ fn parse_flags(args: impl IntoIterator<Item = String>) -> Result<Flags, CliError
                     "--metrics-port" => f.metrics_port = Some(parse_num(flag, v, "a port (0-65535)")?),
                     "--pick-port" => f.pick_port = Some(parse_num(flag, v, "a port (0-65535)")?),
                     "--pick-lease-secs" => f.pick_lease_secs = Some(positive(flag, v)?),
+                    "--bbr-port" => f.bbr_port = Some(parse_num(flag, v, "a port (0-65535)")?),
                     "--cert-path" => f.cert = Some(PathBuf::from(v)),
                     "--key-path" => f.key = Some(PathBuf::from(v)),
                     "--body-mode" => {
@@ -236,6 +243,7 @@ fn settings(f: Flags, config: GatewayConfig) -> Settings {
         scrape,
         default_body_mode: BodyMode::FullDuplex,
         forced_body_mode: f.body_mode,
+        bbr_port: f.bbr_port,
         config,
     }
 }
@@ -327,6 +335,7 @@ mod tests {
             "--metrics-port",
             "--pick-port",
             "--pick-lease-secs",
+            "--bbr-port",
             "--plaintext",
             "--cert-path",
             "--key-path",

@@ -44,7 +44,8 @@ fn validation_values(template: &str, wasm: &Path) -> Vec<(String, String)> {
             let value = match name.as_str() {
                 "WASM_PATH" => wasm.display().to_string(),
                 "GATEWAY_CONFIG" => String::from("\"{}\""),
-                "POOL_LB_ENDPOINTS" => String::from(
+                // POOL_LB_ENDPOINTS, and one per pool in the multi-pool files (QWEN_LB_ENDPOINTS, ...).
+                n if n.ends_with("_LB_ENDPOINTS") => String::from(
                     "[{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 20999}}}}]",
                 ),
                 n if n.starts_with("PORT_") => {

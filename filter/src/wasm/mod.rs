@@ -2,6 +2,7 @@
 //! logic modules build and test natively.
 
 mod abi;
+mod bbr;
 mod headers;
 mod host_impl;
 mod logger;

@@ -1,9 +1,11 @@
 //! The one root context type. Its role comes from the plugin: `root_id: collector` is the collector
-//! (an Envoy bootstrap singleton, or any VM configured so); every other root id is the picker, whose
+//! (an Envoy bootstrap singleton, or any VM configured so); `root_id: bbr` is body-based routing alone
+//! (`bbr.rs`); every other root id is the picker, whose
 //! HTTP contexts decide requests and whose root also collects when `collector.mode` is `leader-elected`
 //! and this worker holds the lease.
 
 use super::abi;
+use super::bbr::{BbrRole, BbrStream};
 use super::host_impl::ProxyHost;
 use super::stream::Stream;
 use super::waiting::Waiting;
@@ -44,6 +46,8 @@ fn table_seed() -> u64 {
 
 /// The root id that selects the collector role.
 pub const COLLECTOR_ROOT_ID: &str = "collector";
+/// The root id that selects the body-routing role ([`super::bbr`]).
+pub const BBR_ROOT_ID: &str = "bbr";
 
 /// The collector half of a VM, with its election state when leader-elected.
 struct Collecting {
@@ -67,6 +71,8 @@ enum Role {
         collecting: Option<Collecting>,
     },
     Collector(Collecting),
+    /// `root_id: bbr`: body-based routing only.
+    Bbr(Rc<BbrRole>),
 }
 
 pub struct Root {
@@ -97,6 +103,13 @@ impl Root {
         self.host = Rc::new(ProxyHost::new(property("plugin_vm_id")));
         let host: &dyn Host = &*self.host;
         let mode = config.collector.mode;
+        if root_id == BBR_ROOT_ID {
+            let routing = config.bbr.clone().unwrap_or_default();
+            let (host, stats) = (Rc::clone(&self.host), RefCell::new(Stats::default()));
+            self.role = Role::Bbr(Rc::new(BbrRole { config, routing, host, stats }));
+            log::info!("body-based routing configured");
+            return Ok(());
+        }
         if root_id == COLLECTOR_ROOT_ID {
             let election = match mode {
                 CollectorMode::LeaderElected => Some(Leadership::new(
@@ -147,7 +160,7 @@ impl Root {
         match &mut self.role {
             Role::Picker { collecting, .. } => collecting.as_mut(),
             Role::Collector(c) => Some(c),
-            Role::Unconfigured => None,
+            Role::Unconfigured | Role::Bbr(_) => None,
         }
     }
 }
@@ -298,6 +311,9 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK would panic. Without a picker the stream passes through.
+        if let Role::Bbr(role) = &self.role {
+            return Some(Box::new(BbrStream::new(Rc::clone(role))));
+        }
         let (worker, waiting) = match &self.role {
             Role::Picker { worker, waiting, .. } => {
                 if let Ok(mut w) = worker.try_borrow_mut() {

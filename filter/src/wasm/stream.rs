@@ -12,7 +12,7 @@ use crate::host::Host;
 use crate::worker::{Admitted, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use scheduler_core::endpoint_picker::{Admission, Reply};
+use scheduler_core::endpoint_picker::{read_body, Admission, Reply};
 use scheduler_core::exchange::headers::{CONTENT_LENGTH, CONTENT_TYPE, STATUS};
 use scheduler_core::exchange::{
     BodyOut, Decided, ExchangeSettings, FlowEnd, Forward, HeaderLookup, RequestStep, ResponseBodyStep,
@@ -95,7 +95,31 @@ impl Stream {
         let admitted = {
             let facts = st.exchange.facts();
             let subset = facts.subset_refs();
-            w.admit(&*self.host, &facts.info(subset.as_deref()), body.as_deref())
+            let info = facts.info(subset.as_deref());
+            let mut read = w.config().bbr.as_ref().map(|_| read_body(w.config(), &info, body.as_deref()));
+            if let (Some(bbr), Some(Ok(r))) = (&w.config().bbr, &read) {
+                // Body-based routing in the picker's own filter, on the same read (see `bbr.rs`).
+                match bbr.headers(r, info.content_type) {
+                    Ok(set) => {
+                        for (name, value) in &set {
+                            log_err(
+                                name,
+                                abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()),
+                            );
+                        }
+                    }
+                    Err(reply) => read = Some(Err(reply)),
+                }
+            }
+            match read {
+                // Decided on that same read; with flow control on, a request that may wait is admitted
+                // through the queue, which reads the body again when it decides.
+                Some(read) if read.is_err() || !w.flow_enabled() => {
+                    let (outcome, routed, health) = w.decide_read(&*self.host, &info, read);
+                    Admitted::Decided { outcome, routed, health, lease: None }
+                }
+                _ => w.admit(&*self.host, &info, body.as_deref()),
+            }
         };
         let (outcome, health, lease) = match admitted {
             Admitted::Queued(ticket) => {
@@ -271,6 +295,15 @@ impl HttpContext for Stream {
         );
         for name in &step.remove {
             log_err(name, abi::remove_header(MapType::HttpRequestHeaders, name));
+        }
+        // A picker that also routes on the body (`bbr` section) owns those headers: a client's copies go
+        // (unreadable headers: all of them), as the `bbr` role removes them.
+        if let Some(bbr) = &w.config().bbr {
+            for name in bbr.strip() {
+                if map.as_ref().is_none_or(|m| m.get(name).is_some()) {
+                    log_err(name, abi::remove_header(MapType::HttpRequestHeaders, name));
+                }
+            }
         }
         for (name, value) in &step.set {
             log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));

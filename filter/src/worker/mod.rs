@@ -14,8 +14,8 @@ use crate::worker_directory;
 use scheduler_core::config::gateway::GatewayConfig;
 use scheduler_core::config::ConfigError;
 use scheduler_core::endpoint_picker::{
-    request_seed, Admission, EndpointPicker, Fallback, Outcome, PoolView, Reply, RequestInfo, Revoked, Route,
-    WaitingRequests,
+    read_body, request_seed, Admission, EndpointPicker, Fallback, Outcome, PoolView, ReadBody, Reply,
+    RequestInfo, Revoked, Route, WaitingRequests,
 };
 use scheduler_core::exchange::{ExchangeSettings, InFlight, Moved};
 use scheduler_core::flow_control::Ticket;
@@ -211,6 +211,18 @@ impl Worker {
         info: &RequestInfo<'_>,
         body: Option<&[u8]>,
     ) -> (Outcome, Option<InFlight>, Option<u64>) {
+        let read = read_body(self.picker.config(), info, body);
+        self.decide_read(host, info, read)
+    }
+
+    /// [`Worker::decide`] on a body already read (or refused) by [`read_body`]: the filter reads it once
+    /// when it also routes on the body.
+    pub fn decide_read(
+        &mut self,
+        host: &dyn Host,
+        info: &RequestInfo<'_>,
+        read: Result<ReadBody<'_>, Reply>,
+    ) -> (Outcome, Option<InFlight>, Option<u64>) {
         let started_us = host.now_us();
         let started_ms = started_us / 1_000;
         let live_others = self.refresh(host, started_ms);
@@ -219,7 +231,10 @@ impl Worker {
         let unusable = unusable_reason(view);
         self.decisions = self.decisions.wrapping_add(1);
         let seed = seed_for(info.request_id, self.decisions);
-        let outcome = self.picker.decide(info, body, view, started_ms, seed);
+        let outcome = match read {
+            Ok(read) => self.picker.decide_read(info, read, view, started_ms, seed),
+            Err(reply) => Outcome::Reply(reply),
+        };
         let (routed, ticket) = self.account(host, &outcome, unusable, &live_others, started_ms);
         let elapsed_us = host.now_us().saturating_sub(started_us);
         self.stats.histogram(host, stats::DECISION_TIME_US, elapsed_us);

@@ -29,6 +29,7 @@ pub const OWN_SECTIONS: &[&str] = &[
     "objectives",
     "modelRewrites",
     "health",
+    "bbr",
 ];
 
 /// What to do when the picker cannot decide from metrics (no snapshot, stale, undecodable).
@@ -244,6 +245,9 @@ pub struct GatewayConfig {
     /// Which request bodies are read, from llm-d's parser list (a passthrough parser leaves the bodies
     /// it claims unread).
     pub parsers: RequestParsers,
+    /// Body-based routing (`bbr`): body fields promoted to headers before the route is chosen; `None`
+    /// when the section is absent (a `bbr` root id then runs GIE's default).
+    pub bbr: Option<crate::bbr::BodyRouting>,
 }
 
 impl GatewayConfig {
@@ -350,6 +354,7 @@ impl GatewayConfig {
         };
         let health = HealthConfig::from_value(section("health")).map_err(|e| e.at("health"))?;
         let parsers = RequestParsers::of(&picker);
+        let bbr = map.get("bbr").map(crate::bbr::BodyRouting::from_value).transpose()?;
         Ok(GatewayConfig {
             picker,
             pool,
@@ -362,6 +367,7 @@ impl GatewayConfig {
             rewrites,
             health,
             parsers,
+            bbr,
         })
     }
 }

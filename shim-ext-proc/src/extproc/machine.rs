@@ -484,11 +484,11 @@ impl Machine {
     }
 }
 
-fn response(r: Out) -> ProcessingResponse {
+pub(crate) fn response(r: Out) -> ProcessingResponse {
     ProcessingResponse { response: Some(r), ..ProcessingResponse::default() }
 }
 
-fn headers_response(mutation: Mutation) -> HeadersResponse {
+pub(crate) fn headers_response(mutation: Mutation) -> HeadersResponse {
     HeadersResponse {
         response: Some(CommonResponse {
             header_mutation: mutation.into_option(),
@@ -499,7 +499,7 @@ fn headers_response(mutation: Mutation) -> HeadersResponse {
 }
 
 /// One streamed body mutation for the request (`request == true`) or response direction.
-fn streamed(body: Vec<u8>, end_of_stream: bool, request: bool) -> ProcessingResponse {
+pub(crate) fn streamed(body: Vec<u8>, end_of_stream: bool, request: bool) -> ProcessingResponse {
     let common = CommonResponse {
         body_mutation: Some(BodyMutation {
             mutation: Some(BodyMut::StreamedResponse(StreamedBodyResponse {
@@ -515,7 +515,7 @@ fn streamed(body: Vec<u8>, end_of_stream: bool, request: bool) -> ProcessingResp
 }
 
 /// The body as streamed mutations of at most 62,000 bytes; end-of-stream on the last when `eos`.
-fn streamed_chunks(body: &[u8], eos: bool, request: bool) -> Vec<ProcessingResponse> {
+pub(crate) fn streamed_chunks(body: &[u8], eos: bool, request: bool) -> Vec<ProcessingResponse> {
     let pieces = chunks(body);
     let last = pieces.len().saturating_sub(1);
     pieces.into_iter().enumerate().map(|(i, c)| streamed(c.to_vec(), eos && i == last, request)).collect()
