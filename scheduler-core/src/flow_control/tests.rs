@@ -690,3 +690,30 @@ fn wait_histogram_uses_llm_d_buckets() {
     assert_eq!(h.count(), 5);
     assert_eq!(WAIT_BUCKETS_S.len() + 1, h.counts.len());
 }
+
+#[test]
+fn expiry_takes_every_request_past_its_budget_in_every_band_and_flow() {
+    for ordering in [Ordering::Fcfs, Ordering::Edf] {
+        let mut fc = controller(Fairness::RoundRobin, ordering, false);
+        let closed = Gate { saturation: Some(1.0), no_endpoints: false };
+        let mut arrivals = Vec::new();
+        for (i, (priority, flow)) in
+            [(0, "a"), (1, "b"), (0, "b"), (-1, "a"), (0, "a"), (1, "c")].iter().enumerate()
+        {
+            let t = i as u64 * 100;
+            match fc.admit(&QueueRequest { priority: *priority, flow, bytes: 1 }, &closed, t) {
+                Admit::Queued(ticket) => arrivals.push((ticket, t)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // TTL 1 s: at 1 250 ms the requests that arrived at 0, 100 and 200 ms are due, in three flows.
+        let out = fc.expire(&closed, 1_250);
+        let due: Vec<Ticket> = arrivals.iter().filter(|(_, t)| t + 1_000 <= 1_250).map(|(k, _)| *k).collect();
+        assert_eq!(out.iter().map(|r| r.ticket).collect::<Vec<_>>(), due, "{ordering:?}");
+        assert!(out.iter().all(|r| r.outcome == QueueOutcome::EvictedTtl));
+        assert_eq!(fc.len(), 3);
+        assert_eq!(fc.expire(&closed, 1_299).len(), 0);
+        assert_eq!(fc.expire(&closed, 1_500).len(), 3);
+        assert!(fc.is_empty());
+    }
+}
