@@ -412,7 +412,7 @@ impl FlowController {
             for flow in band.flows.values() {
                 for &(_, t) in &flow.queue {
                     let due = self.waiting.get(&t).map(|w| w.enqueued_ms.max(since).saturating_add(budget));
-                    if !due.is_some_and(|d| now_ms >= d) {
+                    if due.is_none_or(|d| now_ms < d) {
                         break;
                     }
                     expired.push(t);
