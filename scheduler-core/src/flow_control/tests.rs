@@ -676,6 +676,63 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Round-robin: while flows wait, none gets a second turn before every other waiting flow had one;
+    /// global-strict: arrival order across flows.
+    #[test]
+    fn round_robin_is_fair_and_global_strict_is_arrival_order(
+        arrivals in proptest::collection::vec(0u8..5, 1..8),
+    ) {
+        for fairness in [Fairness::RoundRobin, Fairness::GlobalStrict] {
+            let mut fc = controller(fairness, Ordering::Fcfs, false);
+            let closed = Gate { saturation: Some(1.0), no_endpoints: false };
+            let mut flow_of = HashMap::new();
+            for (i, f) in arrivals.iter().enumerate() {
+                let name = format!("f{f}");
+                if let Admit::Queued(t) = fc.admit(&QueueRequest { priority: 0, flow: &name, bytes: 1 }, &closed, i as u64) {
+                    flow_of.insert(t, *f);
+                }
+            }
+            let open = Gate { saturation: Some(0.0), no_endpoints: false };
+            let order: Vec<(Ticket, u8)> = core::iter::from_fn(|| fc.next(&open, 0, 100))
+                .map(|r| (r.ticket, flow_of[&r.ticket]))
+                .collect();
+            prop_assert_eq!(order.len(), flow_of.len());
+            match fairness {
+                Fairness::GlobalStrict => {
+                    let tickets: Vec<Ticket> = order.iter().map(|(t, _)| *t).collect();
+                    let mut sorted = tickets.clone();
+                    sorted.sort();
+                    prop_assert_eq!(tickets, sorted);
+                }
+                Fairness::RoundRobin => {
+                    let mut left: HashMap<u8, usize> = HashMap::new();
+                    for f in flow_of.values() {
+                        *left.entry(*f).or_default() += 1;
+                    }
+                    let mut served_since: HashMap<u8, std::collections::HashSet<u8>> = HashMap::new();
+                    for (_, f) in &order {
+                        if let Some(since) = served_since.get(f) {
+                            for (other, n) in &left {
+                                if other != f && *n > 0 {
+                                    prop_assert!(since.contains(other), "flow {} served twice before {}", f, other);
+                                }
+                            }
+                        }
+                        served_since.insert(*f, std::collections::HashSet::new());
+                        for (g, set) in served_since.iter_mut() {
+                            if g != f {
+                                set.insert(*f);
+                            }
+                        }
+                        *left.get_mut(f).unwrap() -= 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn wait_histogram_uses_llm_d_buckets() {
     let mut h = WaitHistogram::default();
