@@ -51,6 +51,8 @@ pub struct Metrics {
     scheduler: Mutex<Option<Histogram>>,
     /// Flow control's queues as the picker thread last left them (`None`: flow control is off).
     flow: Mutex<Option<FlowView>>,
+    /// Requests in flight that flow control's eviction ended.
+    evicted: AtomicU64,
 }
 
 /// What `/metrics` shows of flow control: its counts and each band's capacity.
@@ -112,6 +114,11 @@ impl Metrics {
         if let Ok(mut d) = self.decisions.lock() {
             *d.entry(key).or_default() += 1;
         }
+    }
+
+    /// Flow control's in-flight eviction ended a request (its stream answered 429).
+    pub fn record_eviction(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Flow control's state after the picker thread changed it.
@@ -412,6 +419,11 @@ impl Metrics {
         let flow = self.flow.lock().ok().and_then(|f| f.clone());
         if let Some(flow) = &flow {
             write_flow_control(out, pool.name(), flow)?;
+            let name = "llm_d_epp_flow_control_revocations_total";
+            writeln!(out, "# HELP {name} In-flight requests flow control's eviction ended (answered 429).")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            let n = self.evicted.load(Ordering::Relaxed);
+            writeln!(out, "{name}{{outcome=\"confirmed\",inference_pool=\"{}\"}} {n}", pool.name())?;
         }
         let Some(published) = pool.latest() else { return Ok(()) };
         // Ready: what the picker last judged usable. Without a picker (collector only) there is no such

@@ -417,6 +417,15 @@ mod tests {
 
     /// A pick server over a two-endpoint pool with fresh metrics, on a loopback port.
     async fn start(config: &str, lease: Duration) -> (std::net::SocketAddr, Arc<PickService>) {
+        let (addr, service, _, _) = start_observed(config, lease).await;
+        (addr, service)
+    }
+
+    /// [`start`], with the metrics and the pool (to read `/metrics` as the shim renders it).
+    async fn start_observed(
+        config: &str,
+        lease: Duration,
+    ) -> (std::net::SocketAddr, Arc<PickService>, Arc<Metrics>, Arc<Pool>) {
         let config = GatewayConfig::from_json(config).unwrap();
         let pool = Pool::new("p");
         pool.set_endpoints(&[Endpoint::new("10.0.0.1:8000"), Endpoint::new("10.0.0.2:8000")]);
@@ -425,12 +434,12 @@ mod tests {
         }
         pool.publish(crate::unix_ms()).unwrap();
         let metrics = Arc::new(Metrics::default());
-        let picker = PickerHandle::spawn(config.clone(), pool, Arc::clone(&metrics)).unwrap();
-        let service = PickService::new(picker, ExchangeSettings::new(&config), metrics, lease);
+        let picker = PickerHandle::spawn(config.clone(), Arc::clone(&pool), Arc::clone(&metrics)).unwrap();
+        let service = PickService::new(picker, ExchangeSettings::new(&config), Arc::clone(&metrics), lease);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, Arc::clone(&service)));
-        (addr, service)
+        (addr, service, metrics, pool)
     }
 
     /// One HTTP/1.1 exchange (blocking, on a helper thread): status, lower-case headers, body.
@@ -515,6 +524,65 @@ mod tests {
         assert_eq!((status, header(&headers, LOCAL_REPLY_HEADER)), (400, None));
         assert!(body.contains("x-epp-path"), "{body}");
         assert_eq!(call(addr, "GET /pick HTTP/1.1\r\nhost: x", Vec::new()).await.0, 405);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_flow_control_a_pick_waits_for_a_place_and_goes_when_one_is_done() {
+        let config = r#"{"featureGates": ["flowControl"],
+            "plugins": [{"type": "queue-scorer"},
+                        {"type": "concurrency-detector", "parameters": {"maxConcurrency": 1, "headroom": 10}}],
+            "flowControl": {"saturationDetector": {"pluginRef": "concurrency-detector"}}}"#;
+        let (addr, service, metrics, pool) = start_observed(config, Duration::from_secs(600)).await;
+        let head = "POST /pick HTTP/1.1\r\nhost: x\r\nx-epp-path: /v1/chat/completions\r\ncontent-type: application/json";
+        let mut tickets = Vec::new();
+        for _ in 0..2 {
+            let (status, headers, body) = call(addr, head, CHAT.into()).await;
+            assert_eq!(status, 200, "{body}");
+            let to = header(&headers, DESTINATION).unwrap().to_string();
+            tickets.push((header(&headers, PICK_HEADER).unwrap().to_string(), to));
+        }
+        // Both places taken: the third pick waits in the queue.
+        let third = tokio::spawn(call(addr, head, CHAT.into()));
+        let queued = r#"llm_d_epp_flow_control_queue_size{priority="0",inference_pool="p"} 1"#;
+        for _ in 0..500 {
+            if metrics.render(&pool, crate::unix_ms()).contains(queued) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(metrics.render(&pool, crate::unix_ms()).contains(queued));
+        assert!(!third.is_finished());
+        let (ticket, to) = &tickets[0];
+        let done = format!("POST /pick/done HTTP/1.1\r\nhost: x\r\nx-epp-pick: {ticket}\r\nx-epp-upstream: {to}\r\nx-epp-status: 200");
+        assert_eq!(call(addr, &done, Vec::new()).await.0, 204);
+        let (status, headers, body) = third.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(header(&headers, DESTINATION).is_some());
+        assert_eq!(service.open(), 2);
+
+        // A caller that gives up while its pick waits (NGINX's subrequest timed out, its client left).
+        let mut gone = std::net::TcpStream::connect(addr).unwrap();
+        let req = format!("{head}\r\ncontent-length: {}\r\n\r\n{CHAT}", CHAT.len());
+        gone.write_all(req.as_bytes()).unwrap();
+        for _ in 0..500 {
+            if metrics.render(&pool, crate::unix_ms()).contains(queued) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(gone);
+        let empty = r#"llm_d_epp_flow_control_queue_size{priority="0",inference_pool="p"} 0"#;
+        let cancelled = r#"outcome="EvictedContextCancelled""#;
+        let mut seen = false;
+        for _ in 0..300 {
+            let m = metrics.render(&pool, crate::unix_ms());
+            if m.contains(empty) && m.contains(cancelled) {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen, "{}", metrics.render(&pool, crate::unix_ms()));
     }
 
     #[test]

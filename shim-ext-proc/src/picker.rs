@@ -24,7 +24,7 @@ enum Command {
     Decide {
         /// Boxed: the request's facts are large next to the other commands.
         input: Box<DecisionInput>,
-        reply: oneshot::Sender<(Outcome, Option<u64>)>,
+        reply: oneshot::Sender<Answer>,
     },
     Finish {
         address: String,
@@ -57,6 +57,8 @@ enum Command {
     /// Flow control's tick (and a nudge when a waiting stream went away): answer expired requests,
     /// forget those whose stream is gone, dispatch while the pool has room.
     Poll,
+    /// A request flow control tracked in flight (for eviction) ended.
+    LeaseEnded(Ticket),
 }
 
 /// How often the picker thread looks for requests past `health.firstByteTimeoutMs` (the filter's tick).
@@ -103,6 +105,7 @@ impl std::fmt::Debug for Command {
             Command::FirstByte { .. } => "FirstByte",
             Command::Sweep => "Sweep",
             Command::Poll => "Poll",
+            Command::LeaseEnded(_) => "LeaseEnded",
         })
     }
 }
@@ -143,13 +146,6 @@ impl PickerHandle {
                     log::warn!("configuration: {warning}");
                 }
                 picker.scheduler_mut().set_prefix_table_seed(table_seed());
-                if picker.flow_control().is_some_and(|f| f.config().enable_eviction) {
-                    log::warn!(
-                        "configuration: flowControl.enableEviction: in-flight eviction is not done by the \
-                         ext_proc shim (requests once sent are never ended early); queued requests still \
-                         wait, expire and dispatch by priority"
-                    );
-                }
                 let _ = ready_tx.send(Ok(()));
                 let mut worker = Worker {
                     picker,
@@ -162,6 +158,7 @@ impl PickerHandle {
                     tickets: 0,
                     waiting: HashMap::new(),
                     queued: None,
+                    leases: HashMap::new(),
                 };
                 while let Some(cmd) = rx.blocking_recv() {
                     worker.handle(cmd);
@@ -210,14 +207,24 @@ impl PickerHandle {
     /// [`PickerHandle::first_byte`] (see `health.firstByteTimeoutMs`).
     ///
     /// With flow control on, the answer may wait while the request is queued; dropping this future (the
-    /// client went away) takes the request out of the queue.
+    /// client went away) takes the request out of the queue. A request that in-flight eviction may end
+    /// is not evictable through this call (its lease ends at once): see [`PickerHandle::decide_leased`].
     pub async fn decide(&self, input: DecisionInput) -> (Outcome, Option<u64>) {
+        let (outcome, ticket, _lease) = self.decide_leased(input).await;
+        (outcome, ticket)
+    }
+
+    /// [`PickerHandle::decide`], with the request's [`Lease`] when flow control's in-flight eviction
+    /// tracks it: hold it while the request is in flight (dropping it says the request ended) and
+    /// answer the client with the reply that arrives on it, if one does.
+    pub async fn decide_leased(&self, input: DecisionInput) -> (Outcome, Option<u64>, Option<Lease>) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Decide { input: Box::new(input), reply }).is_ok() {
             let mut wait = Waiting { rx, tx: &self.tx, done: false };
-            if let Ok(decided) = (&mut wait.rx).await {
+            if let Ok((outcome, ticket, lease)) = (&mut wait.rx).await {
                 wait.done = true;
-                return decided;
+                let lease = lease.map(|(ticket, evicted)| Lease { ticket, evicted, tx: self.tx.clone() });
+                return (outcome, ticket, lease);
             }
             wait.done = true;
         }
@@ -227,7 +234,7 @@ impl PickerHandle {
                 .body(),
             reason: "picker_down",
         });
-        (down, None)
+        (down, None, None)
     }
 
     /// The response headers of the request decided under `ticket` came (`alive`: from the server it was
@@ -264,7 +271,7 @@ impl PickerHandle {
 /// was queued), it nudges the picker thread, which then sees the closed channel and cancels the ticket
 /// at once rather than at the next tick.
 struct Waiting<'a> {
-    rx: oneshot::Receiver<(Outcome, Option<u64>)>,
+    rx: oneshot::Receiver<Answer>,
     tx: &'a mpsc::UnboundedSender<Command>,
     done: bool,
 }
@@ -278,10 +285,29 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What the picker thread answers: the outcome, the health ticket of a routed request, and the lease
+/// (ticket, where an eviction reply would come) when in-flight eviction tracks it.
+type Answer = (Outcome, Option<u64>, Option<(Ticket, oneshot::Receiver<Reply>)>);
+
+/// A request flow control tracks in flight for eviction. Dropping it tells the picker the request ended.
+#[derive(Debug)]
+pub struct Lease {
+    ticket: Ticket,
+    /// Eviction's reply (429), when it ends this request.
+    pub evicted: oneshot::Receiver<Reply>,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::LeaseEnded(self.ticket));
+    }
+}
+
 /// A request waiting in flow control: what it gave to be decided, and where the answer goes.
 struct Waiter {
     input: DecisionInput,
-    reply: oneshot::Sender<(Outcome, Option<u64>)>,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// The waiting requests, as the core asks for them at dispatch time.
@@ -320,6 +346,8 @@ struct Worker {
     waiting: HashMap<Ticket, Waiter>,
     /// The ticket [`Worker::decide`] just queued a request under.
     queued: Option<Ticket>,
+    /// Requests in flight that eviction may end: where to send the reply.
+    leases: HashMap<Ticket, oneshot::Sender<Reply>>,
 }
 
 impl Worker {
@@ -350,6 +378,11 @@ impl Worker {
             },
             Command::Poll => {
                 self.poll();
+                return;
+            }
+            Command::LeaseEnded(lease) => {
+                self.leases.remove(&lease);
+                self.picker.finished(lease, (self.clock)());
                 return;
             }
             Command::FirstByte { ticket, alive } => {
@@ -451,17 +484,14 @@ impl Worker {
 
     /// Sends a decision to whoever awaits it, counting a routed one in flight. If they are gone, the
     /// count and the health wait are undone at once (no stream is left to release them).
-    fn answer(
-        &mut self,
-        outcome: Outcome,
-        lease: Option<Ticket>,
-        reply: oneshot::Sender<(Outcome, Option<u64>)>,
-    ) {
+    fn answer(&mut self, outcome: Outcome, lease: Option<Ticket>, reply: oneshot::Sender<Answer>) {
         let now = (self.clock)();
-        // The shim does not end requests early, so a lease is released at once (see `spawn`).
-        if let Some(l) = lease {
-            self.picker.finished(l, now);
-        }
+        let lease = lease.map(|l| {
+            let (tx, rx) = oneshot::channel();
+            self.leases.insert(l, tx);
+            (l, rx)
+        });
+        let leased = lease.as_ref().map(|(l, _)| *l);
         let mut ticket = None;
         let mut counted = None;
         if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = &outcome {
@@ -471,8 +501,12 @@ impl Worker {
             ticket = Some(self.tickets);
             counted = Some((r.destination.clone(), r.estimated_tokens, r.prompt_tokens));
         }
-        if reply.send((outcome, ticket)).is_err() {
+        if reply.send((outcome, ticket, lease)).is_err() {
             // The stream is gone: nobody will report its headers or its end.
+            if let Some(l) = leased {
+                self.leases.remove(&l);
+                self.picker.finished(l, now);
+            }
             if let Some(t) = ticket {
                 self.picker.health_mut().first_byte(t, false);
             }
@@ -500,6 +534,13 @@ impl Worker {
                 let Some(w) = self.waiting.remove(&settled.ticket) else { continue };
                 self.metrics.record_queued_decision(&settled.outcome);
                 self.answer(settled.outcome, settled.lease, w.reply);
+            }
+            for revoked in poll.revoked {
+                // The stream answers the client and Envoy drops the upstream request; its lease ends
+                // with the stream, which confirms the eviction.
+                if let Some(tx) = self.leases.remove(&revoked.lease) {
+                    let _ = tx.send(revoked.reply);
+                }
             }
         }
         self.metrics.set_flow_control(self.picker.flow_control());

@@ -81,9 +81,13 @@ impl Stream {
         Stream { tx: Some(tx), rx }
     }
 
-    /// The first answer: routed (`Ok(destination)`) or refused (`Err((status, body))`).
+    /// The next answer, past the request body echoed back: routed (`Ok(destination)`) or answered
+    /// locally (`Err((status, body))`).
     async fn answer(&mut self) -> Result<String, (u32, serde_json::Value)> {
-        let r = self.rx.message().await.unwrap().expect("an answer");
+        let mut r = self.rx.message().await.unwrap().expect("an answer");
+        while let Some(Out::RequestBody(_)) = r.response {
+            r = self.rx.message().await.unwrap().expect("an answer");
+        }
         match r.response {
             Some(Out::RequestHeaders(h)) => {
                 let m = h.response.unwrap().header_mutation.unwrap();
@@ -253,5 +257,38 @@ async fn a_request_waiting_past_its_ttl_is_answered_429() {
         r#"llm_d_epp_flow_control_requests_total{outcome="EvictedTTL",priority="0",inference_pool="sim"}"#;
     assert_eq!(metric(&shim, expired), Some(1.0));
     first.end().await;
+    wait_idle(&shim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_ends_a_sheddable_request_in_flight_for_a_waiting_higher_one() {
+    let (sim, shim, _dir) =
+        start(r#"{"saturationDetector": {"pluginRef": "concurrency-detector"}, "enableEviction": true}"#);
+    let ch = channel(&shim).await;
+    let replica = sim.addr("model-sim listening").to_string();
+    let mut batch = Stream::open(&ch, "batch", Some("batch")).await;
+    assert_eq!(batch.answer().await.unwrap(), replica, "sent, and evictable (priority < 0)");
+    let mut high = Stream::open(&ch, "high", Some("high")).await;
+    // The high request is blocked by the sheddable one: eviction ends it with 429...
+    let (status, body) = batch.answer().await.unwrap_err();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "flow_control_evicted", "{body}");
+    assert!(batch.rx.message().await.unwrap().is_none(), "the evicted stream ends");
+    // ...and the place it held goes to the high request.
+    assert_eq!(high.answer().await.unwrap(), replica);
+    let revoked = r#"llm_d_epp_flow_control_revocations_total{outcome="confirmed",inference_pool="sim"}"#;
+    assert_eq!(metric(&shim, revoked), Some(1.0));
+    high.end().await;
+    wait_idle(&shim).await;
+
+    // A request of priority 0 in flight is never evicted: a high one waits for it instead.
+    let mut normal = Stream::open(&ch, "normal", None).await;
+    assert!(normal.answer().await.is_ok());
+    let mut high = Stream::open(&ch, "high-2", Some("high")).await;
+    wait_metric(&shim, QUEUED_HIGH, 1.0).await;
+    normal.end().await;
+    assert_eq!(high.answer().await.unwrap(), replica);
+    high.end().await;
+    assert_eq!(metric(&shim, revoked), Some(1.0));
     wait_idle(&shim).await;
 }

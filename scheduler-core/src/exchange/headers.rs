@@ -6,8 +6,11 @@
 pub const PATH: &str = ":path";
 /// Correlates logs and seeds the request's decision; set by the gateway when the client sent none.
 pub const REQUEST_ID: &str = "x-request-id";
-/// The InferenceObjective the request belongs to (its priority).
+/// The InferenceObjective the request belongs to (its priority): llm-d's deprecated name, still the one
+/// GIE documents.
 pub const OBJECTIVE: &str = "x-gateway-inference-objective";
+/// llm-d's current name for [`OBJECTIVE`]; it wins when a request carries both, as in llm-d.
+pub const OBJECTIVE_LLM_D: &str = "x-llm-d-inference-objective";
 /// The request's flow (tenant) in flow control: llm-d's current name, then its deprecated alias.
 pub const FAIRNESS_ID: [&str; 2] = ["x-llm-d-inference-fairness-id", "x-gateway-inference-fairness-id"];
 /// Forces the model the server runs.

@@ -387,7 +387,7 @@ impl Exchange {
         self.facts = RequestFacts {
             path: text(headers::PATH).unwrap_or_default(),
             request_id,
-            objective: text(headers::OBJECTIVE),
+            objective: text(headers::OBJECTIVE_LLM_D).or_else(|| text(headers::OBJECTIVE)),
             fairness_id: headers::FAIRNESS_ID.iter().find_map(|n| text(n)),
             model_rewrite: text(headers::MODEL_REWRITE),
             session_token: text(headers::SESSION_TOKEN),

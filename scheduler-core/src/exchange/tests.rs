@@ -517,6 +517,16 @@ fn a_queued_request_waits_then_takes_its_outcome_and_a_stream_end_cancels_it_onc
     assert_eq!(x.flow_at_end(), Some(FlowEnd::Finished(Ticket(7))));
     assert_eq!(x.flow_at_end(), None, "reported once");
 
+    // llm-d's current header names the objective too, and wins over the older one.
+    let mut y = Exchange::new();
+    let h = map(&[
+        ("x-request-id", "r"),
+        ("x-gateway-inference-objective", "old"),
+        ("x-llm-d-inference-objective", "new"),
+    ]);
+    y.on_request_headers(&s, Some(&h), None, false, &mut no_id);
+    assert_eq!(y.facts().objective.as_deref(), Some("new"));
+
     // The client leaves while waiting: cancel, once; a late outcome is never routed on.
     let mut x = start(None);
     assert_eq!(x.facts().fairness_id, None);

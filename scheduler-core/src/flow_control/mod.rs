@@ -405,12 +405,20 @@ impl FlowController {
         if budget == 0 || self.len == 0 {
             return Vec::new();
         }
-        let expired: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| now_ms >= w.enqueued_ms.max(since).saturating_add(budget))
-            .map(|(&t, _)| t)
-            .collect();
+        // Within a flow, requests are ordered by arrival (FCFS, or EDF with one TTL for all), so the
+        // expired ones are a prefix of each flow: only heads are looked at.
+        let mut expired: Vec<u64> = Vec::new();
+        for band in self.bands.values() {
+            for flow in band.flows.values() {
+                for &(_, t) in &flow.queue {
+                    let due = self.waiting.get(&t).map(|w| w.enqueued_ms.max(since).saturating_add(budget));
+                    if due.is_none_or(|d| now_ms < d) {
+                        break;
+                    }
+                    expired.push(t);
+                }
+            }
+        }
         let mut out: Vec<Released> =
             expired.into_iter().filter_map(|t| self.release(t, outcome, now_ms)).collect();
         out.sort_unstable_by_key(|r| r.ticket);

@@ -676,6 +676,63 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Round-robin: while flows wait, none gets a second turn before every other waiting flow had one;
+    /// global-strict: arrival order across flows.
+    #[test]
+    fn round_robin_is_fair_and_global_strict_is_arrival_order(
+        arrivals in proptest::collection::vec(0u8..5, 1..8),
+    ) {
+        for fairness in [Fairness::RoundRobin, Fairness::GlobalStrict] {
+            let mut fc = controller(fairness, Ordering::Fcfs, false);
+            let closed = Gate { saturation: Some(1.0), no_endpoints: false };
+            let mut flow_of = HashMap::new();
+            for (i, f) in arrivals.iter().enumerate() {
+                let name = format!("f{f}");
+                if let Admit::Queued(t) = fc.admit(&QueueRequest { priority: 0, flow: &name, bytes: 1 }, &closed, i as u64) {
+                    flow_of.insert(t, *f);
+                }
+            }
+            let open = Gate { saturation: Some(0.0), no_endpoints: false };
+            let order: Vec<(Ticket, u8)> = core::iter::from_fn(|| fc.next(&open, 0, 100))
+                .map(|r| (r.ticket, flow_of[&r.ticket]))
+                .collect();
+            prop_assert_eq!(order.len(), flow_of.len());
+            match fairness {
+                Fairness::GlobalStrict => {
+                    let tickets: Vec<Ticket> = order.iter().map(|(t, _)| *t).collect();
+                    let mut sorted = tickets.clone();
+                    sorted.sort();
+                    prop_assert_eq!(tickets, sorted);
+                }
+                Fairness::RoundRobin => {
+                    let mut left: HashMap<u8, usize> = HashMap::new();
+                    for f in flow_of.values() {
+                        *left.entry(*f).or_default() += 1;
+                    }
+                    let mut served_since: HashMap<u8, std::collections::HashSet<u8>> = HashMap::new();
+                    for (_, f) in &order {
+                        if let Some(since) = served_since.get(f) {
+                            for (other, n) in &left {
+                                if other != f && *n > 0 {
+                                    prop_assert!(since.contains(other), "flow {} served twice before {}", f, other);
+                                }
+                            }
+                        }
+                        served_since.insert(*f, std::collections::HashSet::new());
+                        for (g, set) in served_since.iter_mut() {
+                            if g != f {
+                                set.insert(*f);
+                            }
+                        }
+                        *left.get_mut(f).unwrap() -= 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn wait_histogram_uses_llm_d_buckets() {
     let mut h = WaitHistogram::default();
@@ -689,4 +746,31 @@ fn wait_histogram_uses_llm_d_buckets() {
     assert_eq!(h.counts[16], 1, "above 60 s");
     assert_eq!(h.count(), 5);
     assert_eq!(WAIT_BUCKETS_S.len() + 1, h.counts.len());
+}
+
+#[test]
+fn expiry_takes_every_request_past_its_budget_in_every_band_and_flow() {
+    for ordering in [Ordering::Fcfs, Ordering::Edf] {
+        let mut fc = controller(Fairness::RoundRobin, ordering, false);
+        let closed = Gate { saturation: Some(1.0), no_endpoints: false };
+        let mut arrivals = Vec::new();
+        for (i, (priority, flow)) in
+            [(0, "a"), (1, "b"), (0, "b"), (-1, "a"), (0, "a"), (1, "c")].iter().enumerate()
+        {
+            let t = i as u64 * 100;
+            match fc.admit(&QueueRequest { priority: *priority, flow, bytes: 1 }, &closed, t) {
+                Admit::Queued(ticket) => arrivals.push((ticket, t)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // TTL 1 s: at 1 250 ms the requests that arrived at 0, 100 and 200 ms are due, in three flows.
+        let out = fc.expire(&closed, 1_250);
+        let due: Vec<Ticket> = arrivals.iter().filter(|(_, t)| t + 1_000 <= 1_250).map(|(k, _)| *k).collect();
+        assert_eq!(out.iter().map(|r| r.ticket).collect::<Vec<_>>(), due, "{ordering:?}");
+        assert!(out.iter().all(|r| r.outcome == QueueOutcome::EvictedTtl));
+        assert_eq!(fc.len(), 3);
+        assert_eq!(fc.expire(&closed, 1_299).len(), 0);
+        assert_eq!(fc.expire(&closed, 1_500).len(), 3);
+        assert!(fc.is_empty());
+    }
 }

@@ -302,6 +302,13 @@ impl Machine {
     }
 
     /// Applies the core's decision to the outstanding request for one.
+    /// Flow control's in-flight eviction ended this request: the local reply that makes the gateway
+    /// drop the upstream request and answer the client (llm-d sends the same ImmediateResponse).
+    pub fn evicted(&mut self, reply: &scheduler_core::endpoint_picker::Reply) -> ProcessingResponse {
+        self.refused = true;
+        response(Out::ImmediateResponse(immediate(reply.status, &reply.body, reply.reason)))
+    }
+
     pub fn on_outcome(&mut self, outcome: Outcome) -> Vec<ProcessingResponse> {
         let Some(at) = self.pending.take() else { return Vec::new() };
         let s = std::sync::Arc::clone(&self.settings);

@@ -3,7 +3,7 @@
 
 use super::machine::{Machine, Step, StreamSettings};
 use crate::metrics::{request_model, Metrics, RequestRecord};
-use crate::picker::PickerHandle;
+use crate::picker::{Lease, PickerHandle};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
@@ -43,6 +43,8 @@ struct StreamGuard {
     ticket: Option<u64>,
     /// The request as the reference picker's metrics count it.
     record: RequestRecord,
+    /// Flow control tracks the request in flight (in-flight eviction); dropped with the guard.
+    lease: Option<Lease>,
 }
 
 impl Drop for StreamGuard {
@@ -75,6 +77,7 @@ impl ExternalProcessor for ExtProcService {
             in_flight: None,
             ticket: None,
             record: RequestRecord::new(),
+            lease: None,
         };
         let machine = Machine::new(Arc::clone(&self.settings));
         tokio::spawn(drive(inbound, tx, machine, guard));
@@ -93,11 +96,31 @@ async fn drive(
     'stream: loop {
         let msg = match held.pop_front() {
             Some(m) => m,
-            None => match inbound.message().await {
-                Ok(Some(m)) => m,
-                // Half-close (NGINX's bridge after its last message) or the gateway went away.
-                Ok(None) | Err(_) => break 'stream,
-            },
+            None => {
+                let next = match guard.lease.as_mut() {
+                    None => inbound.message().await,
+                    // In flight and evictable: eviction's reply may come first.
+                    Some(lease) => tokio::select! {
+                        m = inbound.message() => m,
+                        reply = &mut lease.evicted => {
+                            if let Ok(reply) = reply {
+                                guard.metrics.record_eviction();
+                                guard.metrics.request_answered(&mut guard.record, reply.status);
+                                let _ = tx.send(Ok(machine.evicted(&reply))).await;
+                                break 'stream;
+                            }
+                            // The picker let go of the lease without evicting: wait for messages only.
+                            guard.lease = None;
+                            inbound.message().await
+                        }
+                    },
+                };
+                match next {
+                    Ok(Some(m)) => m,
+                    // Half-close (NGINX's bridge after its last message) or the gateway went away.
+                    Ok(None) | Err(_) => break 'stream,
+                }
+            }
         };
         let response_ends = guard.record.observe(&msg);
         let steps = match machine.on_message(msg) {
@@ -115,7 +138,7 @@ async fn drive(
                     let model = request_model(input.facts.content_type.as_deref(), input.body.as_deref());
                     // The answer may wait in flow control's queue. If the gateway resets the stream (the
                     // client went away) meanwhile, dropping the wait takes the request out of the queue.
-                    let decide = guard.picker.decide(input);
+                    let decide = guard.picker.decide_leased(input);
                     tokio::pin!(decide);
                     let mut half_closed = false;
                     let decided = loop {
@@ -130,7 +153,8 @@ async fn drive(
                             },
                         }
                     };
-                    let Some((outcome, ticket)) = decided else { break 'stream };
+                    let Some((outcome, ticket, lease)) = decided else { break 'stream };
+                    guard.lease = lease;
                     guard.metrics.request_decided(&mut guard.record, &model, &outcome);
                     guard.ticket = ticket;
                     let responses = machine.on_outcome(outcome);

@@ -7,7 +7,9 @@
 //!   (every high request answered before any normal one, every normal one before any sheddable one);
 //! - a full band refuses with 429 and an OpenAI-shaped body, through Envoy;
 //! - a client that hangs up while waiting leaves the queue, and once the pool drains the queue and
-//!   in-flight gauges read zero.
+//!   in-flight gauges read zero;
+//! - with `enableEviction`, a high request arriving at a pool full of sheddable requests gets the place
+//!   of one of them, which Envoy answers 429 (the shim's ImmediateResponse) before any other finishes.
 //!
 //! Skipped with a notice when Envoy is not installed (`.venv/bin/envoy` or `ENVOY_BIN`).
 // Test code: the workspace denies these for code that runs in the proxy, not for tests.
@@ -209,6 +211,52 @@ fn a_full_band_refuses_429_and_a_client_that_leaves_frees_its_place() {
             _ => assert_eq!(r.as_ref().unwrap().status, 200, "{label}"),
         }
     }
+    wait(&shim, "queue and in-flight gauges at zero", |m| {
+        total(m, "llm_d_epp_flow_control_queue_size") == 0.0
+            && total(m, "epp_shim_endpoint_in_flight_requests") == 0.0
+            && total(m, "llm_d_epp_request_running") == 0.0
+    });
+}
+
+#[test]
+fn eviction_ends_sheddable_requests_in_flight_for_a_higher_band_through_envoy() {
+    require!(envoy);
+    let (_sims, shim, envoy) =
+        setup(r#"{"saturationDetector": {"pluginRef": "concurrency-detector"}, "enableEviction": true}"#);
+    let order = Arc::new(AtomicUsize::new(0));
+    let answers: Answers = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    // The pool's 4 places taken by sheddable requests, then one high request.
+    for _ in 0..4 {
+        threads.push(send_async(&envoy, "batch", post(Some("batch")), &order, &answers));
+    }
+    wait(&shim, "the pool full", |m| total(m, "epp_shim_endpoint_in_flight_requests") == 4.0);
+    threads.push(send_async(&envoy, "high", post(Some("high")), &order, &answers));
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut answers = std::mem::take(&mut *answers.lock().unwrap());
+    answers.sort_by_key(|(n, _, _)| *n);
+    let status = |label: &str| -> Vec<u16> {
+        answers.iter().filter(|(_, l, _)| *l == label).map(|(_, _, r)| r.as_ref().unwrap().status).collect()
+    };
+    assert_eq!(status("high"), [200]);
+    let batch = status("batch");
+    let evicted = batch.iter().filter(|s| **s == 429).count();
+    // Saturation 4/4 = the ceiling 1.0: llm-d's sizing, max(1, ⌈(1.0 − 1.0) / credit⌉), evicts one.
+    assert_eq!(evicted, 1, "{batch:?}");
+    assert_eq!(batch.iter().filter(|s| **s == 200).count(), 4 - evicted, "{batch:?}");
+    let (_, _, r) =
+        answers.iter().find(|(_, l, r)| *l == "batch" && r.as_ref().unwrap().status == 429).unwrap();
+    let err: serde_json::Value = serde_json::from_slice(&r.as_ref().unwrap().body).unwrap();
+    assert_eq!(err["error"]["code"], "flow_control_evicted", "{err}");
+    // The evicted requests were answered first, before any request finished on a replica.
+    let first: Vec<u16> = answers.iter().take(evicted).map(|(_, _, r)| r.as_ref().unwrap().status).collect();
+    assert!(first.iter().all(|s| *s == 429), "{:?}", answers.iter().map(|a| a.1).collect::<Vec<_>>());
+    let revoked = format!(
+        "llm_d_epp_flow_control_revocations_total{{outcome=\"confirmed\",inference_pool=\"sim\"}} {evicted}"
+    );
+    wait(&shim, "the evictions counted", |m| m.contains(&revoked));
     wait(&shim, "queue and in-flight gauges at zero", |m| {
         total(m, "llm_d_epp_flow_control_queue_size") == 0.0
             && total(m, "epp_shim_endpoint_in_flight_requests") == 0.0
