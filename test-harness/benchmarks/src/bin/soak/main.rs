@@ -298,6 +298,10 @@ impl Rig {
                 rss_kib(self.shim.process().id()),
                 self.collector.as_ref().and_then(|c| rss_kib(c.process().id())),
             ],
+            heap_kib: {
+                let (f, s) = (heap_kib(&self.filter_envoy), heap_kib(&self.shim_envoy));
+                [f.map(|h| h.0), f.map(|h| h.1), s.map(|h| h.0), s.map(|h| h.1)]
+            },
             gauges: [
                 stat(&f, "http.gateway.downstream_rq_active"),
                 stat(&f, "cluster.pool.upstream_rq_active"),
@@ -350,6 +354,16 @@ fn get_text(addr: &str, path: &str) -> Option<String> {
         .ok()
         .filter(|r| r.status == 200)
         .map(|r| r.text())
+}
+
+/// Envoy's tcmalloc heap, KiB: in use and held (admin `/memory`: `"allocated": "<bytes>"`, `"heap_size"`).
+fn heap_kib(envoy: &Envoy) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(&get_text(envoy.admin(), "/memory")?).ok()?;
+    let kib = |name: &str| {
+        let bytes = v.get(name)?;
+        bytes.as_str().and_then(|b| b.parse::<u64>().ok()).or_else(|| bytes.as_u64()).map(|b| b / 1024)
+    };
+    Some((kib("allocated")?, kib("heap_size")?))
 }
 
 /// Every counter and gauge of an Envoy's admin `/stats` (histograms left out).
@@ -540,6 +554,17 @@ fn run() -> Result<bool, String> {
             },
         });
     }
+    // Where an Envoy's growth is: its heap (tcmalloc) or outside it (V8, the Wasm VMs' memory).
+    for (i, name) in report::HEAP.iter().enumerate() {
+        let slope = report::slope(&report::heap_points(&samples, i, warmup));
+        slopes.push((name.to_string(), slope));
+        verdicts.push(Verdict {
+            name: format!("slope of {name} (admin /memory, same window)"),
+            value: slope.map_or_else(|| String::from("n/a"), |s| format!("{s:+.1} KiB/min")),
+            target: String::from("(shows where RSS growth is)"),
+            met: None,
+        });
+    }
     verdicts.push(Verdict {
         name: String::from("failed requests outside the fault windows"),
         value: format!(
@@ -614,10 +639,19 @@ fn run() -> Result<bool, String> {
         "windows": windows.iter().map(|w| serde_json::json!({
             "fault": w.kind.key(), "replica": w.replica, "start_s": w.start.as_secs_f64(), "end_s": w.end.as_secs_f64(),
         })).collect::<Vec<_>>(),
-        "rss_slope_kib_per_min": slopes.iter().map(|(n, s)| (n.clone(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
+        "slopes_kib_per_min": slopes.iter().map(|(n, s)| (n.clone(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
         "wasm_vms_created_after_start": created,
         "wasm_lifecycle_counters": lifecycle.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         "vm_failure_log_lines": failures_logged,
+        // How the filter saw the faults: its own counters (per-endpoint ones left out), and Envoy's VM stats.
+        "filter_envoy_stats": wasm_after
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("wasmcustom.").is_some_and(|n| n.starts_with("epp_") && !n.contains('.'))
+                    || k.starts_with("wasm.")
+            })
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "in_flight_after_stop": report::GAUGES.iter().zip(last.gauges.iter()).map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         "verdicts": verdicts.iter().map(|v| serde_json::json!({"name": v.name, "value": v.value, "target": v.target, "met": v.met})).collect::<Vec<_>>(),
     });

@@ -237,6 +237,14 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
 /// The processes whose RSS is sampled, in CSV column order.
 pub const PROCESSES: [&str; 4] = ["envoy-filter", "envoy-shim", "epp-shim", "collector"];
 
+/// The Envoy heap readings sampled, in CSV column order.
+pub const HEAP: [&str; 4] = [
+    "heap_allocated_kib_envoy_filter",
+    "heap_size_kib_envoy_filter",
+    "heap_allocated_kib_envoy_shim",
+    "heap_size_kib_envoy_shim",
+];
+
 /// The in-flight gauges sampled, in CSV column order: Envoy's own (both Envoys), the shim's.
 pub const GAUGES: [&str; 7] = [
     "filter_envoy_downstream_rq_active",
@@ -254,6 +262,9 @@ pub struct Sample {
     pub at: Duration,
     /// KiB per process of [`PROCESSES`]; `None` when it could not be read (the process restarting).
     pub rss_kib: [Option<u64>; 4],
+    /// Both Envoys' tcmalloc heap, KiB, in [`HEAP`] order (admin `/memory`: `allocated` is what is in use,
+    /// `heap_size` what tcmalloc holds; neither counts V8's own mappings, the Wasm VMs' memory among them).
+    pub heap_kib: [Option<u64>; 4],
     /// Values of [`GAUGES`]; `None` when the admin or `/metrics` did not answer.
     pub gauges: [Option<u64>; 7],
     /// `wasm.envoy.wasm.runtime.v8.created` and `.active` of the filter's Envoy.
@@ -271,6 +282,9 @@ pub fn csv(samples: &[Sample]) -> String {
     for p in PROCESSES {
         let _ = write!(s, ",rss_kib_{}", p.replace('-', "_"));
     }
+    for h in HEAP {
+        let _ = write!(s, ",{h}");
+    }
     for g in GAUGES {
         let _ = write!(s, ",{g}");
     }
@@ -278,7 +292,7 @@ pub fn csv(samples: &[Sample]) -> String {
     let opt = |v: Option<u64>| v.map_or_else(String::new, |v| v.to_string());
     for x in samples {
         let _ = write!(s, "{:.1}", x.at.as_secs_f64());
-        for v in x.rss_kib.iter().chain(x.gauges.iter()) {
+        for v in x.rss_kib.iter().chain(x.heap_kib.iter()).chain(x.gauges.iter()) {
             let _ = write!(s, ",{}", opt(*v));
         }
         let _ = writeln!(
@@ -296,10 +310,19 @@ pub fn csv(samples: &[Sample]) -> String {
 
 /// RSS points (minutes, KiB) of process `i`, from `from` on (the warm-up left out).
 pub fn rss_points(samples: &[Sample], i: usize, from: Duration) -> Vec<(f64, f64)> {
+    points(samples, from, |s| *s.rss_kib.get(i)?)
+}
+
+/// Envoy heap points (minutes, KiB) of reading `i` of [`HEAP`], from `from` on.
+pub fn heap_points(samples: &[Sample], i: usize, from: Duration) -> Vec<(f64, f64)> {
+    points(samples, from, |s| *s.heap_kib.get(i)?)
+}
+
+fn points(samples: &[Sample], from: Duration, value: impl Fn(&Sample) -> Option<u64>) -> Vec<(f64, f64)> {
     samples
         .iter()
         .filter(|s| s.at >= from)
-        .filter_map(|s| Some((s.at.as_secs_f64() / 60.0, *s.rss_kib.get(i)?.as_ref()? as f64)))
+        .filter_map(|s| Some((s.at.as_secs_f64() / 60.0, value(s)? as f64)))
         .collect()
 }
 
