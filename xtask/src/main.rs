@@ -12,6 +12,7 @@ mod fuzz;
 mod image;
 mod k8s;
 mod overhead;
+mod soak;
 mod test;
 mod tools;
 
@@ -42,6 +43,11 @@ commands:
   fuzz [--seconds N] [TARGET]
                 each coverage-guided fuzz target in fuzz/ (or one) for N seconds (default 60): installs
                 nightly and cargo-fuzz when missing, prints executions, coverage and crashes
+  soak (--minutes N | --seconds N) [-- more soak options]
+                the filter and the shim side by side in real Envoy (2 workers each) under steady mixed
+                traffic (streams, cancels, bad bodies) and scheduled faults (replica killed, /metrics hung,
+                companion collector down): RSS over time, in-flight after the stop, failures outside the
+                fault windows, Wasm VM restarts; exits non-zero when a target is missed (docs/reliability.md)
   image [--format compat|oci|both] [--out DIR] [--tag NAME:TAG] [--wasm FILE] | --verify
                 the filter as OCI image layouts Istio and Envoy Gateway pull (no Docker; reproducible
                 digests); --verify round-trips them through a local registry (docs/deploy/oci-image.md)
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

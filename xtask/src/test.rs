@@ -22,6 +22,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     core_tests_as_wasm()?;
     // Every fuzz target for a few seconds (installs nightly and cargo-fuzz; docs/reliability.md).
     crate::fuzz::smoke()?;
+    // The filter and the shim side by side under mixed traffic and faults for 20 s (docs/reliability.md).
+    crate::soak::smoke()?;
     // The filter as an OCI image through a real registry (installs docker-registry and skopeo).
     crate::image::verify()?;
     eprintln!("\nxtask test: all steps passed");
