@@ -10,7 +10,8 @@
 //! - Faults (`report::schedule`): a replica killed (`kill -9`) and started again on its port, a replica's
 //!   `/metrics` hung, the companion collector killed and started again on its port.
 //! - Samples every few seconds: RSS of both Envoys, the shim and the collector (`/proc/PID/status`),
-//!   Envoy's active-request gauges and the shim's in-flight gauges, the filter Envoy's Wasm VM counts.
+//!   Envoy's active-request gauges, the filter's and the shim's in-flight gauges, the filter Envoy's Wasm
+//!   VM counts.
 //! - At the end the traffic stops, the gauges must return to 0, and every process is stopped.
 //!
 //! Writes `samples.csv`, `summary.json`, `soak.md` and `rss.png` into `--out`, and exits non-zero when a
@@ -305,6 +306,7 @@ impl Rig {
             gauges: [
                 stat(&f, "http.gateway.downstream_rq_active"),
                 stat(&f, "cluster.pool.upstream_rq_active"),
+                stat(&f, "wasmcustom.epp_in_flight_requests"),
                 stat(&s, "http.gateway.downstream_rq_active"),
                 stat(&s, "cluster.pool.upstream_rq_active"),
                 sum("llm_d_epp_request_running"),

@@ -246,9 +246,10 @@ pub const HEAP: [&str; 4] = [
 ];
 
 /// The in-flight gauges sampled, in CSV column order: Envoy's own (both Envoys), the shim's.
-pub const GAUGES: [&str; 7] = [
+pub const GAUGES: [&str; 8] = [
     "filter_envoy_downstream_rq_active",
     "filter_envoy_upstream_rq_active",
+    "filter_in_flight",
     "shim_envoy_downstream_rq_active",
     "shim_envoy_upstream_rq_active",
     "shim_request_running",
@@ -266,7 +267,7 @@ pub struct Sample {
     /// `heap_size` what tcmalloc holds; neither counts V8's own mappings, the Wasm VMs' memory among them).
     pub heap_kib: [Option<u64>; 4],
     /// Values of [`GAUGES`]; `None` when the admin or `/metrics` did not answer.
-    pub gauges: [Option<u64>; 7],
+    pub gauges: [Option<u64>; 8],
     /// `wasm.envoy.wasm.runtime.v8.created` and `.active` of the filter's Envoy.
     pub vms_created: Option<u64>,
     pub vms_active: Option<u64>,
