@@ -343,29 +343,10 @@ impl EndpointPicker {
         Admission::Decided { outcome, lease }
     }
 
-    /// The checks [`EndpointPicker::decide`] answers before anything else (413, 415, 400), alone.
+    /// The checks [`EndpointPicker::decide`] answers before anything else (413, 415, 400), alone: the
+    /// body read of [`read_body`], kept only for its refusal.
     fn precheck(&self, info: &RequestInfo<'_>, body: Option<&[u8]>) -> Option<Reply> {
-        let body = body?;
-        if let Some(reply) = self.body_too_large(body.len()) {
-            return Some(reply);
-        }
-        if !self.config.parsers.reads_body(info.path) {
-            return None;
-        }
-        if let Some(reply) = unsupported_encoding(info.content_encoding) {
-            return Some(reply);
-        }
-        match BodyFormat::of(info.content_type) {
-            BodyFormat::Json => match parse_request(info.path, body) {
-                Ok(_) => None,
-                Err(e) => Some(Reply {
-                    status: 400,
-                    body: OpenAiError::invalid_request(&e).body(),
-                    reason: "bad_request",
-                }),
-            },
-            _ => None,
-        }
+        read_body(&self.config, info, body).err()
     }
 
     /// Lets flow control go on: answers the waiting requests whose time ran out, then dispatches
