@@ -159,7 +159,9 @@ impl PickService {
             );
         }
         self.metrics.stream_started();
-        let mut record = RequestRecord::new();
+        // Ends the request in the metrics however this returns, also when the caller goes away while
+        // the pick waits in flow control (hyper then drops this future).
+        let mut pending = Pending { service: self, record: RequestRecord::new(), open: true };
         let mut exchange = Exchange::new();
         let head = exchange.on_request_headers(
             &s,
@@ -180,23 +182,20 @@ impl PickService {
                     }
                 }
                 Some(Err(e)) => {
-                    self.end(&mut record);
                     return answer(StatusCode::BAD_REQUEST, &[], format!("request body: {e}\n").into_bytes());
                 }
                 None => step = exchange.on_request_body(&s, buffered.len(), true),
             }
         }
-        count_request_bytes(&mut record, &mut buffered);
+        count_request_bytes(&mut pending.record, &mut buffered);
         let with_body = match step {
             RequestStep::Decide { with_body } => with_body,
             RequestStep::Reply(reply) => {
                 self.metrics.record_early_reply(reply.reason);
-                self.metrics.request_refused_early(&mut record);
-                self.end(&mut record);
+                self.metrics.request_refused_early(&mut pending.record);
                 return local_reply(&reply);
             }
             RequestStep::Wait | RequestStep::Pass => {
-                self.end(&mut record);
                 return plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the request lifecycle did not ask to decide\n",
@@ -208,7 +207,7 @@ impl PickService {
         let input = DecisionInput { facts, body: with_body.then_some(buffered) };
         let model = request_model(input.facts.content_type.as_deref(), input.body.as_deref());
         let (outcome, ticket) = self.picker.decide(input).await;
-        self.metrics.request_decided(&mut record, &model, &outcome);
+        self.metrics.request_decided(&mut pending.record, &model, &outcome);
         if let Some(ticket) = ticket {
             // NGINX reports only the end of the response; for a long stream that is far past the
             // first-byte timeout, which must not count against the endpoint. No longer waited for.
@@ -216,14 +215,12 @@ impl PickService {
         }
         let forward = match exchange.on_outcome(&s, outcome) {
             Decided::Reply(reply) => {
-                self.end(&mut record);
                 return local_reply(&reply);
             }
             Decided::Forward(f) => f,
         };
         let mut headers = vec![(REQUEST_ID, request_id)];
         let Some(destination) = forward.destination else {
-            self.end(&mut record);
             headers.push((FAIL_OPEN_HEADER, "true".into()));
             return answer(StatusCode::OK, &headers, Vec::new());
         };
@@ -247,6 +244,8 @@ impl PickService {
             let mut leases = self.leases();
             leases.next = leases.next.wrapping_add(1);
             let id = leases.next;
+            pending.open = false;
+            let record = std::mem::replace(&mut pending.record, RequestRecord::new());
             leases.open.insert(id, Lease { exchange, record, expires: Instant::now() + self.lease });
             id
         };
@@ -323,6 +322,21 @@ impl PickService {
     /// Picks routed and not yet reported done.
     pub fn open(&self) -> usize {
         self.leases().open.len()
+    }
+}
+
+/// A pick being made: unless it is handed to a lease, dropping it ends the request in the metrics.
+struct Pending<'a> {
+    service: &'a PickService,
+    record: RequestRecord,
+    open: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.service.end(&mut self.record);
+        }
     }
 }
 
@@ -559,6 +573,8 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         assert!(header(&headers, DESTINATION).is_some());
         assert_eq!(service.open(), 2);
+        let empty = r#"llm_d_epp_flow_control_queue_size{priority="0",inference_pool="p"} 0"#;
+        assert!(metrics.render(&pool, crate::unix_ms()).contains(empty));
 
         // A caller that gives up while its pick waits (NGINX's subrequest timed out, its client left).
         let mut gone = std::net::TcpStream::connect(addr).unwrap();
@@ -570,8 +586,8 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(metrics.render(&pool, crate::unix_ms()).contains(queued));
         drop(gone);
-        let empty = r#"llm_d_epp_flow_control_queue_size{priority="0",inference_pool="p"} 0"#;
         let cancelled = r#"outcome="EvictedContextCancelled""#;
         let mut seen = false;
         for _ in 0..300 {
@@ -583,6 +599,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(seen, "{}", metrics.render(&pool, crate::unix_ms()));
+        // The request that went away is ended in the metrics too: two open picks remain.
+        let streams = "epp_shim_active_streams 2";
+        for _ in 0..300 {
+            if metrics.render(&pool, crate::unix_ms()).contains(streams) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(metrics.render(&pool, crate::unix_ms()).contains(streams));
     }
 
     #[test]

@@ -530,6 +530,8 @@ impl Worker {
             self.refresh();
             let mut queue = Queue(&mut self.waiting);
             let poll = self.picker.poll(self.working.as_mut(), false, now, &mut queue);
+            // The gauges say what the queue holds before anyone waiting hears its answer.
+            self.metrics.set_flow_control(self.picker.flow_control());
             for settled in poll.settled {
                 let Some(w) = self.waiting.remove(&settled.ticket) else { continue };
                 self.metrics.record_queued_decision(&settled.outcome);
