@@ -245,7 +245,7 @@ impl PickService {
             leases.next = leases.next.wrapping_add(1);
             let id = leases.next;
             pending.open = false;
-            let record = std::mem::replace(&mut pending.record, RequestRecord::new());
+            let record = std::mem::take(&mut pending.record);
             leases.open.insert(id, Lease { exchange, record, expires: Instant::now() + self.lease });
             id
         };
