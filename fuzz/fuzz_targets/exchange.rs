@@ -106,7 +106,6 @@ fuzz_target!(|input: Input| {
     let mut response = Response::default();
     let mut response_is_events = false;
     let mut response_headers_seen = false;
-    let mut taken = 0u32;
     let mut released = 0u32;
     let mut ids = 0u32;
 
@@ -127,7 +126,9 @@ fuzz_target!(|input: Input| {
         assert_eq!(step.remove, settings.strip, "unreadable headers: every routing header goes");
     }
     assert!(!x.facts().request_id.is_empty());
-    decide_if_asked(&mut x, &mut picker, &settings, &pool, input.snapshot, &body, step.next, &mut taken);
+    let mut decider =
+        Decider { picker: &mut picker, settings: &settings, pool: &pool, fresh: input.snapshot, taken: 0 };
+    decider.decide_if_asked(&mut x, &body, step.next);
 
     for event in input.events {
         match event {
@@ -138,29 +139,11 @@ fuzz_target!(|input: Input| {
                     assert_eq!(r.status, 413);
                     assert!(body.len() > settings.max_body_bytes);
                 }
-                decide_if_asked(
-                    &mut x,
-                    &mut picker,
-                    &settings,
-                    &pool,
-                    input.snapshot,
-                    &body,
-                    step,
-                    &mut taken,
-                );
+                decider.decide_if_asked(&mut x, &body, step);
             }
             Event::RequestTrailers => {
                 let step = x.on_request_trailers();
-                decide_if_asked(
-                    &mut x,
-                    &mut picker,
-                    &settings,
-                    &pool,
-                    input.snapshot,
-                    &body,
-                    step,
-                    &mut taken,
-                );
+                decider.decide_if_asked(&mut x, &body, step);
             }
             // Hosts send response headers once (Envoy keeps 1xx headers from the filters); a second
             // set would have the exchange plan a second body, which no host asks of it.
@@ -205,36 +188,39 @@ fuzz_target!(|input: Input| {
     }
     assert!(x.in_flight().is_none());
     assert_eq!(x.on_stream_end(), None, "an in-flight count released twice");
+    let taken = decider.taken;
     assert_eq!(taken, released, "in-flight taken {taken} times, released {released}");
 });
 
-#[allow(clippy::too_many_arguments)]
-fn decide_if_asked(
-    x: &mut Exchange,
-    picker: &mut EndpointPicker,
-    settings: &ExchangeSettings,
-    pool: &scheduler_core::model::PoolSnapshot,
+/// Decides a request whenever the exchange asks, counting the in-flight counts it takes.
+struct Decider<'a> {
+    picker: &'a mut EndpointPicker,
+    settings: &'a ExchangeSettings,
+    pool: &'a scheduler_core::model::PoolSnapshot,
+    /// Whether the picker sees the pool's metrics as fresh.
     fresh: bool,
-    body: &[u8],
-    step: RequestStep,
-    taken: &mut u32,
-) {
-    let RequestStep::Decide { with_body } = step else { return };
-    let had = x.in_flight().is_some();
-    let facts = x.facts().clone();
-    let subset = facts.subset_refs();
-    let info = facts.info(subset.as_deref());
-    let view = picker.view(fresh.then_some(pool), false, NOW_MS);
-    let outcome = picker.decide(&info, with_body.then_some(body), view, NOW_MS, 7);
-    match x.on_outcome(settings, outcome) {
-        Decided::Forward(f) => {
-            if f.destination.is_some() {
-                assert!(f.set.iter().any(|(k, _)| *k == settings.destination_header));
+    taken: u32,
+}
+
+impl Decider<'_> {
+    fn decide_if_asked(&mut self, x: &mut Exchange, body: &[u8], step: RequestStep) {
+        let RequestStep::Decide { with_body } = step else { return };
+        let had = x.in_flight().is_some();
+        let facts = x.facts().clone();
+        let subset = facts.subset_refs();
+        let info = facts.info(subset.as_deref());
+        let view = self.picker.view(self.fresh.then_some(self.pool), false, NOW_MS);
+        let outcome = self.picker.decide(&info, with_body.then_some(body), view, NOW_MS, 7);
+        match x.on_outcome(self.settings, outcome) {
+            Decided::Forward(f) => {
+                if f.destination.is_some() {
+                    assert!(f.set.iter().any(|(k, _)| *k == self.settings.destination_header));
+                }
             }
+            Decided::Reply(r) => assert!(r.status >= 400, "a local reply with status {}", r.status),
         }
-        Decided::Reply(r) => assert!(r.status >= 400, "a local reply with status {}", r.status),
-    }
-    if !had && x.in_flight().is_some() {
-        *taken += 1;
+        if !had && x.in_flight().is_some() {
+            self.taken += 1;
+        }
     }
 }
