@@ -790,15 +790,17 @@ pub const CAPACITY_QPS_PER_REPLICA: f64 = 70.0;
 /// The modes `--overload` compares by default: the two baselines (shedding also with the detector flow
 /// control uses), flow control as llm-d's guide configures it but with the default detector, and tuned
 /// on another seed (`docs/bench/flow-control.md`): `maxConcurrency` 1024 per pod (the engine's
-/// `max_num_seqs`, llm-d's tuning rule) and a 2 s time-to-live (the TTFT budget), alone and with
-/// priority holdback (sheddable dispatched below 50 % saturation, standard below 75 %).
+/// `max_num_seqs`, llm-d's tuning rule) and a 2 s time-to-live (the TTFT budget); and the configuration
+/// the targets are judged on: the same gated also on the pods' prefill backlog (our
+/// `prefill-backlog-detector`, 4096 prompt tokens awaiting a first token per pod) with priority holdback
+/// (sheddable dispatched below 90 % of either limit, standard below 95 %).
 pub const DEFAULT_MODES: [&str; 6] = [
     "no-admission-control",
     "shedding",
     "shedding-c1024",
     "flow-control",
     "flow-control-c1024-t2",
-    "flow-control-c1024-h50-t2",
+    "flow-control-c1024-b4096-h90-t2",
 ];
 
 /// What one overload run covers.
