@@ -396,6 +396,7 @@ impl EndpointPicker {
                 Some(r) => {
                     if let Some(e) = snapshot.as_deref_mut().and_then(|s| s.find_mut(&r.destination)) {
                         e.in_flight.add(r.estimated_tokens);
+                        e.in_flight.await_first_token(r.prompt_tokens);
                     }
                     fc.lease(Some(released.ticket), released.priority, now_ms)
                 }

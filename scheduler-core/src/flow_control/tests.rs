@@ -774,3 +774,159 @@ fn expiry_takes_every_request_past_its_budget_in_every_band_and_flow() {
         assert!(fc.is_empty());
     }
 }
+
+/// A picker whose gate is `prefill-backlog-detector` (ours): full at `max_requests` requests or
+/// `max_prefill` prompt tokens awaiting their first token per endpoint.
+fn backlog_picker(max_requests: u32, max_prefill: u32) -> EndpointPicker {
+    let json = format!(
+        r#"{{"featureGates": ["flowControl"],
+            "plugins": [{{"type": "queue-scorer"}},
+                        {{"type": "prefill-backlog-detector",
+                          "parameters": {{"maxConcurrency": {max_requests}, "maxPrefillTokens": {max_prefill}}}}}],
+            "flowControl": {{"saturationDetector": {{"pluginRef": "prefill-backlog-detector"}}}},
+            "objectives": [{{"name": "high", "priority": 10}}, {{"name": "low", "priority": -1}}]}}"#
+    );
+    EndpointPicker::new(GatewayConfig::from_json(&json).unwrap()).unwrap()
+}
+
+/// Waiting requests with a prompt of their own (so their prefill sizes differ).
+#[derive(Default)]
+struct Prompts {
+    waiting: HashMap<Ticket, (String, Option<&'static str>, Vec<u8>)>,
+}
+
+impl WaitingRequests for Prompts {
+    fn with_request(&mut self, t: Ticket, f: &mut dyn FnMut(&RequestInfo<'_>, Option<&[u8]>)) -> bool {
+        let Some((id, objective, body)) = self.waiting.get(&t) else { return false };
+        let info = RequestInfo {
+            path: "/v1/completions",
+            request_id: id,
+            objective: *objective,
+            ..RequestInfo::default()
+        };
+        f(&info, Some(body));
+        true
+    }
+}
+
+fn prompt_body(words: usize) -> Vec<u8> {
+    let prompt = "word ".repeat(words);
+    format!(r#"{{"model": "m", "prompt": "{prompt}", "max_tokens": 4}}"#).into_bytes()
+}
+
+fn route_of(outcome: &Outcome) -> &crate::endpoint_picker::Route {
+    match outcome {
+        Outcome::Route(r) => r,
+        other => panic!("not routed: {other:?}"),
+    }
+}
+
+#[test]
+fn the_prefill_backlog_gate_holds_until_first_tokens_come() {
+    let mut p = backlog_picker(1000, 200);
+    let mut s = pool(1);
+    let mut store = Prompts::default();
+    let body = prompt_body(100);
+    let info = |id, objective| RequestInfo {
+        path: "/v1/completions",
+        request_id: id,
+        objective,
+        ..RequestInfo::default()
+    };
+    // A pod with 250 prompt tokens awaiting their first token is full at 200, with 1 of 1000 requests.
+    s.endpoints[0].in_flight.add(300);
+    s.endpoints[0].in_flight.await_first_token(250);
+    let ids = ["low-0", "normal-1", "high-2", "low-3", "high-4"];
+    for id in ids {
+        let objective = match id.split('-').next() {
+            Some("high") => Some("high"),
+            Some("low") => Some("low"),
+            _ => None,
+        };
+        match p.decide_or_queue(&info(id, objective), Some(&body), PoolView::Fresh(&s), 0, 1) {
+            Admission::Queued(t) => {
+                store.waiting.insert(t, (id.to_string(), objective, body.clone()));
+            }
+            other => panic!("{id} must wait behind the backlog: {other:?}"),
+        }
+    }
+    assert!(p.poll(Some(&mut s), false, 10, &mut store).settled.is_empty(), "still full");
+    // The first tokens come: nothing finished, the request count is as high as before.
+    s.endpoints[0].in_flight.first_token(250);
+    let settled = p.poll(Some(&mut s), false, 20, &mut store).settled;
+    assert!(!settled.is_empty());
+    let prompt = route_of(&settled[0].outcome).prompt_tokens;
+    assert!(prompt > 0 && prompt < 200, "{prompt}");
+    // The poll counted each prompt it sent on the pod and stopped once the backlog reached the limit.
+    let expected = 200u64.div_ceil(prompt) as usize;
+    assert_eq!(settled.len(), expected.min(ids.len()));
+    assert_eq!(s.endpoints[0].in_flight.awaiting_first_token, prompt * settled.len() as u64);
+    let order: Vec<&str> =
+        settled.iter().map(|x| store.waiting.get(&x.ticket).map_or("", |w| w.0.as_str())).collect();
+    assert_eq!(order[..2.min(order.len())], ["high-2", "high-4"][..2.min(order.len())], "strict priority");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// One poll with the prefill-backlog gate dispatches while the pool's backlog and request count are
+    /// below their limits and no further: each request it sends is counted (requests and prompt
+    /// tokens) before the next is considered, so the pool overshoots by at most the last prompt; what
+    /// it leaves waiting, it leaves because the gate is closed.
+    #[test]
+    fn one_poll_stops_at_the_prefill_backlog_limit(
+        endpoints in 1u8..4,
+        max_requests in 1u32..12,
+        max_prefill in 20u32..400,
+        prompts in proptest::collection::vec(1usize..120, 1..30),
+        backlog in proptest::collection::vec(0u64..300, 3),
+    ) {
+        let mut p = backlog_picker(max_requests, max_prefill);
+        let mut s = pool(endpoints);
+        for (e, b) in s.endpoints.iter_mut().zip(&backlog) {
+            e.in_flight.add(*b);
+            e.in_flight.await_first_token(*b);
+        }
+        let mut store = Prompts::default();
+        let closed = {
+            let mut full = s.clone();
+            for e in &mut full.endpoints {
+                e.in_flight.await_first_token(u64::from(max_prefill) * 4);
+            }
+            full
+        };
+        for (i, words) in prompts.iter().enumerate() {
+            let id = format!("r{i}");
+            let info = RequestInfo { path: "/v1/completions", request_id: &id, ..RequestInfo::default() };
+            let body = prompt_body(*words);
+            match p.decide_or_queue(&info, Some(&body), PoolView::Fresh(&closed), 0, 1) {
+                Admission::Queued(t) => { store.waiting.insert(t, (id, None, body)); }
+                other => prop_assert!(false, "a full pool queues: {:?}", other),
+            }
+        }
+        let n = u64::from(endpoints);
+        let limit_tokens = n * u64::from(max_prefill);
+        let limit_requests = n * u64::from(max_requests);
+        let totals = |s: &PoolSnapshot| {
+            s.endpoints.iter().fold((0u64, 0u64), |(r, a), e| {
+                (r + u64::from(e.in_flight.requests), a + e.in_flight.awaiting_first_token)
+            })
+        };
+        let settled = p.poll(Some(&mut s), false, 5, &mut store).settled;
+        let (mut requests, mut awaiting) = totals(&s);
+        // Undo the sends one by one, last first: before each, the gate was open.
+        for x in settled.iter().rev() {
+            let r = route_of(&x.outcome);
+            prop_assert!(r.prompt_tokens > 0);
+            requests -= 1;
+            awaiting -= r.prompt_tokens;
+            prop_assert!(requests < limit_requests && awaiting < limit_tokens,
+                "sent at {} requests / {} tokens awaiting (limits {}, {})", requests, awaiting, limit_requests, limit_tokens);
+        }
+        let (requests, awaiting) = totals(&s);
+        if p.flow_control().is_some_and(|fc| !fc.is_empty()) {
+            prop_assert!(requests >= limit_requests || awaiting >= limit_tokens, "left waiting with the gate open");
+        }
+        prop_assert_eq!(settled.len() + p.flow_control().map_or(0, |fc| fc.len() as usize), prompts.len());
+    }
+}

@@ -4,6 +4,7 @@
 //! [`PluginFactory`]); tests and embedders extend a `Registry` with their own types the same way.
 
 use super::detectors::concurrency_detector::ConcurrencyDetector;
+use super::detectors::prefill_backlog_detector::PrefillBacklogDetector;
 use super::detectors::utilization_detector::UtilizationDetector;
 use super::filters::decode_filter::DecodeFilter;
 use super::filters::least_kv_cache_filter::LeastKvCacheFilter;
@@ -63,6 +64,7 @@ const BUILTIN: &[Entry] = &[
     Entry::of::<LoraAffinityFilter>(),
     Entry::of::<UtilizationDetector>(),
     Entry::of::<ConcurrencyDetector>(),
+    Entry::of::<PrefillBacklogDetector>(),
     // Pickers, profile handlers, role filters
     Entry::of::<MaxScorePicker>(),
     Entry::of::<RandomPicker>(),

@@ -165,6 +165,9 @@ pub struct Mode {
     /// With `max_concurrency`: `concurrencyMode` `hybrid` with `maxTokenConcurrency` this many thousand
     /// estimated tokens per endpoint (a pod is full at either limit).
     pub max_ktokens: Option<u32>,
+    /// With `max_concurrency`: our `prefill-backlog-detector` instead of `concurrency-detector`, full at
+    /// `maxConcurrency` requests or this many prompt tokens awaiting their first token per endpoint.
+    pub max_backlog: Option<u32>,
 }
 
 impl Mode {
@@ -175,12 +178,14 @@ impl Mode {
         ttl_s: None,
         eviction: false,
         max_ktokens: None,
+        max_backlog: None,
     };
     pub const SHEDDING: Mode = Mode { admit: Admit::Shedding, ..Mode::NO_ADMISSION };
     pub const FLOW_CONTROL: Mode = Mode { admit: Admit::FlowControl, ..Mode::NO_ADMISSION };
     pub const ALL: [Mode; 3] = [Mode::NO_ADMISSION, Mode::SHEDDING, Mode::FLOW_CONTROL];
 
     /// `no-admission-control`, `shedding`, `flow-control`, then `-c<n>` for the concurrency detector,
+    /// `-k<thousand tokens>` for hybrid token gating, `-b<tokens>` for the prefill-backlog detector,
     /// `-h<percent>` for priority holdback, `-t<seconds>` for the time-to-live and `-e` for in-flight
     /// eviction.
     pub fn name(self) -> String {
@@ -192,6 +197,7 @@ impl Mode {
         for (tag, v) in [
             ("c", self.max_concurrency),
             ("k", self.max_ktokens),
+            ("b", self.max_backlog),
             ("h", self.holdback_pct),
             ("t", self.ttl_s),
         ] {
@@ -221,6 +227,7 @@ impl Mode {
             match tag {
                 "c" if v > 0 => mode.max_concurrency = Some(v),
                 "k" if v > 0 => mode.max_ktokens = Some(v),
+                "b" if v > 0 => mode.max_backlog = Some(v),
                 "h" if v < 100 => mode.holdback_pct = Some(v),
                 "t" => mode.ttl_s = Some(v),
                 _ => return None,
@@ -234,8 +241,10 @@ impl Mode {
             _ => return None,
         };
         let tuned = mode.holdback_pct.is_some() || mode.ttl_s.is_some() || mode.eviction;
-        let tokens_alone = mode.max_ktokens.is_some() && mode.max_concurrency.is_none();
-        ((mode.admit == Admit::FlowControl || !tuned) && !tokens_alone).then_some(mode)
+        let tokens_alone =
+            (mode.max_ktokens.is_some() || mode.max_backlog.is_some()) && mode.max_concurrency.is_none();
+        let both = mode.max_ktokens.is_some() && mode.max_backlog.is_some();
+        ((mode.admit == Admit::FlowControl || !tuned) && !tokens_alone && !both).then_some(mode)
     }
 
     /// The picker's configuration: `scheduling` with the bands as objectives, the detector, and for flow
@@ -247,7 +256,16 @@ impl Mode {
         let Some(o) = v.as_object_mut() else { return Err(String::from("picker config: not a JSON object")) };
         let plugins = o.entry("plugins").or_insert_with(|| Value::Array(Vec::new()));
         let Some(plugins) = plugins.as_array_mut() else { return Err(String::from("plugins: not a list")) };
-        if let Some(n) = self.max_concurrency {
+        if let (Some(n), Some(b)) = (self.max_concurrency, self.max_backlog) {
+            plugins.push(serde_json::json!({
+                "type": "prefill-backlog-detector",
+                "parameters": {"maxConcurrency": n, "maxPrefillTokens": b}
+            }));
+            o.insert(
+                String::from("saturationDetector"),
+                serde_json::json!({"pluginRef": "prefill-backlog-detector"}),
+            );
+        } else if let Some(n) = self.max_concurrency {
             let parameters = match self.max_ktokens {
                 Some(k) => serde_json::json!({
                     "maxConcurrency": n,
@@ -772,15 +790,17 @@ pub const CAPACITY_QPS_PER_REPLICA: f64 = 70.0;
 /// The modes `--overload` compares by default: the two baselines (shedding also with the detector flow
 /// control uses), flow control as llm-d's guide configures it but with the default detector, and tuned
 /// on another seed (`docs/bench/flow-control.md`): `maxConcurrency` 1024 per pod (the engine's
-/// `max_num_seqs`, llm-d's tuning rule) and a 2 s time-to-live (the TTFT budget), alone and with
-/// priority holdback (sheddable dispatched below 50 % saturation, standard below 75 %).
+/// `max_num_seqs`, llm-d's tuning rule) and a 2 s time-to-live (the TTFT budget); and the configuration
+/// the targets are judged on: the same gated also on the pods' prefill backlog (our
+/// `prefill-backlog-detector`, 4096 prompt tokens awaiting a first token per pod) with priority holdback
+/// (sheddable dispatched below 90 % of either limit, standard below 95 %).
 pub const DEFAULT_MODES: [&str; 6] = [
     "no-admission-control",
     "shedding",
     "shedding-c1024",
     "flow-control",
     "flow-control-c1024-t2",
-    "flow-control-c1024-h50-t2",
+    "flow-control-c1024-b4096-h90-t2",
 ];
 
 /// What one overload run covers.
@@ -1189,6 +1209,8 @@ mod tests {
             "flow-control-e",
             "flow-control-c1024-k400-t2",
             "shedding-c1024-k400",
+            "flow-control-c1024-b4096-t2",
+            "flow-control-c1024-b2048-h50-t2",
         ] {
             let m = Mode::parse(name).unwrap();
             assert_eq!(m.name(), name);
@@ -1202,6 +1224,8 @@ mod tests {
             "flow-control-c0",
             "flow-control-x3",
             "flow-control-h100",
+            "flow-control-b4096",
+            "flow-control-c1024-k400-b4096",
         ] {
             assert_eq!(Mode::parse(bad), None, "{bad}");
         }

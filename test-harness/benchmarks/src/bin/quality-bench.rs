@@ -32,10 +32,12 @@ usage: quality-bench [--quick] [--validate] [--overload] [--out DIR] [--replicas
                   default 0.8,1,1.2,2), --shapes steady,bursty, --seconds N (virtual seconds of
                   arrivals per cell, default 120), --slo-ttft-ms (2000), --slo-tpot-ms (100),
                   --modes a,b: no-admission-control, shedding, flow-control, each with -c<n>
-                  (concurrency-detector, maxConcurrency n per pod), flow control also -h<percent>
-                  (priority-holdback-policy minCeiling) and -t<seconds> (defaultRequestTTL);
+                  (concurrency-detector, maxConcurrency n per pod), then -k<thousands> (hybrid,
+                  maxTokenConcurrency) or -b<tokens> (prefill-backlog-detector, maxPrefillTokens per
+                  pod); flow control also -h<percent> (priority-holdback-policy minCeiling),
+                  -t<seconds> (defaultRequestTTL) and -e (enableEviction);
                   default no-admission-control, shedding, shedding-c1024, flow-control,
-                  flow-control-c1024-t2, flow-control-c1024-h50-t2. --replicas defaults to 4 here
+                  flow-control-c1024-t2, flow-control-c1024-b4096-h90-t2. --replicas defaults to 4 here
   --out DIR       where results.csv, topology.csv and the PNG charts go (default target/quality-bench)
   --llama2-kv     replicas with Llama-2-7B's KV footprint (GIE's benchmark model)
   --qps x,y       load points instead of the workload's ladder (applies to every selected workload)
