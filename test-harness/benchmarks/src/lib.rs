@@ -12,6 +12,7 @@
 
 pub mod chart;
 pub mod overload;
+pub mod placement;
 pub mod policy;
 pub mod report;
 pub mod sim;

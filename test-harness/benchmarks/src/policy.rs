@@ -217,8 +217,10 @@ impl PolicyKind {
             PolicyKind::GieDefault => Box::new(Picker::new(GIE_DEFAULT_CONFIG, seed)?),
             PolicyKind::SglangCacheAware => Box::new(SglangCacheAware::new(seed)),
             PolicyKind::DynamoCost => Box::new(DynamoCost::new(seed)),
-            PolicyKind::Ours => Box::new(Picker::new(OURS_CONFIG, seed)?),
-            PolicyKind::OursTrustStale => Box::new(Picker::new(&trusting_stale_metrics(OURS_CONFIG)?, seed)?),
+            PolicyKind::Ours => Box::new(Picker::new(ours_config(), seed)?),
+            PolicyKind::OursTrustStale => {
+                Box::new(Picker::new(&trusting_stale_metrics(ours_config())?, seed)?)
+            }
         })
     }
 }
@@ -236,6 +238,21 @@ impl PolicyKind {
 /// - `near-best-picker` (margin 0.5): a random draw among the endpoints within half a point of the best,
 ///   so decision points reading the same stale metrics do not all take the same endpoint.
 pub const OURS_CONFIG: &str = include_str!("../../../envoy-config/scheduling/recommended.json");
+
+/// A configuration run as `ours` instead of [`OURS_CONFIG`] (`quality-bench --ours-config`, for trying
+/// a candidate default on the same cells); set at most once, before any policy is built.
+static OURS_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes `ours` run `config` in this process; an error if another was set before.
+pub fn override_ours_config(config: String) -> Result<(), String> {
+    EndpointPicker::from_json(&config).map_err(|e| format!("--ours-config: {e}"))?;
+    OURS_OVERRIDE.set(config).map_err(|_| String::from("--ours-config given twice"))
+}
+
+/// What `ours` runs: [`OURS_CONFIG`] unless [`override_ours_config`] said otherwise.
+fn ours_config() -> &'static str {
+    OURS_OVERRIDE.get().map_or(OURS_CONFIG, String::as_str)
+}
 
 /// GIE's default profile, spelled out (an empty configuration no longer gets it here): the file
 /// `envoy-config/scheduling/gie-default.json`, queue ×2, KV-cache utilization ×2, prefix cache ×3,
@@ -650,6 +667,13 @@ mod tests {
     use scheduler_core::model::{Endpoint, EndpointState, Metrics};
 
     const NOW: u64 = 10_000;
+
+    #[test]
+    fn a_bad_ours_config_is_refused_and_leaves_the_default() {
+        let err = override_ours_config(String::from(r#"{"plugins": [{"type": "no-such-scorer"}]}"#));
+        assert!(err.is_err_and(|e| e.contains("--ours-config") && e.contains("no-such-scorer")));
+        assert_eq!(ours_config(), OURS_CONFIG);
+    }
 
     /// `(waiting, running adapters, max_lora)` per server, fresh metrics, nothing else different.
     fn pool(servers: &[(u32, &[&str], u32)]) -> PoolSnapshot {

@@ -3,6 +3,7 @@
 
 use benchmarks::chart::{self, Series};
 use benchmarks::overload;
+use benchmarks::placement::{self, Placement};
 use benchmarks::policy::PolicyKind;
 use benchmarks::report::{self, CellSummary};
 use benchmarks::sim::{self, SimConfig};
@@ -21,6 +22,7 @@ usage: quality-bench [--quick] [--validate] [--overload] [--out DIR] [--replicas
                      [--workloads a,b] [--policies a,b] [--qps x,y] [--seed N] [--llama2-kv]
                      [--gateways G,..] [--workers W,..] [--connections C] [--pods a,b]
                      [--trace PATH] [--trace-speed x,y] [--trace-limit N]
+                     [--placement] [--ours-config PATH]
 
   --quick         fewer requests and load points (CI smoke run, a few minutes on 2 cores)
   --validate      only the simulator checks against published results (GIE ShareGPT, llm-d shared prefix)
@@ -73,6 +75,13 @@ Trace replay (adds the `trace` workload):
                   hash_ids of 512-token blocks; equal ids = equal text)
   --trace-speed   time scaling, 2 = twice the trace's rate (default 1; a list gives load points)
   --trace-limit N replay only the first N requests
+
+Diagnostics:
+  --placement     also write placement.md: each cell's missed prompt tokens by cause (the group's first
+                  request, a pod new to the group, its prefill still pending, evicted) and how many pods
+                  each group (first prompt piece) went to
+  --ours-config PATH  run this scheduling configuration as `ours` instead of
+                  envoy-config/scheduling/recommended.json (to try a candidate default on the same cells)
 ";
 
 /// Load ladders are fractions of the saturation point found for each workload on the default cluster
@@ -124,6 +133,7 @@ struct Options {
     trace: Option<PathBuf>,
     trace_speed: Vec<f64>,
     trace_limit: Option<usize>,
+    placement: bool,
 }
 
 /// One way of deploying the gateways in front of one kind of pods.
@@ -194,6 +204,7 @@ fn parse_args() -> Result<Options, String> {
         trace: None,
         trace_speed: vec![1.0],
         trace_limit: None,
+        placement: false,
     };
     let mut workloads_given = false;
     let mut args = std::env::args().skip(1);
@@ -241,6 +252,13 @@ fn parse_args() -> Result<Options, String> {
                 })?
             }
             "--trace-limit" => o.trace_limit = Some(number(value()?)?.max(1)),
+            "--placement" => o.placement = true,
+            "--ours-config" => {
+                let path = value()?;
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("--ours-config {path}: {e}"))?;
+                benchmarks::policy::override_ours_config(text)?;
+            }
             "--policies" => o.policies = parse_list(&value()?, "policy", PolicyKind::parse)?,
             "--qps" => o.qps = Some(parse_list(&value()?, "QPS value", |s| s.parse::<f64>().ok())?),
             "-h" | "--help" => return Err(String::new()),
@@ -300,8 +318,8 @@ fn make_point(kind: WorkloadKind, qps: f64, requests: usize, seed: u64, cfg: Sim
     Point { kind, qps, trace: workload::generate(&spec), cfg }
 }
 
-/// (point index, setup index, policy, summary, per-request records when kept).
-type Cell = (usize, usize, PolicyKind, CellSummary, Vec<sim::RequestRecord>);
+/// (point index, setup index, policy, summary, per-request records when kept, placement when asked).
+type Cell = (usize, usize, PolicyKind, CellSummary, Vec<sim::RequestRecord>, Option<Placement>);
 
 /// The cluster of `point` deployed as `setup`: its topology, and its pods' speeds (noisy windows drawn
 /// up to well after the last arrival).
@@ -313,8 +331,17 @@ fn setup_config(point: &Point, setup: &Setup, seed: u64) -> SimConfig {
     cfg
 }
 
-/// Runs every (point, setup, policy) triple on `threads` threads; returns summaries and per-request
-/// records (the latter only when `keep_records`, for paired comparisons).
+/// What a cell keeps beside its summary.
+#[derive(Clone, Copy, Debug, Default)]
+struct Keep {
+    /// Per-request records, for paired comparisons.
+    records: bool,
+    /// Where its prefix-cache misses came from (`--placement`).
+    placement: bool,
+}
+
+/// Runs every (point, setup, policy) triple on `threads` threads; returns summaries, and what `keep`
+/// asks for.
 fn run_cells(
     points: &[Point],
     setups: &[Setup],
@@ -322,7 +349,7 @@ fn run_cells(
     threads: usize,
     resamples: usize,
     seed: u64,
-    keep_records: bool,
+    keep: Keep,
 ) -> Result<Vec<Cell>, String> {
     let jobs: Vec<(usize, usize, PolicyKind)> = (0..points.len())
         .flat_map(|p| (0..setups.len()).flat_map(move |s| policies.iter().map(move |&k| (p, s, k))))
@@ -363,9 +390,12 @@ fn run_cells(
                                 report::ms(summary.ttft[1].value),
                                 started.elapsed().as_secs_f64()
                             );
-                            let records = if keep_records { run.records } else { Vec::new() };
+                            let placed = keep
+                                .placement
+                                .then(|| placement::analyze(&point.trace, &run.records, point.warmup_us()));
+                            let records = if keep.records { run.records } else { Vec::new() };
                             if let Ok(mut r) = results.lock() {
-                                r.push((p, si, kind, summary, records));
+                                r.push((p, si, kind, summary, records, placed));
                             }
                         }
                         Err(e) => {
@@ -414,6 +444,7 @@ fn suite(o: &Options) -> Result<(), String> {
     let mut all: Vec<CellSummary> = Vec::new();
     let mut markdown = String::new();
     let mut topology_markdown = String::new();
+    let mut placement_markdown = String::new();
     for &kind in &o.workloads {
         let cfg = cluster_for(kind, o.replicas, o.llama2_kv);
         let points: Vec<Point> = if kind == WorkloadKind::Trace {
@@ -430,7 +461,17 @@ fn suite(o: &Options) -> Result<(), String> {
             qps.iter().map(|&q| make_point(kind, q, requests(q), o.seed, cfg.clone())).collect()
         };
         eprintln!("\n== {} ({} replicas)", kind.name(), o.replicas);
-        let cells = run_cells(&points, &setups, &o.policies, o.threads, resamples, o.seed, false)?;
+        let keep = Keep { records: false, placement: o.placement };
+        let cells = run_cells(&points, &setups, &o.policies, o.threads, resamples, o.seed, keep)?;
+        if o.placement {
+            placement_markdown.push_str(&format!("\n#### {}\n\n{}\n", kind.name(), placement::HEADER));
+            for c in &cells {
+                if let Some(p) = &c.5 {
+                    let label = format!("{} {} {} {}", c.3.qps, c.3.policy, c.3.topology, c.3.pods);
+                    placement_markdown.push_str(&format!("{}\n", placement::row(&label, p)));
+                }
+            }
+        }
         // Series in run order: each policy in each setup.
         let mut labels: Vec<String> = Vec::new();
         for c in &cells {
@@ -490,6 +531,10 @@ fn suite(o: &Options) -> Result<(), String> {
     write("tables.md", &markdown)?;
     write("topology.csv", &report::topology_csv(&all))?;
     write("topology.md", &topology_markdown)?;
+    if o.placement {
+        println!("{placement_markdown}");
+        write("placement.md", &placement_markdown)?;
+    }
     Ok(())
 }
 
@@ -533,7 +578,8 @@ fn validate(o: &Options) -> Result<(), String> {
         })
         .collect();
     let setups = [Setup { topology: Topology::default(), pods: PodsKind::Even }];
-    let cells = run_cells(&points, &setups, &policies, o.threads, resamples, o.seed, true)?;
+    let keep = Keep { records: true, placement: false };
+    let cells = run_cells(&points, &setups, &policies, o.threads, resamples, o.seed, keep)?;
     println!("| QPS | load / saturation | policy | p90 NTPOT ms | vs round-robin (95 % CI) | p90 e2e vs round-robin | out tok/s |");
     println!("|---:|---:|---|---:|---:|---:|---:|");
     for (p, point) in points.iter().enumerate() {
@@ -592,7 +638,7 @@ fn validate(o: &Options) -> Result<(), String> {
         PolicyKind::GieDefault,
         PolicyKind::Ours,
     ];
-    let cells = run_cells(&points, &setups, &policies, o.threads, resamples, o.seed, false)?;
+    let cells = run_cells(&points, &setups, &policies, o.threads, resamples, o.seed, Keep::default())?;
     let refs: Vec<&CellSummary> = cells.iter().map(|c| &c.3).collect();
     println!("{}", report::table(&refs, true));
     Ok(())
