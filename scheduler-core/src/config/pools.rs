@@ -16,6 +16,13 @@
 //!    naming it; a request without a model (no body) is left alone.
 //! 3. No pool matches by model alone: the request is not an inference request of this picker (a route
 //!    to another cluster) and passes through untouched.
+//!
+//! The cluster is what Envoy's stream info holds when the picker decides. Envoy clears its route cache
+//! when a filter changes request headers but re-selects the route only when a filter asks for it; until
+//! then the stream info keeps the route chosen on the headers the client sent. So a filter that changes
+//! routing headers before the picker (the `bbr` role) must be followed by one that asks for the route
+//! (`envoy-config/bbr-two-models/` puts Envoy's `header_mutation` filter between them), and a picker
+//! whose own `bbr` section sets them cannot match by cluster (refused): it matches by model.
 
 use super::gateway::GatewayConfig;
 use super::params::json_repr;
@@ -140,6 +147,16 @@ pub(super) fn parse(top: &Map<String, Value>, list: &Value) -> Result<Vec<PoolEn
                     ));
                 }
             }
+        }
+        // The picker reads the cluster of the route Envoy chose before its own `bbr` headers changed it:
+        // Envoy re-selects the route only when a later filter asks for it.
+        if let (Some(_), Some(first)) = (top.get("bbr"), matches.clusters.first()) {
+            return Err(ConfigError::new(
+                format!("{at}.match.clusters"),
+                "no clusters with a top-level bbr section (the route is re-selected on its headers only after \
+                 this filter): match by models, or run the bbr role as a filter of its own before the picker",
+                Some(format!("{first:?}")),
+            ));
         }
         entries.push(PoolEntry { matches, config });
     }
@@ -384,6 +401,7 @@ mod tests {
             (pools(r#"{"match": {"clusters": ["a"]}, "plugins": 3}"#), "pools[0].plugins: expected"),
             (pools(r#"{"match": {"clusters": ["a"]}, "poool": {}}"#), "pools[0].poool: expected"),
             (format!(r#"{{"pool": {{"name": "x"}}, "pools": [{p}]}}"#), "pool: expected no top-level pool next to pools"),
+            (format!(r#"{{"bbr": {{}}, "pools": [{p}]}}"#), "pools[0].match.clusters: expected no clusters with a top-level bbr section"),
             (format!(r#"{{"collector": {{"intervalMs": 0}}, "pools": [{p}]}}"#), "collector.intervalMs: expected a period"),
         ] {
             let got = err(&json);
