@@ -190,3 +190,68 @@ fn a_configuration_a_pool_refuses_is_refused_naming_the_pool() {
     let logs = host.logs().iter().map(|l| l.message.clone()).collect::<Vec<_>>().join("\n");
     assert!(logs.contains("pools[1].plugins[0]"), "{logs}");
 }
+
+/// A fresh snapshot of `pool` with idle `addresses`, written as the collector would.
+fn publish(host: &mut Host, pool: &str, addresses: &[&str]) {
+    use scheduler_core::model::{Endpoint, EndpointState, Metrics, PoolSnapshot};
+    let now = now_ms(host);
+    let endpoints = addresses
+        .iter()
+        .map(|a| EndpointState {
+            metrics: Some(Metrics { waiting: 0, kv_usage: 0.2, updated_at_ms: now, ..Metrics::default() }),
+            ..EndpointState::new(Endpoint::new(a.to_string()))
+        })
+        .collect();
+    let s = PoolSnapshot {
+        generation: 1,
+        published_at_ms: now,
+        pool: pool.into(),
+        endpoints,
+        ..PoolSnapshot::default()
+    };
+    host.set_shared_data(VM_ID, &format!("epp/{pool}/snapshot"), &snapshot_codec::encode(&s));
+    host.set_shared_data(VM_ID, &format!("epp/{pool}/generation"), &1u64.to_le_bytes());
+    host.advance(Duration::from_millis(1));
+}
+
+#[test]
+fn flow_control_queues_per_pool_and_each_pool_dispatches_its_own() {
+    // One endpoint per pool, saturated at one request in flight: capacity 1 in each pool, not 2 in all.
+    let cfg = r#"{"featureGates": ["flowControl"],
+      "plugins": [{"type": "queue-scorer"}, {"type": "max-score-picker"},
+                  {"type": "concurrency-detector", "parameters": {"maxConcurrency": 1}}],
+      "schedulingProfiles": [{"name": "default", "plugins": [{"pluginRef": "queue-scorer"}, {"pluginRef": "max-score-picker"}]}],
+      "flowControl": {"saturationDetector": {"pluginRef": "concurrency-detector"}},
+      "pools": [
+        {"match": {"clusters": ["a"]}, "pool": {"name": "a", "endpoints": ["10.0.0.1:8000"]}},
+        {"match": {"clusters": ["b"]}, "pool": {"name": "b", "endpoints": ["10.0.1.1:8000"]}}]}"#;
+    let mut host = host();
+    let vm = host.start_vm(picker(cfg)).unwrap();
+    publish(&mut host, "a", &["10.0.0.1:8000"]);
+    publish(&mut host, "b", &["10.0.1.1:8000"]);
+    host.set_property("xds.cluster_name", "a");
+    let a1 = chat(&mut host, vm, &body("m"), &[]);
+    let a2 = chat(&mut host, vm, &body("m"), &[]);
+    assert_eq!(destination(&host.stream(a1)), Some("10.0.0.1:8000"));
+    assert!(
+        host.stream(a2).request_paused() && host.stream(a2).upstream_request.is_none(),
+        "a is full: a2 waits"
+    );
+    // Pool b's capacity is its own: its request goes at once while a2 waits in a's queue.
+    host.set_property("xds.cluster_name", "b");
+    let b1 = chat(&mut host, vm, &body("m"), &[]);
+    assert_eq!(destination(&host.stream(b1)), Some("10.0.1.1:8000"));
+    assert_eq!(host.metric_value("pool.a.epp_flow_control_queue_size.band_0"), Some(1));
+    // b's request ending frees nothing in a.
+    host.respond(b1, 200, b"{}").unwrap();
+    host.advance(Duration::from_millis(30));
+    assert!(host.stream(a2).upstream_request.is_none(), "a2 still waits for a's endpoint");
+    // a's first request ends: a2 goes, to a's endpoint.
+    host.respond(a1, 200, b"{}").unwrap();
+    host.advance(Duration::from_millis(30));
+    assert_eq!(destination(&host.stream(a2)), Some("10.0.0.1:8000"));
+    host.respond(a2, 200, b"{}").unwrap();
+    assert_eq!(host.metric_value("pool.a.epp_flow_control_requests.Dispatched"), Some(1));
+    assert_eq!(host.metric_value("pool.a.epp_flow_control_queue_size.band_0"), Some(0));
+    assert_no_traps(&host);
+}
