@@ -17,6 +17,11 @@
 //!   scrapes every endpoint's `/metrics` (or polls one discovery URL serving a ready snapshot) and
 //!   publishes the pool snapshot. With `collector.mode: leader-elected` (Istio: no singleton) every
 //!   picker root takes part in a lease election instead and the holder collects.
+//! - **several pools** (`pools` in the configuration, `scheduler_core::config::pools`): a picker root
+//!   holds one worker, waiting list and (leader-elected) collector per pool, and each stream chooses its
+//!   pool when it decides (the route's cluster, `xds.cluster_name`, or the model), then runs the same
+//!   lifecycle on that pool's worker; a collector root scrapes every pool. Keys are per pool already;
+//!   stats are named `pool.<name>.…`.
 //!
 //! # Process-wide state (shared data, per `vm_id`; names in [`keys`])
 //! - Snapshot: the collector writes `snapshot` then bumps `generation`. A worker reads the 8-byte

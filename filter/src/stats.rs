@@ -81,14 +81,32 @@ pub const MAX_ENDPOINT_METRICS: usize = 256;
 #[derive(Debug, Default)]
 pub struct Stats {
     ids: BTreeMap<String, u32>,
+    /// `pool.<name>.` for a pool of a picker serving several (`pools`): every metric of that pool is
+    /// named `pool.<name>.epp_…` (Envoy: `wasmcustom.pool.<name>.epp_…`). Empty for a single pool.
+    prefix: String,
 }
 
 impl Stats {
+    /// The stats of pool `pool` of a picker serving several: names prefixed `pool.<pool>.` (characters
+    /// other than ASCII letters, digits, `-` and `_` become `_`).
+    pub fn for_pool(pool: &str) -> Stats {
+        let safe: String = pool
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        Stats { ids: BTreeMap::new(), prefix: format!("pool.{safe}.") }
+    }
+
     fn id(&mut self, host: &dyn Host, kind: MetricKind, name: &str) -> Option<u32> {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
-        match host.metric_define(kind, name) {
+        let defined = if self.prefix.is_empty() {
+            host.metric_define(kind, name)
+        } else {
+            host.metric_define(kind, &format!("{}{name}", self.prefix))
+        };
+        match defined {
             Ok(id) => {
                 self.ids.insert(String::from(name), id);
                 Some(id)

@@ -30,11 +30,28 @@ impl std::error::Error for LoadError {}
 /// Parses a configuration document: JSON when it looks like JSON (starts with `{`), YAML otherwise.
 /// Empty text means every default.
 pub fn parse(text: &str) -> Result<GatewayConfig, (Option<String>, Option<ConfigError>)> {
-    if text.trim().is_empty() || text.trim_start().starts_with('{') {
-        return GatewayConfig::from_json(text).map_err(|e| (None, Some(e)));
+    let config = if text.trim().is_empty() || text.trim_start().starts_with('{') {
+        GatewayConfig::from_json(text).map_err(|e| (None, Some(e)))?
+    } else {
+        let value: serde_json::Value =
+            serde_norway::from_str(text).map_err(|e| (Some(e.to_string()), None))?;
+        GatewayConfig::from_value(&value).map_err(|e| (None, Some(e)))?
+    };
+    one_pool(config).map_err(|e| (None, Some(e)))
+}
+
+/// The shim serves one pool: GIE's shape is one endpoint picker per InferencePool, each route's ext_proc
+/// pointing at its own. A `pools` section is refused rather than half-served.
+fn one_pool(config: GatewayConfig) -> Result<GatewayConfig, ConfigError> {
+    if config.pools.is_empty() {
+        return Ok(config);
     }
-    let value: serde_json::Value = serde_norway::from_str(text).map_err(|e| (Some(e.to_string()), None))?;
-    GatewayConfig::from_value(&value).map_err(|e| (None, Some(e)))
+    Err(ConfigError::new(
+        "pools",
+        "no pools section: epp-shim serves one pool (run one epp-shim per pool, each with that pool's \
+         configuration, and give each route its own ext_proc filter; the Wasm filter serves many pools)",
+        Some(format!("{} pools", config.pools.len())),
+    ))
 }
 
 pub fn load(path: &Path) -> Result<GatewayConfig, LoadError> {
@@ -69,5 +86,14 @@ mod tests {
         };
         assert!(e.to_string().contains("routing.maxEndpoints"), "{e}");
         assert!(matches!(parse("a: [unclosed"), Err((Some(_), None))));
+    }
+
+    #[test]
+    fn pools_are_refused_with_the_way_out() {
+        let yaml = "pools:\n  - match: {clusters: [a]}\n    pool: {name: a}\n  - match: {clusters: [b]}\n    pool: {name: b}\n";
+        let Err((None, Some(e))) = parse(yaml) else { panic!("expected a config error") };
+        assert_eq!(e.path, "pools");
+        assert!(e.to_string().contains("run one epp-shim per pool"), "{e}");
+        assert!(e.to_string().ends_with("got 2 pools"), "{e}");
     }
 }

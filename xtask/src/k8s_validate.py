@@ -359,6 +359,9 @@ def reference_errors(doc, objects):
         configs.append(("spec.pluginConfig", spec.get("pluginConfig") or {}))
     elif kind == "EnvoyExtensionPolicy":
         configs += [(f"spec.wasm[{i}].config", w.get("config") or {}) for i, w in enumerate(spec.get("wasm") or [])]
+    # A picker serving several pools (`pools`) names one collector per pool.
+    for where, config in list(configs):
+        configs += [(f"{where}.pools[{i}]", p or {}) for i, p in enumerate(config.get("pools") or [])]
     for where, config in configs:
         url = (config.get("pool") or {}).get("discoveryUrl")
         match = re.match(r"^http://([a-z0-9-]+)\.[a-z0-9-]+\.svc(?:\.cluster\.local)?:(\d+)/", url or "")

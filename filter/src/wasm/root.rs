@@ -2,12 +2,14 @@
 //! (an Envoy bootstrap singleton, or any VM configured so); `root_id: bbr` is body-based routing alone
 //! (`bbr.rs`); every other root id is the picker, whose
 //! HTTP contexts decide requests and whose root also collects when `collector.mode` is `leader-elected`
-//! and this worker holds the lease.
+//! and this worker holds the lease. With `pools`, a picker root holds one worker (and waiting list, and
+//! collector when leader-elected) per pool, and each stream chooses its pool when it decides; a
+//! collector root scrapes every pool.
 
 use super::abi;
 use super::bbr::{BbrRole, BbrStream};
 use super::host_impl::ProxyHost;
-use super::stream::Stream;
+use super::stream::{PoolSet, Stream};
 use super::waiting::Waiting;
 use crate::collector::leader::{Leadership, Step};
 use crate::collector::{CallResponse, Collector};
@@ -21,7 +23,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use scheduler_core::config::gateway::{CollectorMode, GatewayConfig};
 use scheduler_core::endpoint_picker::EndpointPicker;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// A secret seed for the prefix index's table, new for every VM, from WASI `random_get` (Envoy's
@@ -49,28 +51,38 @@ pub const COLLECTOR_ROOT_ID: &str = "collector";
 /// The root id that selects the body-routing role ([`super::bbr`]).
 pub const BBR_ROOT_ID: &str = "bbr";
 
-/// The collector half of a VM, with its election state when leader-elected.
+/// The collector half of a VM (one per pool), with its election state when leader-elected.
 struct Collecting {
     collector: Collector,
     election: Option<Leadership>,
     keys: Keys,
     stats: Stats,
     /// The VM's tick can be faster than the scrape interval (flow control ticks every 10 ms while
-    /// requests wait): collection runs at most once per `every_ms`.
+    /// requests wait, another pool may scrape more often): collection runs at most once per `every_ms`.
     every_ms: u64,
     last_ms: Option<u64>,
+}
+
+/// One pool of a picker root: its worker, its waiting streams, and its collector when leader-elected
+/// and this VM holds the pool's lease.
+struct PoolUnit {
+    worker: Rc<RefCell<Worker>>,
+    /// Streams paused in flow control's queue (and in flight under an eviction lease).
+    waiting: Rc<RefCell<Waiting>>,
+    collecting: Option<Collecting>,
 }
 
 enum Role {
     /// Before `on_configure` succeeded: HTTP contexts pass requests through untouched.
     Unconfigured,
     Picker {
-        worker: Rc<RefCell<Worker>>,
-        /// Streams paused in flow control's queue (and in flight under an eviction lease).
-        waiting: Rc<RefCell<Waiting>>,
-        collecting: Option<Collecting>,
+        /// One unit per pool: the configuration's `pools`, or its single `pool`.
+        pools: Vec<PoolUnit>,
+        /// With `pools`: what each stream needs to choose its pool (None: the one pool serves all).
+        choice: Option<Rc<PoolSet>>,
     },
-    Collector(Collecting),
+    /// One collector per pool the configuration names.
+    Collector(Vec<Collecting>),
     /// `root_id: bbr`: body-based routing only.
     Bbr(Rc<BbrRole>),
 }
@@ -80,6 +92,20 @@ pub struct Root {
     id: u32,
     host: Rc<ProxyHost>,
     role: Role,
+}
+
+/// The configuration of every pool, in order (the single pool when there is no `pools` section).
+fn pool_configs(config: &GatewayConfig) -> Vec<&GatewayConfig> {
+    (0..config.pool_count()).filter_map(|i| config.pool_config(i)).collect()
+}
+
+/// `pools[i].` before an error's path, when the configuration has `pools`.
+fn at_pool(config: &GatewayConfig, i: usize, e: impl std::fmt::Display) -> String {
+    if config.pools.is_empty() {
+        e.to_string()
+    } else {
+        format!("pools[{i}].{e}")
+    }
 }
 
 impl Root {
@@ -93,16 +119,18 @@ impl Root {
         let text =
             String::from_utf8(bytes).map_err(|_| String::from("configuration: expected UTF-8 JSON"))?;
         let config = GatewayConfig::from_json(&text).map_err(|e| e.to_string())?;
+        let multi = !config.pools.is_empty();
         // Plugin references and parameters are checked here too, so a collector VM refuses a configuration
         // its pickers would refuse.
-        let picker = EndpointPicker::new(config.clone()).map_err(|e| e.to_string())?;
-        for warning in picker.scheduler().warnings() {
-            log::warn!("configuration: {warning}");
+        for (i, pool) in pool_configs(&config).into_iter().enumerate() {
+            let picker = EndpointPicker::new(pool.clone()).map_err(|e| at_pool(&config, i, e))?;
+            for warning in picker.scheduler().warnings() {
+                log::warn!("configuration: {}", at_pool(&config, i, warning));
+            }
         }
         let root_id = property("plugin_root_id");
         self.host = Rc::new(ProxyHost::new(property("plugin_vm_id")));
         let host: &dyn Host = &*self.host;
-        let mode = config.collector.mode;
         if root_id == BBR_ROOT_ID {
             let routing = config.bbr.clone().unwrap_or_default();
             let (host, stats) = (Rc::clone(&self.host), RefCell::new(Stats::default()));
@@ -111,66 +139,107 @@ impl Root {
             return Ok(());
         }
         if root_id == COLLECTOR_ROOT_ID {
-            let election = match mode {
-                CollectorMode::LeaderElected => Some(Leadership::new(
-                    worker_directory::claim_id(host, &Keys::new(&config.pool.name))
-                        .map_err(|e| format!("collector: no id for the lease: {e}"))?,
-                )),
-                CollectorMode::Off => {
-                    log::warn!(
-                        "root id {COLLECTOR_ROOT_ID:?} with collector.mode off: this VM collects nothing"
-                    );
+            let mut collectors = Vec::new();
+            for pool in pool_configs(&config) {
+                let election = match pool.collector.mode {
+                    CollectorMode::LeaderElected => Some(Leadership::new(
+                        worker_directory::claim_id(host, &Keys::new(&pool.pool.name)).map_err(|e| {
+                            format!("collector of pool {:?}: no id for the lease: {e}", pool.pool.name)
+                        })?,
+                    )),
+                    CollectorMode::Off => {
+                        log::warn!(
+                            "root id {COLLECTOR_ROOT_ID:?} with collector.mode off: pool {:?} is not collected \
+                             here",
+                            pool.pool.name
+                        );
+                        continue;
+                    }
+                    CollectorMode::Singleton => None,
+                };
+                log::info!("collector for pool {:?} started", pool.pool.name);
+                collectors.push(collecting(pool, election, multi));
+            }
+            match collectors.iter().map(|c| c.collector.interval_ms()).min() {
+                Some(ms) => set_tick(ms),
+                None => {
                     self.role = Role::Unconfigured;
                     return Ok(());
                 }
-                CollectorMode::Singleton => None,
-            };
-            set_tick(config.collector.interval_ms);
-            self.role = Role::Collector(collecting(&config, election));
-            log::info!("collector for pool {:?} started", config.pool.name);
+            }
+            self.role = Role::Collector(collectors);
             return Ok(());
         }
-        let mut worker = Worker::new(config.clone()).map_err(|e| e.to_string())?;
-        worker.set_prefix_table_seed(table_seed());
-        // The worker joins the process (directory, in-flight key, prefix queue) on its first HTTP stream,
-        // not here: Envoy also configures this root context on its main thread, which never serves
-        // requests, and a VM in the directory receives every other worker's prefix broadcasts.
-        let collecting = match mode {
-            CollectorMode::LeaderElected => match worker_directory::claim_id(host, worker.keys()) {
-                Ok(id) => Some(collecting(&config, Some(Leadership::new(id)))),
-                Err(e) => {
-                    log::warn!("no id for the collector election, this VM will not collect: {e}");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let mut units: Vec<(Worker, Option<Collecting>)> = Vec::new();
+        for (i, pool) in pool_configs(&config).into_iter().enumerate() {
+            let mut worker = Worker::new(pool.clone()).map_err(|e| at_pool(&config, i, e))?;
+            worker.set_prefix_table_seed(table_seed());
+            if multi {
+                worker.label_stats_by_pool();
+            }
+            // The worker joins the process (directory, in-flight key, prefix queue) on its first HTTP
+            // stream, not here: Envoy also configures this root context on its main thread, which never
+            // serves requests, and a VM in the directory receives every other worker's prefix broadcasts.
+            let collecting = match pool.collector.mode {
+                CollectorMode::LeaderElected => match worker_directory::claim_id(host, worker.keys()) {
+                    Ok(id) => Some(collecting(pool, Some(Leadership::new(id)), multi)),
+                    Err(e) => {
+                        log::warn!(
+                            "no id for the collector election of pool {:?}, this VM will not collect it: {e}",
+                            pool.pool.name
+                        );
+                        None
+                    }
+                },
+                _ => None,
+            };
+            units.push((worker, collecting));
+        }
         // A collecting VM scrapes on every tick, so it ticks with the scrape interval; the others tick
         // often enough to write what coalescing held back soon after a burst ends. While requests wait
         // in flow control's queue the tick is faster (see `waiting::FLOW_TICK_MS`).
-        let tick_ms =
-            if collecting.is_some() { config.collector.interval_ms.min(HEARTBEAT_MS) } else { FLUSH_TICK_MS };
+        let tick_ms = units
+            .iter()
+            .map(|(w, c)| match c {
+                Some(_) => w.config().collector.interval_ms.min(HEARTBEAT_MS),
+                None => FLUSH_TICK_MS,
+            })
+            .min()
+            .unwrap_or(FLUSH_TICK_MS);
         set_tick(tick_ms);
-        let waiting = Rc::new(RefCell::new(Waiting::new(tick_ms, self.id)));
-        self.role = Role::Picker { worker: Rc::new(RefCell::new(worker)), waiting, collecting };
+        let fast_lists = Rc::new(Cell::new(0));
+        let pools: Vec<PoolUnit> = units
+            .into_iter()
+            .map(|(worker, collecting)| PoolUnit {
+                worker: Rc::new(RefCell::new(worker)),
+                waiting: Rc::new(RefCell::new(Waiting::new(tick_ms, self.id, Rc::clone(&fast_lists)))),
+                collecting,
+            })
+            .collect();
+        let choice = multi.then(|| {
+            let members = pools.iter().map(|p| (Rc::clone(&p.worker), Rc::clone(&p.waiting))).collect();
+            Rc::new(PoolSet::new(config, members))
+        });
+        self.role = Role::Picker { pools, choice };
         Ok(())
     }
 
-    fn collecting(&mut self) -> Option<&mut Collecting> {
+    /// Every collector this VM runs (one per pool it collects).
+    fn collectors(&mut self) -> Vec<&mut Collecting> {
         match &mut self.role {
-            Role::Picker { collecting, .. } => collecting.as_mut(),
-            Role::Collector(c) => Some(c),
-            Role::Unconfigured | Role::Bbr(_) => None,
+            Role::Picker { pools, .. } => pools.iter_mut().filter_map(|p| p.collecting.as_mut()).collect(),
+            Role::Collector(c) => c.iter_mut().collect(),
+            Role::Unconfigured | Role::Bbr(_) => Vec::new(),
         }
     }
 }
 
-fn collecting(config: &GatewayConfig, election: Option<Leadership>) -> Collecting {
+fn collecting(config: &GatewayConfig, election: Option<Leadership>, multi: bool) -> Collecting {
     Collecting {
         collector: Collector::new(config),
         election,
         keys: Keys::new(&config.pool.name),
-        stats: Stats::default(),
+        stats: if multi { Stats::for_pool(&config.pool.name) } else { Stats::default() },
         every_ms: config.collector.interval_ms.min(HEARTBEAT_MS),
         last_ms: None,
     }
@@ -229,10 +298,13 @@ impl Collecting {
 impl Context for Root {
     /// The VM (or this plugin) is going away: no waiting stream is dropped in silence.
     fn on_done(&mut self) -> bool {
-        if let Role::Picker { worker, waiting, .. } = &self.role {
-            if let (Ok(mut w), Ok(mut waiting)) = (worker.try_borrow_mut(), waiting.try_borrow_mut()) {
-                let settings = w.exchange_settings();
-                waiting.shutdown(&mut w, &self.host, &settings);
+        if let Role::Picker { pools, .. } = &self.role {
+            for p in pools {
+                if let (Ok(mut w), Ok(mut waiting)) = (p.worker.try_borrow_mut(), p.waiting.try_borrow_mut())
+                {
+                    let settings = w.exchange_settings();
+                    waiting.shutdown(&mut w, &self.host, &settings);
+                }
             }
         }
         true
@@ -240,10 +312,7 @@ impl Context for Root {
 
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         let host = self.host.clone();
-        let Some(c) = self.collecting() else { return };
-        if !c.collector.owns(token) {
-            return;
-        }
+        let Some(c) = self.collectors().into_iter().find(|c| c.collector.owns(token)) else { return };
         // No headers: the call failed (reset, no upstream); the response maps are then unreadable.
         let status = if num_headers == 0 {
             None
@@ -280,50 +349,62 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         super::logger::follow_proxy_level();
         let host = self.host.clone();
-        if let Role::Picker { worker, waiting, .. } = &self.role {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                w.on_tick(&*host);
-                if let Ok(mut waiting) = waiting.try_borrow_mut() {
-                    let settings = w.exchange_settings();
-                    waiting.dispatch(&mut w, &host, &settings);
+        if let Role::Picker { pools, .. } = &self.role {
+            for p in pools {
+                if let Ok(mut w) = p.worker.try_borrow_mut() {
+                    w.on_tick(&*host);
+                    if let Ok(mut waiting) = p.waiting.try_borrow_mut() {
+                        let settings = w.exchange_settings();
+                        waiting.dispatch(&mut w, &host, &settings);
+                    }
                 }
             }
         }
-        if let Some(c) = self.collecting() {
+        for c in self.collectors() {
             c.tick(&*host);
         }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Role::Picker { worker, waiting, .. } = &self.role {
-            if let Ok(mut w) = worker.try_borrow_mut() {
-                if w.take_wake(&*self.host, queue_id) {
-                    if let Ok(mut waiting) = waiting.try_borrow_mut() {
-                        let settings = w.exchange_settings();
-                        waiting.dispatch(&mut w, &self.host, &settings);
-                    }
-                    return;
+        let Role::Picker { pools, .. } = &self.role else { return };
+        for p in pools {
+            let Ok(mut w) = p.worker.try_borrow_mut() else { continue };
+            if w.take_wake(&*self.host, queue_id) {
+                if let Ok(mut waiting) = p.waiting.try_borrow_mut() {
+                    let settings = w.exchange_settings();
+                    waiting.dispatch(&mut w, &self.host, &settings);
                 }
-                w.on_queue_ready(&*self.host, queue_id);
+                return;
+            }
+            if w.on_queue_ready(&*self.host, queue_id) {
+                return;
             }
         }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK would panic. Without a picker the stream passes through.
-        if let Role::Bbr(role) = &self.role {
-            return Some(Box::new(BbrStream::new(Rc::clone(role))));
-        }
-        let (worker, waiting) = match &self.role {
-            Role::Picker { worker, waiting, .. } => {
-                if let Ok(mut w) = worker.try_borrow_mut() {
-                    w.start_once(&*self.host);
+        match &self.role {
+            Role::Bbr(role) => Some(Box::new(BbrStream::new(Rc::clone(role)))),
+            Role::Picker { pools, choice } => {
+                for p in pools {
+                    if let Ok(mut w) = p.worker.try_borrow_mut() {
+                        w.start_once(&*self.host);
+                    }
                 }
-                (Some(worker.clone()), Some(waiting.clone()))
+                let host = self.host.clone();
+                Some(Box::new(match (choice, pools.first()) {
+                    (Some(set), _) => Stream::among(Rc::clone(set), host, context_id),
+                    (None, Some(p)) => {
+                        Stream::new(Some(p.worker.clone()), Some(p.waiting.clone()), host, context_id)
+                    }
+                    (None, None) => Stream::new(None, None, host, context_id),
+                }))
             }
-            _ => (None, None),
-        };
-        Some(Box::new(Stream::new(worker, waiting, self.host.clone(), context_id)))
+            Role::Unconfigured | Role::Collector(_) => {
+                Some(Box::new(Stream::new(None, None, self.host.clone(), context_id)))
+            }
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {

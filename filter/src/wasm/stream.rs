@@ -9,10 +9,13 @@ use super::host_impl::ProxyHost;
 use super::waiting::{SharedState, StreamState, Waiting};
 use crate::header_map::HeaderMap;
 use crate::host::Host;
+use crate::stats::{self, Stats};
 use crate::worker::{Admitted, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use scheduler_core::endpoint_picker::{read_body, Admission, Reply};
+use scheduler_core::config::gateway::GatewayConfig;
+use scheduler_core::config::pools::PoolChoice;
+use scheduler_core::endpoint_picker::{read_body, Admission, Outcome, ReadBody, Reply};
 use scheduler_core::exchange::headers::{CONTENT_LENGTH, CONTENT_TYPE, STATUS};
 use scheduler_core::exchange::{
     BodyOut, Decided, ExchangeSettings, FlowEnd, Forward, HeaderLookup, RequestStep, ResponseBodyStep,
@@ -21,8 +24,60 @@ use scheduler_core::exchange::{
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// One pool's worker and its waiting streams.
+pub type Member = (Rc<RefCell<Worker>>, Rc<RefCell<Waiting>>);
+
+/// A picker serving several pools (`pools`): what a stream needs to choose its pool. The stream reads
+/// the body with the top-level configuration (routing, limits and `bbr` are top-level only), promotes
+/// the `bbr` headers, then asks the core which pool serves it (by the route's cluster, Envoy's
+/// `xds.cluster_name`, and the model) and goes on with that pool's worker as a single-pool stream does.
+pub struct PoolSet {
+    config: GatewayConfig,
+    /// What the exchange reads before a pool is chosen: the top level's routing and limits, and every
+    /// pool's scheduling headers (kept in the request's facts for whichever pool decides).
+    settings: Rc<ExchangeSettings>,
+    members: Vec<Member>,
+    /// Answers given before a pool was chosen (400/413/415, a model no pool serves), unlabelled.
+    stats: RefCell<Stats>,
+}
+
+impl PoolSet {
+    pub fn new(config: GatewayConfig, members: Vec<Member>) -> PoolSet {
+        let mut settings = ExchangeSettings::new(&config);
+        for (w, _) in &members {
+            if let Ok(w) = w.try_borrow() {
+                settings.scheduling_headers.extend(w.exchange_settings().scheduling_headers.iter().cloned());
+            }
+        }
+        settings.scheduling_headers.sort();
+        settings.scheduling_headers.dedup();
+        PoolSet { config, settings: Rc::new(settings), members, stats: RefCell::new(Stats::default()) }
+    }
+
+    fn count_reply(&self, host: &dyn Host, reply: &Reply) {
+        if let Ok(mut s) = self.stats.try_borrow_mut() {
+            s.count(host, stats::DECISIONS_REPLIED);
+            s.reply(host, reply.status);
+        }
+    }
+}
+
+/// The upstream cluster the route chose, as Envoy reports it when asked (`xds.cluster_name`).
+fn route_cluster() -> Option<String> {
+    match abi::get_property(&["xds", "cluster_name"]) {
+        Ok(Some(b)) => String::from_utf8(b).ok().filter(|c| !c.is_empty()),
+        Ok(None) => None,
+        Err(s) => {
+            log::debug!("xds.cluster_name not readable ({s}): choosing the pool by model");
+            None
+        }
+    }
+}
+
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
+    /// With `pools`: the pools to choose from, until `worker` is chosen.
+    choice: Option<Rc<PoolSet>>,
     /// The worker's waiting streams (flow control), shared with the root context.
     waiting: Option<Rc<RefCell<Waiting>>>,
     host: Rc<ProxyHost>,
@@ -55,7 +110,115 @@ impl Stream {
             None => Rc::default(),
         };
         let state = Rc::new(RefCell::new(StreamState::default()));
-        Stream { worker, waiting, host, context_id, state, settings, response_seen: 0 }
+        Stream { worker, choice: None, waiting, host, context_id, state, settings, response_seen: 0 }
+    }
+
+    /// A stream of a picker serving several pools: its pool is chosen when it decides.
+    pub fn among(set: Rc<PoolSet>, host: Rc<ProxyHost>, context_id: u32) -> Stream {
+        let settings = Rc::clone(&set.settings);
+        let state = Rc::new(RefCell::new(StreamState::default()));
+        Stream {
+            worker: None,
+            choice: Some(set),
+            waiting: None,
+            host,
+            context_id,
+            state,
+            settings,
+            response_seen: 0,
+        }
+    }
+
+    /// Carries out a request step on the stream's worker; before a pool is chosen, on the pool set.
+    fn run_step(&mut self, st: &mut StreamState, step: RequestStep, body_size: usize) -> Action {
+        if let (None, Some(set)) = (&self.worker, self.choice.clone()) {
+            return match step {
+                RequestStep::Wait => Action::Pause,
+                RequestStep::Pass => Action::Continue,
+                RequestStep::Reply(reply) => {
+                    set.count_reply(&*self.host, &reply);
+                    reply_locally(&reply)
+                }
+                RequestStep::Decide { with_body } => self.choose(&set, st, with_body.then_some(body_size)),
+            };
+        }
+        let Some(worker) = self.worker() else { return Action::Continue };
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        self.request_step(&mut w, st, step, body_size)
+    }
+
+    /// Reads the buffered request body (`None`: decide from the headers alone).
+    fn request_body(body_size: Option<usize>) -> Option<Vec<u8>> {
+        match body_size.map(|n| abi::get_buffer(BufferType::HttpRequestBody, 0, n)) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(s)) => {
+                log::warn!("request body not readable ({s}): deciding from the headers alone");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Chooses the request's pool (see `scheduler_core::config::pools`) and decides on it; or passes
+    /// the request (no pool's business), or answers it (a body refused, a model no pool serves).
+    fn choose(&mut self, set: &PoolSet, st: &mut StreamState, body_size: Option<usize>) -> Action {
+        let body = Stream::request_body(body_size);
+        let facts = st.exchange.facts().clone();
+        let subset = facts.subset_refs();
+        let info = facts.info(subset.as_deref());
+        let mut read = read_body(&set.config, &info, body.as_deref());
+        if let (Some(bbr), Ok(r)) = (&set.config.bbr, &read) {
+            match bbr.headers(r, info.content_type) {
+                // Set before the cluster is read: each change clears Envoy's route cache.
+                Ok(headers) => {
+                    for (name, value) in &headers {
+                        log_err(
+                            name,
+                            abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()),
+                        );
+                    }
+                }
+                Err(reply) => read = Err(reply),
+            }
+        }
+        let read = match read {
+            Ok(read) => read,
+            Err(reply) => return self.answer(set, st, reply),
+        };
+        let cluster = route_cluster();
+        let model = read.parsed.as_ref().map(|p| p.model.as_ref());
+        let i = match set.config.choose_pool(cluster.as_deref(), model) {
+            PoolChoice::Pool(i) => i,
+            PoolChoice::Pass => {
+                log::debug!(
+                    "request {:?}: cluster {cluster:?} is no pool's, passed through",
+                    facts.request_id
+                );
+                return Action::Continue;
+            }
+            PoolChoice::Reply(reply) => return self.answer(set, st, reply),
+        };
+        let Some((worker, waiting)) = set.members.get(i) else { return Action::Continue };
+        self.worker = Some(Rc::clone(worker));
+        self.waiting = Some(Rc::clone(waiting));
+        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        self.settings = w.exchange_settings();
+        // The read stands for the pool's own unless its parsers read this path's bodies otherwise.
+        let read = if w.config().parsers.reads_body(info.path) == set.config.parsers.reads_body(info.path) {
+            Ok(read)
+        } else {
+            read_body(w.config(), &info, body.as_deref())
+        };
+        self.decide_with(&mut w, st, body_size, body.as_deref(), Some(read))
+    }
+
+    /// Answers a request before any pool decided it.
+    fn answer(&mut self, set: &PoolSet, st: &mut StreamState, reply: Reply) -> Action {
+        set.count_reply(&*self.host, &reply);
+        match st.exchange.on_outcome(&self.settings, Outcome::Reply(reply)) {
+            Decided::Reply(reply) => reply_locally(&reply),
+            Decided::Forward(_) => Action::Continue,
+        }
     }
 
     fn worker(&self) -> Option<Rc<RefCell<Worker>>> {
@@ -84,33 +247,48 @@ impl Stream {
     /// Admits the request on the buffered body (`None`: from the headers alone): applies the decision,
     /// or keeps the stream paused in flow control's queue, for the root to resume.
     fn decide(&mut self, w: &mut Worker, st: &mut StreamState, body_size: Option<usize>) -> Action {
-        let body = match body_size.map(|n| abi::get_buffer(BufferType::HttpRequestBody, 0, n)) {
-            Some(Ok(b)) => Some(b),
-            Some(Err(s)) => {
-                log::warn!("request body not readable ({s}): deciding from the headers alone");
-                None
-            }
-            None => None,
-        };
+        let body = Stream::request_body(body_size);
+        self.decide_with(w, st, body_size, body.as_deref(), None)
+    }
+
+    /// [`Stream::decide`] on `body`, already read (and routed on) when `read` is given.
+    fn decide_with(
+        &mut self,
+        w: &mut Worker,
+        st: &mut StreamState,
+        body_size: Option<usize>,
+        body: Option<&[u8]>,
+        read: Option<Result<ReadBody<'_>, Reply>>,
+    ) -> Action {
         let admitted = {
             let facts = st.exchange.facts();
             let subset = facts.subset_refs();
             let info = facts.info(subset.as_deref());
-            let mut read = w.config().bbr.as_ref().map(|_| read_body(w.config(), &info, body.as_deref()));
-            if let (Some(bbr), Some(Ok(r))) = (&w.config().bbr, &read) {
-                // Body-based routing in the picker's own filter, on the same read (see `bbr.rs`).
-                match bbr.headers(r, info.content_type) {
-                    Ok(set) => {
-                        for (name, value) in &set {
-                            log_err(
-                                name,
-                                abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()),
-                            );
+            let read = match read {
+                Some(read) => Some(read),
+                None => {
+                    let mut read = w.config().bbr.as_ref().map(|_| read_body(w.config(), &info, body));
+                    if let (Some(bbr), Some(Ok(r))) = (&w.config().bbr, &read) {
+                        // Body-based routing in the picker's own filter, on the same read (see `bbr.rs`).
+                        match bbr.headers(r, info.content_type) {
+                            Ok(set) => {
+                                for (name, value) in &set {
+                                    log_err(
+                                        name,
+                                        abi::replace_header(
+                                            MapType::HttpRequestHeaders,
+                                            name,
+                                            value.as_bytes(),
+                                        ),
+                                    );
+                                }
+                            }
+                            Err(reply) => read = Some(Err(reply)),
                         }
                     }
-                    Err(reply) => read = Some(Err(reply)),
+                    read
                 }
-            }
+            };
             match read {
                 // Decided on that same read; with flow control on, a request that may wait is admitted
                 // through the queue, which reads the body again when it decides.
@@ -118,7 +296,7 @@ impl Stream {
                     let (outcome, routed, health) = w.decide_read(&*self.host, &info, read);
                     Admitted::Decided { outcome, routed, health, lease: None }
                 }
-                _ => w.admit(&*self.host, &info, body.as_deref()),
+                _ => w.admit(&*self.host, &info, body),
             }
         };
         let (outcome, health, lease) = match admitted {
@@ -276,7 +454,10 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(worker) = self.worker() else { return Action::Continue };
+        // With several pools, the first one's worker names requests that come without an id (and has
+        // the top-level `bbr` section, as every pool does).
+        let first = self.choice.as_ref().and_then(|set| set.members.first()).map(|(w, _)| Rc::clone(w));
+        let Some(worker) = self.worker().or(first) else { return Action::Continue };
         let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
         // One read of the whole map (one copy into the VM rather than one per header).
         let map = headers::read(MapType::HttpRequestHeaders)
@@ -308,13 +489,15 @@ impl HttpContext for Stream {
         for (name, value) in &step.set {
             log_err(name, abi::replace_header(MapType::HttpRequestHeaders, name, value.as_bytes()));
         }
+        drop(w);
         // Waiting for the body: with `allow_on_headers_stop_iteration` Envoy keeps feeding it to us.
-        self.request_step(&mut w, &mut st, step.next, 0)
+        self.run_step(&mut st, step.next, 0)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(worker) = self.worker() else { return Action::Continue };
-        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        if self.worker.is_none() && self.choice.is_none() {
+            return Action::Continue;
+        }
         let state = Rc::clone(&self.state);
         let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         if st.exchange.waiting().is_some() {
@@ -322,12 +505,13 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         let step = st.exchange.on_request_body(&self.settings, body_size, end_of_stream);
-        self.request_step(&mut w, &mut st, step, body_size)
+        self.run_step(&mut st, step, body_size)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let Some(worker) = self.worker() else { return Action::Continue };
-        let Ok(mut w) = worker.try_borrow_mut() else { return Action::Continue };
+        if self.worker.is_none() && self.choice.is_none() {
+            return Action::Continue;
+        }
         let state = Rc::clone(&self.state);
         let Ok(mut st) = state.try_borrow_mut() else { return Action::Continue };
         if st.exchange.waiting().is_some() {
@@ -335,7 +519,7 @@ impl HttpContext for Stream {
         }
         let step = st.exchange.on_request_trailers();
         let size = st.exchange.request_body_len();
-        self.request_step(&mut w, &mut st, step, size)
+        self.run_step(&mut st, step, size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

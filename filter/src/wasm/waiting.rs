@@ -19,7 +19,7 @@ use proxy_wasm::types::BufferType;
 use scheduler_core::endpoint_picker::{shutdown_reply, Outcome, RequestInfo, WaitingRequests};
 use scheduler_core::exchange::{Decided, Exchange, ExchangeSettings};
 use scheduler_core::flow_control::Ticket;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -54,11 +54,38 @@ pub struct Waiting {
     /// The root context: made effective again after acting on streams, so what the root does next
     /// (a scrape callout, above all) is not attributed to a stream (a stream's callouts die with it).
     root_id: u32,
+    /// How many of the root's waiting lists (one per pool) tick fast: the root has one tick, slowed
+    /// down only when none of them needs it fast.
+    fast_lists: Rc<Cell<usize>>,
 }
 
 impl Waiting {
-    pub fn new(base_tick_ms: u64, root_id: u32) -> Waiting {
-        Waiting { waiters: BTreeMap::new(), leases: BTreeMap::new(), base_tick_ms, fast: false, root_id }
+    pub fn new(base_tick_ms: u64, root_id: u32, fast_lists: Rc<Cell<usize>>) -> Waiting {
+        Waiting {
+            waiters: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            base_tick_ms,
+            fast: false,
+            root_id,
+            fast_lists,
+        }
+    }
+
+    /// Ticks fast (true) or at the base period once no other list ticks fast.
+    fn tick_fast(&mut self, fast: bool) {
+        if self.fast == fast {
+            return;
+        }
+        let others = self.fast_lists.get().saturating_sub(usize::from(self.fast));
+        let changed = match (fast, others) {
+            (true, 0) => set_tick(FLOW_TICK_MS.min(self.base_tick_ms)),
+            (false, 0) => set_tick(self.base_tick_ms),
+            _ => true,
+        };
+        if changed {
+            self.fast = fast;
+            self.fast_lists.set(if fast { others + 1 } else { others });
+        }
     }
 
     /// Host calls act on the root context again.
@@ -71,9 +98,7 @@ impl Waiting {
     /// A stream paused under `ticket`. The root ticks fast from now on, until nothing waits.
     pub fn queued(&mut self, ticket: Ticket, context_id: u32, state: SharedState, now_ms: u64) {
         self.waiters.insert(ticket.0, Waiter { context_id, state, queued_ms: now_ms });
-        if !self.fast {
-            self.fast = set_tick(FLOW_TICK_MS.min(self.base_tick_ms));
-        }
+        self.tick_fast(true);
     }
 
     /// The stream of `ticket` ended while waiting: how long it waited, if it was listed.
@@ -155,7 +180,7 @@ impl Waiting {
             self.back_to_root();
         }
         if self.fast && self.waiters.is_empty() && !worker.flow_waiting() {
-            self.fast = !set_tick(self.base_tick_ms);
+            self.tick_fast(false);
         }
     }
 

@@ -153,6 +153,11 @@ impl Worker {
         }
     }
 
+    /// Names this worker's metrics after its pool (`pool.<name>.epp_…`): one of several pools in one VM.
+    pub fn label_stats_by_pool(&mut self) {
+        self.stats = Stats::for_pool(&self.picker.config().pool.name);
+    }
+
     /// Lays the prefix index's table out by `seed`: a secret drawn once per VM, so clients cannot aim
     /// block hashes at one bucket. Decisions do not depend on it.
     pub fn set_prefix_table_seed(&mut self, seed: u64) {

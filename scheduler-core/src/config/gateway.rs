@@ -30,6 +30,7 @@ pub const OWN_SECTIONS: &[&str] = &[
     "modelRewrites",
     "health",
     "bbr",
+    "pools",
 ];
 
 /// What to do when the picker cannot decide from metrics (no snapshot, stale, undecodable).
@@ -248,6 +249,10 @@ pub struct GatewayConfig {
     /// Body-based routing (`bbr`): body fields promoted to headers before the route is chosen; `None`
     /// when the section is absent (a `bbr` root id then runs GIE's default).
     pub bbr: Option<crate::bbr::BodyRouting>,
+    /// `pools`: one picker for several pools ([`super::pools`]); empty for the usual single pool
+    /// (`pool`). When set, the sections above that act before a pool is chosen (`routing`, `limits`,
+    /// `bbr`) are the ones in use, and each pool decides with its entry's configuration.
+    pub pools: Vec<super::pools::PoolEntry>,
 }
 
 impl GatewayConfig {
@@ -268,6 +273,17 @@ impl GatewayConfig {
         let Value::Object(map) = value else {
             return Err(ConfigError::new("configuration", "a JSON object", Some(json_repr(value))));
         };
+        if let Some(list) = map.get("pools") {
+            // The top level alone first: its errors are its own, not every entry's.
+            let top: serde_json::Map<String, Value> = map
+                .iter()
+                .filter(|(k, _)| k.as_str() != "pools")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut front = GatewayConfig::from_value(&Value::Object(top))?;
+            front.pools = super::pools::parse(map, list)?;
+            return Ok(front);
+        }
         let null = Value::Null;
         let section = |name: &str| map.get(name).unwrap_or(&null);
 
@@ -368,6 +384,7 @@ impl GatewayConfig {
             health,
             parsers,
             bbr,
+            pools: Vec::new(),
         })
     }
 }

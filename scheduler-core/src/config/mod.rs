@@ -8,6 +8,7 @@ pub mod health;
 pub mod objectives;
 pub mod params;
 mod parse;
+pub mod pools;
 
 use alloc::string::String;
 use alloc::vec::Vec;

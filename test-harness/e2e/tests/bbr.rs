@@ -1,6 +1,7 @@
 //! Body-based routing end to end: two models behind one real Envoy, each base model its own pool of
 //! model-sim replicas (one pool also serving a LoRA adapter), the model header set from the body before
-//! the route is chosen. Once by the Wasm module's `bbr` role (`envoy-config/bbr-two-models/`), once by
+//! the route is chosen. Once by the Wasm module's `bbr` role followed by one picker serving both pools
+//! (`envoy-config/bbr-two-models/`: `pools` matched by the route's cluster), once by
 //! the epp-shim's BBR port over ext_proc (`envoy-config/bbr-two-models-ext-proc/`). A small recording
 //! upstream stands in for one pool in a second Envoy to show that the body arrives byte for byte. Then
 //! both roles in one chain: the shim's two ports (GIE's two servers), and a picker with a `bbr` section
@@ -48,7 +49,7 @@ struct Pools {
 }
 
 impl Pools {
-    /// Two Qwen replicas (one also serving its adapter) and one DeepSeek replica with its adapter. A
+    /// Two Qwen replicas and two DeepSeek replicas, each serving its base model's adapter. A
     /// replica answers 404 for a model it does not serve, so a request in the wrong pool cannot pass.
     fn start() -> Pools {
         let sim = |model: &str, lora: Option<&str>| {
@@ -60,7 +61,7 @@ impl Pools {
         };
         Pools {
             qwen: vec![sim(QWEN, Some(QWEN_ADAPTER)), sim(QWEN, Some(QWEN_ADAPTER))],
-            deepseek: vec![sim(DEEPSEEK, Some(DEEPSEEK_ADAPTER))],
+            deepseek: vec![sim(DEEPSEEK, Some(DEEPSEEK_ADAPTER)), sim(DEEPSEEK, Some(DEEPSEEK_ADAPTER))],
         }
     }
 
@@ -236,18 +237,21 @@ fn awkward_body() -> Vec<u8> {
     .into_bytes()
 }
 
-fn check_body_arrives_unchanged(template: EnvoyTemplate, qwen: &[&str]) {
+/// `place` puts the recording upstream in DeepSeek's pool of `template`.
+fn check_body_arrives_unchanged(
+    template: EnvoyTemplate,
+    place: impl Fn(EnvoyTemplate, &str) -> EnvoyTemplate,
+) {
     let (recorder, bodies) = recording_upstream();
-    let template = template
-        .set("QWEN_LB_ENDPOINTS", lb_endpoints(qwen))
-        .set("DEEPSEEK_LB_ENDPOINTS", lb_endpoints(&[&recorder]));
+    let template = place(template, &recorder);
     let envoy =
         Envoy::start(&template, &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() })
             .unwrap();
     let body = awkward_body();
     let r = envoy.send(&Request::post_json("/v1/chat/completions", body.clone())).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    let got = bodies.lock().unwrap().clone();
+    // A collector's scrapes (GET /metrics) reach it too: only request bodies count.
+    let got: Vec<Vec<u8>> = bodies.lock().unwrap().iter().filter(|b| !b.is_empty()).cloned().collect();
     assert_eq!(got.len(), 1, "one request reached the recording upstream");
     assert!(
         got[0] == body,
@@ -257,21 +261,74 @@ fn check_body_arrives_unchanged(template: EnvoyTemplate, qwen: &[&str]) {
     );
 }
 
+/// The picker's configuration for `bbr-two-models/`: one pool per cluster the route table names.
+fn two_pools(qwen: &[&str], deepseek: &[&str]) -> String {
+    json!({"pools": [
+        {"match": {"clusters": ["qwen"]}, "pool": {"name": "qwen", "endpoints": qwen}},
+        {"match": {"clusters": ["deepseek"]}, "pool": {"name": "deepseek", "endpoints": deepseek}}]})
+    .to_string()
+}
+
+/// The picker chose the pod in each pool: the pod that answered is the one it named, and a long shared
+/// prompt keeps going to one pod of its pool (prefix affinity) while each pool serves several prompts.
+fn check_the_picker_chose(envoy: &Envoy, pools: &Pools) {
+    for (model, pool) in
+        [(QWEN, Pools::replicas(&pools.qwen)), (DEEPSEEK_ADAPTER, Pools::replicas(&pools.deepseek))]
+    {
+        let mut seen = Vec::new();
+        for topic in 0..10 {
+            let prompt = format!("topic {topic}: the shared context. ").repeat(300);
+            let mut served_by = Vec::new();
+            for _ in 0..3 {
+                let body = json!({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 4});
+                let r = envoy.send(&Request::post_json("/v1/chat/completions", body.to_string())).unwrap();
+                assert_eq!(r.status, 200, "{model}: {}", r.text());
+                let served =
+                    r.header("x-gateway-destination-endpoint-served").expect("the picker's served header");
+                let replica = r.header("x-model-sim-replica").unwrap();
+                assert_eq!(served, replica, "{model}: the pod the picker chose answered");
+                assert!(pool.contains(&replica), "{model} reached {replica}, not its pool {pool:?}");
+                served_by.push(replica.to_string());
+            }
+            served_by.dedup();
+            assert_eq!(served_by.len(), 1, "{model}, topic {topic}: one prompt, one pod: {served_by:?}");
+            seen.extend(served_by);
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), pool.len(), "{model}: ten prompts spread over the pool's pods: {seen:?}");
+    }
+}
+
 #[test]
-fn in_proxy_router_sends_each_model_to_its_pool() {
+fn in_proxy_router_and_one_picker_for_both_pools() {
     let wasm = require!(filter);
     let pools = Pools::start();
     let template = EnvoyTemplate::load("bbr-two-models/envoy.yaml").unwrap().wasm(&wasm);
     let envoy = Envoy::start(
         &template
             .clone()
-            .set("QWEN_LB_ENDPOINTS", lb_endpoints(&Pools::addrs(&pools.qwen)))
-            .set("DEEPSEEK_LB_ENDPOINTS", lb_endpoints(&Pools::addrs(&pools.deepseek))),
+            .gateway_config(&two_pools(&Pools::addrs(&pools.qwen), &Pools::addrs(&pools.deepseek))),
         &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() },
     )
     .unwrap();
+    // The collector scraped both pools before the picks that follow are judged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while envoy.stat_sum("pool.deepseek.epp_snapshots_published").unwrap_or(0) == 0
+        || envoy.stat_sum("pool.qwen.epp_snapshots_published").unwrap_or(0) == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no snapshot published for both pools");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     check_two_models(&envoy, &pools);
-    check_body_arrives_unchanged(template, &Pools::addrs(&pools.qwen));
+    check_the_picker_chose(&envoy, &pools);
+    // Each pool's decisions are its own stats.
+    let routed = |pool: &str| envoy.stat_sum(&format!("pool.{pool}.epp_decisions_routed")).unwrap_or(0);
+    assert!(routed("qwen") >= 30 && routed("deepseek") >= 30, "{} {}", routed("qwen"), routed("deepseek"));
+    assert_eq!(envoy.stat_sum("pool.qwen.epp_fallback_no_snapshot").unwrap_or(0), 0);
+    check_body_arrives_unchanged(template, |t, recorder| {
+        t.gateway_config(&two_pools(&Pools::addrs(&pools.qwen), &[recorder]))
+    });
 }
 
 #[test]
@@ -290,7 +347,11 @@ fn shim_router_over_ext_proc_sends_each_model_to_its_pool() {
     )
     .unwrap();
     check_two_models(&envoy, &pools);
-    check_body_arrives_unchanged(template, &Pools::addrs(&pools.qwen));
+    let qwen = Pools::addrs(&pools.qwen);
+    check_body_arrives_unchanged(template, |t, recorder| {
+        t.set("QWEN_LB_ENDPOINTS", lb_endpoints(&qwen))
+            .set("DEEPSEEK_LB_ENDPOINTS", lb_endpoints(&[recorder]))
+    });
     // The in-proxy bootstrap's router configuration is the one the shim ran with.
     let file = std::fs::read_to_string(e2e::workspace_root().join("envoy-config/bbr-two-models/envoy.yaml"))
         .unwrap();

@@ -124,17 +124,38 @@ fn filter_configurations_in_the_manifests_are_accepted_by_the_picker() {
     let mut checked = 0;
     for path in yaml_files("kubernetes") {
         for doc in docs(&path) {
-            let config = match doc["kind"].as_str() {
-                Some("WasmPlugin") => doc["spec"]["pluginConfig"].clone(),
-                Some("EnvoyExtensionPolicy") => doc["spec"]["wasm"][0]["config"].clone(),
+            let configs: Vec<(Option<String>, Value)> = match doc["kind"].as_str() {
+                Some("WasmPlugin") => {
+                    vec![(
+                        doc["spec"]["pluginName"].as_str().map(String::from),
+                        doc["spec"]["pluginConfig"].clone(),
+                    )]
+                }
+                Some("EnvoyExtensionPolicy") => doc["spec"]["wasm"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| (w["rootID"].as_str().map(String::from), w["config"].clone()))
+                    .collect(),
                 _ => continue,
             };
-            let parsed = GatewayConfig::from_value(&config)
-                .unwrap_or_else(|e| panic!("{}: the picker rejects its configuration: {e}", path.display()));
-            // Neither Istio nor Envoy Gateway runs a bootstrap singleton.
-            assert_eq!(parsed.collector.mode, CollectorMode::LeaderElected, "{}", path.display());
-            checked += 1;
+            for (root_id, config) in configs {
+                let parsed = GatewayConfig::from_value(&config).unwrap_or_else(|e| {
+                    panic!("{}: the picker rejects its configuration: {e}", path.display())
+                });
+                if root_id.as_deref() == Some("bbr") {
+                    assert!(parsed.bbr.is_some(), "{}: a router without a bbr section", path.display());
+                    continue;
+                }
+                // Neither Istio nor Envoy Gateway runs a bootstrap singleton: every pool elects its scraper.
+                for i in 0..parsed.pool_count() {
+                    let pool = parsed.pool_config(i).unwrap();
+                    assert_eq!(pool.collector.mode, CollectorMode::LeaderElected, "{}", path.display());
+                }
+                checked += 1;
+            }
         }
     }
-    assert_eq!(checked, 2);
+    // Istio's and Envoy Gateway's single-pool pickers, and the two-model one.
+    assert_eq!(checked, 3);
 }
