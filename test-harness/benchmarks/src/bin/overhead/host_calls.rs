@@ -2,7 +2,7 @@
 //! call crosses the V8 boundary and most take an Envoy lock or copy, so the count explains much of what the
 //! timing tables show without needing symbols for Envoy's stripped binary.
 
-use crate::gateway::picker_config;
+use crate::gateway::{bbr_config, picker_config};
 use proxy_wasm_emulator::{CalloutResponse, Event, Host, Plugin, VmId};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +18,13 @@ pub struct Count {
 
 const REQUESTS: usize = 20;
 
-/// The picker's count, then each floor's (`floors`: module and label).
+/// The header whose presence upstream shows a request was routed: the picker's and the floors'.
+const DESTINATION: &str = "x-gateway-destination-endpoint";
+/// The one body-based routing promotes and the route table matches.
+const BASE_MODEL: &str = "x-gateway-base-model-name";
+
+/// The picker's count, then each floor's (`floors`: module and label), then the picker module's in its
+/// body-routing role (`root_id: bbr`).
 pub fn count(
     picker: &Path,
     floors: &[(&Path, &str)],
@@ -49,12 +55,15 @@ pub fn count(
                 .map_err(|e| format!("scrape answer: {e}"))?;
         }
     }
-    out.push(measure(&mut host, worker, body, "picker, 64 endpoints", kib)?);
+    out.push(measure(&mut host, worker, body, "picker, 64 endpoints", kib, DESTINATION)?);
 
     for (floor, label) in floors {
         let (mut host, worker) = floor_host(floor, &fixed)?;
-        out.push(measure(&mut host, worker, body, label, kib)?);
+        out.push(measure(&mut host, worker, body, label, kib, DESTINATION)?);
     }
+
+    let (mut host, worker) = bbr_host(picker)?;
+    out.push(measure(&mut host, worker, body, "in-proxy BBR alone (root_id bbr)", kib, BASE_MODEL)?);
     Ok(out)
 }
 
@@ -69,6 +78,22 @@ fn floor_host(floor: &Path, fixed: &str) -> Result<(Host, VmId), String> {
     Ok((host, worker))
 }
 
+/// An emulated proxy running the picker module as the body router, configured as the benchmark's.
+fn bbr_host(picker: &Path) -> Result<(Host, VmId), String> {
+    let mut host = Host::builder().buffer_limit(4 << 20).build();
+    let config = bbr_config();
+    let worker = host
+        .start_vm(
+            Plugin::new(picker)
+                .root_id("bbr")
+                .vm_id("bbr")
+                .configuration(config.as_str())
+                .allow_on_headers_stop_iteration(true),
+        )
+        .map_err(|e| format!("bbr VM: {e}"))?;
+    Ok((host, worker))
+}
+
 const HEADERS: [(&str, &str); 4] = [
     (":method", "POST"),
     (":path", "/v1/chat/completions"),
@@ -76,12 +101,21 @@ const HEADERS: [(&str, &str); 4] = [
     ("content-type", "application/json"),
 ];
 
-fn measure(host: &mut Host, vm: VmId, body: &str, name: &str, kib: usize) -> Result<Count, String> {
+/// Host calls per request of `vm` over 20 requests after 5 warm ones; each must reach upstream with
+/// `routed_by` set.
+fn measure(
+    host: &mut Host,
+    vm: VmId,
+    body: &str,
+    name: &str,
+    kib: usize,
+    routed_by: &str,
+) -> Result<Count, String> {
     let send = |host: &mut Host| -> Result<(), String> {
         let id = host.request(vm, &HEADERS, body.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
         host.respond(id, 200, b"{}").map_err(|e| format!("{name}: {e}"))?;
         let stream = host.stream(id);
-        if stream.upstream_header("x-gateway-destination-endpoint").is_none() {
+        if stream.upstream_header(routed_by).is_none() {
             return Err(format!("{name}: the emulated request was not routed: {stream:?}"));
         }
         Ok(())
@@ -144,12 +178,37 @@ mod tests {
         // The reading floor's extra host call is the `:path` read; both copy the body once.
         let body = crate::load::chat_body(4 * 1024);
         let (mut host, vm) = floor_host(&reading, fixed).unwrap();
-        let read = measure(&mut host, vm, &body, "reading floor", 4).unwrap();
+        let read = measure(&mut host, vm, &body, "reading floor", 4, DESTINATION).unwrap();
         let (mut host, vm) = floor_host(&floor, fixed).unwrap();
-        let plain = measure(&mut host, vm, &body, "floor", 4).unwrap();
+        let plain = measure(&mut host, vm, &body, "floor", 4, DESTINATION).unwrap();
         assert_eq!(read.per_request, plain.per_request + 1.0);
         let calls = |c: &Count, name: &str| c.top.iter().find(|(n, _)| n == name).map(|(_, k)| *k);
         assert_eq!(calls(&read, "proxy_get_header_map_value"), Some(1.0), "{:?}", read.top);
         assert_eq!(calls(&read, "proxy_get_buffer_bytes"), calls(&plain, "proxy_get_buffer_bytes"));
+    }
+
+    /// The body router promotes the model and its base to the upstream request from the benchmark's
+    /// body, removing a client's copy first, and answers a model it does not know with a 404.
+    #[test]
+    fn the_body_router_promotes_the_base_model_and_refuses_an_unknown_one() {
+        let picker = e2e::filter_wasm().unwrap();
+        let (mut host, vm) = bbr_host(&picker).unwrap();
+        let body = crate::load::chat_body(4 * 1024);
+        let mut spoofed = HEADERS.to_vec();
+        spoofed.push((BASE_MODEL, "other"));
+        let id = host.request(vm, &spoofed, body.as_bytes()).unwrap();
+        let stream = host.stream(id);
+        assert_eq!(stream.upstream_header(BASE_MODEL), Some("m"), "{stream:?}");
+        assert_eq!(stream.upstream_header("x-gateway-model-name"), Some("m"), "{stream:?}");
+
+        let id = host
+            .request(vm, &HEADERS, br#"{"model":"nobody","messages":[{"role":"user","content":"hi"}]}"#)
+            .unwrap();
+        let stream = host.stream(id);
+        assert_eq!(stream.local_reply.as_ref().map(|r| r.status), Some(404), "{stream:?}");
+        assert_eq!(stream.upstream_header(BASE_MODEL), None);
+
+        let count = measure(&mut host, vm, &body, "bbr", 4, BASE_MODEL).unwrap();
+        assert!(count.per_request >= 3.0, "headers set and the body read: {:?}", count.top);
     }
 }

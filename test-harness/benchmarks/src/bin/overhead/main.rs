@@ -33,7 +33,10 @@ usage: overhead [--quick] [--out DIR] [--shim PATH] [--duration SECS] [--connect
   --rounds N       measured rounds per cell, alternating between configurations [default: 3, quick 2]
   --only KEYS      only these configurations, comma-separated keys: plain, floor, floor-rr-<N> (the floor
                    round-robin over N endpoints), floor-read (the floor also reading each request as the
-                   picker does), picker-<N>, ext_proc-64
+                   picker does), picker-<N>, ext_proc-64; body-based routing (not in the default set):
+                   bbr-only (the module's bbr role alone), bbr-picker-<N> (the picker with a bbr section,
+                   one filter), ext_proc-bbr-<N> (GIE's shape: the shim's BBR and its picker, two
+                   ext_proc filters, two processes)
                    (for a focused comparison while working on the filter; skips the memory table)
   --bodies KIBS    body sizes in KiB, comma-separated [default: 4,128,220, quick 4,220]
   --workers LIST   Envoy worker counts, comma-separated [default: 1,2, quick 1]
@@ -303,7 +306,10 @@ fn parse_only(keys: &[String]) -> Result<Vec<Gateway>, String> {
     keys.iter()
         .map(|k| {
             Gateway::from_key(k).ok_or_else(|| {
-                format!("--only {k:?}: expected plain, floor, floor-rr-<N>, floor-read, picker-<N> or ext_proc-<N>")
+                format!(
+                    "--only {k:?}: expected plain, floor, floor-rr-<N>, floor-read, picker-<N>, ext_proc-<N>, \
+                     bbr-only, bbr-picker-<N> or ext_proc-bbr-<N>"
+                )
             })
         })
         .collect()
@@ -402,7 +408,14 @@ fn loadavg() -> String {
 
 /// Waits for what a gateway needs before traffic: the picker's first scrape round.
 fn settle(g: &Gateway) {
-    if matches!(g, Gateway::Picker { .. } | Gateway::Baseline { .. } | Gateway::ExtProc { .. }) {
+    if matches!(
+        g,
+        Gateway::Picker { .. }
+            | Gateway::Baseline { .. }
+            | Gateway::ExtProc { .. }
+            | Gateway::BbrPicker { .. }
+            | Gateway::ExtProcBbr { .. }
+    ) {
         std::thread::sleep(Duration::from_millis(1500));
     }
 }
@@ -420,9 +433,11 @@ fn measure(
     o: &Options,
     nginx_pid: u32,
 ) -> Result<Round, String> {
-    let pids = [Some(running.envoy_pid()), running.shim.as_ref().map(|s| s.id()), Some(nginx_pid)];
+    let shims: Vec<u32> = running.shims.iter().map(|s| s.id()).collect();
+    // Envoy, the shim processes together, nginx.
     let cpu_now = || -> Result<Vec<f64>, String> {
-        pids.iter().map(|p| p.map_or(Ok(0.0), load::cpu_seconds)).collect()
+        let shim: f64 = shims.iter().map(|&p| load::cpu_seconds(p)).sum::<Result<f64, String>>()?;
+        Ok(vec![load::cpu_seconds(running.envoy_pid())?, shim, load::cpu_seconds(nginx_pid)?])
     };
     let before = cpu_now()?;
     let wrk = load::wrk(running.envoy.listener(), script, o.connections, o.duration)?;
@@ -445,7 +460,7 @@ fn measure(
 
 /// The picker must have decided every request itself: a fail-open would measure a cheaper path.
 fn check_picker(g: &Gateway, running: &gateway::Running) -> Result<(), String> {
-    if !matches!(g, Gateway::Picker { .. } | Gateway::Baseline { .. }) {
+    if !matches!(g, Gateway::Picker { .. } | Gateway::Baseline { .. } | Gateway::BbrPicker { .. }) {
         return Ok(());
     }
     let routed = running.envoy.stat_sum("epp_decisions_routed").unwrap_or(0);

@@ -83,7 +83,7 @@ pub fn markdown(
         let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in runs.iter().filter(|r| r.workers == *w) {
             let Some(p) = plain_of(runs, r) else { continue };
-            let shim = if matches!(r.gateway, Gateway::ExtProc { .. }) {
+            let shim = if matches!(r.gateway, Gateway::ExtProc { .. } | Gateway::ExtProcBbr { .. }) {
                 format!("{:.1}", r.shim_cpu_us())
             } else {
                 String::from("–")
@@ -177,6 +177,8 @@ pub fn markdown(
         }
     }
 
+    s.push_str(&bbr_targets(runs, &workers, &bodies));
+
     let _ = writeln!(s, "\n#### Memory (Envoy VmRSS after 3 s of 4 KiB traffic)\n");
     let _ = writeln!(s, "| Workers | Configuration | VmRSS MiB | over plain MiB |");
     let _ = writeln!(s, "|---:|---|---:|---:|");
@@ -198,6 +200,87 @@ pub fn markdown(
     let _ = writeln!(s, "\n| Module | Size |\n|---|---:|");
     for (name, bytes) in sizes {
         let _ = writeln!(s, "| {name} | {bytes} B ({:.0} KiB) |", *bytes as f64 / 1024.0);
+    }
+    s
+}
+
+/// The body-based routing targets (issue 22), when the run has those cells: the in-proxy router + picker
+/// against GIE's shape in Envoy + shim CPU per request (≥ 8× lower at 220 KiB), and the router alone
+/// against the reading floor in added Envoy CPU (within 1.5×).
+fn bbr_targets(runs: &[Run], workers: &[usize], bodies: &[usize]) -> String {
+    let mut s = String::new();
+    let has = |key: &str| runs.iter().any(|r| r.gateway.key() == key);
+    if has("bbr-picker-64") && has("ext_proc-bbr-64") {
+        let _ = writeln!(
+            s,
+            "\nBody-based routing + picker (64 endpoints): in the proxy (the picker with a `bbr` section, one \
+             filter) against GIE's shape (the shim's Body-Based Router and the shim's picker, two ext_proc \
+             filters, two processes), CPU per request of Envoy plus the shim processes; target ≥ 8× lower at \
+             220 KiB. The last two columns are what body-based routing adds to each shape over the same \
+             picker without it (picker-64, ext_proc-64), when the run has those:\n"
+        );
+        let _ = writeln!(s, "| Workers | Body | in-proxy req/s | GIE shape req/s | req/s ratio | in-proxy Envoy CPU µs/req | GIE shape Envoy CPU µs/req | GIE shape shims CPU µs/req | GIE shape total µs/req | CPU ratio | met? | BBR adds in-proxy µs/req | BBR adds GIE shape µs/req |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|");
+        for w in workers {
+            for kib in bodies {
+                let (Some(k), Some(x)) =
+                    (find(runs, *w, *kib, "bbr-picker-64"), find(runs, *w, *kib, "ext_proc-bbr-64"))
+                else {
+                    continue;
+                };
+                let (kc, xe, xs) = (k.envoy_cpu_us(), x.envoy_cpu_us(), x.shim_cpu_us());
+                let ratio = (xe + xs) / kc;
+                let met = match (*kib, ratio >= 8.0) {
+                    (220, true) => "yes",
+                    (220, false) => "**no**",
+                    _ => "–",
+                };
+                let adds_k = find(runs, *w, *kib, "picker-64")
+                    .map_or(String::from("–"), |p| format!("{:.1}", kc - p.envoy_cpu_us()));
+                let adds_x = find(runs, *w, *kib, "ext_proc-64").map_or(String::from("–"), |p| {
+                    format!("{:.1}", xe + xs - p.envoy_cpu_us() - p.shim_cpu_us())
+                });
+                let _ = writeln!(
+                    s,
+                    "| {w} | {kib} KiB | {:.0} | {:.0} | {:.2} | {kc:.1} | {xe:.1} | {xs:.1} | {:.1} | {ratio:.2} | {met} | {adds_k} | {adds_x} |",
+                    k.wrk.rps(),
+                    x.wrk.rps(),
+                    k.wrk.rps() / x.wrk.rps(),
+                    xe + xs,
+                );
+            }
+        }
+    }
+    if has("bbr-only") && has("floor-read") {
+        let _ = writeln!(
+            s,
+            "\nBody-based routing alone in the proxy (`root_id: bbr`, routing on the promoted header): its added \
+             Envoy CPU over plain Envoy against the reading floor's (the do-nothing filter that reads the \
+             body as the picker does), target within 1.5×:\n"
+        );
+        let _ = writeln!(s, "| Workers | Body | BBR alone req/s | BBR alone added Envoy CPU µs/req | reading floor added Envoy CPU µs/req | ratio | met? | floor added Envoy CPU µs/req |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|:---|---:|");
+        for w in workers {
+            for kib in bodies {
+                let (Some(p), Some(b), Some(r)) = (
+                    find(runs, *w, *kib, "plain"),
+                    find(runs, *w, *kib, "bbr-only"),
+                    find(runs, *w, *kib, "floor-read"),
+                ) else {
+                    continue;
+                };
+                let (bc, rc) = (b.added_envoy_cpu_us(p), r.added_envoy_cpu_us(p));
+                let ratio = bc / rc;
+                let floor = find(runs, *w, *kib, "floor")
+                    .map_or(String::from("–"), |f| format!("{:.1}", f.added_envoy_cpu_us(p)));
+                let _ = writeln!(
+                    s,
+                    "| {w} | {kib} KiB | {:.0} | {bc:.1} | {rc:.1} | {ratio:.2} | {} | {floor} |",
+                    b.wrk.rps(),
+                    if ratio <= 1.5 { "yes" } else { "**no**" },
+                );
+            }
+        }
     }
     s
 }
@@ -276,7 +359,10 @@ pub fn parse_csv(text: &str, source: &str) -> Result<Vec<Run>, String> {
         let (requests, rps) = (count("requests")?, num("rps")?);
         let key = cell("configuration");
         let gateway = Gateway::from_key(key).ok_or_else(|| {
-            format!("{at}: configuration {key:?} is none of plain, floor, floor-rr-N, picker-N, ext_proc-N")
+            format!(
+                "{at}: configuration {key:?} is none of plain, floor, floor-rr-N, floor-read, picker-N, \
+                 ext_proc-N, baseline-N, bbr-only, bbr-picker-N, ext_proc-bbr-N"
+            )
         })?;
         runs.push(Run {
             gateway,
@@ -364,6 +450,17 @@ pub fn charts(runs: &[Run]) -> Result<Vec<(String, Vec<u8>)>, String> {
                         values: per_body(g, &|r, _| r.shim_cpu_us()),
                         stacked: true,
                         colour: colour(gateways.len()),
+                    });
+                }
+                Gateway::ExtProcBbr { endpoints } => {
+                    let name =
+                        format!("GIE shape (BBR + picker over ext_proc), {endpoints} endpoints: Envoy");
+                    added.push(BarSeries { name, values, stacked: false, colour: colour(k) });
+                    added.push(BarSeries {
+                        name: String::from("+ its two epp-shim processes (stacked)"),
+                        values: per_body(g, &|r, _| r.shim_cpu_us()),
+                        stacked: true,
+                        colour: colour(gateways.len() + 1),
                     });
                 }
                 _ => added.push(BarSeries { name: g.label(), values, stacked: false, colour: colour(k) }),
@@ -497,5 +594,42 @@ mod tests {
         // ext_proc at 220 KiB: 400 req/s vs the picker's 2000 (5×); CPU 300 + 100 vs 250.
         let row = md.lines().find(|l| l.starts_with("| 1 | 2000 |")).unwrap();
         assert_eq!(row, "| 1 | 2000 | 400 | 5.00 | yes | 250.0 | 400.0 | 1.60 |");
+        assert!(!md.contains("Body-based routing"), "no bbr cells, no bbr tables");
+    }
+
+    #[test]
+    fn the_bbr_targets_compare_both_shapes_and_the_router_with_the_reading_floor() {
+        let mut v = runs();
+        for (kib, plain_cpu) in [(4, 60.0), (220, 100.0)] {
+            v.push(run(Gateway::FloorRead, kib, 5000.0, plain_cpu + 40.0, 0.0));
+            // The router alone adds 50 µs (1.25× the reading floor's 40) at 4 KiB, 70 (1.75×) at 220.
+            let bbr_added = if kib == 4 { 50.0 } else { 70.0 };
+            v.push(run(Gateway::BbrOnly, kib, 5000.0, plain_cpu + bbr_added, 0.0));
+            v.push(run(Gateway::BbrPicker { endpoints: 64 }, kib, 3000.0, plain_cpu + 160.0, 0.0));
+            // GIE's shape: Envoy 100 µs over the ext_proc picker's, shims 900 at 220 KiB.
+            let shims = if kib == 4 { 300.0 } else { 900.0 };
+            v.push(run(Gateway::ExtProcBbr { endpoints: 64 }, kib, 300.0, plain_cpu + 300.0, shims));
+        }
+        let md = markdown(&v, &[], &[], &[], "test", Duration::from_secs(1));
+        let cells = |prefix: &str| -> Vec<String> {
+            let row = md.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}\n{md}"));
+            row.split('|').map(|c| c.trim().to_string()).collect()
+        };
+        // 220 KiB: in-proxy 260 µs; GIE shape 400 + 900 = 1300: 5×, not met. BBR adds 10 in the proxy
+        // (over picker-64's 250) and 1300 − (300 + 100) = 900 over ext_proc-64.
+        let row = cells("| 1 | 220 KiB | 3000 |");
+        assert_eq!(
+            &row[6..14],
+            ["260.0", "400.0", "900.0", "1300.0", "5.00", "**no**", "10.0", "900.0"],
+            "{row:?}"
+        );
+        // At 4 KiB the ratio is shown, the target not judged.
+        let row = cells("| 1 | 4 KiB | 3000 |");
+        assert_eq!(&row[10..12], ["3.00", "–"], "{row:?}");
+        // The router alone against the reading floor; the floor's own 16 and 20 µs for reference.
+        let row = cells("| 1 | 4 KiB | 5000 |");
+        assert_eq!(&row[4..9], ["50.0", "40.0", "1.25", "yes", "16.0"], "{row:?}");
+        let row = cells("| 1 | 220 KiB | 5000 |");
+        assert_eq!(&row[4..9], ["70.0", "40.0", "1.75", "**no**", "20.0"], "{row:?}");
     }
 }
