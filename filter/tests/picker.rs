@@ -74,6 +74,14 @@ fn bad_bodies_get_400_with_an_openai_error() {
         // The headers the module asked for (Envoy sets them over its own text/plain).
         let added = &s.local_reply.as_ref().unwrap().headers;
         assert!(added.iter().any(|(k, v)| k == "content-type" && v == "application/json"), "{added:?}");
+        // What the client gets: one content-type, the module's.
+        let sent = &s.response.as_ref().unwrap().headers;
+        let types: Vec<&str> = sent
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(types, ["application/json"], "{sent:?}");
         let v = reply_body(&s);
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");

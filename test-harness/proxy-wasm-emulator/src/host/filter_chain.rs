@@ -533,12 +533,16 @@ impl Host {
         let body = reply.body.clone();
         let through_filter = reply.source != LocalReplySource::VmFailure && self.filter_of(id).is_some();
         self.with_stream(id, |s| {
+            // As Envoy's local reply: the filter's headers first, then a length for a body, and
+            // `text/plain` only when the filter set no content-type of its own.
             let mut headers = vec![(":status".to_string(), reply.status.to_string())];
+            headers.extend(reply.headers.iter().cloned());
             if !body.is_empty() {
                 headers.push(("content-length".to_string(), body.len().to_string()));
-                headers.push(("content-type".to_string(), "text/plain".to_string()));
+                if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+                    headers.push(("content-type".to_string(), "text/plain".to_string()));
+                }
             }
-            headers.extend(reply.headers.iter().cloned());
             s.req.phase = Phase::Closed;
             s.req.headers_available = false;
             s.req.body_available = false;
