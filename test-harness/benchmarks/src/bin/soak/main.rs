@@ -44,8 +44,8 @@ usage: soak (--minutes M | --seconds S) [--rate R] [--replicas N] [--sample-ever
   --grace S         a failed request counts against a fault when its life overlaps the fault's window
                     stretched by this many seconds at its end [default: 5]
   --prefix-lru N    both pickers' prefix index keeps at most N blocks per endpoint (the prefix-cache
-                    scorer's lruCapacityPerServer), so it fills within a short run [default: as
-                    recommended.json, 31,250]
+                    scorer's lruCapacityPerServer, autoTune off), so it fills within a short run
+                    [default: as recommended.json: each server's reported KV blocks]
   --out DIR         where samples.csv, memory.csv, summary.json, soak.md, rss.png and memory.png go
                     [default: target/soak]
 
@@ -170,7 +170,9 @@ fn picker_config(extra: serde_json::Value, prefix_lru: Option<u64>) -> Result<St
             .iter_mut()
             .find(|p| p["type"] == "prefix-cache-scorer")
             .ok_or("recommended.json has no prefix-cache-scorer")?;
+        // Without autoTune off the capacity follows each server's reported KV blocks instead.
         scorer["parameters"]["lruCapacityPerServer"] = serde_json::json!(n);
+        scorer["parameters"]["autoTune"] = serde_json::json!(false);
     }
     Ok(config.to_string())
 }
