@@ -71,6 +71,7 @@ pub mod header_map;
 pub mod host;
 pub mod inflight;
 pub mod keys;
+pub mod memory;
 pub mod prefix_sync;
 pub mod snapshot_cache;
 pub mod stats;

@@ -149,6 +149,11 @@ impl PrefixSync {
         Ok(id)
     }
 
+    /// Updates waiting for the next send (at most [`MAX_BATCH`]) and the other workers' queues known.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.pending_updates.len(), self.queues.len())
+    }
+
     pub fn owns(&self, queue: u32) -> bool {
         self.own_queue == Some(queue)
     }

@@ -77,6 +77,11 @@ pub const FLOW_QUEUE_DURATION_MS: &str = "epp_flow_control_queue_duration_ms";
 /// Per-endpoint upstream 5xx counters are named `epp_upstream_5xx.<ip_port>`; at most this many exist.
 pub const MAX_ENDPOINT_METRICS: usize = 256;
 
+/// Metric names one VM defines at most: past it a metric is not kept (logged at debug). Per-endpoint
+/// names stop at [`MAX_ENDPOINT_METRICS`]; the rest are a fixed set (and one pair per configured
+/// flow-control band), far below this.
+pub const MAX_DEFINED: usize = 512;
+
 /// Metric ids of one VM, defined lazily by name.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -101,6 +106,10 @@ impl Stats {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
+        if self.ids.len() >= MAX_DEFINED {
+            log::debug!("metric {name} not defined: {MAX_DEFINED} are defined already");
+            return None;
+        }
         let defined = if self.prefix.is_empty() {
             host.metric_define(kind, name)
         } else {
@@ -116,6 +125,11 @@ impl Stats {
                 None
             }
         }
+    }
+
+    /// Metric names defined so far (at most [`MAX_DEFINED`]).
+    pub fn defined(&self) -> usize {
+        self.ids.len()
     }
 
     pub fn count(&mut self, host: &dyn Host, name: &str) {
@@ -278,5 +292,17 @@ mod tests {
         assert_eq!(host.metric(FALLBACK_STALE_SNAPSHOT), 1);
         assert_eq!(host.metric("epp_upstream_5xx.10_0_0_1_8000"), 1);
         assert_eq!(host.metric(UPSTREAM_5XX), 1);
+    }
+
+    #[test]
+    fn a_vm_defines_a_bounded_number_of_metrics() {
+        let host = FakeHost::default();
+        let mut s = Stats::default();
+        for i in 0..2 * MAX_DEFINED {
+            s.count(&host, &format!("epp_test_{i}"));
+        }
+        assert_eq!(s.defined(), MAX_DEFINED);
+        assert_eq!(host.metric(&format!("epp_test_{}", MAX_DEFINED - 1)), 1);
+        assert_eq!(host.metric(&format!("epp_test_{MAX_DEFINED}")), 0);
     }
 }

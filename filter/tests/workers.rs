@@ -120,3 +120,30 @@ fn a_vm_that_serves_no_streams_stays_out_of_the_directory() {
     assert_eq!(ids.len(), 4, "exactly one worker id (u32) in the directory, got {} bytes", ids.len());
     assert_no_traps(&host);
 }
+
+#[test]
+fn each_worker_reports_its_memory_and_a_stopped_vm_takes_its_share_back() {
+    let (mut host, a, b) = two_prefix_workers();
+    for i in 0..8 {
+        let body = format!(
+            r#"{{"model": "llama", "messages": [{{"content": "{i} is one more prompt with a few blocks", "role": "user"}}]}}"#
+        );
+        host.advance(Duration::from_millis(10));
+        send(&mut host, a, &body, &[("x-request-id", &format!("m-{i}"))]);
+    }
+    // The gauges are reported once per heartbeat, from the root tick.
+    host.advance(Duration::from_millis(1_100));
+    let gauge = |host: &proxy_wasm_emulator::Host, name: &str| host.metric_value(name).unwrap_or(0);
+    let linear = gauge(&host, "epp_wasm_memory_bytes");
+    assert!(linear > 0 && linear % 65_536 == 0, "linear memory in whole pages, got {linear}");
+    assert_eq!(gauge(&host, "epp_memory_pool_endpoints"), 8, "4 endpoints, counted by each of 2 workers");
+    let (entries, cap) =
+        (gauge(&host, "epp_memory_prefix_entries"), gauge(&host, "epp_memory_prefix_entries_cap"));
+    assert!(entries >= 16 && entries <= cap, "both workers hold the prefixes: {entries} of {cap}");
+    assert!(gauge(&host, "epp_memory_prefix_endpoints") <= gauge(&host, "epp_memory_prefix_endpoints_cap"));
+
+    host.stop_vm(b).unwrap();
+    assert_eq!(gauge(&host, "epp_memory_pool_endpoints"), 4, "b's share left with it");
+    assert!(gauge(&host, "epp_wasm_memory_bytes") < linear);
+    assert_no_traps(&host);
+}

@@ -548,6 +548,7 @@ impl EndpointPicker {
         if snapshot.generation != self.health_generation {
             self.health_generation = snapshot.generation;
             self.health.retain(snapshot);
+            self.scheduler.retain_prefix_endpoints(snapshot);
         }
         let exclusions = self.health.exclusions(snapshot, now_ms);
         if exclusions.all_unusable && self.config.failure_mode == FailureMode::FailClose {

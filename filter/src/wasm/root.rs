@@ -16,6 +16,7 @@ use crate::collector::{CallResponse, Collector};
 use crate::host::Host;
 use crate::inflight::{FLUSH_TICK_MS, HEARTBEAT_MS};
 use crate::keys::Keys;
+use crate::memory;
 use crate::stats::{self, Stats};
 use crate::worker::Worker;
 use crate::worker_directory;
@@ -304,6 +305,7 @@ impl Context for Root {
                 {
                     let settings = w.exchange_settings();
                     waiting.shutdown(&mut w, &self.host, &settings);
+                    w.clear_memory(&*self.host);
                 }
             }
         }
@@ -356,6 +358,8 @@ impl RootContext for Root {
                     if let Ok(mut waiting) = p.waiting.try_borrow_mut() {
                         let settings = w.exchange_settings();
                         waiting.dispatch(&mut w, &host, &settings);
+                        let glue = waiting.sizes(&w);
+                        w.report_memory(&*host, memory::linear_memory_bytes(), &glue);
                     }
                 }
             }

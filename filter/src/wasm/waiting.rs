@@ -14,6 +14,7 @@
 use super::abi;
 use super::host_impl::ProxyHost;
 use super::stream::{apply_forward, reply_locally};
+use crate::memory::Size;
 use crate::worker::Worker;
 use proxy_wasm::types::BufferType;
 use scheduler_core::endpoint_picker::{shutdown_reply, Outcome, RequestInfo, WaitingRequests};
@@ -93,6 +94,16 @@ impl Waiting {
         if let Err(e) = abi::set_effective_context(self.root_id) {
             log::warn!("root context {} not made effective again: {e}", self.root_id);
         }
+    }
+
+    /// Streams paused in the queue and streams in flight under an eviction lease, for the memory
+    /// gauges: bounded by flow control's queue and lease caps, which they mirror.
+    pub fn sizes(&self, worker: &Worker) -> [Size; 2] {
+        let flow = worker.flow_sizes();
+        [
+            Size::new("waiting_streams", self.waiters.len(), flow.waiting_cap),
+            Size::new("waiting_leases", self.leases.len(), flow.leases_cap as u64),
+        ]
     }
 
     /// A stream paused under `ticket`. The root ticks fast from now on, until nothing waits.

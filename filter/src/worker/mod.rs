@@ -7,6 +7,7 @@ use crate::flow_share::{self, FlowShare};
 use crate::host::Host;
 use crate::inflight::{Count, InFlightState, Publish, HEARTBEAT_MS};
 use crate::keys::Keys;
+use crate::memory::{MemoryReported, Size};
 use crate::prefix_sync::PrefixSync;
 use crate::snapshot_cache::{Refresh, SnapshotCache};
 use crate::stats::{self, Stats};
@@ -95,6 +96,8 @@ pub struct Worker {
     /// request (workers join and leave rarely; a newcomer's counts start at zero).
     directory: Vec<u32>,
     directory_read_ms: Option<u64>,
+    /// Memory gauges as this VM last reported them ([`crate::memory`]).
+    memory: MemoryReported,
 }
 
 impl Worker {
@@ -120,6 +123,7 @@ impl Worker {
             exchange,
             directory: Vec::new(),
             directory_read_ms: None,
+            memory: MemoryReported::default(),
         })
     }
 
@@ -577,6 +581,57 @@ impl Worker {
         if self.read_directory(host, now_ms) && !self.directory.contains(&id) {
             let _ = worker_directory::ensure_listed(host, &self.keys, id);
         }
+    }
+
+    /// Reports this VM's memory (once per heartbeat period; see [`crate::memory`]): `linear_bytes`, its
+    /// Wasm linear memory, and the sizes of what it keeps, `glue` for the tables the proxy glue owns.
+    /// A VM that serves no requests (no worker id: Envoy's main thread) reports nothing.
+    pub fn report_memory(&mut self, host: &dyn Host, linear_bytes: u64, glue: &[Size]) {
+        if self.id.is_none() {
+            return;
+        }
+        let mut sizes = self.memory_sizes();
+        sizes.extend_from_slice(glue);
+        self.memory.report(host, &mut self.stats, linear_bytes, &sizes);
+    }
+
+    /// Flow control's sizes (all zero when it is off).
+    pub fn flow_sizes(&self) -> scheduler_core::flow_control::FlowSizes {
+        self.picker.flow_control().map(|fc| fc.sizes()).unwrap_or_default()
+    }
+
+    /// The VM is ending: its memory shares leave the process-wide gauges.
+    pub fn clear_memory(&mut self, host: &dyn Host) {
+        self.memory.clear(host, &mut self.stats);
+    }
+
+    /// Every table this worker keeps that grows with traffic, with the most it can hold. Tables keyed
+    /// by endpoint are bounded by the pool (pruned on each new snapshot).
+    pub fn memory_sizes(&self) -> Vec<Size> {
+        let pool = self.cache.snapshot().map_or(0, |s| s.endpoints.len()) as u64;
+        let prefix = self.picker.scheduler().prefix_usage();
+        let health = self.picker.health().sizes();
+        let (pending, queues) = self.prefix.sizes();
+        let mut sizes = std::vec![
+            Size::new("pool_endpoints", pool as usize, pool),
+            Size::new("prefix_entries", prefix.entries, prefix.capacity as u64),
+            Size::new("prefix_hashes", prefix.hashes, prefix.capacity as u64),
+            Size::new("prefix_endpoints", prefix.endpoints, pool),
+            Size::new("health_records", health.records, pool),
+            Size::new("health_answered", health.answered, pool),
+            Size::new("health_awaiting", health.awaiting, health.awaiting_cap as u64),
+            Size::new("inflight_endpoints", self.inflight.table().iter().count(), pool),
+            Size::new("prefix_sync_pending", pending, crate::prefix_sync::MAX_BATCH as u64),
+            Size::new("prefix_sync_queues", queues, self.directory.len() as u64),
+            Size::new("metrics_defined", self.stats.defined(), stats::MAX_DEFINED as u64),
+        ];
+        if self.picker.flow_control().is_some() {
+            let flow = self.flow_sizes();
+            sizes.push(Size::new("flow_waiting", flow.waiting, flow.waiting_cap));
+            sizes.push(Size::new("flow_flows", flow.flows, flow.waiting_cap));
+            sizes.push(Size::new("flow_leases", flow.leases, flow.leases_cap as u64));
+        }
+        sizes
     }
 
     /// Snapshot age and endpoint health stats, once per heartbeat period whether or not requests come

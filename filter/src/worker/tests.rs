@@ -415,3 +415,41 @@ fn a_routed_prompt_awaits_its_first_token_in_the_published_table_until_released(
     assert_eq!(published(), scheduler_core::model::InFlight::default());
     drop(b);
 }
+
+#[test]
+fn memory_gauges_follow_the_tables_and_their_bounds() {
+    let host = FakeHost::default();
+    host.set_now(NOW);
+    let mut w = worker(&host, "");
+    publish(&host, w.keys(), 1, &[0, 0, 0]);
+    let long = |i: usize| {
+        format!(r#"{{"model": "m", "prompt": "{}", "max_tokens": 1}}"#, format!("prompt {i} ").repeat(40))
+    };
+    let mut routed = Vec::new();
+    for i in 0..20 {
+        let body = long(i);
+        let info = RequestInfo { path: "/v1/completions", request_id: "x", ..RequestInfo::default() };
+        let (_, r, _) = w.decide(&host, &info, Some(body.as_bytes()));
+        routed.push(r.unwrap());
+    }
+    w.report_memory(&host, 7 * crate::memory::WASM_PAGE_BYTES, &[]);
+    let gauge = |t: &str| host.metric(&format!("{}{t}", crate::memory::TABLE_PREFIX));
+    assert_eq!(host.metric(crate::memory::WASM_MEMORY_BYTES), 7 * 65_536);
+    assert_eq!(gauge("pool_endpoints"), 3);
+    assert!(gauge("prefix_entries") >= 20, "every prompt leaves blocks: {}", gauge("prefix_entries"));
+    assert!(gauge("prefix_entries") <= gauge("prefix_entries_cap"));
+    assert!(gauge("prefix_endpoints") <= gauge("prefix_endpoints_cap"));
+    assert!(gauge("inflight_endpoints") >= 1 && gauge("inflight_endpoints") <= 3);
+    assert_eq!(gauge("health_awaiting"), 20);
+    assert_eq!(gauge("health_awaiting_cap"), scheduler_core::health::MAX_AWAITING as i64);
+    for r in &routed {
+        w.finish(&host, r);
+    }
+    // Once per heartbeat: the in-flight table empties when the requests end.
+    host.advance(HEARTBEAT_MS);
+    w.report_memory(&host, 7 * crate::memory::WASM_PAGE_BYTES, &[]);
+    assert_eq!(gauge("inflight_endpoints"), 0);
+    w.clear_memory(&host);
+    assert_eq!(gauge("prefix_entries"), 0);
+    assert_eq!(host.metric(crate::memory::WASM_MEMORY_BYTES), 0);
+}

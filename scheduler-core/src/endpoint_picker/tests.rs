@@ -517,3 +517,34 @@ fn a_passthrough_parser_leaves_the_bodies_it_claims_unread() {
         "10.0.0.2:8000"
     );
 }
+
+#[test]
+fn prefix_evidence_of_endpoints_that_left_the_pool_is_forgotten() {
+    // Pods come and go (a new address per restart): the prefix index must not keep a full LRU for
+    // every address that ever served.
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let mut pool = pool(&[0, 0, 0]);
+    for i in 0..3u64 {
+        let address = format!("10.0.0.{}:8000", i + 1);
+        p.scheduler_mut().learn_prefix(&pool, &address, &[i * 10 + 1, i * 10 + 2]);
+    }
+    let before = p.scheduler().prefix_usage();
+    assert_eq!((before.endpoints, before.entries, before.hashes), (3, 6, 6), "{before:?}");
+    assert!(before.capacity >= 3 * 2, "{before:?}");
+
+    // Endpoint 1 leaves in a newer snapshot; a decision on it prunes the index.
+    pool.endpoints.remove(0);
+    pool.generation = 2;
+    route(p.decide(&info("/v1/chat/completions"), Some(CHAT), PoolView::Fresh(&pool), 1_010, 1));
+    let after = p.scheduler().prefix_usage();
+    assert_eq!(after.endpoints, 2, "{after:?}");
+    let remaining: Vec<String> = p
+        .scheduler()
+        .shared()
+        .prefix_indexes()
+        .flat_map(|h| h.index().unwrap().endpoints().map(String::from).collect::<Vec<_>>())
+        .collect();
+    assert!(!remaining.iter().any(|a| a == "10.0.0.1:8000"), "{remaining:?}");
+    // The endpoints still in the pool keep what they held (the routed request may have added its own).
+    assert!(after.entries >= 4, "{after:?}");
+}

@@ -155,6 +155,20 @@ const EVICTION_CONFIRMATION_TIMEOUT_MS: u64 = 10_000;
 /// Leases kept at most (a caller that never reports its requests finished cannot grow this forever).
 const MAX_LEASES: usize = 65_536;
 
+/// What a [`FlowController`] holds ([`FlowController::sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSizes {
+    /// Requests waiting, and the most that can (the global cap, else the sum of the caps of the bands
+    /// in use: bands exist per configured priority).
+    pub waiting: usize,
+    pub waiting_cap: u64,
+    /// Fairness flows with requests waiting (a flow leaves with its last request: at most `waiting`).
+    pub flows: usize,
+    /// Sheddable requests in flight tracked for eviction, and the most kept.
+    pub leases: usize,
+    pub leases_cap: usize,
+}
+
 /// The queues of one decision point.
 #[derive(Clone, Debug)]
 pub struct FlowController {
@@ -216,6 +230,22 @@ impl FlowController {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Sizes of what this controller keeps, for memory accounting.
+    pub fn sizes(&self) -> FlowSizes {
+        let waiting_cap = if self.cfg.max_requests > 0 {
+            self.cfg.max_requests
+        } else {
+            self.bands.values().map(|b| b.cfg.max_requests).fold(0u64, u64::saturating_add)
+        };
+        FlowSizes {
+            waiting: self.waiting.len(),
+            waiting_cap,
+            flows: self.bands.values().map(|b| b.flows.len()).sum(),
+            leases: self.reclaim.leases.len(),
+            leases_cap: MAX_LEASES,
+        }
     }
 
     /// Body bytes waiting now.

@@ -134,6 +134,15 @@ struct Awaiting {
 /// Requests waited for at once, at most (a host that never reports headers cannot grow the table past it).
 pub const MAX_AWAITING: usize = 1 << 16;
 
+/// What a [`HealthTracker`] holds ([`HealthTracker::sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealthSizes {
+    pub records: usize,
+    pub answered: usize,
+    pub awaiting: usize,
+    pub awaiting_cap: usize,
+}
+
 /// Per-endpoint health as one decision point knows it.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTracker {
@@ -328,6 +337,18 @@ impl HealthTracker {
         self.records
             .iter()
             .filter_map(|(a, r)| r.ejected_until_ms.map(|u| (a.as_str(), r.ejected_at_ms, u, r.ejections)))
+    }
+
+    /// Sizes of what the tracker keeps, for memory accounting: per-endpoint records and answer times
+    /// (pruned to the pool on each new snapshot), and requests awaiting their first byte (at most
+    /// [`MAX_AWAITING`]).
+    pub fn sizes(&self) -> HealthSizes {
+        HealthSizes {
+            records: self.records.len(),
+            answered: self.answered_sent_at.len(),
+            awaiting: self.awaiting.len(),
+            awaiting_cap: MAX_AWAITING,
+        }
     }
 
     /// True when a good answer from `address` would change nothing (no failure or ejection on record):

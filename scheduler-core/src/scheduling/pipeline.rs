@@ -60,6 +60,19 @@ impl SchedulingResult {
     }
 }
 
+/// Sizes of a scheduler's prefix indexes ([`Scheduler::prefix_usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixUsage {
+    /// (hash, endpoint) entries: the sum of the per-endpoint LRU lengths.
+    pub entries: usize,
+    /// The sum of the per-endpoint LRU capacities: what `entries` can reach.
+    pub capacity: usize,
+    /// Distinct block hashes held (at most `entries`).
+    pub hashes: usize,
+    /// Endpoints with an LRU.
+    pub endpoints: usize,
+}
+
 /// A configured Filter → Score → Pick engine. Holds per-request scratch buffers, hence `&mut self`.
 pub struct Scheduler {
     plugins: Vec<Box<dyn Plugin>>,
@@ -239,6 +252,38 @@ impl Scheduler {
                 index.record(address, hashes, capacity);
             };
         }
+    }
+
+    /// Forgets the prefix evidence of endpoints that left `pool`. Each endpoint's LRU is capped, but
+    /// the set of endpoints is not: without this, every pod that ever served (a new address per restart
+    /// under Kubernetes) would keep up to its cap of hashes for the life of the process. Cheap when
+    /// nothing left: an index that knows no more endpoints than the pool has is not walked, so the
+    /// index holds at most as many endpoints as the pool once this ran (an address recorded before
+    /// this worker's snapshot listed it stays until it is counted over).
+    pub fn retain_prefix_endpoints(&mut self, pool: &crate::model::PoolSnapshot) {
+        for handle in self.shared.prefix_indexes() {
+            if let Some(mut index) = handle.index_mut() {
+                if index.endpoint_count() > pool.endpoints.len() {
+                    index.retain_endpoints(|a| pool.find(a).is_some());
+                }
+            }
+        }
+    }
+
+    /// What the prefix indexes hold, summed over them (consumers share their producer's): for memory
+    /// accounting. O(endpoints), no walk over the hashes.
+    pub fn prefix_usage(&self) -> PrefixUsage {
+        let mut u = PrefixUsage::default();
+        for handle in self.shared.prefix_indexes() {
+            let Some(index) = handle.index() else { continue };
+            u.hashes += index.len();
+            u.endpoints += index.endpoint_count();
+            for address in index.endpoints() {
+                u.entries += index.endpoint_len(address).unwrap_or(0);
+                u.capacity += index.endpoint_capacity(address).unwrap_or(0);
+            }
+        }
+        u
     }
 
     /// Lays out every prefix index's block-hash table by `seed` (default: a fixed seed). Proxies pass a

@@ -11,10 +11,10 @@
 //!   `/metrics` hung, the companion collector killed and started again on its port.
 //! - Samples every few seconds: RSS of both Envoys, the shim and the collector (`/proc/PID/status`),
 //!   Envoy's active-request gauges, the filter's and the shim's in-flight gauges, the filter Envoy's Wasm
-//!   VM counts.
+//!   VM counts, and the filter's own memory gauges (Wasm linear memory, each table's size and cap).
 //! - At the end the traffic stops, the gauges must return to 0, and every process is stopped.
 //!
-//! Writes `samples.csv`, `summary.json`, `soak.md` and `rss.png` into `--out`, and exits non-zero when a
+//! Writes `samples.csv`, `memory.csv`, `summary.json`, `soak.md`, `rss.png` and `memory.png` into `--out`, and exits non-zero when a
 //! target is missed. `cargo xtask soak --minutes N` builds what it needs and runs this
 //! (docs/reliability.md).
 // A benchmark tool: the workspace denies these for code that runs in the proxy, not here.
@@ -33,7 +33,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: soak (--minutes M | --seconds S) [--rate R] [--replicas N] [--sample-every S] [--grace S] [--out DIR]
+usage: soak (--minutes M | --seconds S) [--rate R] [--replicas N] [--sample-every S] [--grace S]
+            [--prefix-lru N] [--out DIR]
 
   --minutes M       how long the traffic runs (fractions allowed)
   --seconds S       the same in seconds
@@ -42,7 +43,11 @@ usage: soak (--minutes M | --seconds S) [--rate R] [--replicas N] [--sample-ever
   --sample-every S  seconds between samples [default: 5]
   --grace S         a failed request counts against a fault when its life overlaps the fault's window
                     stretched by this many seconds at its end [default: 5]
-  --out DIR         where samples.csv, summary.json, soak.md and rss.png go [default: target/soak]
+  --prefix-lru N    both pickers' prefix index keeps at most N blocks per endpoint (the prefix-cache
+                    scorer's lruCapacityPerServer, autoTune off), so it fills within a short run
+                    [default: as recommended.json: each server's reported KV blocks]
+  --out DIR         where samples.csv, memory.csv, summary.json, soak.md, rss.png and memory.png go
+                    [default: target/soak]
 
 Needs Envoy (.venv/bin/envoy or $ENVOY_BIN); model-sim and epp-shim come from $MODEL_SIM_BIN and
 $EPP_SHIM_BIN, else debug builds.
@@ -68,6 +73,7 @@ struct Options {
     replicas: usize,
     sample_every: Duration,
     grace: Duration,
+    prefix_lru: Option<u64>,
     out: PathBuf,
     args: Vec<String>,
 }
@@ -89,6 +95,7 @@ fn parse_args() -> Result<Options, String> {
         replicas: 3,
         sample_every: Duration::from_secs(5),
         grace: Duration::from_secs(5),
+        prefix_lru: None,
         out: root.join("target/soak"),
         args: args.clone(),
     };
@@ -114,6 +121,13 @@ fn parse_args() -> Result<Options, String> {
                 o.sample_every = Duration::from_secs_f64(positive("--sample-every", it.next())?)
             }
             "--grace" => o.grace = Duration::from_secs_f64(positive("--grace", it.next())?),
+            "--prefix-lru" => {
+                let n = positive("--prefix-lru", it.next())?;
+                if n.fract() != 0.0 {
+                    return Err(format!("--prefix-lru {n}: expected a whole number"));
+                }
+                o.prefix_lru = Some(n as u64);
+            }
             "--out" => o.out = root.join(it.next().ok_or_else(|| format!("--out needs a value\n\n{USAGE}"))?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
@@ -139,8 +153,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The picker configuration both gateways run: the recommended scheduling plus `extra` at the top level.
-fn picker_config(extra: serde_json::Value) -> Result<String, String> {
+/// The picker configuration both gateways run: the recommended scheduling plus `extra` at the top level,
+/// and the prefix index's capacity when `prefix_lru` is set.
+fn picker_config(extra: serde_json::Value, prefix_lru: Option<u64>) -> Result<String, String> {
     let path = e2e::workspace_root().join("envoy-config/scheduling/recommended.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut config: serde_json::Value =
@@ -148,6 +163,16 @@ fn picker_config(extra: serde_json::Value) -> Result<String, String> {
     let object = config.as_object_mut().ok_or("recommended.json is not a JSON object")?;
     for (k, v) in extra.as_object().into_iter().flatten() {
         object.insert(k.clone(), v.clone());
+    }
+    if let Some(n) = prefix_lru {
+        let plugins = object.get_mut("plugins").and_then(|p| p.as_array_mut()).ok_or("no plugins array")?;
+        let scorer = plugins
+            .iter_mut()
+            .find(|p| p["type"] == "prefix-cache-scorer")
+            .ok_or("recommended.json has no prefix-cache-scorer")?;
+        // Without autoTune off the capacity follows each server's reported KV blocks instead.
+        scorer["parameters"]["lruCapacityPerServer"] = serde_json::json!(n);
+        scorer["parameters"]["autoTune"] = serde_json::json!(false);
     }
     Ok(config.to_string())
 }
@@ -170,7 +195,7 @@ fn start_collector(config: &str, port: &str) -> Result<EppShim, String> {
 
 impl Rig {
     /// Started on the calling (main) thread: the processes' parent-death signal follows that thread.
-    fn start(replicas: usize) -> Result<Rig, String> {
+    fn start(replicas: usize, prefix_lru: Option<u64>) -> Result<Rig, String> {
         let sim_args = vec![String::from("--time-scale"), String::from(TIME_SCALE)];
         let sims = ModelSim::start_many(replicas, |_| sim_args.clone())?;
         let addrs: Vec<&str> = sims.iter().map(ModelSim::addr).collect();
@@ -179,14 +204,17 @@ impl Rig {
         let collector_port = collector.addr("http").rsplit_once(':').map_or("", |(_, p)| p).to_string();
         let options =
             EnvoyOptions { concurrency: WORKERS, log_level: String::from("warn"), ..EnvoyOptions::default() };
-        let filter_config = picker_config(serde_json::json!({
-            "pool": {
-                "name": POOL,
-                "discoveryUrl": "http://epp-shim.default.svc.cluster.local:9090/snapshot",
-                "discoveryCluster": COLLECTOR_CLUSTER,
-            },
-            "collector": {"mode": "leader-elected"},
-        }))?;
+        let filter_config = picker_config(
+            serde_json::json!({
+                "pool": {
+                    "name": POOL,
+                    "discoveryUrl": "http://epp-shim.default.svc.cluster.local:9090/snapshot",
+                    "discoveryCluster": COLLECTOR_CLUSTER,
+                },
+                "collector": {"mode": "leader-elected"},
+            }),
+            prefix_lru,
+        )?;
         let template = EnvoyTemplate::load("wasm-picker-gateway-shape/envoy.yaml")?
             .wasm(&e2e::filter_wasm()?)
             .gateway_config(&filter_config)
@@ -194,7 +222,7 @@ impl Rig {
             .set("PORT_COLLECTOR", collector_port.clone());
         let filter_envoy = Envoy::start(&template, &options)?;
         let shim = EppShim::start(
-            &picker_config(serde_json::json!({"pool": {"name": POOL, "endpoints": addrs}}))?,
+            &picker_config(serde_json::json!({"pool": {"name": POOL, "endpoints": addrs}}), prefix_lru)?,
             &[],
         )?;
         let ext_proc_port = shim.ext_proc().rsplit_once(':').map_or("", |(_, p)| p).to_string();
@@ -315,6 +343,7 @@ impl Rig {
             ],
             vms_created: stat(&f, "wasm.envoy.wasm.runtime.v8.created"),
             vms_active: stat(&f, "wasm.envoy.wasm.runtime.v8.active"),
+            memory: f.as_ref().map(|m| report::memory_gauges(m.iter())).unwrap_or_default(),
             client_in_flight: counters.in_flight.load(Ordering::Relaxed),
             ok: counters.ok.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
@@ -406,7 +435,7 @@ fn run() -> Result<bool, String> {
         plan.len(),
         o.sample_every
     );
-    let mut rig = Rig::start(o.replicas)?;
+    let mut rig = Rig::start(o.replicas, o.prefix_lru)?;
     rig.settle(Duration::from_secs(60))?;
     let wasm_before = admin_stats(&rig.filter_envoy).unwrap_or_default();
 
@@ -470,12 +499,16 @@ fn run() -> Result<bool, String> {
             if now >= next_sample {
                 let s = rig.sample(start.elapsed(), &counters);
                 if samples.len() % 12 == 0 {
+                    let mem = |k: &str| s.memory.get(k).copied().unwrap_or(0);
                     eprintln!(
-                        "    {:>7.1} s  RSS MiB: envoy-filter {:.1}, envoy-shim {:.1}, epp-shim {:.1}; {} ok, {} failed",
+                        "    {:>7.1} s  RSS MiB: envoy-filter {:.1}, envoy-shim {:.1}, epp-shim {:.1}; filter Wasm memory {:.2} MiB, prefix entries {}/{}; {} ok, {} failed",
                         s.at.as_secs_f64(),
                         s.rss_kib[0].unwrap_or(0) as f64 / 1024.0,
                         s.rss_kib[1].unwrap_or(0) as f64 / 1024.0,
                         s.rss_kib[2].unwrap_or(0) as f64 / 1024.0,
+                        mem(report::LINEAR) as f64 / 1024.0 / 1024.0,
+                        mem("prefix_entries"),
+                        mem("prefix_entries_cap"),
                         s.ok,
                         s.failed
                     );
@@ -567,6 +600,45 @@ fn run() -> Result<bool, String> {
             met: None,
         });
     }
+    // The filter's memory: linear memory may grow in the last third only as far as its tables did, and
+    // no table may hold more than its cap.
+    let tables = report::memory_tables(&samples, o.length);
+    let linear = report::linear_memory(&samples, o.length, &tables);
+    let over: Vec<String> = tables
+        .iter()
+        .filter(|t| t.verdict() == "over its cap")
+        .map(|t| format!("{} ({} > cap {})", t.name, t.max, t.cap))
+        .collect();
+    verdicts.push(Verdict {
+        name: String::from("filter tables over their caps (last third)"),
+        value: if tables.is_empty() {
+            String::from("no memory gauges read")
+        } else if over.is_empty() {
+            format!("none of {}", tables.len())
+        } else {
+            over.join(", ")
+        },
+        target: String::from("none"),
+        met: if tables.is_empty() { judge_slope.then_some(false) } else { Some(over.is_empty()) },
+    });
+    verdicts.push(Verdict {
+        name: String::from("filter Wasm linear memory growth (last third, summed over workers)"),
+        value: linear.as_ref().map_or_else(
+            || String::from("n/a"),
+            |l| format!("{:+.1} KiB/min ({:.0} → {:.0} KiB)", l.growth_kib_per_min, l.first_kib, l.last_kib),
+        ),
+        target: linear.as_ref().map_or_else(
+            || String::from("≤ what the tables' growth explains"),
+            |l| {
+                format!(
+                    "≤ {:.1} KiB/min ({} B per entry the tables gained)",
+                    l.bound_kib_per_min,
+                    report::ENTRY_BYTES
+                )
+            },
+        ),
+        met: if judge_slope { Some(linear.as_ref().is_some_and(report::LinearRow::met)) } else { None },
+    });
     verdicts.push(Verdict {
         name: String::from("failed requests outside the fault windows"),
         value: format!(
@@ -623,6 +695,21 @@ fn run() -> Result<bool, String> {
     let png =
         benchmarks::chart::line_chart("RSS during the soak run", "minutes", "RSS (MiB)", &series, false)?;
     write("rss.png", &png)?;
+    write("memory.csv", report::memory_csv(&samples).as_bytes())?;
+    let linear_series = [benchmarks::chart::Series {
+        name: String::from("filter Wasm linear memory, all workers"),
+        points: report::linear_points(&samples),
+    }];
+    if linear_series[0].points.len() >= 2 {
+        let png = benchmarks::chart::line_chart(
+            "Filter Wasm linear memory during the soak run",
+            "minutes",
+            "linear memory (MiB)",
+            &linear_series,
+            false,
+        )?;
+        write("memory.png", &png)?;
+    }
     let summary = serde_json::json!({
         "started": started_at,
         "commit": commit,
@@ -654,6 +741,15 @@ fn run() -> Result<bool, String> {
             })
             .map(|(k, v)| (k.clone(), serde_json::json!(v)))
             .collect::<std::collections::BTreeMap<_, _>>(),
+        "memory_tables": tables.iter().map(|t| serde_json::json!({
+            "table": t.name, "first": t.first, "last": t.last, "max": t.max, "cap": t.cap,
+            "growth_per_min": t.growth_per_min, "verdict": t.verdict(),
+        })).collect::<Vec<_>>(),
+        "linear_memory": linear.as_ref().map(|l| serde_json::json!({
+            "first_kib": l.first_kib, "last_kib": l.last_kib, "growth_kib_per_min": l.growth_kib_per_min,
+            "bound_kib_per_min": l.bound_kib_per_min,
+        })),
+        "prefix_lru": o.prefix_lru,
         "in_flight_after_stop": report::GAUGES.iter().zip(last.gauges.iter()).map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         "verdicts": verdicts.iter().map(|v| serde_json::json!({"name": v.name, "value": v.value, "target": v.target, "met": v.met})).collect::<Vec<_>>(),
     });
@@ -670,6 +766,10 @@ fn run() -> Result<bool, String> {
     md.push_str(&report::markdown_table(&verdicts));
     md.push('\n');
     md.push_str(&report::tally_table(&tally));
+    if !tables.is_empty() {
+        md.push_str("\nThe filter's tables over the last third of the traffic:\n\n");
+        md.push_str(&report::memory_table(&tables));
+    }
     if !tally.outside_examples.is_empty() {
         let _ =
             writeln!(md, "\nFailures outside the fault windows (first {}):\n", tally.outside_examples.len());

@@ -2,6 +2,7 @@
 //! inside a fault window (plus the grace period), least-squares RSS slopes, and the files written (CSV of
 //! samples, JSON summary, markdown). Pure: no clock, no I/O, so the reduction is unit-tested.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -271,6 +272,10 @@ pub struct Sample {
     /// `wasm.envoy.wasm.runtime.v8.created` and `.active` of the filter's Envoy.
     pub vms_created: Option<u64>,
     pub vms_active: Option<u64>,
+    /// The filter's memory gauges (`wasmcustom.epp_wasm_memory_bytes` and `wasmcustom.epp_memory_*`,
+    /// prefix stripped: `wasm_memory_bytes`, `prefix_entries`, `prefix_entries_cap`, ...), summed over
+    /// the serving workers; empty when the admin did not answer.
+    pub memory: BTreeMap<String, u64>,
     /// Requests the client has sent and not finished.
     pub client_in_flight: u64,
     /// Requests finished so far: right answers, wrong ones.
@@ -325,6 +330,184 @@ fn points(samples: &[Sample], from: Duration, value: impl Fn(&Sample) -> Option<
         .filter(|s| s.at >= from)
         .filter_map(|s| Some((s.at.as_secs_f64() / 60.0, value(s)? as f64)))
         .collect()
+}
+
+/// Envoy stat names of the filter's memory gauges (`filter/src/memory.rs`).
+pub const WASM_MEMORY_STAT: &str = "wasmcustom.epp_wasm_memory_bytes";
+pub const TABLE_STAT_PREFIX: &str = "wasmcustom.epp_memory_";
+/// The key of linear memory in [`Sample::memory`].
+pub const LINEAR: &str = "wasm_memory_bytes";
+/// Linear memory one table entry may cost, at most, for the growth bound: an entry of the prefix index
+/// is a 16-byte LRU slot plus a share of a hash table bucket (about 33 bytes), and a growing table
+/// holds up to twice its length (both double) and, while it doubles, the old table beside the new one.
+/// 256 covers that for every table the filter keeps (their entries are smaller than a prefix entry
+/// plus an address string).
+pub const ENTRY_BYTES: f64 = 256.0;
+/// Tables that are not memory of their own: the pool (the reference for the per-endpoint caps) and the
+/// prefix index's distinct hashes (already paid for by its entries).
+const NOT_COUNTED: [&str; 2] = ["pool_endpoints", "prefix_hashes"];
+
+/// The filter's memory gauges from an Envoy's `/stats`, names stripped of their prefix.
+pub fn memory_gauges<'a>(stats: impl Iterator<Item = (&'a String, &'a u64)>) -> BTreeMap<String, u64> {
+    stats
+        .filter_map(|(k, v)| {
+            if k == WASM_MEMORY_STAT {
+                Some((String::from(LINEAR), *v))
+            } else {
+                k.strip_prefix(TABLE_STAT_PREFIX).map(|t| (String::from(t), *v))
+            }
+        })
+        .collect()
+}
+
+/// One table of the filter over the judged window (the last third of the traffic).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableRow {
+    pub name: String,
+    /// Entries at the start and the end of the window, the most seen, and the cap at the end.
+    pub first: u64,
+    pub last: u64,
+    pub max: u64,
+    pub cap: u64,
+    /// Entries gained per minute over the window ((last - first) / minutes; negative when it shrank).
+    pub growth_per_min: f64,
+    /// Samples of the window in which it held more than its cap.
+    pub over_cap: usize,
+}
+
+impl TableRow {
+    /// Reached its cap, still growing towards it, flat, or over it.
+    pub fn verdict(&self) -> &'static str {
+        if self.over_cap > 1 {
+            "over its cap"
+        } else if self.cap > 0 && self.last as f64 >= 0.98 * self.cap as f64 {
+            "at its cap"
+        } else if self.growth_per_min > 0.0 {
+            "still growing (below its cap)"
+        } else {
+            "flat or shrinking"
+        }
+    }
+
+    /// Counts towards linear memory's growth bound.
+    pub fn counted(&self) -> bool {
+        !NOT_COUNTED.contains(&self.name.as_str())
+    }
+}
+
+/// The samples of the judged window: the last third of the traffic (after any warm-up).
+fn window(samples: &[Sample], traffic: Duration) -> Vec<&Sample> {
+    let from = traffic.mul_f64(2.0 / 3.0);
+    samples.iter().filter(|s| s.at >= from && s.at <= traffic && !s.memory.is_empty()).collect()
+}
+
+/// Every table the filter reported, over the last third of the traffic (`traffic`: its length).
+pub fn memory_tables(samples: &[Sample], traffic: Duration) -> Vec<TableRow> {
+    let w = window(samples, traffic);
+    let (Some(a), Some(b)) = (w.first(), w.last()) else { return Vec::new() };
+    let minutes = (b.at.saturating_sub(a.at)).as_secs_f64() / 60.0;
+    let names: Vec<&String> =
+        b.memory.keys().filter(|k| k.as_str() != LINEAR && !k.ends_with("_cap")).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let get = |s: &Sample, k: &str| s.memory.get(k).copied().unwrap_or(0);
+            let cap_key = format!("{name}_cap");
+            let (first, last) = (get(a, name), get(b, name));
+            TableRow {
+                name: name.clone(),
+                first,
+                last,
+                max: w.iter().map(|s| get(s, name)).max().unwrap_or(0),
+                cap: get(b, &cap_key),
+                growth_per_min: if minutes > 0.0 { (last as f64 - first as f64) / minutes } else { 0.0 },
+                over_cap: w.iter().filter(|s| get(s, name) > get(s, &cap_key)).count(),
+            }
+        })
+        .collect()
+}
+
+/// Linear memory over the judged window, against the bound the tables allow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearRow {
+    pub first_kib: f64,
+    pub last_kib: f64,
+    pub growth_kib_per_min: f64,
+    /// [`ENTRY_BYTES`] for every entry the counted tables gained per minute: zero when every table sits
+    /// at its cap or is flat.
+    pub bound_kib_per_min: f64,
+}
+
+impl LinearRow {
+    pub fn met(&self) -> bool {
+        self.growth_kib_per_min <= self.bound_kib_per_min
+    }
+}
+
+pub fn linear_memory(samples: &[Sample], traffic: Duration, tables: &[TableRow]) -> Option<LinearRow> {
+    let w = window(samples, traffic);
+    let (a, b) = (w.first()?, w.last()?);
+    let (first, last) = (*a.memory.get(LINEAR)?, *b.memory.get(LINEAR)?);
+    let minutes = (b.at.saturating_sub(a.at)).as_secs_f64() / 60.0;
+    if minutes <= 0.0 {
+        return None;
+    }
+    let bound_bytes: f64 =
+        tables.iter().filter(|t| t.counted()).map(|t| t.growth_per_min.max(0.0) * ENTRY_BYTES).sum();
+    Some(LinearRow {
+        first_kib: first as f64 / 1024.0,
+        last_kib: last as f64 / 1024.0,
+        growth_kib_per_min: (last as f64 - first as f64) / 1024.0 / minutes,
+        bound_kib_per_min: bound_bytes / 1024.0,
+    })
+}
+
+/// Linear memory points (minutes, MiB), the whole run.
+pub fn linear_points(samples: &[Sample]) -> Vec<(f64, f64)> {
+    points(samples, Duration::ZERO, |s| s.memory.get(LINEAR).copied())
+        .into_iter()
+        .map(|(m, b)| (m, b / 1024.0 / 1024.0))
+        .collect()
+}
+
+/// `memory.csv`: seconds, then every memory gauge the filter reported (the union over the samples).
+pub fn memory_csv(samples: &[Sample]) -> String {
+    let mut names: Vec<&String> = samples.iter().flat_map(|s| s.memory.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut s = String::from("seconds");
+    for n in &names {
+        let _ = write!(s, ",{n}");
+    }
+    s.push('\n');
+    for x in samples {
+        let _ = write!(s, "{:.1}", x.at.as_secs_f64());
+        for n in &names {
+            let _ = write!(s, ",{}", x.memory.get(*n).map_or_else(String::new, |v| v.to_string()));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+pub fn memory_table(rows: &[TableRow]) -> String {
+    let mut s = String::from(
+        "| table (summed over workers) | entries at 2/3 → end | most | cap at the end | growth per minute | verdict |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} → {} | {} | {} | {:+.1} | {} |",
+            r.name,
+            r.first,
+            r.last,
+            r.max,
+            r.cap,
+            r.growth_per_min,
+            r.verdict()
+        );
+    }
+    s
 }
 
 /// The targets and how the run did against them.
@@ -427,6 +610,58 @@ mod tests {
         let t = tally(&[req(1.0, 2.0, true), req(15.0, 16.0, false), req(30.0, 31.0, false)], &w, grace);
         assert_eq!((t.sent(), t.failed_inside(), t.failed_outside()), (3, 1, 1));
         assert_eq!(t.outside_examples.len(), 1);
+    }
+
+    fn mem(at: f64, linear_pages: u64, entries: u64, cap: u64) -> Sample {
+        let mut memory = BTreeMap::new();
+        memory.insert(String::from(LINEAR), linear_pages * 65_536);
+        memory.insert(String::from("prefix_entries"), entries);
+        memory.insert(String::from("prefix_entries_cap"), cap);
+        memory.insert(String::from("pool_endpoints"), 3);
+        memory.insert(String::from("pool_endpoints_cap"), 3);
+        Sample { at: secs(at), memory, ..Sample::default() }
+    }
+
+    #[test]
+    fn linear_memory_may_grow_only_as_far_as_the_tables_do() {
+        let traffic = secs(600.0);
+        // Caches filling: 4,000 entries in the last 200 s (1,200 a minute) allow 300 KiB a minute.
+        let filling = [
+            mem(400.0, 100, 10_000, 90_000),
+            mem(500.0, 102, 12_000, 90_000),
+            mem(600.0, 104, 14_000, 90_000),
+        ];
+        let tables = memory_tables(&filling, traffic);
+        assert_eq!(tables.len(), 2);
+        let prefix = tables.iter().find(|t| t.name == "prefix_entries").unwrap();
+        assert_eq!((prefix.first, prefix.last, prefix.cap, prefix.over_cap), (10_000, 14_000, 90_000, 0));
+        assert!((prefix.growth_per_min - 1_200.0).abs() < 1e-6);
+        assert_eq!(prefix.verdict(), "still growing (below its cap)");
+        let linear = linear_memory(&filling, traffic, &tables).unwrap();
+        assert!((linear.growth_kib_per_min - 76.8).abs() < 1e-6, "{linear:?}");
+        assert!((linear.bound_kib_per_min - 300.0).abs() < 1e-6, "{linear:?}");
+        assert!(linear.met());
+
+        // Every cache at its cap: one page grown is a failure.
+        let full = [mem(400.0, 100, 90_000, 90_000), mem(600.0, 101, 90_000, 90_000)];
+        let tables = memory_tables(&full, traffic);
+        assert_eq!(tables.iter().find(|t| t.name == "prefix_entries").unwrap().verdict(), "at its cap");
+        let linear = linear_memory(&full, traffic, &tables).unwrap();
+        assert_eq!(linear.bound_kib_per_min, 0.0);
+        assert!(!linear.met());
+        assert!(linear_memory(
+            &[mem(400.0, 100, 90_000, 90_000), mem(600.0, 100, 90_000, 90_000)],
+            traffic,
+            &tables
+        )
+        .unwrap()
+        .met());
+
+        // Over its cap in more than one sample; samples before the last third do not count.
+        let over = [mem(100.0, 1, 99, 10), mem(400.0, 100, 11, 10), mem(600.0, 100, 12, 10)];
+        let t = memory_tables(&over, traffic);
+        assert_eq!(t.iter().find(|t| t.name == "prefix_entries").unwrap().verdict(), "over its cap");
+        assert!(memory_csv(&over).starts_with("seconds,pool_endpoints,pool_endpoints_cap,prefix_entries,"));
     }
 
     #[test]
