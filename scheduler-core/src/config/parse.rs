@@ -14,7 +14,8 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
-const TOP_LEVEL: &[&str] = &[
+/// The upstream (GIE / llm-d `EndpointPickerConfig`) top-level fields.
+pub(crate) const TOP_LEVEL: &[&str] = &[
     "apiVersion",
     "kind",
     "plugins",

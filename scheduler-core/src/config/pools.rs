@@ -36,16 +36,11 @@ use serde_json::{Map, Value};
 /// Sections that act before a request's pool is chosen: set once, at the top level.
 pub const TOP_LEVEL_ONLY: &[&str] = &["routing", "limits", "bbr", "pools"];
 
-/// The `EndpointPickerConfig` sections an entry takes all together or not at all.
-const SCHEDULING_SECTIONS: &[&str] = &[
-    "plugins",
-    "schedulingProfiles",
-    "saturationDetector",
-    "flowControl",
-    "featureGates",
-    "dataLayer",
-    "requestHandler",
-];
+/// The `EndpointPickerConfig` sections an entry takes all together or not at all: every upstream
+/// top-level field but the document's `apiVersion`/`kind` and the body `parser`.
+fn is_scheduling_section(key: &str) -> bool {
+    super::parse::TOP_LEVEL.contains(&key) && !matches!(key, "apiVersion" | "kind" | "parser")
+}
 
 /// Which requests a pool serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,8 +107,8 @@ pub(super) fn parse(top: &Map<String, Value>, list: &Value) -> Result<Vec<PoolEn
         let matches = parse_match(&at, own.get("match"))?;
         let mut merged: Map<String, Value> =
             top.iter().filter(|(k, _)| k.as_str() != "pools").map(|(k, v)| (k.clone(), v.clone())).collect();
-        if own.keys().any(|k| SCHEDULING_SECTIONS.contains(&k.as_str())) {
-            merged.retain(|k, _| !SCHEDULING_SECTIONS.contains(&k.as_str()));
+        if own.keys().any(|k| is_scheduling_section(k)) {
+            merged.retain(|k, _| !is_scheduling_section(k));
         }
         for (k, v) in own {
             if k != "match" {
