@@ -5,7 +5,8 @@
 //! the epp-shim's BBR port over ext_proc (`envoy-config/bbr-two-models-ext-proc/`). A small recording
 //! upstream stands in for one pool in a second Envoy to show that the body arrives byte for byte. Then
 //! both roles in one chain: the shim's two ports (GIE's two servers), and a picker with a `bbr` section
-//! (one filter, one body read).
+//! (one filter, one body read). And GIE's shape for two pools: the shim's BBR, then one picker shim per pool
+//! chosen by the route (`envoy-config/bbr-two-models-ext-proc-pickers/`).
 // Test code: the workspace denies these for code that runs in the proxy, not for tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -357,6 +358,65 @@ fn shim_router_over_ext_proc_sends_each_model_to_its_pool() {
         .unwrap();
     let strip = |s: &str| s.split_whitespace().collect::<String>();
     assert!(strip(&file).contains(&strip(BBR_CONFIG)), "bbr-two-models/envoy.yaml and BBR_CONFIG differ");
+}
+
+/// One picker shim for `pool` (its endpoints only, as GIE runs one EPP per InferencePool), once its
+/// collector has scraped every replica; returns it and its ext_proc port.
+fn pool_picker(name: &str, pool: &[ModelSim]) -> (EppShim, String) {
+    let config = json!({"pool": {"name": name, "endpoints": Pools::addrs(pool)},
+                        "collector": {"intervalMs": 50, "timeoutMs": 500}});
+    let shim = EppShim::start(&config.to_string(), &[]).unwrap();
+    let scraped = format!("epp_shim_pool_endpoints {}", pool.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !Request::get("/metrics").send(shim.addr("http")).is_ok_and(|r| r.text().contains(&scraped)) {
+        assert!(std::time::Instant::now() < deadline, "{name}: the picker never scraped its pool");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let port = shim.ext_proc().rsplit_once(':').map(|(_, p)| p.to_string()).unwrap();
+    (shim, port)
+}
+
+#[test]
+fn shim_router_then_one_picker_shim_per_pool() {
+    require!(envoy);
+    let pools = Pools::start();
+    let router = EppShim::start(BBR_CONFIG, &["--bbr-port", "0"]).unwrap();
+    let bbr_port = router.addr("bbr").rsplit_once(':').map(|(_, p)| p.to_string()).unwrap();
+    // Each picker knows only its own pool: a pod it names proves which picker the route asked.
+    let (_qwen_picker, qwen_port) = pool_picker("qwen", &pools.qwen);
+    let (_deepseek_picker, deepseek_port) = pool_picker("deepseek", &pools.deepseek);
+    let template = EnvoyTemplate::load("bbr-two-models-ext-proc-pickers/envoy.yaml")
+        .unwrap()
+        .set("PORT_BBR", bbr_port)
+        .set("PORT_EPP_QWEN", qwen_port)
+        .set("PORT_EPP_DEEPSEEK", deepseek_port);
+    let envoy =
+        Envoy::start(&template, &EnvoyOptions { log_level: "warn".into(), ..EnvoyOptions::default() })
+            .unwrap();
+    check_two_models(&envoy, &pools);
+    check_the_picker_chose(&envoy, &pools);
+    // Every model, adapters included, was picked by its own pool's picker, whatever the client sets.
+    let qwen = Pools::replicas(&pools.qwen);
+    let deepseek = Pools::replicas(&pools.deepseek);
+    for (model, pool, other, other_model) in [
+        (QWEN, &qwen, &pools.deepseek, DEEPSEEK),
+        (QWEN_ADAPTER, &qwen, &pools.deepseek, DEEPSEEK),
+        (DEEPSEEK, &deepseek, &pools.qwen, QWEN),
+        (DEEPSEEK_ADAPTER, &deepseek, &pools.qwen, QWEN),
+    ] {
+        let steer = chat(model, json!({}))
+            .header("x-gateway-destination-endpoint", other[0].addr())
+            .header("x-gateway-base-model-name", other_model);
+        let r = envoy.send(&steer).unwrap();
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let served = r.header("x-gateway-destination-endpoint-served").expect("the picker's served header");
+        assert_eq!(
+            r.header("x-model-sim-replica"),
+            Some(served),
+            "{model}: the pod the picker chose answered"
+        );
+        assert!(pool.contains(&served), "{model}: {served} is not in its pool {pool:?}");
+    }
 }
 
 /// GIE's whole shape from one shim: its BBR port, then its picker port, in one Envoy chain (the router's
