@@ -6,7 +6,7 @@
 //! blind to what the server actually holds. Also a filter, as in llm-d.
 
 use crate::config::params::ParamError;
-use crate::model::InFlight;
+use crate::model::{EndpointState, InFlight};
 use crate::plugins::candidates::state;
 use crate::scheduling::{
     BuildContext, CycleState, Filter, Plugin, PluginFactory, SaturationDetector, SchedulingContext,
@@ -143,25 +143,14 @@ impl SaturationDetector for ConcurrencyDetector {
     /// An empty pool is saturated (1.0), as in llm-d.
     fn saturation(&self, ctx: &SchedulingContext<'_>) -> f64 {
         let endpoints = &ctx.pool.endpoints;
-        if endpoints.is_empty() {
-            return 1.0;
-        }
-        let n = endpoints.len() as f64;
-        let requests: f64 = endpoints.iter().map(|e| f64::from(e.in_flight.requests)).sum();
-        let tokens: f64 = endpoints.iter().map(|e| e.in_flight.tokens as f64).sum();
         let max_requests = self.max_requests as f64;
         let max_tokens = self.max_tokens as f64;
+        let requests = |e: &EndpointState| f64::from(e.in_flight.requests) / max_requests;
+        let tokens = |e: &EndpointState| e.in_flight.tokens as f64 / max_tokens;
         match self.mode {
-            Mode::Requests => requests / (n * max_requests),
-            Mode::Tokens => tokens / (n * max_tokens),
-            Mode::Hybrid => {
-                let per_endpoint = endpoints.iter().map(|e| {
-                    let r = f64::from(e.in_flight.requests) / max_requests;
-                    let t = e.in_flight.tokens as f64 / max_tokens;
-                    r.max(t)
-                });
-                per_endpoint.sum::<f64>() / n
-            }
+            Mode::Requests => super::pool_mean(endpoints, requests),
+            Mode::Tokens => super::pool_mean(endpoints, tokens),
+            Mode::Hybrid => super::pool_mean(endpoints, |e| requests(e).max(tokens(e))),
         }
     }
 }

@@ -80,14 +80,11 @@ impl SaturationDetector for PrefillBacklogDetector {
     /// (1.0), as with llm-d's detectors.
     fn saturation(&self, ctx: &SchedulingContext<'_>) -> f64 {
         let endpoints = &ctx.pool.endpoints;
-        if endpoints.is_empty() {
-            return 1.0;
-        }
-        let n = endpoints.len() as f64;
-        let requests: f64 = endpoints.iter().map(|e| f64::from(e.in_flight.requests)).sum();
-        let awaiting: f64 = endpoints.iter().map(|e| e.in_flight.awaiting_first_token as f64).sum();
-        let by_requests = requests / (n * self.max_requests);
-        let by_backlog = awaiting / (n * self.max_prefill_tokens);
+        let by_requests =
+            super::pool_mean(endpoints, |e| f64::from(e.in_flight.requests) / self.max_requests);
+        let by_backlog = super::pool_mean(endpoints, |e| {
+            e.in_flight.awaiting_first_token as f64 / self.max_prefill_tokens
+        });
         by_requests.max(by_backlog)
     }
 }

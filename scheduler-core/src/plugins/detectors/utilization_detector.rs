@@ -132,12 +132,7 @@ impl Plugin for UtilizationDetector {
 impl SaturationDetector for UtilizationDetector {
     /// Mean endpoint saturation over the whole pool; an empty pool is saturated (1.0), as in GIE.
     fn saturation(&self, ctx: &SchedulingContext<'_>) -> f64 {
-        let endpoints = &ctx.pool.endpoints;
-        if endpoints.is_empty() {
-            return 1.0;
-        }
-        let total: f64 = endpoints.iter().map(|e| self.endpoint_saturation(e, ctx.now_ms)).sum();
-        total / endpoints.len() as f64
+        super::pool_mean(&ctx.pool.endpoints, |e| self.endpoint_saturation(e, ctx.now_ms))
     }
 }
 
