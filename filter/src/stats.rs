@@ -77,7 +77,8 @@ pub const FLOW_QUEUE_DURATION_MS: &str = "epp_flow_control_queue_duration_ms";
 /// Per-endpoint upstream 5xx counters are named `epp_upstream_5xx.<ip_port>`; at most this many exist.
 pub const MAX_ENDPOINT_METRICS: usize = 256;
 
-/// Metric names one VM defines at most: past it a metric is not kept (logged at debug). Per-endpoint
+/// Metric names one stats set defines at most (a VM has one per pool, plus its unprefixed one): past it
+/// a metric is not kept (logged at debug). Per-endpoint
 /// names stop at [`MAX_ENDPOINT_METRICS`]; the rest are a fixed set (and one pair per configured
 /// flow-control band), far below this.
 pub const MAX_DEFINED: usize = 512;
