@@ -120,16 +120,18 @@ pub fn build_filter() -> Result<PathBuf, String> {
     let root = workspace_root();
     let manifest = root.join("filter/Cargo.toml");
     // Same command and target dir as `e2e::filter_wasm`, so the tests reuse this build.
-    step(
-        "build the filter",
-        cargo()
-            .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(root.join(FILTER_TARGET_DIR))
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
-    )?;
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(root.join(FILTER_TARGET_DIR))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    if let Some((name, value)) = crate::tools::reproducible_wasm_env() {
+        build.env(name, value);
+    }
+    step("build the filter", &mut build)?;
     let wasm = root.join(FILTER_TARGET_DIR).join(WASM_TARGET).join("release/epp_filter.wasm");
     if wasm.exists() {
         Ok(wasm)

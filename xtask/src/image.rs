@@ -335,6 +335,7 @@ pub fn verify() -> Result<(), String> {
     check_manifests_pin_digests()?;
     crate::tools::ensure_wasm_target()?;
     let wasm = read_module(&crate::envoy::build_filter()?)?;
+    check_no_machine_paths(&wasm)?;
     ensure_packages()?;
     let work = target_dir().join("oci-image-verify");
     if work.exists() {
@@ -361,6 +362,23 @@ pub fn verify() -> Result<(), String> {
     drop(registry);
     result?;
     eprintln!("    both formats pushed, pulled back by digest and unpacked to the same {} bytes", wasm.len());
+    Ok(())
+}
+
+/// The same source must give the same module on another machine, so the module may not name where this
+/// one keeps crates or the checkout (`tools::reproducible_wasm_env` remaps the first).
+fn check_no_machine_paths(wasm: &[u8]) -> Result<(), String> {
+    let paths = [crate::tools::cargo_home(), Some(crate::cmd::workspace_root())];
+    for path in paths.into_iter().flatten() {
+        let text = path.to_string_lossy();
+        if text.len() > 1 && wasm.windows(text.len()).any(|w| w == text.as_bytes()) {
+            return Err(format!(
+                "the module names this machine's {text}: its bytes (and the image digest) would differ \
+                 on another machine"
+            ));
+        }
+    }
+    eprintln!("    the module names no path of this machine (cargo home, checkout)");
     Ok(())
 }
 
@@ -460,6 +478,7 @@ fn check_manifests_pin_digests() -> Result<(), String> {
     for rel in [
         "envoy-config/kubernetes/istio-wasmplugin.yaml",
         "envoy-config/kubernetes/envoy-gateway-extensionpolicy.yaml",
+        "envoy-config/kubernetes/two-models.yaml",
     ] {
         let text = std::fs::read_to_string(root.join(rel)).map_err(|e| format!("cannot read {rel}: {e}"))?;
         let urls: Vec<&str> = text

@@ -18,6 +18,27 @@ pub fn ensure_wasm_target() -> Result<(), String> {
     step("install wasm target", Command::new("rustup").args(["target", "add", WASM_TARGET]))
 }
 
+/// Where cargo keeps downloaded crates: `$CARGO_HOME`, else `~/.cargo`.
+pub fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// The environment that makes a Wasm build independent of the machine: panic locations inside
+/// dependencies name their source under `$CARGO_HOME/registry/src/…`, which differs between machines
+/// (`/root/.cargo`, `/home/ci/.cargo`) and so would change the module's bytes and the image's digest.
+/// Remapped to `/cargo`. Set as `CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS`, which cargo appends to
+/// `.cargo/config.toml`'s `rustflags` for the target (SIMD stays on). The test harness's Wasm builds
+/// (`proxy-wasm-emulator`'s `wasm_build.rs`) set the same, so the tests and `cargo xtask image` share one
+/// build of the filter.
+pub fn reproducible_wasm_env() -> Option<(&'static str, String)> {
+    let home = cargo_home()?;
+    let home = home.to_str().filter(|h| !h.contains(char::is_whitespace))?;
+    Some(("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", format!("--remap-path-prefix={home}=/cargo")))
+}
+
 /// The cargo-deny release line `deny.toml` is written for.
 const CARGO_DENY_VERSION: &str = "0.20";
 

@@ -86,6 +86,15 @@ fn ensure_target() -> Result<(), String> {
     }
 }
 
+/// `$CARGO_HOME`, else `~/.cargo`, as text.
+fn cargo_home() -> Option<String> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .and_then(|p| p.to_str().map(str::to_string))
+}
+
 fn cargo_build(
     manifest: &Path,
     lib_name: &str,
@@ -97,6 +106,12 @@ fn cargo_build(
     command.args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"]).arg(manifest);
     if !features.is_empty() {
         command.args(["--features", features]);
+    }
+    // As `cargo xtask` builds the filter (xtask/src/tools.rs, `reproducible_wasm_env`): dependencies'
+    // source paths under CARGO_HOME remapped, so the module's bytes do not depend on the machine, and
+    // the same flags as xtask's so the two share one build.
+    if let Some(home) = cargo_home().filter(|h| !h.contains(char::is_whitespace)) {
+        command.env("CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS", format!("--remap-path-prefix={home}=/cargo"));
     }
     let output = command
         .arg("--target-dir")
