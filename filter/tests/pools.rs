@@ -182,6 +182,25 @@ fn responses_are_accounted_to_the_pool_that_routed() {
 }
 
 #[test]
+fn the_vms_linear_memory_is_reported_once_under_the_first_pool_and_each_pools_tables_under_its_own() {
+    let (mut host, worker) = deployment(TWO_POOLS);
+    scrape(
+        &mut host,
+        &[("10.0.0.1:8000", 0), ("10.0.0.2:8000", 5), ("10.0.1.1:8000", 0), ("10.0.1.2:8000", 5)],
+    );
+    request(&mut host, worker, "qwen", "Qwen/Qwen3-32B");
+    // Reported once per heartbeat, from the root tick.
+    host.advance(Duration::from_millis(1_100));
+    let gauge = |name: &str| host.metric_value(name).unwrap_or(0);
+    let linear = gauge("pool.qwen.epp_wasm_memory_bytes");
+    assert!(linear > 0 && linear % 65_536 == 0, "linear memory in whole pages, got {linear}");
+    assert_eq!(gauge("pool.llama.epp_wasm_memory_bytes"), 0, "the same VM's memory, counted once");
+    assert_eq!(gauge("pool.qwen.epp_memory_pool_endpoints"), 2);
+    assert_eq!(gauge("pool.llama.epp_memory_pool_endpoints"), 2);
+    assert_no_traps(&host);
+}
+
+#[test]
 fn a_configuration_a_pool_refuses_is_refused_naming_the_pool() {
     let mut host = host();
     let cfg = r#"{"pools": [{"match": {"clusters": ["a"]}, "pool": {"name": "a"}},

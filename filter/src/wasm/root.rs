@@ -352,14 +352,17 @@ impl RootContext for Root {
         super::logger::follow_proxy_level();
         let host = self.host.clone();
         if let Role::Picker { pools, .. } = &self.role {
-            for p in pools {
+            for (i, p) in pools.iter().enumerate() {
                 if let Ok(mut w) = p.worker.try_borrow_mut() {
                     w.on_tick(&*host);
                     if let Ok(mut waiting) = p.waiting.try_borrow_mut() {
                         let settings = w.exchange_settings();
                         waiting.dispatch(&mut w, &host, &settings);
                         let glue = waiting.sizes(&w);
-                        w.report_memory(&*host, memory::linear_memory_bytes(), &glue);
+                        // The VM's linear memory is the pools' together: the first pool reports it, so
+                        // a sum over pools counts it once.
+                        let linear = if i == 0 { memory::linear_memory_bytes() } else { 0 };
+                        w.report_memory(&*host, linear, &glue);
                     }
                 }
             }
