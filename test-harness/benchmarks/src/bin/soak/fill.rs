@@ -4,8 +4,8 @@
 //! gateways at a bounded concurrency until each picker's prefix index sits at its cap **and** has gone
 //! on evicting for a while: blocks sent reach `factor` × its cap, so that its hash table has done the
 //! resize that follows the first evictions (deleted entries use up its free slots once, then it
-//! rehashes in place; see `DEFAULT_FILL_FACTOR` in `main.rs`). Its requests are not part of the judged traffic; any that fails is reported and
-//! fails the run.
+//! rehashes in place; see `DEFAULT_FILL_FACTOR` in `main.rs`). Its requests are not part of the judged
+//! traffic; any that fails is reported and fails the run.
 //!
 //! Pure parts here (the prompt's shape from the configuration, the prompts, when a gateway is done, the
 //! CSV); `main.rs` reads the gauges and runs it.
@@ -73,7 +73,8 @@ pub fn shape(config: &str, reported_block_tokens: Option<u64>) -> Result<Shape, 
     Ok(Shape { block_bytes, max_blocks })
 }
 
-/// The KV block size (tokens) in a vLLM-style `/metrics` page (`vllm:cache_config_info{block_size="16",…}`).
+/// The KV block size (tokens) in a vLLM-style `/metrics` page
+/// (`vllm:cache_config_info{block_size="16",…}`).
 pub fn reported_block_tokens(metrics: &str) -> Option<u64> {
     metrics.lines().filter(|l| l.starts_with("vllm:cache_config_info{")).find_map(|l| {
         let rest = l.split_once("block_size=\"")?.1;

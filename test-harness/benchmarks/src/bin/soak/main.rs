@@ -17,9 +17,9 @@
 //!   measures from the steady state of a gateway that has served for hours.
 //! - At the end the traffic stops, the gauges must return to 0, and every process is stopped.
 //!
-//! Writes `samples.csv`, `memory.csv`, `fill.csv`, `summary.json`, `soak.md`, `rss.png` and `memory.png` into
-//! `--out`, and exits non-zero when a target is missed. `cargo xtask soak --minutes N` builds what it needs and runs this
-//! (docs/reliability.md).
+//! Writes `samples.csv`, `memory.csv`, `fill.csv`, `summary.json`, `soak.md`, `rss.png` and `memory.png`
+//! into `--out`, and exits non-zero when a target is missed. `cargo xtask soak --minutes N` builds what it
+//! needs and runs this (docs/reliability.md).
 // A benchmark tool: the workspace denies these for code that runs in the proxy, not here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -1144,7 +1144,9 @@ fn fill_markdown(f: &FillOutcome) -> String {
         f.factor,
         f.failed
     );
-    md.push_str("| gateway | requests | blocks sent | full at | blocks sent by then | done at | entries / cap at the end |\n");
+    md.push_str(
+        "| gateway | requests | blocks sent | full at | blocks sent by then | done at | entries / cap at the end |\n",
+    );
     md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     for (i, side) in SIDES.iter().enumerate() {
         let p = &f.progress[i];
