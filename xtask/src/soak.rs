@@ -13,7 +13,7 @@ use std::path::Path;
 /// Seconds of traffic in the smoke run (the whole step takes about twice that: starts, warm-up, drain).
 const SMOKE_SECONDS: &str = "20";
 /// The smoke's prefix index capacity per endpoint: small, so that its fill phase takes seconds (at the
-/// default, each model server's KV blocks, it takes about a minute of release builds).
+/// default, each model server's KV blocks, it took 33.5 s with release builds; docs/reliability.md).
 const SMOKE_PREFIX_LRU: &str = "1000";
 
 pub fn run(args: &[String]) -> Result<(), String> {
