@@ -11,6 +11,7 @@ use scheduler_core::endpoint_picker::Outcome;
 use scheduler_core::flow_control::{FlowController, FlowStats, QueueOutcome, WAIT_BUCKETS_S};
 use scheduler_core::health::Unusable;
 use scheduler_core::model::InFlight;
+use scheduler_core::scheduling::pipeline::PrefixUsage;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -53,6 +54,9 @@ pub struct Metrics {
     flow: Mutex<Option<FlowView>>,
     /// Requests in flight that flow control's eviction ended.
     evicted: AtomicU64,
+    /// What the picker's prefix index holds, as the picker thread last reported it (`None`: no picker,
+    /// as in `--collector-only`, or not reported yet).
+    prefix: Mutex<Option<PrefixUsage>>,
 }
 
 /// What `/metrics` shows of flow control: its counts and each band's capacity.
@@ -245,6 +249,13 @@ impl Metrics {
         }
     }
 
+    /// Replaces the prefix index's sizes (the picker thread reports them once a second).
+    pub fn set_prefix_index(&self, usage: PrefixUsage) {
+        if let Ok(mut p) = self.prefix.lock() {
+            *p = Some(usage);
+        }
+    }
+
     pub fn stream_started(&self) {
         self.active_streams.fetch_add(1, Ordering::Relaxed);
     }
@@ -382,6 +393,9 @@ impl Metrics {
                 )?;
             }
         }
+        if let Some(u) = self.prefix.lock().ok().and_then(|p| *p) {
+            write_prefix_index(out, &u)?;
+        }
         self.write_reference(out, pool)?;
         let Some(published) = pool.latest() else { return Ok(()) };
         let snap = &published.snapshot;
@@ -442,6 +456,30 @@ impl Metrics {
         }
         reference::write_pool(out, pool.name(), &ready, &queues)
     }
+}
+
+/// The prefix index's size next to the most it can hold, as the filter's `epp_memory_prefix_*` gauges
+/// show its own (docs/metrics.md): the index is what grows with new prompts until it reaches its cap.
+fn write_prefix_index(out: &mut String, u: &PrefixUsage) -> std::fmt::Result {
+    for (name, help, value) in [
+        (
+            "entries",
+            "(block hash, endpoint) entries in the prefix index: the sum of its per-endpoint LRUs.",
+            u.entries,
+        ),
+        (
+            "capacity",
+            "The most entries the prefix index can hold now: the sum of its endpoints' LRU capacities.",
+            u.capacity,
+        ),
+        ("hashes", "Distinct block hashes in the prefix index.", u.hashes),
+        ("endpoints", "Endpoints the prefix index keeps an LRU for.", u.endpoints),
+    ] {
+        writeln!(out, "# HELP epp_shim_prefix_index_{name} {help}")?;
+        writeln!(out, "# TYPE epp_shim_prefix_index_{name} gauge")?;
+        writeln!(out, "epp_shim_prefix_index_{name} {value}")?;
+    }
+    Ok(())
 }
 
 /// llm-d's flow-control metrics (`llm_d_epp_flow_control_*`, and the legacy `inference_extension_*` names
@@ -551,4 +589,26 @@ fn write_flow_control(out: &mut String, pool: &str, flow: &FlowView) -> std::fmt
     writeln!(out, "# TYPE epp_shim_flow_control_evicted_in_flight_total counter")?;
     writeln!(out, "epp_shim_flow_control_evicted_in_flight_total {}", flow.stats.evicted_in_flight())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_index_gauges_appear_once_the_picker_reported_them() {
+        let (metrics, pool) = (Metrics::default(), Pool::new("p"));
+        assert!(!metrics.render(&pool, 0).contains("epp_shim_prefix_index"), "no picker, no gauges");
+        metrics.set_prefix_index(PrefixUsage { entries: 7, capacity: 12, hashes: 5, endpoints: 2 });
+        let text = metrics.render(&pool, 0);
+        for line in [
+            "# TYPE epp_shim_prefix_index_entries gauge",
+            "epp_shim_prefix_index_entries 7\n",
+            "epp_shim_prefix_index_capacity 12\n",
+            "epp_shim_prefix_index_hashes 5\n",
+            "epp_shim_prefix_index_endpoints 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
 }

@@ -540,6 +540,44 @@ mod tests {
         assert_eq!(call(addr, "GET /pick HTTP/1.1\r\nhost: x", Vec::new()).await.0, 405);
     }
 
+    /// A gauge of the shim's `/metrics` text.
+    fn gauge(text: &str, name: &str) -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_prefix_index_gauges_follow_the_picks_up_to_the_cap() {
+        // 4 blocks per endpoint, 11 blocks per prompt (64 bytes each): every pick fills its endpoint's LRU,
+        // and the gauges never show more than the cap of the endpoints picked so far.
+        let config = r#"{"plugins": [{"type": "prefix-cache-scorer",
+            "parameters": {"lruCapacityPerServer": 4, "autoTune": false}}]}"#;
+        let (addr, _service, metrics, pool) = start_observed(config, Duration::from_secs(600)).await;
+        let head =
+            "POST /pick HTTP/1.1\r\nhost: x\r\nx-epp-path: /v1/completions\r\ncontent-type: application/json";
+        let mut seen = Vec::new();
+        for i in 0..200 {
+            let prompt = format!("{i:04} {}", "lorem ipsum ".repeat(60));
+            let body = serde_json::json!({"model": "m", "prompt": prompt}).to_string();
+            let (status, _, body) = call(addr, head, body.into_bytes()).await;
+            assert_eq!(status, 200, "{body}");
+            // The picker thread reports once a second: wait for a report after this pick.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let text = metrics.render(&pool, crate::unix_ms());
+            let read = |n: &str| gauge(&text, &format!("epp_shim_prefix_index_{n}"));
+            let (Some(entries), Some(cap), Some(hashes), Some(endpoints)) =
+                (read("entries"), read("capacity"), read("hashes"), read("endpoints"))
+            else {
+                panic!("prefix index gauges missing:\n{text}");
+            };
+            assert!(entries <= cap && hashes <= entries && endpoints <= 2, "{text}");
+            seen.push(entries);
+            if (entries, cap, endpoints) == (8, 8, 2) {
+                return;
+            }
+        }
+        panic!("the index never showed both endpoints' LRUs full: {seen:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_flow_control_a_pick_waits_for_a_place_and_goes_when_one_is_done() {
         let config = r#"{"featureGates": ["flowControl"],

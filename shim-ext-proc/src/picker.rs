@@ -352,11 +352,13 @@ struct Worker {
 
 impl Worker {
     /// Gives the metrics each endpoint's health (its verdict now), at most once a second unless it changed.
+    /// The prefix index's sizes go with it (O(endpoints), no walk over the hashes).
     fn report_health(&mut self) {
         let now = (self.clock)();
         if self.health_reported_ms.is_some_and(|t| now.saturating_sub(t) < 1_000) {
             return;
         }
+        self.metrics.set_prefix_index(self.picker.scheduler().prefix_usage());
         let Some(w) = &self.working else { return };
         self.health_reported_ms = Some(now);
         let health = self.picker.health();

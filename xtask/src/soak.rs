@@ -12,6 +12,9 @@ use std::path::Path;
 
 /// Seconds of traffic in the smoke run (the whole step takes about twice that: starts, warm-up, drain).
 const SMOKE_SECONDS: &str = "20";
+/// The smoke's prefix index capacity per endpoint: small, so that its fill phase takes seconds (at the
+/// default, each model server's KV blocks, it took 33.5 s with release builds; docs/reliability.md).
+const SMOKE_PREFIX_LRU: &str = "1000";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let extra: Vec<&String> = args.iter().filter(|a| a.as_str() != "--").collect();
@@ -31,12 +34,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// The smoke run of `cargo xtask test`: the debug `model-sim` and `epp-shim` the test step built, the filter
-/// the Envoy step built, 20 s of traffic with one of each fault; the same targets as a long run except the
+/// the Envoy step built, the fill phase on prefix indexes of [`SMOKE_PREFIX_LRU`] blocks per endpoint (a
+/// few seconds), then 20 s of traffic with one of each fault; the same targets as a long run except the
 /// RSS slopes (not judged under 10 minutes).
 pub fn smoke() -> Result<(), String> {
     let envoy = ensure_envoy()?;
     let out = String::from("target/soak-smoke");
-    let args = [String::from("--seconds"), String::from(SMOKE_SECONDS), String::from("--out"), out];
+    let args = [
+        String::from("--seconds"),
+        String::from(SMOKE_SECONDS),
+        String::from("--prefix-lru"),
+        String::from(SMOKE_PREFIX_LRU),
+        String::from("--out"),
+        out,
+    ];
     soak(&envoy, &target_dir().join("debug"), &args.iter().collect::<Vec<_>>())
 }
 

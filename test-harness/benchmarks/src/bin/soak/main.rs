@@ -12,14 +12,18 @@
 //! - Samples every few seconds: RSS of both Envoys, the shim and the collector (`/proc/PID/status`),
 //!   Envoy's active-request gauges, the filter's and the shim's in-flight gauges, the filter Envoy's Wasm
 //!   VM counts, and the filter's own memory gauges (Wasm linear memory, each table's size and cap).
+//! - Before the timed traffic, a fill phase (`fill.rs`, `--no-fill` to skip): long prompts, each new,
+//!   until both pickers' prefix indexes sit at their caps and have gone on evicting, so that the run
+//!   measures from the steady state of a gateway that has served for hours.
 //! - At the end the traffic stops, the gauges must return to 0, and every process is stopped.
 //!
-//! Writes `samples.csv`, `memory.csv`, `summary.json`, `soak.md`, `rss.png` and `memory.png` into `--out`, and exits non-zero when a
-//! target is missed. `cargo xtask soak --minutes N` builds what it needs and runs this
-//! (docs/reliability.md).
+//! Writes `samples.csv`, `memory.csv`, `fill.csv`, `summary.json`, `soak.md`, `rss.png` and `memory.png`
+//! into `--out`, and exits non-zero when a target is missed. `cargo xtask soak --minutes N` builds what it
+//! needs and runs this (docs/reliability.md).
 // A benchmark tool: the workspace denies these for code that runs in the proxy, not here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod fill;
 mod load;
 mod report;
 
@@ -28,13 +32,13 @@ use report::{FaultKind, Planned, Sample, Verdict, Window};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: soak (--minutes M | --seconds S) [--rate R] [--replicas N] [--sample-every S] [--grace S]
-            [--prefix-lru N] [--out DIR]
+            [--prefix-lru N] [--no-fill] [--fill-factor F] [--fill-concurrency N] [--out DIR]
 
   --minutes M       how long the traffic runs (fractions allowed)
   --seconds S       the same in seconds
@@ -46,8 +50,16 @@ usage: soak (--minutes M | --seconds S) [--rate R] [--replicas N] [--sample-ever
   --prefix-lru N    both pickers' prefix index keeps at most N blocks per endpoint (the prefix-cache
                     scorer's lruCapacityPerServer, autoTune off), so it fills within a short run
                     [default: as recommended.json: each server's reported KV blocks]
-  --out DIR         where samples.csv, memory.csv, summary.json, soak.md, rss.png and memory.png go
-                    [default: target/soak]
+  --no-fill         start the timed traffic at once, without the fill phase
+  --fill-factor F   the fill phase sends long prompts, each new, through both gateways until each
+                    picker's prefix index is at its cap and F times its cap in blocks has been sent
+                    to it (so it has evicted, and its hash table has resized after the first
+                    evictions: at 27,500 blocks per endpoint after 2.1 to 3.2 times)
+                    [default: 4]
+  --fill-concurrency N
+                    fill requests in flight per gateway [default: 4]
+  --out DIR         where samples.csv, memory.csv, fill.csv, summary.json, soak.md, rss.png and
+                    memory.png go [default: target/soak]
 
 Needs Envoy (.venv/bin/envoy or $ENVOY_BIN); model-sim and epp-shim come from $MODEL_SIM_BIN and
 $EPP_SHIM_BIN, else debug builds.
@@ -64,6 +76,15 @@ const COLLECTOR_CLUSTER: &str = "outbound|9090||epp-shim.default.svc.cluster.loc
 /// RSS slope target, judged in runs of at least [`JUDGE_SLOPE_AFTER`]: growth at this rate is ~90 MiB a day.
 const SLOPE_TARGET_KIB_PER_MIN: f64 = 64.0;
 const JUDGE_SLOPE_AFTER: Duration = Duration::from_secs(600);
+/// Blocks the fill sends per prefix index, as a multiple of its cap. Measured by replaying unique 256-block
+/// prompts into `scheduler-core`'s `PrefixIndex` (three endpoints, picked at random): the hash table's
+/// resize after the first evictions (deleted entries use up its free slots) came at 3.1 to 3.2 times the
+/// cap at 27,500 blocks per endpoint (model-sim's KV blocks, the soak's default), at 1.9 to 2.1 times at
+/// 1,000 (`--prefix-lru 1000`). In a 3-minute soak at 27,500 the shim's came at 3.0 to 3.1 times, the
+/// filter's at 2.1 to 2.3 (hashbrown's groups are 8 wide on wasm32, 16 with SSE2). Other caps differ: how
+/// soon it comes depends on how full the table is at the cap, and below 7/16 full it never comes (the
+/// table then rehashes in place).
+const DEFAULT_FILL_FACTOR: f64 = 4.0;
 /// How long the in-flight gauges get to return to 0 once the last request has finished.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
@@ -74,6 +95,11 @@ struct Options {
     sample_every: Duration,
     grace: Duration,
     prefix_lru: Option<u64>,
+    /// False with `--no-fill`.
+    fill: bool,
+    /// Blocks the fill sends per prefix index, as a multiple of its cap.
+    fill_factor: f64,
+    fill_concurrency: usize,
     out: PathBuf,
     args: Vec<String>,
 }
@@ -96,6 +122,9 @@ fn parse_args() -> Result<Options, String> {
         sample_every: Duration::from_secs(5),
         grace: Duration::from_secs(5),
         prefix_lru: None,
+        fill: true,
+        fill_factor: DEFAULT_FILL_FACTOR,
+        fill_concurrency: 4,
         out: root.join("target/soak"),
         args: args.clone(),
     };
@@ -127,6 +156,23 @@ fn parse_args() -> Result<Options, String> {
                     return Err(format!("--prefix-lru {n}: expected a whole number"));
                 }
                 o.prefix_lru = Some(n as u64);
+            }
+            "--no-fill" => o.fill = false,
+            "--fill-factor" => {
+                let f = positive("--fill-factor", it.next())?;
+                if f < 1.0 {
+                    return Err(format!(
+                        "--fill-factor {f}: expected at least 1 (one cap's worth of blocks)"
+                    ));
+                }
+                o.fill_factor = f;
+            }
+            "--fill-concurrency" => {
+                let n = positive("--fill-concurrency", it.next())?;
+                if n.fract() != 0.0 || n > 64.0 {
+                    return Err(format!("--fill-concurrency {n}: expected a whole number from 1 to 64"));
+                }
+                o.fill_concurrency = n as usize;
             }
             "--out" => o.out = root.join(it.next().ok_or_else(|| format!("--out needs a value\n\n{USAGE}"))?),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -344,11 +390,231 @@ impl Rig {
             vms_created: stat(&f, "wasm.envoy.wasm.runtime.v8.created"),
             vms_active: stat(&f, "wasm.envoy.wasm.runtime.v8.active"),
             memory: f.as_ref().map(|m| report::memory_gauges(m.iter())).unwrap_or_default(),
+            shim_prefix: [sum("epp_shim_prefix_index_entries"), sum("epp_shim_prefix_index_capacity")],
             client_in_flight: counters.in_flight.load(Ordering::Relaxed),
             ok: counters.ok.load(Ordering::Relaxed),
             failed: counters.failed.load(Ordering::Relaxed),
         }
     }
+}
+
+impl Rig {
+    /// The filter's prefix index, summed over its workers (each keeps one holding every worker's picks),
+    /// and its Wasm linear memory; `None` when the admin did not answer or the gauges are not there yet.
+    fn filter_index(&self) -> (Option<fill::Index>, Option<u64>) {
+        let Some(stats) = admin_stats(&self.filter_envoy) else { return (None, None) };
+        let m = report::memory_gauges(stats.iter());
+        let get = |k: &str| m.get(k).copied();
+        let index = (|| {
+            Some(fill::Index {
+                entries: get("prefix_entries")?,
+                cap: get("prefix_entries_cap")?,
+                endpoints: get("prefix_endpoints")?,
+                // The pool's endpoints in every worker's index.
+                endpoints_expected: get("prefix_endpoints_cap")?.max((self.sims.len() * WORKERS) as u64),
+            })
+        })();
+        (index, get(report::LINEAR))
+    }
+
+    /// The shim's prefix index (`epp_shim_prefix_index_*` in its `/metrics`).
+    fn shim_index(&self) -> Option<fill::Index> {
+        let text = get_text(self.shim.addr("http"), "/metrics")?;
+        let get = |name: &str| {
+            let name = format!("epp_shim_prefix_index_{name} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str())?.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        Some(fill::Index {
+            entries: get("entries")?,
+            cap: get("capacity")?,
+            endpoints: get("endpoints")?,
+            endpoints_expected: self.sims.len() as u64,
+        })
+    }
+}
+
+/// What the fill phase did (`fill.rs`).
+struct FillOutcome {
+    shape: fill::Shape,
+    factor: f64,
+    concurrency: usize,
+    length: Duration,
+    /// Requests per gateway (filter, shim): sent, answered right.
+    sent: [u64; 2],
+    ok: [u64; 2],
+    failed: u64,
+    failures: Vec<String>,
+    progress: [fill::Progress; 2],
+    samples: Vec<fill::FillSample>,
+}
+
+impl FillOutcome {
+    fn blocks_per_request(&self) -> u64 {
+        self.shape.max_blocks as u64
+    }
+}
+
+const SIDES: [&str; 2] = ["filter", "shim"];
+
+/// The fill phase: long prompts, each new, through both gateways (`concurrency` in flight each) until
+/// each picker's prefix index is full and `factor` × its cap in blocks has been sent to it. `Err` when
+/// an index does not fill within [`fill::LIMIT`] or [`fill::MAX_REQUESTS`], or the gateways keep failing.
+fn run_fill(rig: &Rig, o: &Options) -> Result<FillOutcome, String> {
+    let reported =
+        rig.sims.first().and_then(|s| s.metrics().ok()).and_then(|m| fill::reported_block_tokens(&m));
+    let shape = fill::shape(&picker_config(serde_json::json!({}), o.prefix_lru)?, reported)?;
+    let bytes = shape.prompt_bytes();
+    let blocks = shape.max_blocks as u64;
+    eprintln!(
+        "    fill: {bytes}-byte prompts ({blocks} blocks of {} bytes each), {} in flight per gateway, until each \
+         prefix index is full and {}× its cap sent",
+        shape.block_bytes, o.fill_concurrency, o.fill_factor
+    );
+    let addrs = [rig.filter_envoy.listener().to_string(), rig.shim_envoy.listener().to_string()];
+    let next = AtomicU64::new(0);
+    let sent = [AtomicU64::new(0), AtomicU64::new(0)];
+    let ok = [AtomicU64::new(0), AtomicU64::new(0)];
+    let failed = AtomicU64::new(0);
+    let done = [AtomicBool::new(false), AtomicBool::new(false)];
+    let stop = AtomicBool::new(false);
+    let failures = Mutex::new(Vec::new());
+    let start = Instant::now();
+    let mut progress = [fill::Progress::default(), fill::Progress::default()];
+    let mut samples = Vec::new();
+    let mut outcome: Result<(), String> = Ok(());
+    std::thread::scope(|scope| {
+        for side in 0..2 {
+            for _ in 0..o.fill_concurrency {
+                let (addr, next, sent, ok, failed, done, stop, failures) =
+                    (&addrs[side], &next, &sent[side], &ok[side], &failed, &done[side], &stop, &failures);
+                scope.spawn(move || {
+                    while !done.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                        if sent.fetch_add(1, Ordering::Relaxed) >= fill::MAX_REQUESTS {
+                            sent.fetch_sub(1, Ordering::Relaxed);
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let at = start.elapsed();
+                        match fill::send(addr, &fill::body(&fill::prompt(i, bytes))) {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                if let Ok(mut f) = failures.lock() {
+                                    if f.len() < 20 {
+                                        f.push(format!("{:.1} s via {}: {e}", at.as_secs_f64(), SIDES[side]));
+                                    }
+                                }
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                });
+            }
+        }
+        // This thread reads both indexes once a second (the pickers report their gauges once a second).
+        let mut next_log = Duration::ZERO;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let at = start.elapsed();
+            let (filter, linear) = rig.filter_index();
+            let shim = rig.shim_index();
+            let answered = [ok[0].load(Ordering::Relaxed), ok[1].load(Ordering::Relaxed)];
+            samples.push(fill::FillSample {
+                at,
+                ok: answered,
+                failed: failed.load(Ordering::Relaxed),
+                index: [filter, shim],
+                linear_bytes: linear,
+                rss_kib: [
+                    rss_kib(rig.filter_envoy.process().id()),
+                    rss_kib(rig.shim_envoy.process().id()),
+                    rss_kib(rig.shim.process().id()),
+                ],
+            });
+            for (side, (reading, indexes)) in [(filter, WORKERS as u64), (shim, 1)].into_iter().enumerate() {
+                if let Err(e) =
+                    progress[side].update(reading, at, answered[side] * blocks, indexes, o.fill_factor)
+                {
+                    outcome = Err(format!("the {}'s prefix index {e}", SIDES[side]));
+                }
+                if progress[side].done() {
+                    done[side].store(true, Ordering::Relaxed);
+                }
+            }
+            if at >= next_log || progress.iter().all(fill::Progress::done) {
+                let show = |p: &fill::Progress| {
+                    p.last
+                        .map_or_else(|| String::from("no gauge yet"), |i| format!("{}/{}", i.entries, i.cap))
+                };
+                eprintln!(
+                    "    {:>7.1} s  fill: filter {} entries ({} requests), shim {} ({} requests), {} failed; \
+                     filter Wasm memory {:.2} MiB",
+                    at.as_secs_f64(),
+                    show(&progress[0]),
+                    answered[0],
+                    show(&progress[1]),
+                    answered[1],
+                    failed.load(Ordering::Relaxed),
+                    linear.unwrap_or(0) as f64 / 1024.0 / 1024.0
+                );
+                next_log = at + Duration::from_secs(10);
+            }
+            if outcome.is_err() || progress.iter().all(fill::Progress::done) {
+                break;
+            }
+            let wrong = failed.load(Ordering::Relaxed);
+            if wrong >= fill::MAX_FAILURES {
+                outcome = Err(format!("{wrong} fill requests failed"));
+                break;
+            }
+            if at >= fill::LIMIT {
+                outcome = Err(format!("not full and done within {:?}", fill::LIMIT));
+                break;
+            }
+            if let Some(side) =
+                (0..2).find(|&s| !progress[s].done() && sent[s].load(Ordering::Relaxed) >= fill::MAX_REQUESTS)
+            {
+                outcome = Err(format!(
+                    "the {}'s index not done after {} requests",
+                    SIDES[side],
+                    fill::MAX_REQUESTS
+                ));
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().unwrap_or_default();
+    if let Err(e) = outcome {
+        let state: Vec<String> = (0..2)
+            .map(|s| {
+                let last = progress[s].last.map_or_else(
+                    || String::from("no gauge read"),
+                    |i| {
+                        format!(
+                            "{} of {} entries, {} of {} endpoints",
+                            i.entries, i.cap, i.endpoints, i.endpoints_expected
+                        )
+                    },
+                );
+                format!("{}: {last} after {} requests answered", SIDES[s], ok[s].load(Ordering::Relaxed))
+            })
+            .collect();
+        return Err(format!("fill phase: {e} ({}); failed requests: {failures:?}", state.join("; ")));
+    }
+    Ok(FillOutcome {
+        shape,
+        factor: o.fill_factor,
+        concurrency: o.fill_concurrency,
+        length: start.elapsed(),
+        sent: [sent[0].load(Ordering::Relaxed), sent[1].load(Ordering::Relaxed)],
+        ok: [ok[0].load(Ordering::Relaxed), ok[1].load(Ordering::Relaxed)],
+        failed: failed.load(Ordering::Relaxed),
+        failures,
+        progress,
+        samples,
+    })
 }
 
 /// A start on a port just freed can lose a race with an ephemeral port: a few tries within 5 s.
@@ -437,7 +703,18 @@ fn run() -> Result<bool, String> {
     );
     let mut rig = Rig::start(o.replicas, o.prefix_lru)?;
     rig.settle(Duration::from_secs(60))?;
+    // Taken before the fill: a VM that fails during the fill counts too.
     let wasm_before = admin_stats(&rig.filter_envoy).unwrap_or_default();
+    let filled = if o.fill { Some(run_fill(&rig, &o)?) } else { None };
+    if let Some(f) = &filled {
+        eprintln!(
+            "    fill done in {:.1} s: {} + {} requests, {} failed; the timed traffic starts",
+            f.length.as_secs_f64(),
+            f.ok[0],
+            f.ok[1],
+            f.failed
+        );
+    }
 
     let results = Mutex::new(Vec::new());
     let counters = load::Counters::default();
@@ -674,6 +951,25 @@ fn run() -> Result<bool, String> {
         target: String::from("all 0"),
         met: Some(last.gauges.iter().all(|g| *g == Some(0))),
     });
+    verdicts.push(Verdict {
+        name: String::from("failed requests in the fill phase (before the timed traffic, no fault injected)"),
+        value: filled.as_ref().map_or_else(
+            || String::from("no fill (--no-fill)"),
+            |f| format!("{} of {}", f.failed, f.sent[0] + f.sent[1]),
+        ),
+        target: String::from("0"),
+        met: filled.as_ref().map(|f| f.failed == 0),
+    });
+    let shim_prefix = samples.iter().rev().find(|s| s.at <= traffic_end).map(|s| s.shim_prefix);
+    verdicts.push(Verdict {
+        name: String::from("shim prefix index at the end of the traffic"),
+        value: match shim_prefix {
+            Some([Some(entries), Some(cap)]) => format!("{entries} of {cap} entries"),
+            _ => String::from("not read"),
+        },
+        target: String::from("(at its cap after a fill)"),
+        met: None,
+    });
 
     std::fs::create_dir_all(&o.out).map_err(|e| format!("cannot create {}: {e}", o.out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
@@ -696,6 +992,9 @@ fn run() -> Result<bool, String> {
         benchmarks::chart::line_chart("RSS during the soak run", "minutes", "RSS (MiB)", &series, false)?;
     write("rss.png", &png)?;
     write("memory.csv", report::memory_csv(&samples).as_bytes())?;
+    if let Some(f) = &filled {
+        write("fill.csv", fill::csv(&f.samples, f.blocks_per_request()).as_bytes())?;
+    }
     let linear_series = [benchmarks::chart::Series {
         name: String::from("filter Wasm linear memory, all workers"),
         points: report::linear_points(&samples),
@@ -750,6 +1049,7 @@ fn run() -> Result<bool, String> {
             "bound_kib_per_min": l.bound_kib_per_min,
         })),
         "prefix_lru": o.prefix_lru,
+        "fill": filled.as_ref().map(fill_json),
         "in_flight_after_stop": report::GAUGES.iter().zip(last.gauges.iter()).map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         "verdicts": verdicts.iter().map(|v| serde_json::json!({"name": v.name, "value": v.value, "target": v.target, "met": v.met})).collect::<Vec<_>>(),
     });
@@ -763,6 +1063,11 @@ fn run() -> Result<bool, String> {
         o.replicas,
         o.args.join(" ")
     );
+    if let Some(f) = &filled {
+        md.push_str(&fill_markdown(f));
+    } else {
+        md.push_str("No fill phase (`--no-fill`): the prefix indexes start empty.\n\n");
+    }
     md.push_str(&report::markdown_table(&verdicts));
     md.push('\n');
     md.push_str(&report::tally_table(&tally));
@@ -796,6 +1101,80 @@ fn run() -> Result<bool, String> {
     println!("{md}");
     eprintln!("wrote {}", o.out.display());
     Ok(verdicts.iter().all(|v| v.met != Some(false)))
+}
+
+fn fill_json(f: &FillOutcome) -> serde_json::Value {
+    let side = |i: usize| {
+        let p = &f.progress[i];
+        serde_json::json!({
+            "requests_sent": f.sent[i],
+            "requests_ok": f.ok[i],
+            "blocks_sent": f.ok[i] * f.blocks_per_request(),
+            "full_at_s": p.full_at.map(|(at, _)| at.as_secs_f64()),
+            "blocks_sent_when_full": p.full_at.map(|(_, b)| b),
+            "done_at_s": p.done_at.map(|at| at.as_secs_f64()),
+            "entries": p.last.map(|i| i.entries),
+            "cap": p.last.map(|i| i.cap),
+        })
+    };
+    serde_json::json!({
+        "seconds": f.length.as_secs_f64(),
+        "prompt_bytes": f.shape.prompt_bytes(),
+        "block_bytes": f.shape.block_bytes,
+        "blocks_per_request": f.blocks_per_request(),
+        "factor": f.factor,
+        "concurrency_per_gateway": f.concurrency,
+        "failed": f.failed,
+        "failures": f.failures,
+        "filter": side(0),
+        "shim": side(1),
+    })
+}
+
+fn fill_markdown(f: &FillOutcome) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Fill phase before the timed traffic: {:.1} s, {}-byte prompts, each new ({} blocks of {} bytes), {} \
+         in flight per gateway, until each prefix index was full and {}× its cap in blocks had been sent to \
+         it; {} failed. Per gateway (the filter's entries and cap are summed over its {WORKERS} workers, each \
+         holding every pick):\n",
+        f.length.as_secs_f64(),
+        f.shape.prompt_bytes(),
+        f.blocks_per_request(),
+        f.shape.block_bytes,
+        f.concurrency,
+        f.factor,
+        f.failed
+    );
+    md.push_str(
+        "| gateway | requests | blocks sent | full at | blocks sent by then | done at | entries / cap at the end |\n",
+    );
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for (i, side) in SIDES.iter().enumerate() {
+        let p = &f.progress[i];
+        let secs = |d: Option<Duration>| {
+            d.map_or_else(|| String::from("—"), |d| format!("{:.0} s", d.as_secs_f64()))
+        };
+        let _ = writeln!(
+            md,
+            "| {side} | {} | {} | {} | {} | {} | {} |",
+            f.ok[i],
+            f.ok[i] * f.blocks_per_request(),
+            secs(p.full_at.map(|(at, _)| at)),
+            p.full_at.map_or_else(|| String::from("—"), |(_, b)| b.to_string()),
+            secs(p.done_at),
+            p.last.map_or_else(|| String::from("—"), |i| format!("{} / {}", i.entries, i.cap)),
+        );
+    }
+    md.push('\n');
+    for e in &f.failures {
+        let _ = writeln!(md, "- failed fill request: {e}");
+    }
+    if !f.failures.is_empty() {
+        md.push('\n');
+    }
+    md
 }
 
 fn shell(args: &[&str]) -> String {

@@ -276,6 +276,8 @@ pub struct Sample {
     /// prefix stripped: `wasm_memory_bytes`, `prefix_entries`, `prefix_entries_cap`, ...), summed over
     /// the serving workers; empty when the admin did not answer.
     pub memory: BTreeMap<String, u64>,
+    /// The shim's prefix index: entries and cap (`epp_shim_prefix_index_entries`, `_capacity`).
+    pub shim_prefix: [Option<u64>; 2],
     /// Requests the client has sent and not finished.
     pub client_in_flight: u64,
     /// Requests finished so far: right answers, wrong ones.
@@ -294,7 +296,9 @@ pub fn csv(samples: &[Sample]) -> String {
     for g in GAUGES {
         let _ = write!(s, ",{g}");
     }
-    s.push_str(",wasm_vms_created,wasm_vms_active,client_in_flight,ok,failed\n");
+    s.push_str(
+        ",wasm_vms_created,wasm_vms_active,shim_prefix_entries,shim_prefix_cap,client_in_flight,ok,failed\n",
+    );
     let opt = |v: Option<u64>| v.map_or_else(String::new, |v| v.to_string());
     for x in samples {
         let _ = write!(s, "{:.1}", x.at.as_secs_f64());
@@ -303,9 +307,11 @@ pub fn csv(samples: &[Sample]) -> String {
         }
         let _ = writeln!(
             s,
-            ",{},{},{},{},{}",
+            ",{},{},{},{},{},{},{}",
             opt(x.vms_created),
             opt(x.vms_active),
+            opt(x.shim_prefix[0]),
+            opt(x.shim_prefix[1]),
             x.client_in_flight,
             x.ok,
             x.failed
