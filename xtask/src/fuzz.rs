@@ -1,5 +1,6 @@
-//! `cargo xtask fuzz [--seconds N] [TARGET]`: the coverage-guided fuzz targets in `fuzz/` (cargo-fuzz,
-//! libFuzzer), each run for N seconds, with a table of executions, coverage and crashes.
+//! `cargo xtask fuzz [--seconds N] [--runs M] [TARGET]`: the coverage-guided fuzz targets in `fuzz/`
+//! (cargo-fuzz, libFuzzer), each run for N seconds (or M executions, whichever comes first), with a
+//! table of executions, coverage and crashes.
 //!
 //! Installs what a fresh machine lacks: the nightly toolchain (the sanitizer-coverage flags are
 //! unstable) and cargo-fuzz. All targets are built once, into `target/fuzz/`, without a sanitizer: the
@@ -24,6 +25,7 @@ const SMOKE_SECONDS: u64 = 2;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut seconds = DEFAULT_SECONDS;
+    let mut runs: Option<u64> = None;
     let mut only: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -36,10 +38,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     .filter(|s| *s > 0)
                     .ok_or(format!("--seconds: expected a whole number of seconds above 0, got {v:?}"))?;
             }
+            "--runs" => {
+                let v = it.next().ok_or("--runs needs a number of executions per target")?;
+                runs =
+                    Some(v.parse().ok().filter(|n| *n > 0).ok_or(format!(
+                        "--runs: expected a whole number of executions above 0, got {v:?}"
+                    ))?);
+            }
             t if !t.starts_with('-') && only.is_none() => only = Some(t.to_owned()),
             other => {
                 return Err(format!(
-                    "`cargo xtask fuzz [--seconds N] [TARGET]`: unexpected argument {other:?}"
+                    "`cargo xtask fuzz [--seconds N] [--runs M] [TARGET]`: unexpected argument {other:?}"
                 ))
             }
         }
@@ -50,12 +59,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some(t) => return Err(format!("no fuzz target {t:?}; the targets are: {}", all.join(", "))),
         None => all,
     };
-    campaign(&chosen, seconds)
+    campaign(&chosen, seconds, runs)
 }
 
 /// Every target for a few seconds: they build, start from their seeds and find nothing quickly.
 pub fn smoke() -> Result<(), String> {
-    campaign(&targets()?, SMOKE_SECONDS)
+    campaign(&targets()?, SMOKE_SECONDS, None)
 }
 
 /// The target names, from the `[[bin]]` entries of `fuzz/Cargo.toml`.
@@ -88,7 +97,7 @@ struct Row {
     crash: Option<String>,
 }
 
-fn campaign(targets: &[String], seconds: u64) -> Result<(), String> {
+fn campaign(targets: &[String], seconds: u64, runs: Option<u64>) -> Result<(), String> {
     ensure_nightly()?;
     ensure_cargo_fuzz()?;
     let dir = target_dir().join("fuzz");
@@ -104,7 +113,7 @@ fn campaign(targets: &[String], seconds: u64) -> Result<(), String> {
     for t in targets {
         let seeds = dir.join("seeds").join(t);
         write_seeds(t, &seeds)?;
-        rows.push(run_target(&bins.join(t), t, &dir, &seeds, seconds)?);
+        rows.push(run_target(&bins.join(t), t, &dir, &seeds, seconds, runs)?);
     }
     eprintln!(
         "\n{:<20} {:>12} {:>8} {:>8} {:>8}  {:<16} crash",
@@ -136,9 +145,17 @@ fn campaign(targets: &[String], seconds: u64) -> Result<(), String> {
     ))
 }
 
-/// Runs one target binary for `seconds` over its corpus and seeds; its libFuzzer log goes to
+/// Runs one target binary for `seconds` (or `runs` executions, if given and reached first) over its
+/// corpus and seeds; its libFuzzer log goes to
 /// `target/fuzz/logs/<target>.log` and its last status line into the row.
-fn run_target(bin: &Path, target: &str, dir: &Path, seeds: &Path, seconds: u64) -> Result<Row, String> {
+fn run_target(
+    bin: &Path,
+    target: &str,
+    dir: &Path,
+    seeds: &Path,
+    seconds: u64,
+    runs: Option<u64>,
+) -> Result<Row, String> {
     let corpus = dir.join("corpus").join(target);
     let artifacts = dir.join("artifacts").join(target);
     let logs = dir.join("logs");
@@ -149,7 +166,11 @@ fn run_target(bin: &Path, target: &str, dir: &Path, seeds: &Path, seconds: u64) 
     let log =
         fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
     eprintln!("\n==> fuzz {target} for {seconds} s (log: {})", log_path.display());
-    let status = Command::new(bin)
+    let mut fuzzer = Command::new(bin);
+    if let Some(n) = runs {
+        fuzzer.arg(format!("-runs={n}"));
+    }
+    let status = fuzzer
         .arg(&corpus)
         .arg(seeds)
         .arg(format!("-max_total_time={seconds}"))
