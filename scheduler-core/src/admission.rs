@@ -68,6 +68,8 @@ pub enum Decision {
         /// The request's prefix block hashes, recorded on the destination (and prefill) endpoint; a
         /// multi-worker proxy passes them to the other workers' [`Scheduler::learn_prefix`].
         prefix_hashes: Vec<u64>,
+        /// Estimated prompt tokens the destination already holds (its prefix match when deciding).
+        cached_tokens: u64,
     },
     Reject {
         status: u16,
@@ -232,6 +234,7 @@ pub fn admit_with(
         fallbacks: targets.collect(),
         prefill,
         prefix_hashes: result.prefix_hashes,
+        cached_tokens: result.cached_tokens,
     }
 }
 

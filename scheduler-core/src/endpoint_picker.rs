@@ -101,8 +101,9 @@ pub struct Route {
     pub client_model: Option<String>,
     /// Estimated tokens this request will hold on the server (input + expected output), for in-flight.
     pub estimated_tokens: u64,
-    /// Estimated prompt tokens (the scorers' estimate), counted as awaiting the first token until the
-    /// response shows it (`prefill-backlog-scorer`).
+    /// Estimated prompt tokens the destination must prefill (the scorers' estimate, less what the prefix
+    /// index consulted when deciding says the destination holds), counted as awaiting the first token
+    /// until the response shows it (`prefill-backlog-scorer`, `prefill-backlog-detector`).
     pub prompt_tokens: u64,
     /// Prefix block hashes recorded on the destination (for other workers' `learn_prefix`).
     pub prefix_hashes: Vec<u64>,
@@ -567,8 +568,12 @@ impl EndpointPicker {
         if let Decision::Route { destination, .. } = &decision {
             self.health.routed(destination, now_ms);
         }
+        // The prefill the destination has before this request's first token: the prompt less what its
+        // prefix match says the destination holds (counted as awaiting the first token).
+        let mut cached_on_destination = 0;
         let outcome = match decision {
-            Decision::Route { destination, fallbacks, prefill, prefix_hashes } => {
+            Decision::Route { destination, fallbacks, prefill, prefix_hashes, cached_tokens } => {
+                cached_on_destination = cached_tokens;
                 let mut header_value = destination.clone();
                 for f in fallbacks.iter().take(self.config.routing.max_endpoints.saturating_sub(1)) {
                     header_value.push(',');
@@ -595,6 +600,10 @@ impl EndpointPicker {
                 Outcome::FailOpen { reason: Fallback::NoUsableEndpoint, route: Some(route) }
             }
             other => other,
+        };
+        let response = ResponseExpected {
+            prompt_tokens: response.prompt_tokens.saturating_sub(cached_on_destination),
+            ..response
         };
         with_rewrite(outcome, rewritten, rewritten_body, response)
     }
@@ -670,8 +679,6 @@ struct ResponseExpected {
     prompt_tokens: u64,
 }
 
-/// Puts what the request asked for on a route: the rewrite (the model, the rewritten body, the client's
-/// model), whether the response is streamed and the prompt tokens awaiting its first token.
 /// A request body as the picker reads it: the bytes, what parsing found, and whether the body is JSON
 /// (only a JSON body can have its model rewritten).
 #[derive(Clone, Debug)]
@@ -725,6 +732,8 @@ pub fn read_body<'b>(
     Ok(ReadBody { body, parsed, json_body })
 }
 
+/// Puts what the request asked for on a route: the rewrite (the model, the rewritten body, the client's
+/// model), whether the response is streamed and the prompt tokens awaiting its first token.
 fn with_rewrite(
     outcome: Outcome,
     model: Option<String>,

@@ -35,6 +35,7 @@ fn routes_to_the_best_endpoint() {
             fallbacks: vec![],
             prefill: None,
             prefix_hashes: vec![],
+            cached_tokens: 0,
         }
     );
 }
@@ -132,6 +133,7 @@ fn fallbacks_and_prefill_become_addresses() {
             fallbacks: vec![String::from("10.0.0.3:8000")],
             prefill: Some(String::from("10.0.0.0:8000")),
             prefix_hashes: vec![],
+            cached_tokens: 0,
         }
     );
 }

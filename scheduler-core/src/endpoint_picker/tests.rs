@@ -548,3 +548,28 @@ fn prefix_evidence_of_endpoints_that_left_the_pool_is_forgotten() {
     // The endpoints still in the pool keep what they held (the routed request may have added its own).
     assert!(after.entries >= 4, "{after:?}");
 }
+
+#[test]
+fn the_prefill_awaiting_the_first_token_is_the_prompt_less_what_the_destination_holds() {
+    // 8,000 bytes of prompt ≈ 2,000 tokens. The second request repeats it: the prefix index says the
+    // destination holds all of it but the last partial block, so only that part awaits a prefill there.
+    let prompt = "a shared system prompt. ".repeat(334);
+    let body = format!(r#"{{"model": "m", "prompt": "{prompt}", "max_tokens": 10}}"#);
+    let pool = pool(&[0, 0, 0]);
+    let mut p = EndpointPicker::from_json("").unwrap();
+    let decide = |p: &mut EndpointPicker, id| {
+        let info = RequestInfo { path: "/v1/completions", request_id: id, ..RequestInfo::default() };
+        route(p.decide(&info, Some(body.as_bytes()), PoolView::Fresh(&pool), 1_010, 3))
+    };
+    let first = decide(&mut p, "r1");
+    let whole = (prompt.len() as u64).div_ceil(4);
+    assert_eq!(first.prompt_tokens, whole, "nothing cached yet: the whole prompt");
+    let second = decide(&mut p, "r2");
+    assert_eq!(second.destination, first.destination, "the prefix keeps it on the same endpoint");
+    assert!(second.prompt_tokens < whole / 10, "{} of {whole} tokens still counted", second.prompt_tokens);
+
+    // Without a prefix plugin nothing is known to be cached: the whole prompt, every time.
+    let mut q = EndpointPicker::from_json(r#"{"plugins": [{"type": "queue-scorer"}]}"#).unwrap();
+    assert_eq!(decide(&mut q, "r1").prompt_tokens, whole);
+    assert_eq!(decide(&mut q, "r2").prompt_tokens, whole);
+}

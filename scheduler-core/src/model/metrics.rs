@@ -47,8 +47,9 @@ pub struct InFlight {
     pub requests: u32,
     /// Estimated tokens (input + expected output) of those requests.
     pub tokens: u64,
-    /// Estimated prompt tokens of those requests that have not produced their first token yet: prefill
-    /// queued or running on the endpoint (`prefill-backlog-scorer`).
+    /// Estimated prompt tokens of those requests that have not produced their first token yet, less what
+    /// the prefix index said the endpoint held when each was routed: prefill queued or running on the
+    /// endpoint (`prefill-backlog-scorer`, `prefill-backlog-detector`).
     pub awaiting_first_token: u64,
 }
 

@@ -8,7 +8,7 @@ use super::framework::{CycleState, Plugin, ProfileRunResult, SchedulingContext};
 use super::profile::{Profile, Scratch};
 use crate::config::{ConfigError, ConfigWarning, EndpointPickerConfig};
 use crate::plugins::registry::Registry;
-use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
+use crate::prefix::{PrefixMatch, BYTES_PER_TOKEN, PREFIX_MATCH_STATE_KEY};
 use crate::rng::Rng;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -52,6 +52,9 @@ pub struct SchedulingResult {
     /// The request's prefix block hashes (empty without a prefix plugin or for short prompts). They were
     /// recorded on the destination; other proxy workers learn the same with [`Scheduler::learn_prefix`].
     pub prefix_hashes: Vec<u64>,
+    /// Estimated prompt tokens the destination already holds, by the prefix index a plugin consulted
+    /// when deciding (0 without one): its prefill is the prompt less these.
+    pub cached_tokens: u64,
 }
 
 impl SchedulingResult {
@@ -229,9 +232,15 @@ impl Scheduler {
         for p in plugins.iter_mut() {
             p.pre_request(ctx, &state, &done);
         }
-        let prefix_hashes =
-            state.take::<PrefixMatch>(PREFIX_MATCH_STATE_KEY).map(|m| m.hashes).unwrap_or_default();
-        Ok(SchedulingResult { profiles: done, targets, prefill, prefix_hashes })
+        let (prefix_hashes, cached_tokens) = match state.take::<PrefixMatch>(PREFIX_MATCH_STATE_KEY) {
+            Some(m) => {
+                let blocks = targets.first().map_or(0, |&t| m.matched(t) as usize);
+                let cached = blocks.saturating_mul(m.block_bytes) / BYTES_PER_TOKEN;
+                (m.hashes, cached as u64)
+            }
+            None => (Vec::new(), 0),
+        };
+        Ok(SchedulingResult { profiles: done, targets, prefill, prefix_hashes, cached_tokens })
     }
 
     /// Records that `address` now holds the KV blocks `hashes`, as if this scheduler had routed there:

@@ -100,6 +100,11 @@ pub trait Policy {
     fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
         None
     }
+    /// Called right after a `pick` that routed: the prompt tokens the gateway counts as awaiting the
+    /// first token on the endpoint (the picker's `Route::prompt_tokens`). `None`: the whole prompt.
+    fn take_routed_prompt_tokens(&mut self) -> Option<u64> {
+        None
+    }
     /// A sibling worker's routed prefix reaches this decision point (the filter's prefix sync):
     /// `endpoint` now holds `hashes`.
     fn on_peer_routed(&mut self, _endpoint: usize, _hashes: &[u64], _pool: &PoolSnapshot) {}
@@ -334,12 +339,14 @@ pub(crate) struct Picker {
     /// The prefix hashes the last decision recorded (`Route::prefix_hashes`, what the filter sends to
     /// its other workers).
     routed_prefix: Vec<u64>,
+    /// The prompt tokens the last decision counts as awaiting the first token (`Route::prompt_tokens`).
+    routed_prompt_tokens: Option<u64>,
 }
 
 impl Picker {
     pub(crate) fn new(config: &str, seed: u64) -> Result<Picker, String> {
         let picker = EndpointPicker::from_json(config).map_err(|e| format!("picker config: {e}"))?;
-        Ok(Picker { picker, seed, routed_prefix: Vec::new() })
+        Ok(Picker { picker, seed, routed_prefix: Vec::new(), routed_prompt_tokens: None })
     }
 }
 
@@ -368,12 +375,17 @@ impl Policy for Picker {
         };
         let Some(pick) = index_of(pool, &route.destination) else { return Admission::Reject(503) };
         self.routed_prefix = route.prefix_hashes;
+        self.routed_prompt_tokens = Some(route.prompt_tokens);
         Admission::Route(pick)
     }
 
     fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
         let hashes = std::mem::take(&mut self.routed_prefix);
         (!hashes.is_empty()).then_some(hashes)
+    }
+
+    fn take_routed_prompt_tokens(&mut self) -> Option<u64> {
+        self.routed_prompt_tokens.take()
     }
 
     /// What the filter's worker does with a sibling's update: `Scheduler::learn_prefix`.

@@ -664,6 +664,7 @@ impl Gateway<'_> {
                 self.later.push(t + prefix_delay, what);
             }
         }
+        let prompt_tokens = policy.take_routed_prompt_tokens().unwrap_or(parts.prompt_tokens);
         let hop = policy.decision_latency_us(&parts.gateway_request());
         let prompt = Prompt::from_text(&parts.text, self.cfg.engine.block_size);
         let engine_req = Request { id: a.id, prompt, max_tokens: a.output_tokens, lora: a.lora };
@@ -672,7 +673,7 @@ impl Gateway<'_> {
         } else if let Some(e) = self.engines.get_mut(pick) {
             e.submit(engine_req, t).map_err(|e| SimError::Refused { id: a.id, reason: e.to_string() })?;
         }
-        let (estimated_tokens, prompt_tokens) = (parts.estimated_tokens, parts.prompt_tokens);
+        let estimated_tokens = parts.estimated_tokens;
         let change = Change::Routed { tokens: estimated_tokens, prompt_tokens };
         if let Some(state) = self.pools.get_mut(dp).and_then(|p| p.endpoints.get_mut(pick)) {
             change.apply(&mut state.in_flight);

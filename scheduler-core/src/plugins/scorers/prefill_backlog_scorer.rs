@@ -14,7 +14,9 @@
 //! # Formula
 //!
 //! For each candidate `e`:
-//! - `backlog(e)`: the prompt tokens this gateway has sent to `e` that await their first token;
+//! - `backlog(e)`: the prompt tokens this gateway has sent to `e` that await their first token, each
+//!   request counted less the prefix the prefix index said `e` held when it was routed (its `uncached`
+//!   term below, as the picker decided it; the whole prompt without a prefix plugin);
 //! - with `uncached`, plus this request's own prefill there, `max(0, input − cached(e))`: its estimated
 //!   prompt tokens (bytes / 4) less the prefix this decision point's prefix index says `e` holds (the
 //!   index of the `prefix-cache-scorer` named by `prefixMatchInfoProducerName`, or the only one; without
