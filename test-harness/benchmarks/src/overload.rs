@@ -344,6 +344,7 @@ impl Mode {
                     lease_of: HashMap::new(),
                     leased: HashMap::new(),
                     ended: Vec::new(),
+                    prompt_tokens: HashMap::new(),
                 })
             }
         })
@@ -395,9 +396,18 @@ struct FlowControl {
     /// Leases whose request ended since the last call into the picker (reported with that call's clock,
     /// the same instant: the simulator polls right after a finish).
     ended: Vec<Ticket>,
+    /// `Route::prompt_tokens` of each request routed and not yet taken by the simulator.
+    prompt_tokens: HashMap<u64, u64>,
 }
 
 impl FlowControl {
+    fn routed(&mut self, id: u64, outcome: &Outcome, lease: Option<Ticket>) {
+        self.lease(id, lease);
+        if let Outcome::Route(r) | Outcome::FailOpen { route: Some(r), .. } = outcome {
+            self.prompt_tokens.insert(id, r.prompt_tokens);
+        }
+    }
+
     fn lease(&mut self, id: u64, lease: Option<Ticket>) {
         if let Some(l) = lease {
             self.lease_of.insert(id, l);
@@ -447,7 +457,7 @@ impl Policy for FlowControl {
             FcAdmission::Decided { outcome, lease } => {
                 let admission = admission_of(&outcome, pool);
                 if matches!(admission, Admission::Route(_)) {
-                    self.lease(req.id, lease);
+                    self.routed(req.id, &outcome, lease);
                 } else if let Some(l) = lease {
                     self.picker.finished(l, now_ms);
                 }
@@ -477,7 +487,7 @@ impl Policy for FlowControl {
             let Some(held) = self.waiting.held.remove(&s.ticket) else { continue };
             let release = match admission_of(&s.outcome, pool) {
                 Admission::Route(endpoint) => {
-                    self.lease(held.id, s.lease);
+                    self.routed(held.id, &s.outcome, s.lease);
                     Release::Route { id: held.id, endpoint }
                 }
                 other => {
@@ -502,6 +512,10 @@ impl Policy for FlowControl {
             self.leased.remove(&l);
             self.ended.push(l);
         }
+    }
+
+    fn take_routed_prompt_tokens(&mut self, id: u64) -> Option<u64> {
+        self.prompt_tokens.remove(&id)
     }
 
     /// Waiting requests, and ended leases not yet reported (so the loop polls at the finish).
@@ -533,6 +547,10 @@ impl Policy for Unprioritised {
 
     fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
         self.inner.take_routed_prefix()
+    }
+
+    fn take_routed_prompt_tokens(&mut self, id: u64) -> Option<u64> {
+        self.inner.take_routed_prompt_tokens(id)
     }
 
     fn on_peer_routed(&mut self, endpoint: usize, hashes: &[u64], pool: &PoolSnapshot) {

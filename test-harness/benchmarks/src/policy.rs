@@ -100,9 +100,10 @@ pub trait Policy {
     fn take_routed_prefix(&mut self) -> Option<Vec<u64>> {
         None
     }
-    /// Called right after a `pick` that routed: the prompt tokens the gateway counts as awaiting the
-    /// first token on the endpoint (the picker's `Route::prompt_tokens`). `None`: the whole prompt.
-    fn take_routed_prompt_tokens(&mut self) -> Option<u64> {
+    /// Called when request `id` is routed (at once, or released from a queue): the prompt tokens the
+    /// gateway counts as awaiting its first token on the endpoint (the picker's `Route::prompt_tokens`).
+    /// `None`: the whole prompt.
+    fn take_routed_prompt_tokens(&mut self, _id: u64) -> Option<u64> {
         None
     }
     /// A sibling worker's routed prefix reaches this decision point (the filter's prefix sync):
@@ -384,7 +385,7 @@ impl Policy for Picker {
         (!hashes.is_empty()).then_some(hashes)
     }
 
-    fn take_routed_prompt_tokens(&mut self) -> Option<u64> {
+    fn take_routed_prompt_tokens(&mut self, _id: u64) -> Option<u64> {
         self.routed_prompt_tokens.take()
     }
 

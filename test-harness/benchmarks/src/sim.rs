@@ -664,7 +664,7 @@ impl Gateway<'_> {
                 self.later.push(t + prefix_delay, what);
             }
         }
-        let prompt_tokens = policy.take_routed_prompt_tokens().unwrap_or(parts.prompt_tokens);
+        let prompt_tokens = policy.take_routed_prompt_tokens(a.id).unwrap_or(parts.prompt_tokens);
         let hop = policy.decision_latency_us(&parts.gateway_request());
         let prompt = Prompt::from_text(&parts.text, self.cfg.engine.block_size);
         let engine_req = Request { id: a.id, prompt, max_tokens: a.output_tokens, lora: a.lora };
