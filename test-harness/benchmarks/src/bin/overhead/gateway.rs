@@ -192,7 +192,7 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
             shims.push(process);
             (
                 String::new(),
-                EXT_PROC_FILTER.to_string(),
+                picker_ext_proc_filter(),
                 ext_proc_cluster("epp", grpc_port),
                 HEADER_ROUTE.to_string(),
             )
@@ -206,7 +206,7 @@ pub fn start(gateway: &Gateway, workers: usize, pool: &[String], art: &Artifacts
             shims.push(picker);
             (
                 String::new(),
-                format!("{EXT_PROC_BBR_FILTER}{EXT_PROC_FILTER}"),
+                format!("{}{}", bbr_ext_proc_filter(), picker_ext_proc_filter()),
                 format!("{}{}", ext_proc_cluster("bbr", bbr_port), ext_proc_cluster("epp", grpc_port)),
                 BBR_POOL_ROUTE.to_string(),
             )
@@ -429,41 +429,42 @@ const ROUTER: &str = "          - name: envoy.filters.http.router
             typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
 ";
 
-const EXT_PROC_FILTER: &str = "          - name: envoy.filters.http.ext_proc
+/// An ext_proc filter on `cluster` in the processing mode GIE's charts give (every header, body and
+/// trailer, bodies streamed full duplex). `options` go before the processing mode, `metadata` after it.
+fn ext_proc_filter(cluster: &str, options: &str, metadata: &str) -> String {
+    format!(
+        "          - name: envoy.filters.http.ext_proc
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service: {envoy_grpc: {cluster_name: epp}, timeout: 10s}
+              grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}, timeout: 10s}}
               failure_mode_allow: false
               message_timeout: 1000s
-              processing_mode:
+{options}              processing_mode:
                 request_header_mode: SEND
                 response_header_mode: SEND
                 request_body_mode: FULL_DUPLEX_STREAMED
                 response_body_mode: FULL_DUPLEX_STREAMED
                 request_trailer_mode: SEND
                 response_trailer_mode: SEND
-              metadata_options:
+{metadata}"
+    )
+}
+
+/// The picker's ext_proc filter: the shim reads the subset hint and answers with the destination in
+/// `envoy.lb` metadata.
+fn picker_ext_proc_filter() -> String {
+    let metadata = "              metadata_options:
                 forwarding_namespaces: {untyped: [envoy.lb, envoy.lb.subset_hint]}
                 receiving_namespaces: {untyped: [envoy.lb]}
 ";
+    ext_proc_filter("epp", "", metadata)
+}
 
 /// GIE's Body-Based Router over ext_proc as envoy-config/bbr-two-models-ext-proc configures it (its Helm
 /// chart's processing mode), before the picker's ext_proc filter.
-const EXT_PROC_BBR_FILTER: &str = "          - name: envoy.filters.http.ext_proc
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service: {envoy_grpc: {cluster_name: bbr}, timeout: 10s}
-              failure_mode_allow: false
-              message_timeout: 1000s
-              allow_mode_override: true
-              processing_mode:
-                request_header_mode: SEND
-                response_header_mode: SEND
-                request_body_mode: FULL_DUPLEX_STREAMED
-                response_body_mode: FULL_DUPLEX_STREAMED
-                request_trailer_mode: SEND
-                response_trailer_mode: SEND
-";
+fn bbr_ext_proc_filter() -> String {
+    ext_proc_filter("bbr", "              allow_mode_override: true\n", "")
+}
 
 const BREAKERS: &str =
     "    circuit_breakers: {thresholds: [{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}]}\n";
