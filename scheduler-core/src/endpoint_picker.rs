@@ -565,15 +565,20 @@ impl EndpointPicker {
             now_ms,
             &mut rng,
         );
-        if let Decision::Route { destination, .. } = &decision {
-            self.health.routed(destination, now_ms);
-        }
-        // The prefill the destination has before this request's first token: the prompt less what its
-        // prefix match says the destination holds (counted as awaiting the first token).
-        let mut cached_on_destination = 0;
+        // What awaits the first token on the destination is its prefill: the prompt less what its prefix
+        // match says the destination holds.
+        let response = match &decision {
+            Decision::Route { destination, cached_tokens, .. } => {
+                self.health.routed(destination, now_ms);
+                ResponseExpected {
+                    prompt_tokens: response.prompt_tokens.saturating_sub(*cached_tokens),
+                    ..response
+                }
+            }
+            Decision::Reject { .. } => response,
+        };
         let outcome = match decision {
-            Decision::Route { destination, fallbacks, prefill, prefix_hashes, cached_tokens } => {
-                cached_on_destination = cached_tokens;
+            Decision::Route { destination, fallbacks, prefill, prefix_hashes, .. } => {
                 let mut header_value = destination.clone();
                 for f in fallbacks.iter().take(self.config.routing.max_endpoints.saturating_sub(1)) {
                     header_value.push(',');
@@ -600,10 +605,6 @@ impl EndpointPicker {
                 Outcome::FailOpen { reason: Fallback::NoUsableEndpoint, route: Some(route) }
             }
             other => other,
-        };
-        let response = ResponseExpected {
-            prompt_tokens: response.prompt_tokens.saturating_sub(cached_on_destination),
-            ..response
         };
         with_rewrite(outcome, rewritten, rewritten_body, response)
     }

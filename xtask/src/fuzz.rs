@@ -146,8 +146,8 @@ fn campaign(targets: &[String], seconds: u64, runs: Option<u64>) -> Result<(), S
 }
 
 /// Runs one target binary for `seconds` (or `runs` executions, if given and reached first) over its
-/// corpus and seeds; its libFuzzer log goes to
-/// `target/fuzz/logs/<target>.log` and its last status line into the row.
+/// corpus and seeds; its libFuzzer log goes to `target/fuzz/logs/<target>.log` and its last status
+/// line into the row.
 fn run_target(
     bin: &Path,
     target: &str,

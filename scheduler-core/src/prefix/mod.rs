@@ -162,6 +162,12 @@ impl PrefixMatch {
         self.matched_blocks.get(endpoint).copied().unwrap_or(0)
     }
 
+    /// Estimated prompt tokens `endpoint` holds: its matched blocks' bytes over `BYTES_PER_TOKEN`.
+    pub fn matched_tokens(&self, endpoint: usize) -> u64 {
+        let bytes = (self.matched(endpoint) as usize).saturating_mul(self.block_bytes);
+        (bytes / BYTES_PER_TOKEN) as u64
+    }
+
     /// Block size in (estimated) tokens, as llm-d's `PrefixCacheMatchInfo` reports it.
     pub fn block_tokens(&self) -> usize {
         self.block_bytes / BYTES_PER_TOKEN

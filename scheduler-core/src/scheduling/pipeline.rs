@@ -8,7 +8,7 @@ use super::framework::{CycleState, Plugin, ProfileRunResult, SchedulingContext};
 use super::profile::{Profile, Scratch};
 use crate::config::{ConfigError, ConfigWarning, EndpointPickerConfig};
 use crate::plugins::registry::Registry;
-use crate::prefix::{PrefixMatch, BYTES_PER_TOKEN, PREFIX_MATCH_STATE_KEY};
+use crate::prefix::{PrefixMatch, PREFIX_MATCH_STATE_KEY};
 use crate::rng::Rng;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -234,9 +234,8 @@ impl Scheduler {
         }
         let (prefix_hashes, cached_tokens) = match state.take::<PrefixMatch>(PREFIX_MATCH_STATE_KEY) {
             Some(m) => {
-                let blocks = targets.first().map_or(0, |&t| m.matched(t) as usize);
-                let cached = blocks.saturating_mul(m.block_bytes) / BYTES_PER_TOKEN;
-                (m.hashes, cached as u64)
+                let cached = targets.first().map_or(0, |&t| m.matched_tokens(t));
+                (m.hashes, cached)
             }
             None => (Vec::new(), 0),
         };

@@ -42,7 +42,7 @@
 use crate::config::params::{positive_count, ParamError};
 use crate::plugins::candidates::state;
 use crate::plugins::scorers::prefix_cache_scorer::{follow, FollowedIndex};
-use crate::prefix::{prefix_match, record_destination, PrefixHandle, BYTES_PER_TOKEN};
+use crate::prefix::{prefix_match, record_destination, PrefixHandle};
 use crate::scheduling::{
     BuildContext, CycleState, Plugin, PluginFactory, ProfileRunResult, SchedulingContext, Scorer,
 };
@@ -130,10 +130,7 @@ impl Scorer for PrefillBacklogScorer {
             match (handle, found) {
                 (None, _) => 0,
                 (Some(_), None) => input,
-                (Some(_), Some(m)) => {
-                    let cached = (m.matched(i) as usize).saturating_mul(m.block_bytes) / BYTES_PER_TOKEN;
-                    input.saturating_sub(cached as u64)
-                }
+                (Some(_), Some(m)) => input.saturating_sub(m.matched_tokens(i)),
             }
         };
         let threshold = self.params.threshold_tokens as f64;
@@ -177,7 +174,7 @@ mod tests {
     use crate::config::params::parse_params;
     use crate::model::PoolSnapshot;
     use crate::plugins::test_support::*;
-    use crate::prefix::block_hashes;
+    use crate::prefix::{block_hashes, BYTES_PER_TOKEN};
     use crate::scheduling::SchedulingRequest;
     use alloc::vec;
     use alloc::vec::Vec;
